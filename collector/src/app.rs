@@ -1,0 +1,188 @@
+//! Wiring for `verity run`: builds every component from validated settings, binds the
+//! listeners, and owns the one drain sequence: on shutdown, readiness goes false, the OTLP
+//! servers stop accepting and finish in-flight requests, the pipeline flushes its batches and
+//! stages, and only then does `run` return. All of it within the drain deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::Instrument;
+
+use crate::admin::{self, AdminState};
+use crate::config::Settings;
+use crate::dead_letter::DeadLetter;
+use crate::metrics::Metrics;
+use crate::otlp::{self, OtlpIngest};
+use crate::pipeline::{self, ArchiveStage, Stage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the dead-letter file {path}: {source}")]
+    DeadLetter {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("drain did not finish within {0:?}; exiting with work possibly unflushed")]
+    DrainTimeout(std::time::Duration),
+}
+
+/// Addresses actually bound (ports may have been 0 in the config).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bound {
+    pub grpc: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+async fn bind(what: &'static str, addr: Option<SocketAddr>) -> Result<Option<TcpListener>, AppError> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| AppError::Bind { what, addr, source }),
+    }
+}
+
+/// Runs until `shutdown` resolves, then drains. `on_bound` learns the bound addresses.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), AppError> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    crate::build_info(&mut registry);
+
+    let dead_letter = Arc::new(
+        DeadLetter::open(&settings.dead_letter_path, metrics.clone()).map_err(|source| AppError::DeadLetter {
+            path: settings.dead_letter_path.display().to_string(),
+            source,
+        })?,
+    );
+    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+    if let Some(dir) = &settings.archive_dir {
+        stages.push(Box::new(ArchiveStage::new(dir.clone(), metrics.clone())));
+    }
+    let (intake, pipeline) = pipeline::start(settings.pipeline.clone(), stages, metrics.clone());
+    let ingest = Arc::new(OtlpIngest::new(intake, dead_letter.clone(), metrics.clone()));
+
+    let grpc_listener = bind("OTLP/gRPC", settings.grpc_listen).await?;
+    let http_listener = bind("OTLP/HTTP", settings.http_listen).await?;
+    let admin_listener = bind("admin", settings.admin_listen).await?;
+    let bound = Bound {
+        grpc: grpc_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        http: http_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        admin: admin_listener.as_ref().and_then(|l| l.local_addr().ok()),
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let mut servers = Vec::new();
+    if let Some(listener) = grpc_listener {
+        let (logs, metrics_svc) = otlp::grpc::services(ingest.clone(), settings.max_request_bytes, metrics.clone());
+        let signal = stopped(stop_rx.clone());
+        servers.push(tokio::spawn(
+            async move {
+                let result = tonic::transport::Server::builder()
+                    .add_service(logs)
+                    .add_service(metrics_svc)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                    .await;
+                if let Err(error) = result {
+                    tracing::error!(%error, "OTLP/gRPC server failed");
+                }
+            }
+            .instrument(tracing::info_span!("otlp_grpc")),
+        ));
+    }
+    if let Some(listener) = http_listener {
+        let state = Arc::new(otlp::http::HttpState {
+            ingest: ingest.clone(),
+            max_bytes: settings.max_request_bytes,
+            retry_after_secs: settings.retry_after_secs,
+            metrics: metrics.clone(),
+        });
+        let router = otlp::http::router(state);
+        let signal = stopped(stop_rx.clone());
+        servers.push(tokio::spawn(
+            async move {
+                if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(signal).await {
+                    tracing::error!(%error, "OTLP/HTTP server failed");
+                }
+            }
+            .instrument(tracing::info_span!("otlp_http")),
+        ));
+    }
+    // The sources hold the only intake handles now: when they stop, the pipeline drains.
+    drop(ingest);
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let admin_task = admin_listener.map(|listener| {
+        let router = admin::router(Arc::new(AdminState { registry, ready: ready.clone() }));
+        let signal = stopped(admin_stop_rx);
+        tokio::spawn(
+            async move {
+                if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(signal).await {
+                    tracing::error!(%error, "admin server failed");
+                }
+            }
+            .instrument(tracing::info_span!("admin")),
+        )
+    });
+
+    tracing::info!(
+        otlp_grpc = ?bound.grpc,
+        otlp_http = ?bound.http,
+        admin = ?bound.admin,
+        dead_letter = %dead_letter.path().display(),
+        archive = ?settings.archive_dir,
+        "verity is running"
+    );
+    on_bound(bound);
+    ready.store(true, Ordering::Release);
+    metrics.ready.set(1);
+
+    shutdown.await;
+    tracing::info!(deadline = ?settings.drain_timeout, "draining: intake stopped, flushing");
+    ready.store(false, Ordering::Release);
+    metrics.ready.set(0);
+    let _ = stop_tx.send(true);
+
+    let drain = async {
+        for s in servers {
+            let _ = s.await;
+        }
+        pipeline.join().await;
+    };
+    let result = match tokio::time::timeout(settings.drain_timeout, drain).await {
+        Ok(()) => {
+            tracing::info!("drained");
+            Ok(())
+        }
+        Err(_) => Err(AppError::DrainTimeout(settings.drain_timeout)),
+    };
+    let _ = admin_stop_tx.send(true);
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    result
+}

@@ -1,0 +1,412 @@
+//! Configuration: strict YAML structs, layered as embedded defaults < file < environment
+//! (`VERITY__SECTION__KEY=value`), then a pure [`Config::validate`] that reports every error
+//! with its path before anything binds a socket or opens a file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+
+/// The embedded defaults: what `verity run` uses with no file and no environment.
+pub const DEFAULTS_YAML: &str = include_str!("../config/default.yaml");
+
+/// Environment variables with this prefix override config keys: `VERITY__OTLP__GRPC__LISTEN`.
+pub const ENV_PREFIX: &str = "VERITY__";
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub otlp: OtlpConfig,
+    pub pipeline: PipelineConfig,
+    pub admin: AdminConfig,
+    pub archive: ArchiveConfig,
+    pub dead_letter: DeadLetterConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    pub grpc: ListenerConfig,
+    pub http: ListenerConfig,
+    /// Cap on a request's decompressed size, in bytes.
+    pub max_request_bytes: u64,
+    /// `Retry-After` seconds sent with 503 answers when the pipeline is full.
+    pub retry_after_secs: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    pub batch_max_rows: usize,
+    pub batch_max_delay_ms: u64,
+    /// Requests (or source batches) waiting to be coalesced.
+    pub intake_capacity: usize,
+    /// Coalesced batches waiting for the stages.
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Directory for `events.jsonl` and `metrics.jsonl`; unset disables the archive.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,verity_collector=debug`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long draining may take after SIGTERM before Verity gives up and exits non-zero.
+    pub drain_timeout_secs: u64,
+}
+
+/// One problem in the configuration, with the path of the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A configuration that passed validation, with parsed values.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub raw: Config,
+    pub grpc_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub max_request_bytes: usize,
+    pub retry_after_secs: u32,
+    pub pipeline: crate::pipeline::PipelineSettings,
+    pub archive_dir: Option<PathBuf>,
+    pub dead_letter_path: PathBuf,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub drain_timeout: Duration,
+}
+
+/// Loads the layers: defaults, then `file` if given, then `env` (pass `std::env::vars()`).
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, Vec<ConfigError>> {
+    let mut tree: Value = serde_yaml::from_str(DEFAULTS_YAML)
+        .map_err(|e| vec![ConfigError::new("<embedded defaults>", e.to_string())])?;
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))]
+        })?;
+        let overlay: Value = serde_yaml::from_str(&text).map_err(|e| {
+            vec![ConfigError::new(path.display().to_string(), format!("invalid YAML: {e}"))]
+        })?;
+        if !overlay.is_null() {
+            merge(&mut tree, overlay);
+        }
+    }
+    let mut env_errors = Vec::new();
+    let mut overrides: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in env {
+        if let Some(rest) = k.strip_prefix(ENV_PREFIX) {
+            overrides.insert(rest.to_string(), v);
+        }
+    }
+    for (rest, v) in overrides {
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.iter().any(String::is_empty) {
+            env_errors.push(ConfigError::new(format!("{ENV_PREFIX}{rest}"), "malformed variable name"));
+            continue;
+        }
+        let value: Value = serde_yaml::from_str(&v).unwrap_or(Value::String(v));
+        set_path(&mut tree, &path, value);
+    }
+    if !env_errors.is_empty() {
+        return Err(env_errors);
+    }
+    deserialize_sections(tree)
+}
+
+/// Deserializes section by section so that one bad section does not hide errors in others.
+fn deserialize_sections(tree: Value) -> Result<Config, Vec<ConfigError>> {
+    let Value::Mapping(map) = tree else {
+        return Err(vec![ConfigError::new("<root>", "the configuration must be a mapping")]);
+    };
+    let mut errors = Vec::new();
+    let mut cfg = Config::default();
+    fn section<T: serde::de::DeserializeOwned>(name: &str, v: Value, errors: &mut Vec<ConfigError>) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let path = if inner == "." || inner.is_empty() { name.to_string() } else { format!("{name}.{inner}") };
+                errors.push(ConfigError::new(path, e.into_inner().to_string()));
+                None
+            }
+        }
+    }
+    for (k, v) in map {
+        let Some(key) = k.as_str() else {
+            errors.push(ConfigError::new("<root>", format!("non-string key {k:?}")));
+            continue;
+        };
+        match key {
+            "otlp" => cfg.otlp = section(key, v, &mut errors).unwrap_or_default(),
+            "pipeline" => cfg.pipeline = section(key, v, &mut errors).unwrap_or_default(),
+            "admin" => cfg.admin = section(key, v, &mut errors).unwrap_or_default(),
+            "archive" => cfg.archive = section(key, v, &mut errors).unwrap_or_default(),
+            "dead_letter" => cfg.dead_letter = section(key, v, &mut errors).unwrap_or_default(),
+            "log" => cfg.log = section(key, v, &mut errors).unwrap_or_default(),
+            "shutdown" => cfg.shutdown = section(key, v, &mut errors).unwrap_or_default(),
+            other => errors.push(ConfigError::new(
+                other,
+                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown",
+            )),
+        }
+    }
+    if errors.is_empty() { Ok(cfg) } else { Err(errors) }
+}
+
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn set_path(tree: &mut Value, path: &[String], value: Value) {
+    let Some((first, rest)) = path.split_first() else {
+        *tree = value;
+        return;
+    };
+    if !tree.is_mapping() {
+        *tree = Value::Mapping(Default::default());
+    }
+    if let Value::Mapping(m) = tree {
+        let key = Value::String(first.clone());
+        let child = m.entry(key).or_insert(Value::Null);
+        set_path(child, rest, value);
+    }
+}
+
+impl Config {
+    /// Checks everything that can be checked without I/O and returns parsed settings, or
+    /// every error found.
+    pub fn validate(&self) -> Result<Settings, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut addr = |path: &str, enabled: bool, s: &str| -> Option<SocketAddr> {
+            if !enabled {
+                return None;
+            }
+            match s.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errors.push(ConfigError::new(path, format!("{s:?} is not an ip:port socket address")));
+                    None
+                }
+            }
+        };
+        let grpc_listen = addr("otlp.grpc.listen", self.otlp.grpc.enabled, &self.otlp.grpc.listen);
+        let http_listen = addr("otlp.http.listen", self.otlp.http.enabled, &self.otlp.http.listen);
+        let admin_listen = addr("admin.listen", self.admin.enabled, &self.admin.listen);
+        let bound: Vec<(&str, SocketAddr)> = [("otlp.grpc.listen", grpc_listen), ("otlp.http.listen", http_listen), ("admin.listen", admin_listen)]
+            .into_iter()
+            .filter_map(|(p, a)| a.map(|a| (p, a)))
+            .collect();
+        for (i, (p, a)) in bound.iter().enumerate() {
+            for (q, b) in &bound[i + 1..] {
+                if a == b && a.port() != 0 {
+                    errors.push(ConfigError::new(*q, format!("{b} is already used by {p}")));
+                }
+            }
+        }
+        let max = self.otlp.max_request_bytes;
+        if !(1024..=(1 << 30)).contains(&max) {
+            errors.push(ConfigError::new("otlp.max_request_bytes", format!("{max} must be between 1024 and 1073741824")));
+        }
+        if !(1..=3600).contains(&self.otlp.retry_after_secs) {
+            errors.push(ConfigError::new("otlp.retry_after_secs", "must be between 1 and 3600"));
+        }
+        let p = &self.pipeline;
+        if !(1..=1_000_000).contains(&p.batch_max_rows) {
+            errors.push(ConfigError::new("pipeline.batch_max_rows", "must be between 1 and 1000000"));
+        }
+        if !(1..=60_000).contains(&p.batch_max_delay_ms) {
+            errors.push(ConfigError::new("pipeline.batch_max_delay_ms", "must be between 1 and 60000"));
+        }
+        if !(1..=100_000).contains(&p.intake_capacity) {
+            errors.push(ConfigError::new("pipeline.intake_capacity", "must be between 1 and 100000"));
+        }
+        if !(1..=10_000).contains(&p.queue_capacity) {
+            errors.push(ConfigError::new("pipeline.queue_capacity", "must be between 1 and 10000"));
+        }
+        if self.dead_letter.path.as_os_str().is_empty() {
+            errors.push(ConfigError::new("dead_letter.path", "must be set: rejected records are never discarded"));
+        }
+        if let Some(dir) = &self.archive.dir {
+            if dir.as_os_str().is_empty() {
+                errors.push(ConfigError::new("archive.dir", "must be a directory path or null"));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            errors.push(ConfigError::new("log.level", format!("invalid filter {:?}: {e}", self.log.level)));
+        }
+        if !(1..=3600).contains(&self.shutdown.drain_timeout_secs) {
+            errors.push(ConfigError::new("shutdown.drain_timeout_secs", "must be between 1 and 3600"));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Settings {
+            raw: self.clone(),
+            grpc_listen,
+            http_listen,
+            admin_listen,
+            max_request_bytes: max as usize,
+            retry_after_secs: self.otlp.retry_after_secs,
+            pipeline: crate::pipeline::PipelineSettings {
+                batch_max_rows: p.batch_max_rows,
+                batch_max_delay: Duration::from_millis(p.batch_max_delay_ms),
+                intake_capacity: p.intake_capacity,
+                queue_capacity: p.queue_capacity,
+            },
+            archive_dir: self.archive.dir.clone(),
+            dead_letter_path: self.dead_letter.path.clone(),
+            log_format: self.log.format,
+            log_level: self.log.level.clone(),
+            drain_timeout: Duration::from_secs(self.shutdown.drain_timeout_secs),
+        })
+    }
+}
+
+/// Loads and validates in one step.
+pub fn settings(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, Vec<ConfigError>> {
+    load(file, env)?.validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid_and_local() {
+        let s = settings(None, Vec::new()).expect("defaults valid");
+        assert_eq!(s.grpc_listen, Some("127.0.0.1:4317".parse().expect("addr")));
+        assert_eq!(s.http_listen, Some("127.0.0.1:4318".parse().expect("addr")));
+        assert_eq!(s.max_request_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("v.yaml");
+        std::fs::write(&path, "otlp:\n  http:\n    listen: 127.0.0.1:9999\npipeline:\n  batch_max_rows: 10\n").expect("write");
+        let s = settings(
+            Some(&path),
+            env(&[("VERITY__PIPELINE__BATCH_MAX_ROWS", "20"), ("VERITY__OTLP__GRPC__ENABLED", "false"), ("OTHER", "x")]),
+        )
+        .expect("valid");
+        assert_eq!(s.http_listen, Some("127.0.0.1:9999".parse().expect("addr")));
+        assert_eq!(s.pipeline.batch_max_rows, 20);
+        assert_eq!(s.grpc_listen, None);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("v.yaml");
+        std::fs::write(
+            &path,
+            "otlp:\n  grpc:\n    listen: nowhere\n  max_request_bytes: 5\npipeline:\n  batch_max_rowz: 1\nadmin:\n  listen: 127.0.0.1:4318\nbogus: 1\n",
+        )
+        .expect("write");
+        let errors = load(Some(&path), Vec::new()).unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"pipeline"), "{errors:?}");
+        assert!(paths.contains(&"bogus"), "{errors:?}");
+        assert!(errors.iter().any(|e| e.message.contains("batch_max_rowz")), "{errors:?}");
+
+        std::fs::write(&path, "otlp:\n  grpc:\n    listen: nowhere\n  max_request_bytes: 5\nadmin:\n  listen: 127.0.0.1:4318\n").expect("write");
+        let errors = settings(Some(&path), Vec::new()).unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec!["otlp.grpc.listen", "admin.listen", "otlp.max_request_bytes"], "{errors:?}");
+    }
+
+    #[test]
+    fn env_type_errors_name_the_key() {
+        let errors = settings(None, env(&[("VERITY__PIPELINE__QUEUE_CAPACITY", "lots")])).unwrap_err();
+        assert_eq!(errors[0].path, "pipeline.queue_capacity");
+    }
+}

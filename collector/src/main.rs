@@ -1,0 +1,181 @@
+//! The `verity` command line: `run`, `validate` and `normalize`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use verity_collector::config::{self, LogFormat, Settings};
+use verity_collector::normalize::{self, Ctx, FormatHint};
+use verity_model::EventBatchBuilder;
+use verity_model::event::IngestSource;
+
+#[derive(Parser)]
+#[command(name = "verity", version, about = "Continuous zero-trust verification for service meshes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the collector (OTLP gRPC and HTTP, admin endpoint) until SIGTERM or SIGINT.
+    Run {
+        /// YAML config file layered over the embedded defaults (env VERITY__* wins over both).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration and print every error with its path.
+    Validate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Also print the effective configuration.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Normalize access-log lines from files (or - for stdin) and print events as JSON lines.
+    Normalize {
+        /// Input layout; `auto` detects it per line.
+        #[arg(long, value_enum, default_value_t = FormatHint::Auto)]
+        format: FormatHint,
+        /// Files to read; `-` reads standard input.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::Validate { config, print } => validate(config, print),
+        Command::Normalize { format, files } => normalize_files(format, &files),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("verity: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(config: Option<&PathBuf>) -> Result<Settings, ExitCode> {
+    config::settings(config.map(PathBuf::as_path), std::env::vars()).map_err(|errors| {
+        for e in &errors {
+            eprintln!("config error: {e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let settings = match load(config.as_ref()) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    init_logging(&settings);
+    tracing::info!(config = %serde_json::to_string(&settings.raw).unwrap_or_default(), "effective configuration");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("verity")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        verity_collector::app::run(settings, shutdown_signal(), |_| {}).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C will stop Verity");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn validate(config: Option<PathBuf>, print: bool) -> anyhow::Result<ExitCode> {
+    match load(config.as_ref()) {
+        Ok(s) => {
+            println!("configuration is valid");
+            if print {
+                println!("{}", serde_yaml::to_string(&s.raw)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(code) => Ok(code),
+    }
+}
+
+/// Rows per output chunk, so memory stays flat on large files.
+const CHUNK_ROWS: usize = 8192;
+
+fn normalize_files(format: FormatHint, files: &[String]) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut stderr = std::io::stderr().lock();
+    let mut builder = EventBatchBuilder::with_capacity(CHUNK_ROWS);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut buf = Vec::new();
+    for name in files {
+        let reader: Box<dyn Read> = if name == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(std::fs::File::open(name).with_context(|| format!("cannot open {name}"))?)
+        };
+        let mut reader = BufReader::with_capacity(1 << 20, reader);
+        let mut line_no = 0u64;
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf).with_context(|| format!("cannot read {name}"))? == 0 {
+                break;
+            }
+            line_no += 1;
+            let ctx = Ctx::now(IngestSource::File);
+            let result = match std::str::from_utf8(&buf) {
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => normalize::normalize_line(line, format, &ctx).map(|ev| builder.append(&ev)),
+                Err(e) => Err(normalize::Rejection::new(
+                    normalize::RejectReason::InvalidUtf8,
+                    format!("line is not UTF-8: {e}"),
+                )),
+            };
+            match result {
+                Ok(()) => ok += 1,
+                Err(rejection) => {
+                    failed += 1;
+                    writeln!(stderr, "{name}:{line_no}: {rejection}")?;
+                }
+            }
+            if builder.len() >= CHUNK_ROWS {
+                verity_model::json::write_jsonl(&mut out, &builder.finish()?)?;
+            }
+        }
+    }
+    if !builder.is_empty() {
+        verity_model::json::write_jsonl(&mut out, &builder.finish()?)?;
+    }
+    out.flush()?;
+    writeln!(stderr, "normalized {ok} lines, rejected {failed}")?;
+    Ok(if ok == 0 && failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

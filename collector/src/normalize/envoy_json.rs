@@ -1,0 +1,127 @@
+//! JSON access logs: Istio's JSON encoding (typed numbers and nulls), custom JSON formats
+//! (often every value a string, any key order, nested objects) and ztunnel's JSON layout.
+
+use std::borrow::Cow;
+
+use verity_model::{AccessEvent, InputFormat, Reporter};
+
+use super::fields::{self, Value};
+use super::{Extras, FormatHint, RejectReason, Rejection, ztunnel};
+
+pub fn parse_line(line: &str, hint: FormatHint) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).map_err(|e| {
+        Rejection::new(RejectReason::MalformedJson, format!("not a JSON object: {e}"))
+    })?;
+    let mut pairs = Vec::with_capacity(map.len());
+    flatten("", map, &mut pairs);
+    from_pairs(pairs, Cow::Borrowed(line), hint)
+}
+
+fn flatten(prefix: &str, map: serde_json::Map<String, serde_json::Value>, out: &mut Vec<(String, Value<'static>)>) {
+    for (k, v) in map {
+        let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+        match v {
+            serde_json::Value::Object(inner) => flatten(&key, inner, out),
+            other => out.push((key, json_value(other))),
+        }
+    }
+}
+
+pub fn json_value(v: serde_json::Value) -> Value<'static> {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Value::Str(Cow::Owned(s)),
+        // Arrays have no column; keep them readable in `attributes`.
+        other => Value::Str(Cow::Owned(other.to_string())),
+    }
+}
+
+/// Builds an event from named values (a JSON object or an OTLP kvlist body).
+pub fn from_pairs<'a>(
+    pairs: Vec<(String, Value<'a>)>,
+    raw: Cow<'a, str>,
+    hint: FormatHint,
+) -> Result<(AccessEvent<'a>, Extras<'a>), Rejection> {
+    let is_ztunnel = hint == FormatHint::Ztunnel
+        || pairs.iter().any(|(k, v)| {
+            k.starts_with("src.")
+                || k.starts_with("dst.")
+                || ((k == "scope" || k == "target") && matches!(v, Value::Str(s) if s == "access"))
+        });
+    let mut ev = AccessEvent {
+        raw,
+        ..Default::default()
+    };
+    let mut ex = Extras::default();
+    let mut unknown = fields::UnknownAttrs::default();
+    if is_ztunnel {
+        ev.format = InputFormat::ZtunnelJson;
+        ev.reporter = Reporter::Ztunnel;
+        for (k, v) in pairs {
+            ztunnel::apply_key(&mut ev, &mut ex, &k, v, &mut unknown)?;
+        }
+    } else {
+        if hint == FormatHint::Ztunnel {
+            return Err(Rejection::new(RejectReason::UnrecognizedFormat, "not a ztunnel JSON record"));
+        }
+        ev.format = InputFormat::EnvoyJson;
+        let mut mapped = 0usize;
+        for (k, v) in pairs {
+            match fields::apply(&mut ev, &mut ex, &k, v.clone())? {
+                fields::Applied::Mapped => mapped += 1,
+                fields::Applied::Unknown => unknown.insert(&k, fields::value_to_json(&v)),
+            }
+        }
+        if mapped == 0 {
+            return Err(Rejection::new(
+                RejectReason::UnrecognizedFormat,
+                "JSON object has no access-log fields Verity understands",
+            ));
+        }
+        if ev.method.is_none() && ev.path.is_none() && ev.status.is_none() && ev.protocol.is_none() {
+            ev.protocol = Some(Cow::Borrowed("TCP"));
+        }
+    }
+    ev.attributes = unknown.into_json();
+    Ok((ev, ex))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_string_custom_format_any_order() {
+        let line = r#"{"authority":"pay:8080","response_code":"403","method":"POST","start_time":"2024-01-02T03:04:05.000Z","path":"/charge","custom":{"team":"a"},"duration":"12","bytes_sent":"19"}"#;
+        let (ev, _) = parse_line(line, FormatHint::Auto).expect("parse");
+        assert_eq!(ev.status, Some(403));
+        assert_eq!(ev.duration_ms, Some(12.0));
+        assert_eq!(ev.bytes_sent, Some(19));
+        assert_eq!(ev.attributes.as_deref(), Some(r#"{"custom.team":"a"}"#));
+    }
+
+    #[test]
+    fn rejects_unrelated_and_broken_json() {
+        assert_eq!(
+            parse_line(r#"{"hello":"world"}"#, FormatHint::Auto).map(|_| ()).unwrap_err().reason,
+            RejectReason::UnrecognizedFormat
+        );
+        assert_eq!(
+            parse_line(r#"{"method":"GET""#, FormatHint::Auto).map(|_| ()).unwrap_err().reason,
+            RejectReason::MalformedJson
+        );
+        assert_eq!(
+            parse_line(r#"{"response_code":1e400}"#, FormatHint::Auto).map(|_| ()).unwrap_err().reason,
+            RejectReason::MalformedJson
+        );
+        assert_eq!(
+            parse_line(r#"{"response_code":-3}"#, FormatHint::Auto).map(|_| ()).unwrap_err().reason,
+            RejectReason::InvalidField
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! Envoy text access logs: Istio's default TEXT layout (1.9+), the pre-1.9 layout, and plain
+//! Envoy's default format.
+//!
+//! Envoy does not escape `"` inside quoted values, so a user agent can contain quotes. The
+//! parser therefore reads the fields before the user agent from the left and the fields after
+//! it from the right; whatever is in between is the user agent, quotes and all.
+
+use std::borrow::Cow;
+
+use memchr::memchr;
+use verity_model::time::parse_rfc3339_ns;
+use verity_model::{AccessEvent, InputFormat};
+
+use super::fields::{count, duration_ms, opt, status};
+use super::{Extras, RejectReason, Rejection};
+
+fn malformed(what: &str) -> Rejection {
+    Rejection::new(RejectReason::MalformedText, what.to_string())
+}
+
+/// Reads space-separated tokens from the left of `s`; quoted tokens may contain spaces.
+struct Left<'a> {
+    s: &'a str,
+}
+
+impl<'a> Left<'a> {
+    fn next(&mut self, quoted: bool) -> Result<&'a str, Rejection> {
+        let s = self.s.trim_start_matches(' ');
+        if quoted {
+            let inner = s
+                .strip_prefix('"')
+                .ok_or_else(|| malformed("expected a quoted field"))?;
+            let end = memchr(b'"', inner.as_bytes())
+                .ok_or_else(|| malformed("unterminated quoted field"))?;
+            self.s = &inner[end + 1..];
+            Ok(&inner[..end])
+        } else {
+            let end = memchr(b' ', s.as_bytes()).unwrap_or(s.len());
+            if end == 0 {
+                return Err(malformed("missing field"));
+            }
+            self.s = &s[end..];
+            Ok(&s[..end])
+        }
+    }
+}
+
+/// Reads tokens from the right end of `s`.
+struct Right<'a> {
+    s: &'a str,
+}
+
+impl<'a> Right<'a> {
+    fn next(&mut self, quoted: bool) -> Result<&'a str, Rejection> {
+        let s = self.s.trim_end_matches(' ');
+        if quoted {
+            let inner = s
+                .strip_suffix('"')
+                .ok_or_else(|| malformed("expected a quoted field at the end"))?;
+            let start = inner
+                .rfind(" \"")
+                .ok_or_else(|| malformed("unterminated quoted field"))?;
+            self.s = &inner[..start];
+            Ok(&inner[start + 2..])
+        } else {
+            let start = s.rfind(' ').ok_or_else(|| malformed("missing field"))?;
+            self.s = &s[..start];
+            Ok(&s[start + 1..])
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Istio,
+    IstioPre19,
+    EnvoyDefault,
+}
+
+pub fn parse(line: &str) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection> {
+    let rest = line
+        .strip_prefix('[')
+        .ok_or_else(|| malformed("expected [START_TIME]"))?;
+    let close = memchr(b']', rest.as_bytes()).ok_or_else(|| malformed("unterminated [START_TIME]"))?;
+    let time = &rest[..close];
+    let event_time_ns = parse_rfc3339_ns(time).ok_or_else(|| {
+        Rejection::new(
+            RejectReason::InvalidTimestamp,
+            format!("start time {:?} is not RFC 3339", time.chars().take(40).collect::<String>()),
+        )
+    })?;
+    let rest = rest[close + 1..]
+        .strip_prefix(" \"")
+        .ok_or_else(|| malformed("expected a quoted request line after the start time"))?;
+    // The request line ends at the first `" ` followed by the numeric response code.
+    let bytes = rest.as_bytes();
+    let mut req_end = None;
+    let mut from = 0;
+    while let Some(i) = memchr(b'"', &bytes[from..]) {
+        let at = from + i;
+        if bytes.get(at + 1) == Some(&b' ') && bytes.get(at + 2).is_some_and(u8::is_ascii_digit) {
+            req_end = Some(at);
+            break;
+        }
+        from = at + 1;
+    }
+    let req_end = req_end.ok_or_else(|| malformed("unterminated request line"))?;
+    let request = &rest[..req_end];
+    let tail = &rest[req_end + 2..];
+
+    let mut ev = AccessEvent {
+        event_time_ns,
+        raw: Cow::Borrowed(line),
+        ..Default::default()
+    };
+    let mut ex = Extras::default();
+
+    let (method, after_method) = request.split_once(' ').unwrap_or((request, ""));
+    let (path, protocol) = after_method.rsplit_once(' ').unwrap_or((after_method, ""));
+    ev.method = opt(method);
+    ev.path = opt(path);
+    ev.protocol = opt(protocol);
+    if ev.method.is_none() && ev.path.is_none() && ev.protocol.is_none() {
+        ev.protocol = Some(Cow::Borrowed("TCP"));
+    }
+
+    // Layout: the 5th field after the request is quoted only in the 1.9+ Istio layout; the
+    // Envoy default format ends with a quoted upstream host while Istio ends with a route.
+    let mut left = Left { s: tail };
+    let layout = {
+        let mut probe = tail.split(' ');
+        match probe.nth(4) {
+            Some(f) if f.starts_with('"') => Layout::Istio,
+            _ if tail.trim_end().ends_with('"') => Layout::EnvoyDefault,
+            _ => Layout::IstioPre19,
+        }
+    };
+    ev.format = match layout {
+        Layout::Istio => InputFormat::IstioText,
+        Layout::IstioPre19 => InputFormat::IstioTextPre19,
+        Layout::EnvoyDefault => InputFormat::EnvoyDefault,
+    };
+
+    ev.status = status("response_code", left.next(false)?)?;
+    ev.response_flags = opt(left.next(false)?);
+    if layout == Layout::Istio {
+        ev.response_code_details = opt(left.next(false)?);
+        ev.connection_termination_details = opt(left.next(false)?);
+        ev.upstream_transport_failure_reason = opt(left.next(true)?);
+    }
+    ev.bytes_received = count("bytes_received", left.next(false)?)?;
+    ev.bytes_sent = count("bytes_sent", left.next(false)?)?;
+    ev.duration_ms = duration_ms("duration", left.next(false)?)?;
+    let _upstream_service_time = left.next(false)?;
+    ev.x_forwarded_for = opt(left.next(true)?);
+
+    let mut right = Right { s: left.s };
+    if layout != Layout::EnvoyDefault {
+        ev.route_name = opt(right.next(false)?);
+        ev.requested_server_name = opt(right.next(false)?);
+        ex.downstream_remote_address = opt(right.next(false)?);
+        ex.downstream_local_address = opt(right.next(false)?);
+        let _upstream_local = right.next(false)?;
+        ev.upstream_cluster = opt(right.next(false)?);
+    }
+    ev.upstream_host = opt(right.next(true)?);
+    ev.authority = opt(right.next(true)?);
+    ev.request_id = opt(right.next(true)?);
+    let ua = right.s.trim_matches(' ');
+    let ua = ua
+        .strip_prefix('"')
+        .and_then(|u| u.strip_suffix('"'))
+        .ok_or_else(|| malformed("expected a quoted user agent"))?;
+    ev.user_agent = opt(ua);
+    if layout == Layout::EnvoyDefault {
+        // Plain Envoy prints the upstream as a URL (`tcp://10.0.2.1:80`).
+        if let Some(h) = ev.upstream_host.as_deref().and_then(|h| h.strip_prefix("tcp://")) {
+            ev.upstream_host = Some(Cow::Owned(h.to_string()));
+        }
+    }
+    Ok((ev, ex))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CURRENT: &str = r#"[2020-11-25T21:26:18.409Z] "GET /status/418 HTTP/1.1" 418 - via_upstream - "-" 0 135 4 4 "-" "curl/7.73.0-DEV" "84961386-6d84-929d-98bd-c5aee93b5c88" "httpbin:8000" "10.44.1.27:80" outbound|8000||httpbin.foo.svc.cluster.local 10.44.1.23:37652 10.0.45.184:8000 10.44.1.23:46520 - default"#;
+
+    #[test]
+    fn parses_current_layout() {
+        let (ev, ex) = parse(CURRENT).expect("parse");
+        assert_eq!(ev.format, InputFormat::IstioText);
+        assert_eq!(ev.method.as_deref(), Some("GET"));
+        assert_eq!(ev.path.as_deref(), Some("/status/418"));
+        assert_eq!(ev.status, Some(418));
+        assert_eq!(ev.response_code_details.as_deref(), Some("via_upstream"));
+        assert_eq!(ev.user_agent.as_deref(), Some("curl/7.73.0-DEV"));
+        assert_eq!(ev.upstream_cluster.as_deref(), Some("outbound|8000||httpbin.foo.svc.cluster.local"));
+        assert_eq!(ex.downstream_remote_address.as_deref(), Some("10.44.1.23:46520"));
+        assert_eq!(ev.route_name.as_deref(), Some("default"));
+        assert_eq!(ev.bytes_sent, Some(135));
+    }
+
+    #[test]
+    fn user_agent_with_quotes_and_spaces() {
+        let line = CURRENT.replace(
+            "\"curl/7.73.0-DEV\"",
+            r#""Mozilla/5.0 "evil" ${jndi:ldap://x/a} "x" y""#,
+        );
+        let (ev, _) = parse(&line).expect("parse");
+        assert_eq!(
+            ev.user_agent.as_deref(),
+            Some(r#"Mozilla/5.0 "evil" ${jndi:ldap://x/a} "x" y"#)
+        );
+        assert_eq!(ev.request_id.as_deref(), Some("84961386-6d84-929d-98bd-c5aee93b5c88"));
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        for bad in [
+            "[",
+            "[2020-11-25T21:26:18.409Z]",
+            "[2020-11-25T21:26:18.409Z] \"GET / HTTP/1.1\"",
+            "[2020-11-25T21:26:18.409Z] \"GET / HTTP/1.1\" 200",
+            "[not a time] \"GET / HTTP/1.1\" 200 - 0 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\"",
+            "[2020-11-25T21:26:18.409Z] \"GET / HTTP/1.1\" 99999 - 0 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\"",
+            "[2020-11-25T21:26:18.409Z] \"GET / HTTP/1.1\" 200 - x 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\"",
+            "[2020-11-25T21:26:18.409Z] \"\u{e9}\u{1F600}\" 2",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

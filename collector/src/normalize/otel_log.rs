@@ -1,0 +1,266 @@
+//! OTLP log records (Envoy's OpenTelemetry access logger, or any shipper) to access events.
+//!
+//! The body is parsed first (a text line in any supported layout, or a key/value map); then
+//! resource attributes and record attributes, in that order, enrich or override fields using
+//! the names in [`super::fields`]. A record with no body is built from its attributes alone.
+
+use std::borrow::Cow;
+
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use verity_model::{AccessEvent, InputFormat};
+
+use super::fields::{self, Value};
+use super::{Ctx, Extras, FormatHint, RejectReason, Rejection, envoy_json};
+
+/// Normalizes one record. `resource` are the attributes of its enclosing resource.
+pub fn normalize<'a>(
+    record: &'a LogRecord,
+    resource: &'a [KeyValue],
+    ctx: &Ctx,
+) -> Result<AccessEvent<'a>, Rejection> {
+    let body = record.body.as_ref().and_then(|b| b.value.as_ref());
+    let (mut ev, mut ex) = match body {
+        Some(Any::StringValue(s)) if !s.trim().is_empty() => super::parse_line(s, FormatHint::Auto)?,
+        Some(Any::BytesValue(b)) if !b.is_empty() => {
+            let s = std::str::from_utf8(b).map_err(|e| {
+                Rejection::new(RejectReason::InvalidUtf8, format!("bytes body is not UTF-8: {e}"))
+            })?;
+            super::parse_line(s, FormatHint::Auto)?
+        }
+        Some(Any::KvlistValue(kv)) => {
+            let pairs = kv
+                .values
+                .iter()
+                .map(|k| (k.key.clone(), any_to_value(k.value.as_ref())))
+                .collect();
+            let raw = serde_json::to_string(&kvlist_json(&kv.values)).unwrap_or_default();
+            envoy_json::from_pairs(pairs, Cow::Owned(raw), FormatHint::Auto)?
+        }
+        None | Some(Any::StringValue(_)) | Some(Any::BytesValue(_)) => {
+            if record.attributes.is_empty() {
+                return Err(Rejection::new(
+                    RejectReason::MissingBody,
+                    "log record has neither a body nor attributes",
+                ));
+            }
+            let raw = serde_json::to_string(&kvlist_json(&record.attributes)).unwrap_or_default();
+            let ev = AccessEvent {
+                format: InputFormat::OtelAttributes,
+                raw: Cow::Owned(raw),
+                ..Default::default()
+            };
+            (ev, Extras::default())
+        }
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectReason::UnrecognizedFormat,
+                format!("log body of type {} is not an access log", any_kind(other)),
+            ));
+        }
+    };
+
+    let mut unknown = fields::UnknownAttrs::default();
+    let mut mapped = 0usize;
+    for kv in resource.iter().chain(record.attributes.iter()) {
+        let value = any_to_value(kv.value.as_ref());
+        match fields::apply(&mut ev, &mut ex, &kv.key, value.clone())? {
+            fields::Applied::Mapped => mapped += 1,
+            fields::Applied::Unknown => unknown.insert(&kv.key, any_json(kv.value.as_ref())),
+        }
+    }
+    if ev.format == InputFormat::OtelAttributes && mapped == 0 {
+        return Err(Rejection::new(
+            RejectReason::MissingBody,
+            "log record has no body and no access-log attributes Verity understands",
+        ));
+    }
+    merge_attributes(&mut ev, unknown);
+
+    if ev.event_time_ns == 0 {
+        let t = if record.time_unix_nano != 0 {
+            record.time_unix_nano
+        } else {
+            record.observed_time_unix_nano
+        };
+        if t != 0 {
+            ev.event_time_ns = i64::try_from(t).map_err(|_| {
+                Rejection::new(RejectReason::InvalidTimestamp, format!("time_unix_nano {t} is out of range"))
+            })?;
+        }
+    }
+    if ev.trace_id.is_none() && record.trace_id.iter().any(|b| *b != 0) {
+        ev.trace_id = Some(Cow::Owned(hex(&record.trace_id)));
+    }
+    if ev.span_id.is_none() && record.span_id.iter().any(|b| *b != 0) {
+        ev.span_id = Some(Cow::Owned(hex(&record.span_id)));
+    }
+    super::finish(&mut ev, &ex, ctx);
+    Ok(ev)
+}
+
+fn merge_attributes(ev: &mut AccessEvent<'_>, extra: fields::UnknownAttrs) {
+    let Some(extra) = extra.into_json() else { return };
+    ev.attributes = match ev.attributes.take() {
+        None => Some(extra),
+        Some(existing) => {
+            let mut a: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&existing).unwrap_or_default();
+            let b: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&extra).unwrap_or_default();
+            a.extend(b);
+            serde_json::to_string(&a).ok()
+        }
+    };
+}
+
+pub fn hex(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for byte in b {
+        s.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        s.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    s
+}
+
+fn any_kind(v: &Any) -> &'static str {
+    match v {
+        Any::StringValue(_) => "string",
+        Any::BoolValue(_) => "bool",
+        Any::IntValue(_) => "int",
+        Any::DoubleValue(_) => "double",
+        Any::ArrayValue(_) => "array",
+        Any::KvlistValue(_) => "kvlist",
+        Any::BytesValue(_) => "bytes",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+}
+
+pub fn any_to_value(v: Option<&AnyValue>) -> Value<'_> {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(Any::StringValue(s)) => Value::Str(Cow::Borrowed(s)),
+        Some(Any::IntValue(i)) => Value::Int(*i),
+        Some(Any::DoubleValue(d)) => Value::Float(*d),
+        Some(Any::BoolValue(b)) => Value::Bool(*b),
+        Some(other) => Value::Str(Cow::Owned(any_json_inner(other).to_string())),
+        None => Value::Null,
+    }
+}
+
+pub fn any_json(v: Option<&AnyValue>) -> serde_json::Value {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(inner) => any_json_inner(inner),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn any_json_inner(v: &Any) -> serde_json::Value {
+    match v {
+        Any::StringValue(s) => serde_json::Value::String(s.clone()),
+        Any::BoolValue(b) => serde_json::Value::Bool(*b),
+        Any::IntValue(i) => serde_json::Value::from(*i),
+        Any::DoubleValue(d) => serde_json::Number::from_f64(*d)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Any::ArrayValue(a) => {
+            serde_json::Value::Array(a.values.iter().map(|v| any_json(Some(v))).collect())
+        }
+        Any::KvlistValue(kv) => serde_json::Value::Object(kvlist_json(&kv.values)),
+        Any::BytesValue(b) => serde_json::Value::String(hex(b)),
+        #[allow(unreachable_patterns)]
+        _ => serde_json::Value::Null,
+    }
+}
+
+pub fn kvlist_json(kvs: &[KeyValue]) -> serde_json::Map<String, serde_json::Value> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), any_json(kv.value.as_ref())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verity_model::event::IngestSource;
+    use verity_model::{Decision, Direction};
+
+    fn s(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Any::StringValue(v.into())),
+            }),
+        }
+    }
+
+    const INBOUND: &str = r#"[2024-03-01T10:00:00.000Z] "GET /admin HTTP/1.1" 403 - rbac_access_denied_matched_policy[none] - "-" 0 19 0 - "-" "curl/8.0" "r1" "pay:8080" "-" inbound|8080|| - 10.0.0.5:8080 10.0.0.9:40000 outbound_.8080_._.pay.pay.svc.cluster.local -"#;
+
+    #[test]
+    fn attributes_enrich_the_parsed_body() {
+        let record = LogRecord {
+            time_unix_nano: 5,
+            body: Some(AnyValue {
+                value: Some(Any::StringValue(INBOUND.into())),
+            }),
+            attributes: vec![
+                s("source_principal", "spiffe://cluster.local/ns/shop/sa/cart"),
+                s("tls_version", "TLSv1.3"),
+                s("pod", "pay-7d9"),
+                s("team", "payments"),
+            ],
+            trace_id: vec![0xab; 16],
+            ..Default::default()
+        };
+        let resource = vec![s("k8s.cluster.name", "prod-eu")];
+        let ev = normalize(&record, &resource, &Ctx::now(IngestSource::OtlpGrpc)).expect("normalize");
+        assert_eq!(ev.direction, Direction::Inbound);
+        assert_eq!(ev.source_principal.as_deref(), Some("spiffe://cluster.local/ns/shop/sa/cart"));
+        assert_eq!(ev.mtls, Some(true));
+        assert_eq!(ev.decision, Decision::DenyRbac);
+        assert_eq!(ev.decision_policy.as_deref(), Some("none"));
+        assert_eq!(ev.destination_workload.as_deref(), Some("pay-7d9"));
+        assert_eq!(ev.destination_service.as_deref(), Some("pay.pay.svc.cluster.local"));
+        assert_eq!(ev.cluster.as_deref(), Some("prod-eu"));
+        assert_eq!(ev.tls_version.as_deref(), Some("TLSv1.3"));
+        assert_eq!(ev.attributes.as_deref(), Some(r#"{"team":"payments"}"#));
+        assert_eq!(ev.trace_id.as_deref(), Some("abababababababababababababababab"));
+        assert_eq!(ev.event_time_ns, 1_709_287_200_000_000_000, "body time wins");
+    }
+
+    #[test]
+    fn bodies_that_are_not_access_logs_are_rejected() {
+        let record = LogRecord {
+            body: Some(AnyValue {
+                value: Some(Any::StringValue("Example log record".into())),
+            }),
+            ..Default::default()
+        };
+        let err = normalize(&record, &[], &Ctx::now(IngestSource::OtlpHttp)).unwrap_err();
+        assert_eq!(err.reason, RejectReason::UnrecognizedFormat);
+        let empty = LogRecord::default();
+        assert_eq!(
+            normalize(&empty, &[], &Ctx::now(IngestSource::OtlpHttp)).unwrap_err().reason,
+            RejectReason::MissingBody
+        );
+    }
+
+    #[test]
+    fn attribute_only_records() {
+        let record = LogRecord {
+            time_unix_nano: 1_700_000_000_000_000_000,
+            attributes: vec![
+                s("method", "GET"),
+                s("response_code", "200"),
+                s("upstream_cluster", "outbound|80||web.shop.svc.cluster.local"),
+            ],
+            ..Default::default()
+        };
+        let ev = normalize(&record, &[], &Ctx::now(IngestSource::OtlpHttp)).expect("normalize");
+        assert_eq!(ev.format, InputFormat::OtelAttributes);
+        assert_eq!(ev.event_time_ns, 1_700_000_000_000_000_000);
+        assert_eq!(ev.destination_namespace.as_deref(), Some("shop"));
+    }
+}

@@ -1,0 +1,255 @@
+//! OTLP/HTTP: `POST /v1/logs` and `POST /v1/metrics`, protobuf or JSON, optionally gzip.
+//!
+//! Answers follow the OTLP spec: the response uses the request's encoding; 415 for an
+//! unsupported content type or encoding; 413 when the body or its decompressed form exceeds
+//! the cap; 400 for an undecodable body; 503 with `Retry-After` when the pipeline is full.
+//! Error bodies are `google.rpc.Status` messages.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use flate2::read::GzDecoder;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use prost::Message;
+use verity_model::event::IngestSource;
+
+use super::OtlpIngest;
+use crate::metrics::Metrics;
+use crate::pipeline::Backpressure;
+
+/// `google.rpc.Status`, the body of OTLP/HTTP error answers.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+pub struct HttpState {
+    pub ingest: Arc<OtlpIngest>,
+    pub max_bytes: usize,
+    pub retry_after_secs: u32,
+    pub metrics: Metrics,
+}
+
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/v1/logs", post(logs))
+        .route("/v1/metrics", post(metrics))
+        .with_state(state)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+        }
+    }
+}
+
+/// An answer that is not a successful export.
+struct Failure {
+    status: StatusCode,
+    message: String,
+    encoding: Encoding,
+    retry_after: Option<u32>,
+    outcome: &'static str,
+}
+
+impl Failure {
+    fn new(status: StatusCode, outcome: &'static str, encoding: Encoding, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            encoding,
+            retry_after: None,
+            outcome,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        // gRPC codes, as google.rpc.Status carries them.
+        let code = match self.status {
+            StatusCode::BAD_REQUEST => 3,
+            StatusCode::PAYLOAD_TOO_LARGE => 8,
+            StatusCode::SERVICE_UNAVAILABLE => 14,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => 3,
+            _ => 2,
+        };
+        let status = RpcStatus {
+            code,
+            message: self.message,
+        };
+        let body = match self.encoding {
+            Encoding::Protobuf => status.encode_to_vec(),
+            Encoding::Json => serde_json::to_vec(&status).unwrap_or_default(),
+        };
+        let mut res = (self.status, body).into_response();
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(self.encoding.content_type()));
+        if let Some(secs) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+async fn logs(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+    handle(&st, "logs", headers, body, |st, bytes, enc| {
+        let req: ExportLogsServiceRequest = decode(bytes, enc, "ExportLogsServiceRequest")?;
+        let resp = st.ingest.export_logs(&req, IngestSource::OtlpHttp).map_err(|b| unavailable(st, b, enc))?;
+        Ok((resp.partial_success.is_some(), encode(&resp, enc)))
+    })
+    .await
+}
+
+async fn metrics(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+    handle(&st, "metrics", headers, body, |st, bytes, enc| {
+        let req: ExportMetricsServiceRequest = decode(bytes, enc, "ExportMetricsServiceRequest")?;
+        let resp = st.ingest.export_metrics(&req, IngestSource::OtlpHttp).map_err(|b| unavailable(st, b, enc))?;
+        Ok((resp.partial_success.is_some(), encode(&resp, enc)))
+    })
+    .await
+}
+
+fn unavailable(st: &HttpState, b: Backpressure, enc: Encoding) -> Failure {
+    let mut f = Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", enc, b.to_string());
+    f.retry_after = Some(st.retry_after_secs);
+    f
+}
+
+fn decode<T: Message + Default + serde::de::DeserializeOwned>(bytes: &[u8], enc: Encoding, what: &str) -> Result<T, Failure> {
+    match enc {
+        Encoding::Protobuf => T::decode(bytes)
+            .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_request", enc, format!("could not decode {what}: {e}"))),
+        Encoding::Json => serde_json::from_slice(bytes)
+            .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_request", enc, format!("could not decode {what} JSON: {e}"))),
+    }
+}
+
+fn encode<T: Message + serde::Serialize>(msg: &T, enc: Encoding) -> Vec<u8> {
+    match enc {
+        Encoding::Protobuf => msg.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(msg).unwrap_or_default(),
+    }
+}
+
+async fn handle(
+    st: &HttpState,
+    signal: &'static str,
+    headers: HeaderMap,
+    body: Body,
+    export: impl FnOnce(&HttpState, &[u8], Encoding) -> Result<(bool, Vec<u8>), Failure>,
+) -> Response {
+    let result = read_and_export(st, headers, body, export).await;
+    let (outcome, response) = match result {
+        Ok((partial, body, enc)) => {
+            let mut res = (StatusCode::OK, body).into_response();
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(enc.content_type()));
+            (if partial { "partial" } else { "ok" }, res)
+        }
+        Err(f) => {
+            tracing::debug!(status = %f.status, message = %f.message, "OTLP/HTTP request refused");
+            (f.outcome, f.into_response())
+        }
+    };
+    st.metrics
+        .otlp_requests
+        .get_or_create(&[("transport", "http"), ("signal", signal), ("outcome", outcome)])
+        .inc();
+    response
+}
+
+async fn read_and_export(
+    st: &HttpState,
+    headers: HeaderMap,
+    body: Body,
+    export: impl FnOnce(&HttpState, &[u8], Encoding) -> Result<(bool, Vec<u8>), Failure>,
+) -> Result<(bool, Vec<u8>, Encoding), Failure> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let enc = match mime.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
+        "application/json" => Encoding::Json,
+        _ => {
+            return Err(Failure::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                Encoding::Json,
+                format!("unsupported content type {content_type:?}; use application/x-protobuf or application/json"),
+            ));
+        }
+    };
+    let gzip = match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") | Some("identity") => false,
+        Some("gzip") | Some("x-gzip") => true,
+        Some(other) => {
+            return Err(Failure::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                enc,
+                format!("unsupported content encoding {other:?}; use gzip or none"),
+            ));
+        }
+    };
+    let too_large = || {
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            enc,
+            format!("request exceeds the {} byte limit", st.max_bytes),
+        )
+    };
+    let raw: Bytes = axum::body::to_bytes(body, st.max_bytes).await.map_err(|e| {
+        let is_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some())
+            || e.to_string().contains("length limit");
+        if is_limit {
+            too_large()
+        } else {
+            Failure::new(StatusCode::BAD_REQUEST, "bad_request", enc, format!("could not read the request body: {e}"))
+        }
+    })?;
+    let decompressed;
+    let bytes: &[u8] = if gzip {
+        let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(st.max_bytes));
+        GzDecoder::new(&raw[..])
+            .take(st.max_bytes as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_request", enc, format!("invalid gzip body: {e}")))?;
+        if out.len() > st.max_bytes {
+            return Err(too_large());
+        }
+        decompressed = out;
+        &decompressed
+    } else {
+        &raw
+    };
+    let (partial, body) = export(st, bytes, enc)?;
+    Ok((partial, body, enc))
+}

@@ -1,0 +1,191 @@
+//! The OTLP endpoint: gRPC (`grpc.rs`) and HTTP (`http.rs`) decode requests; [`OtlpIngest`]
+//! normalizes their records into Arrow batches for the pipeline.
+//!
+//! Every export first reserves a pipeline slot, so a full pipeline is answered with a
+//! retryable error before any work is done. Records that cannot be normalized are counted,
+//! dead-lettered and reported through `partial_success`; they never fail the request.
+
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use verity_model::event::IngestSource;
+use verity_model::{EventBatchBuilder, InputFormat, MetricBatchBuilder};
+
+use crate::dead_letter::{DeadLetter, DeadLetterEntry};
+use crate::metrics::Metrics;
+use crate::normalize::{self, Ctx, Rejection};
+use crate::pipeline::{Backpressure, Batch, Intake};
+
+/// Shared by both transports.
+pub struct OtlpIngest {
+    intake: Intake,
+    dead_letter: Arc<DeadLetter>,
+    metrics: Metrics,
+}
+
+/// How many rejected records are described in `partial_success.error_message`.
+const MAX_ERRORS_IN_MESSAGE: usize = 3;
+
+impl OtlpIngest {
+    pub fn new(intake: Intake, dead_letter: Arc<DeadLetter>, metrics: Metrics) -> Self {
+        Self {
+            intake,
+            dead_letter,
+            metrics,
+        }
+    }
+
+    pub fn export_logs(
+        &self,
+        req: &ExportLogsServiceRequest,
+        source: IngestSource,
+    ) -> Result<ExportLogsServiceResponse, Backpressure> {
+        let permit = self.intake.try_reserve()?;
+        let ctx = Ctx::now(source);
+        let total: usize = req
+            .resource_logs
+            .iter()
+            .flat_map(|r| r.scope_logs.iter())
+            .map(|s| s.log_records.len())
+            .sum();
+        let mut builder = EventBatchBuilder::with_capacity(total);
+        let mut per_format = [0u64; InputFormat::ALL.len()];
+        let mut rejected: Vec<(Rejection, String)> = Vec::new();
+        for rl in &req.resource_logs {
+            let resource = rl.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
+            for sl in &rl.scope_logs {
+                for record in &sl.log_records {
+                    match normalize::otel_log::normalize(record, resource, &ctx) {
+                        Ok(ev) => {
+                            per_format[ev.format as usize] += 1;
+                            builder.append(&ev);
+                        }
+                        Err(rejection) => rejected.push((rejection, record_text(record))),
+                    }
+                }
+            }
+        }
+        self.metrics
+            .records_received
+            .get_or_create(&[("source", source.as_str()), ("signal", "logs")])
+            .inc_by(total as u64);
+        for (format, n) in InputFormat::ALL.iter().zip(per_format) {
+            if n > 0 {
+                self.metrics
+                    .records_accepted
+                    .get_or_create(&[("source", source.as_str()), ("format", format.as_str())])
+                    .inc_by(n);
+            }
+        }
+        self.reject(source, "logs", &rejected);
+        if !builder.is_empty() {
+            match builder.finish() {
+                Ok(batch) => permit.send(Batch::Events(batch)),
+                Err(error) => tracing::error!(%error, "could not build an event batch"),
+            }
+        }
+        Ok(ExportLogsServiceResponse {
+            partial_success: (!rejected.is_empty()).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: rejected.len() as i64,
+                error_message: summary(&rejected, total, "log records"),
+            }),
+        })
+    }
+
+    pub fn export_metrics(
+        &self,
+        req: &ExportMetricsServiceRequest,
+        source: IngestSource,
+    ) -> Result<ExportMetricsServiceResponse, Backpressure> {
+        let permit = self.intake.try_reserve()?;
+        let observed = normalize::now_ns();
+        let mut samples = Vec::new();
+        let mut rejected_points = Vec::new();
+        let mut total = 0usize;
+        for rm in &req.resource_metrics {
+            let resource = rm.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
+            for sm in &rm.scope_metrics {
+                for metric in &sm.metrics {
+                    total += normalize::otel_metric::data_point_count(metric);
+                    normalize::otel_metric::normalize(metric, resource, source.as_str(), observed, &mut samples, &mut rejected_points);
+                }
+            }
+        }
+        let rejected: Vec<(Rejection, String)> = rejected_points.into_iter().map(|r| (r.rejection, r.raw)).collect();
+        self.metrics
+            .records_received
+            .get_or_create(&[("source", source.as_str()), ("signal", "metrics")])
+            .inc_by(total as u64);
+        if !samples.is_empty() {
+            self.metrics
+                .records_accepted
+                .get_or_create(&[("source", source.as_str()), ("format", "otlp_metrics")])
+                .inc_by(samples.len() as u64);
+        }
+        self.reject(source, "metrics", &rejected);
+        if !samples.is_empty() {
+            let mut builder = MetricBatchBuilder::default();
+            for s in &samples {
+                builder.append(s);
+            }
+            match builder.finish() {
+                Ok(batch) => permit.send(Batch::Metrics(batch)),
+                Err(error) => tracing::error!(%error, "could not build a metric batch"),
+            }
+        }
+        Ok(ExportMetricsServiceResponse {
+            partial_success: (!rejected.is_empty()).then(|| ExportMetricsPartialSuccess {
+                rejected_data_points: rejected.len() as i64,
+                error_message: summary(&rejected, total.max(rejected.len()), "data points"),
+            }),
+        })
+    }
+
+    fn reject(&self, source: IngestSource, signal: &str, rejected: &[(Rejection, String)]) {
+        if rejected.is_empty() {
+            return;
+        }
+        for (r, _) in rejected {
+            self.metrics
+                .records_rejected
+                .get_or_create(&[("source", source.as_str()), ("reason", r.reason.as_str())])
+                .inc();
+        }
+        let entries: Vec<DeadLetterEntry<'_>> = rejected
+            .iter()
+            .map(|(r, raw)| DeadLetterEntry::new(source.as_str(), signal, r, raw))
+            .collect();
+        self.dead_letter.write(&entries);
+        tracing::debug!(source = source.as_str(), signal, rejected = rejected.len(), "records rejected");
+    }
+}
+
+/// What goes to the dead-letter file: the body text when there is one, else the record.
+fn record_text(record: &LogRecord) -> String {
+    match record.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(Any::StringValue(s)) if record.attributes.is_empty() => s.clone(),
+        _ => serde_json::to_string(record).unwrap_or_default(),
+    }
+}
+
+fn summary(rejected: &[(Rejection, String)], total: usize, what: &str) -> String {
+    let mut msg = format!("rejected {} of {} {what}", rejected.len(), total);
+    for (i, (r, _)) in rejected.iter().take(MAX_ERRORS_IN_MESSAGE).enumerate() {
+        msg.push_str(if i == 0 { ": " } else { "; " });
+        msg.push_str(&r.to_string());
+    }
+    if rejected.len() > MAX_ERRORS_IN_MESSAGE {
+        msg.push_str("; …");
+    }
+    msg
+}

@@ -1,0 +1,322 @@
+//! The bounded pipeline between sources and stages.
+//!
+//! Sources reserve a slot in the *intake* queue before doing any work ([`Intake::try_reserve`]);
+//! when none is free they answer the client with a retryable error instead of buffering. A
+//! batcher task coalesces intake batches by row count or age into the *pipeline* queue, and
+//! one worker thread runs every [`Stage`] (archive now, rules later) over each batch in order.
+//! When the worker is slow the pipeline queue fills, the batcher waits, the intake fills, and
+//! sources push back: memory stays bounded by the two queue capacities.
+//!
+//! Draining: when every [`Intake`] handle is dropped, the batcher flushes what it holds, the
+//! worker processes what is queued, flushes every stage, and [`PipelineHandle::join`] returns.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
+
+/// A batch of normalized rows of one signal.
+#[derive(Debug, Clone)]
+pub enum Batch {
+    Events(RecordBatch),
+    Metrics(RecordBatch),
+}
+
+impl Batch {
+    pub fn signal(&self) -> &'static str {
+        match self {
+            Batch::Events(_) => "logs",
+            Batch::Metrics(_) => "metrics",
+        }
+    }
+
+    pub fn record_batch(&self) -> &RecordBatch {
+        match self {
+            Batch::Events(b) | Batch::Metrics(b) => b,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{stage}: {source}")]
+    Io {
+        stage: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{stage}: {message}")]
+    Other { stage: &'static str, message: String },
+}
+
+/// One step every batch goes through, on the pipeline's worker thread, in order.
+pub trait Stage: Send {
+    fn name(&self) -> &'static str;
+    fn process(&mut self, batch: &Batch) -> Result<(), StageError>;
+    /// Called once when the pipeline drains.
+    fn flush(&mut self) -> Result<(), StageError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub batch_max_rows: usize,
+    pub batch_max_delay: Duration,
+    pub intake_capacity: usize,
+    pub queue_capacity: usize,
+}
+
+/// Why a source could not hand over a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Backpressure {
+    #[error("the pipeline is full")]
+    Full,
+    #[error("Verity is shutting down")]
+    Closed,
+}
+
+/// The sources' handle on the pipeline. Cloneable; the pipeline drains when all are dropped.
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<Batch>,
+    metrics: Metrics,
+}
+
+/// A reserved intake slot: the source does its work, then sends without waiting.
+pub struct IntakePermit<'a> {
+    permit: mpsc::Permit<'a, Batch>,
+}
+
+impl IntakePermit<'_> {
+    pub fn send(self, batch: Batch) {
+        self.permit.send(batch);
+    }
+}
+
+impl Intake {
+    pub fn try_reserve(&self) -> Result<IntakePermit<'_>, Backpressure> {
+        let permit = self.tx.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => Backpressure::Full,
+            mpsc::error::TrySendError::Closed(()) => Backpressure::Closed,
+        })?;
+        self.metrics
+            .queue_depth
+            .get_or_create(&[("queue", "intake")])
+            .set((self.tx.max_capacity() - self.tx.capacity()) as i64);
+        Ok(IntakePermit { permit })
+    }
+
+    /// Waits for a slot (for sources that pause instead of answering, such as files).
+    pub async fn send(&self, batch: Batch) -> Result<(), Backpressure> {
+        self.tx.send(batch).await.map_err(|_| Backpressure::Closed)
+    }
+}
+
+pub struct PipelineHandle {
+    batcher: JoinHandle<()>,
+    worker: JoinHandle<()>,
+}
+
+impl PipelineHandle {
+    /// Waits until the pipeline has drained (all intakes dropped, every stage flushed).
+    pub async fn join(self) {
+        if let Err(e) = self.batcher.await {
+            tracing::error!(error = %e, "pipeline batcher failed");
+        }
+        if let Err(e) = self.worker.await {
+            tracing::error!(error = %e, "pipeline worker failed");
+        }
+    }
+}
+
+/// Starts the batcher task and the worker thread.
+pub fn start(settings: PipelineSettings, stages: Vec<Box<dyn Stage>>, metrics: Metrics) -> (Intake, PipelineHandle) {
+    let (intake_tx, intake_rx) = mpsc::channel(settings.intake_capacity.max(1));
+    let (queue_tx, queue_rx) = mpsc::channel(settings.queue_capacity.max(1));
+    let batcher = tokio::spawn(
+        run_batcher(settings, intake_rx, queue_tx, metrics.clone())
+            .instrument(tracing::info_span!("pipeline_batcher")),
+    );
+    let worker_metrics = metrics.clone();
+    let worker = tokio::task::spawn_blocking(move || run_worker(queue_rx, stages, worker_metrics));
+    (Intake { tx: intake_tx, metrics }, PipelineHandle { batcher, worker })
+}
+
+#[derive(Default)]
+struct Pending {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+}
+
+impl Pending {
+    fn take(&mut self) -> Option<RecordBatch> {
+        let batches = std::mem::take(&mut self.batches);
+        self.rows = 0;
+        match batches.len() {
+            0 => None,
+            1 => batches.into_iter().next(),
+            _ => {
+                let schema = batches[0].schema();
+                match concat_batches(&schema, &batches) {
+                    Ok(b) => Some(b),
+                    Err(error) => {
+                        // Same schema by construction; never expected.
+                        tracing::error!(%error, "could not coalesce batches");
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run_batcher(
+    settings: PipelineSettings,
+    mut rx: mpsc::Receiver<Batch>,
+    tx: mpsc::Sender<Batch>,
+    metrics: Metrics,
+) {
+    let mut events = Pending::default();
+    let mut samples = Pending::default();
+    let mut deadline: Option<Instant> = None;
+    let intake_gauge = metrics.queue_depth.get_or_create(&[("queue", "intake")]).clone();
+    let queue_gauge = metrics.queue_depth.get_or_create(&[("queue", "pipeline")]).clone();
+    loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            item = rx.recv() => {
+                intake_gauge.set(rx.len() as i64);
+                let Some(item) = item else { break };
+                let (pending, is_events) = match item {
+                    Batch::Events(b) => { events.rows += b.num_rows(); events.batches.push(b); (&mut events, true) }
+                    Batch::Metrics(b) => { samples.rows += b.num_rows(); samples.batches.push(b); (&mut samples, false) }
+                };
+                if pending.rows >= settings.batch_max_rows {
+                    if let Some(b) = pending.take() {
+                        let batch = if is_events { Batch::Events(b) } else { Batch::Metrics(b) };
+                        if forward(&tx, batch, &metrics).await.is_err() { break; }
+                    }
+                }
+                if deadline.is_none() && (events.rows > 0 || samples.rows > 0) {
+                    deadline = Some(Instant::now() + settings.batch_max_delay);
+                }
+            }
+            () = sleep => {
+                deadline = None;
+                if flush_all(&tx, &mut events, &mut samples, &metrics).await.is_err() { break; }
+            }
+        }
+        queue_gauge.set((tx.max_capacity() - tx.capacity()) as i64);
+    }
+    let _ = flush_all(&tx, &mut events, &mut samples, &metrics).await;
+    tracing::debug!("pipeline batcher drained");
+}
+
+async fn flush_all(tx: &mpsc::Sender<Batch>, events: &mut Pending, samples: &mut Pending, metrics: &Metrics) -> Result<(), ()> {
+    if let Some(b) = events.take() {
+        forward(tx, Batch::Events(b), metrics).await?;
+    }
+    if let Some(b) = samples.take() {
+        forward(tx, Batch::Metrics(b), metrics).await?;
+    }
+    Ok(())
+}
+
+async fn forward(tx: &mpsc::Sender<Batch>, batch: Batch, metrics: &Metrics) -> Result<(), ()> {
+    metrics.batch_rows.observe(batch.record_batch().num_rows() as f64);
+    tx.send(batch).await.map_err(|_| {
+        tracing::error!("pipeline worker is gone; stopping the batcher");
+    })
+}
+
+fn run_worker(mut rx: mpsc::Receiver<Batch>, mut stages: Vec<Box<dyn Stage>>, metrics: Metrics) {
+    let queue_gauge = metrics.queue_depth.get_or_create(&[("queue", "pipeline")]).clone();
+    while let Some(batch) = rx.blocking_recv() {
+        queue_gauge.set(rx.len() as i64);
+        for stage in stages.iter_mut() {
+            if let Err(error) = stage.process(&batch) {
+                tracing::error!(stage = stage.name(), %error, "pipeline stage failed on a batch");
+            }
+        }
+        metrics
+            .pipeline_rows
+            .get_or_create(&[("signal", batch.signal())])
+            .inc_by(batch.record_batch().num_rows() as u64);
+    }
+    for stage in stages.iter_mut() {
+        if let Err(error) = stage.flush() {
+            tracing::error!(stage = stage.name(), %error, "pipeline stage failed to flush");
+        }
+    }
+    tracing::debug!("pipeline worker drained");
+}
+
+/// Archives normalized rows as JSON lines: `events.jsonl` and `metrics.jsonl` in a directory.
+pub struct ArchiveStage {
+    dir: PathBuf,
+    events: Option<BufWriter<File>>,
+    metrics_out: Option<BufWriter<File>>,
+    metrics: Metrics,
+}
+
+impl ArchiveStage {
+    pub fn new(dir: PathBuf, metrics: Metrics) -> Self {
+        Self {
+            dir,
+            events: None,
+            metrics_out: None,
+            metrics,
+        }
+    }
+
+    fn writer<'a>(dir: &PathBuf, slot: &'a mut Option<BufWriter<File>>, name: &str) -> std::io::Result<&'a mut BufWriter<File>> {
+        if slot.is_none() {
+            std::fs::create_dir_all(dir)?;
+            // Opened lazily on the worker thread: the target may be a FIFO or slow disk.
+            let f = OpenOptions::new().create(true).append(true).open(dir.join(name))?;
+            *slot = Some(BufWriter::with_capacity(1 << 20, f));
+        }
+        slot.as_mut().ok_or_else(|| std::io::Error::other("archive writer missing"))
+    }
+}
+
+impl Stage for ArchiveStage {
+    fn name(&self) -> &'static str {
+        "archive"
+    }
+
+    fn process(&mut self, batch: &Batch) -> Result<(), StageError> {
+        let (slot, name) = match batch {
+            Batch::Events(_) => (&mut self.events, "events.jsonl"),
+            Batch::Metrics(_) => (&mut self.metrics_out, "metrics.jsonl"),
+        };
+        let result = Self::writer(&self.dir, slot, name).and_then(|w| {
+            verity_model::json::write_jsonl(&mut *w, batch.record_batch()).map_err(std::io::Error::other)?;
+            w.flush()
+        });
+        result.map_err(|source| {
+            self.metrics.archive_errors.inc();
+            StageError::Io { stage: "archive", source }
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), StageError> {
+        for w in [self.events.as_mut(), self.metrics_out.as_mut()].into_iter().flatten() {
+            w.flush().map_err(|source| StageError::Io { stage: "archive", source })?;
+        }
+        Ok(())
+    }
+}
