@@ -394,7 +394,7 @@ mod tests {
         .expect("write");
         let errors = load(Some(&path), Vec::new()).unwrap_err();
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert!(paths.contains(&"pipeline"), "{errors:?}");
+        assert!(paths.contains(&"pipeline.batch_max_rowz"), "{errors:?}");
         assert!(paths.contains(&"bogus"), "{errors:?}");
         assert!(errors.iter().any(|e| e.message.contains("batch_max_rowz")), "{errors:?}");
 

@@ -135,6 +135,17 @@ pub fn parse(line: &str) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection> {
             _ => Layout::IstioPre19,
         }
     };
+    let (min_fields, name) = match layout {
+        Layout::Istio => (20, "Istio"),
+        Layout::IstioPre19 => (17, "pre-1.9 Istio"),
+        Layout::EnvoyDefault => (11, "Envoy default"),
+    };
+    let found = tail.split(' ').filter(|t| !t.is_empty()).count();
+    if found < min_fields {
+        return Err(malformed(&format!(
+            "{name} layout needs {min_fields} fields after the request line, found {found} (truncated?)"
+        )));
+    }
     ev.format = match layout {
         Layout::Istio => InputFormat::IstioText,
         Layout::IstioPre19 => InputFormat::IstioTextPre19,

@@ -193,6 +193,7 @@ mod tests {
             value: Some(AnyValue {
                 value: Some(Any::StringValue(v.into())),
             }),
+            ..Default::default()
         }
     }
 
