@@ -92,9 +92,10 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .thread_name("verity")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        verity_collector::app::run(settings, shutdown_signal(), |_| {}).await
-    })?;
+    let result = runtime.block_on(verity_collector::app::run(settings, shutdown_signal(), |_| {}));
+    // A stage stuck in blocking I/O must not keep the process alive past the drain deadline.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,12 @@
+//! End-to-end tests against the real `verity` binary (built by `cargo build --workspace`).
+//! See `tests/README.md` for the tiers and what each needs.
+
+mod e2e {
+    pub mod backpressure;
+    pub mod bad_input;
+    pub mod cli;
+    pub mod drain;
+    pub mod otlp_grpc;
+    pub mod otlp_http;
+    pub mod python_sdk;
+}

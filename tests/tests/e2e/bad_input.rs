@@ -1,0 +1,107 @@
+//! Bad input over OTLP/HTTP: each gets its documented answer and the server keeps serving.
+
+use std::time::Duration;
+
+use prost::Message;
+use verity_e2e::{Verity, eventually, gzip, http_request, otlp};
+
+const LINE: &str = r#"[2024-03-01T10:00:00.000Z] "GET / HTTP/1.1" 200 - via_upstream - "-" 0 1 1 1 "-" "ua" "ok-1" "web:80" "10.0.0.1:80" inbound|80|| 127.0.0.6:1 10.0.0.1:80 10.0.0.2:2 - default"#;
+
+fn good_request() -> Vec<u8> {
+    otlp::logs_request(vec![otlp::record(LINE, vec![])]).encode_to_vec()
+}
+
+const PB: (&str, &str) = ("Content-Type", "application/x-protobuf");
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+#[test]
+fn each_bad_request_gets_its_answer_and_the_server_keeps_serving() {
+    // A small cap so "oversize" is cheap to produce.
+    let v = Verity::start(&[("VERITY__OTLP__MAX_REQUEST_BYTES", "65536")]);
+    let good = good_request();
+    let post = |headers: &[(&str, &str)], body: &[u8]| http_request(v.http, "POST", "/v1/logs", headers, body).expect("http");
+
+    // Truncated protobuf.
+    let r = post(&[PB], &good[..good.len() / 2]);
+    assert_eq!(r.status, 400, "truncated protobuf");
+    let status = verity_collector_status(&r.body);
+    assert_eq!(status.0, 3, "google.rpc.Status code INVALID_ARGUMENT");
+    assert!(status.1.contains("could not decode"), "{}", status.1);
+
+    // Wrong content type.
+    let r = post(&[("Content-Type", "text/plain")], &good);
+    assert_eq!(r.status, 415);
+    assert!(r.json()["message"].as_str().expect("message").contains("text/plain"));
+    let r = post(&[], &good);
+    assert_eq!(r.status, 415, "missing content type");
+
+    // Unsupported content encoding.
+    let r = post(&[PB, ("Content-Encoding", "br")], &good);
+    assert_eq!(r.status, 415);
+
+    // Oversize body, and a gzip bomb whose compressed size is small.
+    let r = post(&[PB], &vec![0u8; 200_000]);
+    assert_eq!(r.status, 413, "oversize body");
+    let bomb = gzip(&vec![b'a'; 5_000_000]);
+    assert!(bomb.len() < 65536, "bomb must fit under the cap compressed ({} bytes)", bomb.len());
+    let r = post(&[PB, ("Content-Encoding", "gzip")], &bomb);
+    assert_eq!(r.status, 413, "gzip bomb");
+    let r = post(&[PB, ("Content-Encoding", "gzip")], b"this is not gzip");
+    assert_eq!(r.status, 400, "invalid gzip");
+
+    // Invalid UTF-8: in a protobuf string field and in a JSON document.
+    let mut bad_utf8 = good.clone();
+    let at = bad_utf8.windows(4).position(|w| w == b"GET ").expect("body bytes");
+    bad_utf8[at] = 0xff;
+    let r = post(&[PB], &bad_utf8);
+    assert_eq!(r.status, 400, "invalid UTF-8 in protobuf");
+    let r = post(&[JSON], b"{\"resourceLogs\":[{\"scopeLogs\":[{\"logRecords\":[{\"body\":{\"stringValue\":\"\xff\xfe\"}}]}]}]}");
+    assert_eq!(r.status, 400, "invalid UTF-8 in JSON");
+    let r = post(&[JSON], b"{\"resourceLogs\": [");
+    assert_eq!(r.status, 400, "truncated JSON");
+
+    // Absurd field values are per-record rejections, not request failures.
+    let absurd = otlp::logs_request(vec![
+        otlp::record(LINE, vec![otlp::kv("response_code", "99999")]),
+        otlp::record(LINE, vec![otlp::kv("source_port", "-1")]),
+        otlp::record(&LINE.replace("2024-03-01", "9999-99-99"), vec![]),
+        otlp::record(&"x".repeat(10_000), vec![]),
+        otlp::record(LINE, vec![]),
+    ]);
+    let r = post(&[PB], &absurd.encode_to_vec());
+    assert_eq!(r.status, 200);
+    let resp = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse::decode(&r.body[..]).expect("answer");
+    let partial = resp.partial_success.expect("partial success");
+    assert_eq!(partial.rejected_log_records, 4, "{}", partial.error_message);
+
+    // Unknown paths and methods.
+    assert_eq!(http_request(v.http, "POST", "/v1/traces", &[PB], &good).expect("http").status, 404);
+    assert_eq!(http_request(v.http, "GET", "/v1/logs", &[], b"").expect("http").status, 405);
+
+    // Still serving.
+    let r = post(&[PB], &good);
+    assert_eq!(r.status, 200);
+    assert_eq!(http_request(v.admin, "GET", "/healthz", &[], b"").expect("healthz").status, 200);
+    assert!(eventually(Duration::from_secs(10), || v.archive_rows("events.jsonl").len() == 2));
+    assert_eq!(v.dead_letters().len(), 4);
+    let metrics = v.metrics_text();
+    for outcome in ["bad_request", "unsupported_media_type", "too_large", "partial", "ok"] {
+        assert!(
+            metrics.contains(&format!(r#"verity_otlp_requests_total{{transport="http",signal="logs",outcome="{outcome}"}}"#)),
+            "no {outcome} count in:\n{metrics}"
+        );
+    }
+}
+
+/// Decodes a protobuf `google.rpc.Status` (code, message).
+fn verity_collector_status(body: &[u8]) -> (i32, String) {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Status {
+        #[prost(int32, tag = "1")]
+        code: i32,
+        #[prost(string, tag = "2")]
+        message: String,
+    }
+    let s = Status::decode(body).expect("google.rpc.Status");
+    (s.code, s.message)
+}
