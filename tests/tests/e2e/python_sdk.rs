@@ -75,7 +75,9 @@ fn python_sdk_exporters_over_grpc_and_http() {
     // The line that is not an access log was rejected once per protocol.
     let dead = v.dead_letters();
     assert_eq!(dead.len(), 2, "{dead:?}");
-    assert!(dead.iter().all(|d| d["reason"] == "unrecognized_format" && d["record"] == "this line is not an access log"));
+    // With attributes, the dead letter keeps the whole record (as OTLP JSON), body included.
+    assert!(dead.iter().all(|d| d["reason"] == "unrecognized_format"
+        && d["record"].as_str().is_some_and(|r| r.contains("this line is not an access log"))));
 
     assert!(eventually(Duration::from_secs(10), || v.archive_rows("metrics.jsonl").len() == 6));
     let metrics = v.archive_rows("metrics.jsonl");
