@@ -43,6 +43,10 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> Response {
             );
             res
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("could not encode metrics: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not encode metrics: {e}\n"),
+        )
+            .into_response(),
     }
 }

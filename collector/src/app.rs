@@ -137,7 +137,10 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin_task = admin_listener.map(|listener| {
-        let router = admin::router(Arc::new(AdminState { registry, ready: ready.clone() }));
+        let router = admin::router(Arc::new(AdminState {
+            registry,
+            ready: ready.clone(),
+        }));
         let signal = stopped(admin_stop_rx);
         tokio::spawn(
             async move {

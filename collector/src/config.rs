@@ -144,18 +144,21 @@ pub struct Settings {
 }
 
 /// Loads the layers: defaults, then `file` if given, then `env` (pass `std::env::vars()`).
-pub fn load(
-    file: Option<&Path>,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Config, Vec<ConfigError>> {
+pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, Vec<ConfigError>> {
     let mut tree: Value = serde_yaml::from_str(DEFAULTS_YAML)
         .map_err(|e| vec![ConfigError::new("<embedded defaults>", e.to_string())])?;
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))]
+            vec![ConfigError::new(
+                path.display().to_string(),
+                format!("cannot read: {e}"),
+            )]
         })?;
         let overlay: Value = serde_yaml::from_str(&text).map_err(|e| {
-            vec![ConfigError::new(path.display().to_string(), format!("invalid YAML: {e}"))]
+            vec![ConfigError::new(
+                path.display().to_string(),
+                format!("invalid YAML: {e}"),
+            )]
         })?;
         if !overlay.is_null() {
             merge(&mut tree, overlay);
@@ -171,7 +174,10 @@ pub fn load(
     for (rest, v) in overrides {
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
         if path.iter().any(String::is_empty) {
-            env_errors.push(ConfigError::new(format!("{ENV_PREFIX}{rest}"), "malformed variable name"));
+            env_errors.push(ConfigError::new(
+                format!("{ENV_PREFIX}{rest}"),
+                "malformed variable name",
+            ));
             continue;
         }
         let value: Value = serde_yaml::from_str(&v).unwrap_or(Value::String(v));
@@ -195,7 +201,11 @@ fn deserialize_sections(tree: Value) -> Result<Config, Vec<ConfigError>> {
             Ok(t) => Some(t),
             Err(e) => {
                 let inner = e.path().to_string();
-                let path = if inner == "." || inner.is_empty() { name.to_string() } else { format!("{name}.{inner}") };
+                let path = if inner == "." || inner.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{name}.{inner}")
+                };
                 errors.push(ConfigError::new(path, e.into_inner().to_string()));
                 None
             }
@@ -266,7 +276,10 @@ impl Config {
             match s.parse::<SocketAddr>() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    errors.push(ConfigError::new(path, format!("{s:?} is not an ip:port socket address")));
+                    errors.push(ConfigError::new(
+                        path,
+                        format!("{s:?} is not an ip:port socket address"),
+                    ));
                     None
                 }
             }
@@ -274,10 +287,14 @@ impl Config {
         let grpc_listen = addr("otlp.grpc.listen", self.otlp.grpc.enabled, &self.otlp.grpc.listen);
         let http_listen = addr("otlp.http.listen", self.otlp.http.enabled, &self.otlp.http.listen);
         let admin_listen = addr("admin.listen", self.admin.enabled, &self.admin.listen);
-        let bound: Vec<(&str, SocketAddr)> = [("otlp.grpc.listen", grpc_listen), ("otlp.http.listen", http_listen), ("admin.listen", admin_listen)]
-            .into_iter()
-            .filter_map(|(p, a)| a.map(|a| (p, a)))
-            .collect();
+        let bound: Vec<(&str, SocketAddr)> = [
+            ("otlp.grpc.listen", grpc_listen),
+            ("otlp.http.listen", http_listen),
+            ("admin.listen", admin_listen),
+        ]
+        .into_iter()
+        .filter_map(|(p, a)| a.map(|a| (p, a)))
+        .collect();
         for (i, (p, a)) in bound.iter().enumerate() {
             for (q, b) in &bound[i + 1..] {
                 if a == b && a.port() != 0 {
@@ -287,37 +304,61 @@ impl Config {
         }
         let max = self.otlp.max_request_bytes;
         if !(1024..=(1 << 30)).contains(&max) {
-            errors.push(ConfigError::new("otlp.max_request_bytes", format!("{max} must be between 1024 and 1073741824")));
+            errors.push(ConfigError::new(
+                "otlp.max_request_bytes",
+                format!("{max} must be between 1024 and 1073741824"),
+            ));
         }
         if !(1..=3600).contains(&self.otlp.retry_after_secs) {
             errors.push(ConfigError::new("otlp.retry_after_secs", "must be between 1 and 3600"));
         }
         let p = &self.pipeline;
         if !(1..=1_000_000).contains(&p.batch_max_rows) {
-            errors.push(ConfigError::new("pipeline.batch_max_rows", "must be between 1 and 1000000"));
+            errors.push(ConfigError::new(
+                "pipeline.batch_max_rows",
+                "must be between 1 and 1000000",
+            ));
         }
         if !(1..=60_000).contains(&p.batch_max_delay_ms) {
-            errors.push(ConfigError::new("pipeline.batch_max_delay_ms", "must be between 1 and 60000"));
+            errors.push(ConfigError::new(
+                "pipeline.batch_max_delay_ms",
+                "must be between 1 and 60000",
+            ));
         }
         if !(1..=100_000).contains(&p.intake_capacity) {
-            errors.push(ConfigError::new("pipeline.intake_capacity", "must be between 1 and 100000"));
+            errors.push(ConfigError::new(
+                "pipeline.intake_capacity",
+                "must be between 1 and 100000",
+            ));
         }
         if !(1..=10_000).contains(&p.queue_capacity) {
-            errors.push(ConfigError::new("pipeline.queue_capacity", "must be between 1 and 10000"));
+            errors.push(ConfigError::new(
+                "pipeline.queue_capacity",
+                "must be between 1 and 10000",
+            ));
         }
         if self.dead_letter.path.as_os_str().is_empty() {
-            errors.push(ConfigError::new("dead_letter.path", "must be set: rejected records are never discarded"));
+            errors.push(ConfigError::new(
+                "dead_letter.path",
+                "must be set: rejected records are never discarded",
+            ));
         }
-        if let Some(dir) = &self.archive.dir {
-            if dir.as_os_str().is_empty() {
-                errors.push(ConfigError::new("archive.dir", "must be a directory path or null"));
-            }
+        if let Some(dir) = &self.archive.dir
+            && dir.as_os_str().is_empty()
+        {
+            errors.push(ConfigError::new("archive.dir", "must be a directory path or null"));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            errors.push(ConfigError::new("log.level", format!("invalid filter {:?}: {e}", self.log.level)));
+            errors.push(ConfigError::new(
+                "log.level",
+                format!("invalid filter {:?}: {e}", self.log.level),
+            ));
         }
         if !(1..=3600).contains(&self.shutdown.drain_timeout_secs) {
-            errors.push(ConfigError::new("shutdown.drain_timeout_secs", "must be between 1 and 3600"));
+            errors.push(ConfigError::new(
+                "shutdown.drain_timeout_secs",
+                "must be between 1 and 3600",
+            ));
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -372,10 +413,18 @@ mod tests {
     fn file_then_env_override_defaults() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("v.yaml");
-        std::fs::write(&path, "otlp:\n  http:\n    listen: 127.0.0.1:9999\npipeline:\n  batch_max_rows: 10\n").expect("write");
+        std::fs::write(
+            &path,
+            "otlp:\n  http:\n    listen: 127.0.0.1:9999\npipeline:\n  batch_max_rows: 10\n",
+        )
+        .expect("write");
         let s = settings(
             Some(&path),
-            env(&[("VERITY__PIPELINE__BATCH_MAX_ROWS", "20"), ("VERITY__OTLP__GRPC__ENABLED", "false"), ("OTHER", "x")]),
+            env(&[
+                ("VERITY__PIPELINE__BATCH_MAX_ROWS", "20"),
+                ("VERITY__OTLP__GRPC__ENABLED", "false"),
+                ("OTHER", "x"),
+            ]),
         )
         .expect("valid");
         assert_eq!(s.http_listen, Some("127.0.0.1:9999".parse().expect("addr")));
@@ -396,12 +445,23 @@ mod tests {
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"pipeline.batch_max_rowz"), "{errors:?}");
         assert!(paths.contains(&"bogus"), "{errors:?}");
-        assert!(errors.iter().any(|e| e.message.contains("batch_max_rowz")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.message.contains("batch_max_rowz")),
+            "{errors:?}"
+        );
 
-        std::fs::write(&path, "otlp:\n  grpc:\n    listen: nowhere\n  max_request_bytes: 5\nadmin:\n  listen: 127.0.0.1:4318\n").expect("write");
+        std::fs::write(
+            &path,
+            "otlp:\n  grpc:\n    listen: nowhere\n  max_request_bytes: 5\nadmin:\n  listen: 127.0.0.1:4318\n",
+        )
+        .expect("write");
         let errors = settings(Some(&path), Vec::new()).unwrap_err();
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, vec!["otlp.grpc.listen", "admin.listen", "otlp.max_request_bytes"], "{errors:?}");
+        assert_eq!(
+            paths,
+            vec!["otlp.grpc.listen", "admin.listen", "otlp.max_request_bytes"],
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -8,12 +8,12 @@
 
 #![forbid(unsafe_code)]
 
-pub mod normalize;
 pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dead_letter;
 pub mod metrics;
+pub mod normalize;
 pub mod otlp;
 pub mod pipeline;
 

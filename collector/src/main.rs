@@ -13,7 +13,11 @@ use verity_model::EventBatchBuilder;
 use verity_model::event::IngestSource;
 
 #[derive(Parser)]
-#[command(name = "verity", version, about = "Continuous zero-trust verification for service meshes")]
+#[command(
+    name = "verity",
+    version,
+    about = "Continuous zero-trust verification for service meshes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,9 @@ fn load(config: Option<&PathBuf>) -> Result<Settings, ExitCode> {
 
 fn init_logging(settings: &Settings) {
     let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match settings.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -148,7 +154,11 @@ fn normalize_files(format: FormatHint, files: &[String]) -> anyhow::Result<ExitC
         let mut line_no = 0u64;
         loop {
             buf.clear();
-            if reader.read_until(b'\n', &mut buf).with_context(|| format!("cannot read {name}"))? == 0 {
+            if reader
+                .read_until(b'\n', &mut buf)
+                .with_context(|| format!("cannot read {name}"))?
+                == 0
+            {
                 break;
             }
             line_no += 1;
@@ -178,5 +188,9 @@ fn normalize_files(format: FormatHint, files: &[String]) -> anyhow::Result<ExitC
     }
     out.flush()?;
     writeln!(stderr, "normalized {ok} lines, rejected {failed}")?;
-    Ok(if ok == 0 && failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if ok == 0 && failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

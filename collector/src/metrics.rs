@@ -53,16 +53,56 @@ impl Metrics {
             archive_errors: Counter::default(),
             ready: Gauge::default(),
         };
-        registry.register("verity_records_received", "Telemetry records received, by source and signal", m.records_received.clone());
-        registry.register("verity_records_accepted", "Records normalized into events, by source and input format", m.records_accepted.clone());
-        registry.register("verity_records_rejected", "Records that could not be normalized, by source and reason", m.records_rejected.clone());
-        registry.register("verity_otlp_requests", "OTLP export requests, by transport, signal and outcome", m.otlp_requests.clone());
-        registry.register("verity_queue_depth", "Items waiting in a bounded pipeline queue", m.queue_depth.clone());
-        registry.register("verity_pipeline_batch_rows", "Rows per batch handed to the pipeline stages", m.batch_rows.clone());
-        registry.register("verity_pipeline_rows", "Rows processed by the pipeline stages, by signal", m.pipeline_rows.clone());
-        registry.register("verity_dead_letter_records", "Records written to the dead-letter file", m.dead_letter_records.clone());
-        registry.register("verity_dead_letter_write_errors", "Failures writing the dead-letter file", m.dead_letter_errors.clone());
-        registry.register("verity_archive_write_errors", "Failures writing the event archive", m.archive_errors.clone());
+        registry.register(
+            "verity_records_received",
+            "Telemetry records received, by source and signal",
+            m.records_received.clone(),
+        );
+        registry.register(
+            "verity_records_accepted",
+            "Records normalized into events, by source and input format",
+            m.records_accepted.clone(),
+        );
+        registry.register(
+            "verity_records_rejected",
+            "Records that could not be normalized, by source and reason",
+            m.records_rejected.clone(),
+        );
+        registry.register(
+            "verity_otlp_requests",
+            "OTLP export requests, by transport, signal and outcome",
+            m.otlp_requests.clone(),
+        );
+        registry.register(
+            "verity_queue_depth",
+            "Items waiting in a bounded pipeline queue",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "verity_pipeline_batch_rows",
+            "Rows per batch handed to the pipeline stages",
+            m.batch_rows.clone(),
+        );
+        registry.register(
+            "verity_pipeline_rows",
+            "Rows processed by the pipeline stages, by signal",
+            m.pipeline_rows.clone(),
+        );
+        registry.register(
+            "verity_dead_letter_records",
+            "Records written to the dead-letter file",
+            m.dead_letter_records.clone(),
+        );
+        registry.register(
+            "verity_dead_letter_write_errors",
+            "Failures writing the dead-letter file",
+            m.dead_letter_errors.clone(),
+        );
+        registry.register(
+            "verity_archive_write_errors",
+            "Failures writing the event archive",
+            m.archive_errors.clone(),
+        );
         registry.register("verity_ready", "1 while Verity accepts input", m.ready.clone());
         m
     }

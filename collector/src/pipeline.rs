@@ -142,8 +142,7 @@ pub fn start(settings: PipelineSettings, stages: Vec<Box<dyn Stage>>, metrics: M
     let (intake_tx, intake_rx) = mpsc::channel(settings.intake_capacity.max(1));
     let (queue_tx, queue_rx) = mpsc::channel(settings.queue_capacity.max(1));
     let batcher = tokio::spawn(
-        run_batcher(settings, intake_rx, queue_tx, metrics.clone())
-            .instrument(tracing::info_span!("pipeline_batcher")),
+        run_batcher(settings, intake_rx, queue_tx, metrics.clone()).instrument(tracing::info_span!("pipeline_batcher")),
     );
     let worker_metrics = metrics.clone();
     let worker = tokio::task::spawn_blocking(move || run_worker(queue_rx, stages, worker_metrics));
@@ -204,12 +203,11 @@ async fn run_batcher(
                     Batch::Events(b) => { events.rows += b.num_rows(); events.batches.push(b); (&mut events, true) }
                     Batch::Metrics(b) => { samples.rows += b.num_rows(); samples.batches.push(b); (&mut samples, false) }
                 };
-                if pending.rows >= settings.batch_max_rows {
-                    if let Some(b) = pending.take() {
+                if pending.rows >= settings.batch_max_rows
+                    && let Some(b) = pending.take() {
                         let batch = if is_events { Batch::Events(b) } else { Batch::Metrics(b) };
                         if forward(&tx, batch, &metrics).await.is_err() { break; }
                     }
-                }
                 if deadline.is_none() && (events.rows > 0 || samples.rows > 0) {
                     deadline = Some(Instant::now() + settings.batch_max_delay);
                 }
@@ -225,7 +223,12 @@ async fn run_batcher(
     tracing::debug!("pipeline batcher drained");
 }
 
-async fn flush_all(tx: &mpsc::Sender<Batch>, events: &mut Pending, samples: &mut Pending, metrics: &Metrics) -> Result<(), ()> {
+async fn flush_all(
+    tx: &mpsc::Sender<Batch>,
+    events: &mut Pending,
+    samples: &mut Pending,
+    metrics: &Metrics,
+) -> Result<(), ()> {
     if let Some(b) = events.take() {
         forward(tx, Batch::Events(b), metrics).await?;
     }
@@ -282,14 +285,19 @@ impl ArchiveStage {
         }
     }
 
-    fn writer<'a>(dir: &PathBuf, slot: &'a mut Option<BufWriter<File>>, name: &str) -> std::io::Result<&'a mut BufWriter<File>> {
+    fn writer<'a>(
+        dir: &PathBuf,
+        slot: &'a mut Option<BufWriter<File>>,
+        name: &str,
+    ) -> std::io::Result<&'a mut BufWriter<File>> {
         if slot.is_none() {
             std::fs::create_dir_all(dir)?;
             // Opened lazily on the worker thread: the target may be a FIFO or slow disk.
             let f = OpenOptions::new().create(true).append(true).open(dir.join(name))?;
             *slot = Some(BufWriter::with_capacity(1 << 20, f));
         }
-        slot.as_mut().ok_or_else(|| std::io::Error::other("archive writer missing"))
+        slot.as_mut()
+            .ok_or_else(|| std::io::Error::other("archive writer missing"))
     }
 }
 
@@ -309,13 +317,19 @@ impl Stage for ArchiveStage {
         });
         result.map_err(|source| {
             self.metrics.archive_errors.inc();
-            StageError::Io { stage: "archive", source }
+            StageError::Io {
+                stage: "archive",
+                source,
+            }
         })
     }
 
     fn flush(&mut self) -> Result<(), StageError> {
         for w in [self.events.as_mut(), self.metrics_out.as_mut()].into_iter().flatten() {
-            w.flush().map_err(|source| StageError::Io { stage: "archive", source })?;
+            w.flush().map_err(|source| StageError::Io {
+                stage: "archive",
+                source,
+            })?;
         }
         Ok(())
     }

@@ -61,7 +61,10 @@ fn check(row: &serde_json::Map<String, Json>, expect: &serde_yaml::Mapping) -> V
     let mut problems = Vec::new();
     for (k, v) in expect {
         let key = k.as_str().expect("string key");
-        assert!(schema.field_with_name(key).is_ok(), "expectation names unknown column {key}");
+        assert!(
+            schema.field_with_name(key).is_ok(),
+            "expectation names unknown column {key}"
+        );
         let want: Json = serde_json::to_value(v).expect("yaml to json");
         let got = row.get(key).cloned().unwrap_or(Json::Null);
         let same = match (&want, &got) {
@@ -98,7 +101,11 @@ fn fixture_cases() {
         let cases: Vec<Case> = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for case in cases {
             count += 1;
-            let label = format!("{} / {}", file.file_name().and_then(|n| n.to_str()).unwrap_or("?"), case.name);
+            let label = format!(
+                "{} / {}",
+                file.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+                case.name
+            );
             match (normalize_to_json(&case.line), &case.expect, &case.reject) {
                 (Ok(row), Some(expect), None) => {
                     let problems = check(&row, expect);
@@ -112,14 +119,21 @@ fn fixture_cases() {
                     }
                     assert!(!r.detail.is_empty(), "{label}: rejection without a detail");
                 }
-                (Ok(_), None, Some(reason)) => failures.push(format!("{label}: expected rejection {reason}, but it normalized")),
+                (Ok(_), None, Some(reason)) => {
+                    failures.push(format!("{label}: expected rejection {reason}, but it normalized"))
+                }
                 (Err(r), Some(_), None) => failures.push(format!("{label}: rejected: {r}")),
                 _ => failures.push(format!("{label}: a case needs exactly one of expect or reject")),
             }
         }
     }
     assert!(count >= 25, "only {count} cases found");
-    assert!(failures.is_empty(), "{} of {count} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {count} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn shared_samples() -> Option<PathBuf> {
@@ -127,7 +141,10 @@ fn shared_samples() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIP: {} is absent; upstream sample conformance not checked", dir.display());
+        eprintln!(
+            "SKIP: {} is absent; upstream sample conformance not checked",
+            dir.display()
+        );
         None
     }
 }
@@ -135,7 +152,8 @@ fn shared_samples() -> Option<PathBuf> {
 #[test]
 fn upstream_samples_conform() {
     let Some(dir) = shared_samples() else { return };
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/samples.yaml")).expect("read");
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/samples.yaml"))
+        .expect("read");
     let cases: Vec<SampleCase> = serde_yaml::from_str(&text).expect("samples.yaml");
     let mut failures = Vec::new();
     let mut covered = std::collections::BTreeSet::new();
@@ -162,7 +180,11 @@ fn upstream_samples_conform() {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "log") {
             let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_string();
-            let lines = std::fs::read_to_string(&path).expect("read").lines().filter(|l| !l.trim().is_empty()).count();
+            let lines = std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count();
             for n in 1..=lines {
                 if !covered.contains(&(name.clone(), n)) {
                     failures.push(format!("{name}:{n}: no expectation in samples.yaml"));
@@ -187,12 +209,14 @@ fn upstream_metric_sample_labels_become_columns() {
         let end = tail.find('"').expect("closing quote");
         attributes.push(KeyValue {
             key: k.trim_start_matches(',').to_string(),
-            value: Some(AnyValue { value: Some(any_value::Value::StringValue(tail[..end].to_string())) }),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(tail[..end].to_string())),
+            }),
             ..Default::default()
         });
         s = &tail[end + 1..];
     }
-    let value: f64 = value.trim().split_whitespace().next().expect("value").parse().expect("number");
+    let value: f64 = value.split_whitespace().next().expect("value").parse().expect("number");
     let metric = Metric {
         name: name.to_string(),
         data: Some(metric::Data::Sum(Sum {

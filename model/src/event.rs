@@ -9,8 +9,8 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampNanosecondBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampNanosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -409,11 +409,9 @@ impl EventBatchBuilder {
         self.reporter.append_value(e.reporter.as_str());
         self.protocol.append_option(e.protocol.as_deref());
         self.direction.append_value(e.direction.as_str());
-        self.source_principal
-            .append_option(e.source_principal.as_deref());
+        self.source_principal.append_option(e.source_principal.as_deref());
         self.source_workload.append_option(e.source_workload.as_deref());
-        self.source_namespace
-            .append_option(e.source_namespace.as_deref());
+        self.source_namespace.append_option(e.source_namespace.as_deref());
         self.source_ip.append_option(e.source_ip.as_deref());
         self.source_port.append_option(e.source_port);
         self.destination_principal
@@ -424,12 +422,10 @@ impl EventBatchBuilder {
             .append_option(e.destination_namespace.as_deref());
         self.destination_ip.append_option(e.destination_ip.as_deref());
         self.destination_port.append_option(e.destination_port);
-        self.destination_service
-            .append_option(e.destination_service.as_deref());
+        self.destination_service.append_option(e.destination_service.as_deref());
         self.mtls.append_option(e.mtls);
         self.tls_version.append_option(e.tls_version.as_deref());
-        self.request_principal
-            .append_option(e.request_principal.as_deref());
+        self.request_principal.append_option(e.request_principal.as_deref());
         self.method.append_option(e.method.as_deref());
         self.path.append_option(e.path.as_deref());
         self.authority.append_option(e.authority.as_deref());
@@ -447,8 +443,7 @@ impl EventBatchBuilder {
         self.decision.append_value(e.decision.as_str());
         self.decision_policy.append_option(e.decision_policy.as_deref());
         self.decision_reason.append_option(e.decision_reason.as_deref());
-        self.upstream_cluster
-            .append_option(e.upstream_cluster.as_deref());
+        self.upstream_cluster.append_option(e.upstream_cluster.as_deref());
         self.upstream_host.append_option(e.upstream_host.as_deref());
         self.route_name.append_option(e.route_name.as_deref());
         self.requested_server_name

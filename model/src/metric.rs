@@ -4,8 +4,8 @@
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, RecordBatch,
-    StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
+    ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
+    UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -35,9 +35,7 @@ pub const ISTIO_LABELS: &[&str] = &[
     "connection_security_policy",
 ];
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricKind {
     #[default]
@@ -99,11 +97,7 @@ pub fn schema() -> SchemaRef {
                 Field::new("temporality", DataType::Utf8, true),
                 Field::new("unit", DataType::Utf8, true),
             ];
-            fields.extend(
-                ISTIO_LABELS
-                    .iter()
-                    .map(|l| Field::new(*l, DataType::Utf8, true)),
-            );
+            fields.extend(ISTIO_LABELS.iter().map(|l| Field::new(*l, DataType::Utf8, true)));
             fields.push(Field::new(
                 "explicit_bounds",
                 DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true))),
@@ -189,9 +183,7 @@ impl MetricBatchBuilder {
             self.explicit_bounds.append_null();
             self.bucket_counts.append_null();
         } else {
-            self.explicit_bounds
-                .values()
-                .append_slice(&s.explicit_bounds);
+            self.explicit_bounds.values().append_slice(&s.explicit_bounds);
             self.explicit_bounds.append(true);
             self.bucket_counts.values().append_slice(&s.bucket_counts);
             self.bucket_counts.append(true);
@@ -213,11 +205,7 @@ impl MetricBatchBuilder {
             Arc::new(self.temporality.finish()),
             Arc::new(self.unit.finish()),
         ];
-        columns.extend(
-            self.labels
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
+        columns.extend(self.labels.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
         columns.push(Arc::new(self.explicit_bounds.finish()));
         columns.push(Arc::new(self.bucket_counts.finish()));
         columns.push(Arc::new(self.attributes.finish()));

@@ -20,9 +20,15 @@ pub fn verity_bin() -> PathBuf {
     if let Ok(p) = std::env::var("VERITY_BIN") {
         return PathBuf::from(p);
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
     let bin = target.join("debug/verity");
-    assert!(bin.exists(), "{} is missing: run `cargo build --workspace` before the end-to-end tests", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace` before the end-to-end tests",
+        bin.display()
+    );
     bin
 }
 
@@ -38,7 +44,10 @@ pub fn shared_reference() -> Option<PathBuf> {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A running `verity run`.
@@ -98,10 +107,10 @@ impl Verity {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("verity exited early with {status}:\n{}", self.stderr());
             }
-            if let Ok(r) = http_request(self.admin, "GET", "/readyz", &[], b"") {
-                if r.status == 200 {
-                    return;
-                }
+            if let Ok(r) = http_request(self.admin, "GET", "/readyz", &[], b"")
+                && r.status == 200
+            {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -119,7 +128,10 @@ impl Verity {
     /// Sends SIGTERM and waits up to `timeout` for the exit; returns status and time taken.
     pub fn terminate(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
         let start = Instant::now();
-        let ok = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("kill");
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
         assert!(ok.success(), "kill -TERM failed");
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -185,7 +197,9 @@ pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
 }
 
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad JSON line {l:?}: {e}", path.display())))
@@ -213,19 +227,32 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 }
 
 /// A minimal HTTP/1.1 client (one request per connection), enough to send exact bytes.
-pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpResponse> {
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -235,10 +262,12 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str
     let _ = s.write_all(body);
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP response header in {:?}", String::from_utf8_lossy(&raw))))?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| {
+        std::io::Error::other(format!(
+            "no HTTP response header in {:?}",
+            String::from_utf8_lossy(&raw)
+        ))
+    })?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
     let status: u16 = lines
@@ -247,10 +276,16 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("bad status line"))?;
     let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
         body = dechunk(&body);
     }
     Ok(HttpResponse { status, headers, body })
@@ -258,8 +293,7 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(nl) = b.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(String::from_utf8_lossy(&b[..nl]).trim(), 16).unwrap_or(0);
         if size == 0 || b.len() < nl + 2 + size {
             break;
@@ -290,14 +324,18 @@ pub mod otlp {
     pub fn kv(k: &str, v: &str) -> KeyValue {
         KeyValue {
             key: k.into(),
-            value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
             ..Default::default()
         }
     }
 
     pub fn record(body: &str, attrs: Vec<KeyValue>) -> LogRecord {
         LogRecord {
-            body: Some(AnyValue { value: Some(any_value::Value::StringValue(body.into())) }),
+            body: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(body.into())),
+            }),
             attributes: attrs,
             ..Default::default()
         }
@@ -306,7 +344,10 @@ pub mod otlp {
     pub fn logs_request(records: Vec<LogRecord>) -> ExportLogsServiceRequest {
         ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs { log_records: records, ..Default::default() }],
+                scope_logs: vec![ScopeLogs {
+                    log_records: records,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         }
@@ -365,9 +406,13 @@ pub mod otlp {
         if gzip {
             grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
         }
-        grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
-        grpc.unary(tonic::Request::new(message), path, RawCodec).await.map(|r| r.into_inner())
+        grpc.unary(tonic::Request::new(message), path, RawCodec)
+            .await
+            .map(|r| r.into_inner())
     }
 
     pub const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";

@@ -34,24 +34,25 @@ pub fn derive<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>) {
         };
     }
     let inbound_side = matches!(ev.direction, Direction::Inbound)
-        || matches!(ev.reporter, Reporter::Destination | Reporter::Waypoint | Reporter::Gateway);
+        || matches!(
+            ev.reporter,
+            Reporter::Destination | Reporter::Waypoint | Reporter::Gateway
+        );
 
     // Addresses: the downstream peer is always the source; the destination is the local
     // address on an inbound proxy and the chosen upstream host on an outbound one.
-    if ev.source_ip.is_none() {
-        if let Some(addr) = ex.downstream_remote_address.as_ref() {
-            let (ip, port) = split_cow(addr);
-            ev.source_ip = ip;
-            ev.source_port = port;
-        }
+    if ev.source_ip.is_none()
+        && let Some(addr) = ex.downstream_remote_address.as_ref()
+    {
+        let (ip, port) = split_cow(addr);
+        ev.source_ip = ip;
+        ev.source_port = port;
     }
     if ev.destination_ip.is_none() {
         let from = if inbound_side {
             ex.downstream_local_address.as_ref()
         } else {
-            ev.upstream_host
-                .as_ref()
-                .or(ex.downstream_local_address.as_ref())
+            ev.upstream_host.as_ref().or(ex.downstream_local_address.as_ref())
         };
         if let Some(addr) = from {
             let (ip, port) = split_cow(addr);
@@ -62,13 +63,21 @@ pub fn derive<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>) {
 
     // Pod labels name the reporting proxy's own workload.
     if let Some(pod) = &ex.pod {
-        let slot = if inbound_side { &mut ev.destination_workload } else { &mut ev.source_workload };
+        let slot = if inbound_side {
+            &mut ev.destination_workload
+        } else {
+            &mut ev.source_workload
+        };
         if slot.is_none() {
             *slot = Some(pod.clone());
         }
     }
     if let Some(ns) = &ex.pod_namespace {
-        let slot = if inbound_side { &mut ev.destination_namespace } else { &mut ev.source_namespace };
+        let slot = if inbound_side {
+            &mut ev.destination_namespace
+        } else {
+            &mut ev.source_namespace
+        };
         if slot.is_none() {
             *slot = Some(ns.clone());
         }
@@ -76,10 +85,12 @@ pub fn derive<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>) {
 
     // Principals.
     if ev.source_principal.is_none() && inbound_side {
-        ev.source_principal = ex
-            .downstream_peer_uri_san
-            .clone()
-            .or_else(|| ex.x_forwarded_client_cert.as_deref().and_then(xfcc_uri).map(|u| Cow::Owned(u.to_string())));
+        ev.source_principal = ex.downstream_peer_uri_san.clone().or_else(|| {
+            ex.x_forwarded_client_cert
+                .as_deref()
+                .and_then(xfcc_uri)
+                .map(|u| Cow::Owned(u.to_string()))
+        });
     }
     if ev.destination_principal.is_none() {
         ev.destination_principal = if inbound_side {
@@ -100,10 +111,10 @@ pub fn derive<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>) {
     if ev.destination_port.is_none() {
         ev.destination_port = port_from_cluster(ev.upstream_cluster.as_deref());
     }
-    if ev.destination_namespace.is_none() {
-        if let Some(ns) = ev.destination_service.as_deref().and_then(namespace_from_host) {
-            ev.destination_namespace = Some(Cow::Owned(ns.to_string()));
-        }
+    if ev.destination_namespace.is_none()
+        && let Some(ns) = ev.destination_service.as_deref().and_then(namespace_from_host)
+    {
+        ev.destination_namespace = Some(Cow::Owned(ns.to_string()));
     }
 
     if ev.mtls.is_none() {
@@ -135,14 +146,8 @@ fn split_cow<'a>(addr: &Cow<'a, str>) -> (Text<'a>, Option<i32>) {
 
 pub fn direction_from_cluster(cluster: Option<&str>) -> Direction {
     match cluster {
-        Some(c) if c.starts_with("inbound|") || c == "InboundPassthroughCluster" => {
-            Direction::Inbound
-        }
-        Some(c)
-            if c.starts_with("outbound|")
-                || c == "PassthroughCluster"
-                || c == "BlackHoleCluster" =>
-        {
+        Some(c) if c.starts_with("inbound|") || c == "InboundPassthroughCluster" => Direction::Inbound,
+        Some(c) if c.starts_with("outbound|") || c == "PassthroughCluster" || c == "BlackHoleCluster" => {
             Direction::Outbound
         }
         _ => Direction::Unknown,
@@ -263,12 +268,20 @@ fn decide<'a>(ev: &AccessEvent<'a>, is_ztunnel: bool) -> DecisionParts<'a> {
         return (Decision::DenyL4, Some(Cow::Owned(policy)), Some(Cow::Borrowed("rbac")));
     }
     if details.starts_with("ext_authz") || flags.split(',').any(|f| f == "UAEX") {
-        let reason = if details.is_empty() { "ext_authz_denied" } else { details };
+        let reason = if details.is_empty() {
+            "ext_authz_denied"
+        } else {
+            details
+        };
         return (Decision::DenyExtAuthz, None, Some(Cow::Owned(reason.to_string())));
     }
     if let Some(rest) = details.strip_prefix("jwt_authn_access_denied") {
         let reason = rest.trim_start_matches('{').trim_end_matches('}');
-        let reason = if reason.is_empty() { "jwt_authn_access_denied" } else { reason };
+        let reason = if reason.is_empty() {
+            "jwt_authn_access_denied"
+        } else {
+            reason
+        };
         return (Decision::DenyJwt, None, Some(Cow::Owned(reason.to_string())));
     }
     (Decision::Allow, None, None)
@@ -300,10 +313,18 @@ fn ztunnel_decision<'a>(err: &str) -> DecisionParts<'a> {
     if let Some(at) = err.find("policy rejection") {
         let tail = &err[at..];
         if let Some(p) = tail.split_once("explicitly denied by: ").map(|(_, p)| p.trim()) {
-            return (Decision::DenyL4, Some(Cow::Owned(p.to_string())), Some(Cow::Borrowed("explicit_deny")));
+            return (
+                Decision::DenyL4,
+                Some(Cow::Owned(p.to_string())),
+                Some(Cow::Borrowed("explicit_deny")),
+            );
         }
         if tail.contains("none allowed") {
-            return (Decision::DenyL4, Some(Cow::Borrowed("none")), Some(Cow::Borrowed("no_allow_match")));
+            return (
+                Decision::DenyL4,
+                Some(Cow::Borrowed("none")),
+                Some(Cow::Borrowed("no_allow_match")),
+            );
         }
         return (Decision::DenyL4, None, Some(Cow::Borrowed("policy_rejection")));
     }
@@ -329,7 +350,9 @@ mod tests {
         normalize_principal(&mut p);
         assert_eq!(p.as_deref(), Some("https://accounts.example.com/user1"));
         assert_eq!(
-            xfcc_uri(r#"By=spiffe://cluster.local/ns/foo/sa/httpbin;Hash=abc;Subject="";URI=spiffe://cluster.local/ns/foo/sa/sleep"#),
+            xfcc_uri(
+                r#"By=spiffe://cluster.local/ns/foo/sa/httpbin;Hash=abc;Subject="";URI=spiffe://cluster.local/ns/foo/sa/sleep"#
+            ),
             Some("spiffe://cluster.local/ns/foo/sa/sleep")
         );
     }
@@ -340,15 +363,24 @@ mod tests {
             rbac_policy("rbac_access_denied_matched_policy[ns[istio-system]-policy[external-deny]-rule[0]]").as_deref(),
             Some("istio-system/external-deny")
         );
-        assert_eq!(rbac_policy("rbac_access_denied_matched_policy[none]").as_deref(), Some("none"));
+        assert_eq!(
+            rbac_policy("rbac_access_denied_matched_policy[none]").as_deref(),
+            Some("none")
+        );
         assert_eq!(rbac_policy("via_upstream"), None);
     }
 
     #[test]
     fn services() {
-        assert_eq!(service_from_cluster(Some("outbound|8000||httpbin.foo.svc.cluster.local")), Some("httpbin.foo.svc.cluster.local"));
+        assert_eq!(
+            service_from_cluster(Some("outbound|8000||httpbin.foo.svc.cluster.local")),
+            Some("httpbin.foo.svc.cluster.local")
+        );
         assert_eq!(service_from_cluster(Some("inbound|8000||")), None);
-        assert_eq!(service_from_sni(Some("outbound_.8000_._.httpbin.foo.svc.cluster.local")), Some("httpbin.foo.svc.cluster.local"));
+        assert_eq!(
+            service_from_sni(Some("outbound_.8000_._.httpbin.foo.svc.cluster.local")),
+            Some("httpbin.foo.svc.cluster.local")
+        );
         assert_eq!(namespace_from_host("httpbin.foo.svc.cluster.local"), Some("foo"));
         assert_eq!(namespace_from_host("developer.yahoo.com"), None);
     }

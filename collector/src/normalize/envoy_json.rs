@@ -9,9 +9,8 @@ use super::fields::{self, Value};
 use super::{Extras, FormatHint, RejectReason, Rejection, ztunnel};
 
 pub fn parse_line(line: &str, hint: FormatHint) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection> {
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).map_err(|e| {
-        Rejection::new(RejectReason::MalformedJson, format!("not a JSON object: {e}"))
-    })?;
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+        .map_err(|e| Rejection::new(RejectReason::MalformedJson, format!("not a JSON object: {e}")))?;
     let mut pairs = Vec::with_capacity(map.len());
     flatten("", map, &mut pairs);
     from_pairs(pairs, Cow::Borrowed(line), hint)
@@ -67,7 +66,10 @@ pub fn from_pairs<'a>(
         }
     } else {
         if hint == FormatHint::Ztunnel {
-            return Err(Rejection::new(RejectReason::UnrecognizedFormat, "not a ztunnel JSON record"));
+            return Err(Rejection::new(
+                RejectReason::UnrecognizedFormat,
+                "not a ztunnel JSON record",
+            ));
         }
         ev.format = InputFormat::EnvoyJson;
         let mut mapped = 0usize;
@@ -108,19 +110,31 @@ mod tests {
     #[test]
     fn rejects_unrelated_and_broken_json() {
         assert_eq!(
-            parse_line(r#"{"hello":"world"}"#, FormatHint::Auto).map(|_| ()).unwrap_err().reason,
+            parse_line(r#"{"hello":"world"}"#, FormatHint::Auto)
+                .map(|_| ())
+                .unwrap_err()
+                .reason,
             RejectReason::UnrecognizedFormat
         );
         assert_eq!(
-            parse_line(r#"{"method":"GET""#, FormatHint::Auto).map(|_| ()).unwrap_err().reason,
+            parse_line(r#"{"method":"GET""#, FormatHint::Auto)
+                .map(|_| ())
+                .unwrap_err()
+                .reason,
             RejectReason::MalformedJson
         );
         assert_eq!(
-            parse_line(r#"{"response_code":1e400}"#, FormatHint::Auto).map(|_| ()).unwrap_err().reason,
+            parse_line(r#"{"response_code":1e400}"#, FormatHint::Auto)
+                .map(|_| ())
+                .unwrap_err()
+                .reason,
             RejectReason::MalformedJson
         );
         assert_eq!(
-            parse_line(r#"{"response_code":-3}"#, FormatHint::Auto).map(|_| ()).unwrap_err().reason,
+            parse_line(r#"{"response_code":-3}"#, FormatHint::Auto)
+                .map(|_| ())
+                .unwrap_err()
+                .reason,
             RejectReason::InvalidField
         );
     }

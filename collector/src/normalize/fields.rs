@@ -130,11 +130,11 @@ pub fn split_addr(addr: &str) -> (Option<&str>, Option<i32>) {
     if addr.is_empty() || addr == "-" {
         return (None, None);
     }
-    if let Some(rest) = addr.strip_prefix('[') {
-        if let Some((ip, tail)) = rest.split_once(']') {
-            let port = tail.strip_prefix(':').and_then(|p| p.parse::<u16>().ok());
-            return (Some(ip), port.map(i32::from));
-        }
+    if let Some(rest) = addr.strip_prefix('[')
+        && let Some((ip, tail)) = rest.split_once(']')
+    {
+        let port = tail.strip_prefix(':').and_then(|p| p.parse::<u16>().ok());
+        return (Some(ip), port.map(i32::from));
     }
     match addr.rsplit_once(':') {
         // A bare IPv6 address has several colons and no port.
@@ -155,9 +155,15 @@ fn time(field: &str, v: Value<'_>) -> Result<Option<i64>, Rejection> {
         Value::Null => Ok(None),
         Value::Str(s) => match s.trim() {
             "" | "-" => Ok(None),
-            t => parse_rfc3339_ns(t)
-                .map(Some)
-                .ok_or_else(|| Rejection::new(super::RejectReason::InvalidTimestamp, format!("field {field} is not an RFC 3339 time: {:?}", t.chars().take(40).collect::<String>()))),
+            t => parse_rfc3339_ns(t).map(Some).ok_or_else(|| {
+                Rejection::new(
+                    super::RejectReason::InvalidTimestamp,
+                    format!(
+                        "field {field} is not an RFC 3339 time: {:?}",
+                        t.chars().take(40).collect::<String>()
+                    ),
+                )
+            }),
         },
         // Epoch milliseconds are a common custom-format choice.
         Value::Int(ms) if (0..9_000_000_000_000).contains(&ms) => Ok(Some(ms * 1_000_000)),
@@ -193,15 +199,10 @@ pub fn apply<'a>(
                 ev.event_time_ns = t;
             }
         }
-        "method" | "request_method" | "http.request.method" | ":method" | "http.method" => {
-            set(&mut ev.method, value)
-        }
-        "path" | "x_envoy_original_path" | "url.path" | "request_path" | "http.target" => {
-            set(&mut ev.path, value)
-        }
+        "method" | "request_method" | "http.request.method" | ":method" | "http.method" => set(&mut ev.method, value),
+        "path" | "x_envoy_original_path" | "url.path" | "request_path" | "http.target" => set(&mut ev.path, value),
         "protocol" | "request_protocol" | "network.protocol.name" => set(&mut ev.protocol, value),
-        "response_code" | "status" | "status_code" | "http.response.status_code"
-        | "http.status_code" => {
+        "response_code" | "status" | "status_code" | "http.response.status_code" | "http.status_code" => {
             if let Some(v) = value.int(key, 0, 999)? {
                 ev.status = if v == 0 { None } else { Some(v as i32) };
             }
@@ -209,9 +210,7 @@ pub fn apply<'a>(
         "response_flags" => set(&mut ev.response_flags, value),
         "response_code_details" => set(&mut ev.response_code_details, value),
         "connection_termination_details" => set(&mut ev.connection_termination_details, value),
-        "upstream_transport_failure_reason" => {
-            set(&mut ev.upstream_transport_failure_reason, value)
-        }
+        "upstream_transport_failure_reason" => set(&mut ev.upstream_transport_failure_reason, value),
         "bytes_received" | "request_bytes" => {
             if let Some(v) = value.int(key, 0, MAX_BYTES)? {
                 ev.bytes_received = Some(v);
@@ -231,9 +230,7 @@ pub fn apply<'a>(
             }
         }
         "x_forwarded_for" | "x-forwarded-for" => set(&mut ev.x_forwarded_for, value),
-        "user_agent" | "user_agent.original" | "user-agent" | "http.user_agent" => {
-            set(&mut ev.user_agent, value)
-        }
+        "user_agent" | "user_agent.original" | "user-agent" | "http.user_agent" => set(&mut ev.user_agent, value),
         "request_id" | "x_request_id" | "x-request-id" => set(&mut ev.request_id, value),
         "authority" | ":authority" | "host" | "http.host" => set(&mut ev.authority, value),
         "upstream_host" => set(&mut ev.upstream_host, value),
@@ -241,33 +238,19 @@ pub fn apply<'a>(
         "requested_server_name" | "sni" => set(&mut ev.requested_server_name, value),
         "route_name" => set(&mut ev.route_name, value),
         "downstream_local_address" => set(&mut ex.downstream_local_address, value),
-        "downstream_remote_address" | "downstream_peer_address" => {
-            set(&mut ex.downstream_remote_address, value)
-        }
+        "downstream_remote_address" | "downstream_peer_address" => set(&mut ex.downstream_remote_address, value),
         "downstream_peer_uri_san" | "peer_uri_san" => {
             ex.peer_san_reported = true;
             set(&mut ex.downstream_peer_uri_san, value)
         }
-        "downstream_local_uri_san" | "local_uri_san" => {
-            set(&mut ex.downstream_local_uri_san, value)
-        }
+        "downstream_local_uri_san" | "local_uri_san" => set(&mut ex.downstream_local_uri_san, value),
         "upstream_peer_uri_san" => set(&mut ex.upstream_peer_uri_san, value),
-        "x_forwarded_client_cert" | "xfcc" | "x-forwarded-client-cert" => {
-            set(&mut ex.x_forwarded_client_cert, value)
-        }
+        "x_forwarded_client_cert" | "xfcc" | "x-forwarded-client-cert" => set(&mut ex.x_forwarded_client_cert, value),
         "connection_security_policy" => set(&mut ex.connection_security_policy, value),
-        "source_principal" | "source.principal" | "peer_principal" => {
-            set(&mut ev.source_principal, value)
-        }
-        "destination_principal" | "destination.principal" => {
-            set(&mut ev.destination_principal, value)
-        }
-        "request_principal" | "request.auth.principal" | "jwt_principal" => {
-            set(&mut ev.request_principal, value)
-        }
-        "tls_version" | "downstream_tls_version" | "tls.version" => {
-            set(&mut ev.tls_version, value)
-        }
+        "source_principal" | "source.principal" | "peer_principal" => set(&mut ev.source_principal, value),
+        "destination_principal" | "destination.principal" => set(&mut ev.destination_principal, value),
+        "request_principal" | "request.auth.principal" | "jwt_principal" => set(&mut ev.request_principal, value),
+        "tls_version" | "downstream_tls_version" | "tls.version" => set(&mut ev.tls_version, value),
         "mtls" => match value {
             Value::Bool(b) => ev.mtls = Some(b),
             Value::Str(s) if s.eq_ignore_ascii_case("true") => ev.mtls = Some(true),
@@ -275,9 +258,7 @@ pub fn apply<'a>(
             _ => {}
         },
         "source_workload" => set(&mut ev.source_workload, value),
-        "source_namespace" | "source_workload_namespace" => {
-            set(&mut ev.source_namespace, value)
-        }
+        "source_namespace" | "source_workload_namespace" => set(&mut ev.source_namespace, value),
         "source_ip" | "source.address" | "client.address" => set(&mut ev.source_ip, value),
         "source_port" | "source.port" | "client.port" => {
             if let Some(p) = port(key, value)? {
@@ -285,20 +266,14 @@ pub fn apply<'a>(
             }
         }
         "destination_workload" => set(&mut ev.destination_workload, value),
-        "destination_namespace" | "destination_workload_namespace" => {
-            set(&mut ev.destination_namespace, value)
-        }
-        "destination_ip" | "destination.address" | "server.address" => {
-            set(&mut ev.destination_ip, value)
-        }
+        "destination_namespace" | "destination_workload_namespace" => set(&mut ev.destination_namespace, value),
+        "destination_ip" | "destination.address" | "server.address" => set(&mut ev.destination_ip, value),
         "destination_port" | "destination.port" | "server.port" => {
             if let Some(p) = port(key, value)? {
                 ev.destination_port = Some(p);
             }
         }
-        "destination_service" | "destination_service_name" => {
-            set(&mut ev.destination_service, value)
-        }
+        "destination_service" | "destination_service_name" => set(&mut ev.destination_service, value),
         "pod" | "pod_name" | "k8s.pod.name" => set(&mut ex.pod, value),
         "namespace" | "pod_namespace" | "k8s.namespace.name" => set(&mut ex.pod_namespace, value),
         "reporter" => {
@@ -318,9 +293,7 @@ pub fn apply<'a>(
                 ev.direction = parse_direction(&d).ok_or_else(|| Rejection::field(key, &d))?;
             }
         }
-        "cluster" | "cluster_id" | "k8s.cluster.name" | "istio.cluster_id" => {
-            set(&mut ev.cluster, value)
-        }
+        "cluster" | "cluster_id" | "k8s.cluster.name" | "istio.cluster_id" => set(&mut ev.cluster, value),
         "mesh_id" | "mesh" | "istio.mesh_id" => set(&mut ev.mesh_id, value),
         "trace_id" | "traceid" => set(&mut ev.trace_id, value),
         "span_id" | "spanid" => set(&mut ev.span_id, value),

@@ -30,8 +30,7 @@ impl<'a> Left<'a> {
             let inner = s
                 .strip_prefix('"')
                 .ok_or_else(|| malformed("expected a quoted field"))?;
-            let end = memchr(b'"', inner.as_bytes())
-                .ok_or_else(|| malformed("unterminated quoted field"))?;
+            let end = memchr(b'"', inner.as_bytes()).ok_or_else(|| malformed("unterminated quoted field"))?;
             self.s = &inner[end + 1..];
             Ok(&inner[..end])
         } else {
@@ -86,7 +85,10 @@ pub fn parse(line: &str) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection> {
     let event_time_ns = parse_rfc3339_ns(time).ok_or_else(|| {
         Rejection::new(
             RejectReason::InvalidTimestamp,
-            format!("start time {:?} is not RFC 3339", time.chars().take(40).collect::<String>()),
+            format!(
+                "start time {:?} is not RFC 3339",
+                time.chars().take(40).collect::<String>()
+            ),
         )
     })?;
     let rest = rest[close + 1..]
@@ -207,7 +209,10 @@ mod tests {
         assert_eq!(ev.status, Some(418));
         assert_eq!(ev.response_code_details.as_deref(), Some("via_upstream"));
         assert_eq!(ev.user_agent.as_deref(), Some("curl/7.73.0-DEV"));
-        assert_eq!(ev.upstream_cluster.as_deref(), Some("outbound|8000||httpbin.foo.svc.cluster.local"));
+        assert_eq!(
+            ev.upstream_cluster.as_deref(),
+            Some("outbound|8000||httpbin.foo.svc.cluster.local")
+        );
         assert_eq!(ex.downstream_remote_address.as_deref(), Some("10.44.1.23:46520"));
         assert_eq!(ev.route_name.as_deref(), Some("default"));
         assert_eq!(ev.bytes_sent, Some(135));

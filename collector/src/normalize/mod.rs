@@ -159,9 +159,7 @@ pub fn detect(line: &str) -> Option<Detected> {
     match b.first()? {
         b'[' => Some(Detected::EnvoyText),
         b'{' => Some(Detected::Json),
-        c if c.is_ascii_digit() && ztunnel::looks_like_ztunnel(line) => {
-            Some(Detected::ZtunnelText)
-        }
+        c if c.is_ascii_digit() && ztunnel::looks_like_ztunnel(line) => Some(Detected::ZtunnelText),
         _ => None,
     }
 }
@@ -176,15 +174,11 @@ pub fn parse_line(line: &str, hint: FormatHint) -> Result<(AccessEvent<'_>, Extr
     }
     let detected = detect(trimmed);
     match (hint, detected) {
-        (FormatHint::Auto | FormatHint::EnvoyText, Some(Detected::EnvoyText)) => {
-            istio_text::parse(trimmed)
-        }
+        (FormatHint::Auto | FormatHint::EnvoyText, Some(Detected::EnvoyText)) => istio_text::parse(trimmed),
         (FormatHint::Auto | FormatHint::EnvoyJson | FormatHint::Ztunnel, Some(Detected::Json)) => {
             envoy_json::parse_line(trimmed, hint)
         }
-        (FormatHint::Auto | FormatHint::Ztunnel, Some(Detected::ZtunnelText)) => {
-            ztunnel::parse_text(trimmed)
-        }
+        (FormatHint::Auto | FormatHint::Ztunnel, Some(Detected::ZtunnelText)) => ztunnel::parse_text(trimmed),
         (FormatHint::Auto, None) => Err(Rejection::new(
             RejectReason::UnrecognizedFormat,
             "not an Envoy/Istio access log, Istio JSON or ztunnel line",

@@ -15,18 +15,13 @@ use super::fields::{self, Value};
 use super::{Ctx, Extras, FormatHint, RejectReason, Rejection, envoy_json};
 
 /// Normalizes one record. `resource` are the attributes of its enclosing resource.
-pub fn normalize<'a>(
-    record: &'a LogRecord,
-    resource: &'a [KeyValue],
-    ctx: &Ctx,
-) -> Result<AccessEvent<'a>, Rejection> {
+pub fn normalize<'a>(record: &'a LogRecord, resource: &'a [KeyValue], ctx: &Ctx) -> Result<AccessEvent<'a>, Rejection> {
     let body = record.body.as_ref().and_then(|b| b.value.as_ref());
     let (mut ev, mut ex) = match body {
         Some(Any::StringValue(s)) if !s.trim().is_empty() => super::parse_line(s, FormatHint::Auto)?,
         Some(Any::BytesValue(b)) if !b.is_empty() => {
-            let s = std::str::from_utf8(b).map_err(|e| {
-                Rejection::new(RejectReason::InvalidUtf8, format!("bytes body is not UTF-8: {e}"))
-            })?;
+            let s = std::str::from_utf8(b)
+                .map_err(|e| Rejection::new(RejectReason::InvalidUtf8, format!("bytes body is not UTF-8: {e}")))?;
             super::parse_line(s, FormatHint::Auto)?
         }
         Some(Any::KvlistValue(kv)) => {
@@ -86,7 +81,10 @@ pub fn normalize<'a>(
         };
         if t != 0 {
             ev.event_time_ns = i64::try_from(t).map_err(|_| {
-                Rejection::new(RejectReason::InvalidTimestamp, format!("time_unix_nano {t} is out of range"))
+                Rejection::new(
+                    RejectReason::InvalidTimestamp,
+                    format!("time_unix_nano {t} is out of range"),
+                )
             })?;
         }
     }
@@ -105,10 +103,8 @@ fn merge_attributes(ev: &mut AccessEvent<'_>, extra: fields::UnknownAttrs) {
     ev.attributes = match ev.attributes.take() {
         None => Some(extra),
         Some(existing) => {
-            let mut a: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&existing).unwrap_or_default();
-            let b: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&extra).unwrap_or_default();
+            let mut a: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&existing).unwrap_or_default();
+            let b: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&extra).unwrap_or_default();
             a.extend(b);
             serde_json::to_string(&a).ok()
         }
@@ -165,9 +161,7 @@ fn any_json_inner(v: &Any) -> serde_json::Value {
         Any::DoubleValue(d) => serde_json::Number::from_f64(*d)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
-        Any::ArrayValue(a) => {
-            serde_json::Value::Array(a.values.iter().map(|v| any_json(Some(v))).collect())
-        }
+        Any::ArrayValue(a) => serde_json::Value::Array(a.values.iter().map(|v| any_json(Some(v))).collect()),
         Any::KvlistValue(kv) => serde_json::Value::Object(kvlist_json(&kv.values)),
         Any::BytesValue(b) => serde_json::Value::String(hex(b)),
         #[allow(unreachable_patterns)]
@@ -218,7 +212,10 @@ mod tests {
         let resource = vec![s("k8s.cluster.name", "prod-eu")];
         let ev = normalize(&record, &resource, &Ctx::now(IngestSource::OtlpGrpc)).expect("normalize");
         assert_eq!(ev.direction, Direction::Inbound);
-        assert_eq!(ev.source_principal.as_deref(), Some("spiffe://cluster.local/ns/shop/sa/cart"));
+        assert_eq!(
+            ev.source_principal.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/cart")
+        );
         assert_eq!(ev.mtls, Some(true));
         assert_eq!(ev.decision, Decision::DenyRbac);
         assert_eq!(ev.decision_policy.as_deref(), Some("none"));
@@ -243,7 +240,9 @@ mod tests {
         assert_eq!(err.reason, RejectReason::UnrecognizedFormat);
         let empty = LogRecord::default();
         assert_eq!(
-            normalize(&empty, &[], &Ctx::now(IngestSource::OtlpHttp)).unwrap_err().reason,
+            normalize(&empty, &[], &Ctx::now(IngestSource::OtlpHttp))
+                .unwrap_err()
+                .reason,
             RejectReason::MissingBody
         );
     }

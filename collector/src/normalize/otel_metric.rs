@@ -6,8 +6,8 @@ use opentelemetry_proto::tonic::metrics::v1::{Metric, metric::Data, number_data_
 use verity_model::metric::istio_label_index;
 use verity_model::{MetricKind, MetricSample};
 
-use super::otel_log::{any_json, any_to_value};
 use super::fields::Value;
+use super::otel_log::{any_json, any_to_value};
 use super::{RejectReason, Rejection};
 
 /// A rejected data point with the metric it belonged to (as JSON, for the dead-letter file).
@@ -38,7 +38,10 @@ pub fn normalize(
     }
     let Some(data) = &metric.data else {
         rejected.push(RejectedPoint {
-            rejection: Rejection::new(RejectReason::InvalidMetric, format!("metric {} has no data", metric.name)),
+            rejection: Rejection::new(
+                RejectReason::InvalidMetric,
+                format!("metric {} has no data", metric.name),
+            ),
             raw: raw(),
         });
         return;
@@ -55,7 +58,10 @@ pub fn normalize(
             observed_ns
         } else {
             i64::try_from(time).map_err(|_| {
-                Rejection::new(RejectReason::InvalidTimestamp, format!("time_unix_nano {time} is out of range"))
+                Rejection::new(
+                    RejectReason::InvalidTimestamp,
+                    format!("time_unix_nano {time} is out of range"),
+                )
             })?
         };
         s.start_time_ns = (start != 0).then(|| i64::try_from(start).ok()).flatten();
@@ -91,57 +97,96 @@ pub fn normalize(
     match data {
         Data::Gauge(g) => {
             for p in &g.data_points {
-                push(base(MetricKind::Gauge, &p.attributes, p.time_unix_nano, p.start_time_unix_nano).and_then(|mut s| {
-                    s.value = Some(number(&metric.name, p.value)?);
-                    Ok(s)
-                }));
+                push(
+                    base(
+                        MetricKind::Gauge,
+                        &p.attributes,
+                        p.time_unix_nano,
+                        p.start_time_unix_nano,
+                    )
+                    .and_then(|mut s| {
+                        s.value = Some(number(&metric.name, p.value)?);
+                        Ok(s)
+                    }),
+                );
             }
         }
         Data::Sum(sum) => {
             for p in &sum.data_points {
-                push(base(MetricKind::Sum, &p.attributes, p.time_unix_nano, p.start_time_unix_nano).and_then(|mut s| {
-                    s.value = Some(number(&metric.name, p.value)?);
-                    s.monotonic = Some(sum.is_monotonic);
-                    s.temporality = temporality(sum.aggregation_temporality);
-                    Ok(s)
-                }));
+                push(
+                    base(MetricKind::Sum, &p.attributes, p.time_unix_nano, p.start_time_unix_nano).and_then(|mut s| {
+                        s.value = Some(number(&metric.name, p.value)?);
+                        s.monotonic = Some(sum.is_monotonic);
+                        s.temporality = temporality(sum.aggregation_temporality);
+                        Ok(s)
+                    }),
+                );
             }
         }
         Data::Histogram(h) => {
             for p in &h.data_points {
-                push(base(MetricKind::Histogram, &p.attributes, p.time_unix_nano, p.start_time_unix_nano).and_then(|mut s| {
-                    if !p.bucket_counts.is_empty() && p.bucket_counts.len() != p.explicit_bounds.len() + 1 {
-                        return Err(Rejection::new(
-                            RejectReason::InvalidMetric,
-                            format!("histogram {} has {} buckets for {} bounds", metric.name, p.bucket_counts.len(), p.explicit_bounds.len()),
-                        ));
-                    }
-                    s.value = p.sum;
-                    s.count = Some(p.count);
-                    s.temporality = temporality(h.aggregation_temporality);
-                    s.explicit_bounds = p.explicit_bounds.clone();
-                    s.bucket_counts = p.bucket_counts.clone();
-                    Ok(s)
-                }));
+                push(
+                    base(
+                        MetricKind::Histogram,
+                        &p.attributes,
+                        p.time_unix_nano,
+                        p.start_time_unix_nano,
+                    )
+                    .and_then(|mut s| {
+                        if !p.bucket_counts.is_empty() && p.bucket_counts.len() != p.explicit_bounds.len() + 1 {
+                            return Err(Rejection::new(
+                                RejectReason::InvalidMetric,
+                                format!(
+                                    "histogram {} has {} buckets for {} bounds",
+                                    metric.name,
+                                    p.bucket_counts.len(),
+                                    p.explicit_bounds.len()
+                                ),
+                            ));
+                        }
+                        s.value = p.sum;
+                        s.count = Some(p.count);
+                        s.temporality = temporality(h.aggregation_temporality);
+                        s.explicit_bounds = p.explicit_bounds.clone();
+                        s.bucket_counts = p.bucket_counts.clone();
+                        Ok(s)
+                    }),
+                );
             }
         }
         Data::ExponentialHistogram(h) => {
             for p in &h.data_points {
-                push(base(MetricKind::ExponentialHistogram, &p.attributes, p.time_unix_nano, p.start_time_unix_nano).map(|mut s| {
-                    s.value = p.sum;
-                    s.count = Some(p.count);
-                    s.temporality = temporality(h.aggregation_temporality);
-                    s
-                }));
+                push(
+                    base(
+                        MetricKind::ExponentialHistogram,
+                        &p.attributes,
+                        p.time_unix_nano,
+                        p.start_time_unix_nano,
+                    )
+                    .map(|mut s| {
+                        s.value = p.sum;
+                        s.count = Some(p.count);
+                        s.temporality = temporality(h.aggregation_temporality);
+                        s
+                    }),
+                );
             }
         }
         Data::Summary(sm) => {
             for p in &sm.data_points {
-                push(base(MetricKind::Summary, &p.attributes, p.time_unix_nano, p.start_time_unix_nano).map(|mut s| {
-                    s.value = Some(p.sum);
-                    s.count = Some(p.count);
-                    s
-                }));
+                push(
+                    base(
+                        MetricKind::Summary,
+                        &p.attributes,
+                        p.time_unix_nano,
+                        p.start_time_unix_nano,
+                    )
+                    .map(|mut s| {
+                        s.value = Some(p.sum);
+                        s.count = Some(p.count);
+                        s
+                    }),
+                );
             }
         }
     }
@@ -151,7 +196,10 @@ fn number(name: &str, v: Option<number_data_point::Value>) -> Result<f64, Reject
     match v {
         Some(number_data_point::Value::AsDouble(d)) => Ok(d),
         Some(number_data_point::Value::AsInt(i)) => Ok(i as f64),
-        None => Err(Rejection::new(RejectReason::InvalidMetric, format!("data point of {name} has no value"))),
+        None => Err(Rejection::new(
+            RejectReason::InvalidMetric,
+            format!("data point of {name} has no value"),
+        )),
     }
 }
 

@@ -35,16 +35,14 @@ pub fn parse_text(line: &str) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection
         (time, parts.next().unwrap_or(""), InputFormat::ZtunnelText)
     } else {
         // <time>  INFO access: connection complete k=v ...
-        let (time, rest) = line
-            .split_once(' ')
-            .ok_or_else(|| malformed("expected a timestamp"))?;
+        let (time, rest) = line.split_once(' ').ok_or_else(|| malformed("expected a timestamp"))?;
         let at = rest
             .find("access: ")
             .ok_or_else(|| malformed("expected the access target"))?;
         let after = &rest[at + "access: ".len()..];
         // The message runs up to the first key=value pair.
         let kv_start = after
-            .find(|c: char| c == '=')
+            .find('=')
             .and_then(|eq| after[..eq].rfind(' ').map(|sp| sp + 1))
             .unwrap_or(after.len());
         (time, &after[kv_start..], InputFormat::ZtunnelTextLegacy)
@@ -52,7 +50,10 @@ pub fn parse_text(line: &str) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection
     let event_time_ns = parse_rfc3339_ns(time.trim()).ok_or_else(|| {
         Rejection::new(
             RejectReason::InvalidTimestamp,
-            format!("ztunnel time {:?} is not RFC 3339", time.chars().take(40).collect::<String>()),
+            format!(
+                "ztunnel time {:?} is not RFC 3339",
+                time.chars().take(40).collect::<String>()
+            ),
         )
     })?;
     let mut ev = AccessEvent {
@@ -145,7 +146,10 @@ pub fn apply_key<'a>(
         "time" | "timestamp" => {
             if let Some(t) = text(value) {
                 ev.event_time_ns = parse_rfc3339_ns(&t).ok_or_else(|| {
-                    Rejection::new(RejectReason::InvalidTimestamp, format!("ztunnel time {t:?} is not RFC 3339"))
+                    Rejection::new(
+                        RejectReason::InvalidTimestamp,
+                        format!("ztunnel time {t:?} is not RFC 3339"),
+                    )
                 })?;
             }
         }
@@ -205,7 +209,13 @@ impl<'a> Iterator for KvPairs<'a> {
         }
         let Some(eq) = s.find('=') else {
             self.s = "";
-            return Some((s, Err(malformed(format!("expected key=value, found {:?}", s.chars().take(40).collect::<String>())))));
+            return Some((
+                s,
+                Err(malformed(format!(
+                    "expected key=value, found {:?}",
+                    s.chars().take(40).collect::<String>()
+                ))),
+            ));
         };
         let key = &s[..eq];
         let rest = &s[eq + 1..];
@@ -283,7 +293,9 @@ mod tests {
             ev.connection_termination_details.as_deref(),
             Some("connection closed due to policy rejection: explicitly denied by: pay/deny-\"x\"")
         );
-        assert!(parse_text("2024-05-04T09:59:05Z\tinfo\taccess\tconnection complete\tsrc.addr=\"unterminated").is_err());
+        assert!(
+            parse_text("2024-05-04T09:59:05Z\tinfo\taccess\tconnection complete\tsrc.addr=\"unterminated").is_err()
+        );
         assert!(parse_text("2024-05-04T09:59:05Z\tinfo\taccess\tconnection complete\tduration=\"forever\"").is_err());
     }
 }

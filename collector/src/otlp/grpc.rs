@@ -44,7 +44,11 @@ pub struct LogsGrpc(Arc<Shared>);
 pub struct MetricsGrpc(Arc<Shared>);
 
 pub fn services(ingest: Arc<OtlpIngest>, max_bytes: usize, metrics: Metrics) -> (LogsGrpc, MetricsGrpc) {
-    let shared = Arc::new(Shared { ingest, max_bytes, metrics });
+    let shared = Arc::new(Shared {
+        ingest,
+        max_bytes,
+        metrics,
+    });
     (LogsGrpc(shared.clone()), MetricsGrpc(shared))
 }
 
@@ -142,8 +146,18 @@ impl UnaryService<Bytes> for LogsExport {
         Box::pin(async move {
             let result = ExportLogsServiceRequest::decode(request.into_inner())
                 .map_err(|e| Status::invalid_argument(format!("could not decode ExportLogsServiceRequest: {e}")))
-                .and_then(|req| shared.ingest.export_logs(&req, IngestSource::OtlpGrpc).map_err(backpressure_status));
-            let outcome = outcome_of(&result.as_ref().map(|r| r.partial_success.is_some()).map_err(Clone::clone));
+                .and_then(|req| {
+                    shared
+                        .ingest
+                        .export_logs(&req, IngestSource::OtlpGrpc)
+                        .map_err(backpressure_status)
+                });
+            let outcome = outcome_of(
+                &result
+                    .as_ref()
+                    .map(|r| r.partial_success.is_some())
+                    .map_err(Clone::clone),
+            );
             count(&shared.metrics, Signal::Logs, outcome);
             result.map(Response::new)
         })
@@ -159,8 +173,18 @@ impl UnaryService<Bytes> for MetricsExport {
         Box::pin(async move {
             let result = ExportMetricsServiceRequest::decode(request.into_inner())
                 .map_err(|e| Status::invalid_argument(format!("could not decode ExportMetricsServiceRequest: {e}")))
-                .and_then(|req| shared.ingest.export_metrics(&req, IngestSource::OtlpGrpc).map_err(backpressure_status));
-            let outcome = outcome_of(&result.as_ref().map(|r| r.partial_success.is_some()).map_err(Clone::clone));
+                .and_then(|req| {
+                    shared
+                        .ingest
+                        .export_metrics(&req, IngestSource::OtlpGrpc)
+                        .map_err(backpressure_status)
+                });
+            let outcome = outcome_of(
+                &result
+                    .as_ref()
+                    .map(|r| r.partial_success.is_some())
+                    .map_err(Clone::clone),
+            );
             count(&shared.metrics, Signal::Metrics, outcome);
             result.map(Response::new)
         })
@@ -184,15 +208,26 @@ fn grpc<T: Message + Send + 'static>(max_bytes: usize) -> Grpc<RawCodec<T>> {
 
 /// tonic rejects an oversized uncompressed message with OUT_OF_RANGE before any handler
 /// runs; OTLP specifies RESOURCE_EXHAUSTED (not retryable without RetryInfo).
-fn oversize_is_resource_exhausted(mut res: http::Response<Body>, shared: &Shared, signal: Signal) -> http::Response<Body> {
-    let status = res.headers().get(Status::GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
+fn oversize_is_resource_exhausted(
+    mut res: http::Response<Body>,
+    shared: &Shared,
+    signal: Signal,
+) -> http::Response<Body> {
+    let status = res
+        .headers()
+        .get(Status::GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok());
     match status {
         Some(s) if s == Code::OutOfRange as i32 => {
-            res.headers_mut().insert(Status::GRPC_STATUS, (Code::ResourceExhausted as i32).into());
+            res.headers_mut()
+                .insert(Status::GRPC_STATUS, (Code::ResourceExhausted as i32).into());
             count(&shared.metrics, signal, "too_large");
         }
         Some(s) if s == Code::ResourceExhausted as i32 => count(&shared.metrics, signal, "too_large"),
-        Some(s) if s == Code::Internal as i32 || s == Code::Unimplemented as i32 => count(&shared.metrics, signal, "error"),
+        Some(s) if s == Code::Internal as i32 || s == Code::Unimplemented as i32 => {
+            count(&shared.metrics, signal, "error")
+        }
         _ => {}
     }
     res
@@ -228,5 +263,17 @@ macro_rules! otlp_service {
     };
 }
 
-otlp_service!(LogsGrpc, LOGS_EXPORT, LogsExport, ExportLogsServiceResponse, Signal::Logs);
-otlp_service!(MetricsGrpc, METRICS_EXPORT, MetricsExport, ExportMetricsServiceResponse, Signal::Metrics);
+otlp_service!(
+    LogsGrpc,
+    LOGS_EXPORT,
+    LogsExport,
+    ExportLogsServiceResponse,
+    Signal::Logs
+);
+otlp_service!(
+    MetricsGrpc,
+    METRICS_EXPORT,
+    MetricsExport,
+    ExportMetricsServiceResponse,
+    Signal::Metrics
+);

@@ -101,8 +101,10 @@ impl Failure {
             Encoding::Json => serde_json::to_vec(&status).unwrap_or_default(),
         };
         let mut res = (self.status, body).into_response();
-        res.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(self.encoding.content_type()));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.encoding.content_type()),
+        );
         if let Some(secs) = self.retry_after {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -113,7 +115,10 @@ impl Failure {
 async fn logs(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
     handle(&st, "logs", headers, body, |st, bytes, enc| {
         let req: ExportLogsServiceRequest = decode(bytes, enc, "ExportLogsServiceRequest")?;
-        let resp = st.ingest.export_logs(&req, IngestSource::OtlpHttp).map_err(|b| unavailable(st, b, enc))?;
+        let resp = st
+            .ingest
+            .export_logs(&req, IngestSource::OtlpHttp)
+            .map_err(|b| unavailable(st, b, enc))?;
         Ok((resp.partial_success.is_some(), encode(&resp, enc)))
     })
     .await
@@ -122,7 +127,10 @@ async fn logs(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) 
 async fn metrics(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
     handle(&st, "metrics", headers, body, |st, bytes, enc| {
         let req: ExportMetricsServiceRequest = decode(bytes, enc, "ExportMetricsServiceRequest")?;
-        let resp = st.ingest.export_metrics(&req, IngestSource::OtlpHttp).map_err(|b| unavailable(st, b, enc))?;
+        let resp = st
+            .ingest
+            .export_metrics(&req, IngestSource::OtlpHttp)
+            .map_err(|b| unavailable(st, b, enc))?;
         Ok((resp.partial_success.is_some(), encode(&resp, enc)))
     })
     .await
@@ -134,12 +142,28 @@ fn unavailable(st: &HttpState, b: Backpressure, enc: Encoding) -> Failure {
     f
 }
 
-fn decode<T: Message + Default + serde::de::DeserializeOwned>(bytes: &[u8], enc: Encoding, what: &str) -> Result<T, Failure> {
+fn decode<T: Message + Default + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    enc: Encoding,
+    what: &str,
+) -> Result<T, Failure> {
     match enc {
-        Encoding::Protobuf => T::decode(bytes)
-            .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_request", enc, format!("could not decode {what}: {e}"))),
-        Encoding::Json => serde_json::from_slice(bytes)
-            .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_request", enc, format!("could not decode {what} JSON: {e}"))),
+        Encoding::Protobuf => T::decode(bytes).map_err(|e| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                enc,
+                format!("could not decode {what}: {e}"),
+            )
+        }),
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                enc,
+                format!("could not decode {what} JSON: {e}"),
+            )
+        }),
     }
 }
 
@@ -232,7 +256,12 @@ async fn read_and_export(
         if is_limit {
             too_large()
         } else {
-            Failure::new(StatusCode::BAD_REQUEST, "bad_request", enc, format!("could not read the request body: {e}"))
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                enc,
+                format!("could not read the request body: {e}"),
+            )
         }
     })?;
     let decompressed;
@@ -241,7 +270,14 @@ async fn read_and_export(
         GzDecoder::new(&raw[..])
             .take(st.max_bytes as u64 + 1)
             .read_to_end(&mut out)
-            .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_request", enc, format!("invalid gzip body: {e}")))?;
+            .map_err(|e| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    enc,
+                    format!("invalid gzip body: {e}"),
+                )
+            })?;
         if out.len() > st.max_bytes {
             return Err(too_large());
         }

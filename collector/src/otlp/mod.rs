@@ -117,7 +117,14 @@ impl OtlpIngest {
             for sm in &rm.scope_metrics {
                 for metric in &sm.metrics {
                     total += normalize::otel_metric::data_point_count(metric);
-                    normalize::otel_metric::normalize(metric, resource, source.as_str(), observed, &mut samples, &mut rejected_points);
+                    normalize::otel_metric::normalize(
+                        metric,
+                        resource,
+                        source.as_str(),
+                        observed,
+                        &mut samples,
+                        &mut rejected_points,
+                    );
                 }
             }
         }
@@ -166,7 +173,12 @@ impl OtlpIngest {
             .map(|(r, raw)| DeadLetterEntry::new(source.as_str(), signal, r, raw))
             .collect();
         self.dead_letter.write(&entries);
-        tracing::debug!(source = source.as_str(), signal, rejected = rejected.len(), "records rejected");
+        tracing::debug!(
+            source = source.as_str(),
+            signal,
+            rejected = rejected.len(),
+            "records rejected"
+        );
     }
 }
 

@@ -30,7 +30,16 @@ fn stalled_pipeline_pushes_back() {
         ],
     );
     let body = otlp::logs_request(vec![otlp::record(LINE, vec![])]).encode_to_vec();
-    let post = || http_request(v.http, "POST", "/v1/logs", &[("Content-Type", "application/x-protobuf")], &body).expect("http");
+    let post = || {
+        http_request(
+            v.http,
+            "POST",
+            "/v1/logs",
+            &[("Content-Type", "application/x-protobuf")],
+            &body,
+        )
+        .expect("http")
+    };
 
     let mut accepted = 0;
     let mut refused = None;
@@ -48,14 +57,19 @@ fn stalled_pipeline_pushes_back() {
     }
     let refused = refused.expect("a full pipeline must answer 503");
     assert_eq!(refused.header("retry-after"), Some("3"));
-    assert!(accepted <= 8, "accepted {accepted} requests with a stalled pipeline of capacity 2+1");
+    assert!(
+        accepted <= 8,
+        "accepted {accepted} requests with a stalled pipeline of capacity 2+1"
+    );
 
     // gRPC answers UNAVAILABLE (retryable) too.
     let rt = tokio::runtime::Runtime::new().expect("rt");
     let grpc_addr = v.grpc;
     let err = rt
         .block_on(async move {
-            let mut c = LogsServiceClient::connect(format!("http://{grpc_addr}")).await.expect("connect");
+            let mut c = LogsServiceClient::connect(format!("http://{grpc_addr}"))
+                .await
+                .expect("connect");
             c.export(otlp::logs_request(vec![otlp::record(LINE, vec![])])).await
         })
         .expect_err("stalled");
@@ -67,7 +81,10 @@ fn stalled_pipeline_pushes_back() {
         assert_eq!(post().status, 503);
     }
     let after = v.peak_rss_kib().expect("rss");
-    assert!(after < before + 20 * 1024, "peak RSS grew from {before} KiB to {after} KiB while refusing");
+    assert!(
+        after < before + 20 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB while refusing"
+    );
 
     // Unstall: read the FIFO; everything accepted arrives, and new requests are accepted.
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -82,11 +99,15 @@ fn stalled_pipeline_pushes_back() {
         })
     };
     assert!(
-        eventually(Duration::from_secs(15), || lines.lock().expect("lock").len() == accepted),
+        eventually(Duration::from_secs(15), || lines.lock().expect("lock").len()
+            == accepted),
         "expected {accepted} archived records, got {}",
         lines.lock().expect("lock").len()
     );
-    assert!(eventually(Duration::from_secs(10), || post().status == 200), "accepting again after the stall");
+    assert!(
+        eventually(Duration::from_secs(10), || post().status == 200),
+        "accepting again after the stall"
+    );
     let (status, _) = v.terminate(Duration::from_secs(15));
     assert!(status.success(), "{status}\n{}", v.stderr());
     reader.join().expect("reader");

@@ -19,7 +19,8 @@ fn each_bad_request_gets_its_answer_and_the_server_keeps_serving() {
     // A small cap so "oversize" is cheap to produce.
     let v = Verity::start(&[("VERITY__OTLP__MAX_REQUEST_BYTES", "65536")]);
     let good = good_request();
-    let post = |headers: &[(&str, &str)], body: &[u8]| http_request(v.http, "POST", "/v1/logs", headers, body).expect("http");
+    let post =
+        |headers: &[(&str, &str)], body: &[u8]| http_request(v.http, "POST", "/v1/logs", headers, body).expect("http");
 
     // Truncated protobuf.
     let r = post(&[PB], &good[..good.len() / 2]);
@@ -43,7 +44,11 @@ fn each_bad_request_gets_its_answer_and_the_server_keeps_serving() {
     let r = post(&[PB], &vec![0u8; 200_000]);
     assert_eq!(r.status, 413, "oversize body");
     let bomb = gzip(&vec![b'a'; 5_000_000]);
-    assert!(bomb.len() < 65536, "bomb must fit under the cap compressed ({} bytes)", bomb.len());
+    assert!(
+        bomb.len() < 65536,
+        "bomb must fit under the cap compressed ({} bytes)",
+        bomb.len()
+    );
     let r = post(&[PB, ("Content-Encoding", "gzip")], &bomb);
     assert_eq!(r.status, 413, "gzip bomb");
     let r = post(&[PB, ("Content-Encoding", "gzip")], b"this is not gzip");
@@ -55,7 +60,10 @@ fn each_bad_request_gets_its_answer_and_the_server_keeps_serving() {
     bad_utf8[at] = 0xff;
     let r = post(&[PB], &bad_utf8);
     assert_eq!(r.status, 400, "invalid UTF-8 in protobuf");
-    let r = post(&[JSON], b"{\"resourceLogs\":[{\"scopeLogs\":[{\"logRecords\":[{\"body\":{\"stringValue\":\"\xff\xfe\"}}]}]}]}");
+    let r = post(
+        &[JSON],
+        b"{\"resourceLogs\":[{\"scopeLogs\":[{\"logRecords\":[{\"body\":{\"stringValue\":\"\xff\xfe\"}}]}]}]}",
+    );
     assert_eq!(r.status, 400, "invalid UTF-8 in JSON");
     let r = post(&[JSON], b"{\"resourceLogs\": [");
     assert_eq!(r.status, 400, "truncated JSON");
@@ -70,24 +78,43 @@ fn each_bad_request_gets_its_answer_and_the_server_keeps_serving() {
     ]);
     let r = post(&[PB], &absurd.encode_to_vec());
     assert_eq!(r.status, 200);
-    let resp = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse::decode(&r.body[..]).expect("answer");
+    let resp = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse::decode(&r.body[..])
+        .expect("answer");
     let partial = resp.partial_success.expect("partial success");
     assert_eq!(partial.rejected_log_records, 4, "{}", partial.error_message);
 
     // Unknown paths and methods.
-    assert_eq!(http_request(v.http, "POST", "/v1/traces", &[PB], &good).expect("http").status, 404);
-    assert_eq!(http_request(v.http, "GET", "/v1/logs", &[], b"").expect("http").status, 405);
+    assert_eq!(
+        http_request(v.http, "POST", "/v1/traces", &[PB], &good)
+            .expect("http")
+            .status,
+        404
+    );
+    assert_eq!(
+        http_request(v.http, "GET", "/v1/logs", &[], b"").expect("http").status,
+        405
+    );
 
     // Still serving.
     let r = post(&[PB], &good);
     assert_eq!(r.status, 200);
-    assert_eq!(http_request(v.admin, "GET", "/healthz", &[], b"").expect("healthz").status, 200);
-    assert!(eventually(Duration::from_secs(10), || v.archive_rows("events.jsonl").len() == 2));
+    assert_eq!(
+        http_request(v.admin, "GET", "/healthz", &[], b"")
+            .expect("healthz")
+            .status,
+        200
+    );
+    assert!(eventually(Duration::from_secs(10), || v
+        .archive_rows("events.jsonl")
+        .len()
+        == 2));
     assert_eq!(v.dead_letters().len(), 4);
     let metrics = v.metrics_text();
     for outcome in ["bad_request", "unsupported_media_type", "too_large", "partial", "ok"] {
         assert!(
-            metrics.contains(&format!(r#"verity_otlp_requests_total{{transport="http",signal="logs",outcome="{outcome}"}}"#)),
+            metrics.contains(&format!(
+                r#"verity_otlp_requests_total{{transport="http",signal="logs",outcome="{outcome}"}}"#
+            )),
             "no {outcome} count in:\n{metrics}"
         );
     }

@@ -8,12 +8,23 @@ use verity_e2e::{repo_root, verity_bin};
 fn validate_reports_every_error_with_its_path() {
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "otlp:\n  grpc:\n    listen: not-an-address\n  max_request_bytes: 10\npipeline:\n  queue_capacity: 0\n").expect("write");
-    let out = Command::new(verity_bin()).args(["validate", "--config"]).arg(&bad).output().expect("run");
+    std::fs::write(
+        &bad,
+        "otlp:\n  grpc:\n    listen: not-an-address\n  max_request_bytes: 10\npipeline:\n  queue_capacity: 0\n",
+    )
+    .expect("write");
+    let out = Command::new(verity_bin())
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for path in ["otlp.grpc.listen", "otlp.max_request_bytes", "pipeline.queue_capacity"] {
-        assert!(err.contains(&format!("config error: {path}:")), "missing {path} in:\n{err}");
+        assert!(
+            err.contains(&format!("config error: {path}:")),
+            "missing {path} in:\n{err}"
+        );
     }
 
     let out = Command::new(verity_bin())
@@ -23,9 +34,16 @@ fn validate_reports_every_error_with_its_path() {
         .expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("configuration is valid") && text.contains("127.0.0.1:14318"), "{text}");
+    assert!(
+        text.contains("configuration is valid") && text.contains("127.0.0.1:14318"),
+        "{text}"
+    );
 
-    let out = Command::new(verity_bin()).args(["validate"]).env("VERITY__OTLP__NOPE", "1").output().expect("run");
+    let out = Command::new(verity_bin())
+        .args(["validate"])
+        .env("VERITY__OTLP__NOPE", "1")
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("otlp.nope"));
 }
@@ -33,7 +51,11 @@ fn validate_reports_every_error_with_its_path() {
 #[test]
 fn normalize_prints_events_and_reports_rejects() {
     let fixture = repo_root().join("tests/fixtures/mesh.log");
-    let out = Command::new(verity_bin()).arg("normalize").arg(&fixture).output().expect("run");
+    let out = Command::new(verity_bin())
+        .arg("normalize")
+        .arg(&fixture)
+        .output()
+        .expect("run");
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("json")).collect();

@@ -19,18 +19,37 @@ fn sigterm_flushes_pending_batches_and_exits_zero() {
     ]);
     let body = otlp::logs_request(vec![otlp::record(LINE, vec![]), otlp::record(LINE, vec![])]).encode_to_vec();
     for _ in 0..3 {
-        let r = http_request(v.http, "POST", "/v1/logs", &[("Content-Type", "application/x-protobuf")], &body).expect("http");
+        let r = http_request(
+            v.http,
+            "POST",
+            "/v1/logs",
+            &[("Content-Type", "application/x-protobuf")],
+            &body,
+        )
+        .expect("http");
         assert_eq!(r.status, 200);
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert!(v.archive_rows("events.jsonl").is_empty(), "rows should still be pending in the batcher");
+    assert!(
+        v.archive_rows("events.jsonl").is_empty(),
+        "rows should still be pending in the batcher"
+    );
     let (status, took) = v.terminate(Duration::from_secs(15));
     assert!(status.success(), "exit {status}:\n{}", v.stderr());
     assert!(took < Duration::from_secs(10), "drain took {took:?}");
     assert_eq!(v.archive_rows("events.jsonl").len(), 6, "{}", v.stderr());
     assert!(v.stderr().contains("drained"), "{}", v.stderr());
     // Intake is closed after drain: nothing listens any more.
-    assert!(http_request(v.http, "POST", "/v1/logs", &[("Content-Type", "application/x-protobuf")], &body).is_err());
+    assert!(
+        http_request(
+            v.http,
+            "POST",
+            "/v1/logs",
+            &[("Content-Type", "application/x-protobuf")],
+            &body
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -38,14 +57,30 @@ fn a_drain_that_cannot_finish_exits_nonzero_at_the_deadline() {
     let dir = tempfile::tempdir().expect("tmp");
     let archive = dir.path().join("archive");
     std::fs::create_dir_all(&archive).expect("mkdir");
-    assert!(Command::new("mkfifo").arg(archive.join("events.jsonl")).status().expect("mkfifo").success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(archive.join("events.jsonl"))
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
     let mut v = Verity::start_in(dir, &[("VERITY__SHUTDOWN__DRAIN_TIMEOUT_SECS", "2")]);
     let body = otlp::logs_request(vec![otlp::record(LINE, vec![])]).encode_to_vec();
-    let r = http_request(v.http, "POST", "/v1/logs", &[("Content-Type", "application/x-protobuf")], &body).expect("http");
+    let r = http_request(
+        v.http,
+        "POST",
+        "/v1/logs",
+        &[("Content-Type", "application/x-protobuf")],
+        &body,
+    )
+    .expect("http");
     assert_eq!(r.status, 200);
     std::thread::sleep(Duration::from_millis(200));
     let (status, took) = v.terminate(Duration::from_secs(15));
     assert!(!status.success(), "a stalled drain must not report success");
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(8), "took {took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "took {took:?}"
+    );
     assert!(v.stderr().contains("drain did not finish"), "{}", v.stderr());
 }

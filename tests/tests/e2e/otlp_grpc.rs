@@ -16,9 +16,14 @@ const LINE: &str = r#"[2024-03-01T10:00:00.000Z] "GET / HTTP/1.1" 200 - via_upst
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_answers() {
     let v = Verity::start(&[("VERITY__OTLP__MAX_REQUEST_BYTES", "65536")]);
-    let mut client = LogsServiceClient::connect(format!("http://{}", v.grpc)).await.expect("connect");
+    let mut client = LogsServiceClient::connect(format!("http://{}", v.grpc))
+        .await
+        .expect("connect");
     let ok = client
-        .export(otlp::logs_request(vec![otlp::record(LINE, vec![]), otlp::record("garbage", vec![])]))
+        .export(otlp::logs_request(vec![
+            otlp::record(LINE, vec![]),
+            otlp::record("garbage", vec![]),
+        ]))
         .await
         .expect("export")
         .into_inner();
@@ -27,28 +32,47 @@ async fn grpc_answers() {
 
     let good = otlp::logs_request(vec![otlp::record(LINE, vec![])]).encode_to_vec();
     let truncated = Bytes::copy_from_slice(&good[..good.len() - 7]);
-    let err = raw_unary(v.grpc, LOGS_EXPORT, truncated, false).await.expect_err("truncated");
+    let err = raw_unary(v.grpc, LOGS_EXPORT, truncated, false)
+        .await
+        .expect_err("truncated");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    let err = raw_unary(v.grpc, METRICS_EXPORT, Bytes::from_static(b"\xff\xff\xff"), false).await.expect_err("garbage");
+    let err = raw_unary(v.grpc, METRICS_EXPORT, Bytes::from_static(b"\xff\xff\xff"), false)
+        .await
+        .expect_err("garbage");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
-    let err = raw_unary(v.grpc, LOGS_EXPORT, Bytes::from(vec![0u8; 200_000]), false).await.expect_err("oversize");
+    let err = raw_unary(v.grpc, LOGS_EXPORT, Bytes::from(vec![0u8; 200_000]), false)
+        .await
+        .expect_err("oversize");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     let mut bomb = Vec::new();
     // A valid request whose decompressed size is far above the cap.
     let big = otlp::logs_request(vec![otlp::record(&"a".repeat(2_000_000), vec![])]).encode_to_vec();
     bomb.extend_from_slice(&big);
-    let err = raw_unary(v.grpc, LOGS_EXPORT, Bytes::from(bomb), true).await.expect_err("gzip bomb");
+    let err = raw_unary(v.grpc, LOGS_EXPORT, Bytes::from(bomb), true)
+        .await
+        .expect_err("gzip bomb");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 
     // Still serving, gzip accepted.
-    let resp = raw_unary(v.grpc, LOGS_EXPORT, Bytes::from(good), true).await.expect("gzip export");
+    let resp = raw_unary(v.grpc, LOGS_EXPORT, Bytes::from(good), true)
+        .await
+        .expect("gzip export");
     let resp = ExportLogsServiceResponse::decode(resp).expect("answer");
     assert!(resp.partial_success.is_none());
-    assert!(eventually(Duration::from_secs(10), || v.archive_rows("events.jsonl").len() == 2));
+    assert!(eventually(Duration::from_secs(10), || v
+        .archive_rows("events.jsonl")
+        .len()
+        == 2));
     let rows = v.archive_rows("events.jsonl");
     assert!(rows.iter().all(|r| r["source"] == "otlp_grpc"));
     let metrics = v.metrics_text();
-    assert!(metrics.contains(r#"verity_otlp_requests_total{transport="grpc",signal="logs",outcome="too_large"} 2"#), "{metrics}");
-    assert!(metrics.contains(r#"verity_otlp_requests_total{transport="grpc",signal="logs",outcome="bad_request"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"verity_otlp_requests_total{transport="grpc",signal="logs",outcome="too_large"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"verity_otlp_requests_total{transport="grpc",signal="logs",outcome="bad_request"} 1"#),
+        "{metrics}"
+    );
 }

@@ -17,7 +17,11 @@ fn curl_post(url: &str, content_type: &str, file: &std::path::Path, extra: &[&st
         .args(["-w", "\n%{http_code}", url])
         .output()
         .expect("curl is installed");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').expect("status line");
     (code.trim().parse().expect("code"), body.to_string())
@@ -32,13 +36,21 @@ fn curl_posts_otlp_json_logs_with_partial_success() {
     let resp: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
     let partial = &resp["partialSuccess"];
     let rejected = &partial["rejectedLogRecords"];
-    let rejected = rejected.as_i64().or_else(|| rejected.as_str().and_then(|s| s.parse().ok()));
+    let rejected = rejected
+        .as_i64()
+        .or_else(|| rejected.as_str().and_then(|s| s.parse().ok()));
     assert_eq!(rejected, Some(2), "{resp}");
     let msg = partial["errorMessage"].as_str().expect("message");
     assert!(msg.contains("rejected 2 of 3 log records"), "{msg}");
-    assert!(msg.contains("unrecognized_format") && msg.contains("invalid_field"), "{msg}");
+    assert!(
+        msg.contains("unrecognized_format") && msg.contains("invalid_field"),
+        "{msg}"
+    );
 
-    assert!(eventually(Duration::from_secs(10), || v.archive_rows("events.jsonl").len() == 1));
+    assert!(eventually(Duration::from_secs(10), || v
+        .archive_rows("events.jsonl")
+        .len()
+        == 1));
     let ev = &v.archive_rows("events.jsonl")[0];
     assert_eq!(ev["source"], "otlp_http");
     assert_eq!(ev["decision"], "deny_rbac");
@@ -57,26 +69,51 @@ fn curl_posts_otlp_json_logs_with_partial_success() {
     assert_eq!(dead[0]["record"], "not an access log at all");
     assert_eq!(dead[1]["reason"], "invalid_field");
     assert!(dead[1]["record"].as_str().expect("record").contains("99999"));
-    assert_eq!(v.metric_value(r#"verity_records_rejected_total{source="otlp_http",reason="unrecognized_format"}"#), Some(1.0));
-    assert_eq!(v.metric_value(r#"verity_records_accepted_total{source="otlp_http",format="istio_text"}"#), Some(1.0));
+    assert_eq!(
+        v.metric_value(r#"verity_records_rejected_total{source="otlp_http",reason="unrecognized_format"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        v.metric_value(r#"verity_records_accepted_total{source="otlp_http",format="istio_text"}"#),
+        Some(1.0)
+    );
 }
 
 #[test]
 fn curl_posts_the_upstream_otlp_examples() {
     let Some(shared) = shared_reference() else { return };
     let v = Verity::start(&[]);
-    let (code, body) = curl_post(&v.otlp_http_url("/v1/logs"), "application/json", &shared.join("otlp/logs.json"), &[]);
+    let (code, body) = curl_post(
+        &v.otlp_http_url("/v1/logs"),
+        "application/json",
+        &shared.join("otlp/logs.json"),
+        &[],
+    );
     assert_eq!(code, 200, "{body}");
     let resp: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     // The example's body is prose, not an access log: reported, not fatal.
-    assert!(resp["partialSuccess"]["errorMessage"].as_str().unwrap_or("").contains("unrecognized_format"), "{resp}");
+    assert!(
+        resp["partialSuccess"]["errorMessage"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unrecognized_format"),
+        "{resp}"
+    );
     assert_eq!(v.dead_letters().len(), 1);
 
-    let (code, body) = curl_post(&v.otlp_http_url("/v1/metrics"), "application/json", &shared.join("otlp/metrics.json"), &[]);
+    let (code, body) = curl_post(
+        &v.otlp_http_url("/v1/metrics"),
+        "application/json",
+        &shared.join("otlp/metrics.json"),
+        &[],
+    );
     assert_eq!(code, 200, "{body}");
     let resp: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert!(resp.get("partialSuccess").is_none_or(|p| p.is_null()), "{resp}");
-    assert!(eventually(Duration::from_secs(10), || v.archive_rows("metrics.jsonl").len() >= 4));
+    assert!(eventually(Duration::from_secs(10), || v
+        .archive_rows("metrics.jsonl")
+        .len()
+        >= 4));
     let rows = v.archive_rows("metrics.jsonl");
     let kinds: std::collections::BTreeSet<&str> = rows.iter().filter_map(|r| r["kind"].as_str()).collect();
     for k in ["sum", "gauge", "histogram"] {
@@ -85,7 +122,12 @@ fn curl_posts_the_upstream_otlp_examples() {
     let counter = rows.iter().find(|r| r["name"] == "my.counter").expect("my.counter");
     assert_eq!(counter["value"].as_f64(), Some(5.0));
     assert_eq!(counter["monotonic"], true);
-    assert!(counter["attributes"].as_str().expect("attrs").contains("my.counter.attr"));
+    assert!(
+        counter["attributes"]
+            .as_str()
+            .expect("attrs")
+            .contains("my.counter.attr")
+    );
 }
 
 #[test]
@@ -96,10 +138,18 @@ fn protobuf_and_gzip_bodies() {
         vec![],
     )]);
     let body = req.encode_to_vec();
-    let r = http_request(v.http, "POST", "/v1/logs", &[("Content-Type", "application/x-protobuf")], &body).expect("http");
+    let r = http_request(
+        v.http,
+        "POST",
+        "/v1/logs",
+        &[("Content-Type", "application/x-protobuf")],
+        &body,
+    )
+    .expect("http");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
-    let resp = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse::decode(&r.body[..]).expect("protobuf answer");
+    let resp = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse::decode(&r.body[..])
+        .expect("protobuf answer");
     assert!(resp.partial_success.is_none());
 
     let r = http_request(
@@ -111,5 +161,8 @@ fn protobuf_and_gzip_bodies() {
     )
     .expect("http");
     assert_eq!(r.status, 200);
-    assert!(eventually(Duration::from_secs(10), || v.archive_rows("events.jsonl").len() == 2));
+    assert!(eventually(Duration::from_secs(10), || v
+        .archive_rows("events.jsonl")
+        .len()
+        == 2));
 }

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every Verity test on a fresh machine: installs what the tests need (Debian packages,
+# the pinned Python OpenTelemetry client), checks formatting and lints, builds, and runs the
+# unit, conformance and end-to-end tests. Real services are started by the tests themselves
+# on free loopback ports and stopped when they end.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+log() { echo "== $*" >&2; }
+
+# --- system packages -----------------------------------------------------------------------
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v mkfifo >/dev/null 2>&1 || missing+=(coreutils)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# --- Python OpenTelemetry SDK (real OTLP clients for the end-to-end tests) ------------------
+log "preparing the Python OpenTelemetry client"
+VERITY_PYTHON="$(scripts/python-env.sh | tail -n1)"
+export VERITY_PYTHON
+# Missing test prerequisites fail the run instead of skipping.
+export VERITY_E2E_REQUIRE=1
+
+# --- checks, build, tests --------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo build"
+cargo build --workspace --all-targets --locked
+log "cargo test"
+if command -v cargo-nextest >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+    # nextest does not run doctests.
+    cargo test --workspace --locked --doc
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
