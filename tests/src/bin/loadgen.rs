@@ -1,1 +1,111 @@
-fn main() {}
+//! OTLP load generator: pushes log batches over gRPC at full speed to a running
+//! `verity run` and reports accepted records per second (and the server's peak RSS when
+//! given its pid).
+//!
+//!     verity-loadgen --endpoint http://127.0.0.1:4317 --seconds 20 --batch 1000 \
+//!         --connections 4 --pid $(pgrep -f 'verity run')
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use verity_e2e::otlp;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:4317")]
+    endpoint: String,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Records per export request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent gRPC connections, one in-flight request each.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Pid of the server, to report its peak RSS.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+const LINE: &str = r#"[2024-03-01T10:00:00.000Z] "GET /api/orders/42 HTTP/1.1" 200 - via_upstream - "-" 0 512 7 6 "-" "python-requests/2.31" "6c1a2f0e-7d1b-4bb8-9d3c-2f5b1a7e9c01" "orders.shop:8080" "10.1.0.7:8080" inbound|8080|| 127.0.0.6:51515 10.1.0.7:8080 10.1.0.3:44312 outbound_.8080_._.orders.shop.svc.cluster.local default"#;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let request = otlp::logs_request(
+        (0..args.batch)
+            .map(|_| {
+                otlp::record(
+                    LINE,
+                    vec![otlp::kv(
+                        "downstream_peer_uri_san",
+                        "spiffe://cluster.local/ns/shop/sa/cart",
+                    )],
+                )
+            })
+            .collect(),
+    );
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let mut client = LogsServiceClient::connect(args.endpoint.clone())
+            .await?
+            .max_encoding_message_size(usize::MAX);
+        let (request, accepted, refused) = (request.clone(), accepted.clone(), refused.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                match client.export(request.clone()).await {
+                    Ok(r) => {
+                        let rejected = r
+                            .into_inner()
+                            .partial_success
+                            .map(|p| p.rejected_log_records)
+                            .unwrap_or(0);
+                        accepted.fetch_add(request_len(&request) - rejected as u64, Ordering::Relaxed);
+                    }
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(s) => {
+                        eprintln!("export failed: {s}");
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = accepted.load(Ordering::Relaxed);
+    println!(
+        "accepted {n} records in {secs:.1} s = {:.0} records/s ({} connections, {} records/request, {} requests refused with UNAVAILABLE)",
+        n as f64 / secs,
+        args.connections,
+        args.batch,
+        refused.load(Ordering::Relaxed)
+    );
+    if let Some(pid) = args.pid {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+            println!("server peak RSS: {}", hwm.trim_start_matches("VmHWM:").trim());
+        }
+    }
+    Ok(())
+}
+
+fn request_len(r: &opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest) -> u64 {
+    r.resource_logs
+        .iter()
+        .flat_map(|r| r.scope_logs.iter())
+        .map(|s| s.log_records.len() as u64)
+        .sum()
+}
