@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminState};
@@ -101,10 +100,14 @@ pub async fn run(
         let signal = stopped(stop_rx.clone());
         servers.push(tokio::spawn(
             async move {
+                // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall each
+                // multi-segment response by tens of milliseconds.
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
                 let result = tonic::transport::Server::builder()
+                    .http2_adaptive_window(Some(true))
                     .add_service(logs)
                     .add_service(metrics_svc)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                    .serve_with_incoming_shutdown(incoming, signal)
                     .await;
                 if let Err(error) = result {
                     tracing::error!(%error, "OTLP/gRPC server failed");

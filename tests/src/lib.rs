@@ -15,15 +15,16 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The `verity` binary under test: `$VERITY_BIN`, else the workspace debug build.
+/// The `verity` binary under test: `$VERITY_BIN`, else the `verity` built into the same
+/// target directory as this test (`target/debug/deps/<test>` → `target/debug/verity`).
 pub fn verity_bin() -> PathBuf {
     if let Ok(p) = std::env::var("VERITY_BIN") {
         return PathBuf::from(p);
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target"));
-    let bin = target.join("debug/verity");
+    let beside_tests = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().and_then(Path::parent).map(|dir| dir.join("verity")));
+    let bin = beside_tests.unwrap_or_else(|| repo_root().join("target/debug/verity"));
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build --workspace` before the end-to-end tests",

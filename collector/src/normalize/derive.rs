@@ -15,7 +15,7 @@ use verity_model::event::Text;
 use verity_model::{AccessEvent, Decision, Direction, InputFormat, Reporter};
 
 use super::Extras;
-use super::fields::split_addr;
+use super::fields::split_addr_cow;
 
 pub fn derive<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>) {
     let is_ztunnel = matches!(
@@ -44,7 +44,7 @@ pub fn derive<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>) {
     if ev.source_ip.is_none()
         && let Some(addr) = ex.downstream_remote_address.as_ref()
     {
-        let (ip, port) = split_cow(addr);
+        let (ip, port) = split_addr_cow(addr);
         ev.source_ip = ip;
         ev.source_port = port;
     }
@@ -55,7 +55,7 @@ pub fn derive<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>) {
             ev.upstream_host.as_ref().or(ex.downstream_local_address.as_ref())
         };
         if let Some(addr) = from {
-            let (ip, port) = split_cow(addr);
+            let (ip, port) = split_addr_cow(addr);
             ev.destination_ip = ip;
             ev.destination_port = port;
         }
@@ -128,19 +128,6 @@ pub fn derive<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>) {
     }
     if ev.decision_reason.is_none() {
         ev.decision_reason = reason;
-    }
-}
-
-fn split_cow<'a>(addr: &Cow<'a, str>) -> (Text<'a>, Option<i32>) {
-    match addr {
-        Cow::Borrowed(s) => {
-            let (ip, port) = split_addr(s);
-            (ip.map(Cow::Borrowed), port)
-        }
-        Cow::Owned(s) => {
-            let (ip, port) = split_addr(s);
-            (ip.map(|i| Cow::Owned(i.to_string())), port)
-        }
     }
 }
 

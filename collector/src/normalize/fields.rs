@@ -146,6 +146,20 @@ pub fn split_addr(addr: &str) -> (Option<&str>, Option<i32>) {
     }
 }
 
+/// [`split_addr`] for a value that may be borrowed from the input or owned.
+pub fn split_addr_cow<'a>(addr: &Cow<'a, str>) -> (Text<'a>, Option<i32>) {
+    match addr {
+        Cow::Borrowed(s) => {
+            let (ip, port) = split_addr(s);
+            (ip.map(Cow::Borrowed), port)
+        }
+        Cow::Owned(s) => {
+            let (ip, port) = split_addr(s);
+            (ip.map(|i| Cow::Owned(i.to_string())), port)
+        }
+    }
+}
+
 fn port(field: &str, v: Value<'_>) -> Result<Option<i32>, Rejection> {
     Ok(v.int(field, 0, 65_535)?.map(|p| p as i32))
 }

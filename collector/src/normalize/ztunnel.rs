@@ -99,7 +99,7 @@ pub fn apply_key<'a>(
     match key {
         "src.addr" => {
             if let Some(a) = text(value) {
-                let (ip, port) = split_owned(a);
+                let (ip, port) = fields::split_addr_cow(&a);
                 ev.source_ip = ip;
                 ev.source_port = port;
             }
@@ -110,7 +110,7 @@ pub fn apply_key<'a>(
         "src.cluster" => ev.cluster = text(value),
         "dst.addr" => {
             if let Some(a) = text(value) {
-                let (ip, port) = split_owned(a);
+                let (ip, port) = fields::split_addr_cow(&a);
                 ev.destination_ip = ip;
                 ev.destination_port = port;
             }
@@ -118,7 +118,7 @@ pub fn apply_key<'a>(
         "dst.hbone_addr" => {
             // The real destination behind the HBONE tunnel port 15008.
             if let Some(a) = text(value) {
-                let (ip, port) = split_owned(a);
+                let (ip, port) = fields::split_addr_cow(&a);
                 if ip.is_some() {
                     ev.destination_ip = ip;
                     ev.destination_port = port;
@@ -162,19 +162,6 @@ pub fn apply_key<'a>(
         }
     }
     Ok(())
-}
-
-fn split_owned(a: Cow<'_, str>) -> (Option<Cow<'_, str>>, Option<i32>) {
-    match a {
-        Cow::Borrowed(s) => {
-            let (ip, port) = fields::split_addr(s);
-            (ip.map(Cow::Borrowed), port)
-        }
-        Cow::Owned(s) => {
-            let (ip, port) = fields::split_addr(&s);
-            (ip.map(|i| Cow::Owned(i.to_string())), port)
-        }
-    }
 }
 
 /// ztunnel prints durations as `1ms`, `15ms`, `1.2s`, `250µs`.

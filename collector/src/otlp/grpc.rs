@@ -125,16 +125,30 @@ fn backpressure_status(b: Backpressure) -> Status {
     }
 }
 
-fn outcome_of(result: &Result<bool, Status>) -> &'static str {
-    match result {
-        Ok(false) => "ok",
-        Ok(true) => "partial",
-        Err(s) => match s.code() {
-            Code::InvalidArgument => "bad_request",
-            Code::Unavailable => "unavailable",
-            _ => "error",
-        },
-    }
+/// Decodes the message, runs the export and counts the outcome: the part both services share.
+fn export<Req, Resp>(
+    shared: &Shared,
+    bytes: Bytes,
+    signal: Signal,
+    what: &str,
+    run: impl FnOnce(&OtlpIngest, &Req) -> Result<Resp, Backpressure>,
+    partial: impl FnOnce(&Resp) -> bool,
+) -> Result<Response<Resp>, Status>
+where
+    Req: Message + Default,
+{
+    let result = Req::decode(bytes)
+        .map_err(|e| Status::invalid_argument(format!("could not decode {what}: {e}")))
+        .and_then(|req| run(&shared.ingest, &req).map_err(backpressure_status));
+    let outcome = match &result {
+        Ok(resp) if partial(resp) => "partial",
+        Ok(_) => "ok",
+        Err(s) if s.code() == Code::InvalidArgument => "bad_request",
+        Err(s) if s.code() == Code::Unavailable => "unavailable",
+        Err(_) => "error",
+    };
+    count(&shared.metrics, signal, outcome);
+    result.map(Response::new)
 }
 
 impl UnaryService<Bytes> for LogsExport {
@@ -144,22 +158,14 @@ impl UnaryService<Bytes> for LogsExport {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let shared = self.0.clone();
         Box::pin(async move {
-            let result = ExportLogsServiceRequest::decode(request.into_inner())
-                .map_err(|e| Status::invalid_argument(format!("could not decode ExportLogsServiceRequest: {e}")))
-                .and_then(|req| {
-                    shared
-                        .ingest
-                        .export_logs(&req, IngestSource::OtlpGrpc)
-                        .map_err(backpressure_status)
-                });
-            let outcome = outcome_of(
-                &result
-                    .as_ref()
-                    .map(|r| r.partial_success.is_some())
-                    .map_err(Clone::clone),
-            );
-            count(&shared.metrics, Signal::Logs, outcome);
-            result.map(Response::new)
+            export(
+                &shared,
+                request.into_inner(),
+                Signal::Logs,
+                "ExportLogsServiceRequest",
+                |ingest, req: &ExportLogsServiceRequest| ingest.export_logs(req, IngestSource::OtlpGrpc),
+                |resp| resp.partial_success.is_some(),
+            )
         })
     }
 }
@@ -171,22 +177,14 @@ impl UnaryService<Bytes> for MetricsExport {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let shared = self.0.clone();
         Box::pin(async move {
-            let result = ExportMetricsServiceRequest::decode(request.into_inner())
-                .map_err(|e| Status::invalid_argument(format!("could not decode ExportMetricsServiceRequest: {e}")))
-                .and_then(|req| {
-                    shared
-                        .ingest
-                        .export_metrics(&req, IngestSource::OtlpGrpc)
-                        .map_err(backpressure_status)
-                });
-            let outcome = outcome_of(
-                &result
-                    .as_ref()
-                    .map(|r| r.partial_success.is_some())
-                    .map_err(Clone::clone),
-            );
-            count(&shared.metrics, Signal::Metrics, outcome);
-            result.map(Response::new)
+            export(
+                &shared,
+                request.into_inner(),
+                Signal::Metrics,
+                "ExportMetricsServiceRequest",
+                |ingest, req: &ExportMetricsServiceRequest| ingest.export_metrics(req, IngestSource::OtlpGrpc),
+                |resp| resp.partial_success.is_some(),
+            )
         })
     }
 }

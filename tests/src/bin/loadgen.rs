@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clap::Parser;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use verity_e2e::otlp;
+use prost::Message;
+use verity_e2e::otlp::{self, LOGS_EXPORT, RawCodec};
 
 #[derive(Parser)]
 struct Args {
@@ -48,26 +49,38 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect(),
     );
+    // Encoded once: the generator should spend its CPU on sending, not on protobuf.
+    let records = args.batch as u64;
+    let body = Bytes::from(request.encode_to_vec());
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
-        let mut client = LogsServiceClient::connect(args.endpoint.clone())
-            .await?
-            .max_encoding_message_size(usize::MAX);
-        let (request, accepted, refused) = (request.clone(), accepted.clone(), refused.clone());
+        let channel = tonic::transport::Endpoint::from_shared(args.endpoint.clone())?
+            .connect()
+            .await?;
+        let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+        let (body, accepted, refused) = (body.clone(), accepted.clone(), refused.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                match client.export(request.clone()).await {
+                if let Err(e) = grpc.ready().await {
+                    eprintln!("connection failed: {e}");
+                    break;
+                }
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(LOGS_EXPORT);
+                match grpc.unary(tonic::Request::new(body.clone()), path, RawCodec).await {
                     Ok(r) => {
-                        let rejected = r
-                            .into_inner()
-                            .partial_success
+                        let resp = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse::decode(
+                            r.into_inner(),
+                        );
+                        let rejected = resp
+                            .ok()
+                            .and_then(|r| r.partial_success)
                             .map(|p| p.rejected_log_records)
                             .unwrap_or(0);
-                        accepted.fetch_add(request_len(&request) - rejected as u64, Ordering::Relaxed);
+                        accepted.fetch_add(records - rejected as u64, Ordering::Relaxed);
                     }
                     Err(s) if s.code() == tonic::Code::Unavailable => {
                         refused.fetch_add(1, Ordering::Relaxed);
@@ -100,12 +113,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn request_len(r: &opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest) -> u64 {
-    r.resource_logs
-        .iter()
-        .flat_map(|r| r.scope_logs.iter())
-        .map(|s| s.log_records.len() as u64)
-        .sum()
 }
