@@ -19,6 +19,8 @@ use crate::dead_letter::DeadLetter;
 use crate::metrics::Metrics;
 use crate::otlp::{self, OtlpIngest};
 use crate::pipeline::{self, ArchiveStage, Stage};
+use crate::rules_stage::{AlertOutput, RuleMetrics, RuleSetSpec, RulesStage, SharedEngine};
+use verity_rules::{EngineSettings, RevocationList};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -37,6 +39,14 @@ pub enum AppError {
     },
     #[error("drain did not finish within {0:?}; exiting with work possibly unflushed")]
     DrainTimeout(std::time::Duration),
+    #[error("the rule set does not compile:\n  {}", .0.join("\n  "))]
+    Rules(Vec<String>),
+    #[error("cannot open the alert file {path}: {source}")]
+    Alerts {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -74,6 +84,35 @@ pub async fn run(
         })?,
     );
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+    let rule_metrics = RuleMetrics::new(&mut registry);
+    let revocations = RevocationList::new(settings.rules.revoked.iter().cloned());
+    let engine = SharedEngine::new(
+        RuleSetSpec {
+            builtin_pack: settings.rules.builtin_pack,
+            dirs: settings.rules.dirs.clone(),
+        },
+        EngineSettings {
+            lateness_ns: i64::try_from(settings.rules.lateness_secs)
+                .unwrap_or(5)
+                .saturating_mul(1_000_000_000),
+            state_dir: settings.rules.state_dir.clone(),
+        },
+        revocations,
+        rule_metrics,
+    )
+    .map_err(AppError::Rules)?;
+    let output = AlertOutput::open(settings.alerts.stdout, settings.alerts.file.as_deref()).map_err(|source| {
+        AppError::Alerts {
+            path: settings
+                .alerts
+                .file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            source,
+        }
+    })?;
+    stages.push(Box::new(RulesStage::new(engine.clone(), output)));
     if let Some(dir) = &settings.archive_dir {
         stages.push(Box::new(ArchiveStage::new(dir.clone(), metrics.clone())));
     }
@@ -155,6 +194,11 @@ pub async fn run(
         )
     });
 
+    let reloader = tokio::spawn(
+        watch_rules(engine, settings.rules.reload_poll_secs, stopped(stop_rx.clone()))
+            .instrument(tracing::info_span!("rules_reload")),
+    );
+
     tracing::info!(
         otlp_grpc = ?bound.grpc,
         otlp_http = ?bound.http,
@@ -173,6 +217,7 @@ pub async fn run(
     metrics.ready.set(0);
     let _ = stop_tx.send(true);
 
+    let _ = reloader.await;
     let drain = async {
         for s in servers {
             let _ = s.await;
@@ -191,4 +236,48 @@ pub async fn run(
         let _ = t.await;
     }
     result
+}
+
+/// Reloads the rule set on SIGHUP and when rule files change (polled), until `stop`.
+async fn watch_rules(engine: SharedEngine, poll_secs: u64, stop: impl Future<Output = ()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; rules reload only on file change");
+            None
+        }
+    };
+    let poll = std::time::Duration::from_secs(poll_secs.max(1));
+    let mut last = engine.spec().fingerprint();
+    tokio::pin!(stop);
+    loop {
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let changed = tokio::select! {
+            () = &mut stop => break,
+            _ = hup_recv => {
+                tracing::info!("SIGHUP: reloading rules");
+                true
+            }
+            () = tokio::time::sleep(poll), if poll_secs > 0 => {
+                let now = engine.spec().fingerprint();
+                let changed = now != last;
+                if changed {
+                    tracing::info!("rule files changed: reloading rules");
+                }
+                changed
+            }
+        };
+        if changed {
+            last = engine.spec().fingerprint();
+            let e = engine.clone();
+            // Compiling DataFusion expressions is CPU work; keep it off the I/O threads.
+            let _ = tokio::task::spawn_blocking(move || e.reload()).await;
+        }
+    }
 }

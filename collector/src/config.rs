@@ -26,6 +26,34 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub rules: RulesConfig,
+    pub alerts: AlertsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Evaluate the built-in zero-trust pack.
+    pub builtin_pack: bool,
+    /// More rule files or directories (one rule per YAML file).
+    pub dirs: Vec<PathBuf>,
+    /// Bounded out-of-orderness of event time, in seconds (the watermark trails by this).
+    pub lateness_secs: u64,
+    /// Where stateful rules keep state across restarts (first_seen learned sets).
+    pub state_dir: Option<PathBuf>,
+    /// Principals on the revocation list (`is_revoked(...)` in rules).
+    pub revoked: Vec<String>,
+    /// How often rule files are checked for changes (0 disables; SIGHUP always reloads).
+    pub reload_poll_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Print alerts as JSON lines on standard output.
+    pub stdout: bool,
+    /// Append alerts as JSON lines to this file.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +169,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub drain_timeout: Duration,
+    pub rules: RulesConfig,
+    pub alerts: AlertsConfig,
 }
 
 /// Loads the layers: defaults, then `file` if given, then `env` (pass `std::env::vars()`).
@@ -224,9 +254,11 @@ fn deserialize_sections(tree: Value) -> Result<Config, Vec<ConfigError>> {
             "dead_letter" => cfg.dead_letter = section(key, v, &mut errors).unwrap_or_default(),
             "log" => cfg.log = section(key, v, &mut errors).unwrap_or_default(),
             "shutdown" => cfg.shutdown = section(key, v, &mut errors).unwrap_or_default(),
+            "rules" => cfg.rules = section(key, v, &mut errors).unwrap_or_default(),
+            "alerts" => cfg.alerts = section(key, v, &mut errors).unwrap_or_default(),
             other => errors.push(ConfigError::new(
                 other,
-                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown",
+                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown, rules, alerts",
             )),
         }
     }
@@ -354,6 +386,20 @@ impl Config {
                 format!("invalid filter {:?}: {e}", self.log.level),
             ));
         }
+        if self.rules.lateness_secs > 3600 {
+            errors.push(ConfigError::new("rules.lateness_secs", "must be at most 3600"));
+        }
+        if self.rules.reload_poll_secs > 3600 {
+            errors.push(ConfigError::new(
+                "rules.reload_poll_secs",
+                "must be at most 3600 (0 disables polling)",
+            ));
+        }
+        for (i, p) in self.rules.revoked.iter().enumerate() {
+            if p.trim().is_empty() {
+                errors.push(ConfigError::new(format!("rules.revoked[{i}]"), "empty principal"));
+            }
+        }
         if !(1..=3600).contains(&self.shutdown.drain_timeout_secs) {
             errors.push(ConfigError::new(
                 "shutdown.drain_timeout_secs",
@@ -381,6 +427,8 @@ impl Config {
             log_format: self.log.format,
             log_level: self.log.level.clone(),
             drain_timeout: Duration::from_secs(self.shutdown.drain_timeout_secs),
+            rules: self.rules.clone(),
+            alerts: self.alerts.clone(),
         })
     }
 }

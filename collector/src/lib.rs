@@ -16,6 +16,8 @@ pub mod metrics;
 pub mod normalize;
 pub mod otlp;
 pub mod pipeline;
+pub mod rules_cli;
+pub mod rules_stage;
 
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;

@@ -39,6 +39,35 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Check or test rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Run rules over log files in event time and print alerts as JSON lines.
+    Replay {
+        /// Rule files or directories (in addition to the built-in pack unless --no-builtin).
+        #[arg(long)]
+        rules: Vec<PathBuf>,
+        /// Do not evaluate the built-in zero-trust pack.
+        #[arg(long)]
+        no_builtin: bool,
+        /// Only events at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Treat this principal as revoked (repeatable).
+        #[arg(long)]
+        revoked: Vec<String>,
+        /// Allowed event-time disorder, in seconds.
+        #[arg(long, default_value_t = 5)]
+        lateness_secs: u64,
+        /// Log files; `-` reads standard input.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
     /// Normalize access-log lines from files (or - for stdin) and print events as JSON lines.
     Normalize {
         /// Input layout; `auto` detects it per line.
@@ -50,12 +79,56 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate rule files; non-zero exit with precise errors.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run every rule's test cases; ends with `N passed, N failed`.
+    Test {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::Validate { config, print } => validate(config, print),
         Command::Normalize { format, files } => normalize_files(format, &files),
+        Command::Rules {
+            command: RulesCommand::Check { paths },
+        } => {
+            let errors = verity_collector::rules_cli::check(&paths, &mut std::io::stdout().lock());
+            errors
+                .map(|n| if n == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+                .map_err(Into::into)
+        }
+        Command::Rules {
+            command: RulesCommand::Test { paths },
+        } => {
+            let r = verity_collector::rules_cli::test(&paths, &mut std::io::stdout().lock());
+            r.map(|(_, failed)| {
+                if failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            })
+            .map_err(Into::into)
+        }
+        Command::Replay {
+            rules,
+            no_builtin,
+            since,
+            until,
+            revoked,
+            lateness_secs,
+            files,
+        } => replay(rules, no_builtin, since, until, revoked, lateness_secs, &files),
     };
     match result {
         Ok(code) => code,
@@ -132,6 +205,36 @@ fn validate(config: Option<PathBuf>, print: bool) -> anyhow::Result<ExitCode> {
         }
         Err(code) => Ok(code),
     }
+}
+
+fn replay(
+    rules: Vec<PathBuf>,
+    no_builtin: bool,
+    since: Option<String>,
+    until: Option<String>,
+    revoked: Vec<String>,
+    lateness_secs: u64,
+    files: &[String],
+) -> anyhow::Result<ExitCode> {
+    let time = |s: Option<String>, what: &str| -> anyhow::Result<Option<i64>> {
+        s.map(|t| {
+            verity_model::time::parse_rfc3339_ns(&t).with_context(|| format!("--{what} {t:?} is not an RFC 3339 time"))
+        })
+        .transpose()
+    };
+    let opts = verity_collector::rules_cli::ReplayOptions {
+        rules,
+        builtin_pack: !no_builtin,
+        since_ns: time(since, "since")?,
+        until_ns: time(until, "until")?,
+        revoked,
+        lateness_ns: i64::try_from(lateness_secs).unwrap_or(5).saturating_mul(1_000_000_000),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    verity_collector::rules_cli::replay(&opts, files, &mut out, &mut std::io::stderr())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Rows per output chunk, so memory stays flat on large files.

@@ -13,10 +13,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod event;
 pub mod json;
 pub mod metric;
 pub mod time;
 
+pub use alert::{Alert, AlertStatus, Severity};
 pub use event::{AccessEvent, Decision, Direction, EventBatchBuilder, InputFormat, Reporter};
 pub use metric::{MetricBatchBuilder, MetricKind, MetricSample};

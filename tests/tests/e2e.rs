@@ -9,4 +9,5 @@ mod e2e {
     pub mod otlp_grpc;
     pub mod otlp_http;
     pub mod python_sdk;
+    pub mod rules;
 }

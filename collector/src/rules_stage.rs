@@ -1,0 +1,404 @@
+//! The rules stage of the pipeline: evaluates the rule set on every event batch, writes the
+//! alerts (stdout and a JSONL file, until SIEM sinks take over), exports rule metrics, and
+//! reloads the rule set on SIGHUP or when rule files change.
+//!
+//! A reload compiles the whole new set first; only if every rule compiles does it replace the
+//! old one (unchanged rules keep their state). On any error the old set stays, and the error
+//! is logged and counted.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use verity_model::Alert;
+use verity_rules::assertion::KeyStatus;
+use verity_rules::engine::ReloadSummary;
+use verity_rules::{CompiledRule, Compiler, Engine, EngineSettings, RevocationList, RuleSource};
+
+use crate::pipeline::{Batch, Stage, StageError};
+
+/// Where rules come from.
+#[derive(Debug, Clone)]
+pub struct RuleSetSpec {
+    pub builtin_pack: bool,
+    pub dirs: Vec<PathBuf>,
+}
+
+impl RuleSetSpec {
+    /// Reads and compiles the whole set; every error, not the first.
+    pub fn load(&self, revocations: &RevocationList) -> Result<Vec<CompiledRule>, Vec<String>> {
+        let mut sources: Vec<RuleSource> = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
+        if self.builtin_pack {
+            match verity_rules::pack::sources() {
+                Ok(s) => sources.extend(s),
+                Err(e) => errors.extend(e.iter().map(ToString::to_string)),
+            }
+        }
+        if !self.dirs.is_empty() {
+            match verity_rules::rule::load_paths(&self.dirs) {
+                Ok(s) => sources.extend(s),
+                Err(e) => errors.extend(e.iter().map(ToString::to_string)),
+            }
+        }
+        let mut ids: HashMap<String, String> = HashMap::new();
+        for s in &sources {
+            if let Some(prev) = ids.insert(s.rule.id.clone(), s.path.display().to_string()) {
+                errors.push(format!(
+                    "{}: duplicate rule id {} (also in {prev})",
+                    s.path.display(),
+                    s.rule.id
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Compiler::new(revocations.clone())
+            .compile_all(sources)
+            .map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    /// Modification times of every rule file, to notice edits.
+    pub fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>)> {
+        let mut files = Vec::new();
+        for d in &self.dirs {
+            walk(d, &mut files);
+        }
+        files.sort();
+        files
+            .into_iter()
+            .map(|f| {
+                let m = std::fs::metadata(&f).and_then(|m| m.modified()).ok();
+                (f, m)
+            })
+            .collect()
+    }
+}
+
+fn walk(p: &std::path::Path, out: &mut Vec<PathBuf>) {
+    if p.is_dir() {
+        if let Ok(entries) = std::fs::read_dir(p) {
+            for e in entries.flatten() {
+                walk(&e.path(), out);
+            }
+        }
+    } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+        out.push(p.to_path_buf());
+    }
+}
+
+/// Metrics of the rules stage.
+#[derive(Clone)]
+pub struct RuleMetrics {
+    pub alerts: Family<[(&'static str, String); 3], Counter>,
+    pub late_events: Counter,
+    pub evaluation_errors: Counter,
+    pub assertion_state: Family<[(&'static str, String); 2], Gauge>,
+    pub assertion_checked: Family<[(&'static str, String); 1], Counter>,
+    pub assertion_violating: Family<[(&'static str, String); 1], Counter>,
+    pub reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    pub rules_loaded: Gauge,
+    pub watermark: Gauge,
+    pub revocations: Gauge,
+    pub alert_write_errors: Counter,
+}
+
+/// Assertion keys exported per assertion at most (label cardinality bound).
+const MAX_EXPORTED_KEYS: usize = 1000;
+
+impl RuleMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            alerts: Family::default(),
+            late_events: Counter::default(),
+            evaluation_errors: Counter::default(),
+            assertion_state: Family::default(),
+            assertion_checked: Family::default(),
+            assertion_violating: Family::default(),
+            reloads: Family::default(),
+            rules_loaded: Gauge::default(),
+            watermark: Gauge::default(),
+            revocations: Gauge::default(),
+            alert_write_errors: Counter::default(),
+        };
+        registry.register(
+            "verity_alerts",
+            "Alerts emitted, by rule, severity and status",
+            m.alerts.clone(),
+        );
+        registry.register(
+            "verity_rules_late_events",
+            "Events older than the watermark when they arrived",
+            m.late_events.clone(),
+        );
+        registry.register(
+            "verity_rules_evaluation_errors",
+            "Rule evaluations that failed on a batch",
+            m.evaluation_errors.clone(),
+        );
+        registry.register(
+            "verity_assertion_state",
+            "Assertion state per key: 0 holding, 1 violated, 2 unknown",
+            m.assertion_state.clone(),
+        );
+        registry.register(
+            "verity_assertion_events_checked",
+            "Scoped events an assertion checked",
+            m.assertion_checked.clone(),
+        );
+        registry.register(
+            "verity_assertion_events_violating",
+            "Scoped events that violated an assertion",
+            m.assertion_violating.clone(),
+        );
+        registry.register(
+            "verity_rules_reloads",
+            "Rule set reloads, by outcome",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "verity_rules_loaded",
+            "Rules in the active rule set",
+            m.rules_loaded.clone(),
+        );
+        registry.register(
+            "verity_event_time_watermark_seconds",
+            "The rules engine's event-time watermark (Unix seconds)",
+            m.watermark.clone(),
+        );
+        registry.register(
+            "verity_revocations_active",
+            "Principals on the revocation list",
+            m.revocations.clone(),
+        );
+        registry.register(
+            "verity_alert_write_errors",
+            "Failures writing alerts to stdout or the alert file",
+            m.alert_write_errors.clone(),
+        );
+        m
+    }
+}
+
+/// Writes alerts as JSON lines.
+pub struct AlertOutput {
+    stdout: bool,
+    file: Option<BufWriter<File>>,
+}
+
+impl AlertOutput {
+    pub fn open(stdout: bool, file: Option<&std::path::Path>) -> std::io::Result<Self> {
+        let file = match file {
+            Some(p) => {
+                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Some(BufWriter::new(OpenOptions::new().create(true).append(true).open(p)?))
+            }
+            None => None,
+        };
+        Ok(Self { stdout, file })
+    }
+
+    pub fn write(&mut self, alerts: &[Alert]) -> std::io::Result<()> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(alerts.len() * 512);
+        for a in alerts {
+            serde_json::to_writer(&mut buf, a).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+        }
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&buf)?;
+            out.flush()?;
+        }
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(&buf)?;
+            f.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// The engine, shared by the pipeline stage and the reloader.
+#[derive(Clone)]
+pub struct SharedEngine {
+    engine: Arc<Mutex<Engine>>,
+    spec: RuleSetSpec,
+    revocations: RevocationList,
+    metrics: RuleMetrics,
+}
+
+impl SharedEngine {
+    pub fn new(
+        spec: RuleSetSpec,
+        settings: EngineSettings,
+        revocations: RevocationList,
+        metrics: RuleMetrics,
+    ) -> Result<Self, Vec<String>> {
+        let rules = spec.load(&revocations)?;
+        metrics.rules_loaded.set(rules.len() as i64);
+        metrics.revocations.set(revocations.len() as i64);
+        Ok(Self {
+            engine: Arc::new(Mutex::new(Engine::new(rules, settings))),
+            spec,
+            revocations,
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Engine> {
+        match self.engine.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    pub fn spec(&self) -> &RuleSetSpec {
+        &self.spec
+    }
+
+    /// Compiles the rule files again and swaps them in if all compile.
+    pub fn reload(&self) -> Result<ReloadSummary, Vec<String>> {
+        match self.spec.load(&self.revocations) {
+            Ok(rules) => {
+                let n = rules.len();
+                let summary = self.lock().replace_rules(rules);
+                self.metrics.rules_loaded.set(n as i64);
+                self.metrics.reloads.get_or_create(&[("outcome", "ok")]).inc();
+                tracing::info!(
+                    kept = summary.kept,
+                    changed = summary.changed,
+                    added = summary.added,
+                    removed = summary.removed,
+                    "rules reloaded"
+                );
+                Ok(summary)
+            }
+            Err(errors) => {
+                self.metrics.reloads.get_or_create(&[("outcome", "error")]).inc();
+                for e in &errors {
+                    tracing::error!(error = %e, "rule reload failed; the previous rule set stays active");
+                }
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// Runs the engine on event batches.
+pub struct RulesStage {
+    shared: SharedEngine,
+    output: AlertOutput,
+    last_counts: HashMap<String, (u64, u64)>,
+    last_late: u64,
+    last_errors: u64,
+}
+
+impl RulesStage {
+    pub fn new(shared: SharedEngine, output: AlertOutput) -> Self {
+        Self {
+            shared,
+            output,
+            last_counts: HashMap::new(),
+            last_late: 0,
+            last_errors: 0,
+        }
+    }
+
+    fn emit(&mut self, alerts: Vec<Alert>) -> Result<(), StageError> {
+        let m = &self.shared.metrics;
+        for a in &alerts {
+            m.alerts
+                .get_or_create(&[
+                    ("rule", a.rule_id.clone()),
+                    ("severity", a.severity.as_str().to_string()),
+                    ("status", a.status.as_str().to_string()),
+                ])
+                .inc();
+        }
+        self.output.write(&alerts).map_err(|source| {
+            m.alert_write_errors.inc();
+            StageError::Io { stage: "rules", source }
+        })
+    }
+
+    fn export(&mut self, engine: &Engine) {
+        let m = &self.shared.metrics;
+        let stats = engine.stats();
+        m.late_events
+            .inc_by(stats.late_events - self.last_late.min(stats.late_events));
+        self.last_late = stats.late_events;
+        m.evaluation_errors
+            .inc_by(stats.evaluation_errors - self.last_errors.min(stats.evaluation_errors));
+        self.last_errors = stats.evaluation_errors;
+        if let Some(w) = engine.watermark() {
+            m.watermark.set(w / 1_000_000_000);
+        }
+        for c in engine.counters() {
+            if c.kind != "assertion" {
+                continue;
+            }
+            let last = self.last_counts.entry(c.rule_id.clone()).or_insert((0, 0));
+            m.assertion_checked
+                .get_or_create(&[("assertion", c.rule_id.clone())])
+                .inc_by(c.checked.saturating_sub(last.0));
+            m.assertion_violating
+                .get_or_create(&[("assertion", c.rule_id.clone())])
+                .inc_by(c.violating.saturating_sub(last.1));
+            *last = (c.checked, c.violating);
+        }
+        let mut per_rule: HashMap<String, usize> = HashMap::new();
+        for (rule, key, status) in engine.assertion_states() {
+            let n = per_rule.entry(rule.clone()).or_default();
+            *n += 1;
+            if *n > MAX_EXPORTED_KEYS {
+                continue;
+            }
+            let v = match status {
+                KeyStatus::Holding => 0,
+                KeyStatus::Violated => 1,
+                KeyStatus::Unknown => 2,
+            };
+            m.assertion_state
+                .get_or_create(&[("assertion", rule), ("key", key)])
+                .set(v);
+        }
+        m.revocations.set(self.shared.revocations.len() as i64);
+    }
+}
+
+impl Stage for RulesStage {
+    fn name(&self) -> &'static str {
+        "rules"
+    }
+
+    fn process(&mut self, batch: &Batch) -> Result<(), StageError> {
+        let Batch::Events(b) = batch else { return Ok(()) };
+        let shared = self.shared.clone();
+        let mut engine = shared.lock();
+        let alerts = engine.process(b);
+        self.export(&engine);
+        drop(engine);
+        self.emit(alerts)
+    }
+
+    fn flush(&mut self) -> Result<(), StageError> {
+        let shared = self.shared.clone();
+        let mut engine = shared.lock();
+        let alerts = engine.flush();
+        self.export(&engine);
+        drop(engine);
+        self.emit(alerts)
+    }
+}

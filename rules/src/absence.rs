@@ -1,0 +1,97 @@
+//! `absence`: alert when a key that used to send telemetry has been silent for a duration
+//! (in event time), and resolve when it is heard from again.
+
+use std::collections::{BTreeMap, HashMap};
+
+use arrow::array::BooleanArray;
+use verity_model::alert::{Alert, AlertStatus};
+
+use crate::compile::{AbsencePlan, CompiledRule};
+use crate::engine::{AlertParts, describe, make_alert};
+use crate::evidence::{Key, Rows, group_map};
+
+struct Seen {
+    last: i64,
+    silent: bool,
+}
+
+#[derive(Default)]
+pub struct AbsenceState {
+    keys: HashMap<Key, Seen>,
+}
+
+impl AbsenceState {
+    pub fn process(
+        &mut self,
+        plan: &AbsencePlan,
+        rule: &CompiledRule,
+        rows: &Rows<'_>,
+        mask: &BooleanArray,
+        out: &mut Vec<Alert>,
+    ) {
+        for row in mask.values().set_indices() {
+            let t = rows.time(row);
+            let key = rows.key(&plan.keys, row);
+            let s = self.keys.entry(key.clone()).or_insert(Seen { last: t, silent: false });
+            s.last = s.last.max(t);
+            if s.silent {
+                s.silent = false;
+                let group = group_map(&plan.keys, &key);
+                let summary = format!("{}: telemetry resumed for {}", rule.rule().title, describe(&group));
+                out.push(make_alert(
+                    rule,
+                    AlertParts {
+                        status: AlertStatus::Resolved,
+                        group,
+                        at: t,
+                        window: None,
+                        count: 1,
+                        aggregates: BTreeMap::new(),
+                        first: t,
+                        last: t,
+                        evidence: vec![rows.evidence(row)],
+                        entity: None,
+                        summary,
+                    },
+                ));
+            }
+        }
+    }
+
+    pub fn advance(&mut self, plan: &AbsencePlan, rule: &CompiledRule, watermark: i64, out: &mut Vec<Alert>) {
+        let mut keys: Vec<&Key> = self.keys.iter().filter(|(_, s)| !s.silent).map(|(k, _)| k).collect();
+        keys.sort();
+        let keys: Vec<Key> = keys.into_iter().cloned().collect();
+        for key in keys {
+            let Some(s) = self.keys.get_mut(&key) else { continue };
+            let at = s.last.saturating_add(plan.after);
+            if watermark < at {
+                continue;
+            }
+            s.silent = true;
+            let group = group_map(&plan.keys, &key);
+            let summary = format!(
+                "{}: no telemetry from {} since {}",
+                rule.rule().title,
+                describe(&group),
+                verity_model::time::format_rfc3339_ns(s.last)
+            );
+            out.push(make_alert(
+                rule,
+                AlertParts {
+                    status: AlertStatus::Firing,
+                    group,
+                    at,
+                    window: Some((s.last, at)),
+                    count: 0,
+                    aggregates: BTreeMap::new(),
+                    first: s.last,
+                    last: s.last,
+                    evidence: Vec::new(),
+                    entity: None,
+                    summary,
+                },
+            ));
+        }
+    }
+}

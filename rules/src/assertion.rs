@@ -1,0 +1,236 @@
+//! Assertion state: at every moment each key is holding, violated or unknown.
+//!
+//! - A scoped event whose `require` is false makes its key *violated* at once (alert
+//!   `firing`). NULL (cannot tell) counts as neither holding nor violating.
+//! - A violated key that then sees only compliant events for `resolve_after` holds again
+//!   (alert `resolved`).
+//! - A key with no scoped events for `stale_after` is *unknown* (alert `unknown`: a
+//!   telemetry gap). Its next compliant event makes it hold again (alert `resolved`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use arrow::array::{Array, BooleanArray};
+use verity_model::alert::{Alert, AlertStatus, Evidence};
+
+use crate::compile::{AssertionPlan, CompiledRule};
+use crate::engine::{AlertParts, describe, make_alert};
+use crate::evidence::{Key, Rows, group_map, push_evidence};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Holding,
+    Violated,
+    Unknown,
+}
+
+impl KeyStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Holding => "holding",
+            KeyStatus::Violated => "violated",
+            KeyStatus::Unknown => "unknown",
+        }
+    }
+}
+
+struct KeyState {
+    status: KeyStatus,
+    last_scoped: i64,
+    first_violation: i64,
+    last_violation: i64,
+    violations: u64,
+    compliant_since_violation: bool,
+    /// Has this key ever held or been violated (so unknown → holding is a resolution)?
+    known: bool,
+    evidence: Vec<Evidence>,
+    entity: Option<String>,
+}
+
+#[derive(Default)]
+pub struct AssertionState {
+    keys: HashMap<Key, KeyState>,
+    pub checked: u64,
+    pub violating: u64,
+}
+
+impl AssertionState {
+    pub fn states(&self) -> Vec<(String, KeyStatus)> {
+        let mut v: Vec<(String, KeyStatus)> = self
+            .keys
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.iter()
+                        .map(|v| v.as_deref().unwrap_or(""))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    s.status,
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn process(
+        &mut self,
+        plan: &AssertionPlan,
+        rule: &CompiledRule,
+        rows: &Rows<'_>,
+        scope: &BooleanArray,
+        require: &BooleanArray,
+        out: &mut Vec<Alert>,
+    ) {
+        let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
+        for row in scope.values().set_indices() {
+            let t = rows.time(row);
+            let key = rows.key(&plan.per, row);
+            let ok = if require.is_null(row) {
+                None
+            } else {
+                Some(require.value(row))
+            };
+            let Some(ok) = ok else { continue };
+            self.checked += 1;
+            let s = self.keys.entry(key.clone()).or_insert_with(|| KeyState {
+                status: KeyStatus::Unknown,
+                last_scoped: t,
+                first_violation: t,
+                last_violation: i64::MIN,
+                violations: 0,
+                compliant_since_violation: false,
+                known: false,
+                evidence: Vec::new(),
+                entity: None,
+            });
+            s.last_scoped = s.last_scoped.max(t);
+            if !ok {
+                self.violating += 1;
+                s.last_violation = s.last_violation.max(t);
+                s.compliant_since_violation = false;
+                s.violations += 1;
+                push_evidence(&mut s.evidence, || rows.evidence(row));
+                if s.entity.is_none() {
+                    s.entity = entity_col.and_then(|c| rows.value(c, row));
+                }
+                if s.status != KeyStatus::Violated {
+                    s.status = KeyStatus::Violated;
+                    s.known = true;
+                    s.first_violation = t;
+                    s.violations = 1;
+                    let group = group_map(&plan.per, &key);
+                    let summary = format!("{}: violated for {}", rule.rule().title, describe(&group));
+                    out.push(make_alert(
+                        rule,
+                        AlertParts {
+                            status: AlertStatus::Firing,
+                            group,
+                            at: t,
+                            window: None,
+                            count: 1,
+                            aggregates: BTreeMap::new(),
+                            first: t,
+                            last: t,
+                            evidence: s.evidence.clone(),
+                            entity: s.entity.clone(),
+                            summary,
+                        },
+                    ));
+                }
+            } else {
+                match s.status {
+                    KeyStatus::Violated => s.compliant_since_violation = true,
+                    KeyStatus::Unknown => {
+                        s.status = KeyStatus::Holding;
+                        if s.known {
+                            let group = group_map(&plan.per, &key);
+                            let summary = format!(
+                                "{}: telemetry is back and the assertion holds for {}",
+                                rule.rule().title,
+                                describe(&group)
+                            );
+                            out.push(resolution(rule, group, t, s, summary));
+                        }
+                        s.known = true;
+                    }
+                    KeyStatus::Holding => {}
+                }
+            }
+        }
+    }
+
+    pub fn advance(&mut self, plan: &AssertionPlan, rule: &CompiledRule, watermark: i64, out: &mut Vec<Alert>) {
+        let mut keys: Vec<&Key> = self.keys.keys().collect();
+        keys.sort();
+        let keys: Vec<Key> = keys.into_iter().cloned().collect();
+        for key in keys {
+            let Some(s) = self.keys.get_mut(&key) else { continue };
+            let resolve_at = s.last_violation.saturating_add(plan.resolve_after);
+            if s.status == KeyStatus::Violated && s.compliant_since_violation && watermark >= resolve_at {
+                s.status = KeyStatus::Holding;
+                let group = group_map(&plan.per, &key);
+                let summary = format!(
+                    "{}: holds again for {} after {} violating events",
+                    rule.rule().title,
+                    describe(&group),
+                    s.violations
+                );
+                out.push(resolution(rule, group, resolve_at, s, summary));
+                s.evidence.clear();
+            }
+            let stale_at = s.last_scoped.saturating_add(plan.stale_after);
+            if s.status != KeyStatus::Unknown && watermark >= stale_at {
+                s.status = KeyStatus::Unknown;
+                let group = group_map(&plan.per, &key);
+                let summary = format!(
+                    "{}: no telemetry for {} since {}; cannot tell whether it holds",
+                    rule.rule().title,
+                    describe(&group),
+                    verity_model::time::format_rfc3339_ns(s.last_scoped)
+                );
+                out.push(make_alert(
+                    rule,
+                    AlertParts {
+                        status: AlertStatus::Unknown,
+                        group,
+                        at: stale_at,
+                        window: Some((s.last_scoped, stale_at)),
+                        count: 0,
+                        aggregates: BTreeMap::new(),
+                        first: s.last_scoped,
+                        last: s.last_scoped,
+                        evidence: Vec::new(),
+                        entity: None,
+                        summary,
+                    },
+                ));
+                s.evidence.clear();
+            }
+        }
+    }
+}
+
+fn resolution(
+    rule: &CompiledRule,
+    group: BTreeMap<String, Option<String>>,
+    at: i64,
+    s: &KeyState,
+    summary: String,
+) -> Alert {
+    make_alert(
+        rule,
+        AlertParts {
+            status: AlertStatus::Resolved,
+            group,
+            at,
+            window: None,
+            count: s.violations,
+            aggregates: BTreeMap::new(),
+            first: s.first_violation,
+            last: s.last_scoped,
+            evidence: Vec::new(),
+            entity: s.entity.clone(),
+            summary,
+        },
+    )
+}

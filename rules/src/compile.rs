@@ -1,0 +1,554 @@
+//! Compiles rule files once: every SQL expression is parsed, type-checked against the event
+//! schema and planned into a DataFusion `PhysicalExpr`. Nothing is planned per batch.
+//!
+//! `having` expressions are rewritten: each aggregate call (`count(*)`, `count(distinct x)`,
+//! `sum(x)`, `min(x)`, `max(x)`) becomes a column of a small per-window schema that the
+//! engine fills from its incremental state, and the rest is planned against that schema.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::{Expr, ExprSchemable, ScalarUDF};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use verity_model::alert::fnv1a;
+
+use crate::revocation::{IsRevoked, RevocationList};
+use crate::rule::{Kind, RuleFile, RuleSource, WindowType};
+
+/// A rule that failed to compile, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: rule {rule_id}: {message}")]
+pub struct CompileError {
+    pub path: String,
+    pub rule_id: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggFunc {
+    Count,
+    CountDistinct,
+    Sum,
+    Min,
+    Max,
+}
+
+#[derive(Debug, Clone)]
+pub struct AggSpec {
+    pub func: AggFunc,
+    /// Input column index in the event schema (`None` for `count(*)`).
+    pub column: Option<usize>,
+    /// How it reads in the rule, e.g. `count(distinct path)`.
+    pub label: String,
+}
+
+pub struct HavingPlan {
+    pub aggs: Vec<AggSpec>,
+    /// Group columns (Utf8) then one column per aggregate.
+    pub schema: SchemaRef,
+    pub expr: Arc<dyn PhysicalExpr>,
+}
+
+pub struct DetectionPlan {
+    pub filter: Arc<dyn PhysicalExpr>,
+    pub group_by: Vec<(String, usize)>,
+    /// (size, slide) in ns; tumbling windows slide by their size.
+    pub window: Option<(i64, i64)>,
+    pub having: Option<HavingPlan>,
+    pub suppress: Option<i64>,
+}
+
+pub struct AssertionPlan {
+    pub scope: Arc<dyn PhysicalExpr>,
+    pub require: Arc<dyn PhysicalExpr>,
+    pub per: Vec<(String, usize)>,
+    pub stale_after: i64,
+    pub resolve_after: i64,
+}
+
+pub struct FirstSeenPlan {
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    pub keys: Vec<(String, usize)>,
+    pub learning: i64,
+}
+
+pub struct AbsencePlan {
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    pub keys: Vec<(String, usize)>,
+    pub after: i64,
+}
+
+pub enum Plan {
+    Detection(DetectionPlan),
+    Assertion(AssertionPlan),
+    FirstSeen(FirstSeenPlan),
+    Absence(AbsencePlan),
+}
+
+pub struct CompiledRule {
+    pub source: RuleSource,
+    /// Changes whenever the rule's text changes; unchanged rules keep their state on reload.
+    pub fingerprint: u64,
+    pub plan: Plan,
+    /// Column index of the responder entity, if the rule has `respond`.
+    pub entity: Option<(String, usize)>,
+}
+
+impl std::fmt::Debug for CompiledRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledRule")
+            .field("id", &self.source.rule.id)
+            .field("kind", &self.source.rule.kind)
+            .field("path", &self.source.path)
+            .finish()
+    }
+}
+
+impl CompiledRule {
+    pub fn rule(&self) -> &RuleFile {
+        &self.source.rule
+    }
+}
+
+/// Holds the planning context; build one, compile many rules.
+pub struct Compiler {
+    ctx: SessionContext,
+    schema: DFSchema,
+    arrow_schema: SchemaRef,
+}
+
+impl Compiler {
+    pub fn new(revocations: RevocationList) -> Self {
+        let ctx = SessionContext::new();
+        ctx.register_udf(ScalarUDF::from(IsRevoked::new(revocations)));
+        let arrow_schema = verity_model::event::schema();
+        let schema = DFSchema::try_from(arrow_schema.as_ref().clone()).unwrap_or_else(|_| DFSchema::empty());
+        Self {
+            ctx,
+            schema,
+            arrow_schema,
+        }
+    }
+
+    /// Compiles every rule; returns all errors (and the rules that compiled are discarded
+    /// then, because a rule set is replaced only as a whole).
+    pub fn compile_all(&self, sources: Vec<RuleSource>) -> Result<Vec<CompiledRule>, Vec<CompileError>> {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for s in sources {
+            match self.compile(s) {
+                Ok(r) => out.push(r),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() { Ok(out) } else { Err(errors) }
+    }
+
+    pub fn compile(&self, source: RuleSource) -> Result<CompiledRule, CompileError> {
+        let rule = &source.rule;
+        let err = |message: String| CompileError {
+            path: source.path.display().to_string(),
+            rule_id: rule.id.clone(),
+            message,
+        };
+        let plan = match rule.kind {
+            Kind::Detection => {
+                let d = rule
+                    .detection
+                    .as_ref()
+                    .ok_or_else(|| err("missing detection block".into()))?;
+                let filter = self.predicate(&d.filter, "where").map_err(err)?;
+                let group_by = self.columns(&d.group_by, "group_by").map_err(err)?;
+                let window = match &d.window {
+                    None => None,
+                    Some(w) => {
+                        let slide = match (w.kind, w.slide) {
+                            (WindowType::Tumbling, None) => w.size.0,
+                            (WindowType::Tumbling, Some(_)) => {
+                                return Err(err("window: a tumbling window has no slide".into()));
+                            }
+                            (WindowType::Sliding, Some(s)) if s.0 <= w.size.0 && w.size.0 % s.0 == 0 => s.0,
+                            (WindowType::Sliding, Some(_)) => {
+                                return Err(err("window: slide must divide the window size".into()));
+                            }
+                            (WindowType::Sliding, None) => {
+                                return Err(err("window: a sliding window needs slide".into()));
+                            }
+                        };
+                        Some((w.size.0, slide))
+                    }
+                };
+                let having = match (&d.having, window) {
+                    (Some(h), Some(_)) => Some(self.having(h, &group_by).map_err(err)?),
+                    (Some(_), None) => return Err(err("having needs a window".into())),
+                    (None, _) => None,
+                };
+                Plan::Detection(DetectionPlan {
+                    filter,
+                    group_by,
+                    window,
+                    having,
+                    suppress: d.suppress.map(|s| s.0),
+                })
+            }
+            Kind::Assertion => {
+                let a = rule
+                    .assertion
+                    .as_ref()
+                    .ok_or_else(|| err("missing assertion block".into()))?;
+                Plan::Assertion(AssertionPlan {
+                    scope: self.predicate(&a.scope, "scope").map_err(err)?,
+                    require: self.predicate(&a.require, "require").map_err(err)?,
+                    per: self.columns(&a.per, "per").map_err(err)?,
+                    stale_after: a.stale_after.0,
+                    resolve_after: a.resolve_after.map(|d| d.0).unwrap_or(60_000_000_000),
+                })
+            }
+            Kind::FirstSeen => {
+                let f = rule
+                    .first_seen
+                    .as_ref()
+                    .ok_or_else(|| err("missing first_seen block".into()))?;
+                if f.keys.is_empty() {
+                    return Err(err("first_seen: keys must name at least one column".into()));
+                }
+                Plan::FirstSeen(FirstSeenPlan {
+                    filter: f
+                        .filter
+                        .as_deref()
+                        .map(|w| self.predicate(w, "where"))
+                        .transpose()
+                        .map_err(err)?,
+                    keys: self.columns(&f.keys, "keys").map_err(err)?,
+                    learning: f.learning.0,
+                })
+            }
+            Kind::Absence => {
+                let a = rule
+                    .absence
+                    .as_ref()
+                    .ok_or_else(|| err("missing absence block".into()))?;
+                if a.keys.is_empty() {
+                    return Err(err("absence: keys must name at least one column".into()));
+                }
+                Plan::Absence(AbsencePlan {
+                    filter: a
+                        .filter
+                        .as_deref()
+                        .map(|w| self.predicate(w, "where"))
+                        .transpose()
+                        .map_err(err)?,
+                    keys: self.columns(&a.keys, "keys").map_err(err)?,
+                    after: a.after.0,
+                })
+            }
+        };
+        let entity = match &rule.respond {
+            Some(r) => Some(
+                self.columns(std::slice::from_ref(&r.entity), "respond.entity")
+                    .map_err(err)?
+                    .remove(0),
+            ),
+            None => None,
+        };
+        let fingerprint = fnv1a(&[&source.text]);
+        Ok(CompiledRule {
+            source,
+            fingerprint,
+            plan,
+            entity,
+        })
+    }
+
+    fn columns(&self, names: &[String], what: &str) -> Result<Vec<(String, usize)>, String> {
+        names
+            .iter()
+            .map(|n| match self.arrow_schema.index_of(n) {
+                Ok(i) => Ok((n.clone(), i)),
+                Err(_) => Err(format!(
+                    "{what}: unknown column {n:?}{}",
+                    did_you_mean(n, &self.column_names())
+                )),
+            })
+            .collect()
+    }
+
+    fn column_names(&self) -> Vec<String> {
+        self.arrow_schema.fields().iter().map(|f| f.name().clone()).collect()
+    }
+
+    fn parse(&self, sql: &str, what: &str, schema: &DFSchema) -> Result<Expr, String> {
+        self.ctx
+            .parse_sql_expr(sql, schema)
+            .map_err(|e| self.explain(e, what, schema))
+    }
+
+    fn explain(&self, e: datafusion::error::DataFusionError, what: &str, schema: &DFSchema) -> String {
+        let msg = e.to_string();
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        if let Some(at) = msg.find("No field named ") {
+            let rest = &msg[at + "No field named ".len()..];
+            let name: String = rest
+                .trim_start_matches('"')
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            return format!("{what}: unknown column {name:?}{}", did_you_mean(&name, &names));
+        }
+        let first_line = msg.lines().next().unwrap_or(&msg).to_string();
+        format!("{what}: {first_line}")
+    }
+
+    /// Coerces types, simplifies (some functions, such as `coalesce`, only run once
+    /// rewritten) and plans; then evaluates the plan once on a probe row so that a rule that
+    /// cannot run fails at load, not on the first batch.
+    fn plan(&self, expr: Expr, what: &str, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, String> {
+        let simplifier = ExprSimplifier::new(SimplifyContext::builder().with_schema(Arc::new(schema.clone())).build());
+        let expr = simplifier
+            .coerce(expr, schema)
+            .map_err(|e| self.explain(e, what, schema))?;
+        let expr = simplifier.simplify(expr).map_err(|e| self.explain(e, what, schema))?;
+        let physical = self
+            .ctx
+            .create_physical_expr(expr, schema)
+            .map_err(|e| self.explain(e, what, schema))?;
+        let probe = probe_batch(schema.inner()).map_err(|e| format!("{what}: {e}"))?;
+        physical
+            .evaluate(&probe)
+            .and_then(|v| v.into_array(probe.num_rows()))
+            .map_err(|e| {
+                format!(
+                    "{what}: cannot be evaluated: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                )
+            })?;
+        Ok(physical)
+    }
+
+    /// A boolean expression over the event schema.
+    pub fn predicate(&self, sql: &str, what: &str) -> Result<Arc<dyn PhysicalExpr>, String> {
+        let expr = self.parse(sql, what, &self.schema)?;
+        if contains_aggregate(&expr) {
+            return Err(format!("{what}: aggregates belong in `having`, not here"));
+        }
+        let t = expr.get_type(&self.schema).map_err(|e| format!("{what}: {e}"))?;
+        if !matches!(t, DataType::Boolean | DataType::Null) {
+            return Err(format!("{what}: must be a boolean expression, but {sql:?} is {t}"));
+        }
+        self.plan(expr, what, &self.schema)
+    }
+
+    fn having(&self, sql: &str, group_by: &[(String, usize)]) -> Result<HavingPlan, String> {
+        let expr = self.parse(sql, "having", &self.schema)?;
+        let mut aggs: Vec<AggSpec> = Vec::new();
+        let mut problems = Vec::new();
+        // Top-down, so an aggregate is replaced before its argument columns are visited.
+        let rewritten = expr
+            .transform_down(|e| match e {
+                Expr::AggregateFunction(AggregateFunction { func, params }) => {
+                    let name = func.name().to_ascii_lowercase();
+                    let column = match params.args.first() {
+                        Some(Expr::Column(c)) => match self.arrow_schema.index_of(&c.name) {
+                            Ok(i) => Some((c.name.clone(), i)),
+                            Err(_) => {
+                                problems.push(format!("having: unknown column {:?}", c.name));
+                                None
+                            }
+                        },
+                        _ => None,
+                    };
+                    let (func, label) = match (name.as_str(), params.distinct, &column) {
+                        ("count", false, None) => (AggFunc::Count, "count(*)".to_string()),
+                        ("count", false, Some((c, _))) => (AggFunc::Count, format!("count({c})")),
+                        ("count", true, Some((c, _))) => (AggFunc::CountDistinct, format!("count(distinct {c})")),
+                        ("sum", false, Some((c, _))) => (AggFunc::Sum, format!("sum({c})")),
+                        ("min", false, Some((c, _))) => (AggFunc::Min, format!("min({c})")),
+                        ("max", false, Some((c, _))) => (AggFunc::Max, format!("max({c})")),
+                        _ => {
+                            problems.push(format!(
+                                "having: unsupported aggregate {name}{}; use count(*), count(distinct col), sum(col), min(col) or max(col)",
+                                if params.distinct { " distinct" } else { "" }
+                            ));
+                            (AggFunc::Count, String::new())
+                        }
+                    };
+                    let idx = match aggs.iter().position(|a| a.label == label && !label.is_empty()) {
+                        Some(i) => i,
+                        None => {
+                            aggs.push(AggSpec { func, column: column.map(|(_, i)| i), label });
+                            aggs.len() - 1
+                        }
+                    };
+                    Ok(Transformed::yes(Expr::Column(Column::from_name(format!("__agg_{idx}")))))
+                }
+                Expr::Column(c) if !c.name.starts_with("__agg_") && !group_by.iter().any(|(g, _)| *g == c.name) => {
+                    problems.push(format!("having: column {:?} is neither aggregated nor in group_by", c.name));
+                    Ok(Transformed::no(Expr::Column(c)))
+                }
+                other => Ok(Transformed::no(other)),
+            })
+            .map_err(|e| format!("having: {e}"))?
+            .data;
+        if let Some(p) = problems.into_iter().next() {
+            return Err(p);
+        }
+        if aggs.is_empty() {
+            return Err("having: needs at least one aggregate such as count(*)".into());
+        }
+        let mut fields: Vec<Field> = group_by
+            .iter()
+            .map(|(g, _)| Field::new(g, DataType::Utf8, true))
+            .collect();
+        for (i, a) in aggs.iter().enumerate() {
+            let t = match a.func {
+                AggFunc::Count | AggFunc::CountDistinct => DataType::Int64,
+                _ => DataType::Float64,
+            };
+            fields.push(Field::new(format!("__agg_{i}"), t, true));
+        }
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let df = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| format!("having: {e}"))?;
+        let t = rewritten.get_type(&df).map_err(|e| format!("having: {e}"))?;
+        if t != DataType::Boolean {
+            return Err(format!("having: must be a boolean expression, but {sql:?} is {t}"));
+        }
+        let expr = self.plan(rewritten, "having", &df)?;
+        Ok(HavingPlan { aggs, schema, expr })
+    }
+}
+
+/// One row of nulls to try a plan on (columns are referenced by index, so a relaxed copy of
+/// the schema works).
+fn probe_batch(schema: &SchemaRef) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let columns = fields
+        .iter()
+        .map(|f| arrow::array::new_null_array(f.data_type(), 1))
+        .collect();
+    arrow::array::RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+fn contains_aggregate(e: &Expr) -> bool {
+    let mut found = false;
+    let _ = e.apply(|n| {
+        if matches!(n, Expr::AggregateFunction(_)) {
+            found = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// `, did you mean "x"?` for the closest known name, when it is close enough.
+pub fn did_you_mean(name: &str, candidates: &[String]) -> String {
+    let best = candidates
+        .iter()
+        .filter(|c| !c.starts_with("__"))
+        .map(|c| (levenshtein(name, c), c))
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((d, c)) if d <= (name.len() / 3).max(2) => format!(", did you mean {c:?}?"),
+        _ => String::new(),
+    }
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn compile(yaml: &str) -> Result<CompiledRule, String> {
+        let src = RuleSource::parse(Path::new("t.yaml"), yaml.to_string()).map_err(|e| e.to_string())?;
+        Compiler::new(RevocationList::default())
+            .compile(src)
+            .map_err(|e| e.to_string())
+    }
+
+    const HEAD: &str = "id: t\ntitle: T\nseverity: low\n";
+
+    #[test]
+    fn compiles_a_windowed_detection() {
+        let r = compile(&format!(
+            "{HEAD}kind: detection\ndetection:\n  where: decision = 'deny_rbac' AND status >= 400\n  group_by: [source_principal]\n  window: {{type: sliding, size: 1m, slide: 10s}}\n  having: count(*) >= 10 AND count(distinct destination_service) > 2\n"
+        ))
+        .expect("compiles");
+        let Plan::Detection(d) = r.plan else {
+            panic!("detection")
+        };
+        let h = d.having.expect("having");
+        assert_eq!(h.aggs.len(), 2);
+        assert_eq!(h.aggs[1].label, "count(distinct destination_service)");
+        assert_eq!(d.window, Some((60_000_000_000, 10_000_000_000)));
+    }
+
+    #[test]
+    fn unknown_columns_get_a_did_you_mean() {
+        let e = compile(&format!(
+            "{HEAD}kind: detection\ndetection:\n  where: decison = 'allow'\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("t.yaml: rule t: where: unknown column \"decison\", did you mean \"decision\"?"),
+            "{e}"
+        );
+        let e = compile(&format!(
+            "{HEAD}kind: detection\ndetection:\n  where: \"true\"\n  group_by: [source_principle]\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("did you mean \"source_principal\""), "{e}");
+    }
+
+    #[test]
+    fn type_and_syntax_errors_are_reported() {
+        let e = compile(&format!("{HEAD}kind: detection\ndetection:\n  where: status + 1\n")).unwrap_err();
+        assert!(e.contains("must be a boolean expression"), "{e}");
+        let e = compile(&format!("{HEAD}kind: detection\ndetection:\n  where: status = = 3\n")).unwrap_err();
+        assert!(e.contains("rule t: where:"), "{e}");
+        let e = compile(&format!(
+            "{HEAD}kind: detection\ndetection:\n  where: \"true\"\n  having: count(*) > 1\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("having needs a window"), "{e}");
+        let e = compile(&format!("{HEAD}kind: assertion\ndetection:\n  where: \"true\"\n")).unwrap_err();
+        assert!(
+            e.contains("a `detection:` block does not belong to kind assertion"),
+            "{e}"
+        );
+        let e = compile(&format!(
+            "{HEAD}kind: detection\ndetection:\n  where: \"true\"\n  wehre: x\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("unknown field `wehre`"), "{e}");
+    }
+
+    #[test]
+    fn is_revoked_is_available() {
+        compile(&format!(
+            "{HEAD}kind: detection\ndetection:\n  where: is_revoked(source_principal) AND decision = 'allow'\n"
+        ))
+        .expect("compiles");
+    }
+}

@@ -1,0 +1,270 @@
+//! Detection state: per-event alerts (no window) or per-window aggregates with `having`,
+//! tumbling or sliding in event time, with per-key suppression.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use verity_model::alert::{Alert, AlertStatus, Evidence};
+
+use crate::compile::{AggFunc, CompiledRule, DetectionPlan, HavingPlan};
+use crate::engine::{AlertParts, describe, make_alert};
+use crate::evidence::{Key, Rows, group_map, push_evidence};
+
+#[derive(Default)]
+pub struct DetectionState {
+    /// Window start → group key → aggregate state.
+    windows: BTreeMap<i64, HashMap<Key, Group>>,
+    /// Group key → no alert before this event time.
+    suppressed_until: HashMap<Key, i64>,
+}
+
+#[derive(Default)]
+struct Group {
+    count: u64,
+    first: i64,
+    last: i64,
+    /// One slot per aggregate of the rule's `having`.
+    counts: Vec<u64>,
+    distinct: Vec<HashSet<String>>,
+    numbers: Vec<Option<f64>>,
+    evidence: Vec<Evidence>,
+    entity: Option<String>,
+}
+
+impl DetectionState {
+    pub fn open_groups(&self) -> usize {
+        self.windows.values().map(HashMap::len).sum()
+    }
+
+    pub fn process(
+        &mut self,
+        plan: &DetectionPlan,
+        rule: &CompiledRule,
+        rows: &Rows<'_>,
+        mask: &BooleanArray,
+        watermark_before: Option<i64>,
+        out: &mut Vec<Alert>,
+    ) {
+        let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
+        for row in mask.values().set_indices() {
+            let t = rows.time(row);
+            let key = rows.key(&plan.group_by, row);
+            let Some((size, slide)) = plan.window else {
+                // Stateless: one alert per matching event, unless suppressed.
+                if self.suppressed_until.get(&key).is_some_and(|until| t < *until) {
+                    continue;
+                }
+                if let Some(s) = plan.suppress {
+                    self.suppressed_until.insert(key.clone(), t.saturating_add(s));
+                }
+                let group = group_map(&plan.group_by, &key);
+                let summary = format!("{}: matched for {}", rule.rule().title, describe(&group));
+                out.push(make_alert(
+                    rule,
+                    AlertParts {
+                        status: AlertStatus::Firing,
+                        group,
+                        at: t,
+                        window: None,
+                        count: 1,
+                        aggregates: BTreeMap::new(),
+                        first: t,
+                        last: t,
+                        evidence: vec![rows.evidence(row)],
+                        entity: entity_col.and_then(|c| rows.value(c, row)),
+                        summary,
+                    },
+                ));
+                continue;
+            };
+            if watermark_before.is_some_and(|w| t < w) {
+                continue; // late: counted by the engine, kept out of window state
+            }
+            let last_start = t.div_euclid(slide) * slide;
+            let mut start = last_start;
+            while start > t - size {
+                let groups = self.windows.entry(start).or_default();
+                let g = groups
+                    .entry(key.clone())
+                    .or_insert_with(|| new_group(plan.having.as_ref(), t));
+                update(g, plan.having.as_ref(), rows, row, t, entity_col);
+                start -= slide;
+            }
+        }
+    }
+
+    /// Closes every window whose end is at or before the watermark.
+    pub fn advance(&mut self, plan: &DetectionPlan, rule: &CompiledRule, watermark: i64, out: &mut Vec<Alert>) {
+        let Some((size, _)) = plan.window else {
+            // Stateless rules only need their suppression memory trimmed.
+            self.suppressed_until.retain(|_, until| *until > watermark);
+            return;
+        };
+        while let Some((&start, _)) = self.windows.first_key_value() {
+            if start.saturating_add(size) > watermark {
+                break;
+            }
+            let Some(groups) = self.windows.remove(&start) else {
+                break;
+            };
+            self.close(plan, rule, start, start + size, groups, out);
+        }
+        self.suppressed_until
+            .retain(|_, until| *until > watermark.min(i64::MAX - size));
+    }
+
+    fn close(
+        &mut self,
+        plan: &DetectionPlan,
+        rule: &CompiledRule,
+        start: i64,
+        end: i64,
+        groups: HashMap<Key, Group>,
+        out: &mut Vec<Alert>,
+    ) {
+        let mut groups: Vec<(Key, Group)> = groups.into_iter().collect();
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        let pass: Vec<bool> = match &plan.having {
+            None => vec![true; groups.len()],
+            Some(h) => match evaluate_having(h, plan, &groups) {
+                Ok(p) => p,
+                Err(error) => {
+                    tracing::error!(rule = %rule.rule().id, %error, "having evaluation failed");
+                    return;
+                }
+            },
+        };
+        for ((key, g), ok) in groups.into_iter().zip(pass) {
+            if !ok || self.suppressed_until.get(&key).is_some_and(|until| start < *until) {
+                continue;
+            }
+            if let Some(s) = plan.suppress {
+                self.suppressed_until.insert(key.clone(), start.saturating_add(s));
+            }
+            let aggregates: BTreeMap<String, f64> = plan
+                .having
+                .as_ref()
+                .map(|h| {
+                    h.aggs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| (a.label.clone(), agg_value(&g, a.func, i)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let group = group_map(&plan.group_by, &key);
+            let summary = format!(
+                "{}: {} events for {} between {} and {}",
+                rule.rule().title,
+                g.count,
+                describe(&group),
+                verity_model::time::format_rfc3339_ns(start),
+                verity_model::time::format_rfc3339_ns(end)
+            );
+            out.push(make_alert(
+                rule,
+                AlertParts {
+                    status: AlertStatus::Firing,
+                    group,
+                    at: start,
+                    window: Some((start, end)),
+                    count: g.count,
+                    aggregates,
+                    first: g.first,
+                    last: g.last,
+                    evidence: g.evidence,
+                    entity: g.entity,
+                    summary,
+                },
+            ));
+        }
+    }
+}
+
+fn new_group(having: Option<&HavingPlan>, t: i64) -> Group {
+    let n = having.map(|h| h.aggs.len()).unwrap_or(0);
+    Group {
+        first: t,
+        last: t,
+        counts: vec![0; n],
+        distinct: vec![HashSet::new(); n],
+        numbers: vec![None; n],
+        ..Default::default()
+    }
+}
+
+fn update(g: &mut Group, having: Option<&HavingPlan>, rows: &Rows<'_>, row: usize, t: i64, entity_col: Option<usize>) {
+    g.count += 1;
+    g.first = g.first.min(t);
+    g.last = g.last.max(t);
+    push_evidence(&mut g.evidence, || rows.evidence(row));
+    if g.entity.is_none() {
+        g.entity = entity_col.and_then(|c| rows.value(c, row));
+    }
+    let Some(h) = having else { return };
+    for (i, a) in h.aggs.iter().enumerate() {
+        let value = a.column.and_then(|c| rows.value(c, row));
+        match a.func {
+            AggFunc::Count => {
+                if a.column.is_none() || value.is_some() {
+                    g.counts[i] += 1;
+                }
+            }
+            AggFunc::CountDistinct => {
+                if let Some(v) = value {
+                    g.distinct[i].insert(v);
+                }
+            }
+            AggFunc::Sum | AggFunc::Min | AggFunc::Max => {
+                if let Some(x) = value.and_then(|v| v.parse::<f64>().ok()) {
+                    g.numbers[i] = Some(match (a.func, g.numbers[i]) {
+                        (_, None) => x,
+                        (AggFunc::Sum, Some(acc)) => acc + x,
+                        (AggFunc::Min, Some(acc)) => acc.min(x),
+                        (_, Some(acc)) => acc.max(x),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn agg_value(g: &Group, f: AggFunc, i: usize) -> f64 {
+    match f {
+        AggFunc::Count => g.counts[i] as f64,
+        AggFunc::CountDistinct => g.distinct[i].len() as f64,
+        _ => g.numbers[i].unwrap_or(f64::NAN),
+    }
+}
+
+fn evaluate_having(h: &HavingPlan, plan: &DetectionPlan, groups: &[(Key, Group)]) -> Result<Vec<bool>, String> {
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (i, _) in plan.group_by.iter().enumerate() {
+        let values: StringArray = groups.iter().map(|(k, _)| k[i].as_deref()).collect();
+        columns.push(Arc::new(values));
+    }
+    for (i, a) in h.aggs.iter().enumerate() {
+        match a.func {
+            AggFunc::Count | AggFunc::CountDistinct => {
+                let v: Int64Array = groups
+                    .iter()
+                    .map(|(_, g)| Some(agg_value(g, a.func, i) as i64))
+                    .collect();
+                columns.push(Arc::new(v));
+            }
+            _ => {
+                let v: Float64Array = groups.iter().map(|(_, g)| g.numbers[i]).collect();
+                columns.push(Arc::new(v));
+            }
+        }
+    }
+    let batch = RecordBatch::try_new(h.schema.clone(), columns).map_err(|e| e.to_string())?;
+    let v = h
+        .expr
+        .evaluate(&batch)
+        .and_then(|v| v.into_array(batch.num_rows()))
+        .map_err(|e| e.to_string())?;
+    let b = v.as_boolean_opt().ok_or("having did not evaluate to booleans")?;
+    Ok(b.iter().map(|x| x == Some(true)).collect())
+}

@@ -1,0 +1,399 @@
+//! Runs a compiled rule set over event batches in event time.
+//!
+//! The watermark is the largest event time seen minus the allowed lateness. Windowed
+//! detections close a window once the watermark passes its end; events older than the
+//! watermark when they arrive are *late*: counted, and left out of windowed state (stateless
+//! detections still see them). Assertions and absence rules change state as the watermark
+//! moves. Given the same batches, the engine emits the same alerts in the same order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::prep_null_mask_filter;
+use datafusion::physical_plan::PhysicalExpr;
+use verity_model::alert::{Alert, AlertStatus, Entity, Evidence, Response, alert_id};
+use verity_model::time::format_rfc3339_ns;
+
+use crate::absence::AbsenceState;
+use crate::assertion::{AssertionState, KeyStatus};
+use crate::compile::{CompiledRule, Plan};
+use crate::detection::DetectionState;
+use crate::evidence::Rows;
+use crate::first_seen::FirstSeenState;
+
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Bounded out-of-orderness: how far behind the newest event the watermark trails.
+    pub lateness_ns: i64,
+    /// Where `first_seen` rules keep their learned sets across restarts.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            lateness_ns: 5_000_000_000,
+            state_dir: None,
+        }
+    }
+}
+
+pub(crate) enum State {
+    Detection(DetectionState),
+    Assertion(AssertionState),
+    FirstSeen(FirstSeenState),
+    Absence(AbsenceState),
+}
+
+struct Slot {
+    rule: CompiledRule,
+    state: State,
+    evaluated: u64,
+    matched: u64,
+    alerts: u64,
+}
+
+/// Counters the collector exports as metrics.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStats {
+    pub events: u64,
+    pub late_events: u64,
+    pub evaluation_errors: u64,
+}
+
+/// Per-rule counters.
+#[derive(Debug, Clone)]
+pub struct RuleCounters {
+    pub rule_id: String,
+    pub kind: &'static str,
+    pub evaluated: u64,
+    pub matched: u64,
+    pub alerts: u64,
+    /// Assertions: scoped events checked and events violating.
+    pub checked: u64,
+    pub violating: u64,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub kept: usize,
+    pub changed: usize,
+    pub added: usize,
+    pub removed: usize,
+}
+
+pub struct Engine {
+    slots: Vec<Slot>,
+    settings: EngineSettings,
+    max_event: Option<i64>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    pub fn new(rules: Vec<CompiledRule>, settings: EngineSettings) -> Self {
+        let mut e = Self {
+            slots: Vec::new(),
+            settings,
+            max_event: None,
+            stats: EngineStats::default(),
+        };
+        e.replace_rules(rules);
+        e
+    }
+
+    fn fresh_state(&self, rule: &CompiledRule) -> State {
+        match &rule.plan {
+            Plan::Detection(_) => State::Detection(DetectionState::default()),
+            Plan::Assertion(_) => State::Assertion(AssertionState::default()),
+            Plan::FirstSeen(_) => State::FirstSeen(FirstSeenState::load(
+                self.settings.state_dir.as_deref(),
+                &rule.rule().id,
+            )),
+            Plan::Absence(_) => State::Absence(AbsenceState::default()),
+        }
+    }
+
+    /// Swaps in a new rule set. Rules whose id and text are unchanged keep their state.
+    pub fn replace_rules(&mut self, rules: Vec<CompiledRule>) -> ReloadSummary {
+        let mut old: HashMap<String, Slot> = self.slots.drain(..).map(|s| (s.rule.rule().id.clone(), s)).collect();
+        let mut summary = ReloadSummary::default();
+        let mut slots = Vec::with_capacity(rules.len());
+        for rule in rules {
+            let slot = match old.remove(&rule.rule().id) {
+                Some(prev) if prev.rule.fingerprint == rule.fingerprint => {
+                    summary.kept += 1;
+                    Slot { rule, ..prev }
+                }
+                Some(_) => {
+                    summary.changed += 1;
+                    let state = self.fresh_state(&rule);
+                    Slot {
+                        rule,
+                        state,
+                        evaluated: 0,
+                        matched: 0,
+                        alerts: 0,
+                    }
+                }
+                None => {
+                    summary.added += 1;
+                    let state = self.fresh_state(&rule);
+                    Slot {
+                        rule,
+                        state,
+                        evaluated: 0,
+                        matched: 0,
+                        alerts: 0,
+                    }
+                }
+            };
+            slots.push(slot);
+        }
+        summary.removed = old.len();
+        self.slots = slots;
+        summary
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = &CompiledRule> {
+        self.slots.iter().map(|s| &s.rule)
+    }
+
+    pub fn watermark(&self) -> Option<i64> {
+        self.max_event.map(|m| m - self.settings.lateness_ns)
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    pub fn counters(&self) -> Vec<RuleCounters> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let (checked, violating) = match &s.state {
+                    State::Assertion(a) => (a.checked, a.violating),
+                    _ => (0, 0),
+                };
+                RuleCounters {
+                    rule_id: s.rule.rule().id.clone(),
+                    kind: s.rule.rule().kind.as_str(),
+                    evaluated: s.evaluated,
+                    matched: s.matched,
+                    alerts: s.alerts,
+                    checked,
+                    violating,
+                }
+            })
+            .collect()
+    }
+
+    /// Every assertion key and its current state.
+    pub fn assertion_states(&self) -> Vec<(String, String, KeyStatus)> {
+        let mut out = Vec::new();
+        for s in &self.slots {
+            if let State::Assertion(a) = &s.state {
+                for (key, status) in a.states() {
+                    out.push((s.rule.rule().id.clone(), key, status));
+                }
+            }
+        }
+        out
+    }
+
+    /// Evaluates every rule on a batch and returns the alerts it caused.
+    pub fn process(&mut self, batch: &RecordBatch) -> Vec<Alert> {
+        let mut out = Vec::new();
+        if batch.num_rows() == 0 {
+            return out;
+        }
+        let Some(rows) = Rows::new(batch) else {
+            self.stats.evaluation_errors += 1;
+            tracing::error!("batch does not have the event schema; skipped");
+            return out;
+        };
+        let watermark_before = self.watermark();
+        let n = batch.num_rows();
+        self.stats.events += n as u64;
+        let mut batch_max = i64::MIN;
+        for i in 0..n {
+            let t = rows.time(i);
+            batch_max = batch_max.max(t);
+            if watermark_before.is_some_and(|w| t < w) {
+                self.stats.late_events += 1;
+            }
+        }
+        for slot in &mut self.slots {
+            let before = out.len();
+            if let Err(error) = process_slot(slot, &rows, watermark_before, &mut out) {
+                self.stats.evaluation_errors += 1;
+                tracing::error!(rule = %slot.rule.rule().id, %error, "rule evaluation failed on a batch");
+            }
+            slot.evaluated += n as u64;
+            slot.alerts += (out.len() - before) as u64;
+        }
+        self.max_event = Some(self.max_event.map_or(batch_max, |m| m.max(batch_max)));
+        if let Some(w) = self.watermark() {
+            self.advance(w, &mut out);
+        }
+        out
+    }
+
+    fn advance(&mut self, watermark: i64, out: &mut Vec<Alert>) {
+        for slot in &mut self.slots {
+            let before = out.len();
+            let rule = &slot.rule;
+            match (&rule.plan, &mut slot.state) {
+                (Plan::Detection(p), State::Detection(s)) => s.advance(p, rule, watermark, out),
+                (Plan::Assertion(p), State::Assertion(s)) => s.advance(p, rule, watermark, out),
+                (Plan::Absence(p), State::Absence(s)) => s.advance(p, rule, watermark, out),
+                _ => {}
+            }
+            slot.alerts += (out.len() - before) as u64;
+        }
+    }
+
+    /// End of input (replay, tests, drain): closes every open window and saves learned
+    /// sets. Assertions and absence rules do not treat the end of input as silence.
+    pub fn flush(&mut self) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for slot in &mut self.slots {
+            let before = out.len();
+            let rule = &slot.rule;
+            match (&rule.plan, &mut slot.state) {
+                (Plan::Detection(p), State::Detection(s)) => s.advance(p, rule, i64::MAX, &mut out),
+                (Plan::FirstSeen(_), State::FirstSeen(s)) => {
+                    if let Err(error) = s.save(self.settings.state_dir.as_deref(), &rule.rule().id) {
+                        tracing::error!(rule = %rule.rule().id, %error, "could not save the learned set");
+                    }
+                }
+                _ => {}
+            }
+            slot.alerts += (out.len() - before) as u64;
+        }
+        out
+    }
+}
+
+fn process_slot(
+    slot: &mut Slot,
+    rows: &Rows<'_>,
+    watermark_before: Option<i64>,
+    out: &mut Vec<Alert>,
+) -> Result<(), String> {
+    let rule = &slot.rule;
+    match (&rule.plan, &mut slot.state) {
+        (Plan::Detection(p), State::Detection(s)) => {
+            let mask = eval_bool(&p.filter, rows.batch)?;
+            slot.matched += mask.true_count() as u64;
+            s.process(p, rule, rows, &mask, watermark_before, out);
+        }
+        (Plan::Assertion(p), State::Assertion(s)) => {
+            let scope = eval_bool(&p.scope, rows.batch)?;
+            slot.matched += scope.true_count() as u64;
+            let require = p
+                .require
+                .evaluate(rows.batch)
+                .and_then(|v| v.into_array(rows.batch.num_rows()))
+                .map_err(|e| e.to_string())?;
+            let require = require.as_boolean_opt().ok_or("require did not evaluate to booleans")?;
+            s.process(p, rule, rows, &scope, require, out);
+        }
+        (Plan::FirstSeen(p), State::FirstSeen(s)) => {
+            let mask = match &p.filter {
+                Some(f) => eval_bool(f, rows.batch)?,
+                None => BooleanArray::from(vec![true; rows.batch.num_rows()]),
+            };
+            slot.matched += mask.true_count() as u64;
+            s.process(p, rule, rows, &mask, out);
+        }
+        (Plan::Absence(p), State::Absence(s)) => {
+            let mask = match &p.filter {
+                Some(f) => eval_bool(f, rows.batch)?,
+                None => BooleanArray::from(vec![true; rows.batch.num_rows()]),
+            };
+            slot.matched += mask.true_count() as u64;
+            s.process(p, rule, rows, &mask, out);
+        }
+        _ => return Err("rule state does not match its plan".into()),
+    }
+    Ok(())
+}
+
+/// Evaluates a predicate; NULL counts as false.
+fn eval_bool(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray, String> {
+    let v = expr
+        .evaluate(batch)
+        .and_then(|v| v.into_array(batch.num_rows()))
+        .map_err(|e| e.to_string())?;
+    let b = v.as_boolean_opt().ok_or("predicate did not evaluate to booleans")?;
+    Ok(if b.null_count() > 0 {
+        prep_null_mask_filter(b)
+    } else {
+        b.clone()
+    })
+}
+
+/// Everything an alert needs besides the rule.
+pub(crate) struct AlertParts {
+    pub status: AlertStatus,
+    pub group: BTreeMap<String, Option<String>>,
+    /// The time the alert's id is anchored to (window start, transition time).
+    pub at: i64,
+    pub window: Option<(i64, i64)>,
+    pub count: u64,
+    pub aggregates: BTreeMap<String, f64>,
+    pub first: i64,
+    pub last: i64,
+    pub evidence: Vec<Evidence>,
+    pub entity: Option<String>,
+    pub summary: String,
+}
+
+pub(crate) fn make_alert(rule: &CompiledRule, p: AlertParts) -> Alert {
+    let r = rule.rule();
+    Alert {
+        id: alert_id(&r.id, &p.group, p.at, p.status),
+        rule_id: r.id.clone(),
+        title: r.title.clone(),
+        severity: r.severity,
+        kind: r.kind.as_str().to_string(),
+        status: p.status,
+        tags: r.tags.clone(),
+        description: r.description.trim().to_string(),
+        group: p.group,
+        count: p.count,
+        aggregates: p.aggregates,
+        window_start: p.window.map(|(s, _)| format_rfc3339_ns(s)),
+        window_end: p.window.map(|(_, e)| format_rfc3339_ns(e)),
+        first_seen: format_rfc3339_ns(p.first),
+        last_seen: format_rfc3339_ns(p.last),
+        evidence: p.evidence,
+        entity: match (&rule.entity, p.entity) {
+            (Some((kind, _)), Some(value)) => Some(Entity {
+                kind: kind.clone(),
+                value,
+            }),
+            _ => None,
+        },
+        respond: r.respond.as_ref().map(|s| Response {
+            action: s.action.clone(),
+            ttl: s.ttl.to_string(),
+        }),
+        summary: p.summary,
+    }
+}
+
+/// `a=1, b=2` for summaries.
+pub(crate) fn describe(group: &BTreeMap<String, Option<String>>) -> String {
+    if group.is_empty() {
+        return "all traffic".to_string();
+    }
+    group
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("(none)")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

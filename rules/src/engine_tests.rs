@@ -1,0 +1,217 @@
+//! Engine behaviour on synthetic batches: windows, watermarks, late events, suppression,
+//! assertion transitions, first_seen persistence, absence, reload and determinism.
+
+use std::path::Path;
+
+use arrow::array::RecordBatch;
+use verity_model::{AccessEvent, AlertStatus, Decision, Direction, EventBatchBuilder};
+
+use crate::rule::RuleSource;
+use crate::{Compiler, Engine, EngineSettings, RevocationList};
+
+const S: i64 = 1_000_000_000;
+const T0: i64 = 1_714_557_600 * S; // 2024-05-01T10:00:00Z
+
+fn ev(secs: i64, principal: &str, decision: Decision) -> AccessEvent<'static> {
+    AccessEvent {
+        event_time_ns: T0 + secs * S,
+        source_principal: Some(principal.to_string().into()),
+        destination_namespace: Some("pay".into()),
+        destination_service: Some("pay.pay.svc.cluster.local".into()),
+        direction: Direction::Inbound,
+        decision,
+        mtls: Some(true),
+        raw: format!("line at {secs}").into(),
+        ..Default::default()
+    }
+}
+
+fn batch(evs: &[AccessEvent<'_>]) -> RecordBatch {
+    let mut b = EventBatchBuilder::with_capacity(evs.len());
+    for e in evs {
+        b.append(e);
+    }
+    b.finish().expect("batch")
+}
+
+fn engine(yaml: &str, settings: EngineSettings) -> Engine {
+    let src = RuleSource::parse(Path::new("t.yaml"), yaml.to_string()).expect("parse");
+    let rule = Compiler::new(RevocationList::default()).compile(src).expect("compile");
+    Engine::new(vec![rule], settings)
+}
+
+const BURST: &str = "id: burst\ntitle: Burst\nseverity: high\nkind: detection\ndetection:\n  where: decision = 'deny_rbac'\n  group_by: [source_principal]\n  window: {type: tumbling, size: 1m}\n  having: count(*) >= 3\n";
+
+#[test]
+fn tumbling_window_closes_when_the_watermark_passes() {
+    let mut e = engine(BURST, EngineSettings::default());
+    let denies: Vec<_> = (0..3).map(|i| ev(i, "a", Decision::DenyRbac)).collect();
+    assert!(e.process(&batch(&denies)).is_empty(), "window still open");
+    // 64 s: watermark 59 s, the [0, 60) window is not closed yet.
+    assert!(e.process(&batch(&[ev(64, "b", Decision::Allow)])).is_empty());
+    let alerts = e.process(&batch(&[ev(66, "b", Decision::Allow)]));
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].count, 3);
+    assert_eq!(
+        alerts[0].window_start.as_deref(),
+        Some("2024-05-01T10:00:00.000000000Z")
+    );
+    assert_eq!(alerts[0].aggregates.get("count(*)"), Some(&3.0));
+}
+
+#[test]
+fn late_events_are_counted_and_left_out_of_windows() {
+    let mut e = engine(BURST, EngineSettings::default());
+    e.process(&batch(&[ev(100, "x", Decision::Allow)]));
+    // Watermark is now 95 s; these are late.
+    let late: Vec<_> = (0..3).map(|i| ev(i, "a", Decision::DenyRbac)).collect();
+    assert!(e.process(&batch(&late)).is_empty());
+    assert_eq!(e.stats().late_events, 3);
+    assert!(e.flush().is_empty(), "late events never formed a window");
+}
+
+#[test]
+fn sliding_windows_with_suppression_alert_once() {
+    let yaml =
+        BURST.replace("{type: tumbling, size: 1m}", "{type: sliding, size: 1m, slide: 10s}") + "  suppress: 5m\n";
+    let mut e = engine(&yaml, EngineSettings::default());
+    let denies: Vec<_> = (0..5).map(|i| ev(i, "a", Decision::DenyRbac)).collect();
+    e.process(&batch(&denies));
+    let alerts = e.flush();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(
+        alerts[0].window_start.as_deref(),
+        Some("2024-05-01T09:59:10.000000000Z")
+    );
+}
+
+#[test]
+fn stateless_detection_with_suppression() {
+    let yaml = "id: s\ntitle: S\nseverity: low\nkind: detection\ndetection:\n  where: decision = 'deny_rbac'\n  group_by: [source_principal]\n  suppress: 1m\n";
+    let mut e = engine(yaml, EngineSettings::default());
+    let evs: Vec<_> = [0, 10, 30, 61, 62]
+        .iter()
+        .map(|s| ev(*s, "a", Decision::DenyRbac))
+        .collect();
+    let alerts = e.process(&batch(&evs));
+    assert_eq!(alerts.len(), 2, "one at 0 s, one at 61 s");
+    assert_ne!(alerts[0].id, alerts[1].id);
+}
+
+const ASSERT: &str = "id: mtls\ntitle: mTLS\nseverity: high\nkind: assertion\nassertion:\n  scope: direction = 'inbound'\n  require: mtls\n  per: [destination_namespace]\n  stale_after: 10m\n  resolve_after: 1m\n";
+
+#[test]
+fn assertion_transitions() {
+    let mut e = engine(ASSERT, EngineSettings::default());
+    let mut plain = ev(0, "a", Decision::Allow);
+    plain.mtls = Some(false);
+    let a = e.process(&batch(&[ev(-10, "a", Decision::Allow), plain]));
+    assert_eq!(
+        a.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![AlertStatus::Firing]
+    );
+    assert_eq!(e.assertion_states()[0].2.as_str(), "violated");
+    // Compliant traffic for over a minute resolves it.
+    let a = e.process(&batch(&[ev(30, "a", Decision::Allow), ev(70, "a", Decision::Allow)]));
+    assert_eq!(
+        a.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![AlertStatus::Resolved]
+    );
+    // Another namespace keeps talking; pay goes silent for 10 minutes: unknown.
+    let mut other = ev(700, "b", Decision::Allow);
+    other.destination_namespace = Some("shop".into());
+    let a = e.process(&batch(&[other]));
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].status, AlertStatus::Unknown);
+    assert_eq!(a[0].group.get("destination_namespace"), Some(&Some("pay".to_string())));
+    // Telemetry back and compliant: resolved.
+    let a = e.process(&batch(&[ev(710, "a", Decision::Allow)]));
+    assert_eq!(
+        a.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![AlertStatus::Resolved]
+    );
+    let c = e.counters();
+    assert_eq!((c[0].checked, c[0].violating), (6, 1));
+}
+
+#[test]
+fn first_seen_learns_then_alerts_and_survives_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let yaml = "id: edge\ntitle: Edge\nseverity: low\nkind: first_seen\nfirst_seen:\n  keys: [source_principal, destination_service]\n  learning: 1h\n";
+    let settings = EngineSettings {
+        state_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let mut e = engine(yaml, settings.clone());
+    assert!(e.process(&batch(&[ev(0, "a", Decision::Allow)])).is_empty(), "learning");
+    e.flush();
+    // A new engine (a restart) remembers both the edge and when learning started.
+    let mut e = engine(yaml, settings);
+    assert!(
+        e.process(&batch(&[ev(4000, "a", Decision::Allow)])).is_empty(),
+        "known edge"
+    );
+    let a = e.process(&batch(&[
+        ev(4001, "b", Decision::Allow),
+        ev(4002, "b", Decision::Allow),
+    ]));
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].group.get("source_principal"), Some(&Some("b".to_string())));
+}
+
+#[test]
+fn absence_fires_and_resolves() {
+    let yaml =
+        "id: quiet\ntitle: Quiet\nseverity: low\nkind: absence\nabsence:\n  keys: [source_principal]\n  after: 5m\n";
+    let mut e = engine(yaml, EngineSettings::default());
+    e.process(&batch(&[ev(0, "a", Decision::Allow), ev(0, "b", Decision::Allow)]));
+    let a = e.process(&batch(&[ev(400, "b", Decision::Allow)]));
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        (a[0].status, a[0].group.get("source_principal").cloned()),
+        (AlertStatus::Firing, Some(Some("a".to_string())))
+    );
+    let a = e.process(&batch(&[ev(401, "a", Decision::Allow)]));
+    assert_eq!(a[0].status, AlertStatus::Resolved);
+}
+
+#[test]
+fn reload_keeps_state_of_unchanged_rules() {
+    let compile = |yaml: &str| {
+        let src = RuleSource::parse(Path::new("t.yaml"), yaml.to_string()).expect("parse");
+        Compiler::new(RevocationList::default()).compile(src).expect("compile")
+    };
+    let mut e = Engine::new(vec![compile(BURST)], EngineSettings::default());
+    e.process(&batch(&[
+        ev(0, "a", Decision::DenyRbac),
+        ev(1, "a", Decision::DenyRbac),
+    ]));
+    let s = e.replace_rules(vec![compile(BURST)]);
+    assert_eq!((s.kept, s.changed), (1, 0));
+    e.process(&batch(&[ev(2, "a", Decision::DenyRbac)]));
+    assert_eq!(e.flush().len(), 1, "the two earlier events were kept");
+
+    let mut e = Engine::new(vec![compile(BURST)], EngineSettings::default());
+    e.process(&batch(&[
+        ev(0, "a", Decision::DenyRbac),
+        ev(1, "a", Decision::DenyRbac),
+    ]));
+    let s = e.replace_rules(vec![compile(&BURST.replace("Burst", "Burst v2"))]);
+    assert_eq!((s.kept, s.changed), (0, 1));
+    e.process(&batch(&[ev(2, "a", Decision::DenyRbac)]));
+    assert!(e.flush().is_empty(), "a changed rule starts fresh");
+}
+
+#[test]
+fn same_input_same_alerts() {
+    let run = || {
+        let mut e = engine(BURST, EngineSettings::default());
+        let evs: Vec<_> = (0..10)
+            .map(|i| ev(i * 7, if i % 2 == 0 { "a" } else { "b" }, Decision::DenyRbac))
+            .collect();
+        let mut out = e.process(&batch(&evs));
+        out.extend(e.flush());
+        serde_json::to_string(&out).expect("json")
+    };
+    assert_eq!(run(), run());
+}

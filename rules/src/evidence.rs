@@ -1,0 +1,82 @@
+//! Reading values out of an event batch row: group keys and evidence.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, TimestampNanosecondType};
+use arrow::util::display::array_value_to_string;
+use verity_model::alert::Evidence;
+use verity_model::event::col;
+use verity_model::time::format_rfc3339_ns;
+
+/// How many evidence events an alert carries at most.
+pub const MAX_EVIDENCE: usize = 5;
+
+/// A group key: the values of the key columns, in rule order.
+pub type Key = Vec<Option<String>>;
+
+pub struct Rows<'b> {
+    pub batch: &'b RecordBatch,
+    time: &'b arrow::array::PrimitiveArray<TimestampNanosecondType>,
+}
+
+impl<'b> Rows<'b> {
+    pub fn new(batch: &'b RecordBatch) -> Option<Self> {
+        let idx = batch.schema().index_of(col::EVENT_TIME).ok()?;
+        let time = batch.column(idx).as_primitive_opt::<TimestampNanosecondType>()?;
+        Some(Self { batch, time })
+    }
+
+    pub fn time(&self, row: usize) -> i64 {
+        self.time.value(row)
+    }
+
+    pub fn value(&self, column: usize, row: usize) -> Option<String> {
+        let a: &ArrayRef = self.batch.column(column);
+        if a.is_null(row) {
+            return None;
+        }
+        array_value_to_string(a, row).ok()
+    }
+
+    fn named(&self, name: &str, row: usize) -> Option<String> {
+        let i = self.batch.schema().index_of(name).ok()?;
+        self.value(i, row)
+    }
+
+    pub fn key(&self, columns: &[(String, usize)], row: usize) -> Key {
+        columns.iter().map(|(_, c)| self.value(*c, row)).collect()
+    }
+
+    pub fn evidence(&self, row: usize) -> Evidence {
+        let status = self.batch.schema().index_of(col::STATUS).ok().and_then(|i| {
+            self.batch
+                .column(i)
+                .as_primitive_opt::<Int32Type>()
+                .filter(|a| !a.is_null(row))
+                .map(|a| a.value(row))
+        });
+        Evidence {
+            event_time: format_rfc3339_ns(self.time(row)),
+            source_principal: self.named(col::SOURCE_PRINCIPAL, row),
+            destination_service: self.named(col::DESTINATION_SERVICE, row),
+            status,
+            decision: self.named(col::DECISION, row).unwrap_or_default(),
+            raw: self.named(col::RAW, row).unwrap_or_default(),
+        }
+    }
+}
+
+pub fn group_map(columns: &[(String, usize)], key: &Key) -> BTreeMap<String, Option<String>> {
+    columns
+        .iter()
+        .zip(key.iter())
+        .map(|((n, _), v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+pub fn push_evidence(list: &mut Vec<Evidence>, e: impl FnOnce() -> Evidence) {
+    if list.len() < MAX_EVIDENCE {
+        list.push(e());
+    }
+}

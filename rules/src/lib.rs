@@ -1,0 +1,32 @@
+//! Verity's rules engine: detections and continuous zero-trust assertions, written as data
+//! (YAML with SQL expressions), compiled once into DataFusion physical expressions and
+//! evaluated on every Arrow batch of access events in event time.
+//!
+//! - [`rule`]: the rule file format and loading (one rule per file).
+//! - [`compile`]: SQL → `PhysicalExpr`, type checks, did-you-mean errors; once per load.
+//! - [`engine`]: runs a compiled rule set over batches with a watermark and emits alerts;
+//!   the per-kind state lives in [`detection`], [`assertion`], [`first_seen`], [`absence`].
+//! - [`revocation`]: the revocation list rules consult through `is_revoked(principal)`.
+//! - [`pack`]: the built-in zero-trust rule pack, embedded in the binary.
+
+#![forbid(unsafe_code)]
+
+pub mod absence;
+pub mod assertion;
+pub mod compile;
+pub mod detection;
+pub mod duration;
+pub mod engine;
+mod evidence;
+pub mod first_seen;
+pub mod pack;
+pub mod revocation;
+pub mod rule;
+
+pub use compile::{CompileError, CompiledRule, Compiler};
+pub use engine::{Engine, EngineSettings, EngineStats};
+pub use revocation::RevocationList;
+pub use rule::{LoadError, RuleFile, RuleSource};
+
+#[cfg(test)]
+mod engine_tests;

@@ -1,0 +1,325 @@
+//! The rule file format: one rule per YAML file, strict (unknown keys are errors).
+//!
+//! ```yaml
+//! id: zt-rbac-denial-burst
+//! title: RBAC denial burst from one principal
+//! description: …
+//! severity: high                      # info | low | medium | high | critical
+//! tags: [attack.t1046, zt.identity]
+//! kind: detection                     # detection | assertion | first_seen | absence
+//! detection:                          # the block named by `kind`
+//!   where: decision = 'deny_rbac'     # SQL (DataFusion dialect) over the event schema
+//!   group_by: [source_principal]
+//!   window: { type: tumbling, size: 1m }
+//!   having: count(*) >= 10
+//!   suppress: 10m
+//! respond: { entity: source_principal, action: revoke, ttl: 1h }
+//! tests: [...]                        # or a sibling <file>.tests.yaml
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use verity_model::Severity;
+
+use crate::duration::Dur;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Detection,
+    Assertion,
+    FirstSeen,
+    Absence,
+}
+
+impl Kind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Detection => "detection",
+            Kind::Assertion => "assertion",
+            Kind::FirstSeen => "first_seen",
+            Kind::Absence => "absence",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    pub id: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    pub severity: Severity,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub kind: Kind,
+    #[serde(default)]
+    pub detection: Option<DetectionSpec>,
+    #[serde(default)]
+    pub assertion: Option<AssertionSpec>,
+    #[serde(default)]
+    pub first_seen: Option<FirstSeenSpec>,
+    #[serde(default)]
+    pub absence: Option<AbsenceSpec>,
+    #[serde(default)]
+    pub respond: Option<RespondSpec>,
+    #[serde(default)]
+    pub tests: Vec<TestCase>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowType {
+    Tumbling,
+    Sliding,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    #[serde(rename = "type")]
+    pub kind: WindowType,
+    pub size: Dur,
+    /// Sliding windows only: how often a new window starts.
+    #[serde(default)]
+    pub slide: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionSpec {
+    #[serde(rename = "where")]
+    pub filter: String,
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    #[serde(default)]
+    pub window: Option<WindowSpec>,
+    #[serde(default)]
+    pub having: Option<String>,
+    /// After an alert for a group key, further alerts for it are suppressed this long.
+    #[serde(default)]
+    pub suppress: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionSpec {
+    /// Which events the assertion covers.
+    pub scope: String,
+    /// What must be true of each of them (NULL counts as neither holding nor violating).
+    pub require: String,
+    /// Columns the state is kept for.
+    #[serde(default)]
+    pub per: Vec<String>,
+    /// No scoped events for this long: the key is `unknown`.
+    pub stale_after: Dur,
+    /// A violated key holds again after this long with only compliant events.
+    #[serde(default)]
+    pub resolve_after: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirstSeenSpec {
+    #[serde(rename = "where", default)]
+    pub filter: Option<String>,
+    /// The tuple whose first appearance is alerted.
+    pub keys: Vec<String>,
+    /// Tuples seen during this period (from the first event) are learned, not alerted.
+    pub learning: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbsenceSpec {
+    #[serde(rename = "where", default)]
+    pub filter: Option<String>,
+    pub keys: Vec<String>,
+    /// A key that sent telemetry and then nothing for this long raises an alert.
+    pub after: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSpec {
+    /// The column naming who to act on (`source_principal`, `request_principal`).
+    pub entity: String,
+    #[serde(default = "default_action")]
+    pub action: String,
+    pub ttl: Dur,
+}
+
+fn default_action() -> String {
+    "revoke".to_string()
+}
+
+/// A rule test case: real log lines in, expected alerts out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    pub name: String,
+    /// Principals on the revocation list while the case runs.
+    #[serde(default)]
+    pub revoked: Vec<String>,
+    pub lines: Vec<String>,
+    pub expect: Vec<ExpectedAlert>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedAlert {
+    pub status: verity_model::AlertStatus,
+    /// Group key values that must match (a subset is enough).
+    #[serde(default)]
+    pub group: std::collections::BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    pub count: Option<u64>,
+    #[serde(default)]
+    pub entity: Option<String>,
+}
+
+/// A rule file as read from disk (or embedded), before compilation.
+#[derive(Debug, Clone)]
+pub struct RuleSource {
+    pub path: PathBuf,
+    pub text: String,
+    pub rule: RuleFile,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl RuleSource {
+    /// Parses one rule file's text; `path` is for messages and sibling test files.
+    pub fn parse(path: &Path, text: String) -> Result<Self, LoadError> {
+        let invalid = |message: String| LoadError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
+        let mut rule: RuleFile = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        if rule.id.trim().is_empty()
+            || !rule
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(format!(
+                "id {:?} must be non-empty letters, digits, - and _",
+                rule.id
+            )));
+        }
+        let blocks = [
+            ("detection", rule.detection.is_some(), Kind::Detection),
+            ("assertion", rule.assertion.is_some(), Kind::Assertion),
+            ("first_seen", rule.first_seen.is_some(), Kind::FirstSeen),
+            ("absence", rule.absence.is_some(), Kind::Absence),
+        ];
+        for (name, present, kind) in blocks {
+            if kind == rule.kind && !present {
+                return Err(invalid(format!(
+                    "rule {}: kind {name} needs a `{name}:` block",
+                    rule.id
+                )));
+            }
+            if kind != rule.kind && present {
+                return Err(invalid(format!(
+                    "rule {}: a `{name}:` block does not belong to kind {}",
+                    rule.id,
+                    rule.kind.as_str()
+                )));
+            }
+        }
+        let sibling = path.with_extension("tests.yaml");
+        if sibling.is_file() {
+            let t = std::fs::read_to_string(&sibling).map_err(|source| LoadError::Io {
+                path: sibling.display().to_string(),
+                source,
+            })?;
+            let more: Vec<TestCase> = serde_yaml::from_str(&t).map_err(|e| LoadError::Invalid {
+                path: sibling.display().to_string(),
+                message: e.to_string(),
+            })?;
+            rule.tests.extend(more);
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            text,
+            rule,
+        })
+    }
+}
+
+/// Loads every rule file (`*.yaml`, `*.yml`, not `*.tests.yaml`) under the given paths
+/// (files or directories, recursively), sorted by path. Returns all errors, not the first.
+pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<RuleSource>, Vec<LoadError>> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        collect(p, &mut files, &mut errors);
+    }
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(text) => match RuleSource::parse(&f, text) {
+                Ok(r) => out.push(r),
+                Err(e) => errors.push(e),
+            },
+            Err(source) => errors.push(LoadError::Io {
+                path: f.display().to_string(),
+                source,
+            }),
+        }
+    }
+    let mut seen = std::collections::HashMap::new();
+    for r in &out {
+        if let Some(first) = seen.insert(r.rule.id.clone(), r.path.clone()) {
+            errors.push(LoadError::Invalid {
+                path: r.path.display().to_string(),
+                message: format!("duplicate rule id {} (also in {})", r.rule.id, first.display()),
+            });
+        }
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+fn collect(p: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
+    if p.is_dir() {
+        match std::fs::read_dir(p) {
+            Ok(entries) => {
+                for e in entries.flatten() {
+                    collect(&e.path(), files, errors);
+                }
+            }
+            Err(source) => errors.push(LoadError::Io {
+                path: p.display().to_string(),
+                source,
+            }),
+        }
+    } else if is_rule_file(p) {
+        files.push(p.to_path_buf());
+    } else if !p.exists() {
+        errors.push(LoadError::Io {
+            path: p.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        });
+    }
+}
+
+pub fn is_rule_file(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    (name.ends_with(".yaml") || name.ends_with(".yml"))
+        && !name.ends_with(".tests.yaml")
+        && !name.ends_with(".tests.yml")
+}
