@@ -24,11 +24,13 @@ use tracing::Instrument;
 
 use crate::metrics::Metrics;
 
-/// A batch of normalized rows of one signal.
+/// A batch of normalized rows of one signal, or an idle tick.
 #[derive(Debug, Clone)]
 pub enum Batch {
     Events(RecordBatch),
     Metrics(RecordBatch),
+    /// No data for a while: lets time-driven stages (event-time watermarks) move on.
+    Idle,
 }
 
 impl Batch {
@@ -36,13 +38,19 @@ impl Batch {
         match self {
             Batch::Events(_) => "logs",
             Batch::Metrics(_) => "metrics",
+            Batch::Idle => "idle",
         }
     }
 
-    pub fn record_batch(&self) -> &RecordBatch {
+    pub fn record_batch(&self) -> Option<&RecordBatch> {
         match self {
-            Batch::Events(b) | Batch::Metrics(b) => b,
+            Batch::Events(b) | Batch::Metrics(b) => Some(b),
+            Batch::Idle => None,
         }
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.record_batch().map_or(0, RecordBatch::num_rows)
     }
 }
 
@@ -177,6 +185,9 @@ impl Pending {
     }
 }
 
+/// How long without data before the stages get an idle tick.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
 async fn run_batcher(
     settings: PipelineSettings,
     mut rx: mpsc::Receiver<Batch>,
@@ -186,6 +197,7 @@ async fn run_batcher(
     let mut events = Pending::default();
     let mut samples = Pending::default();
     let mut deadline: Option<Instant> = None;
+    let mut last_forward = Instant::now();
     let intake_gauge = metrics.queue_depth.get_or_create(&[("queue", "intake")]).clone();
     let queue_gauge = metrics.queue_depth.get_or_create(&[("queue", "pipeline")]).clone();
     loop {
@@ -195,13 +207,21 @@ async fn run_batcher(
                 None => std::future::pending().await,
             }
         };
+        let idle = tokio::time::sleep_until(last_forward + IDLE_TICK);
         tokio::select! {
+            () = idle, if deadline.is_none() => {
+                // Best effort: a full queue means the worker is busy, not idle.
+                let _ = tx.try_send(Batch::Idle);
+                last_forward = Instant::now();
+            }
             item = rx.recv() => {
                 intake_gauge.set(rx.len() as i64);
                 let Some(item) = item else { break };
+                last_forward = Instant::now();
                 let (pending, is_events) = match item {
                     Batch::Events(b) => { events.rows += b.num_rows(); events.batches.push(b); (&mut events, true) }
                     Batch::Metrics(b) => { samples.rows += b.num_rows(); samples.batches.push(b); (&mut samples, false) }
+                    Batch::Idle => continue,
                 };
                 if pending.rows >= settings.batch_max_rows
                     && let Some(b) = pending.take() {
@@ -239,7 +259,7 @@ async fn flush_all(
 }
 
 async fn forward(tx: &mpsc::Sender<Batch>, batch: Batch, metrics: &Metrics) -> Result<(), ()> {
-    metrics.batch_rows.observe(batch.record_batch().num_rows() as f64);
+    metrics.batch_rows.observe(batch.num_rows() as f64);
     tx.send(batch).await.map_err(|_| {
         tracing::error!("pipeline worker is gone; stopping the batcher");
     })
@@ -254,10 +274,12 @@ fn run_worker(mut rx: mpsc::Receiver<Batch>, mut stages: Vec<Box<dyn Stage>>, me
                 tracing::error!(stage = stage.name(), %error, "pipeline stage failed on a batch");
             }
         }
-        metrics
-            .pipeline_rows
-            .get_or_create(&[("signal", batch.signal())])
-            .inc_by(batch.record_batch().num_rows() as u64);
+        if !matches!(batch, Batch::Idle) {
+            metrics
+                .pipeline_rows
+                .get_or_create(&[("signal", batch.signal())])
+                .inc_by(batch.num_rows() as u64);
+        }
     }
     for stage in stages.iter_mut() {
         if let Err(error) = stage.flush() {
@@ -307,12 +329,13 @@ impl Stage for ArchiveStage {
     }
 
     fn process(&mut self, batch: &Batch) -> Result<(), StageError> {
-        let (slot, name) = match batch {
-            Batch::Events(_) => (&mut self.events, "events.jsonl"),
-            Batch::Metrics(_) => (&mut self.metrics_out, "metrics.jsonl"),
+        let (slot, name, rows) = match batch {
+            Batch::Events(b) => (&mut self.events, "events.jsonl", b),
+            Batch::Metrics(b) => (&mut self.metrics_out, "metrics.jsonl", b),
+            Batch::Idle => return Ok(()),
         };
         let result = Self::writer(&self.dir, slot, name).and_then(|w| {
-            verity_model::json::write_jsonl(&mut *w, batch.record_batch()).map_err(std::io::Error::other)?;
+            verity_model::json::write_jsonl(&mut *w, rows).map_err(std::io::Error::other)?;
             w.flush()
         });
         result.map_err(|source| {

@@ -303,6 +303,8 @@ pub struct RulesStage {
     last_counts: HashMap<String, (u64, u64)>,
     last_late: u64,
     last_errors: u64,
+    /// When the last event batch arrived (wall clock), for idle watermark advance.
+    last_events: std::time::Instant,
 }
 
 impl RulesStage {
@@ -313,6 +315,7 @@ impl RulesStage {
             last_counts: HashMap::new(),
             last_late: 0,
             last_errors: 0,
+            last_events: std::time::Instant::now(),
         }
     }
 
@@ -384,10 +387,20 @@ impl Stage for RulesStage {
     }
 
     fn process(&mut self, batch: &Batch) -> Result<(), StageError> {
-        let Batch::Events(b) = batch else { return Ok(()) };
         let shared = self.shared.clone();
         let mut engine = shared.lock();
-        let alerts = engine.process(b);
+        let alerts = match batch {
+            Batch::Events(b) => {
+                self.last_events = std::time::Instant::now();
+                engine.process(b)
+            }
+            // With no telemetry at all, event time stands still; let wall-clock idleness
+            // move the watermark so silent keys still become unknown.
+            Batch::Idle => {
+                engine.advance_idle(i64::try_from(self.last_events.elapsed().as_nanos()).unwrap_or(i64::MAX))
+            }
+            Batch::Metrics(_) => return Ok(()),
+        };
         self.export(&engine);
         drop(engine);
         self.emit(alerts)

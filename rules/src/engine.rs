@@ -89,6 +89,8 @@ pub struct Engine {
     slots: Vec<Slot>,
     settings: EngineSettings,
     max_event: Option<i64>,
+    /// The newest real event time after the last batch (idle advance starts from it).
+    last_batch_max: Option<i64>,
     stats: EngineStats,
 }
 
@@ -98,6 +100,7 @@ impl Engine {
             slots: Vec::new(),
             settings,
             max_event: None,
+            last_batch_max: None,
             stats: EngineStats::default(),
         };
         e.replace_rules(rules);
@@ -235,6 +238,27 @@ impl Engine {
             slot.alerts += (out.len() - before) as u64;
         }
         self.max_event = Some(self.max_event.map_or(batch_max, |m| m.max(batch_max)));
+        self.last_batch_max = self.max_event;
+        if let Some(w) = self.watermark() {
+            self.advance(w, &mut out);
+        }
+        out
+    }
+
+    /// With no events arriving, moves event time forward by the wall-clock time since the
+    /// last batch (once that exceeds the lateness), so assertions and absence rules notice
+    /// silence even when the whole mesh has gone quiet.
+    pub fn advance_idle(&mut self, idle_ns: i64) -> Vec<Alert> {
+        let mut out = Vec::new();
+        let Some(last) = self.last_batch_max else { return out };
+        if idle_ns <= self.settings.lateness_ns {
+            return out;
+        }
+        let virtual_max = last.saturating_add(idle_ns);
+        if self.max_event.is_some_and(|m| virtual_max <= m) {
+            return out;
+        }
+        self.max_event = Some(virtual_max);
         if let Some(w) = self.watermark() {
             self.advance(w, &mut out);
         }

@@ -215,3 +215,18 @@ fn same_input_same_alerts() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn idleness_moves_event_time_so_silence_is_noticed() {
+    let mut e = engine(ASSERT, EngineSettings::default());
+    assert!(e.process(&batch(&[ev(0, "a", Decision::Allow)])).is_empty());
+    assert!(e.advance_idle(2 * S).is_empty(), "within the lateness: nothing moves");
+    assert!(
+        e.advance_idle(300 * S).is_empty(),
+        "5 minutes of silence: still holding"
+    );
+    let a = e.advance_idle(606 * S);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].status, AlertStatus::Unknown);
+    assert!(e.advance_idle(700 * S).is_empty(), "reported once");
+}

@@ -266,3 +266,35 @@ fn hot_reload_good_and_broken() {
     let (status, _) = v.terminate(Duration::from_secs(15));
     assert!(status.success());
 }
+
+#[test]
+fn silence_of_the_whole_mesh_makes_assertions_unknown() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("mkdir");
+    std::fs::write(
+        rules.join("mtls.yaml"),
+        "id: quick-mtls\ntitle: mTLS\nseverity: high\nkind: assertion\nassertion:\n  scope: direction = 'inbound'\n  require: mtls\n  per: [destination_namespace]\n  stale_after: 3s\n",
+    )
+    .expect("write");
+    let alerts_file = dir.path().join("alerts.jsonl");
+    let v = Verity::start_in(
+        dir,
+        &[
+            ("VERITY__ALERTS__FILE", alerts_file.to_str().expect("path")),
+            ("VERITY__ALERTS__STDOUT", "false"),
+            ("VERITY__RULES__BUILTIN_PACK", "false"),
+            ("VERITY__RULES__DIRS", &format!("[{}]", rules.display())),
+            ("VERITY__RULES__LATENESS_SECS", "1"),
+        ],
+    );
+    post_lines(&v, &[LOG4SHELL.to_string()]);
+    // No more telemetry at all: wall-clock idleness moves event time on.
+    assert!(eventually(Duration::from_secs(15), || read_jsonl(&alerts_file)
+        .iter()
+        .any(|a| a["rule_id"] == "quick-mtls" && a["status"] == "unknown")));
+    assert_eq!(
+        v.metric_value(r#"verity_assertion_state{assertion="quick-mtls",key="shop"}"#),
+        Some(2.0)
+    );
+}
