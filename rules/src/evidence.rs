@@ -36,6 +36,11 @@ impl<'b> Rows<'b> {
         if a.is_null(row) {
             return None;
         }
+        // Most key columns are strings: copy them directly rather than through the
+        // general-purpose display formatter.
+        if let Some(s) = a.as_string_opt::<i32>() {
+            return Some(s.value(row).to_string());
+        }
         array_value_to_string(a, row).ok()
     }
 
