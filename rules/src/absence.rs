@@ -40,19 +40,7 @@ impl AbsenceState {
                 let summary = format!("{}: telemetry resumed for {}", rule.rule().title, describe(&group));
                 out.push(make_alert(
                     rule,
-                    AlertParts {
-                        status: AlertStatus::Resolved,
-                        group,
-                        at: t,
-                        window: None,
-                        count: 1,
-                        aggregates: BTreeMap::new(),
-                        first: t,
-                        last: t,
-                        evidence: vec![rows.evidence(row)],
-                        entity: None,
-                        summary,
-                    },
+                    AlertParts::at(AlertStatus::Resolved, group, t, vec![rows.evidence(row)], None, summary),
                 ));
             }
         }

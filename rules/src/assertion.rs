@@ -122,19 +122,14 @@ impl AssertionState {
                     let summary = format!("{}: violated for {}", rule.rule().title, describe(&group));
                     out.push(make_alert(
                         rule,
-                        AlertParts {
-                            status: AlertStatus::Firing,
+                        AlertParts::at(
+                            AlertStatus::Firing,
                             group,
-                            at: t,
-                            window: None,
-                            count: 1,
-                            aggregates: BTreeMap::new(),
-                            first: t,
-                            last: t,
-                            evidence: s.evidence.clone(),
-                            entity: s.entity.clone(),
+                            t,
+                            s.evidence.clone(),
+                            s.entity.clone(),
                             summary,
-                        },
+                        ),
                     ));
                 }
             } else {

@@ -62,19 +62,14 @@ impl DetectionState {
                 let summary = format!("{}: matched for {}", rule.rule().title, describe(&group));
                 out.push(make_alert(
                     rule,
-                    AlertParts {
-                        status: AlertStatus::Firing,
+                    AlertParts::at(
+                        AlertStatus::Firing,
                         group,
-                        at: t,
-                        window: None,
-                        count: 1,
-                        aggregates: BTreeMap::new(),
-                        first: t,
-                        last: t,
-                        evidence: vec![rows.evidence(row)],
-                        entity: entity_col.and_then(|c| rows.value(c, row)),
+                        t,
+                        vec![rows.evidence(row)],
+                        entity_col.and_then(|c| rows.value(c, row)),
                         summary,
-                    },
+                    ),
                 ));
                 continue;
             };

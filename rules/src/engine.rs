@@ -376,6 +376,32 @@ pub(crate) struct AlertParts {
     pub summary: String,
 }
 
+impl AlertParts {
+    /// An alert about one moment: a single event or a state transition at `at`.
+    pub(crate) fn at(
+        status: AlertStatus,
+        group: BTreeMap<String, Option<String>>,
+        at: i64,
+        evidence: Vec<Evidence>,
+        entity: Option<String>,
+        summary: String,
+    ) -> Self {
+        Self {
+            status,
+            group,
+            at,
+            window: None,
+            count: 1,
+            aggregates: BTreeMap::new(),
+            first: at,
+            last: at,
+            evidence,
+            entity,
+            summary,
+        }
+    }
+}
+
 pub(crate) fn make_alert(rule: &CompiledRule, p: AlertParts) -> Alert {
     let r = rule.rule();
     Alert {

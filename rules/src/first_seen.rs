@@ -2,7 +2,7 @@
 //! appears that was not seen during the learning period. The learned set is saved under the
 //! engine's state directory and survives restarts.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use arrow::array::BooleanArray;
@@ -87,19 +87,14 @@ impl FirstSeenState {
             let summary = format!("{}: first seen {}", rule.rule().title, describe(&group));
             out.push(make_alert(
                 rule,
-                AlertParts {
-                    status: AlertStatus::Firing,
+                AlertParts::at(
+                    AlertStatus::Firing,
                     group,
-                    at: t,
-                    window: None,
-                    count: 1,
-                    aggregates: BTreeMap::new(),
-                    first: t,
-                    last: t,
-                    evidence: vec![rows.evidence(row)],
-                    entity: entity_col.and_then(|c| rows.value(c, row)),
+                    t,
+                    vec![rows.evidence(row)],
+                    entity_col.and_then(|c| rows.value(c, row)),
                     summary,
-                },
+                ),
             ));
         }
     }
