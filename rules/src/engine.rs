@@ -130,19 +130,12 @@ impl Engine {
                     summary.kept += 1;
                     Slot { rule, ..prev }
                 }
-                Some(_) => {
-                    summary.changed += 1;
-                    let state = self.fresh_state(&rule);
-                    Slot {
-                        rule,
-                        state,
-                        evaluated: 0,
-                        matched: 0,
-                        alerts: 0,
+                prev => {
+                    if prev.is_some() {
+                        summary.changed += 1;
+                    } else {
+                        summary.added += 1;
                     }
-                }
-                None => {
-                    summary.added += 1;
                     let state = self.fresh_state(&rule);
                     Slot {
                         rule,
