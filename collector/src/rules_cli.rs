@@ -214,6 +214,19 @@ pub struct ReplaySummary {
     pub alerts: u64,
 }
 
+/// Rejected lines reported one by one before replay only counts them (a large file of
+/// another format must not flood the terminal).
+const MAX_REPORTED_REJECTS: u64 = 100;
+
+fn report_reject(progress: &mut impl Write, summary: &mut ReplaySummary, file: &str, line: u64, why: &str) {
+    summary.rejected += 1;
+    if summary.rejected <= MAX_REPORTED_REJECTS {
+        let _ = writeln!(progress, "{file}:{line}: {why}");
+    } else if summary.rejected == MAX_REPORTED_REJECTS + 1 {
+        let _ = writeln!(progress, "replay: more rejected lines; only counting them from here");
+    }
+}
+
 /// Runs the rules over log files in event time and writes alerts as JSON lines.
 pub fn replay(
     opts: &ReplayOptions,
@@ -264,8 +277,9 @@ pub fn replay(
                 break;
             }
             summary.lines += 1;
+            let line_no = summary.lines;
             let Ok(line) = std::str::from_utf8(&buf) else {
-                summary.rejected += 1;
+                report_reject(progress, &mut summary, name, line_no, "invalid_utf8: line is not UTF-8");
                 continue;
             };
             if line.trim().is_empty() {
@@ -285,7 +299,7 @@ pub fn replay(
                     summary.events += 1;
                     builder.append(&ev);
                 }
-                Err(_) => summary.rejected += 1,
+                Err(r) => report_reject(progress, &mut summary, name, line_no, &r.to_string()),
             }
             if builder.len() >= 8192 {
                 let batch = builder.finish().map_err(|e| e.to_string())?;

@@ -118,6 +118,7 @@ fn replay_prints_alerts_in_event_time() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("1 rejected"), "{stderr}");
+    assert!(stderr.contains("mesh.log:14: unrecognized_format"), "{stderr}");
 
     // Same input, same alerts.
     let again = Command::new(verity_bin())
