@@ -15,6 +15,14 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v mkfifo >/dev/null 2>&1 || missing+=(coreutils)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# librdkafka (built from source by the rdkafka crate) links OpenSSL for Kafka TLS and SASL.
+[[ -e /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
+# A real syslog receiver for the syslog output's tests, with its TLS drivers.
+command -v rsyslogd >/dev/null 2>&1 || missing+=(rsyslog)
+[[ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so || -e /usr/lib/rsyslog/lmnsd_gtls.so ]] \
+    || ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || missing+=(rsyslog-gnutls)
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
@@ -30,6 +38,18 @@ VERITY_PYTHON="$(scripts/python-env.sh | tail -n1)"
 export VERITY_PYTHON
 # Missing test prerequisites fail the run instead of skipping.
 export VERITY_E2E_REQUIRE=1
+
+# --- Kafka-protocol broker (tansu, in-memory storage) for the Kafka tests ---------------------
+# It takes minutes to build, so it is installed once into a cache outside the repository.
+TOOLS="${VERITY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/verity-tools}"
+if [[ -z "${VERITY_TANSU:-}" ]]; then
+    VERITY_TANSU="$TOOLS/tansu/bin/tansu"
+    if [[ ! -x "$VERITY_TANSU" ]]; then
+        log "installing the tansu broker into $TOOLS/tansu (once; several minutes)"
+        cargo install tansu --version 0.6.0 --features dynostore --locked --root "$TOOLS/tansu" >&2
+    fi
+fi
+export VERITY_TANSU
 
 # --- checks, build, tests --------------------------------------------------------------------
 log "cargo fmt --check"

@@ -19,7 +19,7 @@ use crate::dead_letter::DeadLetter;
 use crate::metrics::Metrics;
 use crate::otlp::{self, OtlpIngest};
 use crate::pipeline::{self, ArchiveStage, Stage};
-use crate::rules_stage::{AlertOutput, RuleMetrics, RuleSetSpec, RulesStage, SharedEngine};
+use crate::rules_stage::{RuleMetrics, RuleSetSpec, RulesStage, SharedEngine};
 use verity_rules::{EngineSettings, RevocationList};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +41,8 @@ pub enum AppError {
     DrainTimeout(std::time::Duration),
     #[error("the rule set does not compile:\n  {}", .0.join("\n  "))]
     Rules(Vec<String>),
-    #[error("cannot open the alert file {path}: {source}")]
-    Alerts {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot start the outputs: {0}")]
+    Sinks(#[from] verity_sinks::delivery::BuildError),
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -101,18 +97,9 @@ pub async fn run(
         rule_metrics,
     )
     .map_err(AppError::Rules)?;
-    let output = AlertOutput::open(settings.alerts.stdout, settings.alerts.file.as_deref()).map_err(|source| {
-        AppError::Alerts {
-            path: settings
-                .alerts
-                .file
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            source,
-        }
-    })?;
-    stages.push(Box::new(RulesStage::new(engine.clone(), output)));
+    let sink_metrics = verity_sinks::SinkMetrics::register(&mut registry);
+    let sinks = Arc::new(verity_sinks::SinkSet::start(&settings.sinks, sink_metrics)?);
+    stages.push(Box::new(RulesStage::new(engine.clone(), sinks.clone())));
     if let Some(dir) = &settings.archive_dir {
         stages.push(Box::new(ArchiveStage::new(dir.clone(), metrics.clone())));
     }
@@ -205,6 +192,7 @@ pub async fn run(
         admin = ?bound.admin,
         dead_letter = %dead_letter.path().display(),
         archive = ?settings.archive_dir,
+        outputs = ?sinks.names(),
         "verity is running"
     );
     on_bound(bound);
@@ -217,6 +205,7 @@ pub async fn run(
     metrics.ready.set(0);
     let _ = stop_tx.send(true);
 
+    let deadline = tokio::time::Instant::now() + settings.drain_timeout;
     let _ = reloader.await;
     let drain = async {
         for s in servers {
@@ -224,13 +213,19 @@ pub async fn run(
         }
         pipeline.join().await;
     };
-    let result = match tokio::time::timeout(settings.drain_timeout, drain).await {
-        Ok(()) => {
-            tracing::info!("drained");
-            Ok(())
-        }
+    let result = match tokio::time::timeout_at(deadline, drain).await {
+        Ok(()) => Ok(()),
         Err(_) => Err(AppError::DrainTimeout(settings.drain_timeout)),
     };
+    // Deliver what is spooled until the same deadline; what is left stays on disk and goes
+    // out after the next start, so it is not lost.
+    let left = sinks.drain(deadline).await;
+    for (sink, n) in &left {
+        tracing::warn!(%sink, alerts = n, "output not drained before the deadline; alerts stay spooled for the next start");
+    }
+    if result.is_ok() {
+        tracing::info!("drained");
+    }
     let _ = admin_stop_tx.send(true);
     if let Some(t) = admin_task {
         let _ = t.await;

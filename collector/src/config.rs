@@ -27,7 +27,7 @@ pub struct Config {
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub rules: RulesConfig,
-    pub alerts: AlertsConfig,
+    pub sinks: verity_sinks::SinksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -45,15 +45,6 @@ pub struct RulesConfig {
     pub revoked: Vec<String>,
     /// How often rule files are checked for changes (0 disables; SIGHUP always reloads).
     pub reload_poll_secs: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct AlertsConfig {
-    /// Print alerts as JSON lines on standard output.
-    pub stdout: bool,
-    /// Append alerts as JSON lines to this file.
-    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,7 +161,7 @@ pub struct Settings {
     pub log_level: String,
     pub drain_timeout: Duration,
     pub rules: RulesConfig,
-    pub alerts: AlertsConfig,
+    pub sinks: verity_sinks::SinksConfig,
 }
 
 /// Loads the layers: defaults, then `file` if given, then `env` (pass `std::env::vars()`).
@@ -255,10 +246,10 @@ fn deserialize_sections(tree: Value) -> Result<Config, Vec<ConfigError>> {
             "log" => cfg.log = section(key, v, &mut errors).unwrap_or_default(),
             "shutdown" => cfg.shutdown = section(key, v, &mut errors).unwrap_or_default(),
             "rules" => cfg.rules = section(key, v, &mut errors).unwrap_or_default(),
-            "alerts" => cfg.alerts = section(key, v, &mut errors).unwrap_or_default(),
+            "sinks" => cfg.sinks = section(key, v, &mut errors).unwrap_or_default(),
             other => errors.push(ConfigError::new(
                 other,
-                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown, rules, alerts",
+                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown, rules, sinks",
             )),
         }
     }
@@ -406,6 +397,9 @@ impl Config {
                 "must be between 1 and 3600",
             ));
         }
+        for e in self.sinks.validate() {
+            errors.push(ConfigError::new(e.path, e.message));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -428,7 +422,7 @@ impl Config {
             log_level: self.log.level.clone(),
             drain_timeout: Duration::from_secs(self.shutdown.drain_timeout_secs),
             rules: self.rules.clone(),
-            alerts: self.alerts.clone(),
+            sinks: self.sinks.clone(),
         })
     }
 }

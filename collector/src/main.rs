@@ -38,6 +38,10 @@ enum Command {
         /// Also print the effective configuration.
         #[arg(long)]
         print: bool,
+        /// Also connect to every enabled output and run its health check (HEC health and
+        /// token, Elasticsearch cluster, TCP/TLS connect, Kafka metadata, …).
+        #[arg(long)]
+        check_sinks: bool,
     },
     /// Check or test rule files.
     Rules {
@@ -97,7 +101,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(config),
-        Command::Validate { config, print } => validate(config, print),
+        Command::Validate {
+            config,
+            print,
+            check_sinks,
+        } => validate(config, print, check_sinks),
         Command::Normalize { format, files } => normalize_files(format, &files),
         Command::Rules {
             command: RulesCommand::Check { paths },
@@ -194,17 +202,36 @@ async fn shutdown_signal() {
     }
 }
 
-fn validate(config: Option<PathBuf>, print: bool) -> anyhow::Result<ExitCode> {
-    match load(config.as_ref()) {
-        Ok(s) => {
-            println!("configuration is valid");
-            if print {
-                println!("{}", serde_yaml::to_string(&s.raw)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(code) => Ok(code),
+fn validate(config: Option<PathBuf>, print: bool, check_sinks: bool) -> anyhow::Result<ExitCode> {
+    let s = match load(config.as_ref()) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    println!("configuration is valid");
+    if print {
+        println!("{}", serde_yaml::to_string(&s.raw)?);
     }
+    if !check_sinks {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let reports = rt.block_on(verity_sinks::delivery::check_outputs(&s.sinks));
+    let mut failed = 0;
+    for r in &reports {
+        match &r.result {
+            Ok(what) => println!("output {} ({}): ok: {what}", r.sink, r.kind),
+            Err(why) => {
+                failed += 1;
+                println!("output {} ({}): FAILED: {why}", r.sink, r.kind);
+            }
+        }
+    }
+    if failed > 0 {
+        println!("{failed} of {} outputs failed their check", reports.len());
+        return Ok(ExitCode::from(1));
+    }
+    println!("all {} outputs passed their check", reports.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn replay(

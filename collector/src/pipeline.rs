@@ -7,6 +7,12 @@
 //! When the worker is slow the pipeline queue fills, the batcher waits, the intake fills, and
 //! sources push back: memory stays bounded by the two queue capacities.
 //!
+//! Hand-off: [`IntakePermit::send`] returns a [`Handoff`] that resolves once every stage has
+//! processed the batch holding those rows, which for the rules stage means their alerts are in
+//! the sinks' durable spools. Sources acknowledge their clients only then (at-least-once). The
+//! batcher hands a batch on as soon as the intake has nothing more waiting, so a lone request
+//! is not held for the batch delay, while under load batches grow up to their row limit.
+//!
 //! Draining: when every [`Intake`] handle is dropped, the batcher flushes what it holds, the
 //! worker processes what is queued, flushes every stage, and [`PipelineHandle::join`] returns.
 
@@ -17,7 +23,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -91,21 +97,47 @@ pub enum Backpressure {
     Closed,
 }
 
+/// Why a batch could not be processed: the sources tell their clients to retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HandoffError(pub String);
+
+type Done = oneshot::Sender<Result<(), HandoffError>>;
+
+/// Resolves when every stage has processed the rows a source sent.
+pub struct Handoff(oneshot::Receiver<Result<(), HandoffError>>);
+
+impl Handoff {
+    pub async fn wait(self) -> Result<(), HandoffError> {
+        match self.0.await {
+            Ok(r) => r,
+            Err(_) => Err(HandoffError("the pipeline stopped before processing the batch".into())),
+        }
+    }
+}
+
+struct Item {
+    batch: Batch,
+    done: Option<Done>,
+}
+
 /// The sources' handle on the pipeline. Cloneable; the pipeline drains when all are dropped.
 #[derive(Clone)]
 pub struct Intake {
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<Item>,
     metrics: Metrics,
 }
 
 /// A reserved intake slot: the source does its work, then sends without waiting.
 pub struct IntakePermit<'a> {
-    permit: mpsc::Permit<'a, Batch>,
+    permit: mpsc::Permit<'a, Item>,
 }
 
 impl IntakePermit<'_> {
-    pub fn send(self, batch: Batch) {
-        self.permit.send(batch);
+    pub fn send(self, batch: Batch) -> Handoff {
+        let (tx, rx) = oneshot::channel();
+        self.permit.send(Item { batch, done: Some(tx) });
+        Handoff(rx)
     }
 }
 
@@ -123,8 +155,13 @@ impl Intake {
     }
 
     /// Waits for a slot (for sources that pause instead of answering, such as files).
-    pub async fn send(&self, batch: Batch) -> Result<(), Backpressure> {
-        self.tx.send(batch).await.map_err(|_| Backpressure::Closed)
+    pub async fn send(&self, batch: Batch) -> Result<Handoff, Backpressure> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Item { batch, done: Some(tx) })
+            .await
+            .map_err(|_| Backpressure::Closed)?;
+        Ok(Handoff(rx))
     }
 }
 
@@ -161,13 +198,15 @@ pub fn start(settings: PipelineSettings, stages: Vec<Box<dyn Stage>>, metrics: M
 struct Pending {
     batches: Vec<RecordBatch>,
     rows: usize,
+    done: Vec<Done>,
 }
 
 impl Pending {
-    fn take(&mut self) -> Option<RecordBatch> {
+    fn take(&mut self) -> Option<(RecordBatch, Vec<Done>)> {
         let batches = std::mem::take(&mut self.batches);
+        let done = std::mem::take(&mut self.done);
         self.rows = 0;
-        match batches.len() {
+        let batch = match batches.len() {
             0 => None,
             1 => batches.into_iter().next(),
             _ => {
@@ -177,12 +216,22 @@ impl Pending {
                     Err(error) => {
                         // Same schema by construction; never expected.
                         tracing::error!(%error, "could not coalesce batches");
-                        None
+                        for d in done {
+                            let _ = d.send(Err(HandoffError(format!("could not coalesce batches: {error}"))));
+                        }
+                        return None;
                     }
                 }
             }
-        }
+        };
+        batch.map(|b| (b, done))
     }
+}
+
+/// A batch on its way to the stages, with the sources waiting for it.
+struct Queued {
+    batch: Batch,
+    done: Vec<Done>,
 }
 
 /// How long without data before the stages get an idle tick.
@@ -190,8 +239,8 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 
 async fn run_batcher(
     settings: PipelineSettings,
-    mut rx: mpsc::Receiver<Batch>,
-    tx: mpsc::Sender<Batch>,
+    mut rx: mpsc::Receiver<Item>,
+    tx: mpsc::Sender<Queued>,
     metrics: Metrics,
 ) {
     let mut events = Pending::default();
@@ -211,23 +260,36 @@ async fn run_batcher(
         tokio::select! {
             () = idle, if deadline.is_none() => {
                 // Best effort: a full queue means the worker is busy, not idle.
-                let _ = tx.try_send(Batch::Idle);
+                let _ = tx.try_send(Queued { batch: Batch::Idle, done: Vec::new() });
                 last_forward = Instant::now();
             }
             item = rx.recv() => {
                 intake_gauge.set(rx.len() as i64);
                 let Some(item) = item else { break };
                 last_forward = Instant::now();
-                let (pending, is_events) = match item {
+                let (pending, is_events) = match item.batch {
                     Batch::Events(b) => { events.rows += b.num_rows(); events.batches.push(b); (&mut events, true) }
                     Batch::Metrics(b) => { samples.rows += b.num_rows(); samples.batches.push(b); (&mut samples, false) }
-                    Batch::Idle => continue,
-                };
-                if pending.rows >= settings.batch_max_rows
-                    && let Some(b) = pending.take() {
-                        let batch = if is_events { Batch::Events(b) } else { Batch::Metrics(b) };
-                        if forward(&tx, batch, &metrics).await.is_err() { break; }
+                    Batch::Idle => {
+                        if let Some(d) = item.done { let _ = d.send(Ok(())); }
+                        continue;
                     }
+                };
+                pending.done.extend(item.done);
+                if pending.rows >= settings.batch_max_rows
+                    && let Some((b, done)) = pending.take() {
+                        let batch = if is_events { Batch::Events(b) } else { Batch::Metrics(b) };
+                        if forward(&tx, Queued { batch, done }, &metrics).await.is_err() { break; }
+                    }
+                // Sources are waiting for their hand-off: with nothing more queued behind
+                // them, waiting for the batch delay would only add latency.
+                let waiting = !events.done.is_empty() || !samples.done.is_empty();
+                if waiting && rx.is_empty() {
+                    deadline = None;
+                    if flush_all(&tx, &mut events, &mut samples, &metrics).await.is_err() { break; }
+                    queue_gauge.set((tx.max_capacity() - tx.capacity()) as i64);
+                    continue;
+                }
                 if deadline.is_none() && (events.rows > 0 || samples.rows > 0) {
                     deadline = Some(Instant::now() + settings.batch_max_delay);
                 }
@@ -244,35 +306,59 @@ async fn run_batcher(
 }
 
 async fn flush_all(
-    tx: &mpsc::Sender<Batch>,
+    tx: &mpsc::Sender<Queued>,
     events: &mut Pending,
     samples: &mut Pending,
     metrics: &Metrics,
 ) -> Result<(), ()> {
-    if let Some(b) = events.take() {
-        forward(tx, Batch::Events(b), metrics).await?;
+    if let Some((b, done)) = events.take() {
+        forward(
+            tx,
+            Queued {
+                batch: Batch::Events(b),
+                done,
+            },
+            metrics,
+        )
+        .await?;
     }
-    if let Some(b) = samples.take() {
-        forward(tx, Batch::Metrics(b), metrics).await?;
+    if let Some((b, done)) = samples.take() {
+        forward(
+            tx,
+            Queued {
+                batch: Batch::Metrics(b),
+                done,
+            },
+            metrics,
+        )
+        .await?;
     }
     Ok(())
 }
 
-async fn forward(tx: &mpsc::Sender<Batch>, batch: Batch, metrics: &Metrics) -> Result<(), ()> {
-    metrics.batch_rows.observe(batch.num_rows() as f64);
-    tx.send(batch).await.map_err(|_| {
+async fn forward(tx: &mpsc::Sender<Queued>, queued: Queued, metrics: &Metrics) -> Result<(), ()> {
+    metrics.batch_rows.observe(queued.batch.num_rows() as f64);
+    tx.send(queued).await.map_err(|_| {
         tracing::error!("pipeline worker is gone; stopping the batcher");
     })
 }
 
-fn run_worker(mut rx: mpsc::Receiver<Batch>, mut stages: Vec<Box<dyn Stage>>, metrics: Metrics) {
+fn run_worker(mut rx: mpsc::Receiver<Queued>, mut stages: Vec<Box<dyn Stage>>, metrics: Metrics) {
     let queue_gauge = metrics.queue_depth.get_or_create(&[("queue", "pipeline")]).clone();
-    while let Some(batch) = rx.blocking_recv() {
+    while let Some(Queued { batch, done }) = rx.blocking_recv() {
         queue_gauge.set(rx.len() as i64);
+        let mut failure = None;
         for stage in stages.iter_mut() {
             if let Err(error) = stage.process(&batch) {
                 tracing::error!(stage = stage.name(), %error, "pipeline stage failed on a batch");
+                failure.get_or_insert_with(|| HandoffError(error.to_string()));
             }
+        }
+        for d in done {
+            let _ = d.send(match &failure {
+                None => Ok(()),
+                Some(e) => Err(e.clone()),
+            });
         }
         if !matches!(batch, Batch::Idle) {
             metrics

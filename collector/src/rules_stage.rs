@@ -1,5 +1,5 @@
-//! The rules stage of the pipeline: evaluates the rule set on every event batch, writes the
-//! alerts (stdout and a JSONL file, until SIEM sinks take over), exports rule metrics, and
+//! The rules stage of the pipeline: evaluates the rule set on every event batch, hands the
+//! alerts to the sinks (returning once they are in the durable spools), exports rule metrics, and
 //! reloads the rule set on SIGHUP or when rule files change.
 //!
 //! A reload compiles the whole new set first; only if every rule compiles does it replace the
@@ -7,8 +7,6 @@
 //! is logged and counted.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -21,6 +19,7 @@ use verity_model::Alert;
 use verity_rules::assertion::KeyStatus;
 use verity_rules::engine::ReloadSummary;
 use verity_rules::{CompiledRule, Compiler, Engine, EngineSettings, RevocationList, RuleSource};
+use verity_sinks::SinkSet;
 
 use crate::pipeline::{Batch, Stage, StageError};
 
@@ -181,52 +180,10 @@ impl RuleMetrics {
         );
         registry.register(
             "verity_alert_write_errors",
-            "Failures writing alerts to stdout or the alert file",
+            "Failures handing alerts to the outputs' spools",
             m.alert_write_errors.clone(),
         );
         m
-    }
-}
-
-/// Writes alerts as JSON lines.
-pub struct AlertOutput {
-    stdout: bool,
-    file: Option<BufWriter<File>>,
-}
-
-impl AlertOutput {
-    pub fn open(stdout: bool, file: Option<&std::path::Path>) -> std::io::Result<Self> {
-        let file = match file {
-            Some(p) => {
-                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
-                }
-                Some(BufWriter::new(OpenOptions::new().create(true).append(true).open(p)?))
-            }
-            None => None,
-        };
-        Ok(Self { stdout, file })
-    }
-
-    pub fn write(&mut self, alerts: &[Alert]) -> std::io::Result<()> {
-        if alerts.is_empty() {
-            return Ok(());
-        }
-        let mut buf = Vec::with_capacity(alerts.len() * 512);
-        for a in alerts {
-            serde_json::to_writer(&mut buf, a).map_err(std::io::Error::other)?;
-            buf.push(b'\n');
-        }
-        if self.stdout {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&buf)?;
-            out.flush()?;
-        }
-        if let Some(f) = self.file.as_mut() {
-            f.write_all(&buf)?;
-            f.flush()?;
-        }
-        Ok(())
     }
 }
 
@@ -299,7 +256,7 @@ impl SharedEngine {
 /// Runs the engine on event batches.
 pub struct RulesStage {
     shared: SharedEngine,
-    output: AlertOutput,
+    sinks: Arc<SinkSet>,
     last_counts: HashMap<String, (u64, u64)>,
     last_late: u64,
     last_errors: u64,
@@ -308,10 +265,10 @@ pub struct RulesStage {
 }
 
 impl RulesStage {
-    pub fn new(shared: SharedEngine, output: AlertOutput) -> Self {
+    pub fn new(shared: SharedEngine, sinks: Arc<SinkSet>) -> Self {
         Self {
             shared,
-            output,
+            sinks,
             last_counts: HashMap::new(),
             last_late: 0,
             last_errors: 0,
@@ -330,9 +287,13 @@ impl RulesStage {
                 ])
                 .inc();
         }
-        self.output.write(&alerts).map_err(|source| {
+        // Blocks while a spool is full: that is the pipeline's backpressure from slow SIEMs.
+        self.sinks.submit(&alerts).map_err(|e| {
             m.alert_write_errors.inc();
-            StageError::Io { stage: "rules", source }
+            StageError::Other {
+                stage: "rules",
+                message: e.to_string(),
+            }
         })
     }
 

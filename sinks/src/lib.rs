@@ -13,11 +13,12 @@
 pub mod config;
 pub mod delivery;
 pub mod format;
-pub mod metrics;
-pub mod routing;
-pub mod spool;
 mod http;
-mod outputs;
+pub mod metrics;
+pub mod outputs;
+pub mod routing;
+pub mod secret;
+pub mod spool;
 
 use std::future::Future;
 use std::pin::Pin;

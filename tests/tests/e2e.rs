@@ -10,4 +10,5 @@ mod e2e {
     pub mod otlp_http;
     pub mod python_sdk;
     pub mod rules;
+    pub mod sinks;
 }

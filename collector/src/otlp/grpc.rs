@@ -24,7 +24,7 @@ use verity_model::event::IngestSource;
 
 use super::OtlpIngest;
 use crate::metrics::Metrics;
-use crate::pipeline::Backpressure;
+use crate::pipeline::{Backpressure, Handoff};
 
 pub const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 pub const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
@@ -125,21 +125,32 @@ fn backpressure_status(b: Backpressure) -> Status {
     }
 }
 
-/// Decodes the message, runs the export and counts the outcome: the part both services share.
-fn export<Req, Resp>(
+/// Decodes the message, runs the export, waits for the hand-off and counts the outcome: the
+/// part both services share.
+async fn export<Req, Resp>(
     shared: &Shared,
     bytes: Bytes,
     signal: Signal,
     what: &str,
-    run: impl FnOnce(&OtlpIngest, &Req) -> Result<Resp, Backpressure>,
+    run: impl FnOnce(&OtlpIngest, &Req) -> Result<(Resp, Option<Handoff>), Backpressure>,
     partial: impl FnOnce(&Resp) -> bool,
 ) -> Result<Response<Resp>, Status>
 where
     Req: Message + Default,
 {
-    let result = Req::decode(bytes)
+    let started = Req::decode(bytes)
         .map_err(|e| Status::invalid_argument(format!("could not decode {what}: {e}")))
         .and_then(|req| run(&shared.ingest, &req).map_err(backpressure_status));
+    let result = match started {
+        Ok((resp, Some(handoff))) => match handoff.wait().await {
+            Ok(()) => Ok(resp),
+            Err(e) => Err(Status::unavailable(format!(
+                "the records were received but not processed ({e}); retry"
+            ))),
+        },
+        Ok((resp, None)) => Ok(resp),
+        Err(s) => Err(s),
+    };
     let outcome = match &result {
         Ok(resp) if partial(resp) => "partial",
         Ok(_) => "ok",
@@ -166,6 +177,7 @@ impl UnaryService<Bytes> for LogsExport {
                 |ingest, req: &ExportLogsServiceRequest| ingest.export_logs(req, IngestSource::OtlpGrpc),
                 |resp| resp.partial_success.is_some(),
             )
+            .await
         })
     }
 }
@@ -185,6 +197,7 @@ impl UnaryService<Bytes> for MetricsExport {
                 |ingest, req: &ExportMetricsServiceRequest| ingest.export_metrics(req, IngestSource::OtlpGrpc),
                 |resp| resp.partial_success.is_some(),
             )
+            .await
         })
     }
 }

@@ -23,7 +23,7 @@ use verity_model::event::IngestSource;
 
 use super::OtlpIngest;
 use crate::metrics::Metrics;
-use crate::pipeline::Backpressure;
+use crate::pipeline::{Backpressure, Handoff};
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error answers.
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
@@ -115,11 +115,11 @@ impl Failure {
 async fn logs(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
     handle(&st, "logs", headers, body, |st, bytes, enc| {
         let req: ExportLogsServiceRequest = decode(bytes, enc, "ExportLogsServiceRequest")?;
-        let resp = st
+        let (resp, handoff) = st
             .ingest
             .export_logs(&req, IngestSource::OtlpHttp)
             .map_err(|b| unavailable(st, b, enc))?;
-        Ok((resp.partial_success.is_some(), encode(&resp, enc)))
+        Ok((resp.partial_success.is_some(), encode(&resp, enc), handoff))
     })
     .await
 }
@@ -127,11 +127,11 @@ async fn logs(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) 
 async fn metrics(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
     handle(&st, "metrics", headers, body, |st, bytes, enc| {
         let req: ExportMetricsServiceRequest = decode(bytes, enc, "ExportMetricsServiceRequest")?;
-        let resp = st
+        let (resp, handoff) = st
             .ingest
             .export_metrics(&req, IngestSource::OtlpHttp)
             .map_err(|b| unavailable(st, b, enc))?;
-        Ok((resp.partial_success.is_some(), encode(&resp, enc)))
+        Ok((resp.partial_success.is_some(), encode(&resp, enc), handoff))
     })
     .await
 }
@@ -179,9 +179,25 @@ async fn handle(
     signal: &'static str,
     headers: HeaderMap,
     body: Body,
-    export: impl FnOnce(&HttpState, &[u8], Encoding) -> Result<(bool, Vec<u8>), Failure>,
+    export: impl FnOnce(&HttpState, &[u8], Encoding) -> Result<(bool, Vec<u8>, Option<Handoff>), Failure>,
 ) -> Response {
-    let result = read_and_export(st, headers, body, export).await;
+    let result = match read_and_export(st, headers, body, export).await {
+        Ok((partial, body, enc, Some(handoff))) => match handoff.wait().await {
+            Ok(()) => Ok((partial, body, enc)),
+            Err(e) => {
+                let mut f = Failure::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    enc,
+                    format!("the records were received but not processed ({e}); retry"),
+                );
+                f.retry_after = Some(st.retry_after_secs);
+                Err(f)
+            }
+        },
+        Ok((partial, body, enc, None)) => Ok((partial, body, enc)),
+        Err(f) => Err(f),
+    };
     let (outcome, response) = match result {
         Ok((partial, body, enc)) => {
             let mut res = (StatusCode::OK, body).into_response();
@@ -205,8 +221,8 @@ async fn read_and_export(
     st: &HttpState,
     headers: HeaderMap,
     body: Body,
-    export: impl FnOnce(&HttpState, &[u8], Encoding) -> Result<(bool, Vec<u8>), Failure>,
-) -> Result<(bool, Vec<u8>, Encoding), Failure> {
+    export: impl FnOnce(&HttpState, &[u8], Encoding) -> Result<(bool, Vec<u8>, Option<Handoff>), Failure>,
+) -> Result<(bool, Vec<u8>, Encoding, Option<Handoff>), Failure> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -286,6 +302,6 @@ async fn read_and_export(
     } else {
         &raw
     };
-    let (partial, body) = export(st, bytes, enc)?;
-    Ok((partial, body, enc))
+    let (partial, body, handoff) = export(st, bytes, enc)?;
+    Ok((partial, body, enc, handoff))
 }

@@ -24,7 +24,7 @@ use verity_model::{EventBatchBuilder, InputFormat, MetricBatchBuilder};
 use crate::dead_letter::{DeadLetter, DeadLetterEntry};
 use crate::metrics::Metrics;
 use crate::normalize::{self, Ctx, Rejection};
-use crate::pipeline::{Backpressure, Batch, Intake};
+use crate::pipeline::{Backpressure, Batch, Handoff, Intake};
 
 /// Shared by both transports.
 pub struct OtlpIngest {
@@ -49,7 +49,7 @@ impl OtlpIngest {
         &self,
         req: &ExportLogsServiceRequest,
         source: IngestSource,
-    ) -> Result<ExportLogsServiceResponse, Backpressure> {
+    ) -> Result<(ExportLogsServiceResponse, Option<Handoff>), Backpressure> {
         let permit = self.intake.try_reserve()?;
         let ctx = Ctx::now(source);
         let total: usize = req
@@ -88,25 +88,27 @@ impl OtlpIngest {
             }
         }
         self.reject(source, "logs", &rejected);
+        let mut handoff = None;
         if !builder.is_empty() {
             match builder.finish() {
-                Ok(batch) => permit.send(Batch::Events(batch)),
+                Ok(batch) => handoff = Some(permit.send(Batch::Events(batch))),
                 Err(error) => tracing::error!(%error, "could not build an event batch"),
             }
         }
-        Ok(ExportLogsServiceResponse {
+        let response = ExportLogsServiceResponse {
             partial_success: (!rejected.is_empty()).then(|| ExportLogsPartialSuccess {
                 rejected_log_records: rejected.len() as i64,
                 error_message: summary(&rejected, total, "log records"),
             }),
-        })
+        };
+        Ok((response, handoff))
     }
 
     pub fn export_metrics(
         &self,
         req: &ExportMetricsServiceRequest,
         source: IngestSource,
-    ) -> Result<ExportMetricsServiceResponse, Backpressure> {
+    ) -> Result<(ExportMetricsServiceResponse, Option<Handoff>), Backpressure> {
         let permit = self.intake.try_reserve()?;
         let observed = normalize::now_ns();
         let mut samples = Vec::new();
@@ -140,22 +142,24 @@ impl OtlpIngest {
                 .inc_by(samples.len() as u64);
         }
         self.reject(source, "metrics", &rejected);
+        let mut handoff = None;
         if !samples.is_empty() {
             let mut builder = MetricBatchBuilder::default();
             for s in &samples {
                 builder.append(s);
             }
             match builder.finish() {
-                Ok(batch) => permit.send(Batch::Metrics(batch)),
+                Ok(batch) => handoff = Some(permit.send(Batch::Metrics(batch))),
                 Err(error) => tracing::error!(%error, "could not build a metric batch"),
             }
         }
-        Ok(ExportMetricsServiceResponse {
+        let response = ExportMetricsServiceResponse {
             partial_success: (!rejected.is_empty()).then(|| ExportMetricsPartialSuccess {
                 rejected_data_points: rejected.len() as i64,
                 error_message: summary(&rejected, total.max(rejected.len()), "data points"),
             }),
-        })
+        };
+        Ok((response, handoff))
     }
 
     fn reject(&self, source: IngestSource, signal: &str, rejected: &[(Rejection, String)]) {

@@ -1,6 +1,7 @@
 //! With the pipeline stalled (its archive is a FIFO nobody reads yet), the endpoint answers
-//! retryable errors (HTTP 503 + Retry-After, gRPC UNAVAILABLE) instead of buffering; once the
-//! stall clears, every accepted record comes out.
+//! retryable errors (HTTP 503 + Retry-After, gRPC UNAVAILABLE) instead of buffering; the
+//! requests it took in are answered only once processed; once the stall clears, every
+//! accepted record comes out.
 
 use std::io::{BufRead, BufReader};
 use std::process::Command;
@@ -41,25 +42,34 @@ fn stalled_pipeline_pushes_back() {
         .expect("http")
     };
 
-    let mut accepted = 0;
-    let mut refused = None;
-    for _ in 0..100 {
-        let r = post();
-        match r.status {
-            200 => accepted += 1,
-            503 => {
-                refused = Some(r);
-                break;
-            }
-            other => panic!("unexpected status {other}"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let refused = refused.expect("a full pipeline must answer 503");
+    // A request is answered only after its records are processed, so with the pipeline
+    // stalled the accepted ones wait; each sender runs on its own thread.
+    let senders: Vec<std::thread::JoinHandle<u16>> = (0..12)
+        .map(|_| {
+            let (addr, body) = (v.http, body.clone());
+            let t = std::thread::spawn(move || {
+                http_request(
+                    addr,
+                    "POST",
+                    "/v1/logs",
+                    &[("Content-Type", "application/x-protobuf")],
+                    &body,
+                )
+                .map(|r| r.status)
+                .unwrap_or(0)
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            t
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let waiting = senders.iter().filter(|t| !t.is_finished()).count();
+    let refused = post();
+    assert_eq!(refused.status, 503, "a full pipeline must answer 503");
     assert_eq!(refused.header("retry-after"), Some("3"));
     assert!(
-        accepted <= 8,
-        "accepted {accepted} requests with a stalled pipeline of capacity 2+1"
+        (1..=8).contains(&waiting),
+        "{waiting} requests were taken in by a stalled pipeline of capacity 2+1"
     );
 
     // gRPC answers UNAVAILABLE (retryable) too.
@@ -98,6 +108,13 @@ fn stalled_pipeline_pushes_back() {
             }
         })
     };
+    let statuses: Vec<u16> = senders.into_iter().map(|t| t.join().expect("sender")).collect();
+    let accepted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        accepted, waiting,
+        "every request taken in is answered 200 once processed: {statuses:?}"
+    );
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
     assert!(
         eventually(Duration::from_secs(15), || lines.lock().expect("lock").len()
             == accepted),

@@ -1,22 +1,37 @@
-//! SIGTERM drains: intake stops, batches still held by the batcher are flushed through the
-//! stages, and the process exits 0 within the deadline. A drain that cannot finish (stalled
-//! archive) exits non-zero at the deadline instead of hanging.
+//! SIGTERM drains: intake stops, open event-time windows are flushed into alerts, the outputs
+//! deliver what they spooled, and the process exits 0 within the deadline. A drain that cannot
+//! finish (stalled archive) exits non-zero at the deadline instead of hanging.
 
 use std::process::Command;
 use std::time::Duration;
 
 use prost::Message;
-use verity_e2e::{Verity, http_request, otlp};
+use verity_e2e::{Verity, http_request, otlp, read_jsonl};
 
 const LINE: &str = r#"[2024-03-01T10:00:00.000Z] "GET / HTTP/1.1" 200 - via_upstream - "-" 0 1 1 1 "-" "ua" "drain" "web:80" "10.0.0.1:80" inbound|80|| 127.0.0.6:1 10.0.0.1:80 10.0.0.2:2 - default"#;
 
 #[test]
-fn sigterm_flushes_pending_batches_and_exits_zero() {
-    let mut v = Verity::start(&[
-        // Nothing leaves the batcher on its own during this test.
-        ("VERITY__PIPELINE__BATCH_MAX_DELAY_MS", "60000"),
-        ("VERITY__PIPELINE__BATCH_MAX_ROWS", "1000000"),
-    ]);
+fn sigterm_flushes_windows_and_outputs_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("mkdir");
+    // An hour-long window: only the drain can close it.
+    std::fs::write(
+        rules.join("hourly.yaml"),
+        "id: e2e-hourly\ntitle: Hourly count\nseverity: low\nkind: detection\ndetection:\n  where: user_agent = 'ua'\n  window: {type: tumbling, size: 1h}\n  having: count(*) >= 1\n",
+    )
+    .expect("rule");
+    let alerts = dir.path().join("alerts.jsonl");
+    let rules_env = format!("[{}]", rules.display());
+    let mut v = Verity::start_in(
+        dir,
+        &[
+            ("VERITY__RULES__DIRS", rules_env.as_str()),
+            ("VERITY__RULES__BUILTIN_PACK", "false"),
+            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
+            ("VERITY__SINKS__OUTPUTS__FILE__PATH", alerts.to_str().expect("path")),
+        ],
+    );
     let body = otlp::logs_request(vec![otlp::record(LINE, vec![]), otlp::record(LINE, vec![])]).encode_to_vec();
     for _ in 0..3 {
         let r = http_request(
@@ -29,15 +44,17 @@ fn sigterm_flushes_pending_batches_and_exits_zero() {
         .expect("http");
         assert_eq!(r.status, 200);
     }
+    // Answered only after processing: the rows are already through the stages.
+    assert_eq!(v.archive_rows("events.jsonl").len(), 6);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        v.archive_rows("events.jsonl").is_empty(),
-        "rows should still be pending in the batcher"
-    );
+    assert!(read_jsonl(&alerts).is_empty(), "the window is still open");
     let (status, took) = v.terminate(Duration::from_secs(15));
     assert!(status.success(), "exit {status}:\n{}", v.stderr());
     assert!(took < Duration::from_secs(10), "drain took {took:?}");
-    assert_eq!(v.archive_rows("events.jsonl").len(), 6, "{}", v.stderr());
+    let flushed = read_jsonl(&alerts);
+    assert_eq!(flushed.len(), 1, "{}", v.stderr());
+    assert_eq!(flushed[0]["rule_id"], "e2e-hourly");
+    assert_eq!(flushed[0]["count"], 6);
     assert!(v.stderr().contains("drained"), "{}", v.stderr());
     // Intake is closed after drain: nothing listens any more.
     assert!(
@@ -66,16 +83,24 @@ fn a_drain_that_cannot_finish_exits_nonzero_at_the_deadline() {
     );
     let mut v = Verity::start_in(dir, &[("VERITY__SHUTDOWN__DRAIN_TIMEOUT_SECS", "2")]);
     let body = otlp::logs_request(vec![otlp::record(LINE, vec![])]).encode_to_vec();
-    let r = http_request(
-        v.http,
-        "POST",
-        "/v1/logs",
-        &[("Content-Type", "application/x-protobuf")],
-        &body,
-    )
-    .expect("http");
-    assert_eq!(r.status, 200);
-    std::thread::sleep(Duration::from_millis(200));
+    // The request is taken in but cannot be processed, so it is never answered 200.
+    let addr = v.http;
+    let sender = std::thread::spawn(move || {
+        http_request(
+            addr,
+            "POST",
+            "/v1/logs",
+            &[("Content-Type", "application/x-protobuf")],
+            &body,
+        )
+        .map(|r| r.status)
+        .unwrap_or(0)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !sender.is_finished(),
+        "a request whose batch is stuck must not be acknowledged"
+    );
     let (status, took) = v.terminate(Duration::from_secs(15));
     assert!(!status.success(), "a stalled drain must not report success");
     assert!(
@@ -83,4 +108,5 @@ fn a_drain_that_cannot_finish_exits_nonzero_at_the_deadline() {
         "took {took:?}"
     );
     assert!(v.stderr().contains("drain did not finish"), "{}", v.stderr());
+    assert_ne!(sender.join().expect("sender"), 200);
 }

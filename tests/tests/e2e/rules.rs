@@ -160,8 +160,11 @@ fn otlp_in_alert_out() {
     let mut v = Verity::start_in(
         dir,
         &[
-            ("VERITY__ALERTS__FILE", alerts_file.to_str().expect("path")),
-            ("VERITY__ALERTS__STDOUT", "false"),
+            (
+                "VERITY__SINKS__OUTPUTS__FILE__PATH",
+                alerts_file.to_str().expect("path"),
+            ),
+            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
         ],
     );
     // Event time matters: the denials come first; an event 5 s older than the newest one
@@ -207,8 +210,11 @@ fn hot_reload_good_and_broken() {
     let mut v = Verity::start_in(
         dir,
         &[
-            ("VERITY__ALERTS__FILE", alerts_file.to_str().expect("path")),
-            ("VERITY__ALERTS__STDOUT", "false"),
+            (
+                "VERITY__SINKS__OUTPUTS__FILE__PATH",
+                alerts_file.to_str().expect("path"),
+            ),
+            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
             ("VERITY__RULES__BUILTIN_PACK", "false"),
             ("VERITY__RULES__DIRS", &format!("[{}]", rules.display())),
             ("VERITY__RULES__RELOAD_POLL_SECS", "0"),
@@ -282,8 +288,11 @@ fn silence_of_the_whole_mesh_makes_assertions_unknown() {
     let v = Verity::start_in(
         dir,
         &[
-            ("VERITY__ALERTS__FILE", alerts_file.to_str().expect("path")),
-            ("VERITY__ALERTS__STDOUT", "false"),
+            (
+                "VERITY__SINKS__OUTPUTS__FILE__PATH",
+                alerts_file.to_str().expect("path"),
+            ),
+            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
             ("VERITY__RULES__BUILTIN_PACK", "false"),
             ("VERITY__RULES__DIRS", &format!("[{}]", rules.display())),
             ("VERITY__RULES__LATENESS_SECS", "1"),

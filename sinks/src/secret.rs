@@ -1,0 +1,114 @@
+//! Resolved secrets. A value from the environment is read once at start; a value from a file is
+//! re-read when the file changes, so a token helper can rotate it. The value never appears in
+//! `Debug` output, logs or metrics.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::config::SecretRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    #[error("cannot read secret file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secret {0} is empty")]
+    Empty(String),
+    #[error("secret reference names neither `env` nor `file`")]
+    Unset,
+}
+
+pub struct Secret {
+    source: SecretRef,
+    cached: Mutex<(Option<SystemTime>, String)>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({:?}, <redacted>)", self.source)
+    }
+}
+
+impl Secret {
+    /// Resolves the reference now, so a missing secret fails at start rather than at the first
+    /// alert.
+    pub fn resolve(source: &SecretRef) -> Result<Self, SecretError> {
+        let s = Self {
+            source: source.clone(),
+            cached: Mutex::new((None, String::new())),
+        };
+        s.value()?;
+        Ok(s)
+    }
+
+    pub fn value(&self) -> Result<String, SecretError> {
+        let mut cached = match self.cached.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        match (&self.source.env, &self.source.file) {
+            (Some(var), _) => {
+                if cached.1.is_empty() {
+                    let v = std::env::var(var).map_err(|_| SecretError::MissingEnv(var.clone()))?;
+                    if v.trim().is_empty() {
+                        return Err(SecretError::Empty(var.clone()));
+                    }
+                    cached.1 = v.trim().to_string();
+                }
+                Ok(cached.1.clone())
+            }
+            (None, Some(path)) => {
+                let err = |source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                };
+                let mtime = std::fs::metadata(path).and_then(|m| m.modified()).map_err(err)?;
+                if cached.0 != Some(mtime) || cached.1.is_empty() {
+                    let v = std::fs::read_to_string(path).map_err(err)?;
+                    if v.trim().is_empty() {
+                        return Err(SecretError::Empty(path.display().to_string()));
+                    }
+                    *cached = (Some(mtime), v.trim().to_string());
+                }
+                Ok(cached.1.clone())
+            }
+            (None, None) => Err(SecretError::Unset),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_secrets_are_reread_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let s = Secret::resolve(&SecretRef {
+            env: None,
+            file: Some(path.clone()),
+        })
+        .unwrap();
+        assert_eq!(s.value().unwrap(), "first");
+        assert!(!format!("{s:?}").contains("first"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, "second").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(s.value().unwrap(), "second");
+        let missing = Secret::resolve(&SecretRef {
+            env: Some("VERITY_TEST_SURELY_UNSET_VAR".into()),
+            file: None,
+        });
+        assert!(matches!(missing, Err(SecretError::MissingEnv(_))));
+    }
+}
