@@ -160,6 +160,24 @@ pub async fn run(
             .instrument(tracing::info_span!("otlp_http")),
         ));
     }
+    if settings.kafka.enabled {
+        let rules = engine.rule_files();
+        for topic in &settings.kafka.topics {
+            for warning in crate::kafka::partitioning_warnings(&rules, topic) {
+                tracing::warn!("{warning}");
+            }
+        }
+        let kafka_metrics = crate::kafka::KafkaMetrics::register(&mut registry);
+        let (cfg, ingest, signal) = (settings.kafka.clone(), ingest.clone(), stopped(stop_rx.clone()));
+        servers.push(tokio::spawn(
+            async move {
+                if let Err(error) = crate::kafka::run(cfg, ingest, kafka_metrics, signal).await {
+                    tracing::error!(%error, "Kafka source failed");
+                }
+            }
+            .instrument(tracing::info_span!("kafka")),
+        ));
+    }
     // The sources hold the only intake handles now: when they stop, the pipeline drains.
     drop(ingest);
 

@@ -28,6 +28,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub rules: RulesConfig,
     pub sinks: verity_sinks::SinksConfig,
+    pub kafka: crate::kafka::KafkaConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -162,6 +163,7 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub rules: RulesConfig,
     pub sinks: verity_sinks::SinksConfig,
+    pub kafka: crate::kafka::KafkaConfig,
 }
 
 /// Loads the layers: defaults, then `file` if given, then `env` (pass `std::env::vars()`).
@@ -247,9 +249,10 @@ fn deserialize_sections(tree: Value) -> Result<Config, Vec<ConfigError>> {
             "shutdown" => cfg.shutdown = section(key, v, &mut errors).unwrap_or_default(),
             "rules" => cfg.rules = section(key, v, &mut errors).unwrap_or_default(),
             "sinks" => cfg.sinks = section(key, v, &mut errors).unwrap_or_default(),
+            "kafka" => cfg.kafka = section(key, v, &mut errors).unwrap_or_default(),
             other => errors.push(ConfigError::new(
                 other,
-                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown, rules, sinks",
+                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown, rules, sinks, kafka",
             )),
         }
     }
@@ -400,6 +403,9 @@ impl Config {
         for e in self.sinks.validate() {
             errors.push(ConfigError::new(e.path, e.message));
         }
+        for (path, message) in self.kafka.validate() {
+            errors.push(ConfigError::new(path, message));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -423,6 +429,7 @@ impl Config {
             drain_timeout: Duration::from_secs(self.shutdown.drain_timeout_secs),
             rules: self.rules.clone(),
             sinks: self.sinks.clone(),
+            kafka: self.kafka.clone(),
         })
     }
 }

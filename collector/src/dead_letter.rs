@@ -23,6 +23,17 @@ pub struct DeadLetterEntry<'a> {
     pub error: &'a str,
     /// The record as received (the log line, or the OTLP record as JSON).
     pub record: &'a str,
+    /// Where it came from, for sources with positions (a Kafka topic, partition and offset).
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    pub origin: Option<&'a Origin>,
+}
+
+/// A record's position in its source.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 impl<'a> DeadLetterEntry<'a> {
@@ -34,7 +45,13 @@ impl<'a> DeadLetterEntry<'a> {
             reason: rejection.reason.as_str(),
             error: &rejection.detail,
             record,
+            origin: None,
         }
+    }
+
+    pub fn with_origin(mut self, origin: Option<&'a Origin>) -> Self {
+        self.origin = origin;
+        self
     }
 }
 

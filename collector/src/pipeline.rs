@@ -108,6 +108,13 @@ type Done = oneshot::Sender<Result<(), HandoffError>>;
 pub struct Handoff(oneshot::Receiver<Result<(), HandoffError>>);
 
 impl Handoff {
+    /// A hand-off that is already complete (nothing was sent).
+    pub fn done() -> Self {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(()));
+        Handoff(rx)
+    }
+
     pub async fn wait(self) -> Result<(), HandoffError> {
         match self.0.await {
             Ok(r) => r,

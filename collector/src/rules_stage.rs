@@ -221,6 +221,11 @@ impl SharedEngine {
         }
     }
 
+    /// The rules currently loaded, as written.
+    pub fn rule_files(&self) -> Vec<verity_rules::rule::RuleFile> {
+        self.lock().rules().map(|r| r.rule().clone()).collect()
+    }
+
     pub fn spec(&self) -> &RuleSetSpec {
         &self.spec
     }

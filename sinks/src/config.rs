@@ -319,7 +319,7 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub topic: String,
     /// librdkafka properties passed through (e.g. `security.protocol`, `sasl.mechanism`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar_map")]
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties whose values are secrets (e.g. `sasl.password`).
     #[serde(default)]
@@ -652,6 +652,28 @@ impl SinksConfig {
         }
         errors
     }
+}
+
+/// A map of settings whose values may be written as strings, numbers or booleans (librdkafka
+/// properties such as `linger.ms: 5`); they are passed on as strings.
+pub fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    use serde::de::Error;
+    let raw = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                serde_yaml::Value::String(s) => s,
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(D::Error::custom(format!(
+                        "{k}: expected a string, number or boolean, got {other:?}"
+                    )));
+                }
+            };
+            Ok((k, s))
+        })
+        .collect()
 }
 
 /// A LEEF delimiter: a single character, or `xHH` / `0xHH`.

@@ -59,6 +59,7 @@ pub struct Verity {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     stderr_path: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Verity {
@@ -72,15 +73,50 @@ impl Verity {
     pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let (grpc, http, admin) = (free_port(), free_port(), free_port());
         let stderr_path = dir.path().join("verity.stderr");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let child = Self::spawn(dir.path(), &stderr_path, (grpc, http, admin), &env);
+        let mut v = Verity {
+            child,
+            grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
+            http: SocketAddr::from(([127, 0, 0, 1], http)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            dir,
+            stderr_path,
+            env,
+        };
+        v.wait_ready(Duration::from_secs(30));
+        v
+    }
+
+    /// Kills the process with SIGKILL: no drain, no flush.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the binary again in the same directory, on the same ports, with the same
+    /// environment (after [`Verity::kill9`] or [`Verity::terminate`]).
+    pub fn restart(&mut self) {
+        let _ = self.child.try_wait();
+        let ports = (self.grpc.port(), self.http.port(), self.admin.port());
+        self.child = Self::spawn(self.dir.path(), &self.stderr_path, ports, &self.env);
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    fn spawn(dir: &Path, stderr_path: &Path, (grpc, http, admin): (u16, u16, u16), env: &[(String, String)]) -> Child {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stderr_path)
+            .expect("stderr file");
         let mut cmd = Command::new(verity_bin());
         cmd.arg("run")
-            .current_dir(dir.path())
+            .current_dir(dir)
             .env("VERITY__OTLP__GRPC__LISTEN", format!("127.0.0.1:{grpc}"))
             .env("VERITY__OTLP__HTTP__LISTEN", format!("127.0.0.1:{http}"))
             .env("VERITY__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
-            .env("VERITY__ARCHIVE__DIR", dir.path().join("archive"))
-            .env("VERITY__DEAD_LETTER__PATH", dir.path().join("dead-letter.jsonl"))
+            .env("VERITY__ARCHIVE__DIR", dir.join("archive"))
+            .env("VERITY__DEAD_LETTER__PATH", dir.join("dead-letter.jsonl"))
             .env("VERITY__PIPELINE__BATCH_MAX_DELAY_MS", "20")
             .env("VERITY__LOG__LEVEL", "info,verity_collector=debug")
             .stdin(Stdio::null())
@@ -89,17 +125,7 @@ impl Verity {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn verity");
-        let mut v = Verity {
-            child,
-            grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
-            http: SocketAddr::from(([127, 0, 0, 1], http)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
-            dir,
-            stderr_path,
-        };
-        v.wait_ready(Duration::from_secs(30));
-        v
+        cmd.spawn().expect("spawn verity")
     }
 
     fn wait_ready(&mut self, timeout: Duration) {
@@ -195,6 +221,16 @@ pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
         .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Like [`read_jsonl`], but skips lines that are not complete JSON: a file being appended to
+/// can end in a partial line, and one killed with SIGKILL in the middle of a write keeps it.
+pub fn read_jsonl_lenient(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
@@ -313,6 +349,9 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().expect("gzip")
 }
 
+pub mod kafka;
+pub mod rsyslog;
+
 pub mod otlp {
     //! Building OTLP requests and a raw-bytes gRPC client.
 
@@ -418,4 +457,21 @@ pub mod otlp {
 
     pub const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
     pub const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+}
+
+/// A prerequisite that may be missing on a developer machine (a broker, rsyslog): returns it,
+/// or skips the test with a message, unless `VERITY_E2E_REQUIRE=1` (set by scripts/test.sh)
+/// makes that a failure.
+pub fn require<T>(r: Result<T, String>, what: &str) -> Option<T> {
+    match r {
+        Ok(t) => Some(t),
+        Err(why) => {
+            assert!(
+                std::env::var("VERITY_E2E_REQUIRE").as_deref() != Ok("1"),
+                "{what} is required (VERITY_E2E_REQUIRE=1) but unavailable: {why}"
+            );
+            eprintln!("SKIPPED: {what} unavailable: {why}");
+            None
+        }
+    }
 }

@@ -6,6 +6,7 @@ mod e2e {
     pub mod bad_input;
     pub mod cli;
     pub mod drain;
+    pub mod kafka;
     pub mod otlp_grpc;
     pub mod otlp_http;
     pub mod python_sdk;

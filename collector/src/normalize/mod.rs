@@ -33,6 +33,8 @@ pub enum RejectReason {
     InvalidField,
     MissingBody,
     InvalidMetric,
+    /// A whole source message (e.g. a Kafka record) that is not valid OTLP.
+    UndecodableMessage,
 }
 
 impl RejectReason {
@@ -46,6 +48,7 @@ impl RejectReason {
         RejectReason::InvalidField,
         RejectReason::MissingBody,
         RejectReason::InvalidMetric,
+        RejectReason::UndecodableMessage,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl RejectReason {
             RejectReason::InvalidField => "invalid_field",
             RejectReason::MissingBody => "missing_body",
             RejectReason::InvalidMetric => "invalid_metric",
+            RejectReason::UndecodableMessage => "undecodable_message",
         }
     }
 }

@@ -21,6 +21,7 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use verity_model::event::IngestSource;
 use verity_model::{EventBatchBuilder, InputFormat, MetricBatchBuilder};
 
+pub use crate::dead_letter::Origin;
 use crate::dead_letter::{DeadLetter, DeadLetterEntry};
 use crate::metrics::Metrics;
 use crate::normalize::{self, Ctx, Rejection};
@@ -45,12 +46,38 @@ impl OtlpIngest {
         }
     }
 
+    pub fn intake(&self) -> &Intake {
+        &self.intake
+    }
+
     pub fn export_logs(
         &self,
         req: &ExportLogsServiceRequest,
         source: IngestSource,
     ) -> Result<(ExportLogsServiceResponse, Option<Handoff>), Backpressure> {
         let permit = self.intake.try_reserve()?;
+        let (batch, response) = self.logs_batch(req, source, None);
+        Ok((response, batch.map(|b| permit.send(b))))
+    }
+
+    pub fn export_metrics(
+        &self,
+        req: &ExportMetricsServiceRequest,
+        source: IngestSource,
+    ) -> Result<(ExportMetricsServiceResponse, Option<Handoff>), Backpressure> {
+        let permit = self.intake.try_reserve()?;
+        let (batch, response) = self.metrics_batch(req, source, None);
+        Ok((response, batch.map(|b| permit.send(b))))
+    }
+
+    /// Normalizes a logs request (counting and dead-lettering what it rejects) without
+    /// touching the pipeline: for sources that wait for a slot instead of refusing.
+    pub fn logs_batch(
+        &self,
+        req: &ExportLogsServiceRequest,
+        source: IngestSource,
+        origin: Option<&Origin>,
+    ) -> (Option<Batch>, ExportLogsServiceResponse) {
         let ctx = Ctx::now(source);
         let total: usize = req
             .resource_logs
@@ -87,11 +114,11 @@ impl OtlpIngest {
                     .inc_by(n);
             }
         }
-        self.reject(source, "logs", &rejected);
-        let mut handoff = None;
+        self.reject(source, "logs", &rejected, origin);
+        let mut batch = None;
         if !builder.is_empty() {
             match builder.finish() {
-                Ok(batch) => handoff = Some(permit.send(Batch::Events(batch))),
+                Ok(b) => batch = Some(Batch::Events(b)),
                 Err(error) => tracing::error!(%error, "could not build an event batch"),
             }
         }
@@ -101,15 +128,15 @@ impl OtlpIngest {
                 error_message: summary(&rejected, total, "log records"),
             }),
         };
-        Ok((response, handoff))
+        (batch, response)
     }
 
-    pub fn export_metrics(
+    pub fn metrics_batch(
         &self,
         req: &ExportMetricsServiceRequest,
         source: IngestSource,
-    ) -> Result<(ExportMetricsServiceResponse, Option<Handoff>), Backpressure> {
-        let permit = self.intake.try_reserve()?;
+        origin: Option<&Origin>,
+    ) -> (Option<Batch>, ExportMetricsServiceResponse) {
         let observed = normalize::now_ns();
         let mut samples = Vec::new();
         let mut rejected_points = Vec::new();
@@ -141,15 +168,15 @@ impl OtlpIngest {
                 .get_or_create(&[("source", source.as_str()), ("format", "otlp_metrics")])
                 .inc_by(samples.len() as u64);
         }
-        self.reject(source, "metrics", &rejected);
-        let mut handoff = None;
+        self.reject(source, "metrics", &rejected, origin);
+        let mut batch = None;
         if !samples.is_empty() {
             let mut builder = MetricBatchBuilder::default();
             for s in &samples {
                 builder.append(s);
             }
             match builder.finish() {
-                Ok(batch) => handoff = Some(permit.send(Batch::Metrics(batch))),
+                Ok(b) => batch = Some(Batch::Metrics(b)),
                 Err(error) => tracing::error!(%error, "could not build a metric batch"),
             }
         }
@@ -159,10 +186,80 @@ impl OtlpIngest {
                 error_message: summary(&rejected, total.max(rejected.len()), "data points"),
             }),
         };
-        Ok((response, handoff))
+        (batch, response)
     }
 
-    fn reject(&self, source: IngestSource, signal: &str, rejected: &[(Rejection, String)]) {
+    /// Normalizes raw log lines (any format the normalizers detect) into an event batch;
+    /// returns it with the number of lines rejected.
+    pub fn lines_batch<'a>(
+        &self,
+        lines: impl Iterator<Item = (&'a str, Option<&'a Origin>)>,
+        source: IngestSource,
+    ) -> (Option<Batch>, usize) {
+        let ctx = Ctx::now(source);
+        let mut builder = EventBatchBuilder::default();
+        let mut per_format = [0u64; InputFormat::ALL.len()];
+        let mut rejected: Vec<(Rejection, String)> = Vec::new();
+        let mut origins: Vec<Option<&Origin>> = Vec::new();
+        let mut total = 0u64;
+        for (line, origin) in lines {
+            if line.trim().is_empty() {
+                continue;
+            }
+            total += 1;
+            match normalize::normalize_line(line, normalize::FormatHint::Auto, &ctx) {
+                Ok(ev) => {
+                    per_format[ev.format as usize] += 1;
+                    builder.append(&ev);
+                }
+                Err(r) => {
+                    rejected.push((r, line.to_string()));
+                    origins.push(origin);
+                }
+            }
+        }
+        self.metrics
+            .records_received
+            .get_or_create(&[("source", source.as_str()), ("signal", "logs")])
+            .inc_by(total);
+        for (format, n) in InputFormat::ALL.iter().zip(per_format) {
+            if n > 0 {
+                self.metrics
+                    .records_accepted
+                    .get_or_create(&[("source", source.as_str()), ("format", format.as_str())])
+                    .inc_by(n);
+            }
+        }
+        for (r, o) in rejected.iter().zip(&origins) {
+            self.reject(source, "logs", std::slice::from_ref(r), *o);
+        }
+        let batch = if builder.is_empty() {
+            None
+        } else {
+            match builder.finish() {
+                Ok(b) => Some(Batch::Events(b)),
+                Err(error) => {
+                    tracing::error!(%error, "could not build an event batch");
+                    None
+                }
+            }
+        };
+        (batch, rejected.len())
+    }
+
+    /// Dead-letters a whole message that could not be decoded at all.
+    pub fn reject_message(
+        &self,
+        source: IngestSource,
+        signal: &str,
+        rejection: Rejection,
+        raw: String,
+        origin: Option<&Origin>,
+    ) {
+        self.reject(source, signal, &[(rejection, raw)], origin);
+    }
+
+    fn reject(&self, source: IngestSource, signal: &str, rejected: &[(Rejection, String)], origin: Option<&Origin>) {
         if rejected.is_empty() {
             return;
         }
@@ -174,7 +271,7 @@ impl OtlpIngest {
         }
         let entries: Vec<DeadLetterEntry<'_>> = rejected
             .iter()
-            .map(|(r, raw)| DeadLetterEntry::new(source.as_str(), signal, r, raw))
+            .map(|(r, raw)| DeadLetterEntry::new(source.as_str(), signal, r, raw).with_origin(origin))
             .collect();
         self.dead_letter.write(&entries);
         tracing::debug!(

@@ -9,6 +9,24 @@ use verity_model::alert::Alert;
 
 use crate::{BoxFuture, SendResult, Sink, SinkError};
 
+/// Opens a JSON-lines file for appending. A crash in the middle of a write can leave a torn
+/// last line; a newline is added after it so that it stays one bad line and every later line
+/// is whole.
+pub fn open_lines(path: &Path) -> std::io::Result<File> {
+    let mut f = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+    let len = f.metadata()?.len();
+    if len > 0 {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::Start(len - 1))?;
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            f.write_all(b"\n")?;
+        }
+    }
+    Ok(f)
+}
+
 enum Target {
     Stdout,
     File(PathBuf, Mutex<File>),
@@ -27,7 +45,7 @@ impl JsonLines {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        let f = open_lines(path)?;
         Ok(Self {
             target: Target::File(path.to_path_buf(), Mutex::new(f)),
         })
@@ -75,5 +93,21 @@ impl Sink for JsonLines {
                 Target::File(p, _) => Ok(format!("appending to {}", p.display())),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_closed_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.jsonl");
+        std::fs::write(&path, "{\"id\":\"a\"}\n{\"id\"").unwrap();
+        let mut f = open_lines(&path).unwrap();
+        f.write_all(b"{\"id\":\"b\"}\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"id\":\"a\"}\n{\"id\"\n{\"id\":\"b\"}\n");
     }
 }

@@ -1,7 +1,7 @@
 //! The outputs: one module per destination, each a [`Sink`] built from its config.
 
 mod elastic;
-mod file;
+pub mod file;
 mod hec;
 mod kafka;
 mod ocsf;

@@ -1,7 +1,7 @@
 //! OCSF Detection Findings (class 2004): JSON lines in a file, or a JSON array POSTed to an
 //! HTTP endpoint (a data lake's ingest, a security lake connector).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -35,11 +35,7 @@ impl Ocsf {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 }
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                let f = super::file::open_lines(p).map_err(|e| format!("{}: {e}", p.display()))?;
                 Target::File(p.display().to_string(), Mutex::new(f))
             }
             (None, Some(u)) => Target::Http {
