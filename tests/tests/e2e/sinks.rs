@@ -149,3 +149,89 @@ fn kafka_output_to_a_real_broker() {
     let (status, _) = v.terminate(Duration::from_secs(15));
     assert!(status.success(), "{}", v.stderr());
 }
+
+/// A rule whose title and group carry characters every syslog body format must escape.
+fn tricky_rule_dir(dir: &Path) -> PathBuf {
+    let rules = dir.join("tricky-rules");
+    std::fs::create_dir_all(&rules).expect("mkdir");
+    std::fs::write(
+        rules.join("tricky.yaml"),
+        "id: e2e-tricky\ntitle: 'Fault | path = \"q\" \\ ünï ]'\nseverity: high\ntags: [e2e]\nkind: detection\ndetection:\n  where: path LIKE '/fault/%'\n  group_by: [path]\n",
+    )
+    .expect("write rule");
+    rules
+}
+
+#[test]
+fn syslog_over_tcp_and_tls_to_a_real_rsyslog() {
+    let Some(rsyslog) = require(verity_e2e::rsyslog::Rsyslog::start(), "rsyslogd") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("alerts.jsonl");
+    let rules = format!("[{}]", tricky_rule_dir(dir.path()).display());
+    let tcp = format!("127.0.0.1:{}", rsyslog.tcp_port());
+    let tls = format!("127.0.0.1:{}", rsyslog.tls_port());
+    let ca = rsyslog.ca_pem_path().to_str().expect("ca").to_string();
+    let env: Vec<(&str, &str)> = vec![
+        ("VERITY__RULES__BUILTIN_PACK", "false"),
+        ("VERITY__RULES__DIRS", &rules),
+        ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
+        ("VERITY__SINKS__OUTPUTS__FILE__PATH", file.to_str().expect("path")),
+        ("VERITY__SINKS__OUTPUTS__SYSLOG_TCP__TYPE", "syslog"),
+        ("VERITY__SINKS__OUTPUTS__SYSLOG_TCP__ADDRESS", &tcp),
+        ("VERITY__SINKS__OUTPUTS__SYSLOG_TCP__FORMAT", "cef"),
+        ("VERITY__SINKS__OUTPUTS__SYSLOG_TCP__HOSTNAME", "verity-e2e"),
+        ("VERITY__SINKS__OUTPUTS__SYSLOG_TLS__TYPE", "syslog"),
+        ("VERITY__SINKS__OUTPUTS__SYSLOG_TLS__ADDRESS", &tls),
+        ("VERITY__SINKS__OUTPUTS__SYSLOG_TLS__TRANSPORT", "tls"),
+        ("VERITY__SINKS__OUTPUTS__SYSLOG_TLS__FORMAT", "leef"),
+        ("VERITY__SINKS__OUTPUTS__SYSLOG_TLS__HOSTNAME", "verity-e2e"),
+        ("VERITY__SINKS__OUTPUTS__SYSLOG_TLS__TLS__CA_FILE", &ca),
+        ("VERITY__SINKS__OUTPUTS__SYSLOG_TLS__TLS__SERVER_NAME", rsyslog.server_name()),
+    ];
+    let mut v = Verity::start_in(dir, &env);
+    let lines = vec![line(1, "?q=a|b=c"), line(2, "")];
+    assert_eq!(post(&v, &lines), 200);
+    let msgs = rsyslog.wait_for(4, Duration::from_secs(20));
+    assert_eq!(msgs.len(), 4, "{msgs:?}\n{}\n{}", rsyslog.stderr(), v.stderr());
+    let alerts = read_jsonl(&file);
+    assert_eq!(alerts.len(), 2);
+    for a in &alerts {
+        let id = a["id"].as_str().expect("id");
+        let mine: Vec<&serde_json::Value> = msgs
+            .iter()
+            .filter(|m| m["structured_data"].as_str().is_some_and(|sd| sd.contains(id)))
+            .collect();
+        assert_eq!(mine.len(), 2, "one message per listener for {id}: {msgs:?}");
+        for m in mine {
+            assert_eq!(m["hostname"], "verity-e2e");
+            assert_eq!(m["app_name"], "verity");
+            assert_eq!(m["msgid"], "alert.firing");
+            assert_eq!(m["severity"], 3, "high maps to syslog severity err");
+            let sd = m["structured_data"].as_str().expect("sd");
+            assert!(sd.starts_with("[verity@32473 "), "{sd}");
+            assert!(sd.contains(r#"rule="e2e-tricky""#) && sd.contains(r#"severity="high""#), "{sd}");
+            let msg = m["msg"].as_str().expect("msg");
+            if m["listener"].as_str().is_some_and(|l| l.contains("tls")) {
+                assert!(msg.starts_with("LEEF:2.0|Verity|Verity|"), "{msg}");
+                assert!(msg.contains("ünï"), "UTF-8 passes through: {msg}");
+            } else {
+                // Pipes and backslashes escaped in the CEF header.
+                assert!(msg.starts_with(r#"CEF:0|Verity|Verity|"#), "{msg}");
+                assert!(msg.contains(r#"|e2e-tricky|Fault \| path = "q" \\ ünï ]|8|"#), "{msg}");
+            }
+        }
+    }
+    // The query string's '=' is escaped inside the CEF extension.
+    let cef = msgs
+        .iter()
+        .filter_map(|m| m["msg"].as_str())
+        .find(|m| m.starts_with("CEF") && m.contains("?q"))
+        .expect("CEF message for the tricky path");
+    assert!(cef.contains(r"?q\=a|b\=c"), "{cef}");
+    assert_eq!(v.metric_value("verity_sink_sent_total{sink=\"syslog_tcp\"}"), Some(2.0));
+    assert_eq!(v.metric_value("verity_sink_sent_total{sink=\"syslog_tls\"}"), Some(2.0));
+    let (status, _) = v.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{}", v.stderr());
+}
