@@ -235,3 +235,52 @@ fn syslog_over_tcp_and_tls_to_a_real_rsyslog() {
     let (status, _) = v.terminate(Duration::from_secs(15));
     assert!(status.success(), "{}", v.stderr());
 }
+
+#[test]
+fn validate_check_sinks_reports_each_output() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up = listener.local_addr().expect("addr");
+    let down = verity_e2e::free_port();
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("verity.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sinks:\n  spool_dir: {spool}\n  outputs:\n    stdout: {{type: stdout, enabled: false}}\n    file: {{type: file, path: {file}}}\n    siem_up: {{type: syslog, address: '{up}'}}\n    siem_down: {{type: syslog, address: '127.0.0.1:{down}', timeout_secs: 2}}\n",
+            spool = dir.path().join("spool").display(),
+            file = dir.path().join("alerts.jsonl").display(),
+        ),
+    )
+    .expect("config");
+    let out = std::process::Command::new(verity_e2e::verity_bin())
+        .args(["validate", "--check-sinks", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("output siem_up (syslog): ok: TCP connection to"), "{stdout}");
+    assert!(stdout.contains("output siem_down (syslog): FAILED: cannot connect"), "{stdout}");
+    assert!(stdout.contains("output file (file): ok"), "{stdout}");
+    assert!(stdout.contains("1 of 3 outputs failed their check"), "{stdout}");
+    drop(listener);
+
+    // A secret that is not there is a failure of that output, named clearly.
+    std::fs::write(
+        &config,
+        "sinks:\n  outputs:\n    hec: {type: splunk_hec, endpoint: 'https://127.0.0.1:1', token: {env: VERITY_E2E_NO_SUCH_TOKEN}}\n",
+    )
+    .expect("config");
+    let out = std::process::Command::new(verity_e2e::verity_bin())
+        .args(["validate", "--check-sinks", "--config"])
+        .arg(&config)
+        .env_remove("VERITY_E2E_NO_SUCH_TOKEN")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("output hec (splunk_hec): FAILED: token: environment variable VERITY_E2E_NO_SUCH_TOKEN is not set"),
+        "{stdout}"
+    );
+}
