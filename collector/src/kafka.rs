@@ -369,10 +369,19 @@ struct Pending {
     offsets: Offsets,
 }
 
-/// What one message turned into.
+/// A raw-lines message, kept until the batch is normalized in one go (a builder per message
+/// would cost more than the lines themselves).
+struct RawMsg {
+    text: String,
+    origin: Origin,
+    key: Option<Vec<u8>>,
+}
+
+/// What the messages read so far turned into.
 struct Accum {
     events: Vec<arrow::array::RecordBatch>,
     metrics: Vec<arrow::array::RecordBatch>,
+    raw: Vec<RawMsg>,
     rows: usize,
     offsets: Offsets,
     started: Option<Instant>,
@@ -383,6 +392,7 @@ impl Accum {
         Self {
             events: Vec::new(),
             metrics: Vec::new(),
+            raw: Vec::new(),
             rows: 0,
             offsets: HashMap::new(),
             started: None,
@@ -533,12 +543,32 @@ pub async fn run(
             },
             () = tokio::time::sleep(wait), if accum.started.is_some() => true,
         };
-        if flush && !hand_over(&mut accum, &consumer, ingest.intake(), &ack_tx, &pending_acks, &metrics).await {
+        if flush
+            && !hand_over(
+                &mut accum,
+                &consumer,
+                &ingest,
+                dlq.as_ref(),
+                &ack_tx,
+                &pending_acks,
+                &metrics,
+            )
+            .await
+        {
             break;
         }
     }
     // Hand over what was read, then let the acknowledger finish and commit.
-    let _ = hand_over(&mut accum, &consumer, ingest.intake(), &ack_tx, &pending_acks, &metrics).await;
+    let _ = hand_over(
+        &mut accum,
+        &consumer,
+        &ingest,
+        dlq.as_ref(),
+        &ack_tx,
+        &pending_acks,
+        &metrics,
+    )
+    .await;
     drop(ack_tx);
     let _ = acker.await;
     match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -551,14 +581,18 @@ pub async fn run(
 
 /// Sends what was accumulated into the pipeline, pausing the partitions while it is full.
 /// Returns false when the pipeline is closed.
+#[allow(clippy::too_many_arguments)]
 async fn hand_over(
     accum: &mut Accum,
     consumer: &Consumer_,
-    intake: &Intake,
+    ingest: &OtlpIngest,
+    dlq: Option<&(FutureProducer, String)>,
     ack_tx: &mpsc::Sender<Pending>,
     pending: &PendingAcks,
     metrics: &KafkaMetrics,
 ) -> bool {
+    normalize_raw(accum, ingest, metrics, dlq).await;
+    let intake = ingest.intake();
     for (batch, offsets) in accum.take() {
         let handoff = if matches!(batch, Batch::Idle) {
             None
@@ -696,12 +730,13 @@ async fn handle_message(
     let failure: Option<String> = match (tc.encoding, tc.signal) {
         (Encoding::Raw, _) => match std::str::from_utf8(payload) {
             Ok(text) => {
-                let (batch, rejected) =
-                    ingest.lines_batch(text.lines().map(|l| (l, Some(&origin))), IngestSource::Kafka);
-                accum.add(batch);
-                let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
-                (lines > 0 && rejected == lines)
-                    .then(|| poison(format!("none of the {lines} line(s) could be normalized")))
+                accum.rows += text.lines().count();
+                accum.raw.push(RawMsg {
+                    text: text.to_string(),
+                    origin: origin.clone(),
+                    key: m.key().map(<[u8]>::to_vec),
+                });
+                None
             }
             Err(e) => {
                 let why = poison(format!("message is not UTF-8: {e}"));
@@ -730,31 +765,88 @@ async fn handle_message(
             Err(e) => Some(undecodable(ingest, &origin, signal, payload, poison(e))),
         },
     };
-    if let (Some(why), Some((producer, dlq_topic))) = (failure, dlq) {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "verity.source.topic",
-                value: Some(topic),
-            })
-            .insert(Header {
-                key: "verity.source.partition",
-                value: Some(&m.partition().to_string()),
-            })
-            .insert(Header {
-                key: "verity.source.offset",
-                value: Some(&m.offset().to_string()),
-            })
-            .insert(Header {
-                key: "verity.error",
-                value: Some(&why),
-            });
-        let mut record = FutureRecord::to(dlq_topic).payload(payload).headers(headers);
-        if let Some(k) = m.key() {
-            record = record.key(k);
+    if let (Some(why), Some(dlq)) = (failure, dlq) {
+        to_dead_letter_topic(dlq, &origin, m.key(), payload, &why).await;
+    }
+}
+
+async fn to_dead_letter_topic(
+    (producer, dlq_topic): &(FutureProducer, String),
+    origin: &Origin,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    why: &str,
+) {
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "verity.source.topic",
+            value: Some(&origin.topic),
+        })
+        .insert(Header {
+            key: "verity.source.partition",
+            value: Some(&origin.partition.to_string()),
+        })
+        .insert(Header {
+            key: "verity.source.offset",
+            value: Some(&origin.offset.to_string()),
+        })
+        .insert(Header {
+            key: "verity.error",
+            value: Some(why),
+        });
+    let mut record = FutureRecord::to(dlq_topic).payload(payload).headers(headers);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Err((error, _)) = producer.send(record, Duration::from_secs(10)).await {
+        // The dead-letter file has it regardless.
+        tracing::warn!(%error, "could not produce to the dead-letter topic");
+    }
+}
+
+/// Normalizes the raw-lines messages read so far in one pass. A message none of whose lines
+/// could be used is a poison message.
+async fn normalize_raw(
+    accum: &mut Accum,
+    ingest: &OtlpIngest,
+    metrics: &KafkaMetrics,
+    dlq: Option<&(FutureProducer, String)>,
+) {
+    if accum.raw.is_empty() {
+        return;
+    }
+    let raw = std::mem::take(&mut accum.raw);
+    let mut owner: Vec<usize> = Vec::new();
+    let mut lines_per_msg = vec![0usize; raw.len()];
+    let mut lines: Vec<(&str, Option<&Origin>)> = Vec::new();
+    for (i, m) in raw.iter().enumerate() {
+        for l in m.text.lines().filter(|l| !l.trim().is_empty()) {
+            owner.push(i);
+            lines_per_msg[i] += 1;
+            lines.push((l, Some(&m.origin)));
         }
-        if let Err((error, _)) = producer.send(record, Duration::from_secs(10)).await {
-            // The dead-letter file has it regardless.
-            tracing::warn!(%error, "could not produce to the dead-letter topic");
+    }
+    let (batch, rejected) = ingest.lines_batch(lines.into_iter(), IngestSource::Kafka);
+    accum.add(batch);
+    let mut rejected_per_msg = vec![0usize; raw.len()];
+    for pos in rejected {
+        if let Some(&i) = owner.get(pos) {
+            rejected_per_msg[i] += 1;
+        }
+    }
+    for (i, m) in raw.iter().enumerate() {
+        let n = lines_per_msg[i];
+        if n > 0 && rejected_per_msg[i] == n {
+            metrics
+                .poison
+                .get_or_create(&TopicLabel {
+                    topic: m.origin.topic.clone(),
+                })
+                .inc();
+            if let Some(dlq) = dlq {
+                let why = format!("none of the {n} line(s) could be normalized");
+                to_dead_letter_topic(dlq, &m.origin, m.key.as_deref(), m.text.as_bytes(), &why).await;
+            }
         }
     }
 }

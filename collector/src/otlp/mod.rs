@@ -190,19 +190,20 @@ impl OtlpIngest {
     }
 
     /// Normalizes raw log lines (any format the normalizers detect) into an event batch;
-    /// returns it with the number of lines rejected.
+    /// returns it with the positions of the lines rejected (counted and dead-lettered).
     pub fn lines_batch<'a>(
         &self,
         lines: impl Iterator<Item = (&'a str, Option<&'a Origin>)>,
         source: IngestSource,
-    ) -> (Option<Batch>, usize) {
+    ) -> (Option<Batch>, Vec<usize>) {
         let ctx = Ctx::now(source);
         let mut builder = EventBatchBuilder::default();
         let mut per_format = [0u64; InputFormat::ALL.len()];
         let mut rejected: Vec<(Rejection, String)> = Vec::new();
         let mut origins: Vec<Option<&Origin>> = Vec::new();
+        let mut positions: Vec<usize> = Vec::new();
         let mut total = 0u64;
-        for (line, origin) in lines {
+        for (i, (line, origin)) in lines.enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
@@ -215,6 +216,7 @@ impl OtlpIngest {
                 Err(r) => {
                     rejected.push((r, line.to_string()));
                     origins.push(origin);
+                    positions.push(i);
                 }
             }
         }
@@ -244,7 +246,7 @@ impl OtlpIngest {
                 }
             }
         };
-        (batch, rejected.len())
+        (batch, positions)
     }
 
     /// Dead-letters a whole message that could not be decoded at all.
