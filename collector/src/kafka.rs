@@ -383,8 +383,18 @@ struct Accum {
     metrics: Vec<arrow::array::RecordBatch>,
     raw: Vec<RawMsg>,
     rows: usize,
-    offsets: Offsets,
+    /// Per partition read: next offset, messages and bytes since the last hand-over. A short
+    /// list scanned linearly: no allocation per message.
+    positions: Vec<Position>,
     started: Option<Instant>,
+}
+
+struct Position {
+    topic: String,
+    partition: i32,
+    next: i64,
+    messages: u64,
+    bytes: u64,
 }
 
 impl Accum {
@@ -394,9 +404,33 @@ impl Accum {
             metrics: Vec::new(),
             raw: Vec::new(),
             rows: 0,
-            offsets: HashMap::new(),
+            positions: Vec::new(),
             started: None,
         }
+    }
+
+    fn position(&mut self, topic: &str, partition: i32, offset: i64, bytes: usize) {
+        let p = match self
+            .positions
+            .iter_mut()
+            .position(|p| p.partition == partition && p.topic == topic)
+        {
+            Some(i) => &mut self.positions[i],
+            None => {
+                self.positions.push(Position {
+                    topic: topic.to_string(),
+                    partition,
+                    next: 0,
+                    messages: 0,
+                    bytes: 0,
+                });
+                let last = self.positions.len() - 1;
+                &mut self.positions[last]
+            }
+        };
+        p.next = offset + 1;
+        p.messages += 1;
+        p.bytes += bytes as u64;
     }
 
     fn add(&mut self, batch: Option<Batch>) {
@@ -432,7 +466,11 @@ impl Accum {
         if let Some(b) = concat(std::mem::take(&mut self.metrics)) {
             out.push((Batch::Metrics(b), HashMap::new()));
         }
-        let offsets = std::mem::take(&mut self.offsets);
+        let offsets: Offsets = self
+            .positions
+            .drain(..)
+            .map(|p| ((p.topic, p.partition), p.next))
+            .collect();
         match out.last_mut() {
             Some(last) => last.1 = offsets,
             // Only poison or empty messages: their offsets still need storing, after
@@ -523,15 +561,19 @@ pub async fn run(
     let max_delay = Duration::from_millis(cfg.max_batch_delay_ms);
     let mut accum = Accum::new();
     tokio::pin!(stop);
+    // One timer for the batch age, re-armed when a batch starts (not one per message).
+    let age = tokio::time::sleep(max_delay);
+    tokio::pin!(age);
     loop {
-        let wait = accum
-            .started
-            .map_or(max_delay, |s| max_delay.saturating_sub(s.elapsed()));
         let flush = tokio::select! {
             biased;
             () = &mut stop => break,
+            () = &mut age, if accum.started.is_some() => true,
             msg = consumer.recv() => match msg {
                 Ok(m) => {
+                    if accum.started.is_none() {
+                        age.as_mut().reset(tokio::time::Instant::now() + max_delay);
+                    }
                     handle_message(&m, &topics, &ingest, &metrics, dlq.as_ref(), &mut accum).await;
                     accum.rows >= cfg.max_batch_records
                 }
@@ -541,7 +583,6 @@ pub async fn run(
                     false
                 }
             },
-            () = tokio::time::sleep(wait), if accum.started.is_some() => true,
         };
         if flush
             && !hand_over(
@@ -591,6 +632,14 @@ async fn hand_over(
     pending: &PendingAcks,
     metrics: &KafkaMetrics,
 ) -> bool {
+    for p in &accum.positions {
+        let labels = PartitionLabels {
+            topic: p.topic.clone(),
+            partition: p.partition.to_string(),
+        };
+        metrics.records.get_or_create(&labels).inc_by(p.messages);
+        metrics.bytes.get_or_create(&labels).inc_by(p.bytes);
+    }
     normalize_raw(accum, ingest, metrics, dlq).await;
     let intake = ingest.intake();
     for (batch, offsets) in accum.take() {
@@ -703,14 +752,8 @@ async fn handle_message(
         offset: m.offset(),
     };
     let payload = m.payload().unwrap_or_default();
-    let labels = PartitionLabels {
-        topic: topic.to_string(),
-        partition: m.partition().to_string(),
-    };
-    metrics.records.get_or_create(&labels).inc();
-    metrics.bytes.get_or_create(&labels).inc_by(payload.len() as u64);
     accum.started.get_or_insert_with(Instant::now);
-    accum.offsets.insert((topic.to_string(), m.partition()), m.offset() + 1);
+    accum.position(topic, m.partition(), m.offset(), payload.len());
     let Some(tc) = topics.get(topic) else {
         return;
     };
