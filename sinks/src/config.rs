@@ -572,8 +572,9 @@ impl SinksConfig {
                     if e.api_key.is_some() && e.username.is_some() {
                         err(p("api_key"), "use either api_key or username/password".into());
                     }
-                    if e.index.is_empty()
-                        || e.index
+                    let sample = e.index.replace("%Y", "2026").replace("%m", "01").replace("%d", "01");
+                    if sample.is_empty()
+                        || sample
                             .chars()
                             .any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#".contains(c))
                     {
@@ -712,6 +713,15 @@ mod tests {
         assert_eq!(o.routing.min_severity, Severity::High);
         assert_eq!(o.batch.max_events, 10);
         assert!(matches!(&o.kind, OutputKind::SplunkHec(h) if h.sourcetype == "verity:alert"));
+        let es = parse(
+            "spool_dir: s\noutputs:\n  es: {type: elasticsearch, endpoint: 'http://h:9200', index: 'a-%Y.%m.%d'}\n",
+        )
+        .unwrap();
+        assert!(es.validate().is_empty(), "{:?}", es.validate());
+        let bad =
+            parse("spool_dir: s\noutputs:\n  es: {type: elasticsearch, endpoint: 'http://h:9200', index: 'Alerts'}\n")
+                .unwrap();
+        assert_eq!(bad.validate()[0].path, "sinks.outputs.es.index");
         assert!(c.validate().is_empty(), "{:?}", c.validate());
     }
 

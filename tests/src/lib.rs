@@ -350,6 +350,7 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 pub mod kafka;
+pub mod receivers;
 pub mod rsyslog;
 
 pub mod otlp {

@@ -188,7 +188,10 @@ fn syslog_over_tcp_and_tls_to_a_real_rsyslog() {
         ("VERITY__SINKS__OUTPUTS__SYSLOG_TLS__FORMAT", "leef"),
         ("VERITY__SINKS__OUTPUTS__SYSLOG_TLS__HOSTNAME", "verity-e2e"),
         ("VERITY__SINKS__OUTPUTS__SYSLOG_TLS__TLS__CA_FILE", &ca),
-        ("VERITY__SINKS__OUTPUTS__SYSLOG_TLS__TLS__SERVER_NAME", rsyslog.server_name()),
+        (
+            "VERITY__SINKS__OUTPUTS__SYSLOG_TLS__TLS__SERVER_NAME",
+            rsyslog.server_name(),
+        ),
     ];
     let mut v = Verity::start_in(dir, &env);
     let lines = vec![line(1, "?q=a|b=c"), line(2, "")];
@@ -211,7 +214,10 @@ fn syslog_over_tcp_and_tls_to_a_real_rsyslog() {
             assert_eq!(m["severity"], 3, "high maps to syslog severity err");
             let sd = m["structured_data"].as_str().expect("sd");
             assert!(sd.starts_with("[verity@32473 "), "{sd}");
-            assert!(sd.contains(r#"rule="e2e-tricky""#) && sd.contains(r#"severity="high""#), "{sd}");
+            assert!(
+                sd.contains(r#"rule="e2e-tricky""#) && sd.contains(r#"severity="high""#),
+                "{sd}"
+            );
             let msg = m["msg"].as_str().expect("msg");
             if m["listener"].as_str().is_some_and(|l| l.contains("tls")) {
                 assert!(msg.starts_with("LEEF:2.0|Verity|Verity|"), "{msg}");
@@ -259,8 +265,14 @@ fn validate_check_sinks_reports_each_output() {
         .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("output siem_up (syslog): ok: TCP connection to"), "{stdout}");
-    assert!(stdout.contains("output siem_down (syslog): FAILED: cannot connect"), "{stdout}");
+    assert!(
+        stdout.contains("output siem_up (syslog): ok: TCP connection to"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("output siem_down (syslog): FAILED: cannot connect"),
+        "{stdout}"
+    );
     assert!(stdout.contains("output file (file): ok"), "{stdout}");
     assert!(stdout.contains("1 of 3 outputs failed their check"), "{stdout}");
     drop(listener);
@@ -280,7 +292,266 @@ fn validate_check_sinks_reports_each_output() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains("output hec (splunk_hec): FAILED: token: environment variable VERITY_E2E_NO_SUCH_TOKEN is not set"),
+        stdout.contains(
+            "output hec (splunk_hec): FAILED: token: environment variable VERITY_E2E_NO_SUCH_TOKEN is not set"
+        ),
         "{stdout}"
     );
+}
+
+fn secret_file(dir: &Path, name: &str, value: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, value).expect("secret");
+    format!("{{file: '{}'}}", p.display())
+}
+
+fn dead_letters(v: &Verity, output: &str) -> Vec<serde_json::Value> {
+    read_jsonl(
+        &v.dir
+            .path()
+            .join("verity-data/spool")
+            .join(output)
+            .join("dead-letter.jsonl"),
+    )
+}
+
+fn post_batch(v: &Verity, range: std::ops::Range<usize>) {
+    let lines: Vec<String> = range.map(|i| line(i, "")).collect();
+    post_until_accepted(v, &lines);
+}
+
+#[test]
+fn hec_outage_and_sigkill_lose_no_alert() {
+    use verity_e2e::receivers::{Hec, hec};
+    let mut settings = Hec::new("e2e-token");
+    settings.ack = true;
+    settings.ack_delay = Duration::from_millis(50);
+    let server = hec(settings);
+    let dir = tempfile::tempdir().expect("tmp");
+    let token = secret_file(dir.path(), "hec-token", "e2e-token\n");
+    let env = output_env(
+        "hec",
+        &[
+            ("type", "splunk_hec"),
+            ("endpoint", &server.url()),
+            ("token", &token),
+            ("ack", "{poll_interval_ms: 50, timeout_secs: 5}"),
+            ("retry", "{initial_backoff_ms: 50, max_backoff_ms: 1000}"),
+            ("batch", "{max_events: 500, max_wait_ms: 50}"),
+        ],
+    );
+    let mut env = env;
+    env.push(("VERITY__SINKS__OUTPUTS__FILE__ENABLED".into(), "false".into()));
+    let mut v = start(dir, &env);
+    const N: usize = 10_000;
+    const PER: usize = 500;
+    // Up, then busy for a while (503 code 9), then down.
+    for r in 0..4 {
+        post_batch(&v, r * PER..(r + 1) * PER);
+    }
+    server.settings().busy = true;
+    post_batch(&v, 4 * PER..5 * PER);
+    std::thread::sleep(Duration::from_millis(800));
+    server.settings().busy = false;
+    post_batch(&v, 5 * PER..6 * PER);
+    server.set_down(true);
+    for r in 6..13 {
+        post_batch(&v, r * PER..(r + 1) * PER);
+    }
+    // Killed while the SIEM is down, restarted while it is still down.
+    v.kill9();
+    v.restart();
+    for r in 13..N / PER {
+        post_batch(&v, r * PER..(r + 1) * PER);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        v.metric_value("verity_sink_retries_total{sink=\"hec\"}")
+            .is_some_and(|n| n > 0.0),
+        "retrying while the SIEM is down"
+    );
+    server.set_down(false);
+    let complete = eventually(Duration::from_secs(120), || server.distinct_ids().len() >= N);
+    let distinct = server.distinct_ids().len();
+    let total = server.ids().len();
+    assert!(complete, "{distinct} of {N} alert ids arrived\n{}", v.stderr());
+    assert_eq!(distinct, N);
+    assert!(server.ids().iter().all(|id| id.starts_with("e2e-fault-path-")));
+    println!(
+        "HEC received {total} alerts for {N} distinct ids ({} duplicates)",
+        total - distinct
+    );
+    assert!(
+        server.record().refused.get(&503).is_some_and(|n| *n > 0),
+        "the busy phase was exercised"
+    );
+    assert!(eventually(Duration::from_secs(10), || v
+        .metric_value("verity_sink_spool_events{sink=\"hec\"}")
+        == Some(0.0)));
+    assert_eq!(v.metric_value("verity_alerts_dropped_total"), Some(0.0));
+    assert_eq!(
+        v.metric_value("verity_sink_dead_lettered_total{sink=\"hec\"}"),
+        Some(0.0)
+    );
+    assert!(dead_letters(&v, "hec").is_empty());
+    let (status, _) = v.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", v.stderr());
+}
+
+#[test]
+fn elasticsearch_bulk_item_errors_are_retried_or_dead_lettered() {
+    use verity_e2e::receivers::{Elastic, elastic};
+    let mut settings = Elastic::default();
+    settings.reject_every_nth_once = Some(3);
+    settings.reject_marker = Some("/fault/13?poison".into());
+    let server = elastic(settings);
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut env = output_env(
+        "es",
+        &[
+            ("type", "elasticsearch"),
+            ("endpoint", &server.url()),
+            ("index", "verity-e2e-%Y.%m.%d"),
+            ("retry", "{initial_backoff_ms: 50, max_backoff_ms: 500}"),
+            ("batch", "{max_events: 10, max_wait_ms: 50}"),
+        ],
+    );
+    env.push(("VERITY__SINKS__OUTPUTS__FILE__ENABLED".into(), "false".into()));
+    let mut v = start(dir, &env);
+    let lines: Vec<String> = (0..40).map(|i| line(i, if i == 13 { "?poison" } else { "" })).collect();
+    assert_eq!(post(&v, &lines), 200);
+    assert!(
+        eventually(Duration::from_secs(30), || server.distinct_ids().len() == 39
+            && v.metric_value("verity_sink_dead_lettered_total{sink=\"es\"}") == Some(1.0)),
+        "{} indexed\n{}",
+        server.distinct_ids().len(),
+        v.stderr()
+    );
+    let docs = server.docs();
+    assert!(
+        docs.iter().all(|d| d["_index"] == "verity-e2e-2026.11.22"),
+        "{:?}",
+        docs[0]
+    );
+    let src = &docs[0]["_source"];
+    assert_eq!(src["event"]["kind"], "alert");
+    assert_eq!(src["rule"]["id"], "e2e-fault-path");
+    assert!(
+        src["@timestamp"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2026-11-22T10:00:"))
+    );
+    let dead = dead_letters(&v, "es");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("mapper_parsing_exception")),
+        "{dead:?}"
+    );
+    assert!(
+        dead[0]["alert"]["evidence"][0]["raw"]
+            .as_str()
+            .is_some_and(|r| r.contains("?poison"))
+    );
+    assert!(
+        v.metric_value("verity_sink_retries_total{sink=\"es\"}")
+            .is_some_and(|n| n > 0.0)
+    );
+    assert_eq!(v.metric_value("verity_alerts_dropped_total"), Some(0.0));
+    // Sending the same alerts again (as after a crash) indexes nothing twice: 409 is success.
+    assert_eq!(post(&v, &lines[..5]), 200);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.ids().len(), 39);
+    let (status, _) = v.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", v.stderr());
+}
+
+#[test]
+fn webhook_sentinel_ocsf_and_routing() {
+    use verity_e2e::receivers::{Sentinel, Webhook, sentinel, webhook};
+    let hook = webhook(Webhook::new(b"hook-secret"));
+    let azure = sentinel(Sentinel {
+        token: "azure-token".into(),
+        dcr_id: "dcr-0123456789abcdef".into(),
+        stream: "Custom-VerityAlerts_CL".into(),
+        busy: false,
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let hook_secret = secret_file(dir.path(), "hook", "hook-secret");
+    let wrong_secret = secret_file(dir.path(), "wrong", "not-the-secret");
+    let azure_token = secret_file(dir.path(), "azure", "azure-token");
+    let ocsf = dir.path().join("findings.jsonl");
+    let critical = dir.path().join("critical.jsonl");
+    let hook_url = format!("{}/hook", hook.url());
+    let mut env = output_env(
+        "hook",
+        &[("type", "webhook"), ("url", &hook_url), ("secret", &hook_secret)],
+    );
+    env.extend(output_env(
+        "badhook",
+        &[("type", "webhook"), ("url", &hook_url), ("secret", &wrong_secret)],
+    ));
+    env.extend(output_env(
+        "sentinel",
+        &[
+            ("type", "sentinel"),
+            ("endpoint", &azure.url()),
+            ("dcr_id", "dcr-0123456789abcdef"),
+            ("stream", "Custom-VerityAlerts_CL"),
+            ("token", &azure_token),
+        ],
+    ));
+    env.extend(output_env(
+        "ocsf",
+        &[("type", "ocsf"), ("path", ocsf.to_str().expect("path"))],
+    ));
+    env.extend(output_env(
+        "critical",
+        &[
+            ("type", "file"),
+            ("path", critical.to_str().expect("path")),
+            ("routing", "{min_severity: critical}"),
+        ],
+    ));
+    let mut v = start(dir, &env);
+    let lines: Vec<String> = (0..5).map(|i| line(i, "")).collect();
+    assert_eq!(post(&v, &lines), 200);
+    assert!(eventually(Duration::from_secs(20), || hook.distinct_ids().len() == 5
+        && azure.distinct_ids().len() == 5
+        && read_jsonl(&ocsf).len() == 5
+        && v.metric_value("verity_sink_dead_lettered_total{sink=\"badhook\"}")
+            == Some(5.0)));
+    let expected = hook.distinct_ids();
+    assert_eq!(azure.distinct_ids(), expected);
+    let findings = read_jsonl(&ocsf);
+    for f in &findings {
+        assert_eq!(f["class_uid"], 2004);
+        assert_eq!(f["type_uid"], 200401);
+        assert!(expected.contains(f["finding_info"]["uid"].as_str().expect("uid")));
+        assert!(
+            f["time"].as_i64().is_some_and(|t| t > 1_700_000_000_000),
+            "time in ms: {f}"
+        );
+    }
+    let row = &azure.docs()[0];
+    assert_eq!(row["RuleId"], "e2e-fault-path");
+    assert!(row["TimeGenerated"].as_str().is_some());
+    // The wrong key is refused by the receiver (401): permanent, dead-lettered with the answer.
+    assert!(hook.settings().rejected_signatures >= 1);
+    let dead = dead_letters(&v, "badhook");
+    assert_eq!(dead.len(), 5);
+    assert!(dead[0]["error"].as_str().is_some_and(|e| e.contains("401")), "{dead:?}");
+    // Routing: nothing here is critical.
+    assert!(read_jsonl(&critical).is_empty());
+    assert_eq!(
+        v.metric_value("verity_sink_spooled_total{sink=\"critical\"}"),
+        Some(0.0)
+    );
+    assert_eq!(v.metric_value("verity_alerts_dropped_total"), Some(0.0));
+    // Secrets never show in the effective configuration or the metrics.
+    let text = v.metrics_text() + &v.stderr();
+    assert!(!text.contains("hook-secret") && !text.contains("azure-token"));
+    let (status, _) = v.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", v.stderr());
 }
