@@ -100,6 +100,9 @@ pub async fn run(
     let sink_metrics = verity_sinks::SinkMetrics::register(&mut registry);
     let sinks = Arc::new(verity_sinks::SinkSet::start(&settings.sinks, sink_metrics)?);
     stages.push(Box::new(RulesStage::new(engine.clone(), sinks.clone())));
+    stages.push(Box::new(crate::posture::PostureStage::new(
+        crate::posture::PostureMetrics::register(&mut registry),
+    )));
     if let Some(dir) = &settings.archive_dir {
         stages.push(Box::new(ArchiveStage::new(dir.clone(), metrics.clone())));
     }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod otlp;
 pub mod pipeline;
+pub mod posture;
 pub mod rules_cli;
 pub mod rules_stage;
 
