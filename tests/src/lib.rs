@@ -350,8 +350,8 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 pub mod kafka;
-pub mod receivers;
 pub mod rsyslog;
+pub mod siem;
 
 pub mod otlp {
     //! Building OTLP requests and a raw-bytes gRPC client.

@@ -113,25 +113,27 @@ fn main() -> anyhow::Result<()> {
             (cfg, Box::new(move || r.messages().len()))
         }
         Target::Hec => {
-            let s = verity_e2e::receivers::hec(verity_e2e::receivers::Hec::new("bench-token"));
+            let s = verity_e2e::siem::hec::HecServer::start(verity_e2e::siem::hec::HecSettings::new("bench-token"));
             let cfg = format!("{{type: splunk_hec, endpoint: '{}', token: {secret}}}", s.url());
             let s = std::sync::Arc::new(s);
             keep.push(Box::new(s.clone()));
-            (cfg, Box::new(move || s.record().ids.len()))
+            (cfg, Box::new(move || s.ids().len()))
         }
         Target::Elastic => {
-            let s = verity_e2e::receivers::elastic(verity_e2e::receivers::Elastic::default());
+            let s = verity_e2e::siem::elastic::ElasticServer::start(verity_e2e::siem::elastic::ElasticSettings::open());
             let cfg = format!("{{type: elasticsearch, endpoint: '{}'}}", s.url());
             let s = std::sync::Arc::new(s);
             keep.push(Box::new(s.clone()));
-            (cfg, Box::new(move || s.record().ids.len()))
+            (cfg, Box::new(move || s.ids().len()))
         }
         Target::Webhook => {
-            let s = verity_e2e::receivers::webhook(verity_e2e::receivers::Webhook::new(b"bench-token"));
+            let s = verity_e2e::siem::webhook::WebhookServer::start(
+                verity_e2e::siem::webhook::WebhookSettings::signed(b"bench-token".to_vec()),
+            );
             let cfg = format!("{{type: webhook, url: '{}/hook', secret: {secret}}}", s.url());
             let s = std::sync::Arc::new(s);
             keep.push(Box::new(s.clone()));
-            (cfg, Box::new(move || s.record().ids.len()))
+            (cfg, Box::new(move || s.ids().len()))
         }
         Target::Kafka => {
             let brokers = args
