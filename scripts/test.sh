@@ -19,6 +19,8 @@ command -v make >/dev/null 2>&1 || missing+=(make)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 # librdkafka (built from source by the rdkafka crate) links OpenSSL for Kafka TLS and SASL.
 [[ -e /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
+# A real Prometheus for the dashboard tests.
+command -v prometheus >/dev/null 2>&1 || [[ -x /usr/bin/prometheus ]] || missing+=(prometheus)
 # A real syslog receiver for the syslog output's tests, with its TLS drivers.
 command -v rsyslogd >/dev/null 2>&1 || missing+=(rsyslog)
 [[ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so || -e /usr/lib/rsyslog/lmnsd_gtls.so ]] \
@@ -27,7 +29,7 @@ if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

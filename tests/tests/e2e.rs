@@ -5,6 +5,7 @@ mod e2e {
     pub mod backpressure;
     pub mod bad_input;
     pub mod cli;
+    pub mod dashboards;
     pub mod drain;
     pub mod kafka;
     pub mod otlp_grpc;
