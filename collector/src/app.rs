@@ -63,11 +63,28 @@ async fn bind(what: &'static str, addr: Option<SocketAddr>) -> Result<Option<Tcp
     }
 }
 
+/// What a running Verity lets its embedder act on.
+#[derive(Clone)]
+pub struct Handles {
+    pub bound: Bound,
+    /// The revocation list rules see through `is_revoked()`; changes take effect at once.
+    pub revocations: RevocationList,
+}
+
 /// Runs until `shutdown` resolves, then drains. `on_bound` learns the bound addresses.
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
+) -> Result<(), AppError> {
+    run_with(settings, shutdown, |h: Handles| on_bound(h.bound)).await
+}
+
+/// Like [`run`], handing the embedder the running instance's [`Handles`].
+pub async fn run_with(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(Handles),
 ) -> Result<(), AppError> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
@@ -82,6 +99,7 @@ pub async fn run(
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
     let rule_metrics = RuleMetrics::new(&mut registry);
     let revocations = RevocationList::new(settings.rules.revoked.iter().cloned());
+    let revocation_handle = revocations.clone();
     let engine = SharedEngine::new(
         RuleSetSpec {
             builtin_pack: settings.rules.builtin_pack,
@@ -216,7 +234,10 @@ pub async fn run(
         outputs = ?sinks.names(),
         "verity is running"
     );
-    on_bound(bound);
+    on_ready(Handles {
+        bound,
+        revocations: revocation_handle,
+    });
     ready.store(true, Ordering::Release);
     metrics.ready.set(1);
 

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dead_letter;
+pub mod demo;
 pub mod kafka;
 pub mod metrics;
 pub mod normalize;

@@ -6,6 +6,7 @@ mod e2e {
     pub mod bad_input;
     pub mod cli;
     pub mod dashboards;
+    pub mod demo;
     pub mod drain;
     pub mod kafka;
     pub mod otlp_grpc;
