@@ -204,11 +204,22 @@ pub async fn run_with(
 
     let ready = Arc::new(AtomicBool::new(false));
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let admin_state = Arc::new(AdminState {
+        registry,
+        ready: ready.clone(),
+    });
+    let telemetry_task = settings.telemetry.enabled.then(|| {
+        tokio::spawn(
+            crate::telemetry::export_metrics(
+                settings.telemetry.clone(),
+                admin_state.clone(),
+                stopped(admin_stop_rx.clone()),
+            )
+            .instrument(tracing::info_span!("self_telemetry")),
+        )
+    });
     let admin_task = admin_listener.map(|listener| {
-        let router = admin::router(Arc::new(AdminState {
-            registry,
-            ready: ready.clone(),
-        }));
+        let router = admin::router(admin_state.clone());
         let signal = stopped(admin_stop_rx);
         tokio::spawn(
             async move {
@@ -271,6 +282,9 @@ pub async fn run_with(
     let _ = admin_stop_tx.send(true);
     if let Some(t) = admin_task {
         let _ = t.await;
+    }
+    if let Some(t) = telemetry_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
     }
     result
 }

@@ -29,6 +29,30 @@ pub struct Config {
     pub rules: RulesConfig,
     pub sinks: verity_sinks::SinksConfig,
     pub kafka: crate::kafka::KafkaConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Verity's own traces and metrics over OTLP (off by default).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub enabled: bool,
+    /// OTLP/gRPC endpoint of a collector, e.g. `http://otel-collector:4317`.
+    pub endpoint: String,
+    pub service_name: String,
+    /// How often metrics are exported (and the span batch delay).
+    pub export_interval_secs: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: "http://127.0.0.1:4317".into(),
+            service_name: "verity".into(),
+            export_interval_secs: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -164,6 +188,7 @@ pub struct Settings {
     pub rules: RulesConfig,
     pub sinks: verity_sinks::SinksConfig,
     pub kafka: crate::kafka::KafkaConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// Loads the layers: defaults, then `file` if given, then `env` (pass `std::env::vars()`).
@@ -250,9 +275,10 @@ fn deserialize_sections(tree: Value) -> Result<Config, Vec<ConfigError>> {
             "rules" => cfg.rules = section(key, v, &mut errors).unwrap_or_default(),
             "sinks" => cfg.sinks = section(key, v, &mut errors).unwrap_or_default(),
             "kafka" => cfg.kafka = section(key, v, &mut errors).unwrap_or_default(),
+            "telemetry" => cfg.telemetry = section(key, v, &mut errors).unwrap_or_default(),
             other => errors.push(ConfigError::new(
                 other,
-                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown, rules, sinks, kafka",
+                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown, rules, sinks, kafka, telemetry",
             )),
         }
     }
@@ -406,6 +432,21 @@ impl Config {
         for (path, message) in self.kafka.validate() {
             errors.push(ConfigError::new(path, message));
         }
+        if self.telemetry.enabled {
+            let e = &self.telemetry.endpoint;
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                errors.push(ConfigError::new(
+                    "telemetry.endpoint",
+                    format!("{e:?} is not an http(s):// URL"),
+                ));
+            }
+            if !(1..=3600).contains(&self.telemetry.export_interval_secs) {
+                errors.push(ConfigError::new(
+                    "telemetry.export_interval_secs",
+                    "must be between 1 and 3600",
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -430,6 +471,7 @@ impl Config {
             rules: self.rules.clone(),
             sinks: self.sinks.clone(),
             kafka: self.kafka.clone(),
+            telemetry: self.telemetry.clone(),
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod posture;
 pub mod rules_cli;
 pub mod rules_stage;
+pub mod telemetry;
 
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;

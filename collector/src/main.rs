@@ -167,15 +167,27 @@ fn load(config: Option<&PathBuf>) -> Result<Settings, ExitCode> {
     })
 }
 
-fn init_logging(settings: &Settings) {
+/// Logs to stderr (text or JSON); with `telemetry.enabled`, spans also go out over OTLP.
+fn init_logging(settings: &Settings) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match settings.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = match settings.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let provider = if settings.telemetry.enabled {
+        Some(verity_collector::telemetry::tracer_provider(&settings.telemetry)?)
+    } else {
+        None
+    };
+    let otel = provider.as_ref().map(verity_collector::telemetry::tracing_layer);
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel).init();
+    Ok(provider)
 }
 
 fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -183,14 +195,22 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    init_logging(&settings);
-    tracing::info!(config = %serde_json::to_string(&settings.raw).unwrap_or_default(), "effective configuration");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("verity")
         .build()
         .context("cannot start the async runtime")?;
+    // The OTLP span exporter's channel lives on the runtime.
+    let tracer = {
+        let _guard = runtime.enter();
+        init_logging(&settings)?
+    };
+    tracing::info!(config = %serde_json::to_string(&settings.raw).unwrap_or_default(), "effective configuration");
     let result = runtime.block_on(verity_collector::app::run(settings, shutdown_signal(), |_| {}));
+    if let Some(provider) = tracer {
+        // Sends the spans still batched.
+        let _ = runtime.block_on(async move { tokio::task::spawn_blocking(move || provider.shutdown()).await });
+    }
     // A stage stuck in blocking I/O must not keep the process alive past the drain deadline.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result?;

@@ -13,5 +13,6 @@ mod e2e {
     pub mod otlp_http;
     pub mod python_sdk;
     pub mod rules;
+    pub mod self_telemetry;
     pub mod sinks;
 }

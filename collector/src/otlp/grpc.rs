@@ -25,6 +25,7 @@ use verity_model::event::IngestSource;
 use super::OtlpIngest;
 use crate::metrics::Metrics;
 use crate::pipeline::{Backpressure, Handoff};
+use tracing::Instrument;
 
 pub const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 pub const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
@@ -177,6 +178,7 @@ impl UnaryService<Bytes> for LogsExport {
                 |ingest, req: &ExportLogsServiceRequest| ingest.export_logs(req, IngestSource::OtlpGrpc),
                 |resp| resp.partial_success.is_some(),
             )
+            .instrument(tracing::info_span!("otlp_export", transport = "grpc"))
             .await
         })
     }
@@ -197,6 +199,7 @@ impl UnaryService<Bytes> for MetricsExport {
                 |ingest, req: &ExportMetricsServiceRequest| ingest.export_metrics(req, IngestSource::OtlpGrpc),
                 |resp| resp.partial_success.is_some(),
             )
+            .instrument(tracing::info_span!("otlp_export", transport = "grpc"))
             .await
         })
     }

@@ -24,6 +24,7 @@ use verity_model::event::IngestSource;
 use super::OtlpIngest;
 use crate::metrics::Metrics;
 use crate::pipeline::{Backpressure, Handoff};
+use tracing::Instrument;
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error answers.
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
@@ -113,6 +114,7 @@ impl Failure {
 }
 
 async fn logs(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+    let span = tracing::info_span!("otlp_export", transport = "http", signal = "logs");
     handle(&st, "logs", headers, body, |st, bytes, enc| {
         let req: ExportLogsServiceRequest = decode(bytes, enc, "ExportLogsServiceRequest")?;
         let (resp, handoff) = st
@@ -121,6 +123,7 @@ async fn logs(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) 
             .map_err(|b| unavailable(st, b, enc))?;
         Ok((resp.partial_success.is_some(), encode(&resp, enc), handoff))
     })
+    .instrument(span)
     .await
 }
 
