@@ -136,6 +136,10 @@ def alerts():
         panel(l, "bargauge", "Alerts by rule", [target(
             f"topk(15, sum by (rule) (increase(verity_alerts_total{{{I}}}[$__range])))", "{{rule}}", instant=True)], w=24),
         panel(l, "timeseries", "Revocations in effect", [target(f"verity_revocations_active{{{I}}}", "{{instance}}")]),
+        panel(l, "timeseries", "Enforcement verification: revoked identities still succeeding", [target(
+            f'sum by (rule) (increase(verity_alerts_total{{{I}, rule="zt-revoked-identity-succeeds", status="firing"}}[$__rate_interval])) or vector(0)',
+            "not enforced")],
+            description="Requests from identities on the revocation list that were allowed: each is a revocation the mesh does not enforce. Should stay at 0."),
         panel(l, "timeseries", "Alerts delivered per output", [target(
             f"sum by (sink) (rate(verity_sink_sent_total{{{I}}}[$__rate_interval]))", "{{sink}}")]),
     ]
