@@ -476,3 +476,24 @@ pub fn require<T>(r: Result<T, String>, what: &str) -> Option<T> {
         }
     }
 }
+
+/// An OTLP/JSON logs request whose records' bodies are these lines.
+pub fn otlp_json_logs<S: AsRef<str>>(lines: &[S]) -> String {
+    let records: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::json!({"body": {"stringValue": l.as_ref()}}))
+        .collect();
+    serde_json::json!({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).to_string()
+}
+
+/// Posts lines to an OTLP/HTTP endpoint as OTLP/JSON; the HTTP status (0 when unreachable).
+pub fn post_log_lines<S: AsRef<str>>(http: SocketAddr, lines: &[S]) -> u16 {
+    http_request(
+        http,
+        "POST",
+        "/v1/logs",
+        &[("Content-Type", "application/json")],
+        otlp_json_logs(lines).as_bytes(),
+    )
+    .map_or(0, |r| r.status)
+}

@@ -117,20 +117,7 @@ fn inbound(i: i64, principal: Option<&str>, tls: &str, status: u16, details: &st
 }
 
 fn post(v: &Verity, lines: &[String]) {
-    let records: Vec<Value> = lines
-        .iter()
-        .map(|l| serde_json::json!({"body": {"stringValue": l}}))
-        .collect();
-    let body = serde_json::json!({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).to_string();
-    let r = http_request(
-        v.http,
-        "POST",
-        "/v1/logs",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .expect("post");
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(verity_e2e::post_log_lines(v.http, lines), 200);
 }
 
 fn dashboards() -> Vec<(PathBuf, Value)> {
@@ -297,18 +284,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
                     inbound(30_000, None, "none", 200, "via_upstream", "/api"),
                     inbound(30_000, Some(&cart), "mutual_tls", 200, "via_upstream", "/tick"),
                 ];
-                let records: Vec<Value> = lines
-                    .iter()
-                    .map(|l| serde_json::json!({"body": {"stringValue": l}}))
-                    .collect();
-                let body = serde_json::json!({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).to_string();
-                let _ = http_request(
-                    http,
-                    "POST",
-                    "/v1/logs",
-                    &[("Content-Type", "application/json")],
-                    body.as_bytes(),
-                );
+                let _ = verity_e2e::post_log_lines(http, &lines);
                 std::thread::sleep(Duration::from_millis(300));
             }
         })

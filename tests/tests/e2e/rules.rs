@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use verity_e2e::{Verity, eventually, http_request, read_jsonl, repo_root, verity_bin};
+use verity_e2e::{Verity, eventually, read_jsonl, repo_root, verity_bin};
 
 fn rbac_line(sec: u32, principal: &str) -> String {
     format!(
@@ -137,20 +137,7 @@ fn replay_prints_alerts_in_event_time() {
 }
 
 fn post_lines(v: &Verity, lines: &[String]) {
-    let records: Vec<serde_json::Value> = lines
-        .iter()
-        .map(|l| serde_json::json!({"body": {"stringValue": l}}))
-        .collect();
-    let body = serde_json::json!({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).to_string();
-    let r = http_request(
-        v.http,
-        "POST",
-        "/v1/logs",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .expect("post");
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(verity_e2e::post_log_lines(v.http, lines), 200);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use verity_e2e::{Verity, eventually, http_request};
+use verity_e2e::{Verity, eventually};
 
 #[derive(Default, Clone)]
 struct Received {
@@ -95,19 +95,8 @@ fn own_traces_and_metrics_reach_an_otlp_collector() {
         ("VERITY__TELEMETRY__SERVICE_NAME", "verity-e2e"),
         ("VERITY__TELEMETRY__EXPORT_INTERVAL_SECS", "1"),
     ]);
-    let body =
-        serde_json::json!({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": LINE}}]}]}]})
-            .to_string();
     for _ in 0..3 {
-        let r = http_request(
-            v.http,
-            "POST",
-            "/v1/logs",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
-        .expect("post");
-        assert_eq!(r.status, 200);
+        assert_eq!(verity_e2e::post_log_lines(v.http, &[LINE]), 200);
     }
     assert!(
         eventually(Duration::from_secs(20), || {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use verity_e2e::{Verity, eventually, http_request, read_jsonl, require};
+use verity_e2e::{Verity, eventually, read_jsonl, require};
 
 /// A rule that raises one alert per request to `/fault/…`: alert ids differ by event time.
 fn rule_dir(dir: &Path) -> PathBuf {
@@ -31,20 +31,7 @@ fn line(i: usize, path_suffix: &str) -> String {
 
 /// Posts lines as one OTLP/HTTP JSON request; returns the HTTP status.
 fn post(v: &Verity, lines: &[String]) -> u16 {
-    let records: Vec<serde_json::Value> = lines
-        .iter()
-        .map(|l| serde_json::json!({"body": {"stringValue": l}}))
-        .collect();
-    let body = serde_json::json!({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).to_string();
-    http_request(
-        v.http,
-        "POST",
-        "/v1/logs",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .map(|r| r.status)
-    .unwrap_or(0)
+    verity_e2e::post_log_lines(v.http, lines)
 }
 
 /// Posts until accepted (the spool may push back with 503 for a while).
