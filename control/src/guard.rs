@@ -1,0 +1,152 @@
+//! Guardrails: a revocation that would cut off the mesh itself is refused, and a burst of
+//! revocations (a bad rule, an attack meant to make Verity lock everyone out) is capped.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use verity_model::alert::Severity;
+
+/// Why a revocation was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{principal} is protected (matches {pattern})")]
+    Protected { principal: String, pattern: String },
+    #[error("the cap of {cap} revocations per {window_secs}s is reached")]
+    Cap { cap: usize, window_secs: u64 },
+    #[error("severity {severity} is below the minimum {minimum}")]
+    Severity {
+        severity: &'static str,
+        minimum: &'static str,
+    },
+}
+
+/// Identities no revocation may touch by default: the control plane, gateways, kube-system.
+pub const DEFAULT_PROTECTED: &[&str] = &[
+    "*/ns/istio-system/*",
+    "*/ns/kube-system/*",
+    "*/sa/istiod*",
+    "*/sa/istio-ingressgateway*",
+    "*/sa/istio-egressgateway*",
+    "*-gateway-service-account",
+];
+
+pub struct Guardrails {
+    protected: Vec<String>,
+    cap: usize,
+    window_ns: i64,
+    min_severity: Severity,
+    recent: Mutex<VecDeque<i64>>,
+}
+
+/// `*` matches any run of characters.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl Guardrails {
+    pub fn new(protected: Vec<String>, cap: usize, window_secs: u64, min_severity: Severity) -> Self {
+        Self {
+            protected,
+            cap,
+            window_ns: i64::try_from(window_secs).unwrap_or(i64::MAX / 1_000_000_000) * 1_000_000_000,
+            min_severity,
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Checks a revocation of `principal` at `now_ns`; on success it counts toward the cap.
+    pub fn admit(&self, principal: &str, severity: Severity, now_ns: i64) -> Result<(), Refusal> {
+        let p = crate::normalize_principal(principal);
+        if let Some(pattern) = self.protected.iter().find(|g| glob(g, p)) {
+            return Err(Refusal::Protected {
+                principal: p.to_string(),
+                pattern: pattern.clone(),
+            });
+        }
+        if severity < self.min_severity {
+            return Err(Refusal::Severity {
+                severity: severity.as_str(),
+                minimum: self.min_severity.as_str(),
+            });
+        }
+        let mut recent = match self.recent.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        while recent.front().is_some_and(|t| *t <= now_ns - self.window_ns) {
+            recent.pop_front();
+        }
+        if recent.len() >= self.cap {
+            return Err(Refusal::Cap {
+                cap: self.cap,
+                window_secs: u64::try_from(self.window_ns / 1_000_000_000).unwrap_or(0),
+            });
+        }
+        recent.push_back(now_ns);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    fn g() -> Guardrails {
+        Guardrails::new(
+            DEFAULT_PROTECTED.iter().map(|s| s.to_string()).collect(),
+            2,
+            60,
+            Severity::High,
+        )
+    }
+
+    #[test]
+    fn protected_identities_are_never_revoked() {
+        let g = g();
+        for p in [
+            "spiffe://cluster.local/ns/istio-system/sa/istiod",
+            "cluster.local/ns/kube-system/sa/coredns",
+            "cluster.local/ns/gw/sa/istio-ingressgateway-service-account",
+        ] {
+            assert!(
+                matches!(g.admit(p, Severity::Critical, 0), Err(Refusal::Protected { .. })),
+                "{p}"
+            );
+        }
+        assert!(g.admit("cluster.local/ns/shop/sa/cart", Severity::Critical, 0).is_ok());
+    }
+
+    #[test]
+    fn cap_per_window_and_minimum_severity() {
+        let g = g();
+        assert!(matches!(
+            g.admit("a/ns/x/sa/y", Severity::Medium, 0),
+            Err(Refusal::Severity { .. })
+        ));
+        assert!(g.admit("a/ns/x/sa/1", Severity::High, 0).is_ok());
+        assert!(g.admit("a/ns/x/sa/2", Severity::High, S).is_ok());
+        assert!(matches!(
+            g.admit("a/ns/x/sa/3", Severity::High, 2 * S),
+            Err(Refusal::Cap { cap: 2, .. })
+        ));
+        // The window slides.
+        assert!(g.admit("a/ns/x/sa/3", Severity::High, 61 * S).is_ok());
+    }
+}
