@@ -41,6 +41,8 @@ pub enum AppError {
     DrainTimeout(std::time::Duration),
     #[error("the rule set does not compile:\n  {}", .0.join("\n  "))]
     Rules(Vec<String>),
+    #[error("cannot open the revocation store: {0}")]
+    Control(#[from] verity_control::store::StoreError),
     #[error("cannot start the outputs: {0}")]
     Sinks(#[from] verity_sinks::delivery::BuildError),
 }
@@ -117,7 +119,23 @@ pub async fn run_with(
     .map_err(AppError::Rules)?;
     let sink_metrics = verity_sinks::SinkMetrics::register(&mut registry);
     let sinks = Arc::new(verity_sinks::SinkSet::start(&settings.sinks, sink_metrics)?);
-    stages.push(Box::new(RulesStage::new(engine.clone(), sinks.clone())));
+    let deny = verity_control::denylist::DenyList::default();
+    let verify_list = revocation_handle.clone();
+    let control = Arc::new(verity_control::manager::Manager::open(
+        settings.control.clone(),
+        vec![Box::new(verity_control::manager::DenyListResponder(deny.clone()))],
+        Box::new(move |principal, on| {
+            if on {
+                verify_list.add(principal);
+            } else {
+                verify_list.remove(principal);
+            }
+        }),
+    )?);
+    control.restore(crate::normalize::now_ns());
+    stages.push(Box::new(
+        RulesStage::new(engine.clone(), sinks.clone()).with_control(control.clone()),
+    ));
     stages.push(Box::new(crate::posture::PostureStage::new(
         crate::posture::PostureMetrics::register(&mut registry),
     )));
@@ -199,6 +217,57 @@ pub async fn run_with(
             .instrument(tracing::info_span!("kafka")),
         ));
     }
+    if let Some(listen) = &settings.control.ext_authz_listen {
+        let addr: SocketAddr = listen.parse().map_err(|_| AppError::Bind {
+            what: "ext_authz",
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source: std::io::Error::other(format!("{listen:?} is not ip:port")),
+        })?;
+        let listener = bind("ext_authz", Some(addr)).await?;
+        if let Some(listener) = listener {
+            let svc = verity_control::ext_authz::ExtAuthz::new(deny.clone()).server();
+            let signal = stopped(stop_rx.clone());
+            tracing::info!(listen = %addr, "ext_authz deny list serving");
+            servers.push(tokio::spawn(
+                async move {
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                    if let Err(error) = tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, signal)
+                        .await
+                    {
+                        tracing::error!(%error, "ext_authz server failed");
+                    }
+                }
+                .instrument(tracing::info_span!("ext_authz")),
+            ));
+        }
+    }
+    // Expiry, retries and the start of verification, on a timer; audit events go out too.
+    let reconciler = {
+        let (control, sinks, mut stop) = (control.clone(), sinks.clone(), stop_rx.clone());
+        let every = std::time::Duration::from_secs(settings.control.reconcile_interval_secs.max(1));
+        tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => break,
+                    }
+                    let (c, s) = (control.clone(), sinks.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let events = c.reconcile(crate::normalize::now_ns());
+                        if let Err(error) = s.submit(&events) {
+                            tracing::error!(%error, "could not deliver revocation audit events");
+                        }
+                    })
+                    .await;
+                }
+            }
+            .instrument(tracing::info_span!("revocations")),
+        )
+    };
     // The sources hold the only intake handles now: when they stop, the pipeline drains.
     drop(ingest);
 
@@ -260,6 +329,7 @@ pub async fn run_with(
 
     let deadline = tokio::time::Instant::now() + settings.drain_timeout;
     let _ = reloader.await;
+    let _ = reconciler.await;
     let drain = async {
         for s in servers {
             let _ = s.await;

@@ -30,6 +30,7 @@ pub struct Config {
     pub sinks: verity_sinks::SinksConfig,
     pub kafka: crate::kafka::KafkaConfig,
     pub telemetry: TelemetryConfig,
+    pub control: verity_control::manager::ControlConfig,
 }
 
 /// Verity's own traces and metrics over OTLP (off by default).
@@ -189,6 +190,7 @@ pub struct Settings {
     pub sinks: verity_sinks::SinksConfig,
     pub kafka: crate::kafka::KafkaConfig,
     pub telemetry: TelemetryConfig,
+    pub control: verity_control::manager::ControlConfig,
 }
 
 /// Loads the layers: defaults, then `file` if given, then `env` (pass `std::env::vars()`).
@@ -276,9 +278,10 @@ fn deserialize_sections(tree: Value) -> Result<Config, Vec<ConfigError>> {
             "sinks" => cfg.sinks = section(key, v, &mut errors).unwrap_or_default(),
             "kafka" => cfg.kafka = section(key, v, &mut errors).unwrap_or_default(),
             "telemetry" => cfg.telemetry = section(key, v, &mut errors).unwrap_or_default(),
+            "control" => cfg.control = section(key, v, &mut errors).unwrap_or_default(),
             other => errors.push(ConfigError::new(
                 other,
-                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown, rules, sinks, kafka, telemetry",
+                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown, rules, sinks, kafka, telemetry, control",
             )),
         }
     }
@@ -432,6 +435,23 @@ impl Config {
         for (path, message) in self.kafka.validate() {
             errors.push(ConfigError::new(path, message));
         }
+        if let Some(l) = &self.control.ext_authz_listen
+            && l.parse::<SocketAddr>().is_err()
+        {
+            errors.push(ConfigError::new(
+                "control.ext_authz_listen",
+                format!("{l:?} is not an ip:port socket address"),
+            ));
+        }
+        if self.control.max_per_window == 0 {
+            errors.push(ConfigError::new("control.max_per_window", "must be at least 1"));
+        }
+        if !(1..=3600).contains(&self.control.reconcile_interval_secs) {
+            errors.push(ConfigError::new(
+                "control.reconcile_interval_secs",
+                "must be between 1 and 3600",
+            ));
+        }
         if self.telemetry.enabled {
             let e = &self.telemetry.endpoint;
             if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -472,6 +492,7 @@ impl Config {
             sinks: self.sinks.clone(),
             kafka: self.kafka.clone(),
             telemetry: self.telemetry.clone(),
+            control: self.control.clone(),
         })
     }
 }

@@ -262,6 +262,7 @@ impl SharedEngine {
 pub struct RulesStage {
     shared: SharedEngine,
     sinks: Arc<SinkSet>,
+    control: Option<Arc<verity_control::manager::Manager>>,
     last_counts: HashMap<String, (u64, u64)>,
     last_late: u64,
     last_errors: u64,
@@ -274,6 +275,7 @@ impl RulesStage {
         Self {
             shared,
             sinks,
+            control: None,
             last_counts: HashMap::new(),
             last_late: 0,
             last_errors: 0,
@@ -281,7 +283,18 @@ impl RulesStage {
         }
     }
 
-    fn emit(&mut self, alerts: Vec<Alert>) -> Result<(), StageError> {
+    /// Alerts that ask for a response go to the revocation manager; its audit events are
+    /// delivered with them.
+    pub fn with_control(mut self, control: Arc<verity_control::manager::Manager>) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    fn emit(&mut self, mut alerts: Vec<Alert>) -> Result<(), StageError> {
+        if let Some(c) = &self.control {
+            let audit = c.on_alerts(&alerts, crate::normalize::now_ns());
+            alerts.extend(audit);
+        }
         let m = &self.shared.metrics;
         for a in &alerts {
             m.alerts

@@ -15,6 +15,7 @@
 pub mod denylist;
 pub mod ext_authz;
 pub mod guard;
+pub mod manager;
 pub mod store;
 
 use std::collections::BTreeMap;

@@ -38,6 +38,13 @@ impl RevocationList {
         };
     }
 
+    pub fn remove(&self, principal: &str) {
+        match self.inner.write() {
+            Ok(mut g) => g.remove(&normalize(principal)),
+            Err(poisoned) => poisoned.into_inner().remove(&normalize(principal)),
+        };
+    }
+
     pub fn contains(&self, principal: &str) -> bool {
         match self.inner.read() {
             Ok(g) => g.contains(principal),

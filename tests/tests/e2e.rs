@@ -5,6 +5,7 @@ mod e2e {
     pub mod backpressure;
     pub mod bad_input;
     pub mod cli;
+    pub mod control;
     pub mod dashboards;
     pub mod demo;
     pub mod drain;

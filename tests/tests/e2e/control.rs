@@ -1,0 +1,169 @@
+//! The closed loop end to end: probing by a principal → a revocation applied to the ext_authz
+//! deny list (checked with a real Envoy ext_authz gRPC client) → traffic from it that still
+//! succeeds raises "revocation not enforced"; the state survives a restart; the TTL lifts it;
+//! protected identities are never revoked. Every action is an audit event at the outputs.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use verity_e2e::{Verity, eventually, free_port, post_log_lines, read_jsonl_lenient};
+
+const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
+const ISTIOD: &str = "spiffe://cluster.local/ns/istio-system/sa/istiod";
+
+fn at(offset_ms: i64) -> String {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64
+        + offset_ms * 1_000_000;
+    verity_model::time::format_rfc3339_ns(ns - ns % 1_000_000)
+}
+
+fn line(offset_ms: i64, principal: &str, status: u16, details: &str) -> String {
+    format!(
+        r#"{{"start_time":"{}","method":"GET","path":"/admin","protocol":"HTTP/1.1","response_code":{status},"response_code_details":"{details}","upstream_cluster":"inbound|8080||","downstream_peer_uri_san":"{principal}","connection_security_policy":"mutual_tls","requested_server_name":"outbound_.8080_._.api.pay.svc.cluster.local"}}"#,
+        at(offset_ms)
+    )
+}
+
+const DENIED: &str = "rbac_access_denied_matched_policy[ns[pay]-policy[deny]-rule[0]]";
+
+fn check(addr: std::net::SocketAddr, principal: &str) -> i32 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let mut c = AuthorizationClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let req = CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    principal: principal.to_string(),
+                    ..Peer::default()
+                }),
+                ..AttributeContext::default()
+            }),
+        };
+        c.check(req)
+            .await
+            .expect("check")
+            .into_inner()
+            .status
+            .expect("status")
+            .code
+    })
+}
+
+fn alerts(v: &Verity) -> Vec<serde_json::Value> {
+    read_jsonl_lenient(&v.dir.path().join("alerts.jsonl"))
+}
+
+fn has(v: &Verity, rule: &str) -> bool {
+    alerts(v).iter().any(|a| a["rule_id"] == rule)
+}
+
+#[test]
+fn probing_revocation_enforcement_verification_and_expiry() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("mkdir");
+    // Like the pack's denial burst, with a TTL short enough to watch it expire.
+    std::fs::write(
+        rules.join("probe.yaml"),
+        "id: e2e-probe\ntitle: Probing\nseverity: high\nkind: detection\ndetection:\n  where: decision = 'deny_rbac'\n  group_by: [source_principal]\n  window: {type: tumbling, size: 1s}\n  having: count(*) >= 3\nrespond:\n  entity: source_principal\n  action: revoke\n  ttl: 6s\n",
+    )
+    .expect("rule");
+    let ext_authz = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let alerts_file = dir.path().join("alerts.jsonl");
+    let (rules, listen, file) = (
+        format!("[{}]", rules.display()),
+        ext_authz.to_string(),
+        alerts_file.display().to_string(),
+    );
+    let mut v = Verity::start_in(
+        dir,
+        &[
+            ("VERITY__RULES__BUILTIN_PACK", "false"),
+            ("VERITY__RULES__DIRS", &rules),
+            ("VERITY__RULES__LATENESS_SECS", "0"),
+            ("VERITY__CONTROL__MODE", "enforce"),
+            ("VERITY__CONTROL__EXT_AUTHZ_LISTEN", &listen),
+            ("VERITY__CONTROL__GRACE_SECS", "1"),
+            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
+            ("VERITY__SINKS__OUTPUTS__FILE__PATH", &file),
+        ],
+    );
+    // The revocation-not-enforced check is a pack rule; load it beside ours.
+    std::fs::copy(
+        verity_e2e::repo_root().join("rules/pack/zt-revoked-identity-succeeds.yaml"),
+        v.dir.path().join("rules/zt-revoked-identity-succeeds.yaml"),
+    )
+    .expect("copy rule");
+    assert!(eventually(Duration::from_secs(10), || v
+        .stderr()
+        .contains("rules reloaded")));
+
+    assert_eq!(check(ext_authz, CART), 0, "allowed before anything happened");
+    // Probing by cart and by istiod (protected), then a later event closes the window.
+    let mut lines: Vec<String> = (0..4).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
+    lines.extend((0..4).map(|i| line(-3000 + i * 10, ISTIOD, 403, DENIED)));
+    lines.push(line(-500, "spiffe://cluster.local/ns/shop/sa/web", 200, "via_upstream"));
+    assert_eq!(post_log_lines(v.http, &lines), 200);
+    assert!(
+        eventually(Duration::from_secs(15), || has(&v, "verity-revocation-applied")),
+        "{:?}\n{}",
+        alerts(&v).iter().map(|a| a["rule_id"].clone()).collect::<Vec<_>>(),
+        v.stderr()
+    );
+    assert_eq!(
+        check(ext_authz, CART),
+        tonic::Code::PermissionDenied as i32,
+        "denied at once"
+    );
+    assert!(has(&v, "verity-revocation-refused"), "istiod is protected");
+    assert_eq!(check(ext_authz, ISTIOD), 0, "a protected identity is never revoked");
+
+    // Once the grace period has passed, a request from cart that still succeeds (the mesh is
+    // not enforcing) is caught. Traffic keeps coming, as it would.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            assert_eq!(post_log_lines(v.http, &[line(0, CART, 200, "via_upstream")]), 200);
+            std::thread::sleep(Duration::from_millis(200));
+            has(&v, "zt-revoked-identity-succeeds")
+        }),
+        "{}",
+        v.stderr()
+    );
+
+    // A restart keeps the revocation in force.
+    let (status, _) = v.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{}", v.stderr());
+    v.restart();
+    assert_eq!(
+        check(ext_authz, CART),
+        tonic::Code::PermissionDenied as i32,
+        "restored after restart"
+    );
+    let store: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(v.dir.path().join("verity-data/revocations.json")).expect("store"),
+    )
+    .expect("json");
+    assert_eq!(store[0]["principal"], "cluster.local/ns/shop/sa/cart");
+    assert_eq!(store[0]["state"], "applied");
+
+    // The TTL lifts it.
+    assert!(
+        eventually(Duration::from_secs(15), || has(&v, "verity-revocation-expired")),
+        "{}",
+        v.stderr()
+    );
+    assert_eq!(check(ext_authz, CART), 0, "allowed again after expiry");
+    assert_eq!(v.metric_value("verity_alerts_dropped_total"), Some(0.0));
+    let (status, _) = v.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{}", v.stderr());
+}
