@@ -5,15 +5,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use http::{HeaderValue, StatusCode, header};
+use axum::routing::{get, post};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use prometheus_client::registry::Registry;
 
 pub struct AdminState {
     pub registry: Registry,
     pub ready: Arc<AtomicBool>,
+    /// The revocation API: the manager, where its audit events go, and the token it needs.
+    pub control: Option<ControlApi>,
+}
+
+pub struct ControlApi {
+    pub manager: Arc<verity_control::manager::Manager>,
+    pub sinks: Arc<verity_sinks::SinkSet>,
+    pub token: Option<verity_sinks::secret::Secret>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -21,7 +29,140 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/revocations", get(list_revocations).post(add_revocation))
+        .route("/revocations/{id}/lift", post(lift_revocation))
         .with_state(state)
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+/// The revocation API requires `Authorization: Bearer <admin.token>`; compared in constant time.
+fn authorize<'a>(st: &'a AdminState, headers: &HeaderMap) -> Result<&'a ControlApi, Response> {
+    let Some(api) = &st.control else {
+        return Err(json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "revocations are not available"}),
+        ));
+    };
+    let Some(token) = &api.token else {
+        return Err(json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"error": "set admin.token to enable the revocation API"}),
+        ));
+    };
+    let want = token.value().map_err(|e| {
+        json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": format!("admin token: {e}")}),
+        )
+    })?;
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let same = got.len() == want.len() && got.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same {
+        Ok(api)
+    } else {
+        Err(json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"error": "missing or wrong bearer token"}),
+        ))
+    }
+}
+
+async fn list_revocations(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    match authorize(&st, &headers) {
+        Ok(api) => json(StatusCode::OK, &serde_json::json!(api.manager.store().list())),
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddRevocation {
+    principal: String,
+    ttl: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn deliver(api: &ControlApi, events: Vec<verity_model::Alert>) {
+    let sinks = api.sinks.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(error) = sinks.submit(&events) {
+            tracing::error!(%error, "could not deliver revocation audit events");
+        }
+    })
+    .await;
+}
+
+async fn add_revocation(State(st): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let api = match authorize(&st, &headers) {
+        Ok(api) => api,
+        Err(r) => return r,
+    };
+    let req: AddRevocation = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e.to_string()})),
+    };
+    let Some(ttl_ns) = verity_control::manager::parse_ttl_ns(&req.ttl) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "ttl must look like 30s, 15m, 1h or 1d"}),
+        );
+    };
+    let now = crate::normalize::now_ns();
+    let reason = req.reason.unwrap_or_else(|| "revoked by an operator".into());
+    match api.manager.revoke(
+        &req.principal,
+        "principal",
+        &reason,
+        verity_model::alert::Severity::Critical,
+        ttl_ns,
+        None,
+        now,
+    ) {
+        Ok(events) => {
+            let refused = events.iter().any(|e| e.rule_id == "verity-revocation-refused");
+            let summary: Vec<String> = events.iter().map(|e| e.summary.clone()).collect();
+            deliver(api, events).await;
+            let current = api
+                .manager
+                .store()
+                .active_for(verity_control::normalize_principal(&req.principal));
+            let status = if refused { StatusCode::CONFLICT } else { StatusCode::OK };
+            json(status, &serde_json::json!({"events": summary, "revocation": current}))
+        }
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+async fn lift_revocation(State(st): State<Arc<AdminState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let api = match authorize(&st, &headers) {
+        Ok(api) => api,
+        Err(r) => return r,
+    };
+    match api.manager.lift(&id, crate::normalize::now_ns()) {
+        Ok(events) => {
+            deliver(api, events).await;
+            json(StatusCode::OK, &serde_json::json!(api.manager.store().get(&id)))
+        }
+        Err(verity_control::store::StoreError::NotFound(_)) => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": format!("no revocation {id}")}),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": e.to_string()}),
+        ),
+    }
 }
 
 async fn readyz(State(st): State<Arc<AdminState>>) -> Response {

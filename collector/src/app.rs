@@ -41,6 +41,8 @@ pub enum AppError {
     DrainTimeout(std::time::Duration),
     #[error("the rule set does not compile:\n  {}", .0.join("\n  "))]
     Rules(Vec<String>),
+    #[error("admin.token: {0}")]
+    AdminToken(String),
     #[error("cannot open the revocation store: {0}")]
     Control(#[from] verity_control::store::StoreError),
     #[error("cannot start the outputs: {0}")]
@@ -273,9 +275,18 @@ pub async fn run_with(
 
     let ready = Arc::new(AtomicBool::new(false));
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let admin_token = match &settings.raw.admin.token {
+        Some(t) => Some(verity_sinks::secret::Secret::resolve(t).map_err(|e| AppError::AdminToken(e.to_string()))?),
+        None => None,
+    };
     let admin_state = Arc::new(AdminState {
         registry,
         ready: ready.clone(),
+        control: Some(admin::ControlApi {
+            manager: control.clone(),
+            sinks: sinks.clone(),
+            token: admin_token,
+        }),
     });
     let telemetry_task = settings.telemetry.enabled.then(|| {
         tokio::spawn(

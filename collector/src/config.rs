@@ -116,6 +116,8 @@ pub struct PipelineConfig {
 pub struct AdminConfig {
     pub enabled: bool,
     pub listen: String,
+    /// Bearer token for the revocation API (`/revocations`); unset: that API is refused.
+    pub token: Option<verity_sinks::config::SecretRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

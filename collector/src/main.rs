@@ -53,6 +53,18 @@ enum Command {
         #[arg(long)]
         no_color: bool,
     },
+    /// List, add or lift revocations through a running Verity's admin API (needs
+    /// `admin.token`; pass it in VERITY_ADMIN_TOKEN or --token-file).
+    Revocations {
+        /// The admin endpoint of the running Verity.
+        #[arg(long, default_value = "http://127.0.0.1:9464", global = true)]
+        admin: String,
+        /// A file holding the admin token (else VERITY_ADMIN_TOKEN).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: RevocationsCommand,
+    },
     /// Check or test rule files.
     Rules {
         #[command(subcommand)]
@@ -139,6 +151,11 @@ fn main() -> ExitCode {
             .map_err(Into::into)
         }
         Command::Demo { seconds, no_color } => demo(seconds, !no_color),
+        Command::Revocations {
+            admin,
+            token_file,
+            command,
+        } => revocations(&admin, token_file, command),
         Command::Replay {
             rules,
             no_builtin,
@@ -263,6 +280,60 @@ fn validate(config: Option<PathBuf>, print: bool, check_sinks: bool) -> anyhow::
     }
     println!("all {} outputs passed their check", reports.len());
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+enum RevocationsCommand {
+    /// Every revocation with its state.
+    List,
+    /// Revoke a principal (SPIFFE identity, with or without spiffe://) for a time.
+    Add {
+        principal: String,
+        #[arg(long)]
+        ttl: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a revocation before its TTL.
+    Lift { id: String },
+}
+
+fn revocations(admin: &str, token_file: Option<PathBuf>, command: RevocationsCommand) -> anyhow::Result<ExitCode> {
+    let token = match token_file {
+        Some(p) => std::fs::read_to_string(&p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("VERITY_ADMIN_TOKEN").context("set VERITY_ADMIN_TOKEN or pass --token-file")?,
+    };
+    let base = admin.trim_end_matches('/').to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, body) = runtime.block_on(async move {
+        let client = reqwest::Client::new();
+        let req = match &command {
+            RevocationsCommand::List => client.get(format!("{base}/revocations")),
+            RevocationsCommand::Add { principal, ttl, reason } => client
+                .post(format!("{base}/revocations"))
+                .header("Content-Type", "application/json")
+                .body(serde_json::json!({"principal": principal, "ttl": ttl, "reason": reason}).to_string()),
+            RevocationsCommand::Lift { id } => client.post(format!("{base}/revocations/{id}/lift")),
+        };
+        let resp = req
+            .bearer_auth(token)
+            .send()
+            .await
+            .context("cannot reach the admin API")?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        anyhow::Ok((status, body))
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn demo(seconds: u64, color: bool) -> anyhow::Result<ExitCode> {

@@ -167,3 +167,68 @@ fn probing_revocation_enforcement_verification_and_expiry() {
     let (status, _) = v.terminate(Duration::from_secs(15));
     assert!(status.success(), "{}", v.stderr());
 }
+
+#[test]
+fn manual_revocations_through_the_authenticated_admin_api() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "s3cret-admin\n").expect("token");
+    let ext_authz = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (listen, file, token_ref) = (
+        ext_authz.to_string(),
+        dir.path().join("alerts.jsonl").display().to_string(),
+        format!("{{file: '{}'}}", token.display()),
+    );
+    let v = Verity::start_in(
+        dir,
+        &[
+            ("VERITY__CONTROL__MODE", "enforce"),
+            ("VERITY__CONTROL__EXT_AUTHZ_LISTEN", &listen),
+            ("VERITY__ADMIN__TOKEN", &token_ref),
+            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
+            ("VERITY__SINKS__OUTPUTS__FILE__PATH", &file),
+        ],
+    );
+    let admin = format!("http://{}", v.admin);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(verity_e2e::verity_bin())
+            .arg("revocations")
+            .args(["--admin", &admin, "--token-file"])
+            .arg(&token)
+            .args(args)
+            .output()
+            .expect("run");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // No token, wrong token: refused.
+    let r = verity_e2e::http_request(v.admin, "GET", "/revocations", &[], b"").expect("get");
+    assert_eq!(r.status, 401);
+    let r = verity_e2e::http_request(v.admin, "GET", "/revocations", &[("Authorization", "Bearer nope")], b"")
+        .expect("get");
+    assert_eq!(r.status, 401);
+
+    let (ok, out) = cli(&["add", CART, "--ttl", "1h", "--reason", "incident 4711"]);
+    assert!(ok, "{out}");
+    assert_eq!(check(ext_authz, CART), tonic::Code::PermissionDenied as i32);
+    let (ok, out) = cli(&["add", ISTIOD, "--ttl", "1h"]);
+    assert!(!ok, "a protected identity is refused: {out}");
+    assert!(out.contains("protected"), "{out}");
+    let (ok, out) = cli(&["list"]);
+    assert!(ok, "{out}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let id = list[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(list[0]["reason"], "incident 4711");
+    let (ok, out) = cli(&["lift", &id]);
+    assert!(ok, "{out}");
+    assert_eq!(check(ext_authz, CART), 0, "lifted: allowed again");
+    assert!(eventually(Duration::from_secs(10), || has(
+        &v,
+        "verity-revocation-lifted"
+    ) && has(
+        &v,
+        "verity-revocation-applied"
+    ) && has(
+        &v,
+        "verity-revocation-refused"
+    )));
+}
