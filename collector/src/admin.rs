@@ -39,7 +39,7 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response {
 }
 
 /// The revocation API requires `Authorization: Bearer <admin.token>`; compared in constant time.
-fn authorize<'a>(st: &'a AdminState, headers: &HeaderMap) -> Result<&'a ControlApi, Response> {
+fn authorize<'a>(st: &'a AdminState, headers: &HeaderMap) -> Result<&'a ControlApi, Box<Response>> {
     let Some(api) = &st.control else {
         return Err(json(
             StatusCode::NOT_FOUND,
@@ -47,10 +47,10 @@ fn authorize<'a>(st: &'a AdminState, headers: &HeaderMap) -> Result<&'a ControlA
         ));
     };
     let Some(token) = &api.token else {
-        return Err(json(
+        return Err(Box::new(json(
             StatusCode::FORBIDDEN,
             &serde_json::json!({"error": "set admin.token to enable the revocation API"}),
-        ));
+        )));
     };
     let want = token.value().map_err(|e| {
         json(
@@ -77,7 +77,7 @@ fn authorize<'a>(st: &'a AdminState, headers: &HeaderMap) -> Result<&'a ControlA
 async fn list_revocations(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     match authorize(&st, &headers) {
         Ok(api) => json(StatusCode::OK, &serde_json::json!(api.manager.store().list())),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -103,7 +103,7 @@ async fn deliver(api: &ControlApi, events: Vec<verity_model::Alert>) {
 async fn add_revocation(State(st): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let api = match authorize(&st, &headers) {
         Ok(api) => api,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let req: AddRevocation = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -147,7 +147,7 @@ async fn add_revocation(State(st): State<Arc<AdminState>>, headers: HeaderMap, b
 async fn lift_revocation(State(st): State<Arc<AdminState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let api = match authorize(&st, &headers) {
         Ok(api) => api,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match api.manager.lift(&id, crate::normalize::now_ns()) {
         Ok(events) => {
