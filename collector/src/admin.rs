@@ -41,10 +41,10 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response {
 /// The revocation API requires `Authorization: Bearer <admin.token>`; compared in constant time.
 fn authorize<'a>(st: &'a AdminState, headers: &HeaderMap) -> Result<&'a ControlApi, Box<Response>> {
     let Some(api) = &st.control else {
-        return Err(json(
+        return Err(Box::new(json(
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": "revocations are not available"}),
-        ));
+        )));
     };
     let Some(token) = &api.token else {
         return Err(Box::new(json(
@@ -67,10 +67,10 @@ fn authorize<'a>(st: &'a AdminState, headers: &HeaderMap) -> Result<&'a ControlA
     if same {
         Ok(api)
     } else {
-        Err(json(
+        Err(Box::new(json(
             StatusCode::UNAUTHORIZED,
             &serde_json::json!({"error": "missing or wrong bearer token"}),
-        ))
+        )))
     }
 }
 
