@@ -5,8 +5,11 @@
 //! silences happen within the demo. The mesh: six namespaces of four services each, calling
 //! each other over mTLS (Istio sidecar JSON access logs and ztunnel logs). The incidents, in
 //! order: plaintext traffic into `pay`, RBAC probing by `shop/cart`, a revocation of that
-//! identity (dry-run: recorded in Verity's revocation list, no control plane touched), traffic
-//! from it that still succeeds, a telemetry gap from `inventory`, and Log4Shell attempts.
+//! identity, traffic
+//! from it that still succeeds, a telemetry gap from `inventory`, and Log4Shell attempts. The
+//! revocation goes through Verity's own control loop: the probing rule asks for it, the
+//! guardrails admit it, the ext_authz deny list enforces it, and the verification watches the
+//! traffic; the synthetic mesh does not consult the deny list, so the verification fires.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -218,6 +221,11 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<bool
         ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false".to_string()),
         ("VERITY__SINKS__OUTPUTS__FILE__PATH", alerts_path.display().to_string()),
         ("VERITY__SINKS__OUTPUTS__FILE__BATCH", "{max_wait_ms: 20}".to_string()),
+        // Revocations are enforced through the ext_authz deny list; the synthetic mesh does not
+        // consult it, which is exactly what the verification then catches.
+        ("VERITY__CONTROL__MODE", "enforce".to_string()),
+        ("VERITY__CONTROL__GRACE_SECS", "2".to_string()),
+        ("VERITY__CONTROL__STORE_PATH", format!("{d}/revocations.json")),
     ];
     let settings = config::settings(None, env.iter().map(|(k, v)| (k.to_string(), v.clone())))
         .map_err(|e| DemoError::Config(e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
@@ -356,16 +364,15 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<bool
                 a["rule_id"].as_str().unwrap_or(""),
                 a["summary"].as_str().unwrap_or("")
             )?;
-            if revoked_at.is_none() && a["rule_id"] == "zt-rbac-denial-burst" && a["status"] == "firing" {
-                let principal = COMPROMISED.trim_start_matches("spiffe://");
-                handles.revocations.add(principal);
+            if revoked_at.is_none() && a["rule_id"] == "verity-revocation-applied" {
                 revoked_at = Some(elapsed);
                 writeln!(
                     out,
-                    "  {:02}:{:02}  {}  revoked {principal} (dry-run: added to Verity's revocation list, no control plane touched);\n                  Verity now checks live traffic that the revocation is enforced",
+                    "  {:02}:{:02}  {}  the probing alert asked for a revocation: {} is on the ext_authz deny list;\n                  after a grace period Verity checks live traffic that the mesh enforces it",
                     at / 60,
                     at % 60,
-                    paint.bold("RESPOND ")
+                    paint.bold("RESPOND "),
+                    COMPROMISED.trim_start_matches("spiffe://"),
                 )?;
             }
         }
@@ -421,14 +428,14 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<bool
         Some(at) => writeln!(
             out,
             "  ✓ {:<50} at {:02}:{:02}",
-            "revocation of shop/cart (dry-run)",
+            "revocation of shop/cart (ext_authz deny list)",
             at.as_secs() / 60,
             at.as_secs() % 60
         )?,
         None => writeln!(
             out,
             "  ✗ {:<50} no probing alert to act on",
-            "revocation of shop/cart (dry-run)"
+            "revocation of shop/cart (ext_authz deny list)"
         )?,
     }
     let all = detected == INCIDENTS.len() && revoked_at.is_some();

@@ -26,7 +26,7 @@ fn demo_detects_every_incident_and_says_so() {
         "✓ revoked shop/cart still succeeds (not enforced)",
         "✓ telemetry gap from namespace inventory",
         "✓ Log4Shell attempts at the edge",
-        "✓ revocation of shop/cart (dry-run)",
+        "✓ revocation of shop/cart (ext_authz deny list)",
         "All 5 incidents detected.",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
