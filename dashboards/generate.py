@@ -140,6 +140,12 @@ def alerts():
             f'sum by (rule) (increase(verity_alerts_total{{{I}, rule="zt-revoked-identity-succeeds", status="firing"}}[$__rate_interval])) or vector(0)',
             "not enforced")],
             description="Requests from identities on the revocation list that were allowed: each is a revocation the mesh does not enforce. Should stay at 0."),
+        panel(l, "timeseries", "Revocation actions", [target(
+            f"sum by (action) (increase(verity_revocation_events_total{{{I}}}[$__rate_interval]))", "{{action}}")],
+            description="Recorded, applied, failed, refused (guardrails), expired (TTL) and lifted revocations."),
+        panel(l, "timeseries", "Revocation apply latency (p99)", [target(
+            f"histogram_quantile(0.99, sum by (le) (rate(verity_revocation_apply_seconds_bucket{{{I}}}[$__range])))", "p99")],
+            unit="s"),
         panel(l, "timeseries", "Alerts delivered per output", [target(
             f"sum by (sink) (rate(verity_sink_sent_total{{{I}}}[$__rate_interval]))", "{{sink}}")]),
     ]

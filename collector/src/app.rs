@@ -123,17 +123,21 @@ pub async fn run_with(
     let sinks = Arc::new(verity_sinks::SinkSet::start(&settings.sinks, sink_metrics)?);
     let deny = verity_control::denylist::DenyList::default();
     let verify_list = revocation_handle.clone();
-    let control = Arc::new(verity_control::manager::Manager::open(
-        settings.control.clone(),
-        vec![Box::new(verity_control::manager::DenyListResponder(deny.clone()))],
-        Box::new(move |principal, on| {
-            if on {
-                verify_list.add(principal);
-            } else {
-                verify_list.remove(principal);
-            }
-        }),
-    )?);
+    let control_metrics = verity_control::manager::ControlMetrics::register(&mut registry);
+    let control = Arc::new(
+        verity_control::manager::Manager::open(
+            settings.control.clone(),
+            vec![Box::new(verity_control::manager::DenyListResponder(deny.clone()))],
+            Box::new(move |principal, on| {
+                if on {
+                    verify_list.add(principal);
+                } else {
+                    verify_list.remove(principal);
+                }
+            }),
+        )?
+        .with_metrics(control_metrics),
+    );
     control.restore(crate::normalize::now_ns());
     stages.push(Box::new(
         RulesStage::new(engine.clone(), sinks.clone()).with_control(control.clone()),

@@ -102,12 +102,59 @@ impl Responder for DenyListResponder {
 /// Called when a principal enters or leaves verification (`is_revoked()` in rules).
 pub type VerifyHook = Box<dyn Fn(&str, bool) + Send + Sync>;
 
+type Counters = prometheus_client::metrics::family::Family<
+    Vec<(&'static str, &'static str)>,
+    prometheus_client::metrics::counter::Counter,
+>;
+
+/// Revocation metrics, registered into the registry the binary passes in.
+#[derive(Clone)]
+pub struct ControlMetrics {
+    events: Counters,
+    apply_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// Every audit action, so each series exists (at 0) from the start.
+pub const ACTIONS: &[&str] = &["recorded", "applied", "failed", "refused", "expired", "lifted"];
+
+impl ControlMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self {
+            events: Counters::default(),
+            apply_seconds: prometheus_client::metrics::histogram::Histogram::new([
+                0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0,
+            ]),
+        };
+        for a in ACTIONS {
+            let _ = m.events.get_or_create(&vec![("action", *a)]);
+        }
+        registry.register(
+            "verity_revocation_events",
+            "Revocation actions: recorded, applied, failed, refused, expired, lifted",
+            m.events.clone(),
+        );
+        registry.register(
+            "verity_revocation_apply_seconds",
+            "Time from a revocation's decision until every responder has applied it",
+            m.apply_seconds.clone(),
+        );
+        m
+    }
+
+    fn action(&self, action: &str) {
+        if let Some(a) = ACTIONS.iter().find(|a| **a == action) {
+            self.events.get_or_create(&vec![("action", *a)]).inc();
+        }
+    }
+}
+
 pub struct Manager {
     cfg: ControlConfig,
     store: Store,
     guard: Guardrails,
     responders: Vec<Box<dyn Responder>>,
     verify: VerifyHook,
+    metrics: Option<ControlMetrics>,
 }
 
 fn ns_to_rfc3339(ns: i64) -> String {
@@ -133,7 +180,13 @@ impl Manager {
             guard,
             responders,
             verify,
+            metrics: None,
         })
+    }
+
+    pub fn with_metrics(mut self, metrics: ControlMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -141,6 +194,9 @@ impl Manager {
     }
 
     fn audit(&self, r: &Revocation, action: &str, severity: Severity, detail: &str, now_ns: i64) -> Alert {
+        if let Some(m) = &self.metrics {
+            m.action(action);
+        }
         let mut group = BTreeMap::new();
         group.insert("principal".to_string(), Some(r.principal.clone()));
         group.insert("revocation".to_string(), Some(r.id.clone()));
@@ -229,6 +285,7 @@ impl Manager {
                 events.push(self.audit(&r, "recorded", Severity::Info, "log-only: not enforced", now_ns));
             }
             Mode::Enforce => {
+                let started = std::time::Instant::now();
                 let mut failed = Vec::new();
                 for resp in &self.responders {
                     let result = resp.apply(&r);
@@ -249,6 +306,11 @@ impl Manager {
                 } else {
                     State::Failed
                 };
+                if let Some(m) = &self.metrics
+                    && failed.is_empty()
+                {
+                    m.apply_seconds.observe(started.elapsed().as_secs_f64());
+                }
                 self.store.put(r.clone())?;
                 events.push(if failed.is_empty() {
                     self.audit(&r, "applied", Severity::High, "enforced by every responder", now_ns)

@@ -211,6 +211,9 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     )
     .expect("rule");
     let rules = format!("[{}]", rules.display());
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "dash-token").expect("token");
+    let token_ref = format!("{{file: '{}'}}", token.display());
     let v = Verity::start_in(
         dir,
         &[
@@ -221,9 +224,29 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             ("VERITY__KAFKA__TOPICS", "[{name: mesh, encoding: raw}]"),
             ("VERITY__KAFKA__PROPERTIES__STATISTICS.INTERVAL.MS", "1000"),
             ("VERITY__RULES__REVOKED", "[cluster.local/ns/shop/sa/cart]"),
+            ("VERITY__CONTROL__MODE", "enforce"),
+            ("VERITY__ADMIN__TOKEN", &token_ref),
         ],
     );
+
     let prom = require(start_prometheus(v.admin), "prometheus").expect("prometheus");
+    // Let Prometheus see the revocation counters at 0 first.
+    assert!(eventually(Duration::from_secs(20), || {
+        query(&prom, "up{job=\"verity\"}")["data"]["result"][0]["value"][1] == "1"
+    }));
+    // One revocation by hand, so the revocation panels have something to show.
+    let r = http_request(
+        v.admin,
+        "POST",
+        "/revocations",
+        &[
+            ("Authorization", "Bearer dash-token"),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"principal": "spiffe://cluster.local/ns/shop/sa/legacy", "ttl": "1h"}"#,
+    )
+    .expect("revoke");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
     // The scenario, in event time over the last minute.
     let cart = "spiffe://cluster.local/ns/shop/sa/cart";
