@@ -41,6 +41,8 @@ pub enum AppError {
     DrainTimeout(std::time::Duration),
     #[error("the rule set does not compile:\n  {}", .0.join("\n  "))]
     Rules(Vec<String>),
+    #[error("{0}")]
+    Responder(String),
     #[error("admin.token: {0}")]
     AdminToken(String),
     #[error("cannot open the revocation store: {0}")]
@@ -124,10 +126,17 @@ pub async fn run_with(
     let deny = verity_control::denylist::DenyList::default();
     let verify_list = revocation_handle.clone();
     let control_metrics = verity_control::manager::ControlMetrics::register(&mut registry);
+    let mut responders: Vec<Box<dyn verity_control::manager::Responder>> =
+        vec![Box::new(verity_control::manager::DenyListResponder(deny.clone()))];
+    if let Some(w) = &settings.control.webhook {
+        responders.push(Box::new(
+            verity_control::webhook::WebhookResponder::start(w).map_err(|e| AppError::Responder(e.to_string()))?,
+        ));
+    }
     let control = Arc::new(
         verity_control::manager::Manager::open(
             settings.control.clone(),
-            vec![Box::new(verity_control::manager::DenyListResponder(deny.clone()))],
+            responders,
             Box::new(move |principal, on| {
                 if on {
                     verify_list.add(principal);

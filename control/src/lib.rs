@@ -17,6 +17,7 @@ pub mod ext_authz;
 pub mod guard;
 pub mod manager;
 pub mod store;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 

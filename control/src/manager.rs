@@ -48,6 +48,8 @@ pub struct ControlConfig {
     pub ext_authz_listen: Option<String>,
     /// How often expiry, retries and verification are checked.
     pub reconcile_interval_secs: u64,
+    /// Also send each revocation and removal, signed, to this webhook.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 impl Default for ControlConfig {
@@ -63,6 +65,7 @@ impl Default for ControlConfig {
             default_ttl_secs: 3600,
             ext_authz_listen: None,
             reconcile_interval_secs: 1,
+            webhook: None,
         }
     }
 }

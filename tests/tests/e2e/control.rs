@@ -174,6 +174,20 @@ fn manual_revocations_through_the_authenticated_admin_api() {
     let token = dir.path().join("admin-token");
     std::fs::write(&token, "s3cret-admin\n").expect("token");
     let ext_authz = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Another control plane behind a signed webhook.
+    use verity_e2e::siem::webhook::{IdField, WebhookFormat, WebhookServer, WebhookSettings};
+    let hook = WebhookServer::start(WebhookSettings {
+        format: WebhookFormat::Json,
+        id: IdField::Pointer("/action".into()),
+        ..WebhookSettings::signed(b"hook-key".to_vec())
+    });
+    let hook_key = dir.path().join("hook-key");
+    std::fs::write(&hook_key, "hook-key").expect("key");
+    let webhook = format!(
+        "{{url: '{}', secret: {{file: '{}'}}}}",
+        hook.url_for("/revocations"),
+        hook_key.display()
+    );
     let (listen, file, token_ref) = (
         ext_authz.to_string(),
         dir.path().join("alerts.jsonl").display().to_string(),
@@ -185,6 +199,7 @@ fn manual_revocations_through_the_authenticated_admin_api() {
             ("VERITY__CONTROL__MODE", "enforce"),
             ("VERITY__CONTROL__EXT_AUTHZ_LISTEN", &listen),
             ("VERITY__ADMIN__TOKEN", &token_ref),
+            ("VERITY__CONTROL__WEBHOOK", &webhook),
             ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
             ("VERITY__SINKS__OUTPUTS__FILE__PATH", &file),
         ],
@@ -221,6 +236,18 @@ fn manual_revocations_through_the_authenticated_admin_api() {
     let (ok, out) = cli(&["lift", &id]);
     assert!(ok, "{out}");
     assert_eq!(check(ext_authz, CART), 0, "lifted: allowed again");
+    // The webhook got the revocation and its removal, signed (a bad signature is refused).
+    assert!(
+        eventually(Duration::from_secs(10), || hook.ids()
+            == vec!["revoke".to_string(), "remove".to_string()]),
+        "{:?}",
+        hook.received()
+    );
+    assert_eq!(hook.rejected_signatures(), 0);
+    assert_eq!(
+        hook.received()[0]["revocation"]["principal"],
+        "cluster.local/ns/shop/sa/cart"
+    );
     assert!(eventually(Duration::from_secs(10), || has(
         &v,
         "verity-revocation-lifted"
