@@ -68,6 +68,33 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, what: &str, body: &str)
     }
 }
 
+/// An answer read whole.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+/// Sends a request and reads the whole answer. Failing to get one is a transport error
+/// ([`transport_error`]); what the answer says is the caller's to judge.
+pub async fn exchange(req: reqwest::RequestBuilder, what: &str) -> Result<Answer, SinkError> {
+    let resp = req.send().await.map_err(|e| transport_error(what, &e))?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    Ok(Answer { status, headers, text })
+}
+
+/// Sends a request whose only good answer is a 2xx; anything else is classified.
+pub async fn expect_success(req: reqwest::RequestBuilder, what: &str) -> Result<(), SinkError> {
+    let a = exchange(req, what).await?;
+    if a.status.is_success() {
+        Ok(())
+    } else {
+        Err(classify(a.status, &a.headers, what, &a.text))
+    }
+}
+
 /// Connection failures and timeouts are worth retrying; anything else about the request is not.
 pub fn transport_error(what: &str, e: &reqwest::Error) -> SinkError {
     let mut message = format!("{what}: {e}");

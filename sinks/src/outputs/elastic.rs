@@ -8,7 +8,7 @@ use verity_model::alert::Alert;
 
 use crate::config::ElasticConfig;
 use crate::format::ecs;
-use crate::http::{classify, client, transport_error};
+use crate::http::{Answer, classify, client, exchange};
 use crate::secret::Secret;
 use crate::{BoxFuture, ItemFailure, SendResult, Sink, SinkError};
 
@@ -128,14 +128,7 @@ impl Sink for Elastic {
                 .post(format!("{}/_bulk", self.base))
                 .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
                 .body(body);
-            let resp = self
-                .authed(req)?
-                .send()
-                .await
-                .map_err(|e| transport_error("Elasticsearch", &e))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let text = resp.text().await.unwrap_or_default();
+            let Answer { status, headers, text } = exchange(self.authed(req)?, "Elasticsearch").await?;
             if !status.is_success() {
                 return Err(classify(status, &headers, "Elasticsearch _bulk", &text));
             }
@@ -163,14 +156,7 @@ impl Sink for Elastic {
     fn health<'a>(&'a self) -> BoxFuture<'a, Result<String, SinkError>> {
         Box::pin(async move {
             let req = self.client.get(format!("{}/", self.base));
-            let resp = self
-                .authed(req)?
-                .send()
-                .await
-                .map_err(|e| transport_error("Elasticsearch", &e))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let text = resp.text().await.unwrap_or_default();
+            let Answer { status, headers, text } = exchange(self.authed(req)?, "Elasticsearch").await?;
             if !status.is_success() {
                 return Err(classify(status, &headers, "Elasticsearch", &text));
             }

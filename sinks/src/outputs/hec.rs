@@ -9,7 +9,7 @@ use verity_model::alert::Alert;
 
 use crate::config::HecConfig;
 use crate::format::hec::{HecOptions, encode_batch};
-use crate::http::{classify, client, retry_after, transport_error};
+use crate::http::{Answer, classify, client, exchange, retry_after};
 use crate::secret::Secret;
 use crate::{BoxFuture, SendResult, Sink, SinkError};
 
@@ -107,14 +107,8 @@ impl Hec {
 
     async fn post_events(&self, alerts: &[Alert]) -> Result<Option<u64>, SinkError> {
         let body = encode_batch(alerts, &self.opts);
-        let resp = self
-            .request("/services/collector/event", body)?
-            .send()
-            .await
-            .map_err(|e| transport_error("Splunk HEC", &e))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap_or_default();
+        let Answer { status, headers, text } =
+            exchange(self.request("/services/collector/event", body)?, "Splunk HEC").await?;
         let answer: Option<HecAnswer> = serde_json::from_str(&text).ok();
         if status == StatusCode::OK && answer.as_ref().is_none_or(|a| a.code == 0) {
             return Ok(answer.and_then(|a| a.ack_id));
@@ -137,14 +131,8 @@ impl Hec {
             tokio::time::sleep(ack.poll).await;
             let body = serde_json::to_vec(&serde_json::json!({ "acks": [id] }))
                 .map_err(|e| SinkError::permanent(e.to_string()))?;
-            let resp = self
-                .request("/services/collector/ack", body)?
-                .send()
-                .await
-                .map_err(|e| transport_error("Splunk HEC ack", &e))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let text = resp.text().await.unwrap_or_default();
+            let Answer { status, headers, text } =
+                exchange(self.request("/services/collector/ack", body)?, "Splunk HEC ack").await?;
             if status != StatusCode::OK {
                 // The events were accepted; an ack we cannot read means sending them again.
                 let e = classify(status, &headers, "Splunk HEC ack", &text);
@@ -186,26 +174,13 @@ impl Sink for Hec {
     fn health<'a>(&'a self) -> BoxFuture<'a, Result<String, SinkError>> {
         Box::pin(async move {
             let url = format!("{}/services/collector/health/1.0", self.base);
-            let resp = self
-                .client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| transport_error("Splunk HEC", &e))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let text = resp.text().await.unwrap_or_default();
+            let Answer { status, headers, text } = exchange(self.client.get(&url), "Splunk HEC").await?;
             if status != StatusCode::OK {
                 return Err(classify(status, &headers, "Splunk HEC health", &text));
             }
             // An empty event post checks the token: 400 "No data" (code 5) means it was accepted.
-            let resp = self
-                .request("/services/collector/event", Vec::new())?
-                .send()
-                .await
-                .map_err(|e| transport_error("Splunk HEC", &e))?;
-            let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
+            let Answer { status, text, .. } =
+                exchange(self.request("/services/collector/event", Vec::new())?, "Splunk HEC").await?;
             let answer: Option<HecAnswer> = serde_json::from_str(&text).ok();
             match answer {
                 Some(a) if a.code == 5 || a.code == 0 => Ok(format!("{} is healthy and accepts the token", self.base)),

@@ -9,7 +9,7 @@ use verity_model::alert::Alert;
 
 use crate::config::OcsfConfig;
 use crate::format::ocsf::detection_finding;
-use crate::http::{classify, client, transport_error};
+use crate::http::{client, expect_success, transport_error};
 use crate::secret::Secret;
 use crate::{BoxFuture, SendResult, Sink, SinkError};
 
@@ -88,14 +88,7 @@ impl Sink for Ocsf {
                         let t = t.value().map_err(|e| SinkError::retryable(format!("token: {e}")))?;
                         req = req.bearer_auth(t);
                     }
-                    let resp = req.send().await.map_err(|e| transport_error("OCSF endpoint", &e))?;
-                    let status = resp.status();
-                    if status.is_success() {
-                        return Ok(Vec::new());
-                    }
-                    let headers = resp.headers().clone();
-                    let text = resp.text().await.unwrap_or_default();
-                    Err(classify(status, &headers, "OCSF endpoint", &text))
+                    expect_success(req, "OCSF endpoint").await.map(|()| Vec::new())
                 }
             }
         })

@@ -5,7 +5,7 @@ use verity_model::alert::Alert;
 
 use crate::config::SentinelConfig;
 use crate::format::sentinel::encode_chunks;
-use crate::http::{classify, client, transport_error};
+use crate::http::{client, expect_success, transport_error};
 use crate::secret::Secret;
 use crate::{BoxFuture, ItemFailure, SendResult, Sink, SinkError};
 
@@ -51,25 +51,13 @@ impl Sink for Sentinel {
             let mut failures = Vec::new();
             let single = chunks.len() == 1;
             for (range, body) in chunks {
-                let result = async {
-                    let resp = self
-                        .client
-                        .post(&self.url)
-                        .bearer_auth(&token)
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(body)
-                        .send()
-                        .await
-                        .map_err(|e| transport_error("Sentinel", &e))?;
-                    let status = resp.status();
-                    if status.is_success() {
-                        return Ok(());
-                    }
-                    let headers = resp.headers().clone();
-                    let text = resp.text().await.unwrap_or_default();
-                    Err(classify(status, &headers, "Sentinel Logs Ingestion", &text))
-                }
-                .await;
+                let req = self
+                    .client
+                    .post(&self.url)
+                    .bearer_auth(&token)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body);
+                let result = expect_success(req, "Sentinel Logs Ingestion").await;
                 if let Err(e) = result {
                     if single {
                         return Err(e);

@@ -6,7 +6,7 @@
 use verity_model::alert::Alert;
 
 use crate::config::WebhookConfig;
-use crate::http::{classify, client, transport_error};
+use crate::http::{client, expect_success, transport_error};
 use crate::secret::Secret;
 use crate::{BoxFuture, SendResult, Sink, SinkError};
 
@@ -70,18 +70,7 @@ impl Sink for Webhook {
             for (k, v) in &self.headers {
                 req = req.header(k, v);
             }
-            let resp = req
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| transport_error("webhook", &e))?;
-            let status = resp.status();
-            if status.is_success() {
-                return Ok(Vec::new());
-            }
-            let headers = resp.headers().clone();
-            let text = resp.text().await.unwrap_or_default();
-            Err(classify(status, &headers, "webhook", &text))
+            expect_success(req.body(body), "webhook").await.map(|()| Vec::new())
         })
     }
 
