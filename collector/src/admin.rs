@@ -88,6 +88,10 @@ struct AddRevocation {
     ttl: String,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 async fn deliver(api: &ControlApi, events: Vec<verity_model::Alert>) {
@@ -115,17 +119,31 @@ async fn add_revocation(State(st): State<Arc<AdminState>>, headers: HeaderMap, b
             &serde_json::json!({"error": "ttl must look like 30s, 15m, 1h or 1d"}),
         );
     };
+    let kind = req.kind.as_deref().unwrap_or("principal");
+    if !matches!(kind, "principal" | "request_principal") {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "kind must be principal or request_principal"}),
+        );
+    }
+    if req.principal.trim().is_empty() {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "principal is empty"}),
+        );
+    }
     let now = crate::normalize::now_ns();
     let reason = req.reason.unwrap_or_else(|| "revoked by an operator".into());
-    match api.manager.revoke(
-        &req.principal,
-        "principal",
-        &reason,
-        verity_model::alert::Severity::Critical,
+    let revoke = verity_control::manager::RevokeRequest {
+        principal: &req.principal,
+        kind,
+        reason: &reason,
+        severity: verity_model::alert::Severity::Critical,
         ttl_ns,
-        None,
-        now,
-    ) {
+        alert: None,
+        namespace: req.namespace.as_deref(),
+    };
+    match api.manager.revoke(&revoke, now) {
         Ok(events) => {
             let refused = events.iter().any(|e| e.rule_id == "verity-revocation-refused");
             let summary: Vec<String> = events.iter().map(|e| e.summary.clone()).collect();

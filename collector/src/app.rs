@@ -133,6 +133,26 @@ pub async fn run_with(
             verity_control::webhook::WebhookResponder::start(w).map_err(|e| AppError::Responder(e.to_string()))?,
         ));
     }
+    // The Istio responder: the manager only wakes it; the controller applies and confirms.
+    let istio_wake = Arc::new(tokio::sync::Notify::new());
+    let istio = match &settings.control.istio {
+        Some(cfg) if settings.control.mode != verity_control::Mode::LogOnly => {
+            responders.push(Box::new(verity_control::istio::IstioResponder::new(
+                cfg.clone(),
+                istio_wake.clone(),
+            )));
+            let controller = verity_control::istio::IstioController::connect(cfg.clone())
+                .await
+                .map_err(|e| AppError::Responder(e.to_string()))?
+                .with_metrics(verity_control::istio::IstioMetrics::register(&mut registry));
+            Some(controller)
+        }
+        Some(_) => {
+            tracing::warn!("control.istio is configured but control.mode is log_only: no policy is applied");
+            None
+        }
+        None => None,
+    };
     let control = Arc::new(
         verity_control::manager::Manager::open(
             settings.control.clone(),
@@ -283,6 +303,21 @@ pub async fn run_with(
             .instrument(tracing::info_span!("revocations")),
         )
     };
+    let istio_task = istio.map(|controller| {
+        let (control, sinks, stop) = (control.clone(), sinks.clone(), stop_rx.clone());
+        tokio::spawn(
+            controller
+                .run(control, istio_wake.clone(), stop, move |events| {
+                    let s = sinks.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(error) = s.submit(&events) {
+                            tracing::error!(%error, "could not deliver revocation audit events");
+                        }
+                    });
+                })
+                .instrument(tracing::info_span!("istio_responder")),
+        )
+    });
     // The sources hold the only intake handles now: when they stop, the pipeline drains.
     drop(ingest);
 
@@ -354,6 +389,9 @@ pub async fn run_with(
     let deadline = tokio::time::Instant::now() + settings.drain_timeout;
     let _ = reloader.await;
     let _ = reconciler.await;
+    if let Some(task) = istio_task {
+        let _ = task.await;
+    }
     let drain = async {
         for s in servers {
             let _ = s.await;

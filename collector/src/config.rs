@@ -445,6 +445,15 @@ impl Config {
                 format!("{l:?} is not an ip:port socket address"),
             ));
         }
+        if let Err(message) = self.control.validate() {
+            let (path, message) = match message.split_once(": ") {
+                Some((path, m)) if path.starts_with("control.") && !path.contains(' ') => {
+                    (path.to_string(), m.to_string())
+                }
+                _ => ("control".to_string(), message),
+            };
+            errors.push(ConfigError::new(path, message));
+        }
         if self.control.max_per_window == 0 {
             errors.push(ConfigError::new("control.max_per_window", "must be at least 1"));
         }

@@ -293,6 +293,12 @@ enum RevocationsCommand {
         ttl: String,
         #[arg(long)]
         reason: Option<String>,
+        /// `principal` (a workload's SPIFFE identity) or `request_principal` (a JWT `iss/sub`).
+        #[arg(long, default_value = "principal")]
+        kind: String,
+        /// The destination namespace (used by the Istio responder with `scope: destination`).
+        #[arg(long)]
+        namespace: Option<String>,
     },
     /// Lift a revocation before its TTL.
     Lift { id: String },
@@ -312,10 +318,19 @@ fn revocations(admin: &str, token_file: Option<PathBuf>, command: RevocationsCom
         let client = reqwest::Client::new();
         let req = match &command {
             RevocationsCommand::List => client.get(format!("{base}/revocations")),
-            RevocationsCommand::Add { principal, ttl, reason } => client
+            RevocationsCommand::Add {
+                principal,
+                ttl,
+                reason,
+                kind,
+                namespace,
+            } => client
                 .post(format!("{base}/revocations"))
                 .header("Content-Type", "application/json")
-                .body(serde_json::json!({"principal": principal, "ttl": ttl, "reason": reason}).to_string()),
+                .body(
+                    serde_json::json!({"principal": principal, "ttl": ttl, "reason": reason, "kind": kind, "namespace": namespace})
+                        .to_string(),
+                ),
             RevocationsCommand::Lift { id } => client.post(format!("{base}/revocations/{id}/lift")),
         };
         let resp = req

@@ -9,12 +9,16 @@
 //!   ext_authz read path takes no lock.
 //! - [`ext_authz`]: `envoy.service.auth.v3.Authorization/Check` answering 403 for revoked
 //!   principals and OK for everyone else.
+//! - [`istio`]: Istio `AuthorizationPolicy` DENY objects kept in step with the store by
+//!   server-side apply, removed at expiry.
+//! - [`webhook`]: signed JSON to any other control plane.
 
 #![forbid(unsafe_code)]
 
 pub mod denylist;
 pub mod ext_authz;
 pub mod guard;
+pub mod istio;
 pub mod manager;
 pub mod store;
 pub mod webhook;
@@ -23,11 +27,25 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// What Verity does with a revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Record and audit only; nothing is applied anywhere (the embedded default).
+    #[default]
+    LogOnly,
+    /// Apply Istio policies with `istio.io/dry-run: "true"`, so Istio only reports what it
+    /// would deny; the ext_authz deny list is left alone and nothing is verified from traffic.
+    DryRun,
+    /// Apply through every responder (the ext_authz deny list takes effect at once).
+    Enforce,
+}
+
 /// Where a revocation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
-    /// Recorded, not yet applied by every responder.
+    /// Recorded, not yet confirmed by every responder (or log-only).
     Pending,
     /// In force.
     Applied,
@@ -49,6 +67,9 @@ impl State {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponderResult {
     pub ok: bool,
+    /// Handed to a responder that confirms later (the Istio responder); not yet confirmed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
     pub detail: String,
     pub at_ns: i64,
 }
@@ -67,11 +88,34 @@ pub struct Revocation {
     pub alert_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_id: Option<String>,
+    /// The destination namespace the alert was about, when it names one: where a
+    /// namespace-scoped Istio policy goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The mode it was decided in.
+    #[serde(default)]
+    pub mode: Mode,
     pub created_ns: i64,
     pub expires_ns: i64,
+    /// When every responder had applied it (verification starts a grace period after this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_ns: Option<i64>,
     pub state: State,
     #[serde(default)]
     pub results: BTreeMap<String, ResponderResult>,
+}
+
+impl Revocation {
+    /// Applied, failed or still pending, from the responders' results.
+    pub fn settled_state(&self) -> State {
+        if self.results.values().any(|r| !r.ok && !r.pending) {
+            State::Failed
+        } else if self.results.values().any(|r| r.pending) {
+            State::Pending
+        } else {
+            State::Applied
+        }
+    }
 }
 
 /// The principal as Istio policies and ext_authz name it: without the `spiffe://` scheme.

@@ -17,16 +17,7 @@ use crate::guard::{DEFAULT_PROTECTED, Guardrails, Refusal};
 use crate::store::{Store, StoreError};
 use crate::{ResponderResult, Revocation, State, normalize_principal, revocation_id};
 
-/// What Verity does with a revocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Record and audit only; nothing is enforced (the embedded default).
-    #[default]
-    LogOnly,
-    /// Apply through the responders (the ext_authz deny list takes effect at once).
-    Enforce,
-}
+pub use crate::Mode;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -50,6 +41,8 @@ pub struct ControlConfig {
     pub reconcile_interval_secs: u64,
     /// Also send each revocation and removal, signed, to this webhook.
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// Also enforce through Istio `AuthorizationPolicy` DENY objects.
+    pub istio: Option<crate::istio::IstioConfig>,
 }
 
 impl Default for ControlConfig {
@@ -66,7 +59,25 @@ impl Default for ControlConfig {
             ext_authz_listen: None,
             reconcile_interval_secs: 1,
             webhook: None,
+            istio: None,
         }
+    }
+}
+
+impl ControlConfig {
+    /// Checks what can be checked without I/O (the listen address and limits are checked by
+    /// the binary's settings).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window_secs == 0 {
+            return Err("control.window_secs: must be at least 1".into());
+        }
+        if self.default_ttl_secs == 0 {
+            return Err("control.default_ttl_secs: must be at least 1".into());
+        }
+        if let Some(istio) = &self.istio {
+            istio.validate()?;
+        }
+        Ok(())
     }
 }
 
@@ -75,6 +86,31 @@ pub trait Responder: Send + Sync {
     fn name(&self) -> &'static str;
     fn apply(&self, r: &Revocation) -> Result<String, String>;
     fn remove(&self, r: &Revocation) -> Result<String, String>;
+    /// Whether `apply` only hands the work on and the outcome arrives later through
+    /// [`Manager::confirm`]; the revocation stays pending until then.
+    fn deferred(&self) -> bool {
+        false
+    }
+    /// Whether it can apply a revocation without enforcing it (mode `dry_run`); the others
+    /// are skipped in that mode.
+    fn supports_dry_run(&self) -> bool {
+        false
+    }
+}
+
+/// What to revoke, from an alert or an operator.
+#[derive(Debug, Clone)]
+pub struct RevokeRequest<'a> {
+    pub principal: &'a str,
+    /// `principal` or `request_principal`.
+    pub kind: &'a str,
+    pub reason: &'a str,
+    pub severity: Severity,
+    pub ttl_ns: i64,
+    /// The alert's id and rule id.
+    pub alert: Option<(&'a str, &'a str)>,
+    /// The destination namespace, when known.
+    pub namespace: Option<&'a str>,
 }
 
 /// Enforcement through the ext_authz server: effective as soon as it is recorded.
@@ -237,34 +273,27 @@ impl Manager {
 
     /// Creates a revocation (from an alert or by hand) within the guardrails; returns the
     /// audit events.
-    #[allow(clippy::too_many_arguments)]
-    pub fn revoke(
-        &self,
-        principal: &str,
-        kind: &str,
-        reason: &str,
-        severity: Severity,
-        ttl_ns: i64,
-        alert: Option<(&str, &str)>,
-        now_ns: i64,
-    ) -> Result<Vec<Alert>, StoreError> {
-        let principal = normalize_principal(principal).to_string();
+    pub fn revoke(&self, req: &RevokeRequest<'_>, now_ns: i64) -> Result<Vec<Alert>, StoreError> {
+        let principal = normalize_principal(req.principal).to_string();
         if self.store.active_for(&principal).is_some() {
             return Ok(Vec::new());
         }
         let mut r = Revocation {
             id: revocation_id(&principal, now_ns),
-            kind: kind.to_string(),
+            kind: req.kind.to_string(),
             principal: principal.clone(),
-            reason: reason.to_string(),
-            alert_id: alert.map(|(id, _)| id.to_string()),
-            rule_id: alert.map(|(_, rule)| rule.to_string()),
+            reason: req.reason.to_string(),
+            alert_id: req.alert.map(|(id, _)| id.to_string()),
+            rule_id: req.alert.map(|(_, rule)| rule.to_string()),
+            namespace: req.namespace.filter(|n| !n.is_empty()).map(str::to_string),
+            mode: self.cfg.mode,
             created_ns: now_ns,
-            expires_ns: now_ns.saturating_add(ttl_ns),
+            expires_ns: now_ns.saturating_add(req.ttl_ns),
+            applied_ns: None,
             state: State::Pending,
             results: BTreeMap::new(),
         };
-        if let Err(refusal) = self.guard.admit(&principal, severity, now_ns) {
+        if let Err(refusal) = self.guard.admit(&principal, req.severity, now_ns) {
             let sev = match refusal {
                 // Too many revocations at once is itself an incident.
                 Refusal::Cap { .. } => Severity::Critical,
@@ -274,56 +303,172 @@ impl Manager {
             return Ok(vec![self.audit(&r, "refused", sev, &refusal.to_string(), now_ns)]);
         }
         let mut events = Vec::new();
-        match self.cfg.mode {
-            Mode::LogOnly => {
-                r.results.insert(
-                    "log_only".into(),
-                    ResponderResult {
-                        ok: true,
-                        detail: "recorded; mode log_only applies nothing".into(),
-                        at_ns: now_ns,
-                    },
-                );
-                self.store.put(r.clone())?;
-                events.push(self.audit(&r, "recorded", Severity::Info, "log-only: not enforced", now_ns));
-            }
-            Mode::Enforce => {
-                let started = std::time::Instant::now();
-                let mut failed = Vec::new();
-                for resp in &self.responders {
-                    let result = resp.apply(&r);
-                    if let Err(e) = &result {
-                        failed.push(format!("{}: {e}", resp.name()));
-                    }
-                    r.results.insert(
-                        resp.name().to_string(),
-                        ResponderResult {
-                            ok: result.is_ok(),
-                            detail: result.unwrap_or_else(|e| e),
-                            at_ns: now_ns,
-                        },
-                    );
-                }
-                r.state = if failed.is_empty() {
-                    State::Applied
-                } else {
-                    State::Failed
-                };
-                if let Some(m) = &self.metrics
-                    && failed.is_empty()
-                {
+        if self.cfg.mode == Mode::LogOnly {
+            r.results.insert(
+                "log_only".into(),
+                ResponderResult {
+                    ok: true,
+                    pending: false,
+                    detail: "recorded; mode log_only applies nothing".into(),
+                    at_ns: now_ns,
+                },
+            );
+            self.store.put(r.clone())?;
+            events.push(self.audit(&r, "recorded", Severity::Info, "log-only: not enforced", now_ns));
+        } else {
+            let started = std::time::Instant::now();
+            self.apply_all(&mut r, now_ns, false);
+            r.state = r.settled_state();
+            if r.state == State::Applied {
+                r.applied_ns = Some(now_ns);
+                if let Some(m) = &self.metrics {
                     m.apply_seconds.observe(started.elapsed().as_secs_f64());
                 }
-                self.store.put(r.clone())?;
-                events.push(if failed.is_empty() {
-                    self.audit(&r, "applied", Severity::High, "enforced by every responder", now_ns)
-                } else {
-                    self.audit(&r, "failed", Severity::High, &failed.join("; "), now_ns)
-                });
             }
+            self.store.put(r.clone())?;
+            events.push(self.state_event(&r, now_ns));
         }
         tracing::info!(principal = %r.principal, id = %r.id, state = ?r.state, "revocation recorded");
         Ok(events)
+    }
+
+    /// Runs every responder that applies in this revocation's mode, recording their results;
+    /// with `only_failed`, only the ones whose last result was a failure.
+    fn apply_all(&self, r: &mut Revocation, now_ns: i64, only_failed: bool) {
+        let dry_run = r.mode == Mode::DryRun;
+        for resp in &self.responders {
+            let previous = r.results.get(resp.name());
+            if only_failed && (resp.deferred() || previous.is_some_and(|p| p.ok || p.pending)) {
+                continue;
+            }
+            let result = if dry_run && !resp.supports_dry_run() {
+                ResponderResult {
+                    ok: true,
+                    pending: false,
+                    detail: "dry-run: not applied".into(),
+                    at_ns: now_ns,
+                }
+            } else {
+                let outcome = resp.apply(r);
+                ResponderResult {
+                    ok: outcome.is_ok() && !resp.deferred(),
+                    pending: outcome.is_ok() && resp.deferred(),
+                    detail: outcome.unwrap_or_else(|e| e),
+                    at_ns: now_ns,
+                }
+            };
+            r.results.insert(resp.name().to_string(), result);
+        }
+    }
+
+    fn failures(r: &Revocation) -> String {
+        r.results
+            .iter()
+            .filter(|(_, v)| !v.ok && !v.pending)
+            .map(|(k, v)| format!("{k}: {}", v.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The audit event for a revocation's settled state after it was (re)applied.
+    fn state_event(&self, r: &Revocation, now_ns: i64) -> Alert {
+        let what = if r.mode == Mode::DryRun {
+            "applied as a dry run (not enforced)"
+        } else {
+            "enforced by every responder"
+        };
+        match r.state {
+            State::Applied => self.audit(r, "applied", Severity::High, what, now_ns),
+            State::Failed => self.audit(r, "failed", Severity::High, &Self::failures(r), now_ns),
+            _ => {
+                let waiting: Vec<&str> = r
+                    .results
+                    .iter()
+                    .filter(|(_, v)| v.pending)
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                self.audit(
+                    r,
+                    "recorded",
+                    Severity::Info,
+                    &format!("waiting for {}", waiting.join(", ")),
+                    now_ns,
+                )
+            }
+        }
+    }
+
+    /// The outcome from a deferred responder (see [`Responder::deferred`]). Returns the audit
+    /// event when the revocation's state changes: applied once every responder has applied
+    /// it, failed the first time a responder reports a failure (later failures of the same
+    /// kind are retried quietly).
+    pub fn confirm(&self, id: &str, responder: &str, outcome: Result<String, String>, now_ns: i64) -> Vec<Alert> {
+        let Some(before) = self.store.get(id) else {
+            return Vec::new();
+        };
+        if !before.state.is_active() {
+            return Vec::new();
+        }
+        let ok = outcome.is_ok();
+        let detail = outcome.unwrap_or_else(|e| e);
+        let unchanged = before
+            .results
+            .get(responder)
+            .is_some_and(|p| p.ok == ok && !p.pending && (ok || p.detail == detail));
+        if unchanged {
+            return Vec::new();
+        }
+        let updated = self.store.update(id, |r| {
+            r.results.insert(
+                responder.to_string(),
+                ResponderResult {
+                    ok,
+                    pending: false,
+                    detail: detail.clone(),
+                    at_ns: now_ns,
+                },
+            );
+            r.state = r.settled_state();
+            if r.state == State::Applied && r.applied_ns.is_none() {
+                r.applied_ns = Some(now_ns);
+            }
+        });
+        let r = match updated {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::error!(%error, "could not record a responder's outcome");
+                return Vec::new();
+            }
+        };
+        if r.state == before.state {
+            return Vec::new();
+        }
+        if r.state == State::Applied
+            && let Some(m) = &self.metrics
+        {
+            let secs = (now_ns - r.created_ns).max(0) as f64 / 1e9;
+            m.apply_seconds.observe(secs);
+        }
+        vec![self.state_event(&r, now_ns)]
+    }
+
+    /// Records a responder's detail without changing the revocation's state (a removal).
+    pub fn note(&self, id: &str, responder: &str, detail: String, now_ns: i64) {
+        let res = self.store.update(id, |r| {
+            let ok = r.results.get(responder).is_none_or(|p| p.ok);
+            r.results.insert(
+                responder.to_string(),
+                ResponderResult {
+                    ok,
+                    pending: false,
+                    detail,
+                    at_ns: now_ns,
+                },
+            );
+        });
+        if let Err(error) = res {
+            tracing::warn!(%error, "could not record a responder's removal");
+        }
     }
 
     /// Revocations for alerts whose rule asks for one (`respond.action: revoke`).
@@ -343,15 +488,17 @@ impl Manager {
             } else {
                 "principal"
             };
-            match self.revoke(
-                &entity.value,
+            let namespace = alert_namespace(a);
+            let req = RevokeRequest {
+                principal: &entity.value,
                 kind,
-                &a.title,
-                a.severity,
+                reason: &a.title,
+                severity: a.severity,
                 ttl_ns,
-                Some((&a.id, &a.rule_id)),
-                now_ns,
-            ) {
+                alert: Some((&a.id, &a.rule_id)),
+                namespace: namespace.as_deref(),
+            };
+            match self.revoke(&req, now_ns) {
                 Ok(events) => out.extend(events),
                 Err(error) => tracing::error!(%error, "could not record a revocation"),
             }
@@ -366,12 +513,7 @@ impl Manager {
         match self.store.expire(now_ns) {
             Ok(expired) => {
                 for r in expired {
-                    for resp in &self.responders {
-                        if let Err(e) = resp.remove(&r) {
-                            tracing::warn!(responder = resp.name(), error = %e, "could not remove an expired revocation");
-                        }
-                    }
-                    (self.verify)(&r.principal, false);
+                    self.remove_all(&r, "expired");
                     out.push(self.audit(&r, "expired", Severity::Info, "TTL reached", now_ns));
                 }
             }
@@ -380,24 +522,44 @@ impl Manager {
         let grace = i64::try_from(self.cfg.grace_secs).unwrap_or(15) * 1_000_000_000;
         for r in self.store.active() {
             match r.state {
-                State::Applied if r.created_ns + grace <= now_ns => (self.verify)(&r.principal, true),
-                State::Failed if self.cfg.mode == Mode::Enforce => {
-                    let mut failed = Vec::new();
-                    for resp in &self.responders {
-                        if let Err(e) = resp.apply(&r) {
-                            failed.push(format!("{}: {e}", resp.name()));
+                State::Applied if r.mode == Mode::Enforce && r.applied_ns.unwrap_or(r.created_ns) + grace <= now_ns => {
+                    (self.verify)(&r.principal, true)
+                }
+                State::Failed if r.mode != Mode::LogOnly && self.cfg.mode != Mode::LogOnly => {
+                    let mut retried = r.clone();
+                    self.apply_all(&mut retried, now_ns, true);
+                    let results = retried.results;
+                    match self.store.update(&r.id, |s| {
+                        for (k, v) in results {
+                            if !s.results.get(&k).is_some_and(|p| p.ok || p.pending) {
+                                s.results.insert(k, v);
+                            }
                         }
-                    }
-                    if failed.is_empty()
-                        && let Ok(r) = self.store.update(&r.id, |r| r.state = State::Applied)
-                    {
-                        out.push(self.audit(&r, "applied", Severity::High, "applied on retry", now_ns));
+                        s.state = s.settled_state();
+                        if s.state == State::Applied && s.applied_ns.is_none() {
+                            s.applied_ns = Some(now_ns);
+                        }
+                    }) {
+                        Ok(updated) if updated.state != State::Failed => {
+                            out.push(self.state_event(&updated, now_ns));
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::error!(%error, "could not record a retry"),
                     }
                 }
                 _ => {}
             }
         }
         out
+    }
+
+    fn remove_all(&self, r: &Revocation, why: &str) {
+        for resp in &self.responders {
+            if let Err(e) = resp.remove(r) {
+                tracing::warn!(responder = resp.name(), error = %e, "could not remove an {why} revocation");
+            }
+        }
+        (self.verify)(&r.principal, false);
     }
 
     /// Lifts an active revocation by hand.
@@ -407,12 +569,7 @@ impl Manager {
                 r.state = State::Lifted;
             }
         })?;
-        for resp in &self.responders {
-            if let Err(e) = resp.remove(&r) {
-                tracing::warn!(responder = resp.name(), error = %e, "could not remove a lifted revocation");
-            }
-        }
-        (self.verify)(&r.principal, false);
+        self.remove_all(&r, "lifted");
         Ok(vec![self.audit(
             &r,
             "lifted",
@@ -422,17 +579,48 @@ impl Manager {
         )])
     }
 
-    /// Re-applies what the store says is in force (after a restart).
+    /// Re-applies what the store says is in force (after a restart). Deferred responders
+    /// catch up on their own (the Istio responder lists what exists and compares).
     pub fn restore(&self, now_ns: i64) {
         for r in self.store.active() {
-            if self.cfg.mode == Mode::Enforce && r.state == State::Applied {
-                for resp in &self.responders {
+            if r.mode == Mode::Enforce && self.cfg.mode == Mode::Enforce && r.state == State::Applied {
+                for resp in self.responders.iter().filter(|r| !r.deferred()) {
                     let _ = resp.apply(&r);
                 }
             }
         }
         let _ = self.reconcile(now_ns);
     }
+
+    /// Active revocations that deferred responders should have applied (not log-only).
+    pub fn enforced(&self) -> Vec<Revocation> {
+        self.store
+            .active()
+            .into_iter()
+            .filter(|r| r.mode != Mode::LogOnly)
+            .collect()
+    }
+}
+
+/// The destination namespace an alert is about: its group's `destination_namespace`, else the
+/// one namespace every piece of evidence's destination service (`svc.ns.svc.domain`) is in.
+pub fn alert_namespace(a: &Alert) -> Option<String> {
+    if let Some(Some(ns)) = a.group.get("destination_namespace") {
+        return Some(ns.clone());
+    }
+    let mut found: Option<&str> = None;
+    for e in &a.evidence {
+        let ns = e.destination_service.as_deref().and_then(|s| {
+            let mut parts = s.split('.');
+            let (_svc, ns, kind) = (parts.next()?, parts.next()?, parts.next()?);
+            (kind == "svc" && !ns.is_empty()).then_some(ns)
+        })?;
+        match found {
+            Some(f) if f != ns => return None,
+            _ => found = Some(ns),
+        }
+    }
+    found.map(str::to_string)
 }
 
 /// `30s`, `5m`, `1h`, `1d` in nanoseconds.

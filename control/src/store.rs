@@ -148,8 +148,11 @@ mod tests {
             reason: "test".into(),
             alert_id: Some("a-1".into()),
             rule_id: None,
+            namespace: None,
+            mode: crate::Mode::Enforce,
             created_ns: created,
             expires_ns: created + ttl,
+            applied_ns: None,
             state: State::Pending,
             results: BTreeMap::new(),
         }

@@ -82,6 +82,14 @@ pub fn parse_rfc3339_ns(s: &str) -> Option<i64> {
     secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
+/// The wall clock in nanoseconds since the epoch (0 if the clock is before 1970).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Formats nanoseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.fffffffffZ` (UTC).
 pub fn format_rfc3339_ns(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);

@@ -143,10 +143,7 @@ impl Ctx {
 }
 
 pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    verity_model::time::now_ns()
 }
 
 /// Detected layout of a line, before parsing.

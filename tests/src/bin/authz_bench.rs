@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use verity_control::denylist::{Denial, DenyList};
 use verity_control::ext_authz::ExtAuthz;
-use verity_control::manager::{ControlConfig, DenyListResponder, Manager, Mode};
+use verity_control::manager::{ControlConfig, DenyListResponder, Manager, Mode, RevokeRequest};
 
 #[derive(Parser)]
 struct Args {
@@ -145,12 +145,15 @@ async fn main() -> anyhow::Result<()> {
         let p = format!("spiffe://cluster.local/ns/victims/sa/svc-{i}");
         let t0 = Instant::now();
         manager.revoke(
-            &p,
-            "principal",
-            "bench",
-            verity_model::alert::Severity::Critical,
-            3_600_000_000_000,
-            None,
+            &RevokeRequest {
+                principal: &p,
+                kind: "principal",
+                reason: "bench",
+                severity: verity_model::alert::Severity::Critical,
+                ttl_ns: 3_600_000_000_000,
+                alert: None,
+                namespace: None,
+            },
             now_ns(),
         )?;
         while list.check(&p, now_ns()).is_none() {

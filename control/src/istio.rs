@@ -1,0 +1,709 @@
+//! The Istio responder: each revocation in force becomes an `AuthorizationPolicy` with
+//! `action: DENY` for the revoked principal (a workload's SPIFFE identity without
+//! `spiffe://`, or a JWT `iss/sub` as a `requestPrincipals` entry), written by server-side
+//! apply with Verity's field manager, and deleted when the revocation expires or is lifted.
+//!
+//! The controller is level-triggered, like a Kubernetes controller: every pass compares what
+//! the store says should be in force with the policies it knows exist, applies what is
+//! missing and deletes what is no longer wanted. Every `resync_secs` it lists the policies
+//! it manages (by label) and re-applies everything, which repairs out-of-band edits and
+//! deletions, and removes what expired while Verity was not running. Failures are retried
+//! per policy with exponential backoff; the revocation is `failed` until the apply succeeds.
+//!
+//! Names are deterministic (`verity-revoke-<hash>` over the owner, the principal and the
+//! namespace), so applying twice is a no-op and a restart finds its own objects again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use verity_model::alert::Alert;
+
+use crate::manager::{Manager, Responder};
+use crate::{Mode, Revocation};
+
+/// Istio's API group for security policies.
+pub const GROUP: &str = "security.istio.io";
+/// The label every policy Verity manages carries (the Kubernetes recommended label).
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The label naming which Verity instance (its field manager) owns a policy.
+pub const OWNER_LABEL: &str = "verity.dev/owner";
+/// The label with the revocation id.
+pub const REVOCATION_LABEL: &str = "verity.dev/revocation";
+/// Istio's annotation that turns a policy into a dry run.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+/// The responder's name in a revocation's results.
+pub const NAME: &str = "istio";
+
+/// Where the DENY policy goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The root namespace: the policy applies to every workload in the mesh.
+    #[default]
+    Mesh,
+    /// The destination namespace of the alert, when it names one (else the root namespace).
+    Destination,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IstioConfig {
+    /// A kubeconfig file. Unset: the in-cluster service account, else `$KUBECONFIG` or
+    /// `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context; unset: its current context.
+    pub context: Option<String>,
+    pub scope: Scope,
+    /// Istio's root namespace (`meshConfig.rootNamespace`).
+    pub root_namespace: String,
+    /// The server-side apply field manager, also the owner label: two Verity instances with
+    /// separate stores need different ones, or each would delete the other's policies.
+    pub field_manager: String,
+    /// `v1` (Istio 1.22 and later) or `v1beta1`.
+    pub api_version: String,
+    /// How often the managed policies are listed and everything re-applied.
+    pub resync_secs: u64,
+    /// Per API request.
+    pub timeout_secs: u64,
+    /// Longest wait between retries of a failing policy.
+    pub max_backoff_secs: u64,
+}
+
+impl Default for IstioConfig {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            context: None,
+            scope: Scope::Mesh,
+            root_namespace: "istio-system".into(),
+            field_manager: "verity".into(),
+            api_version: "v1".into(),
+            resync_secs: 60,
+            timeout_secs: 10,
+            max_backoff_secs: 300,
+        }
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl IstioConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !is_dns_label(&self.root_namespace) {
+            return Err(format!(
+                "control.istio.root_namespace: [{}] is not a namespace name",
+                self.root_namespace
+            ));
+        }
+        // The field manager is also a label value.
+        let fm = &self.field_manager;
+        if fm.is_empty()
+            || fm.len() > 63
+            || !fm
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            || !fm.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !fm.ends_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            return Err(format!(
+                "control.istio.field_manager: [{fm}] must be 1-63 letters, digits, '-', '_' or '.', \
+                 starting and ending with a letter or digit"
+            ));
+        }
+        if !matches!(self.api_version.as_str(), "v1" | "v1beta1") {
+            return Err(format!(
+                "control.istio.api_version: [{}] is not v1 or v1beta1",
+                self.api_version
+            ));
+        }
+        for (name, v) in [
+            ("resync_secs", self.resync_secs),
+            ("timeout_secs", self.timeout_secs),
+            ("max_backoff_secs", self.max_backoff_secs),
+        ] {
+            if v == 0 {
+                return Err(format!("control.istio.{name}: must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    fn api_resource(&self) -> ApiResource {
+        ApiResource {
+            group: GROUP.into(),
+            version: self.api_version.clone(),
+            api_version: format!("{GROUP}/{}", self.api_version),
+            kind: "AuthorizationPolicy".into(),
+            plural: "authorizationpolicies".into(),
+        }
+    }
+
+    fn selector(&self) -> String {
+        format!("{MANAGED_BY}=verity,{OWNER_LABEL}={}", self.field_manager)
+    }
+}
+
+/// One policy as Verity wants it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub object: Value,
+}
+
+/// The `AuthorizationPolicy` for a revocation.
+pub fn policy(r: &Revocation, cfg: &IstioConfig) -> Policy {
+    let namespace = match (cfg.scope, &r.namespace) {
+        (Scope::Destination, Some(ns)) if is_dns_label(ns) => ns.clone(),
+        _ => cfg.root_namespace.clone(),
+    };
+    let hash = verity_model::alert::fnv1a(&[&cfg.field_manager, &r.kind, &r.principal, &namespace]);
+    let name = format!("verity-revoke-{hash:016x}");
+    let source = if r.kind == "request_principal" {
+        json!({"requestPrincipals": [r.principal]})
+    } else {
+        json!({"principals": [r.principal]})
+    };
+    let mut annotations = BTreeMap::new();
+    annotations.insert("verity.dev/revocation-id", r.id.clone());
+    annotations.insert("verity.dev/principal", r.principal.clone());
+    annotations.insert("verity.dev/reason", r.reason.clone());
+    annotations.insert(
+        "verity.dev/expires",
+        verity_model::time::format_rfc3339_ns(r.expires_ns),
+    );
+    if let Some(a) = &r.alert_id {
+        annotations.insert("verity.dev/alert-id", a.clone());
+    }
+    if let Some(rule) = &r.rule_id {
+        annotations.insert("verity.dev/rule-id", rule.clone());
+    }
+    if r.mode == Mode::DryRun {
+        annotations.insert(DRY_RUN_ANNOTATION, "true".into());
+    }
+    let object = json!({
+        "apiVersion": format!("{GROUP}/{}", cfg.api_version),
+        "kind": "AuthorizationPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                MANAGED_BY: "verity",
+                OWNER_LABEL: cfg.field_manager,
+                REVOCATION_LABEL: r.id,
+            },
+            "annotations": annotations,
+        },
+        "spec": {
+            "action": "DENY",
+            "rules": [{"from": [{"source": source}]}],
+        },
+    });
+    Policy {
+        namespace,
+        name,
+        object,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IstioError {
+    #[error("control.istio.kubeconfig {path}: {error}")]
+    Kubeconfig { path: PathBuf, error: String },
+    #[error("control.istio: no Kubernetes configuration found (in-cluster, $KUBECONFIG or ~/.kube/config): {0}")]
+    Infer(String),
+    #[error("control.istio: {0}")]
+    Client(String),
+}
+
+/// A failed API call: what the API server said, or why it could not be asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CallError {
+    code: Option<u16>,
+    detail: String,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+fn call_error(e: kube::Error) -> CallError {
+    match e {
+        kube::Error::Api(status) => CallError {
+            code: Some(status.code),
+            detail: format!("HTTP {} {}: {}", status.code, status.reason, status.message),
+        },
+        other => CallError {
+            code: None,
+            detail: other.to_string(),
+        },
+    }
+}
+
+type Counters = prometheus_client::metrics::family::Family<
+    Vec<(&'static str, &'static str)>,
+    prometheus_client::metrics::counter::Counter,
+>;
+
+/// The responder's metrics.
+#[derive(Clone)]
+pub struct IstioMetrics {
+    requests: Counters,
+    policies: prometheus_client::metrics::gauge::Gauge,
+}
+
+const OPS: &[&str] = &["apply", "delete", "list"];
+
+impl IstioMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = Self {
+            requests: Counters::default(),
+            policies: Default::default(),
+        };
+        for op in OPS {
+            for outcome in ["ok", "error"] {
+                let _ = m.requests.get_or_create(&vec![("op", *op), ("outcome", outcome)]);
+            }
+        }
+        registry.register(
+            "verity_istio_api_requests",
+            "Kubernetes API requests of the Istio responder, by operation and outcome",
+            m.requests.clone(),
+        );
+        registry.register(
+            "verity_istio_policies",
+            "AuthorizationPolicy objects Verity manages, as last seen",
+            m.policies.clone(),
+        );
+        m
+    }
+
+    fn request(&self, op: &'static str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.requests
+            .get_or_create(&vec![("op", op), ("outcome", outcome)])
+            .inc();
+    }
+}
+
+/// The [`Responder`] the manager calls: it only wakes the controller, which confirms later.
+pub struct IstioResponder {
+    wake: Arc<Notify>,
+    cfg: IstioConfig,
+}
+
+impl IstioResponder {
+    pub fn new(cfg: IstioConfig, wake: Arc<Notify>) -> Self {
+        Self { wake, cfg }
+    }
+}
+
+impl Responder for IstioResponder {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn apply(&self, r: &Revocation) -> Result<String, String> {
+        let p = policy(r, &self.cfg);
+        self.wake.notify_one();
+        Ok(format!(
+            "server-side apply of AuthorizationPolicy {}/{} queued",
+            p.namespace, p.name
+        ))
+    }
+    fn remove(&self, r: &Revocation) -> Result<String, String> {
+        let p = policy(r, &self.cfg);
+        self.wake.notify_one();
+        Ok(format!(
+            "deletion of AuthorizationPolicy {}/{} queued",
+            p.namespace, p.name
+        ))
+    }
+    fn deferred(&self) -> bool {
+        true
+    }
+    fn supports_dry_run(&self) -> bool {
+        true
+    }
+}
+
+struct Backoff {
+    attempts: u32,
+    next: Instant,
+}
+
+type Key = (String, String);
+
+/// Keeps the cluster's Verity-managed `AuthorizationPolicy` objects in step with the store.
+pub struct IstioController {
+    cfg: IstioConfig,
+    client: kube::Client,
+    resource: ApiResource,
+    /// Policies known to exist, with the revocation id they were applied for.
+    known: HashMap<Key, String>,
+    retry: HashMap<Key, Backoff>,
+    next_resync: Option<Instant>,
+    metrics: Option<IstioMetrics>,
+}
+
+impl IstioController {
+    /// Builds the Kubernetes client (no request is made yet).
+    pub async fn connect(cfg: IstioConfig) -> Result<Self, IstioError> {
+        // kube's TLS takes the process-wide rustls provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut config = match &cfg.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| IstioError::Kubeconfig {
+                    path: path.clone(),
+                    error: e.to_string(),
+                })?;
+                let options = kube::config::KubeConfigOptions {
+                    context: cfg.context.clone(),
+                    ..Default::default()
+                };
+                kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| IstioError::Kubeconfig {
+                        path: path.clone(),
+                        error: e.to_string(),
+                    })?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| IstioError::Infer(e.to_string()))?,
+        };
+        let timeout = Duration::from_secs(cfg.timeout_secs);
+        config.connect_timeout = Some(timeout);
+        config.read_timeout = Some(timeout);
+        config.write_timeout = Some(timeout);
+        let client = kube::Client::try_from(config).map_err(|e| IstioError::Client(e.to_string()))?;
+        Ok(Self {
+            resource: cfg.api_resource(),
+            cfg,
+            client,
+            known: HashMap::new(),
+            retry: HashMap::new(),
+            next_resync: None,
+            metrics: None,
+        })
+    }
+
+    pub fn with_metrics(mut self, metrics: IstioMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, op: &'static str, ok: bool) {
+        if let Some(m) = &self.metrics {
+            m.request(op, ok);
+        }
+    }
+
+    fn api(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &self.resource)
+    }
+
+    async fn timed<T>(&self, f: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<T, CallError> {
+        match tokio::time::timeout(Duration::from_secs(self.cfg.timeout_secs), f).await {
+            Ok(r) => r.map_err(call_error),
+            Err(_) => Err(CallError {
+                code: None,
+                detail: format!("no answer within {} s", self.cfg.timeout_secs),
+            }),
+        }
+    }
+
+    async fn list(&self) -> Result<HashMap<Key, String>, CallError> {
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &self.resource);
+        let lp = ListParams::default().labels(&self.cfg.selector());
+        let list = self.timed(api.list(&lp)).await;
+        self.count("list", list.is_ok());
+        Ok(list?
+            .items
+            .into_iter()
+            .filter_map(|o| {
+                let ns = o.metadata.namespace.clone()?;
+                let name = o.metadata.name.clone()?;
+                let rev = o
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(REVOCATION_LABEL).cloned())
+                    .unwrap_or_default();
+                Some(((ns, name), rev))
+            })
+            .collect())
+    }
+
+    async fn apply(&self, p: &Policy) -> Result<DynamicObject, CallError> {
+        let params = PatchParams::apply(&self.cfg.field_manager).force().validation_strict();
+        let api = self.api(&p.namespace);
+        let out = self.timed(api.patch(&p.name, &params, &Patch::Apply(&p.object))).await;
+        self.count("apply", out.is_ok());
+        out
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), CallError> {
+        let api = self.api(&key.0);
+        let out = match self.timed(api.delete(&key.1, &DeleteParams::default())).await {
+            Ok(_) => Ok(()),
+            // Already gone is what we wanted.
+            Err(e) if e.code == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        };
+        self.count("delete", out.is_ok());
+        out
+    }
+
+    fn blocked(&self, key: &Key, now: Instant) -> bool {
+        self.retry.get(key).is_some_and(|b| b.next > now)
+    }
+
+    fn failed(&mut self, key: &Key, now: Instant) -> Duration {
+        let b = self
+            .retry
+            .entry(key.clone())
+            .or_insert(Backoff { attempts: 0, next: now });
+        b.attempts = b.attempts.saturating_add(1);
+        let wait = Duration::from_secs(1u64 << b.attempts.min(16).saturating_sub(1))
+            .min(Duration::from_secs(self.cfg.max_backoff_secs));
+        b.next = now + wait;
+        wait
+    }
+
+    /// One comparison of wanted and existing policies. Returns the audit events of the
+    /// revocations whose state changed.
+    pub async fn pass(&mut self, manager: &Arc<Manager>, now_ns: i64) -> Vec<Alert> {
+        let now = Instant::now();
+        let mut desired: HashMap<Key, (Revocation, Policy)> = HashMap::new();
+        for r in manager.enforced() {
+            let p = policy(&r, &self.cfg);
+            desired.insert((p.namespace.clone(), p.name.clone()), (r, p));
+        }
+        let resync = self.next_resync.is_none_or(|t| t <= now);
+        let mut to_apply: Vec<Key> = Vec::new();
+        if resync {
+            match self.list().await {
+                Ok(existing) => {
+                    self.known = existing;
+                    self.next_resync = Some(now + Duration::from_secs(self.cfg.resync_secs));
+                    // Re-applying is a no-op for unchanged objects and repairs edited ones.
+                    to_apply.extend(desired.keys().cloned());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list the AuthorizationPolicies Verity manages");
+                    let retry_in = Duration::from_secs(5).min(Duration::from_secs(self.cfg.resync_secs));
+                    self.next_resync = Some(now + retry_in);
+                    to_apply.extend(desired.keys().filter(|k| !self.known.contains_key(*k)).cloned());
+                }
+            }
+        } else {
+            to_apply.extend(desired.keys().filter(|k| !self.known.contains_key(*k)).cloned());
+        }
+        let to_delete: Vec<Key> = self
+            .known
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut events = Vec::new();
+        to_apply.sort();
+        for key in to_apply {
+            if self.blocked(&key, now) {
+                continue;
+            }
+            let Some((r, p)) = desired.get(&key) else { continue };
+            let outcome = match self.apply(p).await {
+                Ok(obj) => {
+                    self.retry.remove(&key);
+                    self.known.insert(key.clone(), r.id.clone());
+                    let generation = obj.metadata.generation.unwrap_or_default();
+                    let dry = if r.mode == Mode::DryRun { " as a dry run" } else { "" };
+                    Ok(format!(
+                        "AuthorizationPolicy {}/{} applied{dry} (generation {generation})",
+                        key.0, key.1
+                    ))
+                }
+                Err(e) => {
+                    let wait = self.failed(&key, now);
+                    tracing::warn!(policy = %format!("{}/{}", key.0, key.1), error = %e, retry_in = ?wait,
+                        "could not apply an AuthorizationPolicy");
+                    Err(format!("AuthorizationPolicy {}/{}: {e}", key.0, key.1))
+                }
+            };
+            let (m, id) = (manager.clone(), r.id.clone());
+            if let Ok(ev) = tokio::task::spawn_blocking(move || m.confirm(&id, NAME, outcome, now_ns)).await {
+                events.extend(ev);
+            }
+        }
+        for key in to_delete {
+            if self.blocked(&key, now) {
+                continue;
+            }
+            match self.delete(&key).await {
+                Ok(()) => {
+                    self.retry.remove(&key);
+                    if let Some(id) = self.known.remove(&key) {
+                        let (m, detail) = (
+                            manager.clone(),
+                            format!("AuthorizationPolicy {}/{} deleted", key.0, key.1),
+                        );
+                        let _ = tokio::task::spawn_blocking(move || m.note(&id, NAME, detail, now_ns)).await;
+                    }
+                    tracing::info!(policy = %format!("{}/{}", key.0, key.1), "AuthorizationPolicy deleted");
+                }
+                Err(e) => {
+                    let wait = self.failed(&key, now);
+                    tracing::warn!(policy = %format!("{}/{}", key.0, key.1), error = %e, retry_in = ?wait,
+                        "could not delete an AuthorizationPolicy");
+                }
+            }
+        }
+        if let Some(m) = &self.metrics {
+            m.policies.set(i64::try_from(self.known.len()).unwrap_or(i64::MAX));
+        }
+        events
+    }
+
+    /// Runs passes until `stop` turns true: when woken by the responder, and at least once a
+    /// second (for expiry, backoff and resync). Policies are left in place at shutdown; the
+    /// next start deletes what expired meanwhile.
+    pub async fn run(
+        mut self,
+        manager: Arc<Manager>,
+        wake: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
+        deliver: impl Fn(Vec<Alert>),
+    ) {
+        loop {
+            let events = self.pass(&manager, verity_model::time::now_ns()).await;
+            if !events.is_empty() {
+                deliver(events);
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => break,
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(kind: &str, principal: &str, mode: Mode, ns: Option<&str>) -> Revocation {
+        Revocation {
+            id: "rev-0123456789abcdef".into(),
+            kind: kind.into(),
+            principal: principal.into(),
+            reason: "RBAC denial burst".into(),
+            alert_id: Some("zt-rbac-denial-burst-01".into()),
+            rule_id: Some("zt-rbac-denial-burst".into()),
+            namespace: ns.map(str::to_string),
+            mode,
+            created_ns: 0,
+            expires_ns: 3_600_000_000_000,
+            applied_ns: None,
+            state: crate::State::Pending,
+            results: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn policy_shape_names_and_scope() {
+        let cfg = IstioConfig::default();
+        let p = policy(
+            &rev("principal", "cluster.local/ns/shop/sa/cart", Mode::Enforce, Some("pay")),
+            &cfg,
+        );
+        assert_eq!(p.namespace, "istio-system", "mesh scope uses the root namespace");
+        assert!(p.name.starts_with("verity-revoke-") && p.name.len() == "verity-revoke-".len() + 16);
+        assert_eq!(p.object["spec"]["action"], "DENY");
+        assert_eq!(
+            p.object["spec"]["rules"][0]["from"][0]["source"]["principals"][0],
+            "cluster.local/ns/shop/sa/cart"
+        );
+        assert_eq!(p.object["metadata"]["labels"][MANAGED_BY], "verity");
+        assert_eq!(
+            p.object["metadata"]["annotations"]["verity.dev/alert-id"],
+            "zt-rbac-denial-burst-01"
+        );
+        assert_eq!(
+            p.object["metadata"]["annotations"]["verity.dev/expires"],
+            "1970-01-01T01:00:00.000000000Z"
+        );
+        assert!(p.object["metadata"]["annotations"].get(DRY_RUN_ANNOTATION).is_none());
+        // Deterministic.
+        let again = policy(
+            &rev("principal", "cluster.local/ns/shop/sa/cart", Mode::Enforce, Some("pay")),
+            &cfg,
+        );
+        assert_eq!(p.name, again.name);
+
+        let cfg = IstioConfig {
+            scope: Scope::Destination,
+            ..IstioConfig::default()
+        };
+        let p = policy(
+            &rev(
+                "request_principal",
+                "https://idp.example/alice",
+                Mode::DryRun,
+                Some("pay"),
+            ),
+            &cfg,
+        );
+        assert_eq!(p.namespace, "pay");
+        assert_eq!(
+            p.object["spec"]["rules"][0]["from"][0]["source"]["requestPrincipals"][0],
+            "https://idp.example/alice"
+        );
+        assert_eq!(p.object["metadata"]["annotations"][DRY_RUN_ANNOTATION], "true");
+        let p = policy(&rev("principal", "x", Mode::Enforce, None), &cfg);
+        assert_eq!(p.namespace, "istio-system", "no destination namespace: mesh-wide");
+    }
+
+    #[test]
+    fn validation() {
+        assert!(IstioConfig::default().validate().is_ok());
+        for bad in [
+            IstioConfig {
+                root_namespace: "Istio_System".into(),
+                ..IstioConfig::default()
+            },
+            IstioConfig {
+                field_manager: "verity/prod".into(),
+                ..IstioConfig::default()
+            },
+            IstioConfig {
+                api_version: "v2".into(),
+                ..IstioConfig::default()
+            },
+            IstioConfig {
+                resync_secs: 0,
+                ..IstioConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}
