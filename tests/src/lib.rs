@@ -350,6 +350,7 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 pub mod kafka;
+pub mod kube;
 pub mod rsyslog;
 pub mod siem;
 
