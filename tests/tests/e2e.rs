@@ -9,6 +9,7 @@ mod e2e {
     pub mod dashboards;
     pub mod demo;
     pub mod drain;
+    pub mod istio;
     pub mod kafka;
     pub mod otlp_grpc;
     pub mod otlp_http;
