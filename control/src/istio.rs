@@ -318,8 +318,8 @@ impl Responder for IstioResponder {
         NAME
     }
     fn apply(&self, r: &Revocation) -> Result<String, String> {
+        // The controller is woken by `stored()`, once the revocation is in the store it reads.
         let p = policy(r, &self.cfg);
-        self.wake.notify_one();
         Ok(format!(
             "server-side apply of AuthorizationPolicy {}/{} queued",
             p.namespace, p.name
@@ -338,6 +338,9 @@ impl Responder for IstioResponder {
     }
     fn supports_dry_run(&self) -> bool {
         true
+    }
+    fn stored(&self) {
+        self.wake.notify_one();
     }
 }
 

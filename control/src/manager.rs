@@ -96,6 +96,9 @@ pub trait Responder: Send + Sync {
     fn supports_dry_run(&self) -> bool {
         false
     }
+    /// Called after a revocation's new state is stored, so a deferred responder can act on
+    /// what is now in the store.
+    fn stored(&self) {}
 }
 
 /// What to revoke, from an alert or an operator.
@@ -326,6 +329,9 @@ impl Manager {
                 }
             }
             self.store.put(r.clone())?;
+            for resp in &self.responders {
+                resp.stored();
+            }
             events.push(self.state_event(&r, now_ns));
         }
         tracing::info!(principal = %r.principal, id = %r.id, state = ?r.state, "revocation recorded");

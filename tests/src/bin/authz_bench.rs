@@ -1,5 +1,7 @@
 //! ext_authz benchmark: `Check` RPCs/s and latency through real gRPC clients against Verity's
-//! deny-list server, and the time from a revocation decision until the deny list answers 403.
+//! deny-list server, the time from a revocation decision until the deny list answers 403, and
+//! the time from an alert until its `AuthorizationPolicy` exists on a Kubernetes API server
+//! (the test server in this crate, over TLS) and until Verity has the apply confirmed.
 //!
 //! ```sh
 //! verity-authz-bench --seconds 10 --connections 4 --revoked 1000
@@ -26,6 +28,9 @@ struct Args {
     /// Principals on the deny list; a tenth of the requests come from them.
     #[arg(long, default_value_t = 1000)]
     revoked: usize,
+    /// Alerts turned into Istio policies, one after the other.
+    #[arg(long, default_value_t = 200)]
+    policies: usize,
 }
 
 fn principal(i: usize) -> String {
@@ -167,6 +172,115 @@ async fn main() -> anyhow::Result<()> {
         effective.len(),
         pct(&effective, 0.5),
         pct(&effective, 0.99)
+    );
+    istio(args.policies).await
+}
+
+/// An alert asking for a revocation of `principal`, as the rules engine emits it.
+fn alert(i: usize, principal: &str) -> verity_model::Alert {
+    use verity_model::alert::{AlertStatus, Entity, Response, Severity};
+    verity_model::Alert {
+        id: format!("bench-alert-{i}"),
+        rule_id: "zt-rbac-denial-burst".into(),
+        title: "RBAC denial burst".into(),
+        severity: Severity::High,
+        kind: "detection".into(),
+        status: AlertStatus::Firing,
+        tags: vec![],
+        description: String::new(),
+        group: [("destination_namespace".to_string(), Some("pay".to_string()))].into(),
+        count: 10,
+        aggregates: Default::default(),
+        window_start: None,
+        window_end: None,
+        first_seen: String::new(),
+        last_seen: String::new(),
+        evidence: vec![],
+        entity: Some(Entity {
+            kind: "source_principal".into(),
+            value: principal.into(),
+        }),
+        respond: Some(Response {
+            action: "revoke".into(),
+            ttl: "1h".into(),
+        }),
+        summary: String::new(),
+    }
+}
+
+async fn istio(n: usize) -> anyhow::Result<()> {
+    use verity_control::istio::{IstioConfig, IstioController, IstioResponder, Scope, policy};
+    let server = verity_e2e::kube::KubeApiServer::start(verity_e2e::kube::KubeSettings {
+        crd_path: Some(verity_e2e::kube::istio_crd_path()),
+        namespaces: vec!["pay".into()],
+    });
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let cfg = IstioConfig {
+        kubeconfig: Some(kubeconfig),
+        scope: Scope::Destination,
+        ..IstioConfig::default()
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let manager = Arc::new(Manager::open(
+        ControlConfig {
+            mode: Mode::Enforce,
+            store_path: dir.path().join("revocations.json"),
+            max_per_window: usize::MAX,
+            istio: Some(cfg.clone()),
+            ..ControlConfig::default()
+        },
+        vec![Box::new(IstioResponder::new(cfg.clone(), wake.clone()))],
+        Box::new(|_, _| {}),
+    )?);
+    let controller = IstioController::connect(cfg.clone()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(controller.run(manager.clone(), wake, stop_rx, |_| {}));
+    let (mut on_server, mut confirmed) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let p = format!("spiffe://cluster.local/ns/attackers/sa/svc-{i}");
+        let t0 = Instant::now();
+        manager.on_alerts(&[alert(i, &p)], now_ns());
+        let r = manager
+            .store()
+            .active_for(verity_control::normalize_principal(&p))
+            .ok_or_else(|| anyhow::anyhow!("no revocation recorded"))?;
+        let want = policy(&r, &cfg);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let seen = loop {
+            if let Some(at) = server.first_seen(&want.namespace, &want.name) {
+                break at;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "policy {} never appeared", want.name);
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        on_server.push(seen.saturating_duration_since(t0));
+        while manager.store().get(&r.id).map(|r| r.state) != Some(verity_control::State::Applied) {
+            anyhow::ensure!(Instant::now() < deadline, "revocation {} never confirmed", r.id);
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        confirmed.push(t0.elapsed());
+    }
+    let _ = stop_tx.send(true);
+    let _ = task.await;
+    on_server.sort();
+    confirmed.sort();
+    println!(
+        "alert → AuthorizationPolicy stored by the API server ({n} alerts, server-side apply over TLS): p50 {:?}, p99 {:?}",
+        pct(&on_server, 0.5),
+        pct(&on_server, 0.99)
+    );
+    println!(
+        "alert → revocation confirmed applied (response read, store fsync): p50 {:?}, p99 {:?}",
+        pct(&confirmed, 0.5),
+        pct(&confirmed, 0.99)
+    );
+    let rejected = server.rejections().len();
+    println!(
+        "objects validated against the CRD schema: {} (schema loaded: {}), rejected: {rejected}",
+        server.validated(),
+        server.schema_loaded()
     );
     Ok(())
 }
