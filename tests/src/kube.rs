@@ -156,38 +156,16 @@ fn load_schemas(path: &Path) -> Result<BTreeMap<String, Value>, String> {
 type Tls = (String, rustls::ServerConfig);
 
 fn tls() -> Result<Tls, String> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-        SanType,
-    };
-    let err = |e: rcgen::Error| format!("certificate generation: {e}");
-    let ca_key = KeyPair::generate().map_err(err)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "kubernetes test CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().map_err(err)?;
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "kubernetes".to_string()]).map_err(err)?;
-    params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &issuer).map_err(err)?;
-    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let pki = crate::TestPki::generate("kubernetes test CA", &["localhost", "kubernetes"])?;
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(pki.key_der.into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], key_der)
+        .with_single_cert(vec![pki.cert_der.into()], key_der)
         .map_err(|e| e.to_string())?;
-    Ok((ca_cert.pem(), config))
+    Ok((pki.ca_pem, config))
 }
 
 impl KubeApiServer {

@@ -39,7 +39,7 @@
 //! With the `gtls` driver the stock priority string allows TLS 1.2 only; `ossl` negotiates 1.3.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -376,40 +376,15 @@ fn quoted(path: &Path) -> Result<String, String> {
 /// Writes `ca.pem` (at `ca_path`), `server-cert.pem` and `server-key.pem` (PKCS#8) into `dir`:
 /// an ECDSA P-256 CA and a server certificate for `localhost` and 127.0.0.1 signed by it.
 fn write_certificates(dir: &Path, ca_path: &Path) -> Result<(), String> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-        SanType,
-    };
-    let err = |e: rcgen::Error| format!("certificate generation: {e}");
-
-    let ca_key = KeyPair::generate().map_err(err)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "verity-e2e test CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let server_key = KeyPair::generate().map_err(err)?;
-    let mut server_params = CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(err)?;
-    server_params.distinguished_name.push(DnType::CommonName, SERVER_NAME);
-    server_params
-        .subject_alt_names
-        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-    server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server_params.signed_by(&server_key, &issuer).map_err(err)?;
-
+    let pki = crate::TestPki::generate("verity-e2e test CA", &[SERVER_NAME])?;
     let write = |path: &Path, contents: &str| {
         let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
         f.write_all(contents.as_bytes())
             .map_err(|e| format!("{}: {e}", path.display()))
     };
-    write(ca_path, &ca_cert.pem())?;
-    write(&dir.join("server-cert.pem"), &server_cert.pem())?;
-    write(&dir.join("server-key.pem"), &server_key.serialize_pem())
+    write(ca_path, &pki.ca_pem)?;
+    write(&dir.join("server-cert.pem"), &pki.cert_pem)?;
+    write(&dir.join("server-key.pem"), &pki.key_pem)
 }
 
 /// Whether something listens on 127.0.0.1:`port` (or the IPv4 wildcard), per /proc/net/tcp.
@@ -570,7 +545,7 @@ mod tests {
 
     #[test]
     fn tls_ossl_by_ip_address() {
-        let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into());
+        let name = ServerName::IpAddress(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST).into());
         if let Some(version) = tls_round_trip(TlsDriver::Ossl, name) {
             assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
         }

@@ -10,10 +10,10 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use verity_e2e::{Verity, eventually, free_port, post_log_lines, read_jsonl_lenient};
 
-const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
+pub(crate) const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
 const ISTIOD: &str = "spiffe://cluster.local/ns/istio-system/sa/istiod";
 
-fn at(offset_ms: i64) -> String {
+pub(crate) fn at(offset_ms: i64) -> String {
     let ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -22,16 +22,18 @@ fn at(offset_ms: i64) -> String {
     verity_model::time::format_rfc3339_ns(ns - ns % 1_000_000)
 }
 
-fn line(offset_ms: i64, principal: &str, status: u16, details: &str) -> String {
+/// An Istio JSON access-log line of a request to `api.pay` at now + `offset_ms`.
+pub(crate) fn line(offset_ms: i64, principal: &str, status: u16, details: &str) -> String {
     format!(
-        r#"{{"start_time":"{}","method":"GET","path":"/admin","protocol":"HTTP/1.1","response_code":{status},"response_code_details":"{details}","upstream_cluster":"inbound|8080||","downstream_peer_uri_san":"{principal}","connection_security_policy":"mutual_tls","requested_server_name":"outbound_.8080_._.api.pay.svc.cluster.local"}}"#,
+        r#"{{"start_time":"{}","method":"GET","path":"/admin","protocol":"HTTP/1.1","response_code":{status},"response_code_details":"{details}","upstream_cluster":"inbound|8080||","downstream_peer_uri_san":"{principal}","connection_security_policy":"mutual_tls","requested_server_name":"outbound_.8080_._.api.pay.svc.cluster.local","authority":"api.pay.svc.cluster.local:8080"}}"#,
         at(offset_ms)
     )
 }
 
-const DENIED: &str = "rbac_access_denied_matched_policy[ns[pay]-policy[deny]-rule[0]]";
+pub(crate) const DENIED: &str = "rbac_access_denied_matched_policy[ns[pay]-policy[deny]-rule[0]]";
 
-fn check(addr: std::net::SocketAddr, principal: &str) -> i32 {
+/// An ext_authz `Check` for `principal`; the gRPC status code of the answer.
+pub(crate) fn check(addr: std::net::SocketAddr, principal: &str) -> i32 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -59,11 +61,11 @@ fn check(addr: std::net::SocketAddr, principal: &str) -> i32 {
     })
 }
 
-fn alerts(v: &Verity) -> Vec<serde_json::Value> {
+pub(crate) fn alerts(v: &Verity) -> Vec<serde_json::Value> {
     read_jsonl_lenient(&v.dir.path().join("alerts.jsonl"))
 }
 
-fn has(v: &Verity, rule: &str) -> bool {
+pub(crate) fn has(v: &Verity, rule: &str) -> bool {
     alerts(v).iter().any(|a| a["rule_id"] == rule)
 }
 

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::control::{CART, DENIED, alerts, check, has, line};
 use serde_json::Value;
 use verity_control::istio::{IstioConfig, IstioController, IstioResponder, Scope};
 use verity_control::manager::{ControlConfig, DenyListResponder, Manager, Mode, RevokeRequest};
 use verity_e2e::kube::{KubeApiServer, KubeSettings, istio_crd_path};
-use verity_e2e::{Verity, eventually, post_log_lines, read_jsonl_lenient};
+use verity_e2e::{Verity, eventually, post_log_lines};
 
 const S: i64 = 1_000_000_000;
 
@@ -225,29 +226,6 @@ fn controller_applies_retries_repairs_and_deletes() {
     assert_schema_clean(&server, &[403, 500]);
 }
 
-fn alerts(v: &Verity) -> Vec<Value> {
-    read_jsonl_lenient(&v.dir.path().join("alerts.jsonl"))
-}
-
-fn has(v: &Verity, rule: &str) -> bool {
-    alerts(v).iter().any(|a| a["rule_id"] == rule)
-}
-
-fn at(offset_ms: i64) -> String {
-    let ns = verity_model::time::now_ns() + offset_ms * 1_000_000;
-    verity_model::time::format_rfc3339_ns(ns - ns % 1_000_000)
-}
-
-fn line(offset_ms: i64, principal: &str, status: u16, details: &str) -> String {
-    format!(
-        r#"{{"start_time":"{}","method":"GET","path":"/admin","protocol":"HTTP/1.1","response_code":{status},"response_code_details":"{details}","upstream_cluster":"inbound|8080||","downstream_peer_uri_san":"{principal}","connection_security_policy":"mutual_tls","requested_server_name":"outbound_.8080_._.api.pay.svc.cluster.local","authority":"api.pay.svc.cluster.local:8080"}}"#,
-        at(offset_ms)
-    )
-}
-
-const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
-const DENIED: &str = "rbac_access_denied_matched_policy[ns[pay]-policy[deny]-rule[0]]";
-
 #[test]
 fn binary_revokes_through_istio_and_reconciles_across_a_sigkill() {
     let server = server();
@@ -418,32 +396,7 @@ fn dry_run_annotates_and_leaves_the_deny_list_alone() {
         alerts(&v)
     );
     // Not on the deny list: a dry run enforces nothing.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    let code = rt.block_on(async {
-        use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-        use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context::Peer};
-        let mut c = AuthorizationClient::connect(format!("http://{ext_authz}"))
-            .await
-            .expect("connect");
-        c.check(CheckRequest {
-            attributes: Some(AttributeContext {
-                source: Some(Peer {
-                    principal: "https://idp.example/alice".into(),
-                    ..Peer::default()
-                }),
-                ..AttributeContext::default()
-            }),
-        })
-        .await
-        .expect("check")
-        .into_inner()
-        .status
-        .expect("status")
-        .code
-    });
+    let code = check(ext_authz, "https://idp.example/alice");
     assert_eq!(code, 0);
     assert_schema_clean(&server, &[]);
 }
