@@ -39,7 +39,8 @@ enum Command {
         #[arg(long)]
         print: bool,
         /// Also connect to every enabled output and run its health check (HEC health and
-        /// token, Elasticsearch cluster, TCP/TLS connect, Kafka metadata, …).
+        /// token, Elasticsearch cluster, TCP/TLS connect, Kafka metadata, …), and to the
+        /// Kubernetes API of `control.istio` (list, and a dry-run apply).
         #[arg(long)]
         check_sinks: bool,
     },
@@ -274,11 +275,28 @@ fn validate(config: Option<PathBuf>, print: bool, check_sinks: bool) -> anyhow::
             }
         }
     }
+    let mut checks = reports.len();
+    if let Some(cfg) = &s.control.istio {
+        checks += 1;
+        let result = rt.block_on(async {
+            let c = verity_control::istio::IstioController::connect(cfg.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            c.check().await
+        });
+        match result {
+            Ok(what) => println!("control.istio: ok: {what}"),
+            Err(why) => {
+                failed += 1;
+                println!("control.istio: FAILED: {why}");
+            }
+        }
+    }
     if failed > 0 {
-        println!("{failed} of {} outputs failed their check", reports.len());
+        println!("{failed} of {checks} checks failed");
         return Ok(ExitCode::from(1));
     }
-    println!("all {} outputs passed their check", reports.len());
+    println!("all {checks} checks passed");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -488,6 +488,41 @@ impl IstioController {
         wait
     }
 
+    /// A health check for `verity validate --check-sinks`: lists the managed policies and
+    /// applies a probe policy as a server-side dry run (which proves the CRD is installed,
+    /// the objects pass its schema and Verity may patch them); nothing is stored.
+    pub async fn check(&self) -> Result<String, String> {
+        let listed = self.list().await.map_err(|e| format!("list: {e}"))?;
+        let probe = Revocation {
+            id: "rev-0000000000000000".into(),
+            kind: "principal".into(),
+            principal: "cluster.local/ns/verity-check/sa/probe".into(),
+            reason: "verity validate --check-sinks".into(),
+            alert_id: None,
+            rule_id: None,
+            namespace: None,
+            mode: Mode::Enforce,
+            created_ns: 0,
+            expires_ns: 0,
+            applied_ns: None,
+            state: crate::State::Pending,
+            results: Default::default(),
+        };
+        let p = policy(&probe, &self.cfg);
+        let params = PatchParams::apply(&self.cfg.field_manager)
+            .force()
+            .validation_strict()
+            .dry_run();
+        self.timed(self.api(&p.namespace).patch(&p.name, &params, &Patch::Apply(&p.object)))
+            .await
+            .map_err(|e| format!("server-side apply (dry run) in {}: {e}", p.namespace))?;
+        Ok(format!(
+            "{} AuthorizationPolicies managed; server-side apply (dry run) accepted in {}",
+            listed.len(),
+            p.namespace
+        ))
+    }
+
     /// One comparison of wanted and existing policies. Returns the audit events of the
     /// revocations whose state changed.
     pub async fn pass(&mut self, manager: &Arc<Manager>, now_ns: i64) -> Vec<Alert> {

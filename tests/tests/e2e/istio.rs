@@ -266,7 +266,8 @@ fn binary_revokes_through_istio_and_reconciles_across_a_sigkill() {
         ],
     );
     // The attack: probing, denied by the mesh.
-    let mut lines: Vec<String> = (0..4).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
+    // Six within 50 ms: if a one-second window boundary splits them, one side still has 3.
+    let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
     lines.push(line(-500, "spiffe://cluster.local/ns/shop/sa/web", 200, "via_upstream"));
     assert_eq!(post_log_lines(v.http, &lines), 200);
     assert!(
@@ -398,5 +399,35 @@ fn dry_run_annotates_and_leaves_the_deny_list_alone() {
     // Not on the deny list: a dry run enforces nothing.
     let code = check(ext_authz, "https://idp.example/alice");
     assert_eq!(code, 0);
-    assert_schema_clean(&server, &[]);
+
+    // `verity validate --check-sinks` reaches the API: a list and a dry-run apply.
+    let validate = |server: &KubeApiServer| {
+        let out = std::process::Command::new(verity_e2e::verity_bin())
+            .args(["validate", "--check-sinks"])
+            .env("VERITY__CONTROL__ISTIO", &istio)
+            .env("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false")
+            .output()
+            .expect("run");
+        let _ = server;
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let objects = server.objects().len();
+    let (code, stdout) = validate(&server);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains(
+            "control.istio: ok: 1 AuthorizationPolicies managed; server-side apply (dry run) accepted in istio-system"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(server.objects().len(), objects, "a dry run stores nothing");
+    server.set_forbidden(true);
+    let (code, stdout) = validate(&server);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("control.istio: FAILED: list: HTTP 403 Forbidden"),
+        "{stdout}"
+    );
+    server.set_forbidden(false);
+    assert_schema_clean(&server, &[403]);
 }

@@ -261,7 +261,7 @@ fn validate_check_sinks_reports_each_output() {
         "{stdout}"
     );
     assert!(stdout.contains("output file (file): ok"), "{stdout}");
-    assert!(stdout.contains("1 of 3 outputs failed their check"), "{stdout}");
+    assert!(stdout.contains("1 of 3 checks failed"), "{stdout}");
     drop(listener);
 
     // A secret that is not there is a failure of that output, named clearly.
