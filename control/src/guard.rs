@@ -38,25 +38,8 @@ pub struct Guardrails {
     recent: Mutex<VecDeque<i64>>,
 }
 
-/// `*` matches any run of characters.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
+/// `*` matches any run of characters (the same matching as sink routing's rule patterns).
+pub use verity_sinks::routing::glob_match as glob;
 
 impl Guardrails {
     pub fn new(protected: Vec<String>, cap: usize, window_secs: u64, min_severity: Severity) -> Self {
