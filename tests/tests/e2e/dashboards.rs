@@ -146,6 +146,56 @@ fn overlaps(a: &Value, b: &Value) -> bool {
     ax0 < bx1 && bx0 < ax1 && ay0 < by1 && by0 < ay1
 }
 
+/// Every dashboard variable and panel query against Prometheus; what is missing or implausible.
+fn panel_failures(prom: &Prometheus) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (path, d) in dashboards() {
+        for var in d["templating"]["list"].as_array().into_iter().flatten() {
+            let Some(def) = var["definition"].as_str() else {
+                continue;
+            };
+            // label_values(metric, label)
+            let inner = def.trim_start_matches("label_values(").trim_end_matches(')');
+            let (metric, label) = inner.split_once(',').expect("label_values(metric, label)");
+            let values = api(
+                prom,
+                &format!(
+                    "/api/v1/label/{}/values?match[]={}",
+                    label.trim(),
+                    encode(metric.trim())
+                ),
+            );
+            if values["data"].as_array().is_none_or(Vec::is_empty) {
+                failures.push(format!(
+                    "{}: variable {} resolves to nothing",
+                    path.display(),
+                    var["name"]
+                ));
+            }
+        }
+        for p in d["panels"].as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = grafana_expand(t["expr"].as_str().unwrap_or_default());
+                let r = query(prom, &expr);
+                let result = r["data"]["result"].as_array().cloned().unwrap_or_default();
+                let values: Vec<f64> = result
+                    .iter()
+                    .filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+                    .collect();
+                let title = p["title"].as_str().unwrap_or("?");
+                if r["status"] != "success" || result.is_empty() {
+                    failures.push(format!("{}: {title}: no data for {expr} ({r})", path.display()));
+                } else if values.iter().any(|x| !x.is_finite() || *x < 0.0) {
+                    failures.push(format!("{}: {title}: implausible {values:?}", path.display()));
+                } else if p["fieldConfig"]["defaults"]["unit"] == "percentunit" && values.iter().any(|x| *x > 1.0) {
+                    failures.push(format!("{}: {title}: a share above 1: {values:?}", path.display()));
+                }
+            }
+        }
+    }
+    failures
+}
+
 #[test]
 fn dashboards_are_well_formed() {
     let all = dashboards();
@@ -325,50 +375,14 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let loaded = rules["data"]["groups"][0]["rules"].as_array().map_or(0, Vec::len);
     assert!(loaded >= 8, "alerting rules for Verity itself are loaded: {rules}");
 
-    let mut failures = Vec::new();
-    for (path, d) in dashboards() {
-        for var in d["templating"]["list"].as_array().into_iter().flatten() {
-            let Some(def) = var["definition"].as_str() else {
-                continue;
-            };
-            // label_values(metric, label)
-            let inner = def.trim_start_matches("label_values(").trim_end_matches(')');
-            let (metric, label) = inner.split_once(',').expect("label_values(metric, label)");
-            let values = api(
-                &prom,
-                &format!(
-                    "/api/v1/label/{}/values?match[]={}",
-                    label.trim(),
-                    encode(metric.trim())
-                ),
-            );
-            if values["data"].as_array().is_none_or(Vec::is_empty) {
-                failures.push(format!(
-                    "{}: variable {} resolves to nothing",
-                    path.display(),
-                    var["name"]
-                ));
-            }
-        }
-        for p in d["panels"].as_array().into_iter().flatten() {
-            for t in p["targets"].as_array().into_iter().flatten() {
-                let expr = grafana_expand(t["expr"].as_str().unwrap_or_default());
-                let r = query(&prom, &expr);
-                let result = r["data"]["result"].as_array().cloned().unwrap_or_default();
-                let values: Vec<f64> = result
-                    .iter()
-                    .filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok())
-                    .collect();
-                let title = p["title"].as_str().unwrap_or("?");
-                if r["status"] != "success" || result.is_empty() {
-                    failures.push(format!("{}: {title}: no data for {expr} ({r})", path.display()));
-                } else if values.iter().any(|x| !x.is_finite() || *x < 0.0) {
-                    failures.push(format!("{}: {title}: implausible {values:?}", path.display()));
-                } else if p["fieldConfig"]["defaults"]["unit"] == "percentunit" && values.iter().any(|x| *x > 1.0) {
-                    failures.push(format!("{}: {title}: a share above 1: {values:?}", path.display()));
-                }
-            }
-        }
+    // The feeder may have started only just now (the Kafka wait can be long on a loaded
+    // machine), so a rate can still be 0/0 for a scrape or two: ask again until every panel
+    // has data or the deadline passes, and report what was still missing then.
+    let mut failures = panel_failures(&prom);
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    while !failures.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        failures = panel_failures(&prom);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     feeder.join().expect("feeder");
