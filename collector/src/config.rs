@@ -437,31 +437,8 @@ impl Config {
         for (path, message) in self.kafka.validate() {
             errors.push(ConfigError::new(path, message));
         }
-        if let Some(l) = &self.control.ext_authz_listen
-            && l.parse::<SocketAddr>().is_err()
-        {
-            errors.push(ConfigError::new(
-                "control.ext_authz_listen",
-                format!("{l:?} is not an ip:port socket address"),
-            ));
-        }
-        if let Err(message) = self.control.validate() {
-            let (path, message) = match message.split_once(": ") {
-                Some((path, m)) if path.starts_with("control.") && !path.contains(' ') => {
-                    (path.to_string(), m.to_string())
-                }
-                _ => ("control".to_string(), message),
-            };
+        for (path, message) in self.control.validate() {
             errors.push(ConfigError::new(path, message));
-        }
-        if self.control.max_per_window == 0 {
-            errors.push(ConfigError::new("control.max_per_window", "must be at least 1"));
-        }
-        if !(1..=3600).contains(&self.control.reconcile_interval_secs) {
-            errors.push(ConfigError::new(
-                "control.reconcile_interval_secs",
-                "must be between 1 and 3600",
-            ));
         }
         if self.telemetry.enabled {
             let e = &self.telemetry.endpoint;

@@ -101,11 +101,13 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 impl IstioConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Pure checks: every problem with its key.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut e = Vec::new();
         if !is_dns_label(&self.root_namespace) {
-            return Err(format!(
-                "control.istio.root_namespace: [{}] is not a namespace name",
-                self.root_namespace
+            e.push((
+                "control.istio.root_namespace".into(),
+                format!("[{}] is not a namespace name", self.root_namespace),
             ));
         }
         // The field manager is also a label value.
@@ -118,15 +120,18 @@ impl IstioConfig {
             || !fm.starts_with(|c: char| c.is_ascii_alphanumeric())
             || !fm.ends_with(|c: char| c.is_ascii_alphanumeric())
         {
-            return Err(format!(
-                "control.istio.field_manager: [{fm}] must be 1-63 letters, digits, '-', '_' or '.', \
-                 starting and ending with a letter or digit"
+            e.push((
+                "control.istio.field_manager".into(),
+                format!(
+                    "[{fm}] must be 1-63 letters, digits, '-', '_' or '.', \
+                     starting and ending with a letter or digit"
+                ),
             ));
         }
         if !matches!(self.api_version.as_str(), "v1" | "v1beta1") {
-            return Err(format!(
-                "control.istio.api_version: [{}] is not v1 or v1beta1",
-                self.api_version
+            e.push((
+                "control.istio.api_version".into(),
+                format!("[{}] is not v1 or v1beta1", self.api_version),
             ));
         }
         for (name, v) in [
@@ -135,10 +140,10 @@ impl IstioConfig {
             ("max_backoff_secs", self.max_backoff_secs),
         ] {
             if v == 0 {
-                return Err(format!("control.istio.{name}: must be at least 1"));
+                e.push((format!("control.istio.{name}"), "must be at least 1".into()));
             }
         }
-        Ok(())
+        e
     }
 
     fn api_resource(&self) -> ApiResource {
@@ -722,7 +727,7 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(IstioConfig::default().validate().is_ok());
+        assert!(IstioConfig::default().validate().is_empty());
         for bad in [
             IstioConfig {
                 root_namespace: "Istio_System".into(),
@@ -741,7 +746,7 @@ mod tests {
                 ..IstioConfig::default()
             },
         ] {
-            assert!(bad.validate().is_err(), "{bad:?}");
+            assert!(!bad.validate().is_empty(), "{bad:?}");
         }
     }
 }

@@ -65,19 +65,36 @@ impl Default for ControlConfig {
 }
 
 impl ControlConfig {
-    /// Checks what can be checked without I/O (the listen address and limits are checked by
-    /// the binary's settings).
-    pub fn validate(&self) -> Result<(), String> {
+    /// Pure checks of the `control` section: every problem with its key.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut e = Vec::new();
+        if let Some(l) = &self.ext_authz_listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            e.push((
+                "control.ext_authz_listen".into(),
+                format!("{l:?} is not an ip:port socket address"),
+            ));
+        }
         if self.window_secs == 0 {
-            return Err("control.window_secs: must be at least 1".into());
+            e.push(("control.window_secs".into(), "must be at least 1".into()));
         }
         if self.default_ttl_secs == 0 {
-            return Err("control.default_ttl_secs: must be at least 1".into());
+            e.push(("control.default_ttl_secs".into(), "must be at least 1".into()));
         }
         if let Some(istio) = &self.istio {
-            istio.validate()?;
+            e.extend(istio.validate());
         }
-        Ok(())
+        if self.max_per_window == 0 {
+            e.push(("control.max_per_window".into(), "must be at least 1".into()));
+        }
+        if !(1..=3600).contains(&self.reconcile_interval_secs) {
+            e.push((
+                "control.reconcile_interval_secs".into(),
+                "must be between 1 and 3600".into(),
+            ));
+        }
+        e
     }
 }
 
@@ -705,6 +722,33 @@ mod tests {
         )
         .unwrap();
         (m, deny, verified)
+    }
+
+    #[test]
+    fn validate_reports_every_problem_with_its_key() {
+        assert!(ControlConfig::default().validate().is_empty());
+        let bad = ControlConfig {
+            ext_authz_listen: Some("localhost".into()),
+            window_secs: 0,
+            max_per_window: 0,
+            reconcile_interval_secs: 0,
+            istio: Some(crate::istio::IstioConfig {
+                root_namespace: "Istio_System".into(),
+                ..Default::default()
+            }),
+            ..ControlConfig::default()
+        };
+        let keys: Vec<String> = bad.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "control.ext_authz_listen",
+                "control.window_secs",
+                "control.istio.root_namespace",
+                "control.max_per_window",
+                "control.reconcile_interval_secs",
+            ]
+        );
     }
 
     #[test]
