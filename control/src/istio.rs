@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 use verity_model::alert::Alert;
 
 use crate::manager::{Manager, Responder};
-use crate::{Mode, Revocation};
+use crate::{Counters, Mode, Revocation};
 
 /// Istio's API group for security policies.
 pub const GROUP: &str = "security.istio.io";
@@ -260,11 +260,6 @@ fn call_error(e: kube::Error) -> CallError {
     }
 }
 
-type Counters = prometheus_client::metrics::family::Family<
-    Vec<(&'static str, &'static str)>,
-    prometheus_client::metrics::counter::Counter,
->;
-
 /// The responder's metrics.
 #[derive(Clone)]
 pub struct IstioMetrics {
@@ -457,8 +452,11 @@ impl IstioController {
             .collect())
     }
 
-    async fn apply(&self, p: &Policy) -> Result<DynamicObject, CallError> {
+    /// Server-side apply with Verity's field manager, taking fields back from other managers;
+    /// a `dry_run` is checked by the API server (schema, admission, RBAC) and not stored.
+    async fn apply(&self, p: &Policy, dry_run: bool) -> Result<DynamicObject, CallError> {
         let params = PatchParams::apply(&self.cfg.field_manager).force().validation_strict();
+        let params = if dry_run { params.dry_run() } else { params };
         let api = self.api(&p.namespace);
         let out = self.timed(api.patch(&p.name, &params, &Patch::Apply(&p.object))).await;
         self.count("apply", out.is_ok());
@@ -514,11 +512,7 @@ impl IstioController {
             results: Default::default(),
         };
         let p = policy(&probe, &self.cfg);
-        let params = PatchParams::apply(&self.cfg.field_manager)
-            .force()
-            .validation_strict()
-            .dry_run();
-        self.timed(self.api(&p.namespace).patch(&p.name, &params, &Patch::Apply(&p.object)))
+        self.apply(&p, true)
             .await
             .map_err(|e| format!("server-side apply (dry run) in {}: {e}", p.namespace))?;
         Ok(format!(
@@ -570,7 +564,7 @@ impl IstioController {
                 continue;
             }
             let Some((r, p)) = desired.get(&key) else { continue };
-            let outcome = match self.apply(p).await {
+            let outcome = match self.apply(p, false).await {
                 Ok(obj) => {
                     self.retry.remove(&key);
                     self.known.insert(key.clone(), r.id.clone());

@@ -27,6 +27,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Counters labelled by (name, value) pairs whose values come from fixed sets.
+pub(crate) type Counters = prometheus_client::metrics::family::Family<
+    Vec<(&'static str, &'static str)>,
+    prometheus_client::metrics::counter::Counter,
+>;
+
 /// What Verity does with a revocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -106,6 +112,15 @@ pub struct Revocation {
 }
 
 impl Revocation {
+    /// Sets the state from the responders' results, and `applied_ns` the first time every
+    /// responder has applied it.
+    pub fn settle(&mut self, now_ns: i64) {
+        self.state = self.settled_state();
+        if self.state == State::Applied && self.applied_ns.is_none() {
+            self.applied_ns = Some(now_ns);
+        }
+    }
+
     /// Applied, failed or still pending, from the responders' results.
     pub fn settled_state(&self) -> State {
         if self.results.values().any(|r| !r.ok && !r.pending) {

@@ -15,7 +15,7 @@ use verity_model::alert::{Alert, AlertStatus, Entity, Severity};
 use crate::denylist::{Denial, DenyList};
 use crate::guard::{DEFAULT_PROTECTED, Guardrails, Refusal};
 use crate::store::{Store, StoreError};
-use crate::{ResponderResult, Revocation, State, normalize_principal, revocation_id};
+use crate::{Counters, ResponderResult, Revocation, State, normalize_principal, revocation_id};
 
 pub use crate::Mode;
 
@@ -160,11 +160,6 @@ impl Responder for DenyListResponder {
 
 /// Called when a principal enters or leaves verification (`is_revoked()` in rules).
 pub type VerifyHook = Box<dyn Fn(&str, bool) + Send + Sync>;
-
-type Counters = prometheus_client::metrics::family::Family<
-    Vec<(&'static str, &'static str)>,
-    prometheus_client::metrics::counter::Counter,
->;
 
 /// Revocation metrics, registered into the registry the binary passes in.
 #[derive(Clone)]
@@ -338,12 +333,11 @@ impl Manager {
         } else {
             let started = std::time::Instant::now();
             self.apply_all(&mut r, now_ns, false);
-            r.state = r.settled_state();
-            if r.state == State::Applied {
-                r.applied_ns = Some(now_ns);
-                if let Some(m) = &self.metrics {
-                    m.apply_seconds.observe(started.elapsed().as_secs_f64());
-                }
+            r.settle(now_ns);
+            if r.state == State::Applied
+                && let Some(m) = &self.metrics
+            {
+                m.apply_seconds.observe(started.elapsed().as_secs_f64());
             }
             self.store.put(r.clone())?;
             for resp in &self.responders {
@@ -451,10 +445,7 @@ impl Manager {
                     at_ns: now_ns,
                 },
             );
-            r.state = r.settled_state();
-            if r.state == State::Applied && r.applied_ns.is_none() {
-                r.applied_ns = Some(now_ns);
-            }
+            r.settle(now_ns);
         });
         let r = match updated {
             Ok(r) => r,
@@ -558,10 +549,7 @@ impl Manager {
                                 s.results.insert(k, v);
                             }
                         }
-                        s.state = s.settled_state();
-                        if s.state == State::Applied && s.applied_ns.is_none() {
-                            s.applied_ns = Some(now_ns);
-                        }
+                        s.settle(now_ns);
                     }) {
                         Ok(updated) if updated.state != State::Failed => {
                             out.push(self.state_event(&updated, now_ns));
