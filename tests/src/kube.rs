@@ -90,6 +90,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
+use crate::siem::{percent_decode, pseudo_guid};
+
 const GROUP: &str = "security.istio.io";
 const KIND: &str = "AuthorizationPolicy";
 const PLURAL: &str = "authorizationpolicies";
@@ -269,28 +271,10 @@ fn random<const N: usize>() -> [u8; N] {
     b
 }
 
-fn uuid4() -> String {
-    let mut b = random::<16>();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 /// Now, in RFC 3339 with whole seconds, as the apiserver writes timestamps.
 fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let s = verity_model::time::format_rfc3339_ns(secs * 1_000_000_000);
+    let ns = verity_model::time::now_ns();
+    let s = verity_model::time::format_rfc3339_ns(ns - ns.rem_euclid(1_000_000_000));
     match s.split_once('.') {
         Some((head, _)) => format!("{head}Z"),
         None => s,
@@ -864,7 +848,7 @@ fn respond(a: &Answer) -> Resp {
         .status(a.code)
         .header("content-type", "application/json")
         .header("cache-control", "no-cache, private")
-        .header("audit-id", uuid4());
+        .header("audit-id", pseudo_guid());
     // The apiserver sends Retry-After whenever a Status carries retryAfterSeconds.
     if let Some(s) = a.body["details"]["retryAfterSeconds"].as_u64().filter(|s| *s > 0) {
         b = b.header("retry-after", s.to_string());
@@ -1339,27 +1323,6 @@ impl Query {
             _ => FieldValidation::Warn,
         }
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                Some(v) => {
-                    out.push(v);
-                    i += 2;
-                }
-                None => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn dry_run_causes(values: &[String]) -> Vec<Cause> {
@@ -2224,7 +2187,7 @@ fn commit(
                 o.first_seen,
             )
         }
-        None => (json!(uuid4()), json!(now), 1, Value::Null, Instant::now()),
+        None => (json!(pseudo_guid()), json!(now), 1, Value::Null, Instant::now()),
     };
     let mut live = json!({
         "apiVersion": api_version(STORAGE_VERSION),
@@ -2823,21 +2786,43 @@ impl Checker<'_> {
         }
     }
 
-    fn check_array(&mut self, schema: &Value, items: &[Value], v: &Value, path: &str, body_path: &str) {
-        if let Some(max) = schema["maxItems"].as_u64()
-            && items.len() as u64 > max
+    /// `maxItems`/`minItems` or `maxProperties`/`minProperties` (`[max key, min key, noun]`):
+    /// the apiserver says "must have at most N items" for both, and names the noun for the
+    /// minimum.
+    fn check_count(
+        &mut self,
+        schema: &Value,
+        [max_key, min_key, noun]: [&str; 3],
+        len: usize,
+        v: &Value,
+        path: &str,
+        body_path: &str,
+    ) {
+        if let Some(max) = schema[max_key].as_u64()
+            && len as u64 > max
         {
             self.causes.push(cause(
                 "FieldValueTooMany",
                 path,
-                format!("Too many: {}: must have at most {max} items", items.len()),
+                format!("Too many: {len}: must have at most {max} items"),
             ));
         }
-        if let Some(min) = schema["minItems"].as_u64()
-            && (items.len() as u64) < min
+        if let Some(min) = schema[min_key].as_u64()
+            && (len as u64) < min
         {
-            self.invalid(path, v, format!("{body_path} should have at least {min} items"));
+            self.invalid(path, v, format!("{body_path} should have at least {min} {noun}"));
         }
+    }
+
+    fn check_array(&mut self, schema: &Value, items: &[Value], v: &Value, path: &str, body_path: &str) {
+        self.check_count(
+            schema,
+            ["maxItems", "minItems", "items"],
+            items.len(),
+            v,
+            path,
+            body_path,
+        );
         match schema["x-kubernetes-list-type"].as_str() {
             Some("set") => {
                 for (i, item) in items.iter().enumerate() {
@@ -2883,20 +2868,14 @@ impl Checker<'_> {
     }
 
     fn check_object(&mut self, schema: &Value, m: &Map<String, Value>, v: &Value, path: &str, body_path: &str) {
-        if let Some(max) = schema["maxProperties"].as_u64()
-            && m.len() as u64 > max
-        {
-            self.causes.push(cause(
-                "FieldValueTooMany",
-                path,
-                format!("Too many: {}: must have at most {max} items", m.len()),
-            ));
-        }
-        if let Some(min) = schema["minProperties"].as_u64()
-            && (m.len() as u64) < min
-        {
-            self.invalid(path, v, format!("{body_path} should have at least {min} properties"));
-        }
+        self.check_count(
+            schema,
+            ["maxProperties", "minProperties", "properties"],
+            m.len(),
+            v,
+            path,
+            body_path,
+        );
         for r in schema["required"].as_array().into_iter().flatten() {
             if let Some(k) = r.as_str()
                 && !m.contains_key(k)

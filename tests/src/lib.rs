@@ -349,6 +349,19 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().expect("gzip")
 }
 
+/// Runs `verity revocations --admin http://<admin> --token-file <token> <args…>`: whether it
+/// succeeded, and what it printed.
+pub fn revocations_cli(admin: SocketAddr, token: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(verity_bin())
+        .arg("revocations")
+        .args(["--admin", &format!("http://{admin}"), "--token-file"])
+        .arg(token)
+        .args(args)
+        .output()
+        .expect("run verity revocations");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub mod kafka;
 pub mod kube;
 

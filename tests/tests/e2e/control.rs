@@ -207,17 +207,7 @@ fn manual_revocations_through_the_authenticated_admin_api() {
             ("VERITY__SINKS__OUTPUTS__FILE__PATH", &file),
         ],
     );
-    let admin = format!("http://{}", v.admin);
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(verity_e2e::verity_bin())
-            .arg("revocations")
-            .args(["--admin", &admin, "--token-file"])
-            .arg(&token)
-            .args(args)
-            .output()
-            .expect("run");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let cli = |args: &[&str]| verity_e2e::revocations_cli(v.admin, &token, args);
     // No token, wrong token: refused.
     let r = verity_e2e::http_request(v.admin, "GET", "/revocations", &[], b"").expect("get");
     assert_eq!(r.status, 401);

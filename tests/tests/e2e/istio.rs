@@ -359,20 +359,19 @@ fn dry_run_annotates_and_leaves_the_deny_list_alone() {
             ("VERITY__SINKS__OUTPUTS__FILE__PATH", &file),
         ],
     );
-    let out = std::process::Command::new(verity_e2e::verity_bin())
-        .args(["revocations", "--admin", &format!("http://{}", v.admin), "--token-file"])
-        .arg(&token)
-        .args([
+    let (ok, out) = verity_e2e::revocations_cli(
+        v.admin,
+        &token,
+        &[
             "add",
             "https://idp.example/alice",
             "--kind",
             "request_principal",
             "--ttl",
             "1h",
-        ])
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        ],
+    );
+    assert!(ok, "{out}");
     assert!(
         server.wait_for(Duration::from_secs(15), |s| by_principal(
             s,
@@ -401,18 +400,17 @@ fn dry_run_annotates_and_leaves_the_deny_list_alone() {
     assert_eq!(code, 0);
 
     // `verity validate --check-sinks` reaches the API: a list and a dry-run apply.
-    let validate = |server: &KubeApiServer| {
+    let validate = || {
         let out = std::process::Command::new(verity_e2e::verity_bin())
             .args(["validate", "--check-sinks"])
             .env("VERITY__CONTROL__ISTIO", &istio)
             .env("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false")
             .output()
             .expect("run");
-        let _ = server;
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let objects = server.objects().len();
-    let (code, stdout) = validate(&server);
+    let (code, stdout) = validate();
     assert_eq!(code, Some(0), "{stdout}");
     assert!(
         stdout.contains(
@@ -422,7 +420,7 @@ fn dry_run_annotates_and_leaves_the_deny_list_alone() {
     );
     assert_eq!(server.objects().len(), objects, "a dry run stores nothing");
     server.set_forbidden(true);
-    let (code, stdout) = validate(&server);
+    let (code, stdout) = validate();
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.contains("control.istio: FAILED: list: HTTP 403 Forbidden"),
