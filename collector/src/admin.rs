@@ -1,5 +1,6 @@
 //! The admin endpoint: `/healthz` (the process is alive), `/readyz` (it accepts input; 503
-//! while starting and draining) and `/metrics` (Prometheus/OpenMetrics text).
+//! while starting and draining), `/metrics` (Prometheus/OpenMetrics text) and the
+//! authenticated revocation API (`/revocations`), whose answers are counted by outcome.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,11 +10,14 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 pub struct AdminState {
     pub registry: Registry,
     pub ready: Arc<AtomicBool>,
+    pub metrics: AdminMetrics,
     /// The revocation API: the manager, where its audit events go, and the token it needs.
     pub control: Option<ControlApi>,
 }
@@ -22,6 +26,111 @@ pub struct ControlApi {
     pub manager: Arc<verity_control::manager::Manager>,
     pub sinks: Arc<verity_sinks::SinkSet>,
     pub token: Option<verity_sinks::secret::Secret>,
+}
+
+/// A revocation API call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    List,
+    Add,
+    Lift,
+}
+
+impl Action {
+    const ALL: [Action; 3] = [Action::List, Action::Add, Action::Lift];
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::List => "list",
+            Action::Add => "add",
+            Action::Lift => "lift",
+        }
+    }
+}
+
+/// How a revocation API call was answered, from its status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Refused,
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 7] = [
+        Outcome::Ok,
+        Outcome::BadRequest,
+        Outcome::Unauthorized,
+        Outcome::Forbidden,
+        Outcome::NotFound,
+        Outcome::Refused,
+        Outcome::Error,
+    ];
+    fn of(status: StatusCode) -> Self {
+        match status {
+            s if s.is_success() => Outcome::Ok,
+            StatusCode::BAD_REQUEST => Outcome::BadRequest,
+            StatusCode::UNAUTHORIZED => Outcome::Unauthorized,
+            StatusCode::FORBIDDEN => Outcome::Forbidden,
+            StatusCode::NOT_FOUND => Outcome::NotFound,
+            // The guardrails refused the revocation.
+            StatusCode::CONFLICT => Outcome::Refused,
+            _ => Outcome::Error,
+        }
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::BadRequest => "bad_request",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::Forbidden => "forbidden",
+            Outcome::NotFound => "not_found",
+            Outcome::Refused => "refused",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// The revocation API's metrics, registered into the registry the binary passes in.
+#[derive(Clone)]
+pub struct AdminMetrics {
+    requests: Family<Vec<(&'static str, &'static str)>, Counter>,
+}
+
+impl AdminMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+        };
+        for a in Action::ALL {
+            for o in Outcome::ALL {
+                let _ = m
+                    .requests
+                    .get_or_create(&vec![("action", a.as_str()), ("outcome", o.as_str())]);
+            }
+        }
+        registry.register(
+            "verity_revocation_api_requests",
+            "Requests to the revocation API, by action and how they were answered",
+            m.requests.clone(),
+        );
+        m
+    }
+
+    /// Counts the answer and passes it on; a rejected request is logged with its reason code.
+    fn answered(&self, action: Action, res: Response) -> Response {
+        let outcome = Outcome::of(res.status());
+        self.requests
+            .get_or_create(&vec![("action", action.as_str()), ("outcome", outcome.as_str())])
+            .inc();
+        if outcome != Outcome::Ok {
+            tracing::warn!(action = action.as_str(), outcome = outcome.as_str(), status = %res.status(), "revocation API request not carried out");
+        }
+        res
+    }
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -75,10 +184,11 @@ fn authorize<'a>(st: &'a AdminState, headers: &HeaderMap) -> Result<&'a ControlA
 }
 
 async fn list_revocations(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
-    match authorize(&st, &headers) {
+    let res = match authorize(&st, &headers) {
         Ok(api) => json(StatusCode::OK, &serde_json::json!(api.manager.store().list())),
         Err(r) => *r,
-    }
+    };
+    st.metrics.answered(Action::List, res)
 }
 
 #[derive(serde::Deserialize)]
@@ -105,11 +215,16 @@ async fn deliver(api: &ControlApi, events: Vec<verity_model::Alert>) {
 }
 
 async fn add_revocation(State(st): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let api = match authorize(&st, &headers) {
+    let res = add(&st, &headers, &body).await;
+    st.metrics.answered(Action::Add, res)
+}
+
+async fn add(st: &AdminState, headers: &HeaderMap, body: &[u8]) -> Response {
+    let api = match authorize(st, headers) {
         Ok(api) => api,
         Err(r) => return *r,
     };
-    let req: AddRevocation = match serde_json::from_slice(&body) {
+    let req: AddRevocation = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e.to_string()})),
     };
@@ -163,14 +278,19 @@ async fn add_revocation(State(st): State<Arc<AdminState>>, headers: HeaderMap, b
 }
 
 async fn lift_revocation(State(st): State<Arc<AdminState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let api = match authorize(&st, &headers) {
+    let res = lift(&st, &headers, &id).await;
+    st.metrics.answered(Action::Lift, res)
+}
+
+async fn lift(st: &AdminState, headers: &HeaderMap, id: &str) -> Response {
+    let api = match authorize(st, headers) {
         Ok(api) => api,
         Err(r) => return *r,
     };
-    match api.manager.lift(&id, crate::normalize::now_ns()) {
+    match api.manager.lift(id, crate::normalize::now_ns()) {
         Ok(events) => {
             deliver(api, events).await;
-            json(StatusCode::OK, &serde_json::json!(api.manager.store().get(&id)))
+            json(StatusCode::OK, &serde_json::json!(api.manager.store().get(id)))
         }
         Err(verity_control::store::StoreError::NotFound(_)) => json(
             StatusCode::NOT_FOUND,

@@ -327,9 +327,11 @@ pub async fn run_with(
         Some(t) => Some(verity_sinks::secret::Secret::resolve(t).map_err(|e| AppError::AdminToken(e.to_string()))?),
         None => None,
     };
+    let admin_metrics = admin::AdminMetrics::register(&mut registry);
     let admin_state = Arc::new(AdminState {
         registry,
         ready: ready.clone(),
+        metrics: admin_metrics,
         control: Some(admin::ControlApi {
             manager: control.clone(),
             sinks: sinks.clone(),

@@ -214,6 +214,34 @@ fn manual_revocations_through_the_authenticated_admin_api() {
     let r = verity_e2e::http_request(v.admin, "GET", "/revocations", &[("Authorization", "Bearer nope")], b"")
         .expect("get");
     assert_eq!(r.status, 401);
+    // Bad input: a clear answer, counted.
+    let auth = [
+        ("Authorization", "Bearer s3cret-admin"),
+        ("Content-Type", "application/json"),
+    ];
+    for (body, error) in [
+        (&br#"{"principal": "x", "ttl": "forever"}"#[..], "ttl must look like"),
+        (br#"{"principal": "x", "ttl": "1h", "kind": "user"}"#, "kind must be"),
+        (br#"{"principal": " ", "ttl": "1h"}"#, "principal is empty"),
+        (br#"{"principal": "x", "ttl": "1h", "colour": "red"}"#, "unknown field"),
+        (b"not json", "expected"),
+    ] {
+        let r = verity_e2e::http_request(v.admin, "POST", "/revocations", &auth, body).expect("post");
+        assert_eq!(r.status, 400);
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(text.contains(error), "{text}");
+    }
+    let r = verity_e2e::http_request(v.admin, "POST", "/revocations/rev-nothing/lift", &auth, b"").expect("lift");
+    assert_eq!(r.status, 404);
+    let requests = |action: &str, outcome: &str| {
+        v.metric_value(&format!(
+            "verity_revocation_api_requests_total{{action=\"{action}\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(requests("list", "unauthorized"), Some(2.0));
+    assert_eq!(requests("add", "bad_request"), Some(5.0));
+    assert_eq!(requests("lift", "not_found"), Some(1.0));
+    assert_eq!(requests("add", "ok"), Some(0.0));
 
     let (ok, out) = cli(&["add", CART, "--ttl", "1h", "--reason", "incident 4711"]);
     assert!(ok, "{out}");
@@ -241,6 +269,10 @@ fn manual_revocations_through_the_authenticated_admin_api() {
         hook.received()[0]["revocation"]["principal"],
         "cluster.local/ns/shop/sa/cart"
     );
+    assert_eq!(requests("add", "ok"), Some(1.0));
+    assert_eq!(requests("add", "refused"), Some(1.0));
+    assert_eq!(requests("list", "ok"), Some(1.0));
+    assert_eq!(requests("lift", "ok"), Some(1.0));
     assert!(eventually(Duration::from_secs(10), || has(
         &v,
         "verity-revocation-lifted"
