@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminState};
 use crate::config::Settings;
 use crate::dead_letter::DeadLetter;
+use crate::listener::{ListenerName, ListenerTls, PeerInfo, SecureListener, ServerTls};
 use crate::metrics::Metrics;
 use crate::otlp::{self, OtlpIngest};
 use crate::pipeline::{self, ArchiveStage, Stage};
@@ -45,6 +45,10 @@ pub enum AppError {
     Responder(String),
     #[error("admin.token: {0}")]
     AdminToken(String),
+    #[error("TLS files do not load:\n  {}", .0.join("\n  "))]
+    Tls(Vec<String>),
+    #[error("{0}")]
+    Tokens(#[from] crate::otlp::sender::TokenError),
     #[error("cannot open the revocation store: {0}")]
     Control(#[from] verity_control::store::StoreError),
     #[error("cannot start the outputs: {0}")]
@@ -59,10 +63,16 @@ pub struct Bound {
     pub admin: Option<SocketAddr>,
 }
 
-async fn bind(what: &'static str, addr: Option<SocketAddr>) -> Result<Option<TcpListener>, AppError> {
+async fn bind(
+    what: &'static str,
+    name: ListenerName,
+    addr: Option<SocketAddr>,
+    tls: Option<&Arc<ServerTls>>,
+    metrics: &Metrics,
+) -> Result<Option<SecureListener>, AppError> {
     match addr {
         None => Ok(None),
-        Some(addr) => TcpListener::bind(addr)
+        Some(addr) => SecureListener::bind(name, addr, tls.cloned(), metrics.clone())
             .await
             .map(Some)
             .map_err(|source| AppError::Bind { what, addr, source }),
@@ -95,6 +105,24 @@ pub async fn run_with(
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     crate::build_info(&mut registry);
+    let tls = ListenerTls::load(&settings)
+        .map_err(|errors| AppError::Tls(errors.iter().map(ToString::to_string).collect()))?;
+    let otlp = &settings.raw.otlp;
+    let sender_auth = |name: ListenerName, listener: &crate::config::ListenerConfig| {
+        crate::otlp::sender::SenderAuth::new(
+            name,
+            &crate::otlp::sender::SenderPolicy {
+                client_certificates: listener.client_certificates(),
+                tokens: &otlp.tokens,
+                trusted_proxy: otlp.trusted_proxy.as_ref(),
+                allowed_senders: &otlp.allowed_senders,
+                accept_unauthenticated: otlp.accept_unauthenticated,
+            },
+            metrics.clone(),
+        )
+    };
+    let grpc_auth = sender_auth(ListenerName::OtlpGrpc, &otlp.grpc)?;
+    let http_auth = sender_auth(ListenerName::OtlpHttp, &otlp.http)?;
 
     let dead_letter = Arc::new(
         DeadLetter::open(&settings.dead_letter_path, metrics.clone()).map_err(|source| AppError::DeadLetter {
@@ -180,13 +208,34 @@ pub async fn run_with(
     let (intake, pipeline) = pipeline::start(settings.pipeline.clone(), stages, metrics.clone());
     let ingest = Arc::new(OtlpIngest::new(intake, dead_letter.clone(), metrics.clone()));
 
-    let grpc_listener = bind("OTLP/gRPC", settings.grpc_listen).await?;
-    let http_listener = bind("OTLP/HTTP", settings.http_listen).await?;
-    let admin_listener = bind("admin", settings.admin_listen).await?;
+    let grpc_listener = bind(
+        "OTLP/gRPC",
+        ListenerName::OtlpGrpc,
+        settings.grpc_listen,
+        tls.otlp_grpc.as_ref(),
+        &metrics,
+    )
+    .await?;
+    let http_listener = bind(
+        "OTLP/HTTP",
+        ListenerName::OtlpHttp,
+        settings.http_listen,
+        tls.otlp_http.as_ref(),
+        &metrics,
+    )
+    .await?;
+    let admin_listener = bind(
+        "admin",
+        ListenerName::Admin,
+        settings.admin_listen,
+        tls.admin.as_ref(),
+        &metrics,
+    )
+    .await?;
     let bound = Bound {
-        grpc: grpc_listener.as_ref().and_then(|l| l.local_addr().ok()),
-        http: http_listener.as_ref().and_then(|l| l.local_addr().ok()),
-        admin: admin_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        grpc: grpc_listener.as_ref().map(SecureListener::local_addr),
+        http: http_listener.as_ref().map(SecureListener::local_addr),
+        admin: admin_listener.as_ref().map(SecureListener::local_addr),
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -196,13 +245,12 @@ pub async fn run_with(
 
     let mut servers = Vec::new();
     if let Some(listener) = grpc_listener {
-        let (logs, metrics_svc) = otlp::grpc::services(ingest.clone(), settings.max_request_bytes, metrics.clone());
+        let (logs, metrics_svc) =
+            otlp::grpc::services(ingest.clone(), settings.max_request_bytes, metrics.clone(), grpc_auth);
         let signal = stopped(stop_rx.clone());
         servers.push(tokio::spawn(
             async move {
-                // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall each
-                // multi-segment response by tens of milliseconds.
-                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                let incoming = listener.into_incoming();
                 let result = tonic::transport::Server::builder()
                     .http2_adaptive_window(Some(true))
                     .add_service(logs)
@@ -222,8 +270,9 @@ pub async fn run_with(
             max_bytes: settings.max_request_bytes,
             retry_after_secs: settings.retry_after_secs,
             metrics: metrics.clone(),
+            auth: http_auth,
         });
-        let router = otlp::http::router(state);
+        let router = otlp::http::router(state).into_make_service_with_connect_info::<PeerInfo>();
         let signal = stopped(stop_rx.clone());
         servers.push(tokio::spawn(
             async move {
@@ -258,14 +307,21 @@ pub async fn run_with(
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source: std::io::Error::other(format!("{listen:?} is not ip:port")),
         })?;
-        let listener = bind("ext_authz", Some(addr)).await?;
+        let listener = bind(
+            "ext_authz",
+            ListenerName::ExtAuthz,
+            Some(addr),
+            tls.ext_authz.as_ref(),
+            &metrics,
+        )
+        .await?;
         if let Some(listener) = listener {
             let svc = verity_control::ext_authz::ExtAuthz::new(deny.clone()).server();
             let signal = stopped(stop_rx.clone());
             tracing::info!(listen = %addr, "ext_authz deny list serving");
             servers.push(tokio::spawn(
                 async move {
-                    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                    let incoming = listener.into_incoming();
                     if let Err(error) = tonic::transport::Server::builder()
                         .add_service(svc)
                         .serve_with_incoming_shutdown(incoming, signal)
@@ -350,7 +406,7 @@ pub async fn run_with(
     });
     let admin_task = admin_listener.map(|listener| {
         let router = admin::router(admin_state.clone());
-        let signal = stopped(admin_stop_rx);
+        let signal = stopped(admin_stop_rx.clone());
         tokio::spawn(
             async move {
                 if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(signal).await {
@@ -361,6 +417,24 @@ pub async fn run_with(
         )
     });
 
+    // Certificate rotation: every TLS listener re-reads its files until the end.
+    let certificate_watchers: Vec<_> = [
+        (ListenerName::OtlpGrpc, &tls.otlp_grpc),
+        (ListenerName::OtlpHttp, &tls.otlp_http),
+        (ListenerName::Admin, &tls.admin),
+        (ListenerName::ExtAuthz, &tls.ext_authz),
+    ]
+    .into_iter()
+    .filter_map(|(name, tls)| {
+        let tls = tls.clone()?;
+        Some(tokio::spawn(crate::listener::watch_certificates(
+            name,
+            tls,
+            metrics.clone(),
+            stopped(admin_stop_rx.clone()),
+        )))
+    })
+    .collect();
     let reloader = tokio::spawn(
         watch_rules(engine, settings.rules.reload_poll_secs, stopped(stop_rx.clone()))
             .instrument(tracing::info_span!("rules_reload")),
@@ -415,6 +489,9 @@ pub async fn run_with(
     }
     let _ = admin_stop_tx.send(true);
     if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    for t in certificate_watchers {
         let _ = t.await;
     }
     if let Some(t) = telemetry_task {

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
+use verity_model::tls::ServerTlsConfig;
+
+pub use crate::otlp::sender::{TokenConfig, TrustedProxyConfig};
 
 /// The embedded defaults: what `verity run` uses with no file and no environment.
 pub const DEFAULTS_YAML: &str = include_str!("../config/default.yaml");
@@ -78,6 +81,8 @@ pub struct RulesConfig {
 pub struct ListenerConfig {
     pub enabled: bool,
     pub listen: String,
+    /// TLS on this listener; unset: plain TCP.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for ListenerConfig {
@@ -85,7 +90,15 @@ impl Default for ListenerConfig {
         Self {
             enabled: true,
             listen: String::new(),
+            tls: None,
         }
+    }
+}
+
+impl ListenerConfig {
+    /// Whether clients of this listener present certificates that identify them.
+    pub fn client_certificates(&self) -> bool {
+        self.tls.as_ref().is_some_and(ServerTlsConfig::asks_client_certificate)
     }
 }
 
@@ -98,6 +111,26 @@ pub struct OtlpConfig {
     pub max_request_bytes: u64,
     /// `Retry-After` seconds sent with 503 answers when the pipeline is full.
     pub retry_after_secs: u32,
+    /// Bearer tokens senders may present; a token's `name` becomes the sender identity.
+    pub tokens: Vec<TokenConfig>,
+    /// Verity behind its own proxy (an Istio sidecar): requests from these addresses are
+    /// identified by the URI in their `x-forwarded-client-cert` header.
+    pub trusted_proxy: Option<TrustedProxyConfig>,
+    /// Patterns (`*` wildcards) of sender identities allowed to send; empty: any
+    /// authenticated sender.
+    pub allowed_senders: Vec<String>,
+    /// Keep requests without an identity (records get `sender_verified = false`) instead of
+    /// refusing them with 401 / UNAUTHENTICATED once an authentication method is set.
+    pub accept_unauthenticated: bool,
+    /// Listen on non-loopback addresses without any sender authentication.
+    pub allow_insecure: bool,
+}
+
+impl OtlpConfig {
+    /// Whether some way for senders to authenticate is configured on `listener`.
+    pub fn authenticates(&self, listener: &ListenerConfig) -> bool {
+        listener.client_certificates() || !self.tokens.is_empty() || self.trusted_proxy.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -118,6 +151,8 @@ pub struct AdminConfig {
     pub listen: String,
     /// Bearer token for the revocation API (`/revocations`); unset: that API is refused.
     pub token: Option<verity_sinks::config::SecretRef>,
+    /// TLS on the admin listener; unset: plain HTTP.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -165,7 +200,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),
@@ -357,6 +392,65 @@ impl Config {
                 if a == b && a.port() != 0 {
                     errors.push(ConfigError::new(*q, format!("{b} is already used by {p}")));
                 }
+            }
+        }
+        for (name, listener, addr) in [
+            ("grpc", &self.otlp.grpc, grpc_listen),
+            ("http", &self.otlp.http, http_listen),
+        ] {
+            if let Some(tls) = &listener.tls {
+                errors.extend(
+                    tls.validate(&format!("otlp.{name}.tls"))
+                        .into_iter()
+                        .map(|(p, m)| ConfigError::new(p, m)),
+                );
+            }
+            if let Some(a) = addr
+                && !a.ip().is_loopback()
+                && !self.otlp.authenticates(listener)
+                && !self.otlp.allow_insecure
+            {
+                errors.push(ConfigError::new(
+                    format!("otlp.{name}.listen"),
+                    format!(
+                        "{a} is reachable from other hosts but senders are not authenticated: any pod could send records about anyone. \
+                         Set otlp.{name}.tls with client_auth: required (mutual TLS), otlp.tokens, or otlp.trusted_proxy; \
+                         or otlp.allow_insecure: true to accept telemetry from anyone"
+                    ),
+                ));
+            }
+        }
+        if let Some(tls) = &self.admin.tls {
+            errors.extend(tls.validate("admin.tls").into_iter().map(|(p, m)| ConfigError::new(p, m)));
+        }
+        let mut token_names = std::collections::BTreeSet::new();
+        for (i, t) in self.otlp.tokens.iter().enumerate() {
+            if t.name.trim().is_empty() {
+                errors.push(ConfigError::new(format!("otlp.tokens[{i}].name"), "must not be empty"));
+            } else if !token_names.insert(t.name.as_str()) {
+                errors.push(ConfigError::new(
+                    format!("otlp.tokens[{i}].name"),
+                    format!("{:?} is used by another token", t.name),
+                ));
+            }
+            if t.secret.env.is_some() == t.secret.file.is_some() {
+                errors.push(ConfigError::new(
+                    format!("otlp.tokens[{i}].secret"),
+                    "must name exactly one of env or file",
+                ));
+            }
+        }
+        if let Some(p) = &self.otlp.trusted_proxy
+            && p.addresses.is_empty()
+        {
+            errors.push(ConfigError::new(
+                "otlp.trusted_proxy.addresses",
+                "must list the proxy's addresses (127.0.0.6 for an Istio sidecar)",
+            ));
+        }
+        for (i, p) in self.otlp.allowed_senders.iter().enumerate() {
+            if p.trim().is_empty() {
+                errors.push(ConfigError::new(format!("otlp.allowed_senders[{i}]"), "empty pattern"));
             }
         }
         let max = self.otlp.max_request_bytes;
@@ -568,5 +662,92 @@ mod tests {
     fn env_type_errors_name_the_key() {
         let errors = settings(None, env(&[("VERITY__PIPELINE__QUEUE_CAPACITY", "lots")])).unwrap_err();
         assert_eq!(errors[0].path, "pipeline.queue_capacity");
+    }
+}
+
+/// Replaces values that look like credentials, wherever they are.
+const REDACTED: &str = "<redacted>";
+
+/// Key fragments (lower case) whose string values are credentials: header names such as
+/// `Authorization`, librdkafka properties such as `sasl.password` or `ssl.key.pem`.
+const SECRET_KEY_PARTS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "api_key",
+    "apikey",
+    "api-key",
+    "credential",
+    "cookie",
+    "private",
+    "key.pem",
+    "sasl.jaas.config",
+    "sasl.oauthbearer.config",
+];
+
+impl Config {
+    /// The configuration as Verity prints it (the startup log, `verity validate --print`):
+    /// string values under credential-like keys and the userinfo of URLs are replaced by
+    /// `<redacted>`. Secrets configured properly (`{env|file}`) only ever print as references.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        redact(&mut v, false);
+        v
+    }
+}
+
+fn redact(v: &mut serde_json::Value, secret_key: bool) {
+    match v {
+        serde_json::Value::String(s) => {
+            if secret_key {
+                *s = REDACTED.to_string();
+            } else if let Some(clean) = without_userinfo(s) {
+                *s = clean;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| redact(i, secret_key)),
+        serde_json::Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                redact(child, SECRET_KEY_PARTS.iter().any(|part| k.contains(part)));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `scheme://user:pass@host/…` → `scheme://<redacted>@host/…`; None when there is no userinfo.
+fn without_userinfo(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = rest.get(..authority_end)?;
+    let at = authority.rfind('@')?;
+    let host_and_path = rest.get(at.saturating_add(1)..)?;
+    Some(format!("{scheme}://{REDACTED}@{host_and_path}"))
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_url_userinfo_are_redacted() {
+        let mut v = serde_json::json!({
+            "kafka": {"properties": {"sasl.password": "hunter2", "ssl.key.pem": "-----BEGIN", "bootstrap.servers": "k:9092"}},
+            "outputs": {"hook": {"url": "https://bob:hunter3@siem.example/hook?x=1", "headers": {"Authorization": "Bearer abc", "X-Team": "secops"}}},
+            "admin": {"token": {"env": "ADMIN_TOKEN"}},
+        });
+        redact(&mut v, false);
+        let text = v.to_string();
+        for secret in ["hunter2", "hunter3", "BEGIN", "Bearer abc", "bob"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        for kept in ["k:9092", "secops", "ADMIN_TOKEN", "siem.example/hook?x=1"] {
+            assert!(text.contains(kept), "{kept} lost: {text}");
+        }
+        assert_eq!(without_userinfo("http://host/a@b"), None);
+        assert_eq!(without_userinfo("not a url"), None);
     }
 }

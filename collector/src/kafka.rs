@@ -75,6 +75,11 @@ pub struct TopicConfig {
     /// Verity warns at start about stateful rules whose keys it cannot serve.
     #[serde(default)]
     pub key: Option<String>,
+    /// Who produces this topic (e.g. `otel-collector`), stamped as every record's `sender`.
+    /// Kafka authenticates producers itself (SASL, mTLS, ACLs), so a configured sender counts
+    /// as verified; unset, records carry no sender and `sender_verified = false`.
+    #[serde(default)]
+    pub sender: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -375,6 +380,7 @@ struct RawMsg {
     text: String,
     origin: Origin,
     key: Option<Vec<u8>>,
+    sender: crate::otlp::Sender,
 }
 
 /// What the messages read so far turned into.
@@ -778,6 +784,7 @@ async fn handle_message(
                     text: text.to_string(),
                     origin: origin.clone(),
                     key: m.key().map(<[u8]>::to_vec),
+                    sender: crate::otlp::Sender::configured(tc.sender.as_deref()),
                 });
                 None
             }
@@ -795,7 +802,14 @@ async fn handle_message(
         },
         (enc, Signal::Logs) => match decode::<ExportLogsServiceRequest>(enc, payload) {
             Ok(req) => {
-                accum.add(ingest.logs_batch(&req, IngestSource::Kafka, Some(&origin)).0);
+                accum.add(ingest
+                    .logs_batch(
+                        &req,
+                        IngestSource::Kafka,
+                        Some(&origin),
+                        &crate::otlp::Sender::configured(tc.sender.as_deref()),
+                    )
+                    .0);
                 None
             }
             Err(e) => Some(undecodable(ingest, &origin, signal, payload, poison(e))),
@@ -866,7 +880,7 @@ async fn normalize_raw(
         for l in m.text.lines().filter(|l| !l.trim().is_empty()) {
             owner.push(i);
             lines_per_msg[i] += 1;
-            lines.push((l, Some(&m.origin)));
+            lines.push((l, Some(&m.origin), &m.sender));
         }
     }
     let (batch, rejected) = ingest.lines_batch(lines.into_iter(), IngestSource::Kafka);
@@ -949,6 +963,7 @@ mod tests {
             encoding: Encoding::Raw,
             signal: Signal::Logs,
             key: Some("source_principal".into()),
+            sender: None,
         };
         let w = partitioning_warnings(&rules, &topic);
         assert_eq!(w.len(), 1, "{w:?}");
@@ -967,6 +982,7 @@ mod tests {
                 encoding: Encoding::Raw,
                 signal: Signal::Metrics,
                 key: Some("no_such_column".into()),
+                sender: None,
             }],
             ..KafkaConfig::default()
         };

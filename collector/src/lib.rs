@@ -14,6 +14,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod demo;
 pub mod kafka;
+pub mod listener;
 pub mod metrics;
 pub mod normalize;
 pub mod otlp;

@@ -223,7 +223,7 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let _guard = runtime.enter();
         init_logging(&settings)?
     };
-    tracing::info!(config = %serde_json::to_string(&settings.raw).unwrap_or_default(), "effective configuration");
+    tracing::info!(config = %settings.raw.redacted(), "effective configuration");
     let result = runtime.block_on(verity_collector::app::run(settings, shutdown_signal(), |_| {}));
     if let Some(provider) = tracer {
         // Sends the spans still batched.
@@ -256,9 +256,16 @@ fn validate(config: Option<PathBuf>, print: bool, check_sinks: bool) -> anyhow::
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    // The certificate, key and CA files of every TLS listener must load as they would at start.
+    if let Err(errors) = verity_collector::listener::ListenerTls::load(&s) {
+        for e in &errors {
+            eprintln!("config error: {e}");
+        }
+        return Ok(ExitCode::from(2));
+    }
     println!("configuration is valid");
     if print {
-        println!("{}", serde_yaml::to_string(&s.raw)?);
+        println!("{}", serde_yaml::to_string(&s.raw.redacted())?);
     }
     if !check_sinks {
         return Ok(ExitCode::SUCCESS);

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub archive_errors: Counter,
     /// 1 while the collector accepts input.
     pub ready: Gauge,
+    /// Senders refused (or identity claims ignored), by `listener` and `reason`.
+    pub rejected_senders: Family<Labels2, Counter>,
+    /// Reloads of a listener's TLS files, by `listener` and `outcome` (reloaded, error).
+    pub tls_reloads: Family<Labels2, Counter>,
 }
 
 impl Metrics {
@@ -52,6 +56,8 @@ impl Metrics {
             dead_letter_errors: Counter::default(),
             archive_errors: Counter::default(),
             ready: Gauge::default(),
+            rejected_senders: Family::default(),
+            tls_reloads: Family::default(),
         };
         registry.register(
             "verity_records_received",
@@ -104,6 +110,16 @@ impl Metrics {
             m.archive_errors.clone(),
         );
         registry.register("verity_ready", "1 while Verity accepts input", m.ready.clone());
+        registry.register(
+            "verity_intake_rejected_senders",
+            "Senders refused, or identity claims ignored, by listener and reason",
+            m.rejected_senders.clone(),
+        );
+        registry.register(
+            "verity_tls_reloads",
+            "Reloads of a listener's TLS certificate files, by listener and outcome",
+            m.tls_reloads.clone(),
+        );
         m
     }
 

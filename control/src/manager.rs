@@ -37,6 +37,8 @@ pub struct ControlConfig {
     pub default_ttl_secs: u64,
     /// Serve `envoy.service.auth.v3.Authorization` here (`ip:port`); unset: no ext_authz.
     pub ext_authz_listen: Option<String>,
+    /// TLS for the ext_authz listener (Envoy's `ext_authz` gRPC client over TLS or mTLS).
+    pub ext_authz_tls: Option<verity_model::tls::ServerTlsConfig>,
     /// How often expiry, retries and verification are checked.
     pub reconcile_interval_secs: u64,
     /// Also send each revocation and removal, signed, to this webhook.
@@ -57,6 +59,7 @@ impl Default for ControlConfig {
             grace_secs: 15,
             default_ttl_secs: 3600,
             ext_authz_listen: None,
+            ext_authz_tls: None,
             reconcile_interval_secs: 1,
             webhook: None,
             istio: None,
@@ -75,6 +78,9 @@ impl ControlConfig {
                 "control.ext_authz_listen".into(),
                 format!("{l:?} is not an ip:port socket address"),
             ));
+        }
+        if let Some(tls) = &self.ext_authz_tls {
+            e.extend(tls.validate("control.ext_authz_tls"));
         }
         if self.window_secs == 0 {
             e.push(("control.window_secs".into(), "must be at least 1".into()));

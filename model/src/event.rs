@@ -154,6 +154,11 @@ pub struct AccessEvent<'a> {
     pub cluster: Text<'a>,
     pub mesh_id: Text<'a>,
     pub source: IngestSource,
+    /// Who sent the record: the authenticated identity of the client (a SPIFFE ID from its
+    /// certificate or the name of its token), or the configured sender of a Kafka topic.
+    pub sender: Text<'a>,
+    /// Whether the sender was authenticated and allowed to send. See `docs/schema.md`.
+    pub sender_verified: bool,
     pub format: InputFormat,
     /// Attributes Verity did not map to a column, as a JSON object (text).
     pub attributes: Option<String>,
@@ -207,6 +212,8 @@ pub mod col {
     pub const CLUSTER: &str = "cluster";
     pub const MESH_ID: &str = "mesh_id";
     pub const SOURCE: &str = "source";
+    pub const SENDER: &str = "sender";
+    pub const SENDER_VERIFIED: &str = "sender_verified";
     pub const FORMAT: &str = "format";
     pub const ATTRIBUTES: &str = "attributes";
     pub const RAW: &str = "raw";
@@ -270,6 +277,8 @@ pub fn schema() -> SchemaRef {
                 s(col::CLUSTER),
                 s(col::MESH_ID),
                 req(col::SOURCE, Utf8),
+                s(col::SENDER),
+                req(col::SENDER_VERIFIED, Boolean),
                 req(col::FORMAT, Utf8),
                 s(col::ATTRIBUTES),
                 req(col::RAW, Utf8),
@@ -326,6 +335,8 @@ pub struct EventBatchBuilder {
     cluster: StringBuilder,
     mesh_id: StringBuilder,
     source: StringBuilder,
+    sender: StringBuilder,
+    sender_verified: BooleanBuilder,
     format: StringBuilder,
     attributes: StringBuilder,
     raw: StringBuilder,
@@ -388,6 +399,8 @@ impl EventBatchBuilder {
             cluster: s(),
             mesh_id: s(),
             source: s(),
+            sender: s(),
+            sender_verified: BooleanBuilder::with_capacity(rows),
             format: s(),
             attributes: s(),
             raw: StringBuilder::with_capacity(rows, rows * 256),
@@ -456,6 +469,8 @@ impl EventBatchBuilder {
         self.cluster.append_option(e.cluster.as_deref());
         self.mesh_id.append_option(e.mesh_id.as_deref());
         self.source.append_value(e.source.as_str());
+        self.sender.append_option(e.sender.as_deref());
+        self.sender_verified.append_value(e.sender_verified);
         self.format.append_value(e.format.as_str());
         self.attributes.append_option(e.attributes.as_deref());
         self.raw.append_value(&e.raw);
@@ -510,6 +525,8 @@ impl EventBatchBuilder {
             Arc::new(self.cluster.finish()),
             Arc::new(self.mesh_id.finish()),
             Arc::new(self.source.finish()),
+            Arc::new(self.sender.finish()),
+            Arc::new(self.sender_verified.finish()),
             Arc::new(self.format.finish()),
             Arc::new(self.attributes.finish()),
             Arc::new(self.raw.finish()),

@@ -18,6 +18,7 @@ pub mod event;
 pub mod json;
 pub mod metric;
 pub mod time;
+pub mod tls;
 
 pub use alert::{Alert, AlertStatus, Severity};
 pub use event::{AccessEvent, Decision, Direction, EventBatchBuilder, InputFormat, Reporter};

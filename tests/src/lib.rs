@@ -364,6 +364,7 @@ pub fn revocations_cli(admin: SocketAddr, token: &Path, args: &[&str]) -> (bool,
 
 pub mod kafka;
 pub mod kube;
+pub mod mesh_pki;
 
 /// A throwaway PKI for TLS test servers: an ECDSA P-256 CA and a server certificate signed by
 /// it for `names` (DNS names) and 127.0.0.1.

@@ -9,12 +9,14 @@ mod e2e {
     pub mod dashboards;
     pub mod demo;
     pub mod drain;
+    pub mod intake_auth;
     pub mod istio;
     pub mod kafka;
     pub mod otlp_grpc;
     pub mod otlp_http;
     pub mod python_sdk;
     pub mod rules;
+    pub mod secrets;
     pub mod self_telemetry;
     pub mod sinks;
 }

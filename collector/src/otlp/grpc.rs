@@ -5,6 +5,8 @@
 //! INVALID_ARGUMENT (tonic's prost codec says INTERNAL), and an oversized request is
 //! RESOURCE_EXHAUSTED whether or not it was compressed (tonic says OUT_OF_RANGE for an
 //! uncompressed one). tonic still does the framing, gzip and the size cap while reading.
+//! The sender is authenticated (`sender.rs`) before the message is read: UNAUTHENTICATED
+//! without credentials, PERMISSION_DENIED when not allowed.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -23,6 +25,8 @@ use tonic::{Code, Request, Response, Status};
 use verity_model::event::IngestSource;
 
 use super::OtlpIngest;
+use super::sender::{Denial, Sender, SenderAuth};
+use crate::listener::PeerInfo;
 use crate::metrics::Metrics;
 use crate::pipeline::{Backpressure, Handoff};
 use tracing::Instrument;
@@ -34,6 +38,7 @@ struct Shared {
     ingest: Arc<OtlpIngest>,
     max_bytes: usize,
     metrics: Metrics,
+    auth: SenderAuth,
 }
 
 /// `opentelemetry.proto.collector.logs.v1.LogsService`.
@@ -44,11 +49,17 @@ pub struct LogsGrpc(Arc<Shared>);
 #[derive(Clone)]
 pub struct MetricsGrpc(Arc<Shared>);
 
-pub fn services(ingest: Arc<OtlpIngest>, max_bytes: usize, metrics: Metrics) -> (LogsGrpc, MetricsGrpc) {
+pub fn services(
+    ingest: Arc<OtlpIngest>,
+    max_bytes: usize,
+    metrics: Metrics,
+    auth: SenderAuth,
+) -> (LogsGrpc, MetricsGrpc) {
     let shared = Arc::new(Shared {
         ingest,
         max_bytes,
         metrics,
+        auth,
     });
     (LogsGrpc(shared.clone()), MetricsGrpc(shared))
 }
@@ -116,7 +127,8 @@ impl Signal {
     }
 }
 
-struct LogsExport(Arc<Shared>);
+struct LogsExport(Arc<Shared>, Sender);
+/// Metric samples carry no sender column; the request was authenticated all the same.
 struct MetricsExport(Arc<Shared>);
 
 fn backpressure_status(b: Backpressure) -> Status {
@@ -168,14 +180,14 @@ impl UnaryService<Bytes> for LogsExport {
     type Future = BoxFuture<Response<Self::Response>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let shared = self.0.clone();
+        let (shared, sender) = (self.0.clone(), self.1.clone());
         Box::pin(async move {
             export(
                 &shared,
                 request.into_inner(),
                 Signal::Logs,
                 "ExportLogsServiceRequest",
-                |ingest, req: &ExportLogsServiceRequest| ingest.export_logs(req, IngestSource::OtlpGrpc),
+                |ingest, req: &ExportLogsServiceRequest| ingest.export_logs(req, IngestSource::OtlpGrpc, &sender),
                 |resp| resp.partial_success.is_some(),
             )
             .instrument(tracing::info_span!("otlp_export", transport = "grpc"))
@@ -247,8 +259,26 @@ fn oversize_is_resource_exhausted(
     res
 }
 
+/// The request's sender, from the connection tonic recorded and the request's metadata.
+fn authenticate<B>(shared: &Shared, req: &http::Request<B>) -> Result<Sender, Status> {
+    let unknown = PeerInfo {
+        remote: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        tls: false,
+        spiffe_id: None,
+    };
+    let peer = req.extensions().get::<PeerInfo>().unwrap_or(&unknown);
+    let header = |name: &str| req.headers().get(name).map(|v| v.as_bytes());
+    shared
+        .auth
+        .authenticate(peer, header("authorization"), header("x-forwarded-client-cert"))
+        .map_err(|refused| match refused.denial {
+            Denial::Unauthenticated => Status::unauthenticated(refused.message),
+            Denial::PermissionDenied => Status::permission_denied(refused.message),
+        })
+}
+
 macro_rules! otlp_service {
-    ($svc:ident, $path:expr, $export:ident, $msg:ty, $signal:expr) => {
+    ($svc:ident, $path:expr, $export:expr, $msg:ty, $signal:expr) => {
         impl<B> Service<http::Request<B>> for $svc
         where
             B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -268,8 +298,20 @@ macro_rules! otlp_service {
                     if req.uri().path() != $path {
                         return Ok(Status::unimplemented(format!("unknown method {}", req.uri().path())).into_http());
                     }
+                    let sender = match authenticate(&shared, &req) {
+                        Ok(sender) => sender,
+                        Err(status) => {
+                            let outcome = if status.code() == Code::PermissionDenied {
+                                "permission_denied"
+                            } else {
+                                "unauthenticated"
+                            };
+                            count(&shared.metrics, $signal, outcome);
+                            return Ok(status.into_http());
+                        }
+                    };
                     let mut grpc = grpc::<$msg>(shared.max_bytes);
-                    let res = grpc.unary($export(shared.clone()), req).await;
+                    let res = grpc.unary(($export)(shared.clone(), sender), req).await;
                     Ok(oversize_is_resource_exhausted(res, &shared, $signal))
                 })
             }
@@ -287,7 +329,7 @@ otlp_service!(
 otlp_service!(
     MetricsGrpc,
     METRICS_EXPORT,
-    MetricsExport,
+    |shared, _sender: Sender| MetricsExport(shared),
     ExportMetricsServiceResponse,
     Signal::Metrics
 );

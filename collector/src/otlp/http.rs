@@ -2,15 +2,16 @@
 //!
 //! Answers follow the OTLP spec: the response uses the request's encoding; 415 for an
 //! unsupported content type or encoding; 413 when the body or its decompressed form exceeds
-//! the cap; 400 for an undecodable body; 503 with `Retry-After` when the pipeline is full.
-//! Error bodies are `google.rpc.Status` messages.
+//! the cap; 400 for an undecodable body; 503 with `Retry-After` when the pipeline is full;
+//! 401 for a sender without credentials, 403 for one not allowed (see `sender.rs`). Error
+//! bodies are `google.rpc.Status` messages.
 
 use std::io::Read;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
@@ -22,6 +23,8 @@ use prost::Message;
 use verity_model::event::IngestSource;
 
 use super::OtlpIngest;
+use super::sender::{Denial, Sender, SenderAuth};
+use crate::listener::PeerInfo;
 use crate::metrics::Metrics;
 use crate::pipeline::{Backpressure, Handoff};
 use tracing::Instrument;
@@ -40,6 +43,7 @@ pub struct HttpState {
     pub max_bytes: usize,
     pub retry_after_secs: u32,
     pub metrics: Metrics,
+    pub auth: SenderAuth,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -88,6 +92,8 @@ impl Failure {
         // gRPC codes, as google.rpc.Status carries them.
         let code = match self.status {
             StatusCode::BAD_REQUEST => 3,
+            StatusCode::UNAUTHORIZED => 16,
+            StatusCode::FORBIDDEN => 7,
             StatusCode::PAYLOAD_TOO_LARGE => 8,
             StatusCode::SERVICE_UNAVAILABLE => 14,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => 3,
@@ -106,6 +112,10 @@ impl Failure {
             header::CONTENT_TYPE,
             HeaderValue::from_static(self.encoding.content_type()),
         );
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(secs) = self.retry_after {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -113,13 +123,18 @@ impl Failure {
     }
 }
 
-async fn logs(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+async fn logs(
+    State(st): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let span = tracing::info_span!("otlp_export", transport = "http", signal = "logs");
-    handle(&st, "logs", headers, body, |st, bytes, enc| {
+    handle(&st, "logs", &peer, headers, body, |st, bytes, enc, sender| {
         let req: ExportLogsServiceRequest = decode(bytes, enc, "ExportLogsServiceRequest")?;
         let (resp, handoff) = st
             .ingest
-            .export_logs(&req, IngestSource::OtlpHttp)
+            .export_logs(&req, IngestSource::OtlpHttp, sender)
             .map_err(|b| unavailable(st, b, enc))?;
         Ok((resp.partial_success.is_some(), encode(&resp, enc), handoff))
     })
@@ -127,8 +142,13 @@ async fn logs(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) 
     .await
 }
 
-async fn metrics(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
-    handle(&st, "metrics", headers, body, |st, bytes, enc| {
+async fn metrics(
+    State(st): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&st, "metrics", &peer, headers, body, |st, bytes, enc, _sender| {
         let req: ExportMetricsServiceRequest = decode(bytes, enc, "ExportMetricsServiceRequest")?;
         let (resp, handoff) = st
             .ingest
@@ -180,11 +200,12 @@ fn encode<T: Message + serde::Serialize>(msg: &T, enc: Encoding) -> Vec<u8> {
 async fn handle(
     st: &HttpState,
     signal: &'static str,
+    peer: &PeerInfo,
     headers: HeaderMap,
     body: Body,
-    export: impl FnOnce(&HttpState, &[u8], Encoding) -> Result<(bool, Vec<u8>, Option<Handoff>), Failure>,
+    export: impl FnOnce(&HttpState, &[u8], Encoding, &Sender) -> Result<(bool, Vec<u8>, Option<Handoff>), Failure>,
 ) -> Response {
-    let result = match read_and_export(st, headers, body, export).await {
+    let result = match read_and_export(st, peer, headers, body, export).await {
         Ok((partial, body, enc, Some(handoff))) => match handoff.wait().await {
             Ok(()) => Ok((partial, body, enc)),
             Err(e) => {
@@ -222,9 +243,10 @@ async fn handle(
 
 async fn read_and_export(
     st: &HttpState,
+    peer: &PeerInfo,
     headers: HeaderMap,
     body: Body,
-    export: impl FnOnce(&HttpState, &[u8], Encoding) -> Result<(bool, Vec<u8>, Option<Handoff>), Failure>,
+    export: impl FnOnce(&HttpState, &[u8], Encoding, &Sender) -> Result<(bool, Vec<u8>, Option<Handoff>), Failure>,
 ) -> Result<(bool, Vec<u8>, Encoding, Option<Handoff>), Failure> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -243,6 +265,22 @@ async fn read_and_export(
             ));
         }
     };
+    // Who is sending comes before any work on the body.
+    let sender = st
+        .auth
+        .authenticate(
+            peer,
+            headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+            headers.get("x-forwarded-client-cert").map(HeaderValue::as_bytes),
+        )
+        .map_err(|refused| match refused.denial {
+            Denial::Unauthenticated => {
+                Failure::new(StatusCode::UNAUTHORIZED, "unauthenticated", enc, refused.message)
+            }
+            Denial::PermissionDenied => {
+                Failure::new(StatusCode::FORBIDDEN, "permission_denied", enc, refused.message)
+            }
+        })?;
     let gzip = match headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -305,6 +343,6 @@ async fn read_and_export(
     } else {
         &raw
     };
-    let (partial, body, handoff) = export(st, bytes, enc)?;
+    let (partial, body, handoff) = export(st, bytes, enc, &sender)?;
     Ok((partial, body, enc, handoff))
 }

@@ -7,7 +7,9 @@
 
 pub mod grpc;
 pub mod http;
+pub mod sender;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -26,6 +28,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterEntry};
 use crate::metrics::Metrics;
 use crate::normalize::{self, Ctx, Rejection};
 use crate::pipeline::{Backpressure, Batch, Handoff, Intake};
+pub use sender::Sender;
 
 /// Shared by both transports.
 pub struct OtlpIngest {
@@ -54,9 +57,10 @@ impl OtlpIngest {
         &self,
         req: &ExportLogsServiceRequest,
         source: IngestSource,
+        sender: &Sender,
     ) -> Result<(ExportLogsServiceResponse, Option<Handoff>), Backpressure> {
         let permit = self.intake.try_reserve()?;
-        let (batch, response) = self.logs_batch(req, source, None);
+        let (batch, response) = self.logs_batch(req, source, None, sender);
         Ok((response, batch.map(|b| permit.send(b))))
     }
 
@@ -77,6 +81,7 @@ impl OtlpIngest {
         req: &ExportLogsServiceRequest,
         source: IngestSource,
         origin: Option<&Origin>,
+        sender: &Sender,
     ) -> (Option<Batch>, ExportLogsServiceResponse) {
         let ctx = Ctx::now(source);
         let total: usize = req
@@ -93,7 +98,9 @@ impl OtlpIngest {
             for sl in &rl.scope_logs {
                 for record in &sl.log_records {
                     match normalize::otel_log::normalize(record, resource, &ctx) {
-                        Ok(ev) => {
+                        Ok(mut ev) => {
+                            ev.sender = sender.id.as_deref().map(Cow::Borrowed);
+                            ev.sender_verified = sender.verified;
                             per_format[ev.format as usize] += 1;
                             builder.append(&ev);
                         }
@@ -193,7 +200,7 @@ impl OtlpIngest {
     /// returns it with the positions of the lines rejected (counted and dead-lettered).
     pub fn lines_batch<'a>(
         &self,
-        lines: impl Iterator<Item = (&'a str, Option<&'a Origin>)>,
+        lines: impl Iterator<Item = (&'a str, Option<&'a Origin>, &'a Sender)>,
         source: IngestSource,
     ) -> (Option<Batch>, Vec<usize>) {
         let ctx = Ctx::now(source);
@@ -203,13 +210,15 @@ impl OtlpIngest {
         let mut origins: Vec<Option<&Origin>> = Vec::new();
         let mut positions: Vec<usize> = Vec::new();
         let mut total = 0u64;
-        for (i, (line, origin)) in lines.enumerate() {
+        for (i, (line, origin, sender)) in lines.enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
             total += 1;
             match normalize::normalize_line(line, normalize::FormatHint::Auto, &ctx) {
-                Ok(ev) => {
+                Ok(mut ev) => {
+                    ev.sender = sender.id.as_deref().map(Cow::Borrowed);
+                    ev.sender_verified = sender.verified;
                     per_format[ev.format as usize] += 1;
                     builder.append(&ev);
                 }

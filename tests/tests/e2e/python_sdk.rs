@@ -24,11 +24,18 @@ fn python() -> Option<String> {
 }
 
 fn send(python: &str, args: &[&str]) {
-    let out = Command::new(python)
-        .arg(repo_root().join("tests/python/send_otlp.py"))
-        .args(args)
-        .output()
-        .expect("python runs");
+    send_with(python, args, &[]);
+}
+
+/// Runs the sender with extra environment (the SDK reads TLS files and headers from
+/// `OTEL_EXPORTER_OTLP_*`).
+fn send_with(python: &str, args: &[&str], env: &[(&str, String)]) {
+    let mut cmd = Command::new(python);
+    cmd.arg(repo_root().join("tests/python/send_otlp.py")).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("python runs");
     assert!(
         out.status.success(),
         "send_otlp.py {args:?} failed:\n{}\n{}",
@@ -156,4 +163,81 @@ fn python_sdk_exporters_over_grpc_and_http() {
 
     let (status, _) = v.terminate(Duration::from_secs(15));
     assert!(status.success());
+}
+
+/// The SDK exporters over TLS: with a client certificate whose SPIFFE ID becomes the sender
+/// (gRPC and HTTP), and with a bearer token whose name does; without either, refused.
+#[test]
+fn python_sdk_exporters_authenticate_with_certificates_and_tokens() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let mesh = verity_e2e::mesh_pki::MeshPki::new("mesh root");
+    let ca = mesh.write_ca(dir.path(), "root");
+    let (cert, key) = mesh.server().write(dir.path(), "verity");
+    let sidecar = "spiffe://cluster.local/ns/istio-system/sa/otel-collector";
+    let (client_cert, client_key) = mesh.workload(sidecar).write(dir.path(), "client");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "python-sdk-token").expect("token");
+    let s = |p: &std::path::Path| p.display().to_string();
+    let tokens = format!(r#"[{{"name": "python-sdk", "secret": {{"file": "{}"}}}}]"#, s(&token));
+    let mut env: Vec<(String, String)> = vec![
+        ("VERITY__OTLP__TOKENS".into(), tokens),
+    ];
+    for listener in ["GRPC", "HTTP"] {
+        let k = |key: &str| format!("VERITY__OTLP__{listener}__TLS__{key}");
+        env.push((k("CERT_FILE"), s(&cert)));
+        env.push((k("KEY_FILE"), s(&key)));
+        env.push((k("CLIENT_CA_FILE"), s(&ca)));
+        // Certificates are asked for; token senders present none.
+        env.push((k("CLIENT_AUTH"), "optional".into()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let v = Verity::start(&env);
+    let logs = repo_root().join("tests/fixtures/mesh.log");
+    let logs = logs.to_str().expect("path");
+    let grpc = format!("https://{}", v.grpc);
+    let http = format!("https://{}", v.http);
+    let mtls = [
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", s(&ca)),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", s(&client_cert)),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", s(&client_key)),
+    ];
+    send_with(&py, &["--protocol", "grpc", "--endpoint", &grpc, "--logs", logs], &mtls);
+    send_with(&py, &["--protocol", "http", "--endpoint", &http, "--logs", logs], &mtls);
+    let bearer = [
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", s(&ca)),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20python-sdk-token".to_string()),
+    ];
+    send_with(&py, &["--protocol", "http", "--endpoint", &http, "--logs", logs], &bearer);
+    send_with(&py, &["--protocol", "grpc", "--endpoint", &grpc, "--logs", logs], &bearer);
+
+    // Neither a certificate nor a token: the exporters report failure.
+    let out = Command::new(&py)
+        .arg(repo_root().join("tests/python/send_otlp.py"))
+        .args(["--protocol", "http", "--endpoint", &http, "--logs", logs, "--timeout", "3"])
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", s(&ca))
+        .output()
+        .expect("python runs");
+    assert!(!out.status.success(), "an unauthenticated SDK export succeeded");
+
+    assert!(
+        eventually(Duration::from_secs(10), || v.archive_rows("events.jsonl").len() == 12),
+        "{}",
+        v.stderr()
+    );
+    let events = v.archive_rows("events.jsonl");
+    let count = |source: &str, sender: &str| {
+        events
+            .iter()
+            .filter(|e| e["source"] == source && e["sender"] == sender && e["sender_verified"] == true)
+            .count()
+    };
+    assert_eq!(count("otlp_grpc", sidecar), 3, "{events:?}");
+    assert_eq!(count("otlp_http", sidecar), 3);
+    assert_eq!(count("otlp_http", "python-sdk"), 3);
+    assert_eq!(count("otlp_grpc", "python-sdk"), 3);
+    assert_eq!(
+        v.metric_value(r#"verity_intake_rejected_senders_total{listener="otlp_http",reason="no_identity"}"#),
+        Some(1.0)
+    );
 }
