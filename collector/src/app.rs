@@ -206,7 +206,12 @@ pub async fn run_with(
         stages.push(Box::new(ArchiveStage::new(dir.clone(), metrics.clone())));
     }
     let (intake, pipeline) = pipeline::start(settings.pipeline.clone(), stages, metrics.clone());
-    let ingest = Arc::new(OtlpIngest::new(intake, dead_letter.clone(), metrics.clone()));
+    let ingest = Arc::new(OtlpIngest::new(
+        intake,
+        dead_letter.clone(),
+        metrics.clone(),
+        settings.raw.intake.clone(),
+    ));
 
     let grpc_listener = bind(
         "OTLP/gRPC",

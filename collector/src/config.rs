@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use verity_model::tls::ServerTlsConfig;
 
+pub use crate::otlp::binding::{IntakeConfig, SenderClass, TrustRule};
 pub use crate::otlp::sender::{TokenConfig, TrustedProxyConfig};
 
 /// The embedded defaults: what `verity run` uses with no file and no environment.
@@ -23,6 +24,7 @@ pub const ENV_PREFIX: &str = "VERITY__";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub otlp: OtlpConfig,
+    pub intake: IntakeConfig,
     pub pipeline: PipelineConfig,
     pub admin: AdminConfig,
     pub archive: ArchiveConfig,
@@ -305,6 +307,7 @@ fn deserialize_sections(tree: Value) -> Result<Config, Vec<ConfigError>> {
         };
         match key {
             "otlp" => cfg.otlp = section(key, v, &mut errors).unwrap_or_default(),
+            "intake" => cfg.intake = section(key, v, &mut errors).unwrap_or_default(),
             "pipeline" => cfg.pipeline = section(key, v, &mut errors).unwrap_or_default(),
             "admin" => cfg.admin = section(key, v, &mut errors).unwrap_or_default(),
             "archive" => cfg.archive = section(key, v, &mut errors).unwrap_or_default(),
@@ -318,7 +321,7 @@ fn deserialize_sections(tree: Value) -> Result<Config, Vec<ConfigError>> {
             "control" => cfg.control = section(key, v, &mut errors).unwrap_or_default(),
             other => errors.push(ConfigError::new(
                 other,
-                "unknown section; expected one of otlp, pipeline, admin, archive, dead_letter, log, shutdown, rules, sinks, kafka, telemetry, control",
+                "unknown section; expected one of otlp, intake, pipeline, admin, archive, dead_letter, log, shutdown, rules, sinks, kafka, telemetry, control",
             )),
         }
     }
@@ -529,6 +532,9 @@ impl Config {
             errors.push(ConfigError::new(e.path, e.message));
         }
         for (path, message) in self.kafka.validate() {
+            errors.push(ConfigError::new(path, message));
+        }
+        for (path, message) in self.intake.validate() {
             errors.push(ConfigError::new(path, message));
         }
         for (path, message) in self.control.validate() {

@@ -71,8 +71,14 @@ pub fn run_tests(sources: &[RuleSource]) -> Vec<CaseResult> {
     results
 }
 
-/// Normalizes lines into one event batch; rejected lines are problems.
-fn lines_to_batch(lines: &[String], problems: &mut Vec<String>) -> Option<arrow::array::RecordBatch> {
+/// Normalizes lines from `sender` into one event batch, binding them to the sender as the
+/// embedded default `intake.trust` says; rejected lines are problems.
+fn lines_to_batch(
+    lines: &[String],
+    sender: &crate::otlp::Sender,
+    class: Option<crate::config::SenderClass>,
+    problems: &mut Vec<String>,
+) -> Option<arrow::array::RecordBatch> {
     let ctx = Ctx {
         observed_time_ns: 0,
         source: IngestSource::File,
@@ -80,7 +86,10 @@ fn lines_to_batch(lines: &[String], problems: &mut Vec<String>) -> Option<arrow:
     let mut b = EventBatchBuilder::with_capacity(lines.len());
     for l in lines {
         match normalize::normalize_line(l, FormatHint::Auto, &ctx) {
-            Ok(ev) => b.append(&ev),
+            Ok(mut ev) => {
+                crate::otlp::stamp_sender(&mut ev, sender, class);
+                b.append(&ev);
+            }
             Err(r) => problems.push(format!("a line does not normalize: {r}: {l}")),
         }
     }
@@ -97,8 +106,14 @@ fn run_case(src: &RuleSource, case: &TestCase) -> Vec<String> {
     // One batch per line: the lines stream in, in order, as they would in production.
     let mut engine = Engine::new(vec![rule], EngineSettings::default());
     let mut alerts = Vec::new();
+    let sender = crate::otlp::Sender::configured(case.sender.as_deref());
+    let class = case.sender.as_deref().and_then(|id| {
+        crate::config::load(None, std::iter::empty())
+            .ok()
+            .and_then(|c| c.intake.class_of(id))
+    });
     for line in &case.lines {
-        if let Some(batch) = lines_to_batch(std::slice::from_ref(line), &mut problems) {
+        if let Some(batch) = lines_to_batch(std::slice::from_ref(line), &sender, class, &mut problems) {
             alerts.extend(engine.process(&batch));
         }
     }

@@ -105,6 +105,33 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// What a record's sender may say about it: whether the sender is the proxy that carried
+    /// the traffic (`bound`), is trusted to report for others (`trusted`), or demonstrably was
+    /// not a party to it (`not_party`: a forgery). See `docs/schema.md`, "Senders".
+    SenderBinding {
+        /// No authenticated sender (a file, an unauthenticated listener).
+        None => "none",
+        /// Authenticated, but no `intake.trust` entry names the sender.
+        UnknownSender => "unknown_sender",
+        /// A proxy sender whose record does not say which proxy reported it.
+        Unbound => "unbound",
+        /// A proxy sender reporting traffic it carried.
+        Bound => "bound",
+        /// A node or aggregator sender, trusted to report for others.
+        Trusted => "trusted",
+        /// A proxy sender reporting traffic between other identities.
+        NotParty => "not_party",
+    }
+}
+
+impl SenderBinding {
+    /// Whether rules may take the record as the sender's verified evidence.
+    pub const fn verified(self) -> bool {
+        matches!(self, SenderBinding::Bound | SenderBinding::Trusted)
+    }
+}
+
 /// One normalized access record. Normalizers fill it; [`EventBatchBuilder`] turns many into a
 /// `RecordBatch`. Field meanings are documented on the schema columns of the same name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -157,8 +184,10 @@ pub struct AccessEvent<'a> {
     /// Who sent the record: the authenticated identity of the client (a SPIFFE ID from its
     /// certificate or the name of its token), or the configured sender of a Kafka topic.
     pub sender: Text<'a>,
-    /// Whether the sender was authenticated and allowed to send. See `docs/schema.md`.
+    /// `sender_binding.verified()`: the sender is the reporting proxy, or trusted to report
+    /// for others.
     pub sender_verified: bool,
+    pub sender_binding: SenderBinding,
     pub format: InputFormat,
     /// Attributes Verity did not map to a column, as a JSON object (text).
     pub attributes: Option<String>,
@@ -214,6 +243,7 @@ pub mod col {
     pub const SOURCE: &str = "source";
     pub const SENDER: &str = "sender";
     pub const SENDER_VERIFIED: &str = "sender_verified";
+    pub const SENDER_BINDING: &str = "sender_binding";
     pub const FORMAT: &str = "format";
     pub const ATTRIBUTES: &str = "attributes";
     pub const RAW: &str = "raw";
@@ -279,6 +309,7 @@ pub fn schema() -> SchemaRef {
                 req(col::SOURCE, Utf8),
                 s(col::SENDER),
                 req(col::SENDER_VERIFIED, Boolean),
+                req(col::SENDER_BINDING, Utf8),
                 req(col::FORMAT, Utf8),
                 s(col::ATTRIBUTES),
                 req(col::RAW, Utf8),
@@ -337,6 +368,7 @@ pub struct EventBatchBuilder {
     source: StringBuilder,
     sender: StringBuilder,
     sender_verified: BooleanBuilder,
+    sender_binding: StringBuilder,
     format: StringBuilder,
     attributes: StringBuilder,
     raw: StringBuilder,
@@ -401,6 +433,7 @@ impl EventBatchBuilder {
             source: s(),
             sender: s(),
             sender_verified: BooleanBuilder::with_capacity(rows),
+            sender_binding: s(),
             format: s(),
             attributes: s(),
             raw: StringBuilder::with_capacity(rows, rows * 256),
@@ -471,6 +504,7 @@ impl EventBatchBuilder {
         self.source.append_value(e.source.as_str());
         self.sender.append_option(e.sender.as_deref());
         self.sender_verified.append_value(e.sender_verified);
+        self.sender_binding.append_value(e.sender_binding.as_str());
         self.format.append_value(e.format.as_str());
         self.attributes.append_option(e.attributes.as_deref());
         self.raw.append_value(&e.raw);
@@ -527,6 +561,7 @@ impl EventBatchBuilder {
             Arc::new(self.source.finish()),
             Arc::new(self.sender.finish()),
             Arc::new(self.sender_verified.finish()),
+            Arc::new(self.sender_binding.finish()),
             Arc::new(self.format.finish()),
             Arc::new(self.attributes.finish()),
             Arc::new(self.raw.finish()),

@@ -21,5 +21,5 @@ pub mod time;
 pub mod tls;
 
 pub use alert::{Alert, AlertStatus, Severity};
-pub use event::{AccessEvent, Decision, Direction, EventBatchBuilder, InputFormat, Reporter};
+pub use event::{AccessEvent, Decision, Direction, EventBatchBuilder, InputFormat, Reporter, SenderBinding};
 pub use metric::{MetricBatchBuilder, MetricKind, MetricSample};

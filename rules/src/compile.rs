@@ -91,6 +91,21 @@ pub enum Plan {
     Absence(AbsencePlan),
 }
 
+impl Plan {
+    /// Whether any expression or key of the rule reads `column`.
+    pub fn reads_column(&self, column: &str) -> bool {
+        let in_expr =
+            |e: &Arc<dyn PhysicalExpr>| datafusion::physical_expr::utils::collect_columns(e).iter().any(|c| c.name() == column);
+        let in_keys = |keys: &[(String, usize)]| keys.iter().any(|(n, _)| n == column);
+        match self {
+            Plan::Detection(p) => in_expr(&p.filter) || in_keys(&p.group_by),
+            Plan::Assertion(p) => in_expr(&p.scope) || in_expr(&p.require) || in_keys(&p.per),
+            Plan::FirstSeen(p) => p.filter.as_ref().is_some_and(in_expr) || in_keys(&p.keys),
+            Plan::Absence(p) => p.filter.as_ref().is_some_and(in_expr) || in_keys(&p.keys),
+        }
+    }
+}
+
 pub struct CompiledRule {
     pub source: RuleSource,
     /// Changes whenever the rule's text changes; unchanged rules keep their state on reload.
@@ -98,6 +113,9 @@ pub struct CompiledRule {
     pub plan: Plan,
     /// Column index of the responder entity, if the rule has `respond`.
     pub entity: Option<(String, usize)>,
+    /// The rule reads `sender_binding`, so it sees forged records (`not_party`); every other
+    /// rule evaluates as if they were not there.
+    pub sees_forged: bool,
 }
 
 impl std::fmt::Debug for CompiledRule {
@@ -258,11 +276,13 @@ impl Compiler {
             None => None,
         };
         let fingerprint = fnv1a(&[&source.text]);
+        let sees_forged = plan.reads_column(verity_model::event::col::SENDER_BINDING);
         Ok(CompiledRule {
             source,
             fingerprint,
             plan,
             entity,
+            sees_forged,
         })
     }
 

@@ -214,7 +214,12 @@ impl Engine {
         let n = batch.num_rows();
         self.stats.events += n as u64;
         let mut batch_max = i64::MIN;
+        let forged = forged_rows(batch);
         for i in 0..n {
+            // A forged record's time is the forger's choice: it never moves event time.
+            if forged.as_ref().is_some_and(|f| f.value(i)) {
+                continue;
+            }
             let t = rows.time(i);
             batch_max = batch_max.max(t);
             if watermark_before.is_some_and(|w| t < w) {
@@ -223,15 +228,19 @@ impl Engine {
         }
         for slot in &mut self.slots {
             let before = out.len();
-            if let Err(error) = process_slot(slot, &rows, watermark_before, &mut out) {
+            let hidden = forged.as_ref().filter(|_| !slot.rule.sees_forged);
+            if let Err(error) = process_slot(slot, &rows, hidden, watermark_before, &mut out) {
                 self.stats.evaluation_errors += 1;
                 tracing::error!(rule = %slot.rule.rule().id, %error, "rule evaluation failed on a batch");
             }
             slot.evaluated += n as u64;
             slot.alerts += (out.len() - before) as u64;
         }
-        self.max_event = Some(self.max_event.map_or(batch_max, |m| m.max(batch_max)));
-        self.last_batch_max = self.max_event;
+        // A batch of forgeries alone says nothing about event time.
+        if batch_max != i64::MIN {
+            self.max_event = Some(self.max_event.map_or(batch_max, |m| m.max(batch_max)));
+            self.last_batch_max = self.max_event;
+        }
         if let Some(w) = self.watermark() {
             self.advance(w, &mut out);
         }
@@ -294,21 +303,40 @@ impl Engine {
     }
 }
 
+/// Rows a proxy sender reported without being a party to them (`sender_binding =
+/// 'not_party'`), or None when the batch has none.
+fn forged_rows(batch: &RecordBatch) -> Option<BooleanArray> {
+    let column = batch.column_by_name(verity_model::event::col::SENDER_BINDING)?;
+    let values = column.as_string_opt::<i32>()?;
+    let not_party = verity_model::event::SenderBinding::NotParty.as_str();
+    let forged: BooleanArray = values.iter().map(|v| Some(v == Some(not_party))).collect();
+    (forged.true_count() > 0).then_some(forged)
+}
+
+/// `mask` without the `hidden` rows.
+fn visible(mask: BooleanArray, hidden: Option<&BooleanArray>) -> Result<BooleanArray, String> {
+    match hidden {
+        None => Ok(mask),
+        Some(h) => arrow::compute::and_not(&mask, h).map_err(|e| e.to_string()),
+    }
+}
+
 fn process_slot(
     slot: &mut Slot,
     rows: &Rows<'_>,
+    hidden: Option<&BooleanArray>,
     watermark_before: Option<i64>,
     out: &mut Vec<Alert>,
 ) -> Result<(), String> {
     let rule = &slot.rule;
     match (&rule.plan, &mut slot.state) {
         (Plan::Detection(p), State::Detection(s)) => {
-            let mask = eval_bool(&p.filter, rows.batch)?;
+            let mask = visible(eval_bool(&p.filter, rows.batch)?, hidden)?;
             slot.matched += mask.true_count() as u64;
             s.process(p, rule, rows, &mask, watermark_before, out);
         }
         (Plan::Assertion(p), State::Assertion(s)) => {
-            let scope = eval_bool(&p.scope, rows.batch)?;
+            let scope = visible(eval_bool(&p.scope, rows.batch)?, hidden)?;
             slot.matched += scope.true_count() as u64;
             let require = p
                 .require
@@ -323,6 +351,7 @@ fn process_slot(
                 Some(f) => eval_bool(f, rows.batch)?,
                 None => BooleanArray::from(vec![true; rows.batch.num_rows()]),
             };
+            let mask = visible(mask, hidden)?;
             slot.matched += mask.true_count() as u64;
             s.process(p, rule, rows, &mask, out);
         }
@@ -331,6 +360,7 @@ fn process_slot(
                 Some(f) => eval_bool(f, rows.batch)?,
                 None => BooleanArray::from(vec![true; rows.batch.num_rows()]),
             };
+            let mask = visible(mask, hidden)?;
             slot.matched += mask.true_count() as u64;
             s.process(p, rule, rows, &mask, out);
         }

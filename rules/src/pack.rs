@@ -29,6 +29,7 @@ pub const FILES: &[(&str, &str)] = pack![
     "zt-path-traversal.yaml",
     "zt-sql-injection.yaml",
     "zt-l4-policy-denial-burst.yaml",
+    "zt-telemetry-forgery.yaml",
 ];
 
 /// Parses the embedded pack.

@@ -163,6 +163,10 @@ pub struct TestCase {
     /// Principals on the revocation list while the case runs.
     #[serde(default)]
     pub revoked: Vec<String>,
+    /// The authenticated sender of the lines (a SPIFFE ID or token name), classified by the
+    /// default `intake.trust`; unset: the lines come from a file, with no sender.
+    #[serde(default)]
+    pub sender: Option<String>,
     pub lines: Vec<String>,
     pub expect: Vec<ExpectedAlert>,
 }

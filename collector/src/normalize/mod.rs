@@ -35,6 +35,8 @@ pub enum RejectReason {
     InvalidMetric,
     /// A whole source message (e.g. a Kafka record) that is not valid OTLP.
     UndecodableMessage,
+    /// A proxy sender reported traffic it was not a party to (see `otlp/binding.rs`).
+    SenderNotParty,
 }
 
 impl RejectReason {
@@ -49,6 +51,7 @@ impl RejectReason {
         RejectReason::MissingBody,
         RejectReason::InvalidMetric,
         RejectReason::UndecodableMessage,
+        RejectReason::SenderNotParty,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -63,6 +66,7 @@ impl RejectReason {
             RejectReason::MissingBody => "missing_body",
             RejectReason::InvalidMetric => "invalid_metric",
             RejectReason::UndecodableMessage => "undecodable_message",
+            RejectReason::SenderNotParty => "sender_not_party",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! retryable error before any work is done. Records that cannot be normalized are counted,
 //! dead-lettered and reported through `partial_success`; they never fail the request.
 
+pub mod binding;
 pub mod grpc;
 pub mod http;
 pub mod sender;
@@ -20,13 +21,13 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use verity_model::event::IngestSource;
+use verity_model::event::{AccessEvent, IngestSource, SenderBinding};
 use verity_model::{EventBatchBuilder, InputFormat, MetricBatchBuilder};
 
 pub use crate::dead_letter::Origin;
 use crate::dead_letter::{DeadLetter, DeadLetterEntry};
 use crate::metrics::Metrics;
-use crate::normalize::{self, Ctx, Rejection};
+use crate::normalize::{self, Ctx, RejectReason, Rejection};
 use crate::pipeline::{Backpressure, Batch, Handoff, Intake};
 pub use sender::Sender;
 
@@ -35,18 +36,28 @@ pub struct OtlpIngest {
     intake: Intake,
     dead_letter: Arc<DeadLetter>,
     metrics: Metrics,
+    trust: binding::IntakeConfig,
 }
 
 /// How many rejected records are described in `partial_success.error_message`.
 const MAX_ERRORS_IN_MESSAGE: usize = 3;
 
 impl OtlpIngest {
-    pub fn new(intake: Intake, dead_letter: Arc<DeadLetter>, metrics: Metrics) -> Self {
+    pub fn new(intake: Intake, dead_letter: Arc<DeadLetter>, metrics: Metrics, trust: binding::IntakeConfig) -> Self {
         Self {
             intake,
             dead_letter,
             metrics,
+            trust,
         }
+    }
+
+    fn class_of(&self, sender: &Sender) -> Option<binding::SenderClass> {
+        sender
+            .id
+            .as_deref()
+            .filter(|_| sender.authenticated)
+            .and_then(|id| self.trust.class_of(id))
     }
 
     pub fn intake(&self) -> &Intake {
@@ -93,15 +104,18 @@ impl OtlpIngest {
         let mut builder = EventBatchBuilder::with_capacity(total);
         let mut per_format = [0u64; InputFormat::ALL.len()];
         let mut rejected: Vec<(Rejection, String)> = Vec::new();
+        let class = self.class_of(sender);
         for rl in &req.resource_logs {
             let resource = rl.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
             for sl in &rl.scope_logs {
                 for record in &sl.log_records {
                     match normalize::otel_log::normalize(record, resource, &ctx) {
                         Ok(mut ev) => {
-                            ev.sender = sender.id.as_deref().map(Cow::Borrowed);
-                            ev.sender_verified = sender.verified;
-                            per_format[ev.format as usize] += 1;
+                            if stamp_sender(&mut ev, sender, class) {
+                                per_format[ev.format as usize] += 1;
+                            } else {
+                                rejected.push((not_party(&ev, sender), record_text(record)));
+                            }
                             builder.append(&ev);
                         }
                         Err(rejection) => rejected.push((rejection, record_text(record))),
@@ -217,9 +231,13 @@ impl OtlpIngest {
             total += 1;
             match normalize::normalize_line(line, normalize::FormatHint::Auto, &ctx) {
                 Ok(mut ev) => {
-                    ev.sender = sender.id.as_deref().map(Cow::Borrowed);
-                    ev.sender_verified = sender.verified;
-                    per_format[ev.format as usize] += 1;
+                    if stamp_sender(&mut ev, sender, self.class_of(sender)) {
+                        per_format[ev.format as usize] += 1;
+                    } else {
+                        rejected.push((not_party(&ev, sender), line.to_string()));
+                        origins.push(origin);
+                        positions.push(i);
+                    }
                     builder.append(&ev);
                 }
                 Err(r) => {
@@ -292,6 +310,35 @@ impl OtlpIngest {
             "records rejected"
         );
     }
+}
+
+/// Stamps the sender and its binding on a record; false for a forgery, which stays in the
+/// batch (only rules that ask about `sender_binding` see it) but is rejected and
+/// dead-lettered like any record Verity cannot use.
+pub fn stamp_sender<'a>(ev: &mut AccessEvent<'a>, sender: &'a Sender, class: Option<binding::SenderClass>) -> bool {
+    let b = binding::bind(ev, sender, class);
+    if b == SenderBinding::NotParty {
+        // The claimed time is the forger's choice; the forgery happened when it arrived.
+        ev.event_time_ns = ev.observed_time_ns;
+    }
+    ev.sender = sender.id.as_deref().map(Cow::Borrowed);
+    ev.sender_verified = b.verified();
+    ev.sender_binding = b;
+    b != SenderBinding::NotParty
+}
+
+fn not_party(ev: &AccessEvent<'_>, sender: &Sender) -> Rejection {
+    let name = |p: Option<&str>| p.unwrap_or("-").chars().take(256).collect::<String>();
+    Rejection::new(
+        RejectReason::SenderNotParty,
+        format!(
+            "sender {} reported {} traffic from {} to {} that it did not carry",
+            name(sender.id.as_deref()),
+            ev.reporter,
+            name(ev.source_principal.as_deref()),
+            name(ev.destination_principal.as_deref()),
+        ),
+    )
 }
 
 /// What goes to the dead-letter file: the body text when there is one, else the record.

@@ -8,7 +8,8 @@
 //!
 //! Once any method is configured, a request without an identity is refused with
 //! UNAUTHENTICATED / 401 unless `otlp.accept_unauthenticated` keeps it (with a null sender
-//! and `sender_verified = false`). Every refusal is counted in
+//! and `sender_verified = false`). What an identified sender may report is decided per record
+//! by `binding.rs`. Every refusal is counted in
 //! `verity_intake_rejected_senders_total{listener, reason}`.
 
 use std::net::IpAddr;
@@ -43,8 +44,8 @@ pub struct TrustedProxyConfig {
 pub struct Sender {
     /// SPIFFE ID, token name, or None when unauthenticated.
     pub id: Option<Arc<str>>,
-    /// Authenticated and allowed.
-    pub verified: bool,
+    /// Authenticated and allowed. What the sender may report is `binding.rs`'s question.
+    pub authenticated: bool,
 }
 
 impl Sender {
@@ -52,7 +53,7 @@ impl Sender {
     pub fn configured(id: Option<&str>) -> Self {
         Self {
             id: id.map(Arc::from),
-            verified: id.is_some(),
+            authenticated: id.is_some(),
         }
     }
 }
@@ -213,7 +214,7 @@ impl SenderAuth {
         }
         Ok(Sender {
             id: Some(id),
-            verified: true,
+            authenticated: true,
         })
     }
 
@@ -344,7 +345,7 @@ mod tests {
             .authenticate(&peer("10.0.0.1", Some("spiffe://td/ns/a/sa/b")), None, None)
             .expect("cert");
         assert_eq!(cert.id.as_deref(), Some("spiffe://td/ns/a/sa/b"));
-        assert!(cert.verified);
+        assert!(cert.authenticated);
         let token = auth
             .authenticate(&peer("10.0.0.1", None), Some(b"Bearer s3cret"), None)
             .expect("token");
@@ -384,7 +385,7 @@ mod tests {
         let ok = auth
             .authenticate(&peer("10.0.0.1", Some("spiffe://td/ns/istio-system/sa/ztunnel")), None, None)
             .expect("allowed");
-        assert!(ok.verified);
+        assert!(ok.authenticated);
         let anonymous = auth.authenticate(&peer("10.0.0.1", None), None, None).expect("permissive");
         assert_eq!(anonymous, Sender::default());
     }

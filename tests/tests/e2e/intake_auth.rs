@@ -8,15 +8,18 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use verity_e2e::mesh_pki::{MeshPki, client_config, grpc_tls_channel};
-use verity_e2e::{Verity, eventually, otlp, repo_root, verity_bin};
+use verity_e2e::{Verity, eventually, otlp, read_jsonl_lenient, repo_root, verity_bin};
 
 const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
 const PAY: &str = "spiffe://cluster.local/ns/pay/sa/pay";
 const LINE: &str = r#"[2024-03-01T10:00:00.000Z] "GET / HTTP/1.1" 200 - via_upstream - "-" 0 1 1 1 "-" "ua" "auth-1" "web:80" "10.0.0.1:80" inbound|80|| 127.0.0.6:1 10.0.0.1:80 10.0.0.2:2 - default"#;
 
-/// curl POSTs an OTLP/JSON logs file; returns (curl exit code, HTTP status, body).
+/// curl POSTs the OTLP/JSON logs fixture; returns (curl exit code, HTTP status, body).
 fn curl(url: &str, args: &[&str]) -> (i32, u16, String) {
-    let fixture = repo_root().join("tests/fixtures/otlp-logs.json");
+    curl_file(url, &repo_root().join("tests/fixtures/otlp-logs.json"), args)
+}
+
+fn curl_file(url: &str, fixture: &Path, args: &[&str]) -> (i32, u16, String) {
     let out = Command::new("curl")
         .args(["-sS", "-X", "POST", "-H", "Content-Type: application/json", "--max-time", "10"])
         .args(args)
@@ -74,7 +77,9 @@ async fn mutual_tls_names_the_sender_and_refuses_everyone_else() {
     assert!(eventually(Duration::from_secs(10), || !v.archive_rows("events.jsonl").is_empty()));
     let row = &v.archive_rows("events.jsonl")[0];
     assert_eq!(row["sender"], CART, "{row}");
-    assert_eq!(row["sender_verified"], true, "{row}");
+    // The fixture's inbound record does not name the reporting proxy: kept, unverified.
+    assert_eq!(row["sender_binding"], "unbound", "{row}");
+    assert_eq!(row["sender_verified"], false, "{row}");
 
     // No certificate, or one from another CA: the handshake fails, nothing is read.
     let (exit, _, _) = curl(&url, &["--cacert", &p(&ca)]);
@@ -182,10 +187,11 @@ async fn rotated_certificates_are_served_without_dropping_a_request() {
     let new = MeshPki::new("root 2");
     let ca = old.write_ca(dir.path(), "client-ca");
     let (cert, key) = old.server().write(dir.path(), "verity");
+    let (cert_s, key_s, ca_s) = (p(&cert), p(&key), p(&ca));
     let v = Verity::start(&[
-        ("VERITY__OTLP__GRPC__TLS__CERT_FILE", &p(&cert)),
-        ("VERITY__OTLP__GRPC__TLS__KEY_FILE", &p(&key)),
-        ("VERITY__OTLP__GRPC__TLS__CLIENT_CA_FILE", &p(&ca)),
+        ("VERITY__OTLP__GRPC__TLS__CERT_FILE", cert_s.as_str()),
+        ("VERITY__OTLP__GRPC__TLS__KEY_FILE", key_s.as_str()),
+        ("VERITY__OTLP__GRPC__TLS__CLIENT_CA_FILE", ca_s.as_str()),
         ("VERITY__OTLP__GRPC__TLS__CLIENT_AUTH", "required"),
         ("VERITY__OTLP__GRPC__TLS__RELOAD_POLL_SECS", "1"),
     ]);
@@ -304,9 +310,10 @@ fn listening_beyond_loopback_needs_sender_authentication() {
     // A TLS block whose files are missing or wrong names the key, the file and the reason.
     let key = dir.path().join("key.pem");
     std::fs::write(&key, "not a key").expect("write");
+    let key_s = p(&key);
     let (code, text) = validate(&[
         ("VERITY__OTLP__HTTP__TLS__CERT_FILE", "/nonexistent/verity.pem"),
-        ("VERITY__OTLP__HTTP__TLS__KEY_FILE", &p(&key)),
+        ("VERITY__OTLP__HTTP__TLS__KEY_FILE", key_s.as_str()),
     ]);
     assert_eq!(code, Some(2), "{text}");
     assert!(
@@ -315,10 +322,93 @@ fn listening_beyond_loopback_needs_sender_authentication() {
     );
     let pki = MeshPki::new("root");
     let (cert, _) = pki.server().write(dir.path(), "server");
+    let cert_s = p(&cert);
     let (code, text) = validate(&[
-        ("VERITY__OTLP__HTTP__TLS__CERT_FILE", &p(&cert)),
-        ("VERITY__OTLP__HTTP__TLS__KEY_FILE", &p(&key)),
+        ("VERITY__OTLP__HTTP__TLS__CERT_FILE", cert_s.as_str()),
+        ("VERITY__OTLP__HTTP__TLS__KEY_FILE", key_s.as_str()),
     ]);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains(&p(&key)) && text.contains("private key"), "{text}");
+}
+
+/// Inbound RBAC denials at the pay workload, of calls from the frontend, as the pay sidecar
+/// logs them in Istio's JSON encoding (with its own identity as the local SAN).
+fn denial_at_pay(i: usize) -> String {
+    format!(
+        r#"{{"start_time":"2024-06-01T10:00:{:02}Z","upstream_cluster":"inbound|8080||","method":"GET","path":"/admin","protocol":"HTTP/1.1","response_code":403,"response_code_details":"rbac_access_denied_matched_policy[none]","x_request_id":"forge-{i}","downstream_peer_uri_san":"{FRONTEND}","downstream_local_uri_san":"{PAY}"}}"#,
+        i % 60
+    )
+}
+
+const FRONTEND: &str = "spiffe://cluster.local/ns/web/sa/frontend";
+
+#[test]
+fn a_sidecar_may_report_only_traffic_it_carried() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mesh = MeshPki::new("mesh root");
+    let ca = mesh.write_ca(dir.path(), "mesh-root");
+    let (cert, key) = mesh.server().write(dir.path(), "verity");
+    let (pay_cert, pay_key) = mesh.workload(PAY).write(dir.path(), "pay");
+    let (cart_cert, cart_key) = mesh.workload(CART).write(dir.path(), "cart");
+    let alerts_file = dir.path().join("alerts.jsonl");
+    let (cert_s, key_s, ca_s, alerts_s) = (p(&cert), p(&key), p(&ca), p(&alerts_file));
+    let mut v = Verity::start(&[
+        ("VERITY__OTLP__HTTP__TLS__CERT_FILE", cert_s.as_str()),
+        ("VERITY__OTLP__HTTP__TLS__KEY_FILE", key_s.as_str()),
+        ("VERITY__OTLP__HTTP__TLS__CLIENT_CA_FILE", ca_s.as_str()),
+        ("VERITY__OTLP__HTTP__TLS__CLIENT_AUTH", "required"),
+        ("VERITY__SINKS__OUTPUTS__FILE__PATH", alerts_s.as_str()),
+    ]);
+    let url = format!("https://{}/v1/logs", v.http);
+    let request = |lines: Vec<String>, name: &str| {
+        let records = lines.iter().map(|l| otlp::record(l, vec![])).collect();
+        let path = dir.path().join(name);
+        std::fs::write(&path, serde_json::to_vec(&otlp::logs_request(records)).expect("json")).expect("write");
+        path
+    };
+
+    // The pay sidecar reports denials it enforced: bound to it, verified.
+    let own = request((0..3).map(denial_at_pay).collect(), "own.json");
+    let (exit, status, body) = curl_file(&url, &own, &["--cacert", &ca_s, "--cert", &p(&pay_cert), "--key", &p(&pay_key)]);
+    assert_eq!((exit, status), (0, 200), "{body}");
+    assert!(!body.contains("rejected"), "{body}");
+
+    // The cart sidecar reports the same kind of denials at pay, a burst big enough to make
+    // the frontend look like it is probing: every record is a forgery.
+    let forged = request((10..22).map(denial_at_pay).collect(), "forged.json");
+    let (exit, status, body) = curl_file(&url, &forged, &["--cacert", &ca_s, "--cert", &p(&cart_cert), "--key", &p(&cart_key)]);
+    assert_eq!((exit, status), (0, 200), "{body}");
+    assert!(body.contains("rejected 12 of 12") && body.contains("sender_not_party"), "{body}");
+
+    assert!(eventually(Duration::from_secs(10), || v.archive_rows("events.jsonl").len() == 15));
+    let rows = v.archive_rows("events.jsonl");
+    let bound: Vec<_> = rows.iter().filter(|r| r["sender_binding"] == "bound").collect();
+    assert_eq!(bound.len(), 3);
+    assert!(bound.iter().all(|r| r["sender"] == PAY && r["sender_verified"] == true));
+    let forgeries: Vec<_> = rows.iter().filter(|r| r["sender_binding"] == "not_party").collect();
+    assert_eq!(forgeries.len(), 12);
+    assert!(forgeries.iter().all(|r| r["sender"] == CART && r["sender_verified"] == false));
+
+    let dead = v.dead_letters();
+    assert_eq!(dead.len(), 12, "{dead:?}");
+    assert!(dead.iter().all(|d| d["reason"] == "sender_not_party"
+        && d["error"].as_str().is_some_and(|e| e.contains(CART) && e.contains(FRONTEND))), "{dead:?}");
+    assert_eq!(
+        v.metric_value(r#"verity_records_rejected_total{source="otlp_http",reason="sender_not_party"}"#),
+        Some(12.0)
+    );
+    assert!(eventually(Duration::from_secs(10), || {
+        read_jsonl_lenient(&alerts_file)
+            .iter()
+            .any(|a| a["rule_id"] == "zt-telemetry-forgery" && a["group"]["sender"] == CART)
+    }), "{}", v.stderr());
+
+    // After the drain every window is closed: the forged burst never counted as probing.
+    let (status, _) = v.terminate(Duration::from_secs(20));
+    assert!(status.success());
+    let alerts = read_jsonl_lenient(&alerts_file);
+    assert!(
+        !alerts.iter().any(|a| a["rule_id"] == "zt-rbac-denial-burst"),
+        "forged denials raised a probing alert: {alerts:?}"
+    );
 }
