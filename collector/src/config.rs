@@ -424,7 +424,11 @@ impl Config {
             }
         }
         if let Some(tls) = &self.admin.tls {
-            errors.extend(tls.validate("admin.tls").into_iter().map(|(p, m)| ConfigError::new(p, m)));
+            errors.extend(
+                tls.validate("admin.tls")
+                    .into_iter()
+                    .map(|(p, m)| ConfigError::new(p, m)),
+            );
         }
         let mut token_names = std::collections::BTreeSet::new();
         for (i, t) in self.otlp.tokens.iter().enumerate() {

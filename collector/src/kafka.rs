@@ -802,14 +802,16 @@ async fn handle_message(
         },
         (enc, Signal::Logs) => match decode::<ExportLogsServiceRequest>(enc, payload) {
             Ok(req) => {
-                accum.add(ingest
-                    .logs_batch(
-                        &req,
-                        IngestSource::Kafka,
-                        Some(&origin),
-                        &crate::otlp::Sender::configured(tc.sender.as_deref()),
-                    )
-                    .0);
+                accum.add(
+                    ingest
+                        .logs_batch(
+                            &req,
+                            IngestSource::Kafka,
+                            Some(&origin),
+                            &crate::otlp::Sender::configured(tc.sender.as_deref()),
+                        )
+                        .0,
+                );
                 None
             }
             Err(e) => Some(undecodable(ingest, &origin, signal, payload, poison(e))),
@@ -875,7 +877,7 @@ async fn normalize_raw(
     let raw = std::mem::take(&mut accum.raw);
     let mut owner: Vec<usize> = Vec::new();
     let mut lines_per_msg = vec![0usize; raw.len()];
-    let mut lines: Vec<(&str, Option<&Origin>)> = Vec::new();
+    let mut lines: Vec<(&str, Option<&Origin>, &crate::otlp::Sender)> = Vec::new();
     for (i, m) in raw.iter().enumerate() {
         for l in m.text.lines().filter(|l| !l.trim().is_empty()) {
             owner.push(i);

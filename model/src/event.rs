@@ -19,13 +19,13 @@ use arrow::error::ArrowError;
 pub type Text<'a> = Option<Cow<'a, str>>;
 
 macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
             #[default]
-            $($variant),+
+            $($(#[$vmeta])* $variant),+
         }
 
         impl $name {

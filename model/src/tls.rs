@@ -76,9 +76,10 @@ impl ServerTlsConfig {
                 format!("{prefix}.client_ca_file"),
                 "must be set when client_auth is optional or required".to_string(),
             )),
-            (Some(p), _) if p.as_os_str().is_empty() => {
-                errors.push((format!("{prefix}.client_ca_file"), "must be a file path or null".to_string()))
-            }
+            (Some(p), _) if p.as_os_str().is_empty() => errors.push((
+                format!("{prefix}.client_ca_file"),
+                "must be a file path or null".to_string(),
+            )),
             (Some(_), ClientAuth::None) => errors.push((
                 format!("{prefix}.client_auth"),
                 "is none, so client_ca_file would be ignored; set optional or required".to_string(),
@@ -86,7 +87,10 @@ impl ServerTlsConfig {
             _ => {}
         }
         if !(1..=3600).contains(&self.reload_poll_secs) {
-            errors.push((format!("{prefix}.reload_poll_secs"), "must be between 1 and 3600".to_string()));
+            errors.push((
+                format!("{prefix}.reload_poll_secs"),
+                "must be between 1 and 3600".to_string(),
+            ));
         }
         errors
     }
@@ -99,7 +103,8 @@ mod tests {
     #[test]
     fn client_auth_needs_a_ca() {
         let cfg: ServerTlsConfig =
-            serde_json::from_str(r#"{"cert_file":"c.pem","key_file":"k.pem","client_auth":"required"}"#).expect("parse");
+            serde_json::from_str(r#"{"cert_file":"c.pem","key_file":"k.pem","client_auth":"required"}"#)
+                .expect("parse");
         assert_eq!(cfg.min_version, TlsVersion::V1_3);
         let errors = cfg.validate("otlp.grpc.tls");
         assert_eq!(errors.len(), 1, "{errors:?}");

@@ -94,8 +94,11 @@ pub enum Plan {
 impl Plan {
     /// Whether any expression or key of the rule reads `column`.
     pub fn reads_column(&self, column: &str) -> bool {
-        let in_expr =
-            |e: &Arc<dyn PhysicalExpr>| datafusion::physical_expr::utils::collect_columns(e).iter().any(|c| c.name() == column);
+        let in_expr = |e: &Arc<dyn PhysicalExpr>| {
+            datafusion::physical_expr::utils::collect_columns(e)
+                .iter()
+                .any(|c| c.name() == column)
+        };
         let in_keys = |keys: &[(String, usize)]| keys.iter().any(|(n, _)| n == column);
         match self {
             Plan::Detection(p) => in_expr(&p.filter) || in_keys(&p.group_by),

@@ -230,3 +230,35 @@ fn idleness_moves_event_time_so_silence_is_noticed() {
     assert_eq!(a[0].status, AlertStatus::Unknown);
     assert!(e.advance_idle(700 * S).is_empty(), "reported once");
 }
+
+/// A forged record (`sender_binding = 'not_party'`) with a far-future time.
+fn forged(secs: i64, principal: &str) -> AccessEvent<'static> {
+    AccessEvent {
+        sender: Some("spiffe://td/ns/shop/sa/cart".into()),
+        sender_binding: verity_model::SenderBinding::NotParty,
+        ..ev(secs, principal, Decision::DenyRbac)
+    }
+}
+
+#[test]
+fn forged_records_are_seen_only_by_rules_that_ask_and_never_move_event_time() {
+    let mut burst = engine(BURST, EngineSettings::default());
+    let far_future = 200 * 365 * 24 * 3600;
+    let forgeries: Vec<_> = (0..5).map(|i| forged(far_future + i, "victim")).collect();
+    assert!(burst.process(&batch(&forgeries)).is_empty());
+    assert_eq!(burst.watermark(), None, "a batch of forgeries moved event time");
+    // Honest events after them are on time, and the forged denials never count.
+    let honest: Vec<_> = (0..2).map(|i| ev(i, "victim", Decision::DenyRbac)).collect();
+    burst.process(&batch(&honest));
+    assert_eq!(burst.stats().late_events, 0);
+    assert!(burst.flush().is_empty(), "forged denials were counted");
+
+    let forgery = "id: forgery\ntitle: Forgery\nseverity: critical\nkind: detection\ndetection:\n  where: sender_binding = 'not_party'\n  group_by: [sender]\n  suppress: 10m\n";
+    let mut watcher = engine(forgery, EngineSettings::default());
+    let alerts = watcher.process(&batch(&forgeries));
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        alerts[0].group.get("sender"),
+        Some(&Some("spiffe://td/ns/shop/sa/cart".to_string()))
+    );
+}

@@ -93,12 +93,11 @@ pub fn client_config(ca_pem: &str, client: Option<&Leaf>, alpn: &[u8]) -> rustls
     for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(ca.expect("CA PEM")).expect("CA certificate");
     }
-    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots);
+    let builder =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots);
     let mut config = match client {
         Some(leaf) => {
             let certs = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())

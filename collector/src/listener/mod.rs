@@ -374,14 +374,24 @@ impl ListenerTls {
             }
         };
         let loaded = Self {
-            otlp_grpc: one("otlp.grpc.tls", settings.grpc_listen.is_some(), raw.otlp.grpc.tls.as_ref(), Alpn::H2),
+            otlp_grpc: one(
+                "otlp.grpc.tls",
+                settings.grpc_listen.is_some(),
+                raw.otlp.grpc.tls.as_ref(),
+                Alpn::H2,
+            ),
             otlp_http: one(
                 "otlp.http.tls",
                 settings.http_listen.is_some(),
                 raw.otlp.http.tls.as_ref(),
                 Alpn::Http1,
             ),
-            admin: one("admin.tls", settings.admin_listen.is_some(), raw.admin.tls.as_ref(), Alpn::Http1),
+            admin: one(
+                "admin.tls",
+                settings.admin_listen.is_some(),
+                raw.admin.tls.as_ref(),
+                Alpn::Http1,
+            ),
             ext_authz: one(
                 "control.ext_authz_tls",
                 settings.control.ext_authz_listen.is_some(),

@@ -113,9 +113,9 @@ mod tests {
     fn cert_with(uris: &[&str]) -> Vec<u8> {
         let mut params = rcgen::CertificateParams::new(vec!["verity.test".to_string()]).expect("params");
         for u in uris {
-            params
-                .subject_alt_names
-                .push(rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*u).expect("ia5")));
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(*u).expect("ia5"),
+            ));
         }
         let key = rcgen::KeyPair::generate().expect("key");
         params.self_signed(&key).expect("cert").der().to_vec()
@@ -125,7 +125,10 @@ mod tests {
     fn reads_the_one_spiffe_uri() {
         let der = cert_with(&["spiffe://cluster.local/ns/shop/sa/cart", "https://example.com/x"]);
         assert_eq!(uri_sans(&der).expect("parse").len(), 2);
-        assert_eq!(spiffe_id(&der).as_deref(), Some("spiffe://cluster.local/ns/shop/sa/cart"));
+        assert_eq!(
+            spiffe_id(&der).as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/cart")
+        );
     }
 
     #[test]

@@ -50,7 +50,10 @@ impl IntakeConfig {
         let mut errors = Vec::new();
         for (i, rule) in self.trust.iter().enumerate() {
             if rule.senders.is_empty() {
-                errors.push((format!("intake.trust[{i}].senders"), "must list at least one pattern".into()));
+                errors.push((
+                    format!("intake.trust[{i}].senders"),
+                    "must list at least one pattern".into(),
+                ));
             }
             for (j, p) in rule.senders.iter().enumerate() {
                 if p.trim().is_empty() {
@@ -111,7 +114,11 @@ mod tests {
         cfg.intake
     }
 
-    fn event(reporter: Reporter, source: Option<&'static str>, destination: Option<&'static str>) -> AccessEvent<'static> {
+    fn event(
+        reporter: Reporter,
+        source: Option<&'static str>,
+        destination: Option<&'static str>,
+    ) -> AccessEvent<'static> {
         AccessEvent {
             reporter,
             source_principal: source.map(Cow::Borrowed),

@@ -274,12 +274,8 @@ async fn read_and_export(
             headers.get("x-forwarded-client-cert").map(HeaderValue::as_bytes),
         )
         .map_err(|refused| match refused.denial {
-            Denial::Unauthenticated => {
-                Failure::new(StatusCode::UNAUTHORIZED, "unauthenticated", enc, refused.message)
-            }
-            Denial::PermissionDenied => {
-                Failure::new(StatusCode::FORBIDDEN, "permission_denied", enc, refused.message)
-            }
+            Denial::Unauthenticated => Failure::new(StatusCode::UNAUTHORIZED, "unauthenticated", enc, refused.message),
+            Denial::PermissionDenied => Failure::new(StatusCode::FORBIDDEN, "permission_denied", enc, refused.message),
         })?;
     let gzip = match headers
         .get(header::CONTENT_ENCODING)

@@ -383,10 +383,16 @@ mod tests {
             .expect_err("not allowed");
         assert_eq!(denied.denial, Denial::PermissionDenied);
         let ok = auth
-            .authenticate(&peer("10.0.0.1", Some("spiffe://td/ns/istio-system/sa/ztunnel")), None, None)
+            .authenticate(
+                &peer("10.0.0.1", Some("spiffe://td/ns/istio-system/sa/ztunnel")),
+                None,
+                None,
+            )
             .expect("allowed");
         assert!(ok.authenticated);
-        let anonymous = auth.authenticate(&peer("10.0.0.1", None), None, None).expect("permissive");
+        let anonymous = auth
+            .authenticate(&peer("10.0.0.1", None), None, None)
+            .expect("permissive");
         assert_eq!(anonymous, Sender::default());
     }
 
@@ -404,7 +410,10 @@ mod tests {
             forwarded_spiffe_id(r#"Hash=ab;Subject="CN=a,O=b;c\"d";URI=spiffe://td/ns/a/sa/b"#),
             Some("spiffe://td/ns/a/sa/b")
         );
-        assert_eq!(forwarded_spiffe_id("URI=spiffe://a/ns/x/sa/y;URI=spiffe://a/ns/x/sa/z"), None);
+        assert_eq!(
+            forwarded_spiffe_id("URI=spiffe://a/ns/x/sa/y;URI=spiffe://a/ns/x/sa/z"),
+            None
+        );
         assert_eq!(forwarded_spiffe_id("URI=https://example.com"), None);
         assert_eq!(forwarded_spiffe_id(""), None);
     }

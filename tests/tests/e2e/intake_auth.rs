@@ -21,7 +21,15 @@ fn curl(url: &str, args: &[&str]) -> (i32, u16, String) {
 
 fn curl_file(url: &str, fixture: &Path, args: &[&str]) -> (i32, u16, String) {
     let out = Command::new("curl")
-        .args(["-sS", "-X", "POST", "-H", "Content-Type: application/json", "--max-time", "10"])
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--max-time",
+            "10",
+        ])
         .args(args)
         .arg("--data-binary")
         .arg(format!("@{}", fixture.display()))
@@ -66,15 +74,23 @@ async fn mutual_tls_names_the_sender_and_refuses_everyone_else() {
         env.push((k("CLIENT_CA_FILE"), p(&ca)));
         env.push((k("CLIENT_AUTH"), "required".into()));
     }
-    env.push(("VERITY__OTLP__ALLOWED_SENDERS".into(), r#"["spiffe://cluster.local/ns/shop/*"]"#.into()));
+    env.push((
+        "VERITY__OTLP__ALLOWED_SENDERS".into(),
+        r#"["spiffe://cluster.local/ns/shop/*"]"#.into(),
+    ));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let v = Verity::start(&env);
     let url = format!("https://{}/v1/logs", v.http);
 
     // The cart sidecar's certificate: accepted, and its SPIFFE ID is every record's sender.
-    let (exit, status, body) = curl(&url, &["--cacert", &p(&ca), "--cert", &p(&cart_cert), "--key", &p(&cart_key)]);
+    let (exit, status, body) = curl(
+        &url,
+        &["--cacert", &p(&ca), "--cert", &p(&cart_cert), "--key", &p(&cart_key)],
+    );
     assert_eq!((exit, status), (0, 200), "{body}");
-    assert!(eventually(Duration::from_secs(10), || !v.archive_rows("events.jsonl").is_empty()));
+    assert!(eventually(Duration::from_secs(10), || !v
+        .archive_rows("events.jsonl")
+        .is_empty()));
     let row = &v.archive_rows("events.jsonl")[0];
     assert_eq!(row["sender"], CART, "{row}");
     // The fixture's inbound record does not name the reporting proxy: kept, unverified.
@@ -84,12 +100,22 @@ async fn mutual_tls_names_the_sender_and_refuses_everyone_else() {
     // No certificate, or one from another CA: the handshake fails, nothing is read.
     let (exit, _, _) = curl(&url, &["--cacert", &p(&ca)]);
     assert_ne!(exit, 0, "a client without a certificate got through");
-    let (exit, _, _) = curl(&url, &["--cacert", &p(&ca), "--cert", &p(&rogue_cert), "--key", &p(&rogue_key)]);
+    let (exit, _, _) = curl(
+        &url,
+        &["--cacert", &p(&ca), "--cert", &p(&rogue_cert), "--key", &p(&rogue_key)],
+    );
     assert_ne!(exit, 0, "a certificate from another CA got through");
-    assert!(sender_metric(&v, "otlp_http", "tls_handshake") >= 2.0, "{}", v.metrics_text());
+    assert!(
+        sender_metric(&v, "otlp_http", "tls_handshake") >= 2.0,
+        "{}",
+        v.metrics_text()
+    );
 
     // A valid mesh identity outside allowed_senders: 403 with the reason.
-    let (exit, status, body) = curl(&url, &["--cacert", &p(&ca), "--cert", &p(&pay_cert), "--key", &p(&pay_key)]);
+    let (exit, status, body) = curl(
+        &url,
+        &["--cacert", &p(&ca), "--cert", &p(&pay_cert), "--key", &p(&pay_key)],
+    );
     assert_eq!((exit, status), (0, 403), "{body}");
     assert!(body.contains("not in otlp.allowed_senders"), "{body}");
     assert_eq!(sender_metric(&v, "otlp_http", "sender_not_allowed"), 1.0);
@@ -145,7 +171,10 @@ fn bearer_tokens_and_a_trusted_proxy_identify_senders() {
     let dir = tempfile::tempdir().expect("tmp");
     let token = dir.path().join("collector.token");
     std::fs::write(&token, "a-long-random-token\n").expect("token");
-    let tokens = format!(r#"[{{"name": "otel-collector", "secret": {{"file": "{}"}}}}]"#, p(&token));
+    let tokens = format!(
+        r#"[{{"name": "otel-collector", "secret": {{"file": "{}"}}}}]"#,
+        p(&token)
+    );
     let v = Verity::start(&[
         ("VERITY__OTLP__TOKENS", tokens.as_str()),
         ("VERITY__OTLP__TRUSTED_PROXY__ADDRESSES", r#"["127.0.0.6"]"#),
@@ -171,7 +200,10 @@ fn bearer_tokens_and_a_trusted_proxy_identify_senders() {
     assert_eq!(status, 401);
     assert_eq!(sender_metric(&v, "otlp_http", "xfcc_untrusted_peer"), 1.0);
 
-    assert!(eventually(Duration::from_secs(10), || v.archive_rows("events.jsonl").len() >= 2));
+    assert!(eventually(Duration::from_secs(10), || v
+        .archive_rows("events.jsonl")
+        .len()
+        >= 2));
     let senders: Vec<String> = v
         .archive_rows("events.jsonl")
         .iter()
@@ -289,7 +321,10 @@ fn listening_beyond_loopback_needs_sender_authentication() {
     };
     let (code, text) = validate(&[("VERITY__OTLP__GRPC__LISTEN", "0.0.0.0:4317")]);
     assert_eq!(code, Some(2), "{text}");
-    assert!(text.contains("otlp.grpc.listen") && text.contains("allow_insecure"), "{text}");
+    assert!(
+        text.contains("otlp.grpc.listen") && text.contains("allow_insecure"),
+        "{text}"
+    );
     let (code, text) = validate(&[
         ("VERITY__OTLP__GRPC__LISTEN", "0.0.0.0:4317"),
         ("VERITY__OTLP__ALLOW_INSECURE", "true"),
@@ -369,39 +404,66 @@ fn a_sidecar_may_report_only_traffic_it_carried() {
 
     // The pay sidecar reports denials it enforced: bound to it, verified.
     let own = request((0..3).map(denial_at_pay).collect(), "own.json");
-    let (exit, status, body) = curl_file(&url, &own, &["--cacert", &ca_s, "--cert", &p(&pay_cert), "--key", &p(&pay_key)]);
+    let (exit, status, body) = curl_file(
+        &url,
+        &own,
+        &["--cacert", &ca_s, "--cert", &p(&pay_cert), "--key", &p(&pay_key)],
+    );
     assert_eq!((exit, status), (0, 200), "{body}");
     assert!(!body.contains("rejected"), "{body}");
 
     // The cart sidecar reports the same kind of denials at pay, a burst big enough to make
     // the frontend look like it is probing: every record is a forgery.
     let forged = request((10..22).map(denial_at_pay).collect(), "forged.json");
-    let (exit, status, body) = curl_file(&url, &forged, &["--cacert", &ca_s, "--cert", &p(&cart_cert), "--key", &p(&cart_key)]);
+    let (exit, status, body) = curl_file(
+        &url,
+        &forged,
+        &["--cacert", &ca_s, "--cert", &p(&cart_cert), "--key", &p(&cart_key)],
+    );
     assert_eq!((exit, status), (0, 200), "{body}");
-    assert!(body.contains("rejected 12 of 12") && body.contains("sender_not_party"), "{body}");
+    assert!(
+        body.contains("rejected 12 of 12") && body.contains("sender_not_party"),
+        "{body}"
+    );
 
-    assert!(eventually(Duration::from_secs(10), || v.archive_rows("events.jsonl").len() == 15));
+    assert!(eventually(Duration::from_secs(10), || v
+        .archive_rows("events.jsonl")
+        .len()
+        == 15));
     let rows = v.archive_rows("events.jsonl");
     let bound: Vec<_> = rows.iter().filter(|r| r["sender_binding"] == "bound").collect();
     assert_eq!(bound.len(), 3);
     assert!(bound.iter().all(|r| r["sender"] == PAY && r["sender_verified"] == true));
     let forgeries: Vec<_> = rows.iter().filter(|r| r["sender_binding"] == "not_party").collect();
     assert_eq!(forgeries.len(), 12);
-    assert!(forgeries.iter().all(|r| r["sender"] == CART && r["sender_verified"] == false));
+    assert!(
+        forgeries
+            .iter()
+            .all(|r| r["sender"] == CART && r["sender_verified"] == false)
+    );
 
     let dead = v.dead_letters();
     assert_eq!(dead.len(), 12, "{dead:?}");
-    assert!(dead.iter().all(|d| d["reason"] == "sender_not_party"
-        && d["error"].as_str().is_some_and(|e| e.contains(CART) && e.contains(FRONTEND))), "{dead:?}");
+    assert!(
+        dead.iter().all(|d| d["reason"] == "sender_not_party"
+            && d["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(CART) && e.contains(FRONTEND))),
+        "{dead:?}"
+    );
     assert_eq!(
         v.metric_value(r#"verity_records_rejected_total{source="otlp_http",reason="sender_not_party"}"#),
         Some(12.0)
     );
-    assert!(eventually(Duration::from_secs(10), || {
-        read_jsonl_lenient(&alerts_file)
-            .iter()
-            .any(|a| a["rule_id"] == "zt-telemetry-forgery" && a["group"]["sender"] == CART)
-    }), "{}", v.stderr());
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            read_jsonl_lenient(&alerts_file)
+                .iter()
+                .any(|a| a["rule_id"] == "zt-telemetry-forgery" && a["group"]["sender"] == CART)
+        }),
+        "{}",
+        v.stderr()
+    );
 
     // After the drain every window is closed: the forged burst never counted as probing.
     let (status, _) = v.terminate(Duration::from_secs(20));

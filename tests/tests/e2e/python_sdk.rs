@@ -32,6 +32,8 @@ fn send(python: &str, args: &[&str]) {
 fn send_with(python: &str, args: &[&str], env: &[(&str, String)]) {
     let mut cmd = Command::new(python);
     cmd.arg(repo_root().join("tests/python/send_otlp.py")).args(args);
+    // requests lets these override the exporter's own CA file (OTEL_EXPORTER_OTLP_CERTIFICATE).
+    cmd.env_remove("REQUESTS_CA_BUNDLE").env_remove("CURL_CA_BUNDLE");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -180,9 +182,7 @@ fn python_sdk_exporters_authenticate_with_certificates_and_tokens() {
     std::fs::write(&token, "python-sdk-token").expect("token");
     let s = |p: &std::path::Path| p.display().to_string();
     let tokens = format!(r#"[{{"name": "python-sdk", "secret": {{"file": "{}"}}}}]"#, s(&token));
-    let mut env: Vec<(String, String)> = vec![
-        ("VERITY__OTLP__TOKENS".into(), tokens),
-    ];
+    let mut env: Vec<(String, String)> = vec![("VERITY__OTLP__TOKENS".into(), tokens)];
     for listener in ["GRPC", "HTTP"] {
         let k = |key: &str| format!("VERITY__OTLP__{listener}__TLS__{key}");
         env.push((k("CERT_FILE"), s(&cert)));
@@ -206,16 +206,38 @@ fn python_sdk_exporters_authenticate_with_certificates_and_tokens() {
     send_with(&py, &["--protocol", "http", "--endpoint", &http, "--logs", logs], &mtls);
     let bearer = [
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", s(&ca)),
-        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20python-sdk-token".to_string()),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer%20python-sdk-token".to_string(),
+        ),
     ];
-    send_with(&py, &["--protocol", "http", "--endpoint", &http, "--logs", logs], &bearer);
-    send_with(&py, &["--protocol", "grpc", "--endpoint", &grpc, "--logs", logs], &bearer);
+    send_with(
+        &py,
+        &["--protocol", "http", "--endpoint", &http, "--logs", logs],
+        &bearer,
+    );
+    send_with(
+        &py,
+        &["--protocol", "grpc", "--endpoint", &grpc, "--logs", logs],
+        &bearer,
+    );
 
     // Neither a certificate nor a token: the exporters report failure.
     let out = Command::new(&py)
         .arg(repo_root().join("tests/python/send_otlp.py"))
-        .args(["--protocol", "http", "--endpoint", &http, "--logs", logs, "--timeout", "3"])
+        .args([
+            "--protocol",
+            "http",
+            "--endpoint",
+            &http,
+            "--logs",
+            logs,
+            "--timeout",
+            "3",
+        ])
         .env("OTEL_EXPORTER_OTLP_CERTIFICATE", s(&ca))
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
         .output()
         .expect("python runs");
     assert!(!out.status.success(), "an unauthenticated SDK export succeeded");

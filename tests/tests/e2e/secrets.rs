@@ -22,16 +22,25 @@ fn secrets_appear_in_no_output() {
     let dir = tempfile::tempdir().expect("tmp");
     let token = dir.path().join("token");
     std::fs::write(&token, "SEKRIT-BEARER").expect("token");
-    let tokens = format!(r#"[{{"name": "collector", "secret": {{"file": "{}"}}}}]"#, token.display());
+    let tokens = format!(
+        r#"[{{"name": "collector", "secret": {{"file": "{}"}}}}]"#,
+        token.display()
+    );
     // Nothing listens there: every delivery fails and is logged.
     let url = format!("http://alice:SEKRIT-URL-PASSWORD@127.0.0.1:{}/hook", free_port());
     let env = [
         ("VERITY__OTLP__TOKENS", tokens.as_str()),
         ("VERITY__OTLP__ACCEPT_UNAUTHENTICATED", "true"),
-        ("VERITY__KAFKA__PROPERTIES", "{sasl.password: SEKRIT-KAFKA-PASSWORD, ssl.key.pem: SEKRIT-KEY-PEM}"),
+        (
+            "VERITY__KAFKA__PROPERTIES",
+            "{sasl.password: SEKRIT-KAFKA-PASSWORD, ssl.key.pem: SEKRIT-KEY-PEM}",
+        ),
         ("VERITY__SINKS__OUTPUTS__HOOK__TYPE", "webhook"),
         ("VERITY__SINKS__OUTPUTS__HOOK__URL", url.as_str()),
-        ("VERITY__SINKS__OUTPUTS__HOOK__HEADERS", "{Authorization: Bearer SEKRIT-HEADER-TOKEN}"),
+        (
+            "VERITY__SINKS__OUTPUTS__HOOK__HEADERS",
+            "{Authorization: Bearer SEKRIT-HEADER-TOKEN}",
+        ),
     ];
     let mut printed = String::new();
     let mut validate = Command::new(verity_bin());
@@ -47,17 +56,39 @@ fn secrets_appear_in_no_output() {
 
     let mut v = Verity::start(&env);
     let body = serde_json::to_vec(&otlp::logs_request(vec![otlp::record(PROBE, vec![])])).expect("json");
-    let ok = http_request(v.http, "POST", "/v1/logs", &[("Content-Type", "application/json"), ("Authorization", "Bearer SEKRIT-BEARER")], &body)
-        .expect("post");
+    let ok = http_request(
+        v.http,
+        "POST",
+        "/v1/logs",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer SEKRIT-BEARER"),
+        ],
+        &body,
+    )
+    .expect("post");
     assert_eq!(ok.status, 200);
-    let bad = http_request(v.http, "POST", "/v1/logs", &[("Content-Type", "application/json"), ("Authorization", "Bearer SEKRIT-BEARER-WRONG")], &body)
-        .expect("post");
+    let bad = http_request(
+        v.http,
+        "POST",
+        "/v1/logs",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer SEKRIT-BEARER-WRONG"),
+        ],
+        &body,
+    )
+    .expect("post");
     assert_eq!(bad.status, 401);
     printed.push_str(&String::from_utf8_lossy(&bad.body));
     // Let the webhook output fail a few deliveries.
-    assert!(verity_e2e::eventually(Duration::from_secs(15), || {
-        v.metrics_text().contains(r#"sink="hook",class="#)
-    }), "{}", v.stderr());
+    assert!(
+        verity_e2e::eventually(Duration::from_secs(15), || {
+            v.metrics_text().contains(r#"sink="hook",class="#)
+        }),
+        "{}",
+        v.stderr()
+    );
     std::thread::sleep(Duration::from_secs(2));
     printed.push_str(&v.metrics_text());
     let _ = v.terminate(Duration::from_secs(20));
