@@ -1,9 +1,13 @@
 //! OTLP load generator: pushes log batches over gRPC at full speed to a running
-//! `verity run` and reports accepted records per second (and the server's peak RSS when
-//! given its pid).
+//! `verity run` and reports accepted records per second, request latency (p50, p99) and
+//! the server's peak RSS when given its pid.
 //!
 //!     verity-loadgen --endpoint http://127.0.0.1:4317 --seconds 20 --batch 1000 \
 //!         --connections 4 --pid $(pgrep -f 'verity run')
+//!
+//! Over mutual TLS: `--make-pki DIR` writes a throwaway mesh PKI (ca.pem, server.pem/.key
+//! for 127.0.0.1, client.pem/.key with a SPIFFE ID) and exits; point Verity's
+//! `otlp.grpc.tls` at it and run the load with `--tls-dir DIR`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +33,44 @@ struct Args {
     /// Pid of the server, to report its peak RSS.
     #[arg(long)]
     pid: Option<u32>,
+    /// Connect over mutual TLS with DIR/ca.pem, DIR/client.pem and DIR/client.key.
+    #[arg(long)]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Write a throwaway PKI into this directory and exit.
+    #[arg(long)]
+    make_pki: Option<std::path::PathBuf>,
+}
+
+fn make_pki(dir: &std::path::Path) -> anyhow::Result<()> {
+    use verity_e2e::mesh_pki::MeshPki;
+    std::fs::create_dir_all(dir)?;
+    let pki = MeshPki::new("loadgen root");
+    pki.write_ca(dir, "ca");
+    pki.server().write(dir, "server");
+    pki.workload("spiffe://cluster.local/ns/istio-system/sa/loadgen")
+        .write(dir, "client");
+    println!("wrote {}/{{ca,server,client}}.pem and keys", dir.display());
+    Ok(())
+}
+
+async fn connect(args: &Args) -> anyhow::Result<tonic::transport::Channel> {
+    let Some(dir) = &args.tls_dir else {
+        return Ok(tonic::transport::Endpoint::from_shared(args.endpoint.clone())?
+            .connect()
+            .await?);
+    };
+    let addr: std::net::SocketAddr = args
+        .endpoint
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .parse()?;
+    let leaf = verity_e2e::mesh_pki::Leaf {
+        cert_pem: std::fs::read_to_string(dir.join("client.pem"))?,
+        key_pem: std::fs::read_to_string(dir.join("client.key"))?,
+    };
+    let ca = std::fs::read_to_string(dir.join("ca.pem"))?;
+    let config = verity_e2e::mesh_pki::client_config(&ca, Some(&leaf), b"h2");
+    Ok(verity_e2e::mesh_pki::grpc_tls_channel(addr, config).await?)
 }
 
 const LINE: &str = r#"[2024-03-01T10:00:00.000Z] "GET /api/orders/42 HTTP/1.1" 200 - via_upstream - "-" 0 512 7 6 "-" "python-requests/2.31" "6c1a2f0e-7d1b-4bb8-9d3c-2f5b1a7e9c01" "orders.shop:8080" "10.1.0.7:8080" inbound|8080|| 127.0.0.6:51515 10.1.0.7:8080 10.1.0.3:44312 outbound_.8080_._.orders.shop.svc.cluster.local default"#;
@@ -36,6 +78,9 @@ const LINE: &str = r#"[2024-03-01T10:00:00.000Z] "GET /api/orders/42 HTTP/1.1" 2
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.make_pki {
+        return make_pki(dir);
+    }
     let request = otlp::logs_request(
         (0..args.batch)
             .map(|_| {
@@ -58,20 +103,21 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
-        let channel = tonic::transport::Endpoint::from_shared(args.endpoint.clone())?
-            .connect()
-            .await?;
+        let channel = connect(&args).await?;
         let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
         let (body, accepted, refused) = (body.clone(), accepted.clone(), refused.clone());
         tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 if let Err(e) = grpc.ready().await {
                     eprintln!("connection failed: {e}");
                     break;
                 }
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static(LOGS_EXPORT);
+                let sent = Instant::now();
                 match grpc.unary(tonic::Request::new(body.clone()), path, RawCodec).await {
                     Ok(r) => {
+                        latencies.push(sent.elapsed());
                         let resp = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse::decode(
                             r.into_inner(),
                         );
@@ -92,11 +138,18 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
+            latencies
         }));
     }
+    let mut latencies = Vec::new();
     for t in tasks {
-        t.await?;
+        latencies.extend(t.await?);
     }
+    latencies.sort();
+    let quantile = |q: f64| {
+        let i = ((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1);
+        latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
     let secs = start.elapsed().as_secs_f64();
     let n = accepted.load(Ordering::Relaxed);
     println!(
@@ -105,6 +158,12 @@ async fn main() -> anyhow::Result<()> {
         args.connections,
         args.batch,
         refused.load(Ordering::Relaxed)
+    );
+    println!(
+        "request latency: p50 {:.1} ms, p99 {:.1} ms over {} requests",
+        quantile(0.5),
+        quantile(0.99),
+        latencies.len()
     );
     if let Some(pid) = args.pid {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
