@@ -72,6 +72,13 @@ pub struct Evidence {
     pub status: Option<i32>,
     pub decision: String,
     pub raw: String,
+    /// Who sent the record (see `docs/schema.md`, "Senders").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// Whether the record is its sender's verified evidence; responders that act on
+    /// identities should require it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sender_verified: bool,
 }
 
 /// Who a responder may act on.

@@ -68,6 +68,8 @@ impl<'b> Rows<'b> {
             status,
             decision: self.named(col::DECISION, row).unwrap_or_default(),
             raw: self.named(col::RAW, row).unwrap_or_default(),
+            sender: self.named(col::SENDER, row),
+            sender_verified: self.named(col::SENDER_VERIFIED, row).as_deref() == Some("true"),
         }
     }
 }

@@ -241,6 +241,8 @@ pub(super) mod tests {
             status: Some(403),
             decision: "deny_rbac".to_string(),
             raw: format!("[{t}] \"POST /charge HTTP/1.1\" 403 - rbac_access_denied_matched_policy[none]"),
+            sender: None,
+            sender_verified: false,
         };
         Alert {
             id: "unauth-payments-00000000deadbeef".to_string(),

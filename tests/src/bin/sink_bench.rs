@@ -71,6 +71,8 @@ fn alert(i: usize) -> Alert {
                 status: Some(403),
                 decision: "deny_rbac".into(),
                 raw: raw.clone(),
+                sender: None,
+                sender_verified: false,
             })
             .collect(),
         entity: None,

@@ -457,9 +457,12 @@ fn a_sidecar_may_report_only_traffic_it_carried() {
     );
     assert!(
         eventually(Duration::from_secs(10), || {
-            read_jsonl_lenient(&alerts_file)
-                .iter()
-                .any(|a| a["rule_id"] == "zt-telemetry-forgery" && a["group"]["sender"] == CART)
+            read_jsonl_lenient(&alerts_file).iter().any(|a| {
+                a["rule_id"] == "zt-telemetry-forgery"
+                    && a["group"]["sender"] == CART
+                    && a["evidence"][0]["sender"] == CART
+                    && a["severity"] == "critical"
+            })
         }),
         "{}",
         v.stderr()
