@@ -148,6 +148,16 @@ fn ztunnel_plaintext(t_ns: i64) -> String {
     )
 }
 
+/// 32 random bytes, hex.
+fn demo_token() -> Result<String, DemoError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| DemoError::App("no randomness for the demo token".into()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn request(lines: Vec<String>) -> ExportLogsServiceRequest {
     let records = lines
         .into_iter()
@@ -210,8 +220,20 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<bool
     let dir: PathBuf = std::env::temp_dir().join(format!("verity-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let alerts_path = dir.join("alerts.jsonl");
+    // The synthetic mesh reports as a collector with a token, as a real one would: its
+    // records are verified evidence, so the probing incident can ask for a revocation.
+    let token = demo_token()?;
+    let token_path = dir.join("collector.token");
+    std::fs::write(&token_path, &token)?;
     let d = dir.display();
     let env = [
+        (
+            "VERITY__OTLP__TOKENS",
+            format!(
+                "[{{name: demo-collector, secret: {{file: '{}'}}}}]",
+                token_path.display()
+            ),
+        ),
         ("VERITY__OTLP__GRPC__LISTEN", "127.0.0.1:0".to_string()),
         ("VERITY__OTLP__HTTP__LISTEN", "127.0.0.1:0".to_string()),
         ("VERITY__ADMIN__LISTEN", "127.0.0.1:0".to_string()),
@@ -348,7 +370,11 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<bool
             ));
         }
         sent += lines.len() as u64;
-        if let Err(status) = client.export(request(lines)).await {
+        let mut export = tonic::Request::new(request(lines));
+        if let Ok(value) = format!("Bearer {token}").parse() {
+            export.metadata_mut().insert("authorization", value);
+        }
+        if let Err(status) = client.export(export).await {
             writeln!(out, "  (OTLP export refused: {}; retrying next tick)", status.message())?;
         }
 

@@ -132,6 +132,7 @@ fn matches(e: &ExpectedAlert, a: &Alert) -> bool {
         && e.entity
             .as_ref()
             .is_none_or(|want| a.entity.as_ref().is_some_and(|got| &got.value == want))
+        && e.respond.is_none_or(|want| a.respond.is_some() == want)
 }
 
 fn show_expected(e: &ExpectedAlert) -> String {
@@ -142,6 +143,9 @@ fn show_expected(e: &ExpectedAlert) -> String {
     if let Some(en) = &e.entity {
         s.push_str(&format!(" entity={en}"));
     }
+    if let Some(r) = e.respond {
+        s.push_str(&format!(" respond={r}"));
+    }
     s
 }
 
@@ -150,6 +154,7 @@ fn show_actual(a: &Alert) -> String {
     if let Some(en) = &a.entity {
         s.push_str(&format!(" entity={}", en.value));
     }
+    s.push_str(&format!(" respond={}", a.respond.is_some()));
     s
 }
 

@@ -78,6 +78,8 @@ impl AbsenceState {
                     evidence: Vec::new(),
                     entity: None,
                     summary,
+                    // Silence is nobody's evidence.
+                    unverified: true,
                 },
             ));
         }

@@ -197,6 +197,7 @@ impl AssertionState {
                         evidence: Vec::new(),
                         entity: None,
                         summary,
+                        unverified: true,
                     },
                 ));
                 s.evidence.clear();
@@ -226,6 +227,7 @@ fn resolution(
             evidence: Vec::new(),
             entity: s.entity.clone(),
             summary,
+            unverified: true,
         },
     )
 }

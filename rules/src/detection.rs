@@ -30,6 +30,8 @@ struct Group {
     numbers: Vec<Option<f64>>,
     evidence: Vec<Evidence>,
     entity: Option<String>,
+    /// Some event of the group was not its sender's verified evidence.
+    unverified: bool,
 }
 
 impl DetectionState {
@@ -171,6 +173,7 @@ impl DetectionState {
                     evidence: g.evidence,
                     entity: g.entity,
                     summary,
+                    unverified: g.unverified,
                 },
             ));
         }
@@ -191,6 +194,7 @@ fn new_group(having: Option<&HavingPlan>, t: i64) -> Group {
 
 fn update(g: &mut Group, having: Option<&HavingPlan>, rows: &Rows<'_>, row: usize, t: i64, entity_col: Option<usize>) {
     g.count += 1;
+    g.unverified |= !rows.sender_verified(row);
     g.first = g.first.min(t);
     g.last = g.last.max(t);
     push_evidence(&mut g.evidence, || rows.evidence(row));

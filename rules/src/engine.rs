@@ -397,6 +397,8 @@ pub(crate) struct AlertParts {
     pub evidence: Vec<Evidence>,
     pub entity: Option<String>,
     pub summary: String,
+    /// Some event behind the alert was not its sender's verified evidence.
+    pub unverified: bool,
 }
 
 impl AlertParts {
@@ -409,6 +411,7 @@ impl AlertParts {
         entity: Option<String>,
         summary: String,
     ) -> Self {
+        let unverified = evidence.iter().any(|e| !e.sender_verified);
         Self {
             status,
             group,
@@ -421,12 +424,26 @@ impl AlertParts {
             evidence,
             entity,
             summary,
+            unverified,
         }
     }
 }
 
 pub(crate) fn make_alert(rule: &CompiledRule, p: AlertParts) -> Alert {
     let r = rule.rule();
+    let withheld = p.unverified
+        && r.respond
+            .as_ref()
+            .is_some_and(|s| s.evidence == crate::rule::RequiredEvidence::Verified);
+    let summary = if withheld {
+        format!(
+            "{}; no {} requested: some of the evidence is not verified as its sender's own (sender_verified = false)",
+            p.summary,
+            r.respond.as_ref().map_or("action", |s| s.action.as_str())
+        )
+    } else {
+        p.summary
+    };
     Alert {
         id: alert_id(&r.id, &p.group, p.at, p.status),
         rule_id: r.id.clone(),
@@ -451,11 +468,11 @@ pub(crate) fn make_alert(rule: &CompiledRule, p: AlertParts) -> Alert {
             }),
             _ => None,
         },
-        respond: r.respond.as_ref().map(|s| Response {
+        respond: r.respond.as_ref().filter(|_| !withheld).map(|s| Response {
             action: s.action.clone(),
             ttl: s.ttl.to_string(),
         }),
-        summary: p.summary,
+        summary,
     }
 }
 

@@ -18,13 +18,27 @@ pub type Key = Vec<Option<String>>;
 pub struct Rows<'b> {
     pub batch: &'b RecordBatch,
     time: &'b arrow::array::PrimitiveArray<TimestampNanosecondType>,
+    sender_verified: Option<&'b arrow::array::BooleanArray>,
 }
 
 impl<'b> Rows<'b> {
     pub fn new(batch: &'b RecordBatch) -> Option<Self> {
         let idx = batch.schema().index_of(col::EVENT_TIME).ok()?;
         let time = batch.column(idx).as_primitive_opt::<TimestampNanosecondType>()?;
-        Some(Self { batch, time })
+        let sender_verified = batch
+            .column_by_name(col::SENDER_VERIFIED)
+            .and_then(|c| c.as_boolean_opt());
+        Some(Self {
+            batch,
+            time,
+            sender_verified,
+        })
+    }
+
+    /// Whether the row is its sender's verified evidence (false when the batch cannot say).
+    pub fn sender_verified(&self, row: usize) -> bool {
+        self.sender_verified
+            .is_some_and(|v| row < v.len() && v.is_valid(row) && v.value(row))
     }
 
     pub fn time(&self, row: usize) -> i64 {
@@ -69,7 +83,7 @@ impl<'b> Rows<'b> {
             decision: self.named(col::DECISION, row).unwrap_or_default(),
             raw: self.named(col::RAW, row).unwrap_or_default(),
             sender: self.named(col::SENDER, row),
-            sender_verified: self.named(col::SENDER_VERIFIED, row).as_deref() == Some("true"),
+            sender_verified: self.sender_verified(row),
         }
     }
 }

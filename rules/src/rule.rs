@@ -149,6 +149,18 @@ pub struct RespondSpec {
     #[serde(default = "default_action")]
     pub action: String,
     pub ttl: Dur,
+    /// `verified`: ask for the action only when every event behind the alert is its sender's
+    /// verified evidence (`sender_verified`); otherwise the alert fires without `respond`.
+    #[serde(default)]
+    pub evidence: RequiredEvidence,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequiredEvidence {
+    #[default]
+    Any,
+    Verified,
 }
 
 fn default_action() -> String {
@@ -182,6 +194,9 @@ pub struct ExpectedAlert {
     pub count: Option<u64>,
     #[serde(default)]
     pub entity: Option<String>,
+    /// Whether the alert asks for its `respond` action.
+    #[serde(default)]
+    pub respond: Option<bool>,
 }
 
 /// A rule file as read from disk (or embedded), before compilation.
