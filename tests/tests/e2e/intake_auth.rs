@@ -477,3 +477,80 @@ fn a_sidecar_may_report_only_traffic_it_carried() {
         "forged denials raised a probing alert: {alerts:?}"
     );
 }
+
+/// The admin endpoint over TLS (curl scrapes /metrics with the CA) and the ext_authz deny
+/// list over mutual TLS (an Envoy ext_authz client with a mesh certificate gets an answer;
+/// one without a certificate cannot connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_and_ext_authz_listeners_take_the_same_tls_block() {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let mesh = MeshPki::new("mesh root");
+    let ca = mesh.write_ca(dir.path(), "mesh-root");
+    let (cert, key) = mesh.server().write(dir.path(), "verity");
+    let (cert_s, key_s, ca_s) = (p(&cert), p(&key), p(&ca));
+    let ext_authz = std::net::SocketAddr::from(([127, 0, 0, 1], verity_e2e::free_port()));
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], verity_e2e::free_port()));
+    let (ext_s, admin_s) = (ext_authz.to_string(), admin.to_string());
+    // The test helper waits on a plain admin endpoint, so admin TLS gets a process of its own
+    // below.
+    let v = Verity::start(&[
+        ("VERITY__CONTROL__EXT_AUTHZ_LISTEN", ext_s.as_str()),
+        ("VERITY__CONTROL__EXT_AUTHZ_TLS__CERT_FILE", cert_s.as_str()),
+        ("VERITY__CONTROL__EXT_AUTHZ_TLS__KEY_FILE", key_s.as_str()),
+        ("VERITY__CONTROL__EXT_AUTHZ_TLS__CLIENT_CA_FILE", ca_s.as_str()),
+        ("VERITY__CONTROL__EXT_AUTHZ_TLS__CLIENT_AUTH", "required"),
+    ]);
+    let check = || CheckRequest {
+        attributes: Some(AttributeContext::default()),
+    };
+    let istio_proxy = mesh.workload("spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway");
+    let channel = grpc_tls_channel(ext_authz, client_config(&mesh.ca_pem, Some(&istio_proxy), b"h2"))
+        .await
+        .expect("mTLS to ext_authz");
+    let answer = AuthorizationClient::new(channel).check(check()).await.expect("check");
+    assert_eq!(answer.into_inner().status.map(|s| s.code), Some(0), "nobody is revoked");
+    let refused = match grpc_tls_channel(ext_authz, client_config(&mesh.ca_pem, None, b"h2")).await {
+        Err(_) => true,
+        Ok(channel) => AuthorizationClient::new(channel).check(check()).await.is_err(),
+    };
+    assert!(refused, "ext_authz answered a client without a certificate");
+    assert!(
+        v.metric_value(r#"verity_intake_rejected_senders_total{listener="ext_authz",reason="tls_handshake"}"#)
+            .is_some_and(|n| n >= 1.0),
+        "{}",
+        v.metrics_text()
+    );
+    drop(v);
+
+    let data = tempfile::tempdir().expect("tmp");
+    let mut child = Command::new(verity_bin())
+        .arg("run")
+        .current_dir(data.path())
+        .env("VERITY__OTLP__GRPC__ENABLED", "false")
+        .env("VERITY__OTLP__HTTP__ENABLED", "false")
+        .env("VERITY__ADMIN__LISTEN", &admin_s)
+        .env("VERITY__ADMIN__TLS__CERT_FILE", &cert_s)
+        .env("VERITY__ADMIN__TLS__KEY_FILE", &key_s)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("verity run");
+    let url = format!("https://{admin}/metrics");
+    let scraped = eventually(Duration::from_secs(20), || {
+        Command::new("curl")
+            .args(["-sSf", "--max-time", "5", "--cacert", &ca_s, &url])
+            .output()
+            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("verity_ready 1"))
+    });
+    let plain = Command::new("curl")
+        .args(["-sSf", "--max-time", "5", &format!("http://{admin}/metrics")])
+        .output()
+        .expect("curl");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(scraped, "the admin endpoint did not serve /metrics over TLS");
+    assert!(!plain.status.success(), "the TLS admin endpoint answered plain HTTP");
+}
