@@ -129,9 +129,13 @@ pub struct OtlpConfig {
 }
 
 impl OtlpConfig {
-    /// Whether some way for senders to authenticate is configured on `listener`.
-    pub fn authenticates(&self, listener: &ListenerConfig) -> bool {
-        listener.client_certificates() || !self.tokens.is_empty() || self.trusted_proxy.is_some()
+    /// Whether senders on `listener` authenticate in a way the network cannot copy: a client
+    /// certificate, a trusted proxy, or a bearer token inside TLS (in plain text anyone on the
+    /// path can read and replay it). Unauthenticated senders must not be accepted.
+    pub fn authenticates_beyond_loopback(&self, listener: &ListenerConfig) -> bool {
+        let tokens_over_tls = !self.tokens.is_empty() && listener.tls.is_some();
+        (listener.client_certificates() || tokens_over_tls || self.trusted_proxy.is_some())
+            && !self.accept_unauthenticated
     }
 }
 
@@ -410,15 +414,16 @@ impl Config {
             }
             if let Some(a) = addr
                 && !a.ip().is_loopback()
-                && !self.otlp.authenticates(listener)
+                && !self.otlp.authenticates_beyond_loopback(listener)
                 && !self.otlp.allow_insecure
             {
                 errors.push(ConfigError::new(
                     format!("otlp.{name}.listen"),
                     format!(
                         "{a} is reachable from other hosts but senders are not authenticated: any pod could send records about anyone. \
-                         Set otlp.{name}.tls with client_auth: required (mutual TLS), otlp.tokens, or otlp.trusted_proxy; \
-                         or otlp.allow_insecure: true to accept telemetry from anyone"
+                         Set otlp.{name}.tls with client_auth: required (mutual TLS), otlp.tokens together with otlp.{name}.tls, \
+                         or otlp.trusted_proxy, and leave otlp.accept_unauthenticated off; \
+                         or set otlp.allow_insecure: true to accept telemetry from anyone"
                     ),
                 ));
             }
@@ -692,6 +697,9 @@ const SECRET_KEY_PARTS: &[&str] = &[
     "credential",
     "cookie",
     "private",
+    // Header names such as X-Auth-Key or Ocp-Apim-Subscription-Key.
+    "-key",
+    "x-auth",
     "key.pem",
     "sasl.jaas.config",
     "sasl.oauthbearer.config",
@@ -713,7 +721,7 @@ fn redact(v: &mut serde_json::Value, secret_key: bool) {
         serde_json::Value::String(s) => {
             if secret_key {
                 *s = REDACTED.to_string();
-            } else if let Some(clean) = without_userinfo(s) {
+            } else if let Some(clean) = redact_url(s) {
                 *s = clean;
             }
         }
@@ -728,14 +736,31 @@ fn redact(v: &mut serde_json::Value, secret_key: bool) {
     }
 }
 
-/// `scheme://user:pass@host/…` → `scheme://<redacted>@host/…`; None when there is no userinfo.
-fn without_userinfo(s: &str) -> Option<String> {
+/// `scheme://user:pass@host/path?sig=…` → `scheme://<redacted>@host/path?<redacted>`: the
+/// userinfo and the query (signed URLs carry their credential there) go; None when the URL
+/// has neither.
+fn redact_url(s: &str) -> Option<String> {
     let (scheme, rest) = s.split_once("://")?;
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = rest.get(..authority_end)?;
-    let at = authority.rfind('@')?;
-    let host_and_path = rest.get(at.saturating_add(1)..)?;
-    Some(format!("{scheme}://{REDACTED}@{host_and_path}"))
+    let (authority, path_and_query) = rest.split_at_checked(authority_end)?;
+    let (userinfo, host) = match authority.rfind('@') {
+        Some(at) => (true, authority.get(at.saturating_add(1)..)?),
+        None => (false, authority),
+    };
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, _)) => (path, true),
+        None => (path_and_query, false),
+    };
+    if !userinfo && !query {
+        return None;
+    }
+    let user = if userinfo {
+        format!("{REDACTED}@")
+    } else {
+        String::new()
+    };
+    let query = if query { format!("?{REDACTED}") } else { String::new() };
+    Some(format!("{scheme}://{user}{host}{path}{query}"))
 }
 
 #[cfg(test)]
@@ -754,10 +779,14 @@ mod redaction_tests {
         for secret in ["hunter2", "hunter3", "BEGIN", "Bearer abc", "bob"] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
-        for kept in ["k:9092", "secops", "ADMIN_TOKEN", "siem.example/hook?x=1"] {
+        for kept in ["k:9092", "secops", "ADMIN_TOKEN", "siem.example/hook?<redacted>"] {
             assert!(text.contains(kept), "{kept} lost: {text}");
         }
-        assert_eq!(without_userinfo("http://host/a@b"), None);
-        assert_eq!(without_userinfo("not a url"), None);
+        assert_eq!(redact_url("http://host/a@b"), None);
+        assert_eq!(redact_url("not a url"), None);
+        assert_eq!(
+            redact_url("https://hooks.example/x?sig=abc&se=1").as_deref(),
+            Some("https://hooks.example/x?<redacted>")
+        );
     }
 }

@@ -26,9 +26,12 @@ use crate::metrics::Metrics;
 pub use tls::{Alpn, ServerTls, TlsError};
 
 /// A handshake that takes longer than this is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshakes in progress at once; more connections wait in the kernel's backlog.
 const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Handshakes in progress from one address; more are closed at once, so one pod holding
+/// idle connections cannot take every slot.
+const MAX_PENDING_HANDSHAKES_PER_PEER: usize = 16;
 /// Ready connections not yet taken by the server.
 const READY_CONNECTIONS: usize = 64;
 
@@ -60,6 +63,8 @@ pub enum SenderRejection {
     /// not chain to the client CA, or not TLS at all.
     TlsHandshake,
     TlsHandshakeTimeout,
+    /// Too many handshakes in progress from one address: closed without one.
+    TlsHandshakeLimit,
     /// No credential: no verified certificate, no token, no trusted proxy header.
     NoIdentity,
     /// A bearer token that matches no configured token.
@@ -77,6 +82,7 @@ impl SenderRejection {
         match self {
             SenderRejection::TlsHandshake => "tls_handshake",
             SenderRejection::TlsHandshakeTimeout => "tls_handshake_timeout",
+            SenderRejection::TlsHandshakeLimit => "tls_handshake_limit",
             SenderRejection::NoIdentity => "no_identity",
             SenderRejection::BadToken => "bad_token",
             SenderRejection::SenderNotAllowed => "sender_not_allowed",
@@ -243,6 +249,7 @@ async fn accept_loop(
     metrics: Metrics,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let per_peer: PendingPerPeer = Arc::default();
     loop {
         let accepted = tokio::select! {
             () = ready.closed() => return,
@@ -270,6 +277,16 @@ async fn accept_loop(
             }
             continue;
         };
+        let Some(peer_slot) = PeerSlot::take(&per_peer, remote.ip()) else {
+            metrics
+                .rejected_senders
+                .get_or_create(&[
+                    ("listener", name.as_str()),
+                    ("reason", SenderRejection::TlsHandshakeLimit.as_str()),
+                ])
+                .inc();
+            continue;
+        };
         // Waiting here leaves further connections in the kernel backlog: bounded work.
         let Ok(permit) = handshakes.clone().acquire_owned().await else {
             return;
@@ -278,6 +295,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
             drop(permit);
+            drop(peer_slot);
             let reject = |reason: SenderRejection| {
                 metrics
                     .rejected_senders
@@ -310,6 +328,41 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+type PendingPerPeer = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One handshake in progress from an address; released when dropped. The map holds only
+/// addresses with handshakes in progress, so it is bounded by `MAX_PENDING_HANDSHAKES` plus
+/// the connections being turned away.
+struct PeerSlot {
+    map: PendingPerPeer,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    fn take(map: &PendingPerPeer, ip: std::net::IpAddr) -> Option<Self> {
+        let ip = ip.to_canonical();
+        let mut pending = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = pending.entry(ip).or_insert(0);
+        if *n >= MAX_PENDING_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n = n.saturating_add(1);
+        Some(Self { map: map.clone(), ip })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut pending = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = pending.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                pending.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -38,16 +38,32 @@ pub struct TrustRule {
 }
 
 /// The `intake` section.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntakeConfig {
     /// First match wins.
     pub trust: Vec<TrustRule>,
+    /// A record from the network dated more than this after it arrived is rejected
+    /// (`invalid_timestamp`): one such record would move event time ahead and make every
+    /// honest record after it late.
+    pub max_future_secs: u64,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self {
+            trust: Vec::new(),
+            max_future_secs: 300,
+        }
+    }
 }
 
 impl IntakeConfig {
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut errors = Vec::new();
+        if !(1..=86_400).contains(&self.max_future_secs) {
+            errors.push(("intake.max_future_secs".into(), "must be between 1 and 86400".into()));
+        }
         for (i, rule) in self.trust.iter().enumerate() {
             if rule.senders.is_empty() {
                 errors.push((
@@ -172,7 +188,7 @@ mod tests {
         );
         assert_eq!(bind(&ev, &sender(CART), None), SenderBinding::UnknownSender);
         assert_eq!(bind(&ev, &Sender::default(), None), SenderBinding::None);
-        let strict = IntakeConfig { trust: Vec::new() };
+        let strict = IntakeConfig::default();
         assert_eq!(strict.class_of(CART), None);
     }
 }

@@ -52,6 +52,24 @@ impl OtlpIngest {
         }
     }
 
+    /// A rejection for a record dated too far after it arrived.
+    fn too_far_ahead(&self, ev: &AccessEvent<'_>) -> Option<Rejection> {
+        let limit_ns = i64::try_from(self.trust.max_future_secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000_000);
+        (ev.event_time_ns > ev.observed_time_ns.saturating_add(limit_ns)).then(|| {
+            Rejection::new(
+                RejectReason::InvalidTimestamp,
+                format!(
+                    "event time {} is more than {} s after the record arrived ({})",
+                    verity_model::time::format_rfc3339_ns(ev.event_time_ns),
+                    self.trust.max_future_secs,
+                    verity_model::time::format_rfc3339_ns(ev.observed_time_ns)
+                ),
+            )
+        })
+    }
+
     fn class_of(&self, sender: &Sender) -> Option<binding::SenderClass> {
         sender
             .id
@@ -111,10 +129,13 @@ impl OtlpIngest {
                 for record in &sl.log_records {
                     match normalize::otel_log::normalize(record, resource, &ctx) {
                         Ok(mut ev) => {
-                            if stamp_sender(&mut ev, sender, class) {
-                                per_format[ev.format as usize] += 1;
-                            } else {
+                            if !stamp_sender(&mut ev, sender, class) {
                                 rejected.push((not_party(&ev, sender), record_text(record)));
+                            } else if let Some(r) = self.too_far_ahead(&ev) {
+                                rejected.push((r, record_text(record)));
+                                continue;
+                            } else {
+                                per_format[ev.format as usize] += 1;
                             }
                             builder.append(&ev);
                         }
@@ -231,12 +252,17 @@ impl OtlpIngest {
             total += 1;
             match normalize::normalize_line(line, normalize::FormatHint::Auto, &ctx) {
                 Ok(mut ev) => {
-                    if stamp_sender(&mut ev, sender, self.class_of(sender)) {
-                        per_format[ev.format as usize] += 1;
-                    } else {
+                    if !stamp_sender(&mut ev, sender, self.class_of(sender)) {
                         rejected.push((not_party(&ev, sender), line.to_string()));
                         origins.push(origin);
                         positions.push(i);
+                    } else if let Some(r) = self.too_far_ahead(&ev) {
+                        rejected.push((r, line.to_string()));
+                        origins.push(origin);
+                        positions.push(i);
+                        continue;
+                    } else {
+                        per_format[ev.format as usize] += 1;
                     }
                     builder.append(&ev);
                 }

@@ -125,7 +125,10 @@ impl SenderAuth {
         Ok(Self {
             listener,
             tokens,
-            trusted_proxies: policy.trusted_proxy.map(|p| p.addresses.clone()).unwrap_or_default(),
+            trusted_proxies: policy
+                .trusted_proxy
+                .map(|p| p.addresses.iter().map(IpAddr::to_canonical).collect())
+                .unwrap_or_default(),
             allowed: policy.allowed_senders.to_vec(),
             required: configured && !policy.accept_unauthenticated,
             metrics,
@@ -184,7 +187,8 @@ impl SenderAuth {
             }
         }
         if let Some(xfcc) = forwarded_client_cert {
-            if !self.trusted_proxies.contains(&peer.remote.ip()) {
+            // On a dual-stack socket 127.0.0.6 arrives as ::ffff:127.0.0.6.
+            if !self.trusted_proxies.contains(&peer.remote.ip().to_canonical()) {
                 // A client may set the header itself; only the proxy's copy means anything.
                 self.count(SenderRejection::XfccUntrustedPeer);
             } else if id.is_none() {
@@ -400,8 +404,10 @@ mod tests {
     fn only_the_nearest_proxys_element_counts() {
         let ours = "URI=spiffe://td/ns/shop/sa/cart";
         assert_eq!(forwarded_spiffe_id(ours), Some("spiffe://td/ns/shop/sa/cart"));
-        // A client-supplied element before the proxy's is ignored, even when the proxy's
-        // element has no URI (a plaintext client).
+        // Only the last element counts: with an element of its own after a client-supplied one,
+        // the proxy's (here without a URI) decides. A proxy that forwards a plaintext client's
+        // header untouched (Istio's APPEND_FORWARD under PERMISSIVE mTLS) cannot be trusted at
+        // all, which is why the README requires STRICT.
         assert_eq!(
             forwarded_spiffe_id("URI=spiffe://td/ns/pay/sa/admin,By=spiffe://td/ns/v/sa/v;Hash=ab"),
             None

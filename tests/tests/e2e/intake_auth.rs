@@ -554,3 +554,31 @@ async fn admin_and_ext_authz_listeners_take_the_same_tls_block() {
     assert!(scraped, "the admin endpoint did not serve /metrics over TLS");
     assert!(!plain.status.success(), "the TLS admin endpoint answered plain HTTP");
 }
+
+/// A record dated centuries ahead is refused with its reason, so it cannot move event time
+/// and make every honest record after it late; the good record beside it is kept.
+#[test]
+fn records_from_the_future_are_dead_lettered() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let v = Verity::start(&[]);
+    let future = LINE.replace("2024-03-01T10:00:00.000Z", "2261-01-01T00:00:00.000Z");
+    let body = otlp::logs_request(vec![otlp::record(&future, vec![]), otlp::record(LINE, vec![])]);
+    let path = dir.path().join("future.json");
+    std::fs::write(&path, serde_json::to_vec(&body).expect("json")).expect("write");
+    let (exit, status, body) = curl_file(&v.otlp_http_url("/v1/logs"), &path, &[]);
+    assert_eq!((exit, status), (0, 200), "{body}");
+    assert!(
+        body.contains("rejected 1 of 2") && body.contains("invalid_timestamp"),
+        "{body}"
+    );
+    assert!(eventually(Duration::from_secs(10), || v
+        .archive_rows("events.jsonl")
+        .len()
+        == 1));
+    let dead = v.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]["error"].as_str().is_some_and(|e| e.contains("2261-01-01")),
+        "{dead:?}"
+    );
+}
