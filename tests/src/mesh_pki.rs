@@ -145,6 +145,9 @@ impl tonic::codegen::Service<tonic::codegen::http::Uri> for TlsConnector {
         let (addr, config) = (self.addr, self.config.clone());
         Box::pin(async move {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
+            // As tonic's own connector does: without it, delayed ACKs stall multi-segment
+            // requests by tens of milliseconds.
+            tcp.set_nodelay(true)?;
             let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
             let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
             Ok(hyper_util::rt::TokioIo::new(tls))
