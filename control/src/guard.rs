@@ -9,6 +9,8 @@ use verity_model::alert::Severity;
 /// Why a revocation was not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    #[error("{principal:?} is not one complete identity: {reason}")]
+    NotAnIdentity { principal: String, reason: &'static str },
     #[error("{principal} is protected (matches {pattern})")]
     Protected { principal: String, pattern: String },
     #[error("the cap of {cap} revocations per {window_secs}s is reached")]
@@ -29,6 +31,46 @@ pub const DEFAULT_PROTECTED: &[&str] = &[
     "*/sa/istio-egressgateway*",
     "*-gateway-service-account",
 ];
+
+/// A revocation target must name exactly one identity: for `principal`, a SPIFFE ID
+/// `<trust-domain>/ns/<namespace>/sa/<service-account>` (with or without `spiffe://`) with no
+/// empty segment; for `request_principal`, an exact JWT `iss/sub`. Anything Istio would
+/// expand (`*`, a prefix or suffix form) or that names no one is refused: revoking `*` would
+/// deny every caller in the mesh.
+pub fn check_identity(kind: &str, principal: &str) -> Result<(), Refusal> {
+    let refuse = |reason: &'static str| {
+        Err(Refusal::NotAnIdentity {
+            principal: principal.chars().take(256).collect(),
+            reason,
+        })
+    };
+    if principal.contains('*') {
+        return refuse("contains `*`, which Istio expands to many identities");
+    }
+    if principal.is_empty() || principal.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return refuse("empty, or contains whitespace or control characters");
+    }
+    if kind == "request_principal" {
+        return match principal.rsplit_once('/') {
+            Some((iss, sub)) if !iss.is_empty() && !sub.is_empty() => Ok(()),
+            _ => refuse("a request principal is a JWT `iss/sub` with both parts"),
+        };
+    }
+    let p = crate::normalize_principal(principal);
+    let segments: Vec<&str> = p.split('/').collect();
+    let [trust_domain, ns, namespace, sa, account] = segments.as_slice() else {
+        return refuse("a principal is a SPIFFE ID <trust-domain>/ns/<namespace>/sa/<service-account>");
+    };
+    let name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    if *ns != "ns" || *sa != "sa" || !name(trust_domain) || !name(namespace) || !name(account) {
+        return refuse("a principal is a SPIFFE ID <trust-domain>/ns/<namespace>/sa/<service-account>");
+    }
+    Ok(())
+}
 
 pub struct Guardrails {
     protected: Vec<String>,
@@ -114,6 +156,48 @@ mod tests {
             );
         }
         assert!(g.admit("cluster.local/ns/shop/sa/cart", Severity::Critical, 0).is_ok());
+    }
+
+    #[test]
+    fn only_complete_identities_can_be_revoked() {
+        for ok in [
+            "spiffe://cluster.local/ns/shop/sa/cart",
+            "cluster.local/ns/shop/sa/cart",
+            "td.example/ns/a-b/sa/c_d.e",
+        ] {
+            assert_eq!(check_identity("principal", ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "*",
+            "spiffe://*",
+            "cluster.local/ns/shop/*",
+            "*/ns/shop/sa/cart",
+            "cluster.local/ns/shop/sa/",
+            "cluster.local/ns//sa/cart",
+            "cluster.local/ns/shop/sa/cart/extra",
+            "cluster.local/namespace/shop/sa/cart",
+            "",
+            "cluster.local/ns/shop/sa/ca rt",
+            "10.0.0.1",
+        ] {
+            assert!(
+                matches!(check_identity("principal", bad), Err(Refusal::NotAnIdentity { .. })),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            check_identity("request_principal", "https://issuer.example.com/user-42"),
+            Ok(())
+        );
+        for bad in [
+            "*",
+            "https://issuer.example.com/*",
+            "user-42",
+            "https://issuer.example.com/",
+            "/x",
+        ] {
+            assert!(check_identity("request_principal", bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -528,6 +528,12 @@ impl IstioController {
         let now = Instant::now();
         let mut desired: HashMap<Key, (Revocation, Policy)> = HashMap::new();
         for r in manager.enforced() {
+            // Defence in depth: whatever is in the store, never write a principal that is not
+            // exactly one identity (a `*` here would deny every mTLS caller in the mesh).
+            if let Err(refusal) = crate::guard::check_identity(&r.kind, &r.principal) {
+                tracing::error!(revocation = %r.id, %refusal, "not writing an AuthorizationPolicy for it");
+                continue;
+            }
             let p = policy(&r, &self.cfg);
             desired.insert((p.namespace.clone(), p.name.clone()), (r, p));
         }

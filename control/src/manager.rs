@@ -314,10 +314,13 @@ impl Manager {
             state: State::Pending,
             results: BTreeMap::new(),
         };
-        if let Err(refusal) = self.guard.admit(&principal, req.severity, now_ns) {
+        let admitted = crate::guard::check_identity(req.kind, &principal)
+            .and_then(|()| self.guard.admit(&principal, req.severity, now_ns));
+        if let Err(refusal) = admitted {
             let sev = match refusal {
-                // Too many revocations at once is itself an incident.
-                Refusal::Cap { .. } => Severity::Critical,
+                // Too many revocations at once is itself an incident, and so is an attempt
+                // to revoke a wildcard: telemetry built to make Verity deny everyone.
+                Refusal::Cap { .. } | Refusal::NotAnIdentity { .. } => Severity::Critical,
                 _ => Severity::Medium,
             };
             tracing::warn!(%principal, %refusal, "revocation refused by a guardrail");

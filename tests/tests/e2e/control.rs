@@ -284,3 +284,66 @@ fn manual_revocations_through_the_authenticated_admin_api() {
         "verity-revocation-refused"
     )));
 }
+
+/// The forged burst "from" `*`: a rule asks to revoke the wildcard, Verity refuses and audits
+/// it, and nobody is denied (with the Istio responder that would have been a DENY for every
+/// mTLS caller in the mesh).
+#[test]
+fn a_wildcard_is_never_revoked() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("mkdir");
+    std::fs::write(
+        rules.join("probe.yaml"),
+        "id: e2e-probe\ntitle: Probing\nseverity: high\nkind: detection\ndetection:\n  where: decision = 'deny_rbac'\n  group_by: [source_principal]\n  window: {type: tumbling, size: 1s}\n  having: count(*) >= 3\nrespond:\n  entity: source_principal\n  action: revoke\n  ttl: 1h\n",
+    )
+    .expect("rule");
+    let ext_authz = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let alerts_file = dir.path().join("alerts.jsonl");
+    let (rules, listen, file) = (
+        format!("[{}]", rules.display()),
+        ext_authz.to_string(),
+        alerts_file.display().to_string(),
+    );
+    let v = Verity::start_in(
+        dir,
+        &[
+            ("VERITY__RULES__BUILTIN_PACK", "false"),
+            ("VERITY__RULES__DIRS", &rules),
+            ("VERITY__RULES__LATENESS_SECS", "0"),
+            ("VERITY__CONTROL__MODE", "enforce"),
+            ("VERITY__CONTROL__EXT_AUTHZ_LISTEN", &listen),
+            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
+            ("VERITY__SINKS__OUTPUTS__FILE__PATH", &file),
+        ],
+    );
+    let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, "*", 403, DENIED)).collect();
+    lines.push(line(-500, "spiffe://cluster.local/ns/shop/sa/web", 200, "via_upstream"));
+    assert_eq!(post_log_lines(v.http, &lines), 200);
+    assert!(
+        eventually(Duration::from_secs(15), || has(&v, "verity-revocation-refused")),
+        "{:?}\n{}",
+        alerts(&v).iter().map(|a| a["rule_id"].clone()).collect::<Vec<_>>(),
+        v.stderr()
+    );
+    let refused = alerts(&v)
+        .into_iter()
+        .find(|a| a["rule_id"] == "verity-revocation-refused")
+        .expect("refusal");
+    assert_eq!(refused["severity"], "critical", "{refused}");
+    assert!(
+        refused["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("not one complete identity")),
+        "{refused}"
+    );
+    assert!(!has(&v, "verity-revocation-applied"));
+    assert_eq!(check(ext_authz, CART), 0, "nobody is denied");
+    assert_eq!(check(ext_authz, "*"), 0);
+    assert_eq!(
+        v.metric_value(r#"verity_revocation_events_total{action="refused"}"#),
+        Some(1.0),
+        "{}",
+        v.metrics_text()
+    );
+}
