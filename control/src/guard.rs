@@ -29,7 +29,12 @@ pub const DEFAULT_PROTECTED: &[&str] = &[
     "*/sa/istiod*",
     "*/sa/istio-ingressgateway*",
     "*/sa/istio-egressgateway*",
+    "*/sa/istio-eastwestgateway*",
     "*-gateway-service-account",
+    // Gateway API gateways get a `<gateway>-istio` service account.
+    "*/sa/*-istio",
+    "*/sa/*waypoint*",
+    "*/sa/ztunnel",
 ];
 
 /// A revocation target must name exactly one identity: for `principal`, a SPIFFE ID
@@ -149,6 +154,9 @@ mod tests {
             "spiffe://cluster.local/ns/istio-system/sa/istiod",
             "cluster.local/ns/kube-system/sa/coredns",
             "cluster.local/ns/gw/sa/istio-ingressgateway-service-account",
+            "cluster.local/ns/shop/sa/public-gateway-istio",
+            "cluster.local/ns/shop/sa/waypoint",
+            "cluster.local/ns/edge/sa/istio-eastwestgateway",
         ] {
             assert!(
                 matches!(g.admit(p, Severity::Critical, 0), Err(Refusal::Protected { .. })),
