@@ -13,8 +13,12 @@ pub enum Refusal {
     NotAnIdentity { principal: String, reason: &'static str },
     #[error("{principal} is protected (matches {pattern})")]
     Protected { principal: String, pattern: String },
-    #[error("the cap of {cap} revocations per {window_secs}s is reached")]
-    Cap { cap: usize, window_secs: u64 },
+    #[error("the cap of {cap} {origin} revocations per {window_secs}s is reached")]
+    Cap {
+        cap: usize,
+        window_secs: u64,
+        origin: &'static str,
+    },
     #[error("severity {severity} is below the minimum {minimum}")]
     Severity {
         severity: &'static str,
@@ -77,30 +81,60 @@ pub fn check_identity(kind: &str, principal: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Who asked for a revocation. Each has its own budget, so an attacker who makes rules fire
+/// cannot use up what an operator needs, and operator revocations never count against rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A rule's `respond`, from telemetry.
+    Rule,
+    /// A person, through the revocation API.
+    Operator,
+}
+
+impl Origin {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Origin::Rule => "rule-driven",
+            Origin::Operator => "operator",
+        }
+    }
+}
+
 pub struct Guardrails {
     protected: Vec<String>,
     cap: usize,
+    operator_cap: usize,
     window_ns: i64,
     min_severity: Severity,
     recent: Mutex<VecDeque<i64>>,
+    recent_operator: Mutex<VecDeque<i64>>,
 }
 
 /// `*` matches any run of characters (the same matching as sink routing's rule patterns).
 pub use verity_sinks::routing::glob_match as glob;
 
 impl Guardrails {
-    pub fn new(protected: Vec<String>, cap: usize, window_secs: u64, min_severity: Severity) -> Self {
+    /// `cap` rule-driven and `operator_cap` operator revocations per window.
+    pub fn new(
+        protected: Vec<String>,
+        cap: usize,
+        operator_cap: usize,
+        window_secs: u64,
+        min_severity: Severity,
+    ) -> Self {
         Self {
             protected,
             cap,
+            operator_cap,
             window_ns: i64::try_from(window_secs).unwrap_or(i64::MAX / 1_000_000_000) * 1_000_000_000,
             min_severity,
             recent: Mutex::new(VecDeque::new()),
+            recent_operator: Mutex::new(VecDeque::new()),
         }
     }
 
     /// Checks a revocation of `principal` at `now_ns`; on success it counts toward the cap.
-    pub fn admit(&self, principal: &str, severity: Severity, now_ns: i64) -> Result<(), Refusal> {
+    pub fn admit(&self, principal: &str, severity: Severity, origin: Origin, now_ns: i64) -> Result<(), Refusal> {
         let p = crate::normalize_principal(principal);
         if let Some(pattern) = self.protected.iter().find(|g| glob(g, p)) {
             return Err(Refusal::Protected {
@@ -114,17 +148,25 @@ impl Guardrails {
                 minimum: self.min_severity.as_str(),
             });
         }
-        let mut recent = match self.recent.lock() {
+        let (recent, cap) = match origin {
+            Origin::Rule => (&self.recent, self.cap),
+            Origin::Operator => (&self.recent_operator, self.operator_cap),
+        };
+        let mut recent = match recent.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        while recent.front().is_some_and(|t| *t <= now_ns - self.window_ns) {
+        while recent
+            .front()
+            .is_some_and(|t| *t <= now_ns.saturating_sub(self.window_ns))
+        {
             recent.pop_front();
         }
-        if recent.len() >= self.cap {
+        if recent.len() >= cap {
             return Err(Refusal::Cap {
-                cap: self.cap,
+                cap,
                 window_secs: u64::try_from(self.window_ns / 1_000_000_000).unwrap_or(0),
+                origin: origin.as_str(),
             });
         }
         recent.push_back(now_ns);
@@ -142,6 +184,7 @@ mod tests {
         Guardrails::new(
             DEFAULT_PROTECTED.iter().map(|s| s.to_string()).collect(),
             2,
+            3,
             60,
             Severity::High,
         )
@@ -159,11 +202,17 @@ mod tests {
             "cluster.local/ns/edge/sa/istio-eastwestgateway",
         ] {
             assert!(
-                matches!(g.admit(p, Severity::Critical, 0), Err(Refusal::Protected { .. })),
+                matches!(
+                    g.admit(p, Severity::Critical, Origin::Rule, 0),
+                    Err(Refusal::Protected { .. })
+                ),
                 "{p}"
             );
         }
-        assert!(g.admit("cluster.local/ns/shop/sa/cart", Severity::Critical, 0).is_ok());
+        assert!(
+            g.admit("cluster.local/ns/shop/sa/cart", Severity::Critical, Origin::Rule, 0)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -209,19 +258,43 @@ mod tests {
     }
 
     #[test]
+    fn rules_cannot_use_up_the_operator_budget() {
+        let g = g();
+        assert!(g.admit("a/ns/x/sa/1", Severity::High, Origin::Rule, 0).is_ok());
+        assert!(g.admit("a/ns/x/sa/2", Severity::High, Origin::Rule, 0).is_ok());
+        assert!(matches!(
+            g.admit("a/ns/x/sa/3", Severity::High, Origin::Rule, 0),
+            Err(Refusal::Cap {
+                origin: "rule-driven",
+                ..
+            })
+        ));
+        for i in 0..3 {
+            assert!(
+                g.admit(&format!("a/ns/x/sa/op{i}"), Severity::Critical, Origin::Operator, 0)
+                    .is_ok()
+            );
+        }
+        assert!(matches!(
+            g.admit("a/ns/x/sa/op3", Severity::Critical, Origin::Operator, 0),
+            Err(Refusal::Cap { origin: "operator", .. })
+        ));
+    }
+
+    #[test]
     fn cap_per_window_and_minimum_severity() {
         let g = g();
         assert!(matches!(
-            g.admit("a/ns/x/sa/y", Severity::Medium, 0),
+            g.admit("a/ns/x/sa/y", Severity::Medium, Origin::Rule, 0),
             Err(Refusal::Severity { .. })
         ));
-        assert!(g.admit("a/ns/x/sa/1", Severity::High, 0).is_ok());
-        assert!(g.admit("a/ns/x/sa/2", Severity::High, S).is_ok());
+        assert!(g.admit("a/ns/x/sa/1", Severity::High, Origin::Rule, 0).is_ok());
+        assert!(g.admit("a/ns/x/sa/2", Severity::High, Origin::Rule, S).is_ok());
         assert!(matches!(
-            g.admit("a/ns/x/sa/3", Severity::High, 2 * S),
+            g.admit("a/ns/x/sa/3", Severity::High, Origin::Rule, 2 * S),
             Err(Refusal::Cap { cap: 2, .. })
         ));
         // The window slides.
-        assert!(g.admit("a/ns/x/sa/3", Severity::High, 61 * S).is_ok());
+        assert!(g.admit("a/ns/x/sa/3", Severity::High, Origin::Rule, 61 * S).is_ok());
     }
 }

@@ -29,6 +29,9 @@ pub struct ControlConfig {
     pub protected: Vec<String>,
     /// At most this many revocations per window; beyond, a critical alert instead.
     pub max_per_window: usize,
+    /// Operator revocations (the API) per window: a budget of their own, which rules cannot
+    /// use up.
+    pub max_operator_per_window: usize,
     pub window_secs: u64,
     pub min_severity: Severity,
     /// After being applied, a revocation is verified from traffic once this has passed.
@@ -54,6 +57,7 @@ impl Default for ControlConfig {
             store_path: "verity-data/revocations.json".into(),
             protected: DEFAULT_PROTECTED.iter().map(|s| s.to_string()).collect(),
             max_per_window: 10,
+            max_operator_per_window: 100,
             window_secs: 600,
             min_severity: Severity::High,
             grace_secs: 15,
@@ -93,6 +97,9 @@ impl ControlConfig {
         }
         if self.max_per_window == 0 {
             e.push(("control.max_per_window".into(), "must be at least 1".into()));
+        }
+        if self.max_operator_per_window == 0 {
+            e.push(("control.max_operator_per_window".into(), "must be at least 1".into()));
         }
         if !(1..=3600).contains(&self.reconcile_interval_secs) {
             e.push((
@@ -231,6 +238,7 @@ impl Manager {
         let guard = Guardrails::new(
             cfg.protected.clone(),
             cfg.max_per_window,
+            cfg.max_operator_per_window,
             cfg.window_secs,
             cfg.min_severity,
         );
@@ -314,8 +322,14 @@ impl Manager {
             state: State::Pending,
             results: BTreeMap::new(),
         };
-        let admitted = crate::guard::check_identity(req.kind, &principal)
-            .and_then(|()| self.guard.admit(&principal, req.severity, now_ns));
+        let admitted = crate::guard::check_identity(req.kind, &principal).and_then(|()| {
+            let origin = if req.alert.is_some() {
+                crate::guard::Origin::Rule
+            } else {
+                crate::guard::Origin::Operator
+            };
+            self.guard.admit(&principal, req.severity, origin, now_ns)
+        });
         if let Err(refusal) = admitted {
             let sev = match refusal {
                 // Too many revocations at once is itself an incident, and so is an attempt

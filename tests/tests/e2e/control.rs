@@ -347,3 +347,73 @@ fn a_wildcard_is_never_revoked() {
         v.metrics_text()
     );
 }
+
+/// Telemetry that makes rules fire can use up the rule-driven budget, never the operator's:
+/// with one rule-driven revocation allowed, the second probing principal is refused, and an
+/// operator's revocation still goes through at once.
+#[test]
+fn an_attacker_cannot_use_up_the_operator_budget() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("mkdir");
+    std::fs::write(
+        rules.join("probe.yaml"),
+        "id: e2e-probe\ntitle: Probing\nseverity: high\nkind: detection\ndetection:\n  where: decision = 'deny_rbac'\n  group_by: [source_principal]\n  window: {type: tumbling, size: 1s}\n  having: count(*) >= 3\nrespond:\n  entity: source_principal\n  action: revoke\n  ttl: 1h\n",
+    )
+    .expect("rule");
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "s3cret-admin\n").expect("token");
+    let ext_authz = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (rules, listen, file, token_ref) = (
+        format!("[{}]", rules.display()),
+        ext_authz.to_string(),
+        dir.path().join("alerts.jsonl").display().to_string(),
+        format!("{{file: '{}'}}", token.display()),
+    );
+    let v = Verity::start_in(
+        dir,
+        &[
+            ("VERITY__RULES__BUILTIN_PACK", "false"),
+            ("VERITY__RULES__DIRS", &rules),
+            ("VERITY__RULES__LATENESS_SECS", "0"),
+            ("VERITY__CONTROL__MODE", "enforce"),
+            ("VERITY__CONTROL__MAX_PER_WINDOW", "1"),
+            ("VERITY__CONTROL__EXT_AUTHZ_LISTEN", &listen),
+            ("VERITY__ADMIN__TOKEN", &token_ref),
+            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
+            ("VERITY__SINKS__OUTPUTS__FILE__PATH", &file),
+        ],
+    );
+    const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+    const PAY: &str = "spiffe://cluster.local/ns/pay/sa/pay";
+    let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
+    lines.extend((0..6).map(|i| line(-3000 + i * 10, WEB, 403, DENIED)));
+    lines.push(line(
+        -500,
+        "spiffe://cluster.local/ns/shop/sa/other",
+        200,
+        "via_upstream",
+    ));
+    assert_eq!(post_log_lines(v.http, &lines), 200);
+    assert!(
+        eventually(Duration::from_secs(15), || has(&v, "verity-revocation-refused")),
+        "{}",
+        v.stderr()
+    );
+    let refused = alerts(&v)
+        .into_iter()
+        .find(|a| a["rule_id"] == "verity-revocation-refused")
+        .expect("refusal");
+    assert!(
+        refused["summary"].as_str().is_some_and(|s| s.contains("rule-driven")),
+        "{refused}"
+    );
+    let denied = [CART, WEB]
+        .iter()
+        .filter(|p| check(ext_authz, p) == tonic::Code::PermissionDenied as i32)
+        .count();
+    assert_eq!(denied, 1, "exactly one rule-driven revocation fits the budget");
+    let (ok, out) = verity_e2e::revocations_cli(v.admin, &token, &["add", PAY, "--ttl", "1h"]);
+    assert!(ok, "the operator's revocation was refused: {out}");
+    assert_eq!(check(ext_authz, PAY), tonic::Code::PermissionDenied as i32);
+}
