@@ -147,7 +147,8 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
 
-/// The revocation API requires `Authorization: Bearer <admin.token>`; compared in constant time.
+/// The revocation API requires `Authorization: Bearer <admin.token>`; compared in constant time
+/// (`Secret::matches`).
 fn authorize<'a>(st: &'a AdminState, headers: &HeaderMap) -> Result<&'a ControlApi, Box<Response>> {
     let Some(api) = &st.control else {
         return Err(Box::new(json(
@@ -161,18 +162,17 @@ fn authorize<'a>(st: &'a AdminState, headers: &HeaderMap) -> Result<&'a ControlA
             &serde_json::json!({"error": "set admin.token to enable the revocation API"}),
         )));
     };
-    let want = token.value().map_err(|e| {
-        json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &serde_json::json!({"error": format!("admin token: {e}")}),
-        )
-    })?;
     let got = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let same = got.len() == want.len() && got.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let same = token.matches(got.as_bytes()).map_err(|e| {
+        json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": format!("admin token: {e}")}),
+        )
+    })?;
     if same {
         Ok(api)
     } else {

@@ -20,6 +20,7 @@ pub mod normalize;
 pub mod otlp;
 pub mod pipeline;
 pub mod posture;
+pub mod redaction;
 pub mod rules_cli;
 pub mod rules_stage;
 pub mod telemetry;

@@ -81,6 +81,16 @@ impl Secret {
             (None, None) => Err(SecretError::Unset),
         }
     }
+
+    /// Whether `presented` is the secret. SHA-256 digests of both are compared in constant
+    /// time, so the timing says neither the secret nor its length.
+    pub fn matches(&self, presented: &[u8]) -> Result<bool, SecretError> {
+        use ring::digest::{SHA256, digest};
+        let want = self.value()?;
+        let (a, b) = (digest(&SHA256, presented), digest(&SHA256, want.as_bytes()));
+        let diff = a.as_ref().iter().zip(b.as_ref()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        Ok(diff == 0)
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +108,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.value().unwrap(), "first");
+        assert!(s.matches(b"first").unwrap());
+        assert!(!s.matches(b"firs").unwrap());
         assert!(!format!("{s:?}").contains("first"));
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, "second").unwrap();

@@ -367,7 +367,7 @@ pub mod kube;
 pub mod mesh_pki;
 
 /// A throwaway PKI for TLS test servers: an ECDSA P-256 CA and a server certificate signed by
-/// it for `names` (DNS names) and 127.0.0.1.
+/// it for `names` (DNS names) and 127.0.0.1 (made by [`mesh_pki::MeshPki`]).
 pub struct TestPki {
     pub ca_pem: String,
     pub cert_pem: String,
@@ -379,36 +379,14 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn generate(ca_name: &str, names: &[&str]) -> Result<Self, String> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-            KeyUsagePurpose, SanType,
-        };
-        let err = |e: rcgen::Error| format!("certificate generation: {e}");
-        let ca_key = KeyPair::generate().map_err(err)?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-        ca_params.distinguished_name.push(DnType::CommonName, ca_name);
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().map_err(err)?;
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).map_err(err)?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &issuer).map_err(err)?;
+        let pki = mesh_pki::MeshPki::new(ca_name);
+        let leaf = pki.server_for(names);
         Ok(Self {
-            ca_pem: ca_cert.pem(),
-            cert_pem: cert.pem(),
-            cert_der: cert.der().to_vec(),
-            key_pem: key.serialize_pem(),
-            key_der: key.serialize_der(),
+            ca_pem: pki.ca_pem.clone(),
+            cert_der: leaf.cert_der(),
+            key_der: leaf.key_der(),
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
         })
     }
 }

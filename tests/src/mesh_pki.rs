@@ -21,6 +21,23 @@ pub struct Leaf {
 }
 
 impl Leaf {
+    /// The certificate, DER.
+    pub fn cert_der(&self) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .expect("certificate PEM")
+            .to_vec()
+    }
+
+    /// The private key, DER (PKCS#8, as rcgen writes it).
+    pub fn key_der(&self) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .expect("key PEM")
+            .secret_der()
+            .to_vec()
+    }
+
     /// Writes `<stem>.pem` and `<stem>.key` into `dir`; returns their paths.
     pub fn write(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
         let cert = dir.join(format!("{stem}.pem"));
@@ -54,8 +71,17 @@ impl MeshPki {
 
     /// A server certificate for 127.0.0.1 and `localhost`.
     pub fn server(&self) -> Leaf {
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        params.distinguished_name.push(DnType::CommonName, "verity");
+        self.server_for(&["localhost"])
+    }
+
+    /// A server certificate for the DNS `names` (the first is also the common name) and
+    /// 127.0.0.1.
+    pub fn server_for(&self, names: &[&str]) -> Leaf {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
         params
             .subject_alt_names
             .push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));

@@ -90,6 +90,14 @@ impl SenderRejection {
             SenderRejection::XfccMalformed => "xfcc_malformed",
         }
     }
+
+    /// Counts one in `verity_intake_rejected_senders_total{listener, reason}`.
+    pub fn count(self, metrics: &Metrics, listener: ListenerName) {
+        metrics
+            .rejected_senders
+            .get_or_create(&[("listener", listener.as_str()), ("reason", self.as_str())])
+            .inc();
+    }
 }
 
 /// What is known about the other end of a connection before any request is read.
@@ -278,13 +286,7 @@ async fn accept_loop(
             continue;
         };
         let Some(peer_slot) = PeerSlot::take(&per_peer, remote.ip()) else {
-            metrics
-                .rejected_senders
-                .get_or_create(&[
-                    ("listener", name.as_str()),
-                    ("reason", SenderRejection::TlsHandshakeLimit.as_str()),
-                ])
-                .inc();
+            SenderRejection::TlsHandshakeLimit.count(&metrics, name);
             continue;
         };
         // Waiting here leaves further connections in the kernel backlog: bounded work.
@@ -296,12 +298,7 @@ async fn accept_loop(
             let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
             drop(permit);
             drop(peer_slot);
-            let reject = |reason: SenderRejection| {
-                metrics
-                    .rejected_senders
-                    .get_or_create(&[("listener", name.as_str()), ("reason", reason.as_str())])
-                    .inc();
-            };
+            let reject = |reason: SenderRejection| reason.count(&metrics, name);
             match outcome {
                 Ok(Ok(stream)) => {
                     let spiffe_id = stream

@@ -52,6 +52,22 @@ impl OtlpIngest {
         }
     }
 
+    /// Stamps the sender on a normalized record and decides whether the batch takes it.
+    fn admit<'a>(
+        &self,
+        ev: &mut AccessEvent<'a>,
+        sender: &'a Sender,
+        class: Option<binding::SenderClass>,
+    ) -> Admission {
+        if !stamp_sender(ev, sender, class) {
+            return Admission::Forged(not_party(ev, sender));
+        }
+        match self.too_far_ahead(ev) {
+            Some(r) => Admission::Refused(r),
+            None => Admission::Accepted,
+        }
+    }
+
     /// A rejection for a record dated too far after it arrived.
     fn too_far_ahead(&self, ev: &AccessEvent<'_>) -> Option<Rejection> {
         let limit_ns = i64::try_from(self.trust.max_future_secs)
@@ -128,17 +144,17 @@ impl OtlpIngest {
             for sl in &rl.scope_logs {
                 for record in &sl.log_records {
                     match normalize::otel_log::normalize(record, resource, &ctx) {
-                        Ok(mut ev) => {
-                            if !stamp_sender(&mut ev, sender, class) {
-                                rejected.push((not_party(&ev, sender), record_text(record)));
-                            } else if let Some(r) = self.too_far_ahead(&ev) {
-                                rejected.push((r, record_text(record)));
-                                continue;
-                            } else {
+                        Ok(mut ev) => match self.admit(&mut ev, sender, class) {
+                            Admission::Accepted => {
                                 per_format[ev.format as usize] += 1;
+                                builder.append(&ev);
                             }
-                            builder.append(&ev);
-                        }
+                            Admission::Forged(r) => {
+                                rejected.push((r, record_text(record)));
+                                builder.append(&ev);
+                            }
+                            Admission::Refused(r) => rejected.push((r, record_text(record))),
+                        },
                         Err(rejection) => rejected.push((rejection, record_text(record))),
                     }
                 }
@@ -245,6 +261,8 @@ impl OtlpIngest {
         let mut origins: Vec<Option<&Origin>> = Vec::new();
         let mut positions: Vec<usize> = Vec::new();
         let mut total = 0u64;
+        // Lines come in runs from one sender (a Kafka message, a topic): classify it once.
+        let mut classified: Option<(&Sender, Option<binding::SenderClass>)> = None;
         for (i, (line, origin, sender)) in lines.enumerate() {
             if line.trim().is_empty() {
                 continue;
@@ -252,19 +270,30 @@ impl OtlpIngest {
             total += 1;
             match normalize::normalize_line(line, normalize::FormatHint::Auto, &ctx) {
                 Ok(mut ev) => {
-                    if !stamp_sender(&mut ev, sender, self.class_of(sender)) {
-                        rejected.push((not_party(&ev, sender), line.to_string()));
-                        origins.push(origin);
-                        positions.push(i);
-                    } else if let Some(r) = self.too_far_ahead(&ev) {
+                    let class = match classified {
+                        Some((s, class)) if std::ptr::eq(s, sender) => class,
+                        _ => {
+                            let class = self.class_of(sender);
+                            classified = Some((sender, class));
+                            class
+                        }
+                    };
+                    let (rejection, keep) = match self.admit(&mut ev, sender, class) {
+                        Admission::Accepted => {
+                            per_format[ev.format as usize] += 1;
+                            (None, true)
+                        }
+                        Admission::Forged(r) => (Some(r), true),
+                        Admission::Refused(r) => (Some(r), false),
+                    };
+                    if let Some(r) = rejection {
                         rejected.push((r, line.to_string()));
                         origins.push(origin);
                         positions.push(i);
-                        continue;
-                    } else {
-                        per_format[ev.format as usize] += 1;
                     }
-                    builder.append(&ev);
+                    if keep {
+                        builder.append(&ev);
+                    }
                 }
                 Err(r) => {
                     rejected.push((r, line.to_string()));
@@ -336,6 +365,16 @@ impl OtlpIngest {
             "records rejected"
         );
     }
+}
+
+/// What happens to a normalized record once its sender is known.
+enum Admission {
+    /// Into the batch.
+    Accepted,
+    /// Into the batch for the rules that read `sender_binding`, and rejected (dead-lettered).
+    Forged(Rejection),
+    /// Rejected only.
+    Refused(Rejection),
 }
 
 /// Stamps the sender and its binding on a record; false for a forgery, which stays in the

@@ -69,36 +69,44 @@ pub(crate) fn has(v: &Verity, rule: &str) -> bool {
     alerts(v).iter().any(|a| a["rule_id"] == rule)
 }
 
-#[test]
-fn probing_revocation_enforcement_verification_and_expiry() {
-    let dir = tempfile::tempdir().expect("tmp");
+/// Verity in `enforce` mode with only the `e2e-probe` rule (three RBAC denials of one
+/// principal within a second revoke it for `ttl`), the ext_authz deny list on a free port and
+/// alerts in `<dir>/alerts.jsonl`, plus `env`; returns it and the ext_authz address.
+fn probing_verity(dir: tempfile::TempDir, ttl: &str, env: &[(&str, &str)]) -> (Verity, std::net::SocketAddr) {
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).expect("mkdir");
-    // Like the pack's denial burst, with a TTL short enough to watch it expire.
+    // Like the pack's denial burst, with a short window and the given TTL.
     std::fs::write(
         rules.join("probe.yaml"),
-        "id: e2e-probe\ntitle: Probing\nseverity: high\nkind: detection\ndetection:\n  where: decision = 'deny_rbac'\n  group_by: [source_principal]\n  window: {type: tumbling, size: 1s}\n  having: count(*) >= 3\nrespond:\n  entity: source_principal\n  action: revoke\n  ttl: 6s\n",
+        format!("id: e2e-probe\ntitle: Probing\nseverity: high\nkind: detection\ndetection:\n  where: decision = 'deny_rbac'\n  group_by: [source_principal]\n  window: {{type: tumbling, size: 1s}}\n  having: count(*) >= 3\nrespond:\n  entity: source_principal\n  action: revoke\n  ttl: {ttl}\n"),
     )
     .expect("rule");
     let ext_authz = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let alerts_file = dir.path().join("alerts.jsonl");
     let (rules, listen, file) = (
         format!("[{}]", rules.display()),
         ext_authz.to_string(),
-        alerts_file.display().to_string(),
+        dir.path().join("alerts.jsonl").display().to_string(),
     );
-    let mut v = Verity::start_in(
-        dir,
-        &[
-            ("VERITY__RULES__BUILTIN_PACK", "false"),
-            ("VERITY__RULES__DIRS", &rules),
-            ("VERITY__RULES__LATENESS_SECS", "0"),
-            ("VERITY__CONTROL__MODE", "enforce"),
-            ("VERITY__CONTROL__EXT_AUTHZ_LISTEN", &listen),
-            ("VERITY__CONTROL__GRACE_SECS", "1"),
-            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
-            ("VERITY__SINKS__OUTPUTS__FILE__PATH", &file),
-        ],
+    let mut all = vec![
+        ("VERITY__RULES__BUILTIN_PACK", "false"),
+        ("VERITY__RULES__DIRS", rules.as_str()),
+        ("VERITY__RULES__LATENESS_SECS", "0"),
+        ("VERITY__CONTROL__MODE", "enforce"),
+        ("VERITY__CONTROL__EXT_AUTHZ_LISTEN", listen.as_str()),
+        ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
+        ("VERITY__SINKS__OUTPUTS__FILE__PATH", file.as_str()),
+    ];
+    all.extend_from_slice(env);
+    (Verity::start_in(dir, &all), ext_authz)
+}
+
+#[test]
+fn probing_revocation_enforcement_verification_and_expiry() {
+    // A TTL short enough to watch it expire.
+    let (mut v, ext_authz) = probing_verity(
+        tempfile::tempdir().expect("tmp"),
+        "6s",
+        &[("VERITY__CONTROL__GRACE_SECS", "1")],
     );
     // The revocation-not-enforced check is a pack rule; load it beside ours.
     std::fs::copy(
@@ -290,33 +298,7 @@ fn manual_revocations_through_the_authenticated_admin_api() {
 /// mTLS caller in the mesh).
 #[test]
 fn a_wildcard_is_never_revoked() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).expect("mkdir");
-    std::fs::write(
-        rules.join("probe.yaml"),
-        "id: e2e-probe\ntitle: Probing\nseverity: high\nkind: detection\ndetection:\n  where: decision = 'deny_rbac'\n  group_by: [source_principal]\n  window: {type: tumbling, size: 1s}\n  having: count(*) >= 3\nrespond:\n  entity: source_principal\n  action: revoke\n  ttl: 1h\n",
-    )
-    .expect("rule");
-    let ext_authz = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let alerts_file = dir.path().join("alerts.jsonl");
-    let (rules, listen, file) = (
-        format!("[{}]", rules.display()),
-        ext_authz.to_string(),
-        alerts_file.display().to_string(),
-    );
-    let v = Verity::start_in(
-        dir,
-        &[
-            ("VERITY__RULES__BUILTIN_PACK", "false"),
-            ("VERITY__RULES__DIRS", &rules),
-            ("VERITY__RULES__LATENESS_SECS", "0"),
-            ("VERITY__CONTROL__MODE", "enforce"),
-            ("VERITY__CONTROL__EXT_AUTHZ_LISTEN", &listen),
-            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
-            ("VERITY__SINKS__OUTPUTS__FILE__PATH", &file),
-        ],
-    );
+    let (v, ext_authz) = probing_verity(tempfile::tempdir().expect("tmp"), "1h", &[]);
     let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, "*", 403, DENIED)).collect();
     lines.push(line(-500, "spiffe://cluster.local/ns/shop/sa/web", 200, "via_upstream"));
     assert_eq!(post_log_lines(v.http, &lines), 200);
@@ -354,34 +336,15 @@ fn a_wildcard_is_never_revoked() {
 #[test]
 fn an_attacker_cannot_use_up_the_operator_budget() {
     let dir = tempfile::tempdir().expect("tmp");
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).expect("mkdir");
-    std::fs::write(
-        rules.join("probe.yaml"),
-        "id: e2e-probe\ntitle: Probing\nseverity: high\nkind: detection\ndetection:\n  where: decision = 'deny_rbac'\n  group_by: [source_principal]\n  window: {type: tumbling, size: 1s}\n  having: count(*) >= 3\nrespond:\n  entity: source_principal\n  action: revoke\n  ttl: 1h\n",
-    )
-    .expect("rule");
     let token = dir.path().join("admin-token");
     std::fs::write(&token, "s3cret-admin\n").expect("token");
-    let ext_authz = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (rules, listen, file, token_ref) = (
-        format!("[{}]", rules.display()),
-        ext_authz.to_string(),
-        dir.path().join("alerts.jsonl").display().to_string(),
-        format!("{{file: '{}'}}", token.display()),
-    );
-    let v = Verity::start_in(
+    let token_ref = format!("{{file: '{}'}}", token.display());
+    let (v, ext_authz) = probing_verity(
         dir,
+        "1h",
         &[
-            ("VERITY__RULES__BUILTIN_PACK", "false"),
-            ("VERITY__RULES__DIRS", &rules),
-            ("VERITY__RULES__LATENESS_SECS", "0"),
-            ("VERITY__CONTROL__MODE", "enforce"),
             ("VERITY__CONTROL__MAX_PER_WINDOW", "1"),
-            ("VERITY__CONTROL__EXT_AUTHZ_LISTEN", &listen),
             ("VERITY__ADMIN__TOKEN", &token_ref),
-            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
-            ("VERITY__SINKS__OUTPUTS__FILE__PATH", &file),
         ],
     );
     const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";

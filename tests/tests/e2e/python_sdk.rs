@@ -28,8 +28,8 @@ fn send(python: &str, args: &[&str]) {
 }
 
 /// Runs the sender with extra environment (the SDK reads TLS files and headers from
-/// `OTEL_EXPORTER_OTLP_*`).
-fn send_with(python: &str, args: &[&str], env: &[(&str, String)]) {
+/// `OTEL_EXPORTER_OTLP_*`) and returns how it ended.
+fn run_sender(python: &str, args: &[&str], env: &[(&str, String)]) -> std::process::Output {
     let mut cmd = Command::new(python);
     cmd.arg(repo_root().join("tests/python/send_otlp.py")).args(args);
     // requests lets these override the exporter's own CA file (OTEL_EXPORTER_OTLP_CERTIFICATE).
@@ -37,7 +37,12 @@ fn send_with(python: &str, args: &[&str], env: &[(&str, String)]) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("python runs");
+    cmd.output().expect("python runs")
+}
+
+/// Like [`run_sender`], and the export must succeed.
+fn send_with(python: &str, args: &[&str], env: &[(&str, String)]) {
+    let out = run_sender(python, args, env);
     assert!(
         out.status.success(),
         "send_otlp.py {args:?} failed:\n{}\n{}",
@@ -223,9 +228,9 @@ fn python_sdk_exporters_authenticate_with_certificates_and_tokens() {
     );
 
     // Neither a certificate nor a token: the exporters report failure.
-    let out = Command::new(&py)
-        .arg(repo_root().join("tests/python/send_otlp.py"))
-        .args([
+    let out = run_sender(
+        &py,
+        &[
             "--protocol",
             "http",
             "--endpoint",
@@ -234,12 +239,9 @@ fn python_sdk_exporters_authenticate_with_certificates_and_tokens() {
             logs,
             "--timeout",
             "3",
-        ])
-        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", s(&ca))
-        .env_remove("REQUESTS_CA_BUNDLE")
-        .env_remove("CURL_CA_BUNDLE")
-        .output()
-        .expect("python runs");
+        ],
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", s(&ca))],
+    );
     assert!(!out.status.success(), "an unauthenticated SDK export succeeded");
 
     assert!(
