@@ -233,6 +233,8 @@ struct Shared {
     schemas: Option<Schemas>,
     down: tokio::sync::watch::Sender<bool>,
     listening: AtomicBool,
+    /// Connections being served; going down waits until they are all dropped.
+    open: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -374,6 +376,7 @@ impl KubeApiServer {
             schemas,
             down,
             listening: AtomicBool::new(false),
+            open: std::sync::atomic::AtomicUsize::new(0),
         });
         let (ca_pem, config) = tls().unwrap_or_else(|e| panic!("{e}"));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -594,9 +597,15 @@ impl KubeApiServer {
         self.wait_listening(!down);
     }
 
+    /// Waits until the listener is open (or closed and every open connection dropped: a
+    /// client's pooled keep-alive connection must not be answered after `set_down(true)`).
     fn wait_listening(&self, listening: bool) {
         let end = Instant::now() + Duration::from_secs(10);
-        while self.shared.listening.load(Ordering::SeqCst) != listening && Instant::now() < end {
+        let done = || {
+            self.shared.listening.load(Ordering::SeqCst) == listening
+                && (listening || self.shared.open.load(Ordering::SeqCst) == 0)
+        };
+        while !done() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -699,7 +708,10 @@ async fn serve(
                     continue;
                 };
                 let (acceptor, shared) = (acceptor.clone(), shared.clone());
+                shared.open.fetch_add(1, Ordering::SeqCst);
+                let open = OpenConnection(shared.clone());
                 tokio::spawn(async move {
+                    let _open = open;
                     let mut down = shared.down.subscribe();
                     let conn = async move {
                         let Ok(tls) = acceptor.accept(tcp).await else { return };
@@ -718,6 +730,15 @@ async fn serve(
                 });
             }
         }
+    }
+}
+
+/// One served connection, counted in `Shared::open` until dropped.
+struct OpenConnection(Arc<Shared>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
