@@ -23,7 +23,7 @@ pub struct AdminState {
 }
 
 pub struct ControlApi {
-    pub manager: Arc<verity_control::manager::Manager>,
+    pub manager: Arc<verity_control::Revoker>,
     pub sinks: Arc<verity_sinks::SinkSet>,
     pub token: Option<verity_sinks::secret::Secret>,
 }
@@ -228,7 +228,7 @@ async fn add(st: &AdminState, headers: &HeaderMap, body: &[u8]) -> Response {
         Ok(r) => r,
         Err(e) => return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e.to_string()})),
     };
-    let Some(ttl_ns) = verity_control::manager::parse_ttl_ns(&req.ttl) else {
+    let Some(ttl_ns) = verity_control::parse_ttl_ns(&req.ttl) else {
         return json(
             StatusCode::BAD_REQUEST,
             &serde_json::json!({"error": "ttl must look like 30s, 15m, 1h or 1d"}),
@@ -249,7 +249,7 @@ async fn add(st: &AdminState, headers: &HeaderMap, body: &[u8]) -> Response {
     }
     let now = crate::normalize::now_ns();
     let reason = req.reason.unwrap_or_else(|| "revoked by an operator".into());
-    let revoke = verity_control::manager::RevokeRequest {
+    let revoke = verity_control::RevokeRequest {
         principal: &req.principal,
         kind,
         reason: &reason,
@@ -257,6 +257,7 @@ async fn add(st: &AdminState, headers: &HeaderMap, body: &[u8]) -> Response {
         ttl_ns,
         alert: None,
         namespace: req.namespace.as_deref(),
+        refusal: None,
     };
     match api.manager.revoke(&revoke, now) {
         Ok(events) => {

@@ -144,6 +144,12 @@ pub async fn run_with(
                 .unwrap_or(5)
                 .saturating_mul(1_000_000_000),
             state_dir: settings.rules.state_dir.clone(),
+            sender_idle_ns: i64::try_from(settings.rules.sender_idle_secs.max(1))
+                .unwrap_or(60)
+                .saturating_mul(1_000_000_000),
+            sender_max_lag_ns: i64::try_from(settings.rules.sender_max_lag_secs.max(1))
+                .unwrap_or(600)
+                .saturating_mul(1_000_000_000),
         },
         revocations,
         rule_metrics,
@@ -153,13 +159,15 @@ pub async fn run_with(
     let sinks = Arc::new(verity_sinks::SinkSet::start(&settings.sinks, sink_metrics)?);
     let deny = verity_control::denylist::DenyList::default();
     let verify_list = revocation_handle.clone();
-    let control_metrics = verity_control::manager::ControlMetrics::register(&mut registry);
-    let mut responders: Vec<Box<dyn verity_control::manager::Responder>> =
-        vec![Box::new(verity_control::manager::DenyListResponder(deny.clone()))];
+    let control_metrics = verity_control::ControlMetrics::register(&mut registry);
+    let mut responders: Vec<Box<dyn verity_control::Responder>> =
+        vec![Box::new(verity_control::DenyListResponder(deny.clone()))];
+    let mut webhook_slot = None;
     if let Some(w) = &settings.control.webhook {
-        responders.push(Box::new(
-            verity_control::webhook::WebhookResponder::start(w).map_err(|e| AppError::Responder(e.to_string()))?,
-        ));
+        let webhook =
+            verity_control::webhook::WebhookResponder::start(w).map_err(|e| AppError::Responder(e.to_string()))?;
+        webhook_slot = Some(webhook.revoker_slot());
+        responders.push(Box::new(webhook));
     }
     // The Istio responder: the manager only wakes it; the controller applies and confirms.
     let istio_wake = Arc::new(tokio::sync::Notify::new());
@@ -182,7 +190,7 @@ pub async fn run_with(
         None => None,
     };
     let control = Arc::new(
-        verity_control::manager::Manager::open(
+        verity_control::Revoker::open(
             settings.control.clone(),
             responders,
             Box::new(move |principal, on| {
@@ -193,12 +201,24 @@ pub async fn run_with(
                 }
             }),
         )?
-        .with_metrics(control_metrics),
+        .with_metrics(control_metrics)
+        .with_audit_sink({
+            let sinks = sinks.clone();
+            Box::new(move |events| {
+                if let Err(error) = sinks.submit(&events) {
+                    tracing::error!(%error, "could not deliver revocation audit events");
+                }
+            })
+        }),
     );
-    control.restore(crate::normalize::now_ns());
-    stages.push(Box::new(
-        RulesStage::new(engine.clone(), sinks.clone()).with_control(control.clone()),
-    ));
+    if let Some(slot) = webhook_slot {
+        let _ = slot.set(Arc::downgrade(&control));
+    }
+    let restored = control.restore(crate::normalize::now_ns());
+    control.audit_out(restored);
+    let rules_stage = RulesStage::new(engine.clone(), sinks.clone()).with_control(control.clone());
+    let held_alerts = rules_stage.held_alerts();
+    stages.push(Box::new(rules_stage));
     stages.push(Box::new(crate::posture::PostureStage::new(
         crate::posture::PostureMetrics::register(&mut registry),
     )));
@@ -206,12 +226,15 @@ pub async fn run_with(
         stages.push(Box::new(ArchiveStage::new(dir.clone(), metrics.clone())));
     }
     let (intake, pipeline) = pipeline::start(settings.pipeline.clone(), stages, metrics.clone());
-    let ingest = Arc::new(OtlpIngest::new(
-        intake,
-        dead_letter.clone(),
-        metrics.clone(),
-        settings.raw.intake.clone(),
-    ));
+    let ingest = Arc::new(
+        OtlpIngest::new(
+            intake,
+            dead_letter.clone(),
+            metrics.clone(),
+            settings.raw.intake.clone(),
+        )
+        .with_held_alerts(held_alerts),
+    );
 
     let grpc_listener = bind(
         "OTLP/gRPC",
@@ -321,7 +344,9 @@ pub async fn run_with(
         )
         .await?;
         if let Some(listener) = listener {
-            let svc = verity_control::ext_authz::ExtAuthz::new(deny.clone()).server();
+            let svc = verity_control::ext_authz::ExtAuthz::new(deny.clone())
+                .with_jwt_header(&settings.control.ext_authz_jwt_header)
+                .server();
             let signal = stopped(stop_rx.clone());
             tracing::info!(listen = %addr, "ext_authz deny list serving");
             servers.push(tokio::spawn(

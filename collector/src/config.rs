@@ -35,7 +35,7 @@ pub struct Config {
     pub sinks: verity_sinks::SinksConfig,
     pub kafka: crate::kafka::KafkaConfig,
     pub telemetry: TelemetryConfig,
-    pub control: verity_control::manager::ControlConfig,
+    pub control: verity_control::ControlConfig,
 }
 
 /// Verity's own traces and metrics over OTLP (off by default).
@@ -70,6 +70,10 @@ pub struct RulesConfig {
     pub dirs: Vec<PathBuf>,
     /// Bounded out-of-orderness of event time, in seconds (the watermark trails by this).
     pub lateness_secs: u64,
+    /// A sender silent this long no longer holds event time back (per-sender watermarks).
+    pub sender_idle_secs: u64,
+    /// … nor does one whose newest event is this far behind the wall clock.
+    pub sender_max_lag_secs: u64,
     /// Where stateful rules keep state across restarts (first_seen learned sets).
     pub state_dir: Option<PathBuf>,
     /// Principals on the revocation list (`is_revoked(...)` in rules).
@@ -233,7 +237,7 @@ pub struct Settings {
     pub sinks: verity_sinks::SinksConfig,
     pub kafka: crate::kafka::KafkaConfig,
     pub telemetry: TelemetryConfig,
-    pub control: verity_control::manager::ControlConfig,
+    pub control: verity_control::ControlConfig,
 }
 
 /// Loads the layers: defaults, then `file` if given, then `env` (pass `std::env::vars()`).
@@ -519,6 +523,9 @@ impl Config {
         }
         if self.rules.lateness_secs > 3600 {
             errors.push(ConfigError::new("rules.lateness_secs", "must be at most 3600"));
+        }
+        if self.rules.sender_idle_secs > 86_400 {
+            errors.push(ConfigError::new("rules.sender_idle_secs", "must be at most 86400"));
         }
         if self.rules.reload_poll_secs > 3600 {
             errors.push(ConfigError::new(

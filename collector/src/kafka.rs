@@ -560,6 +560,7 @@ pub async fn run(
             ingest.intake().clone(),
             pending_acks.clone(),
             metrics.clone(),
+            ingest.held_alerts().clone(),
         )
         .instrument(tracing::info_span!("kafka_ack")),
     );
@@ -702,12 +703,20 @@ async fn acknowledge(
     intake: Intake,
     pending: Arc<PendingAcks>,
     metrics: KafkaMetrics,
+    held: crate::pipeline::HeldAlerts,
 ) {
     while let Some(mut p) = rx.recv().await {
         let mut attempt = 0u32;
         loop {
             match p.handoff.wait().await {
                 Ok(()) => break,
+                Err(error) if error.evaluated => {
+                    // The rules counted these records; their alerts are held until a spool
+                    // takes them. Handing them over again would count them twice: wait.
+                    tracing::warn!(%error, "a Kafka batch's alerts are held; committing once they are spooled");
+                    held.cleared().await;
+                    break;
+                }
                 Err(error) => {
                     attempt += 1;
                     tracing::warn!(%error, attempt, "a Kafka batch was not processed; handing it over again");

@@ -289,7 +289,7 @@ fn validate(config: Option<PathBuf>, print: bool, check_sinks: bool) -> anyhow::
             let c = verity_control::istio::IstioController::connect(cfg.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-            c.check().await
+            c.check().await.map_err(|e| e.to_string())
         });
         match result {
             Ok(what) => println!("control.istio: ok: {what}"),

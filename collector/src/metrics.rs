@@ -40,6 +40,9 @@ pub struct Metrics {
     pub rejected_senders: Family<Labels2, Counter>,
     /// Reloads of a listener's TLS files, by `listener` and `outcome` (reloaded, error).
     pub tls_reloads: Family<Labels2, Counter>,
+    /// OTLP requests recognised as resends of one already evaluated, by `outcome`
+    /// (`acknowledged`: answered without evaluating again; `retry_later`: still settling).
+    pub duplicate_requests: Family<Labels1, Counter>,
 }
 
 impl Metrics {
@@ -58,6 +61,7 @@ impl Metrics {
             ready: Gauge::default(),
             rejected_senders: Family::default(),
             tls_reloads: Family::default(),
+            duplicate_requests: Family::default(),
         };
         registry.register(
             "verity_records_received",
@@ -110,6 +114,14 @@ impl Metrics {
             m.archive_errors.clone(),
         );
         registry.register("verity_ready", "1 while Verity accepts input", m.ready.clone());
+        for outcome in ["acknowledged", "retry_later"] {
+            let _ = m.duplicate_requests.get_or_create(&[("outcome", outcome)]);
+        }
+        registry.register(
+            "verity_intake_duplicate_requests",
+            "OTLP requests recognised as resends of one already evaluated: acknowledged without evaluating again, or told to retry later",
+            m.duplicate_requests.clone(),
+        );
         registry.register(
             "verity_intake_rejected_senders",
             "Senders refused, or identity claims ignored, by listener and reason",

@@ -70,6 +70,33 @@ pub enum StageError {
     },
     #[error("{stage}: {message}")]
     Other { stage: &'static str, message: String },
+    /// The batch was evaluated (rule state counted it) but what it produced could not be kept
+    /// yet; it is held and retried. Sources must not hand the same rows over again.
+    #[error("{stage}: evaluated, output held for retry: {message}")]
+    Held { stage: &'static str, message: String },
+}
+
+/// How many alerts the rules stage holds because a spool could not take them. While any are
+/// held no new batch is evaluated (sources are answered "retry later"), so once it is back to
+/// 0, the alerts of every batch evaluated before are spooled.
+#[derive(Clone, Default)]
+pub struct HeldAlerts(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl HeldAlerts {
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set(&self, n: usize) {
+        self.0.store(n, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Waits (polling; holding is rare) until nothing is held or `stop` says to give up.
+    pub async fn cleared(&self) {
+        while self.get() > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 /// One step every batch goes through, on the pipeline's worker thread, in order.
@@ -99,8 +126,22 @@ pub enum Backpressure {
 
 /// Why a batch could not be processed: the sources tell their clients to retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct HandoffError(pub String);
+#[error("{message}")]
+pub struct HandoffError {
+    pub message: String,
+    /// The rules stage evaluated the rows (see [`StageError::Held`]): handing them over again
+    /// would count them twice.
+    pub evaluated: bool,
+}
+
+impl HandoffError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            evaluated: false,
+        }
+    }
+}
 
 type Done = oneshot::Sender<Result<(), HandoffError>>;
 
@@ -115,10 +156,15 @@ impl Handoff {
         Handoff(rx)
     }
 
+    /// A hand-off resolved by whoever holds the sender (a source that settles first).
+    pub fn from_receiver(rx: oneshot::Receiver<Result<(), HandoffError>>) -> Self {
+        Handoff(rx)
+    }
+
     pub async fn wait(self) -> Result<(), HandoffError> {
         match self.0.await {
             Ok(r) => r,
-            Err(_) => Err(HandoffError("the pipeline stopped before processing the batch".into())),
+            Err(_) => Err(HandoffError::new("the pipeline stopped before processing the batch")),
         }
     }
 }
@@ -224,7 +270,7 @@ impl Pending {
                         // Same schema by construction; never expected.
                         tracing::error!(%error, "could not coalesce batches");
                         for d in done {
-                            let _ = d.send(Err(HandoffError(format!("could not coalesce batches: {error}"))));
+                            let _ = d.send(Err(HandoffError::new(format!("could not coalesce batches: {error}"))));
                         }
                         return None;
                     }
@@ -358,7 +404,9 @@ fn run_worker(mut rx: mpsc::Receiver<Queued>, mut stages: Vec<Box<dyn Stage>>, m
         for stage in stages.iter_mut() {
             if let Err(error) = stage.process(&batch) {
                 tracing::error!(stage = stage.name(), %error, "pipeline stage failed on a batch");
-                failure.get_or_insert_with(|| HandoffError(error.to_string()));
+                let evaluated = matches!(error, StageError::Held { .. });
+                let f = failure.get_or_insert_with(|| HandoffError::new(error.to_string()));
+                f.evaluated |= evaluated;
             }
         }
         for d in done {

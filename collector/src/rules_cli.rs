@@ -265,6 +265,7 @@ pub fn replay(
         EngineSettings {
             lateness_ns: opts.lateness_ns,
             state_dir: None,
+            ..EngineSettings::default()
         },
     );
     let mut summary = ReplaySummary::default();

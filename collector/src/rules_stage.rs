@@ -108,6 +108,7 @@ pub struct RuleMetrics {
     pub watermark: Gauge,
     pub revocations: Gauge,
     pub alert_write_errors: Counter,
+    pub alerts_held: Gauge,
 }
 
 /// Assertion keys exported per assertion at most (label cardinality bound).
@@ -127,6 +128,7 @@ impl RuleMetrics {
             watermark: Gauge::default(),
             revocations: Gauge::default(),
             alert_write_errors: Counter::default(),
+            alerts_held: Gauge::default(),
         };
         registry.register(
             "verity_alerts",
@@ -182,6 +184,11 @@ impl RuleMetrics {
             "verity_alert_write_errors",
             "Failures handing alerts to the outputs' spools",
             m.alert_write_errors.clone(),
+        );
+        registry.register(
+            "verity_alerts_held",
+            "Alerts a spool could not take yet (full or failing disk), kept and retried; while above 0 no new batch is evaluated",
+            m.alerts_held.clone(),
         );
         m
     }
@@ -258,16 +265,23 @@ impl SharedEngine {
     }
 }
 
+/// How often a drain retries held alerts before giving up on them.
+const DRAIN_RETRIES: u32 = 10;
+
 /// Runs the engine on event batches.
 pub struct RulesStage {
     shared: SharedEngine,
     sinks: Arc<SinkSet>,
-    control: Option<Arc<verity_control::manager::Manager>>,
+    control: Option<Arc<verity_control::Revoker>>,
     last_counts: HashMap<String, (u64, u64)>,
     last_late: u64,
     last_errors: u64,
     /// When the last event batch arrived (wall clock), for idle watermark advance.
     last_events: std::time::Instant,
+    /// Alerts a spool could not take yet (disk full or failing), retried before anything new
+    /// is evaluated.
+    held: Option<verity_sinks::Held>,
+    held_count: crate::pipeline::HeldAlerts,
 }
 
 impl RulesStage {
@@ -280,12 +294,48 @@ impl RulesStage {
             last_late: 0,
             last_errors: 0,
             last_events: std::time::Instant::now(),
+            held: None,
+            held_count: crate::pipeline::HeldAlerts::default(),
+        }
+    }
+
+    /// The count of held alerts, for sources deciding whether a retried batch is done.
+    pub fn held_alerts(&self) -> crate::pipeline::HeldAlerts {
+        self.held_count.clone()
+    }
+
+    fn set_held(&self, n: usize) {
+        self.held_count.set(n);
+        self.shared
+            .metrics
+            .alerts_held
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Retries held alerts; Err while a spool still cannot take them.
+    fn deliver_held(&mut self) -> Result<(), StageError> {
+        let Some(held) = self.held.take() else { return Ok(()) };
+        match self.sinks.retry_held(held) {
+            Ok(()) => {
+                tracing::info!("held alerts are spooled now");
+                self.set_held(0);
+                Ok(())
+            }
+            Err(still) => {
+                let message = still.error.to_string();
+                self.set_held(verity_sinks::SinkSet::held_len(&still));
+                self.held = Some(still);
+                Err(StageError::Other {
+                    stage: "rules",
+                    message: format!("alerts from earlier batches are not spooled yet: {message}"),
+                })
+            }
         }
     }
 
     /// Alerts that ask for a response go to the revocation manager; its audit events are
     /// delivered with them.
-    pub fn with_control(mut self, control: Arc<verity_control::manager::Manager>) -> Self {
+    pub fn with_control(mut self, control: Arc<verity_control::Revoker>) -> Self {
         self.control = Some(control);
         self
     }
@@ -306,13 +356,21 @@ impl RulesStage {
                 .inc();
         }
         // Blocks while a spool is full: that is the pipeline's backpressure from slow SIEMs.
-        self.sinks.submit(&alerts).map_err(|e| {
-            m.alert_write_errors.inc();
-            StageError::Other {
-                stage: "rules",
-                message: e.to_string(),
+        // When a spool's disk fails, the alerts are held (rule state already counted the
+        // batch) and retried before anything new is evaluated.
+        match self.sinks.submit_or_hold(&alerts) {
+            Ok(()) => Ok(()),
+            Err(held) => {
+                m.alert_write_errors.inc();
+                let message = held.error.to_string();
+                self.set_held(verity_sinks::SinkSet::held_len(&held));
+                self.held = Some(held);
+                Err(StageError::Held {
+                    stage: "rules",
+                    message,
+                })
             }
-        })
+        }
     }
 
     fn export(&mut self, engine: &Engine) {
@@ -366,12 +424,15 @@ impl Stage for RulesStage {
     }
 
     fn process(&mut self, batch: &Batch) -> Result<(), StageError> {
+        // Nothing new is evaluated while earlier alerts are held: the sources are told to
+        // retry, and no rule state moves.
+        self.deliver_held()?;
         let shared = self.shared.clone();
         let mut engine = shared.lock();
         let alerts = match batch {
             Batch::Events(b) => {
                 self.last_events = std::time::Instant::now();
-                engine.process(b)
+                engine.process_at(b, Some(crate::normalize::now_ns()))
             }
             // With no telemetry at all, event time stands still; let wall-clock idleness
             // move the watermark so silent keys still become unknown.
@@ -386,11 +447,34 @@ impl Stage for RulesStage {
     }
 
     fn flush(&mut self) -> Result<(), StageError> {
+        // Draining: a spool that still fails gets a few more tries, then what is held is
+        // given up (counted in verity_alerts_dropped_total).
+        for attempt in 0..DRAIN_RETRIES {
+            if self.deliver_held().is_ok() {
+                break;
+            }
+            if attempt + 1 < DRAIN_RETRIES {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
+        if let Some(held) = self.held.take() {
+            let error = self.sinks.drop_held(held);
+            self.set_held(0);
+            return Err(StageError::Other {
+                stage: "rules",
+                message: error.to_string(),
+            });
+        }
         let shared = self.shared.clone();
         let mut engine = shared.lock();
         let alerts = engine.flush();
         self.export(&engine);
         drop(engine);
-        self.emit(alerts)
+        let result = self.emit(alerts);
+        if let Some(held) = self.held.take() {
+            let _ = self.sinks.drop_held(held);
+            self.set_held(0);
+        }
+        result
     }
 }

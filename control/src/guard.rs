@@ -1,8 +1,8 @@
 //! Guardrails: a revocation that would cut off the mesh itself is refused, and a burst of
 //! revocations (a bad rule, an attack meant to make Verity lock everyone out) is capped.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
 
 use verity_model::alert::Severity;
 
@@ -19,12 +19,63 @@ pub enum Refusal {
         window_secs: u64,
         origin: &'static str,
     },
+    #[error("the cap of {cap} {origin} revocations in namespace {namespace} per {window_secs}s is reached")]
+    NamespaceCap {
+        namespace: String,
+        cap: usize,
+        window_secs: u64,
+        origin: &'static str,
+    },
     #[error("severity {severity} is below the minimum {minimum}")]
     Severity {
         severity: &'static str,
         minimum: &'static str,
     },
+    #[error(
+        "{principal} is an intermediary (matches {pattern}) and the evidence names no single end user behind its requests: review by hand"
+    )]
+    Intermediary { principal: String, pattern: String },
+    #[error("not acted on: {0}")]
+    Evidence(String),
 }
+
+impl Refusal {
+    /// Every [`Refusal::reason`], for metric series that exist from the start.
+    pub const REASONS: &'static [&'static str] = &[
+        "not_an_identity",
+        "protected",
+        "intermediary",
+        "severity",
+        "cap",
+        "namespace_cap",
+        "evidence",
+    ];
+
+    /// The metric label for this refusal.
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            Refusal::NotAnIdentity { .. } => "not_an_identity",
+            Refusal::Protected { .. } => "protected",
+            Refusal::Intermediary { .. } => "intermediary",
+            Refusal::Severity { .. } => "severity",
+            Refusal::Cap { .. } => "cap",
+            Refusal::NamespaceCap { .. } => "namespace_cap",
+            Refusal::Evidence(_) => "evidence",
+        }
+    }
+}
+
+/// Gateways and waypoints: they forward other identities' requests, so what they carry is
+/// not their own doing.
+pub const DEFAULT_INTERMEDIARIES: &[&str] = &[
+    "*/sa/istio-ingressgateway*",
+    "*/sa/istio-egressgateway*",
+    "*/sa/istio-eastwestgateway*",
+    "*-gateway-service-account",
+    "*/sa/*-istio",
+    "*/sa/*waypoint*",
+    "*/sa/ztunnel",
+];
 
 /// Identities no revocation may touch by default: the control plane, gateways, kube-system.
 pub const DEFAULT_PROTECTED: &[&str] = &[
@@ -83,7 +134,7 @@ pub fn check_identity(kind: &str, principal: &str) -> Result<(), Refusal> {
 
 /// Who asked for a revocation. Each has its own budget, so an attacker who makes rules fire
 /// cannot use up what an operator needs, and operator revocations never count against rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Origin {
     /// A rule's `respond`, from telemetry.
     Rule,
@@ -104,37 +155,65 @@ pub struct Guardrails {
     protected: Vec<String>,
     cap: usize,
     operator_cap: usize,
+    namespace_cap: usize,
+    operator_namespace_cap: usize,
     window_ns: i64,
     min_severity: Severity,
-    recent: Mutex<VecDeque<i64>>,
-    recent_operator: Mutex<VecDeque<i64>>,
+    recent: Mutex<Budgets>,
+}
+
+/// When each recent revocation was admitted, globally and per namespace, for each origin.
+#[derive(Default)]
+struct Budgets {
+    global: HashMap<Origin, VecDeque<i64>>,
+    namespaces: HashMap<(Origin, String), VecDeque<i64>>,
+}
+
+/// The namespace a revocation counts against: a SPIFFE ID's, else the alert's destination.
+fn namespace_of<'a>(principal: &'a str, fallback: Option<&'a str>) -> Option<&'a str> {
+    let mut parts = crate::normalize_principal(principal).split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns),
+        _ => fallback.filter(|n| !n.is_empty()),
+    }
 }
 
 /// `*` matches any run of characters (the same matching as sink routing's rule patterns).
 pub use verity_sinks::routing::glob_match as glob;
 
 impl Guardrails {
-    /// `cap` rule-driven and `operator_cap` operator revocations per window.
-    pub fn new(
-        protected: Vec<String>,
-        cap: usize,
-        operator_cap: usize,
-        window_secs: u64,
-        min_severity: Severity,
-    ) -> Self {
+    pub fn new(cfg: &crate::config::ControlConfig) -> Self {
         Self {
-            protected,
-            cap,
-            operator_cap,
-            window_ns: i64::try_from(window_secs).unwrap_or(i64::MAX / 1_000_000_000) * 1_000_000_000,
-            min_severity,
-            recent: Mutex::new(VecDeque::new()),
-            recent_operator: Mutex::new(VecDeque::new()),
+            protected: cfg.protected.clone(),
+            cap: cfg.max_per_window,
+            operator_cap: cfg.max_operator_per_window,
+            namespace_cap: cfg.max_per_namespace_per_window,
+            operator_namespace_cap: cfg.max_operator_per_namespace_per_window,
+            window_ns: i64::try_from(cfg.window_secs)
+                .unwrap_or(i64::MAX / 1_000_000_000)
+                .saturating_mul(1_000_000_000),
+            min_severity: cfg.min_severity,
+            recent: Mutex::new(Budgets::default()),
         }
     }
 
-    /// Checks a revocation of `principal` at `now_ns`; on success it counts toward the cap.
-    pub fn admit(&self, principal: &str, severity: Severity, origin: Origin, now_ns: i64) -> Result<(), Refusal> {
+    fn budgets(&self) -> MutexGuard<'_, Budgets> {
+        match self.recent.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Checks a revocation of `principal` at `now_ns`; on success it counts toward the caps
+    /// (global, and the namespace's: the principal's own, else `namespace`).
+    pub fn admit(
+        &self,
+        principal: &str,
+        namespace: Option<&str>,
+        severity: Severity,
+        origin: Origin,
+        now_ns: i64,
+    ) -> Result<(), Refusal> {
         let p = crate::normalize_principal(principal);
         if let Some(pattern) = self.protected.iter().find(|g| glob(g, p)) {
             return Err(Refusal::Protected {
@@ -148,29 +227,63 @@ impl Guardrails {
                 minimum: self.min_severity.as_str(),
             });
         }
-        let (recent, cap) = match origin {
-            Origin::Rule => (&self.recent, self.cap),
-            Origin::Operator => (&self.recent_operator, self.operator_cap),
+        let (cap, namespace_cap) = match origin {
+            Origin::Rule => (self.cap, self.namespace_cap),
+            Origin::Operator => (self.operator_cap, self.operator_namespace_cap),
         };
-        let mut recent = match recent.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
+        let window_secs = u64::try_from(self.window_ns / 1_000_000_000).unwrap_or(0);
+        let horizon = now_ns.saturating_sub(self.window_ns);
+        let slide = |q: &mut VecDeque<i64>| {
+            while q.front().is_some_and(|t| *t <= horizon) {
+                q.pop_front();
+            }
         };
-        while recent
-            .front()
-            .is_some_and(|t| *t <= now_ns.saturating_sub(self.window_ns))
-        {
-            recent.pop_front();
-        }
-        if recent.len() >= cap {
+        let mut budgets = self.budgets();
+        let Budgets { global, namespaces } = &mut *budgets;
+        // Namespaces come from telemetry: keep only those with revocations in the window, so
+        // the map is bounded by the global caps.
+        namespaces.retain(|_, q| {
+            slide(q);
+            !q.is_empty()
+        });
+        let global = global.entry(origin).or_default();
+        slide(global);
+        if global.len() >= cap {
             return Err(Refusal::Cap {
                 cap,
-                window_secs: u64::try_from(self.window_ns / 1_000_000_000).unwrap_or(0),
+                window_secs,
                 origin: origin.as_str(),
             });
         }
-        recent.push_back(now_ns);
+        if let Some(ns) = namespace_of(p, namespace) {
+            let q = namespaces.entry((origin, ns.to_string())).or_default();
+            if q.len() >= namespace_cap {
+                return Err(Refusal::NamespaceCap {
+                    namespace: ns.chars().take(63).collect(),
+                    cap: namespace_cap,
+                    window_secs,
+                    origin: origin.as_str(),
+                });
+            }
+            q.push_back(now_ns);
+        }
+        global.push_back(now_ns);
         Ok(())
+    }
+
+    /// The intermediary pattern `principal` matches, if any: the defaults and `extra`.
+    pub fn intermediary<'a>(principal: &str, extra: &'a [String]) -> Option<std::borrow::Cow<'a, str>> {
+        let p = crate::normalize_principal(principal);
+        DEFAULT_INTERMEDIARIES
+            .iter()
+            .find(|g| glob(g, p))
+            .map(|g| std::borrow::Cow::Borrowed(*g))
+            .or_else(|| {
+                extra
+                    .iter()
+                    .find(|g| glob(g, p))
+                    .map(|g| std::borrow::Cow::Borrowed(g.as_str()))
+            })
     }
 }
 
@@ -181,13 +294,15 @@ mod tests {
     const S: i64 = 1_000_000_000;
 
     fn g() -> Guardrails {
-        Guardrails::new(
-            DEFAULT_PROTECTED.iter().map(|s| s.to_string()).collect(),
-            2,
-            3,
-            60,
-            Severity::High,
-        )
+        Guardrails::new(&crate::config::ControlConfig {
+            max_per_window: 2,
+            max_operator_per_window: 3,
+            max_per_namespace_per_window: 2,
+            max_operator_per_namespace_per_window: 3,
+            window_secs: 60,
+            min_severity: Severity::High,
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -203,15 +318,21 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    g.admit(p, Severity::Critical, Origin::Rule, 0),
+                    g.admit(p, None, Severity::Critical, Origin::Rule, 0),
                     Err(Refusal::Protected { .. })
                 ),
                 "{p}"
             );
         }
         assert!(
-            g.admit("cluster.local/ns/shop/sa/cart", Severity::Critical, Origin::Rule, 0)
-                .is_ok()
+            g.admit(
+                "cluster.local/ns/shop/sa/cart",
+                None,
+                Severity::Critical,
+                Origin::Rule,
+                0
+            )
+            .is_ok()
         );
     }
 
@@ -260,10 +381,10 @@ mod tests {
     #[test]
     fn rules_cannot_use_up_the_operator_budget() {
         let g = g();
-        assert!(g.admit("a/ns/x/sa/1", Severity::High, Origin::Rule, 0).is_ok());
-        assert!(g.admit("a/ns/x/sa/2", Severity::High, Origin::Rule, 0).is_ok());
+        assert!(g.admit("a/ns/x/sa/1", None, Severity::High, Origin::Rule, 0).is_ok());
+        assert!(g.admit("a/ns/x/sa/2", None, Severity::High, Origin::Rule, 0).is_ok());
         assert!(matches!(
-            g.admit("a/ns/x/sa/3", Severity::High, Origin::Rule, 0),
+            g.admit("a/ns/x/sa/3", None, Severity::High, Origin::Rule, 0),
             Err(Refusal::Cap {
                 origin: "rule-driven",
                 ..
@@ -271,12 +392,18 @@ mod tests {
         ));
         for i in 0..3 {
             assert!(
-                g.admit(&format!("a/ns/x/sa/op{i}"), Severity::Critical, Origin::Operator, 0)
-                    .is_ok()
+                g.admit(
+                    &format!("a/ns/x/sa/op{i}"),
+                    None,
+                    Severity::Critical,
+                    Origin::Operator,
+                    0
+                )
+                .is_ok()
             );
         }
         assert!(matches!(
-            g.admit("a/ns/x/sa/op3", Severity::Critical, Origin::Operator, 0),
+            g.admit("a/ns/x/sa/op3", None, Severity::Critical, Origin::Operator, 0),
             Err(Refusal::Cap { origin: "operator", .. })
         ));
     }
@@ -285,16 +412,54 @@ mod tests {
     fn cap_per_window_and_minimum_severity() {
         let g = g();
         assert!(matches!(
-            g.admit("a/ns/x/sa/y", Severity::Medium, Origin::Rule, 0),
+            g.admit("a/ns/x/sa/y", None, Severity::Medium, Origin::Rule, 0),
             Err(Refusal::Severity { .. })
         ));
-        assert!(g.admit("a/ns/x/sa/1", Severity::High, Origin::Rule, 0).is_ok());
-        assert!(g.admit("a/ns/x/sa/2", Severity::High, Origin::Rule, S).is_ok());
+        assert!(g.admit("a/ns/x/sa/1", None, Severity::High, Origin::Rule, 0).is_ok());
+        assert!(g.admit("a/ns/x/sa/2", None, Severity::High, Origin::Rule, S).is_ok());
         assert!(matches!(
-            g.admit("a/ns/x/sa/3", Severity::High, Origin::Rule, 2 * S),
+            g.admit("a/ns/x/sa/3", None, Severity::High, Origin::Rule, 2 * S),
             Err(Refusal::Cap { cap: 2, .. })
         ));
         // The window slides.
-        assert!(g.admit("a/ns/x/sa/3", Severity::High, Origin::Rule, 61 * S).is_ok());
+        assert!(
+            g.admit("a/ns/x/sa/3", None, Severity::High, Origin::Rule, 61 * S)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_namespace_has_a_budget_of_its_own() {
+        let g = Guardrails::new(&crate::config::ControlConfig {
+            max_per_window: 10,
+            max_per_namespace_per_window: 2,
+            window_secs: 60,
+            min_severity: Severity::High,
+            ..Default::default()
+        });
+        assert!(g.admit("td/ns/pay/sa/1", None, Severity::High, Origin::Rule, 0).is_ok());
+        assert!(g.admit("td/ns/pay/sa/2", None, Severity::High, Origin::Rule, 0).is_ok());
+        assert!(matches!(
+            g.admit("td/ns/pay/sa/3", None, Severity::High, Origin::Rule, 0),
+            Err(Refusal::NamespaceCap { ref namespace, .. }) if namespace == "pay"
+        ));
+        assert!(
+            g.admit("td/ns/shop/sa/1", None, Severity::High, Origin::Rule, 0)
+                .is_ok()
+        );
+        // An end user counts against the alert's namespace.
+        assert!(
+            g.admit("https://idp/u1", Some("shop"), Severity::High, Origin::Rule, 0)
+                .is_ok()
+        );
+        assert!(
+            g.admit("https://idp/u2", Some("shop"), Severity::High, Origin::Rule, 0)
+                .is_err()
+        );
+        // Operators have their own.
+        assert!(
+            g.admit("td/ns/pay/sa/9", None, Severity::High, Origin::Operator, 0)
+                .is_ok()
+        );
     }
 }

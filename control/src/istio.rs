@@ -24,7 +24,8 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use verity_model::alert::Alert;
 
-use crate::manager::{Manager, Responder};
+use crate::responder::{Applied, Responder, ResponderError};
+use crate::revoker::Revoker;
 use crate::{Counters, Mode, Revocation};
 
 /// Istio's API group for security policies.
@@ -301,7 +302,7 @@ impl IstioMetrics {
     }
 }
 
-/// The [`Responder`] the manager calls: it only wakes the controller, which confirms later.
+/// The [`Responder`] the revoker calls: it only wakes the controller, which confirms later.
 pub struct IstioResponder {
     wake: Arc<Notify>,
     cfg: IstioConfig,
@@ -317,15 +318,15 @@ impl Responder for IstioResponder {
     fn name(&self) -> &'static str {
         NAME
     }
-    fn apply(&self, r: &Revocation) -> Result<String, String> {
+    fn apply(&self, r: &Revocation) -> Result<Applied, ResponderError> {
         // The controller is woken by `stored()`, once the revocation is in the store it reads.
         let p = policy(r, &self.cfg);
-        Ok(format!(
+        Ok(Applied::Later(format!(
             "server-side apply of AuthorizationPolicy {}/{} queued",
             p.namespace, p.name
-        ))
+        )))
     }
-    fn remove(&self, r: &Revocation) -> Result<String, String> {
+    fn remove(&self, r: &Revocation) -> Result<String, ResponderError> {
         let p = policy(r, &self.cfg);
         self.wake.notify_one();
         Ok(format!(
@@ -333,7 +334,7 @@ impl Responder for IstioResponder {
             p.namespace, p.name
         ))
     }
-    fn deferred(&self) -> bool {
+    fn retries_itself(&self) -> bool {
         true
     }
     fn supports_dry_run(&self) -> bool {
@@ -494,8 +495,11 @@ impl IstioController {
     /// A health check for `verity validate --check-sinks`: lists the managed policies and
     /// applies a probe policy as a server-side dry run (which proves the CRD is installed,
     /// the objects pass its schema and Verity may patch them); nothing is stored.
-    pub async fn check(&self) -> Result<String, String> {
-        let listed = self.list().await.map_err(|e| format!("list: {e}"))?;
+    pub async fn check(&self) -> Result<String, ResponderError> {
+        let listed = self
+            .list()
+            .await
+            .map_err(|e| ResponderError::retry(format!("list: {e}")))?;
         let probe = Revocation {
             id: "rev-0000000000000000".into(),
             kind: "principal".into(),
@@ -514,7 +518,7 @@ impl IstioController {
         let p = policy(&probe, &self.cfg);
         self.apply(&p, true)
             .await
-            .map_err(|e| format!("server-side apply (dry run) in {}: {e}", p.namespace))?;
+            .map_err(|e| ResponderError::retry(format!("server-side apply (dry run) in {}: {e}", p.namespace)))?;
         Ok(format!(
             "{} AuthorizationPolicies managed; server-side apply (dry run) accepted in {}",
             listed.len(),
@@ -524,7 +528,7 @@ impl IstioController {
 
     /// One comparison of wanted and existing policies. Returns the audit events of the
     /// revocations whose state changed.
-    pub async fn pass(&mut self, manager: &Arc<Manager>, now_ns: i64) -> Vec<Alert> {
+    pub async fn pass(&mut self, manager: &Arc<Revoker>, now_ns: i64) -> Vec<Alert> {
         let now = Instant::now();
         let mut desired: HashMap<Key, (Revocation, Policy)> = HashMap::new();
         for r in manager.enforced() {
@@ -585,7 +589,11 @@ impl IstioController {
                     let wait = self.failed(&key, now);
                     tracing::warn!(policy = %format!("{}/{}", key.0, key.1), error = %e, retry_in = ?wait,
                         "could not apply an AuthorizationPolicy");
-                    Err(format!("AuthorizationPolicy {}/{}: {e}", key.0, key.1))
+                    // The controller retries with backoff whatever the cause.
+                    Err(ResponderError::retry(format!(
+                        "AuthorizationPolicy {}/{}: {e}",
+                        key.0, key.1
+                    )))
                 }
             };
             let (m, id) = (manager.clone(), r.id.clone());
@@ -627,7 +635,7 @@ impl IstioController {
     /// next start deletes what expired meanwhile.
     pub async fn run(
         mut self,
-        manager: Arc<Manager>,
+        manager: Arc<Revoker>,
         wake: Arc<Notify>,
         mut stop: watch::Receiver<bool>,
         deliver: impl Fn(Vec<Alert>),

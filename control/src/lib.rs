@@ -3,8 +3,13 @@
 //!
 //! - [`store::Store`]: every revocation with its state (pending, applied, failed, expired,
 //!   lifted), written atomically to one JSON file so it survives restarts.
-//! - [`guard::Guardrails`]: identities that are never revoked, a cap per time window and a
-//!   minimum severity.
+//! - [`revoker::Revoker`]: turns alerts and operator requests into revocations and keeps them
+//!   in step with the responders and with time.
+//! - [`guard::Guardrails`]: identities that are never revoked, caps per time window (global
+//!   and per namespace, rule-driven and operator apart) and a minimum severity.
+//! - [`evidence`]: who a rule-driven revocation may name (never an intermediary) and whether
+//!   its evidence is good enough to act on.
+//! - [`responder`]: the [`Responder`] trait with typed outcomes.
 //! - [`denylist::DenyList`]: the principals currently denied, swapped in whole so that the
 //!   ext_authz read path takes no lock.
 //! - [`ext_authz`]: `envoy.service.auth.v3.Authorization/Check` answering 403 for revoked
@@ -15,13 +20,22 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod denylist;
+pub mod evidence;
 pub mod ext_authz;
 pub mod guard;
 pub mod istio;
-pub mod manager;
+pub mod metrics;
+pub mod responder;
+pub mod revoker;
 pub mod store;
 pub mod webhook;
+
+pub use config::ControlConfig;
+pub use metrics::ControlMetrics;
+pub use responder::{Applied, DenyListResponder, Responder, ResponderError};
+pub use revoker::{RevokeRequest, Revoker, SharedRevoker, VerifyHook, alert_namespace, parse_ttl_ns};
 
 use std::collections::BTreeMap;
 
@@ -76,8 +90,42 @@ pub struct ResponderResult {
     /// Handed to a responder that confirms later (the Istio responder); not yet confirmed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
+    /// A failure that retrying will not fix; left for an operator.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
     pub detail: String,
     pub at_ns: i64,
+}
+
+impl ResponderResult {
+    pub fn ok(detail: String, at_ns: i64) -> Self {
+        Self {
+            ok: true,
+            pending: false,
+            permanent: false,
+            detail,
+            at_ns,
+        }
+    }
+
+    /// What a responder's [`Responder::apply`] answered.
+    pub fn from_apply(outcome: Result<Applied, ResponderError>, at_ns: i64) -> Self {
+        match outcome {
+            Ok(Applied::Now(detail)) => Self::ok(detail, at_ns),
+            Ok(Applied::Later(detail)) => Self {
+                pending: true,
+                ok: false,
+                ..Self::ok(detail, at_ns)
+            },
+            Err(e) => Self {
+                ok: false,
+                pending: false,
+                permanent: !e.retry,
+                detail: e.detail,
+                at_ns,
+            },
+        }
+    }
 }
 
 /// One revocation of one identity.

@@ -4,14 +4,25 @@
 //! `X-Verity-Timestamp` / `X-Verity-Signature` headers as the webhook alert output. Deliveries
 //! are queued and sent in order by a background task, retried with backoff, so a slow receiver
 //! never holds up the pipeline.
+//!
+//! A revocation is reported applied only once the receiver answered 2xx: until then it is
+//! pending in the revocation store, which is what makes delivery durable. A delivery that ran
+//! out of attempts marks it failed, and the revoker queues it again; after a restart every
+//! revocation not yet confirmed is queued again. A 4xx other than 408/429 is a refusal
+//! retrying will not change: the revocation is marked failed for an operator to look at.
 
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::Revocation;
-use crate::manager::Responder;
+use crate::responder::{Applied, Responder, ResponderError};
+use crate::revoker::Revoker;
+
+/// The responder's name in each revocation's results.
+pub const NAME: &str = "webhook";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,7 +42,17 @@ fn default_attempts() -> u32 {
 pub struct WebhookResponder {
     url: String,
     tx: mpsc::Sender<(&'static str, Revocation)>,
+    revoker: RevokerSlot,
+    /// Revocations to send once they are in the store (see [`Responder::stored`]): a fast
+    /// receiver's confirmation must find the revocation there.
+    staged: std::sync::Mutex<Vec<Revocation>>,
 }
+
+/// At most this many revocations wait to be queued.
+const MAX_STAGED: usize = 1024;
+
+/// The revoker a delivery reports to, set once it exists (it owns the responders).
+pub type RevokerSlot = Arc<OnceLock<Weak<Revoker>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -56,9 +77,12 @@ impl WebhookResponder {
             .map_err(|e| WebhookError::Client(e.to_string()))?;
         let (tx, mut rx) = mpsc::channel::<(&'static str, Revocation)>(1024);
         let (url, attempts) = (cfg.url.clone(), cfg.max_attempts.max(1));
+        let revoker: RevokerSlot = Arc::default();
+        let report_to = revoker.clone();
         tokio::spawn(async move {
             while let Some((action, r)) = rx.recv().await {
                 let body = serde_json::json!({"version": "1", "action": action, "revocation": r}).to_string();
+                let mut outcome = Err(ResponderError::retry(format!("{url}: not delivered")));
                 for attempt in 0..attempts {
                     let ts = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -79,45 +103,105 @@ impl WebhookResponder {
                         }
                     }
                     match req.body(body.clone()).send().await {
-                        Ok(resp) if resp.status().is_success() => break,
-                        Ok(resp) if resp.status().is_client_error() && resp.status().as_u16() != 429 => {
-                            tracing::error!(status = %resp.status(), id = %r.id, "webhook responder refused the revocation");
+                        Ok(resp) if resp.status().is_success() => {
+                            outcome = Ok(format!("delivered to {url} (HTTP {})", resp.status().as_u16()));
                             break;
                         }
-                        outcome => {
-                            let why = match outcome {
-                                Ok(resp) => resp.status().to_string(),
+                        Ok(resp) if resp.status().is_client_error() && !matches!(resp.status().as_u16(), 408 | 429) => {
+                            tracing::error!(status = %resp.status(), id = %r.id, "webhook responder refused the revocation");
+                            outcome = Err(ResponderError::permanent(format!(
+                                "{url} refused it (HTTP {})",
+                                resp.status().as_u16()
+                            )));
+                            break;
+                        }
+                        answer => {
+                            let why = match answer {
+                                Ok(resp) => format!("HTTP {}", resp.status().as_u16()),
                                 Err(e) => e.to_string(),
                             };
                             tracing::warn!(%why, attempt, id = %r.id, "webhook responder failed; retrying");
+                            outcome = Err(ResponderError::retry(format!("{url}: {why}")));
                             tokio::time::sleep(Duration::from_millis(200u64 << attempt.min(8))).await;
                         }
                     }
                 }
+                let Some(revoker) = report_to.get().and_then(Weak::upgrade) else {
+                    continue;
+                };
+                let now = verity_model::time::now_ns();
+                // The revoker writes its store (fsync) and the audit events go to the sinks:
+                // off the async workers.
+                let _ = tokio::task::spawn_blocking(move || match action {
+                    "revoke" => {
+                        let events = revoker.confirm(&r.id, NAME, outcome, now);
+                        revoker.audit_out(events);
+                    }
+                    _ => {
+                        let detail = match outcome {
+                            Ok(d) => format!("removal {d}"),
+                            Err(e) => format!("removal not delivered: {e}"),
+                        };
+                        revoker.note(&r.id, NAME, detail, now);
+                    }
+                })
+                .await;
             }
         });
         Ok(Self {
             url: cfg.url.clone(),
             tx,
+            revoker,
+            staged: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    fn queue(&self, action: &'static str, r: &Revocation) -> Result<String, String> {
+    fn staged(&self) -> std::sync::MutexGuard<'_, Vec<Revocation>> {
+        match self.staged.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Where deliveries report their outcome; set once the revoker exists.
+    pub fn revoker_slot(&self) -> RevokerSlot {
+        self.revoker.clone()
+    }
+
+    fn queue(&self, action: &'static str, r: &Revocation) -> Result<String, ResponderError> {
         self.tx
             .try_send((action, r.clone()))
             .map(|()| format!("queued for {}", self.url))
-            .map_err(|e| format!("webhook queue: {e}"))
+            .map_err(|e| ResponderError::retry(format!("webhook queue: {e}")))
     }
 }
 
 impl Responder for WebhookResponder {
     fn name(&self) -> &'static str {
-        "webhook"
+        NAME
     }
-    fn apply(&self, r: &Revocation) -> Result<String, String> {
-        self.queue("revoke", r)
+    fn apply(&self, r: &Revocation) -> Result<Applied, ResponderError> {
+        let mut staged = self.staged();
+        if staged.len() >= MAX_STAGED {
+            return Err(ResponderError::retry("webhook queue is full"));
+        }
+        staged.retain(|s| s.id != r.id);
+        staged.push(r.clone());
+        Ok(Applied::Later(format!("queued for {}", self.url)))
     }
-    fn remove(&self, r: &Revocation) -> Result<String, String> {
+    fn remove(&self, r: &Revocation) -> Result<String, ResponderError> {
+        self.staged().retain(|s| s.id != r.id);
         self.queue("remove", r)
+    }
+    fn stored(&self) {
+        let mut staged = self.staged();
+        while let Some(r) = staged.first().cloned() {
+            if self.queue("revoke", &r).is_err() {
+                // Full: the rest go with the next change.
+                tracing::warn!(id = %r.id, "webhook queue is full; sending later");
+                break;
+            }
+            staged.remove(0);
+        }
     }
 }

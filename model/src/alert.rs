@@ -61,7 +61,7 @@ impl AlertStatus {
 }
 
 /// One event kept as evidence, with its original line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
     pub event_time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +79,16 @@ pub struct Evidence {
     /// identities should require it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sender_verified: bool,
+    /// How the sender relates to the record (`bound`, `trusted`, …; see `docs/schema.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_binding: Option<String>,
+    /// The workload that received the request: for an inbound record, the proxy that enforced
+    /// the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_principal: Option<String>,
+    /// The end user (JWT `iss/sub`) behind the request, when one was authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_principal: Option<String>,
 }
 
 /// Who a responder may act on.

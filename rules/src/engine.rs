@@ -29,6 +29,10 @@ pub struct EngineSettings {
     pub lateness_ns: i64,
     /// Where `first_seen` rules keep their learned sets across restarts.
     pub state_dir: Option<PathBuf>,
+    /// A sender not heard from for this long (wall clock) no longer holds event time back.
+    pub sender_idle_ns: i64,
+    /// Nor does one whose newest event is this far behind the wall clock.
+    pub sender_max_lag_ns: i64,
 }
 
 impl Default for EngineSettings {
@@ -36,6 +40,8 @@ impl Default for EngineSettings {
         Self {
             lateness_ns: 5_000_000_000,
             state_dir: None,
+            sender_idle_ns: 60_000_000_000,
+            sender_max_lag_ns: 600_000_000_000,
         }
     }
 }
@@ -88,9 +94,7 @@ pub struct ReloadSummary {
 pub struct Engine {
     slots: Vec<Slot>,
     settings: EngineSettings,
-    max_event: Option<i64>,
-    /// The newest real event time after the last batch (idle advance starts from it).
-    last_batch_max: Option<i64>,
+    clock: crate::event_clock::EventClock,
     stats: EngineStats,
 }
 
@@ -98,9 +102,12 @@ impl Engine {
     pub fn new(rules: Vec<CompiledRule>, settings: EngineSettings) -> Self {
         let mut e = Self {
             slots: Vec::new(),
+            clock: crate::event_clock::EventClock::new(
+                settings.lateness_ns,
+                settings.sender_idle_ns,
+                settings.sender_max_lag_ns,
+            ),
             settings,
-            max_event: None,
-            last_batch_max: None,
             stats: EngineStats::default(),
         };
         e.replace_rules(rules);
@@ -157,8 +164,15 @@ impl Engine {
         self.slots.iter().map(|s| &s.rule)
     }
 
+    /// The minimum over active senders' newest event times, minus the lateness (see
+    /// [`crate::event_clock`]).
     pub fn watermark(&self) -> Option<i64> {
-        self.max_event.map(|m| m - self.settings.lateness_ns)
+        self.clock.watermark()
+    }
+
+    /// How many senders' event clocks are kept.
+    pub fn senders(&self) -> usize {
+        self.clock.senders()
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -199,8 +213,15 @@ impl Engine {
         out
     }
 
-    /// Evaluates every rule on a batch and returns the alerts it caused.
+    /// Evaluates every rule on a batch and returns the alerts it caused (replay, tests: every
+    /// sender counts as active).
     pub fn process(&mut self, batch: &RecordBatch) -> Vec<Alert> {
+        self.process_at(batch, None)
+    }
+
+    /// Evaluates every rule on a batch that arrived at `arrival_ns` (wall clock, for the
+    /// senders' idle timeout) and returns the alerts it caused.
+    pub fn process_at(&mut self, batch: &RecordBatch, arrival_ns: Option<i64>) -> Vec<Alert> {
         let mut out = Vec::new();
         if batch.num_rows() == 0 {
             return out;
@@ -210,20 +231,21 @@ impl Engine {
             tracing::error!("batch does not have the event schema; skipped");
             return out;
         };
-        let watermark_before = self.watermark();
         let n = batch.num_rows();
         self.stats.events += n as u64;
-        let mut batch_max = i64::MIN;
+        // A forged record's time is the forger's choice: it never moves event time.
         let forged = forged_rows(batch);
-        for i in 0..n {
-            // A forged record's time is the forger's choice: it never moves event time.
-            if forged.as_ref().is_some_and(|f| f.value(i)) {
-                continue;
-            }
-            let t = rows.time(i);
-            batch_max = batch_max.max(t);
-            if watermark_before.is_some_and(|w| t < w) {
-                self.stats.late_events += 1;
+        let senders = crate::event_clock::EventClock::batch_senders(batch, rows.times(), forged.as_ref());
+        let watermark_before = self.clock.watermark_for(&senders, arrival_ns);
+        if let Some(w) = watermark_before {
+            let times = rows.times();
+            for i in 0..n {
+                if forged.as_ref().is_some_and(|f| f.value(i)) {
+                    continue;
+                }
+                if times.value(i) < w {
+                    self.stats.late_events += 1;
+                }
             }
         }
         for slot in &mut self.slots {
@@ -237,10 +259,7 @@ impl Engine {
             slot.alerts += (out.len() - before) as u64;
         }
         // A batch of forgeries alone says nothing about event time.
-        if batch_max != i64::MIN {
-            self.max_event = Some(self.max_event.map_or(batch_max, |m| m.max(batch_max)));
-            self.last_batch_max = self.max_event;
-        }
+        self.clock.observe(&senders, arrival_ns);
         if let Some(w) = self.watermark() {
             self.advance(w, &mut out);
         }
@@ -252,15 +271,9 @@ impl Engine {
     /// silence even when the whole mesh has gone quiet.
     pub fn advance_idle(&mut self, idle_ns: i64) -> Vec<Alert> {
         let mut out = Vec::new();
-        let Some(last) = self.last_batch_max else { return out };
-        if idle_ns <= self.settings.lateness_ns {
+        if !self.clock.advance_idle(idle_ns) {
             return out;
         }
-        let virtual_max = last.saturating_add(idle_ns);
-        if self.max_event.is_some_and(|m| virtual_max <= m) {
-            return out;
-        }
-        self.max_event = Some(virtual_max);
         if let Some(w) = self.watermark() {
             self.advance(w, &mut out);
         }

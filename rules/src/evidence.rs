@@ -41,6 +41,10 @@ impl<'b> Rows<'b> {
             .is_some_and(|v| row < v.len() && v.is_valid(row) && v.value(row))
     }
 
+    pub fn times(&self) -> &'b arrow::array::PrimitiveArray<TimestampNanosecondType> {
+        self.time
+    }
+
     pub fn time(&self, row: usize) -> i64 {
         self.time.value(row)
     }
@@ -84,6 +88,9 @@ impl<'b> Rows<'b> {
             raw: self.named(col::RAW, row).unwrap_or_default(),
             sender: self.named(col::SENDER, row),
             sender_verified: self.sender_verified(row),
+            sender_binding: self.named(col::SENDER_BINDING, row),
+            destination_principal: self.named(col::DESTINATION_PRINCIPAL, row),
+            request_principal: self.named(col::REQUEST_PRINCIPAL, row),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod compile;
 pub mod detection;
 pub mod duration;
 pub mod engine;
+pub mod event_clock;
 mod evidence;
 pub mod first_seen;
 pub mod pack;

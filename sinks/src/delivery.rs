@@ -34,6 +34,14 @@ pub enum SubmitError {
     Encode(String),
 }
 
+/// Alerts some outputs could not spool, kept for a retry instead of being dropped.
+#[derive(Debug)]
+pub struct Held {
+    /// Output index and the encoded alerts it still needs.
+    parts: Vec<(usize, Vec<Vec<u8>>)>,
+    pub error: SubmitError,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("output {sink}: {message}")]
@@ -157,27 +165,66 @@ impl SinkSet {
     }
 
     /// Spools the alerts for every output that routes them, waiting while a spool is full.
-    /// Blocking: call it from the pipeline's worker thread, not from async code.
+    /// Blocking: call it from the pipeline's worker thread, not from async code. Alerts an
+    /// output could not spool are dropped and counted; callers that can keep them use
+    /// [`SinkSet::submit_or_hold`].
     pub fn submit(&self, alerts: &[Alert]) -> Result<(), SubmitError> {
+        self.submit_or_hold(alerts).map_err(|held| self.drop_held(held))
+    }
+
+    /// Like [`SinkSet::submit`], but what an output could not spool (its disk failed or is
+    /// full) is handed back, to be retried with [`SinkSet::retry_held`]: nothing is dropped.
+    pub fn submit_or_hold(&self, alerts: &[Alert]) -> Result<(), Held> {
         if alerts.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<Vec<u8>> = alerts
-            .iter()
-            .map(serde_json::to_vec)
-            .collect::<Result<_, _>>()
-            .map_err(|e| SubmitError::Encode(e.to_string()))?;
-        let mut first_error = None;
-        for o in &self.outputs {
-            let payloads: Vec<Vec<u8>> = alerts
-                .iter()
-                .zip(&encoded)
-                .filter(|(a, _)| o.routing.matches(a))
-                .map(|(_, e)| e.clone())
-                .collect();
-            if payloads.is_empty() {
-                continue;
+        let encoded: Vec<Vec<u8>> = match alerts.iter().map(serde_json::to_vec).collect::<Result<_, _>>() {
+            Ok(e) => e,
+            Err(e) => {
+                return Err(Held {
+                    parts: Vec::new(),
+                    error: SubmitError::Encode(e.to_string()),
+                });
             }
+        };
+        let parts = self
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let payloads: Vec<Vec<u8>> = alerts
+                    .iter()
+                    .zip(&encoded)
+                    .filter(|(a, _)| o.routing.matches(a))
+                    .map(|(_, e)| e.clone())
+                    .collect();
+                (i, payloads)
+            })
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
+        self.spool_parts(parts)
+    }
+
+    /// Tries again to spool what an earlier call held, only into the outputs that failed.
+    pub fn retry_held(&self, held: Held) -> Result<(), Held> {
+        self.spool_parts(held.parts)
+    }
+
+    /// Gives up on held alerts (a drain that cannot wait longer): counted as dropped.
+    pub fn drop_held(&self, held: Held) -> SubmitError {
+        let n: usize = held.parts.iter().map(|(_, p)| p.len()).sum();
+        self.metrics.dropped.inc_by(n as u64);
+        if n > 0 {
+            tracing::error!(alerts = n, error = %held.error, "alerts could not be spooled and are dropped");
+        }
+        held.error
+    }
+
+    fn spool_parts(&self, parts: Vec<(usize, Vec<Vec<u8>>)>) -> Result<(), Held> {
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        for (i, payloads) in parts {
+            let Some(o) = self.outputs.get(i) else { continue };
             let n = payloads.len() as u64;
             match o.spool.append(&payloads) {
                 Ok(_) => {
@@ -187,21 +234,27 @@ impl SinkSet {
                         .inc_by(n);
                 }
                 Err(source) => {
-                    self.metrics.dropped.inc_by(n);
-                    tracing::error!(sink = %o.name, error = %source, alerts = n, "could not spool alerts");
+                    self.metrics.spool_failures.inc();
+                    tracing::error!(sink = %o.name, error = %source, alerts = n, "could not spool alerts; holding them");
                     if first_error.is_none() {
                         first_error = Some(SubmitError::Spool {
                             sink: o.name.clone(),
                             source,
                         });
                     }
+                    failed.push((i, payloads));
                 }
             }
         }
         match first_error {
-            Some(e) => Err(e),
+            Some(error) => Err(Held { parts: failed, error }),
             None => Ok(()),
         }
+    }
+
+    /// How many alerts `held` keeps (summed over outputs).
+    pub fn held_len(held: &Held) -> usize {
+        held.parts.iter().map(|(_, p)| p.len()).sum()
     }
 
     /// True when every output has delivered (or dead-lettered) everything spooled.

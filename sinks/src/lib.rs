@@ -5,8 +5,10 @@
 //! alert is appended (and fsynced) to the spool of each sink that routes it: from then on an
 //! alert survives a crash, and that is the moment upstream acknowledgements may be sent. When a
 //! spool is full, `submit` waits: the pipeline fills and sources push back. Nothing is dropped
-//! silently; the one case where an alert cannot be kept (the spool's disk fails) is counted in
-//! `verity_alerts_dropped_total` and reported as an error to the caller.
+//! silently. When a spool's disk fails or is full, [`SinkSet::submit_or_hold`] hands the
+//! alerts back to be retried (the rules stage keeps them and pushes back on its sources until
+//! they are spooled); only a caller that gives up on them ([`SinkSet::drop_held`]) counts them
+//! in `verity_alerts_dropped_total`.
 
 #![forbid(unsafe_code)]
 
@@ -27,7 +29,7 @@ use std::time::Duration;
 use verity_model::alert::Alert;
 
 pub use config::{OutputConfig, SinksConfig};
-pub use delivery::{SinkSet, SubmitError};
+pub use delivery::{Held, SinkSet, SubmitError};
 pub use metrics::SinkMetrics;
 
 /// A boxed future, so that [`Sink`] stays object-safe.

@@ -44,6 +44,8 @@ pub struct SinkMetrics {
     pub request_duration: Family<SinkLabel, Histogram, fn() -> Histogram>,
     /// Alerts that could not be kept at all (a spool's disk failed). Must stay 0.
     pub dropped: Counter,
+    /// Spool appends that failed (the alerts were held and retried, not dropped).
+    pub spool_failures: Counter,
 }
 
 impl SinkMetrics {
@@ -59,6 +61,7 @@ impl SinkMetrics {
             spool_oldest_age: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             dropped: Counter::default(),
+            spool_failures: Counter::default(),
         };
         registry.register(
             "verity_sink_spooled",
@@ -100,6 +103,11 @@ impl SinkMetrics {
             "verity_sink_request_duration_seconds",
             "Duration of delivery requests",
             m.request_duration.clone(),
+        );
+        registry.register(
+            "verity_sink_spool_failures",
+            "Spool appends that failed (a full or failing disk); the alerts are held and retried, not dropped",
+            m.spool_failures.clone(),
         );
         registry.register(
             "verity_alerts_dropped",

@@ -526,6 +526,45 @@ pub fn otlp_json_logs<S: AsRef<str>>(lines: &[S]) -> String {
     serde_json::json!({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).to_string()
 }
 
+/// Bearer tokens e2e senders use, one per sender name (`e2e-sender-<n>`).
+pub fn sender_token(n: usize) -> String {
+    format!("e2e-sender-token-{n}-0123456789abcdef")
+}
+
+/// `VERITY__OTLP__TOKENS` accepting [`sender_token`] 0..`count`, each kept in a file in `dir`.
+/// Senders with a token count as aggregators by default: their records are verified evidence.
+pub fn sender_tokens_env(dir: &Path, count: usize) -> String {
+    let entries: Vec<String> = (0..count)
+        .map(|n| {
+            let f = dir.join(format!("sender-{n}.token"));
+            std::fs::write(&f, sender_token(n)).expect("token file");
+            format!(
+                r#"{{"name": "e2e-sender-{n}", "secret": {{"file": "{}"}}}}"#,
+                f.display()
+            )
+        })
+        .collect();
+    format!("[{}]", entries.join(", "))
+}
+
+/// Posts lines as OTLP/JSON with sender `n`'s bearer token; the HTTP status.
+pub fn post_log_lines_as<S: AsRef<str>>(http: SocketAddr, sender: usize, lines: &[S]) -> u16 {
+    post_logs_body_as(http, sender, otlp_json_logs(lines).as_bytes())
+}
+
+/// Posts an OTLP/JSON logs body with sender `n`'s bearer token; the HTTP status.
+pub fn post_logs_body_as(http: SocketAddr, sender: usize, body: &[u8]) -> u16 {
+    let auth = format!("Bearer {}", sender_token(sender));
+    http_request(
+        http,
+        "POST",
+        "/v1/logs",
+        &[("Content-Type", "application/json"), ("Authorization", &auth)],
+        body,
+    )
+    .map_or(0, |r| r.status)
+}
+
 /// Posts lines to an OTLP/HTTP endpoint as OTLP/JSON; the HTTP status (0 when unreachable).
 pub fn post_log_lines<S: AsRef<str>>(http: SocketAddr, lines: &[S]) -> u16 {
     http_request(

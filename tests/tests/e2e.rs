@@ -9,6 +9,7 @@ mod e2e {
     pub mod dashboards;
     pub mod demo;
     pub mod drain;
+    pub mod hostile_loop;
     pub mod intake_auth;
     pub mod istio;
     pub mod kafka;

@@ -47,6 +47,9 @@ pub struct IntakeConfig {
     /// (`invalid_timestamp`): one such record would move event time ahead and make every
     /// honest record after it late.
     pub max_future_secs: u64,
+    /// A record from the network dated more than this before it arrived is rejected the same
+    /// way (0: no limit). Replaying files keeps event time as it is.
+    pub max_past_secs: u64,
 }
 
 impl Default for IntakeConfig {
@@ -54,6 +57,7 @@ impl Default for IntakeConfig {
         Self {
             trust: Vec::new(),
             max_future_secs: 300,
+            max_past_secs: 0,
         }
     }
 }

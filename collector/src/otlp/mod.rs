@@ -6,6 +6,7 @@
 //! dead-lettered and reported through `partial_success`; they never fail the request.
 
 pub mod binding;
+pub mod deliveries;
 pub mod grpc;
 pub mod http;
 pub mod sender;
@@ -28,7 +29,7 @@ pub use crate::dead_letter::Origin;
 use crate::dead_letter::{DeadLetter, DeadLetterEntry};
 use crate::metrics::Metrics;
 use crate::normalize::{self, Ctx, RejectReason, Rejection};
-use crate::pipeline::{Backpressure, Batch, Handoff, Intake};
+use crate::pipeline::{Backpressure, Batch, Handoff, HeldAlerts, Intake};
 pub use sender::Sender;
 
 /// Shared by both transports.
@@ -37,6 +38,8 @@ pub struct OtlpIngest {
     dead_letter: Arc<DeadLetter>,
     metrics: Metrics,
     trust: binding::IntakeConfig,
+    deliveries: Arc<deliveries::Deliveries>,
+    held: HeldAlerts,
 }
 
 /// How many rejected records are described in `partial_success.error_message`.
@@ -49,7 +52,59 @@ impl OtlpIngest {
             dead_letter,
             metrics,
             trust,
+            deliveries: Arc::new(deliveries::Deliveries::new(HeldAlerts::default())),
+            held: HeldAlerts::default(),
         }
+    }
+
+    /// Resends are recognised against the rules stage's held alerts (see [`deliveries`]).
+    pub fn with_held_alerts(mut self, held: HeldAlerts) -> Self {
+        self.deliveries = Arc::new(deliveries::Deliveries::new(held.clone()));
+        self.held = held;
+        self
+    }
+
+    /// The rules stage's held alerts (sources wait for them before acknowledging evaluated
+    /// batches again).
+    pub fn held_alerts(&self) -> &HeldAlerts {
+        &self.held
+    }
+
+    /// Looks a request up among those already evaluated. `Ok(Some(digest))`: new, evaluate it
+    /// (the digest settles it); `Ok(None)`: a resend to acknowledge as it is.
+    fn recall(&self, sender: &Sender, req: &impl prost::Message) -> Result<Option<deliveries::Digest>, Backpressure> {
+        let d = self
+            .deliveries
+            .digest(sender.id.as_deref().unwrap_or(""), &req.encode_to_vec());
+        match self.deliveries.begin(d) {
+            deliveries::Verdict::New => Ok(Some(d)),
+            deliveries::Verdict::Duplicate => {
+                self.metrics
+                    .duplicate_requests
+                    .get_or_create(&[("outcome", "acknowledged")])
+                    .inc();
+                Ok(None)
+            }
+            deliveries::Verdict::RetryLater => {
+                self.metrics
+                    .duplicate_requests
+                    .get_or_create(&[("outcome", "retry_later")])
+                    .inc();
+                Err(Backpressure::Full)
+            }
+        }
+    }
+
+    /// Settles `digest` once `handoff` resolves, and hands the outcome on.
+    fn settled(&self, digest: deliveries::Digest, handoff: Handoff) -> Handoff {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let deliveries = self.deliveries.clone();
+        tokio::spawn(async move {
+            let outcome = handoff.wait().await;
+            deliveries.settle(digest, &outcome);
+            let _ = tx.send(outcome);
+        });
+        Handoff::from_receiver(rx)
     }
 
     /// Stamps the sender on a normalized record and decides whether the batch takes it.
@@ -68,11 +123,21 @@ impl OtlpIngest {
         }
     }
 
-    /// A rejection for a record dated too far after it arrived.
+    /// A rejection for a record dated too far after (or before) it arrived.
     fn too_far_ahead(&self, ev: &AccessEvent<'_>) -> Option<Rejection> {
-        let limit_ns = i64::try_from(self.trust.max_future_secs)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1_000_000_000);
+        let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1_000_000_000);
+        let past = self.trust.max_past_secs;
+        if past > 0 && ev.event_time_ns < ev.observed_time_ns.saturating_sub(secs(past)) {
+            return Some(Rejection::new(
+                RejectReason::InvalidTimestamp,
+                format!(
+                    "event time {} is more than {past} s before the record arrived ({})",
+                    verity_model::time::format_rfc3339_ns(ev.event_time_ns),
+                    verity_model::time::format_rfc3339_ns(ev.observed_time_ns)
+                ),
+            ));
+        }
+        let limit_ns = secs(self.trust.max_future_secs);
         (ev.event_time_ns > ev.observed_time_ns.saturating_add(limit_ns)).then(|| {
             Rejection::new(
                 RejectReason::InvalidTimestamp,
@@ -105,8 +170,17 @@ impl OtlpIngest {
         sender: &Sender,
     ) -> Result<(ExportLogsServiceResponse, Option<Handoff>), Backpressure> {
         let permit = self.intake.try_reserve()?;
+        let Some(digest) = self.recall(sender, req)? else {
+            return Ok((ExportLogsServiceResponse::default(), None));
+        };
         let (batch, response) = self.logs_batch(req, source, None, sender);
-        Ok((response, batch.map(|b| permit.send(b))))
+        match batch {
+            Some(b) => Ok((response, Some(self.settled(digest, permit.send(b))))),
+            None => {
+                self.deliveries.settle(digest, &Ok(()));
+                Ok((response, None))
+            }
+        }
     }
 
     pub fn export_metrics(

@@ -243,6 +243,7 @@ pub(super) mod tests {
             raw: format!("[{t}] \"POST /charge HTTP/1.1\" 403 - rbac_access_denied_matched_policy[none]"),
             sender: None,
             sender_verified: false,
+            ..Evidence::default()
         };
         Alert {
             id: "unauth-payments-00000000deadbeef".to_string(),

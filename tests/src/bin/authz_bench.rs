@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use verity_control::denylist::{Denial, DenyList};
 use verity_control::ext_authz::ExtAuthz;
-use verity_control::manager::{ControlConfig, DenyListResponder, Manager, Mode, RevokeRequest};
+use verity_control::{ControlConfig, DenyListResponder, Mode, RevokeRequest, Revoker};
 
 #[derive(Parser)]
 struct Args {
@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
         max_per_window: usize::MAX,
         ..ControlConfig::default()
     };
-    let manager = Arc::new(Manager::open(
+    let manager = Arc::new(Revoker::open(
         cfg,
         vec![Box::new(DenyListResponder(list.clone()))],
         Box::new(|_, _| {}),
@@ -158,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
                 ttl_ns: 3_600_000_000_000,
                 alert: None,
                 namespace: None,
+                refusal: None,
             },
             now_ns(),
         )?;
@@ -223,7 +224,7 @@ async fn istio(n: usize) -> anyhow::Result<()> {
         ..IstioConfig::default()
     };
     let wake = Arc::new(tokio::sync::Notify::new());
-    let manager = Arc::new(Manager::open(
+    let manager = Arc::new(Revoker::open(
         ControlConfig {
             mode: Mode::Enforce,
             store_path: dir.path().join("revocations.json"),

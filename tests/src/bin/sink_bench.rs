@@ -73,6 +73,7 @@ fn alert(i: usize) -> Alert {
                 raw: raw.clone(),
                 sender: None,
                 sender_verified: false,
+                ..Evidence::default()
             })
             .collect(),
         entity: None,

@@ -30,14 +30,23 @@ fn stalled_pipeline_pushes_back() {
             ("VERITY__OTLP__RETRY_AFTER_SECS", "3"),
         ],
     );
-    let body = otlp::logs_request(vec![otlp::record(LINE, vec![])]).encode_to_vec();
+    // Every request distinct (its request id): the same content again would be recognised as
+    // a resend of one already taken in.
+    let body = |i: usize| {
+        otlp::logs_request(vec![otlp::record(
+            &LINE.replace("\"bp\"", &format!("\"bp-{i}\"")),
+            vec![],
+        )])
+        .encode_to_vec()
+    };
+    let sent = std::sync::atomic::AtomicUsize::new(1000);
     let post = || {
         http_request(
             v.http,
             "POST",
             "/v1/logs",
             &[("Content-Type", "application/x-protobuf")],
-            &body,
+            &body(sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
         )
         .expect("http")
     };
@@ -45,8 +54,8 @@ fn stalled_pipeline_pushes_back() {
     // A request is answered only after its records are processed, so with the pipeline
     // stalled the accepted ones wait; each sender runs on its own thread.
     let senders: Vec<std::thread::JoinHandle<u16>> = (0..12)
-        .map(|_| {
-            let (addr, body) = (v.http, body.clone());
+        .map(|i| {
+            let (addr, body) = (v.http, body(i));
             let t = std::thread::spawn(move || {
                 http_request(
                     addr,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use verity_e2e::{Verity, eventually, free_port, post_log_lines, read_jsonl_lenient};
+use verity_e2e::{Verity, eventually, free_port, post_log_lines_as, read_jsonl_lenient};
 
 pub(crate) const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
 const ISTIOD: &str = "spiffe://cluster.local/ns/istio-system/sa/istiod";
@@ -24,9 +24,13 @@ pub(crate) fn at(offset_ms: i64) -> String {
 
 /// An Istio JSON access-log line of a request to `api.pay` at now + `offset_ms`.
 pub(crate) fn line(offset_ms: i64, principal: &str, status: u16, details: &str) -> String {
+    line_at(&at(offset_ms), principal, status, details)
+}
+
+/// [`line`] at an RFC 3339 time.
+pub(crate) fn line_at(time: &str, principal: &str, status: u16, details: &str) -> String {
     format!(
-        r#"{{"start_time":"{}","method":"GET","path":"/admin","protocol":"HTTP/1.1","response_code":{status},"response_code_details":"{details}","upstream_cluster":"inbound|8080||","downstream_peer_uri_san":"{principal}","connection_security_policy":"mutual_tls","requested_server_name":"outbound_.8080_._.api.pay.svc.cluster.local","authority":"api.pay.svc.cluster.local:8080"}}"#,
-        at(offset_ms)
+        r#"{{"start_time":"{time}","method":"GET","path":"/admin","protocol":"HTTP/1.1","response_code":{status},"response_code_details":"{details}","upstream_cluster":"inbound|8080||","downstream_peer_uri_san":"{principal}","connection_security_policy":"mutual_tls","requested_server_name":"outbound_.8080_._.api.pay.svc.cluster.local","authority":"api.pay.svc.cluster.local:8080"}}"#
     )
 }
 
@@ -70,9 +74,15 @@ pub(crate) fn has(v: &Verity, rule: &str) -> bool {
 }
 
 /// Verity in `enforce` mode with only the `e2e-probe` rule (three RBAC denials of one
-/// principal within a second revoke it for `ttl`), the ext_authz deny list on a free port and
-/// alerts in `<dir>/alerts.jsonl`, plus `env`; returns it and the ext_authz address.
-fn probing_verity(dir: tempfile::TempDir, ttl: &str, env: &[(&str, &str)]) -> (Verity, std::net::SocketAddr) {
+/// principal within a second revoke it for `ttl`), the ext_authz deny list on a free port,
+/// alerts in `<dir>/alerts.jsonl` and three OTLP senders with tokens
+/// ([`verity_e2e::post_log_lines_as`] 0, 1, 2), plus `env`; returns it and the ext_authz
+/// address.
+pub(crate) fn probing_verity(
+    dir: tempfile::TempDir,
+    ttl: &str,
+    env: &[(&str, &str)],
+) -> (Verity, std::net::SocketAddr) {
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).expect("mkdir");
     // Like the pack's denial burst, with a short window and the given TTL.
@@ -82,12 +92,14 @@ fn probing_verity(dir: tempfile::TempDir, ttl: &str, env: &[(&str, &str)]) -> (V
     )
     .expect("rule");
     let ext_authz = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (rules, listen, file) = (
+    let (rules, listen, file, tokens) = (
         format!("[{}]", rules.display()),
         ext_authz.to_string(),
         dir.path().join("alerts.jsonl").display().to_string(),
+        verity_e2e::sender_tokens_env(dir.path(), 3),
     );
     let mut all = vec![
+        ("VERITY__OTLP__TOKENS", tokens.as_str()),
         ("VERITY__RULES__BUILTIN_PACK", "false"),
         ("VERITY__RULES__DIRS", rules.as_str()),
         ("VERITY__RULES__LATENESS_SECS", "0"),
@@ -124,7 +136,7 @@ fn probing_revocation_enforcement_verification_and_expiry() {
     let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
     lines.extend((0..6).map(|i| line(-3000 + i * 10, ISTIOD, 403, DENIED)));
     lines.push(line(-500, "spiffe://cluster.local/ns/shop/sa/web", 200, "via_upstream"));
-    assert_eq!(post_log_lines(v.http, &lines), 200);
+    assert_eq!(post_log_lines_as(v.http, 0, &lines), 200);
     assert!(
         eventually(Duration::from_secs(15), || has(&v, "verity-revocation-applied")),
         "{:?}\n{}",
@@ -143,7 +155,7 @@ fn probing_revocation_enforcement_verification_and_expiry() {
     // not enforcing) is caught. Traffic keeps coming, as it would.
     assert!(
         eventually(Duration::from_secs(10), || {
-            assert_eq!(post_log_lines(v.http, &[line(0, CART, 200, "via_upstream")]), 200);
+            assert_eq!(post_log_lines_as(v.http, 0, &[line(0, CART, 200, "via_upstream")]), 200);
             std::thread::sleep(Duration::from_millis(200));
             has(&v, "zt-revoked-identity-succeeds")
         }),
@@ -251,9 +263,30 @@ fn manual_revocations_through_the_authenticated_admin_api() {
     assert_eq!(requests("lift", "not_found"), Some(1.0));
     assert_eq!(requests("add", "ok"), Some(0.0));
 
+    // The webhook answers 503 three times: the revocation is in force at ext_authz at once,
+    // but reported applied only once the webhook's receiver answered 2xx.
+    hook.fail_next(3, 503);
     let (ok, out) = cli(&["add", CART, "--ttl", "1h", "--reason", "incident 4711"]);
     assert!(ok, "{out}");
     assert_eq!(check(ext_authz, CART), tonic::Code::PermissionDenied as i32);
+    let (ok, out) = cli(&["list"]);
+    assert!(ok, "{out}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(list[0]["state"], "pending", "{list}");
+    assert_eq!(list[0]["results"]["webhook"]["pending"], true, "{list}");
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let (_, out) = cli(&["list"]);
+            serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|l| l[0]["state"] == "applied")
+        }),
+        "{}",
+        v.stderr()
+    );
+    assert_eq!(hook.pending_failures(), 0);
+    assert!(eventually(Duration::from_secs(5), || has(
+        &v,
+        "verity-revocation-applied"
+    )));
     let (ok, out) = cli(&["add", ISTIOD, "--ttl", "1h"]);
     assert!(!ok, "a protected identity is refused: {out}");
     assert!(out.contains("protected"), "{out}");
@@ -279,7 +312,10 @@ fn manual_revocations_through_the_authenticated_admin_api() {
     );
     assert_eq!(requests("add", "ok"), Some(1.0));
     assert_eq!(requests("add", "refused"), Some(1.0));
-    assert_eq!(requests("list", "ok"), Some(1.0));
+    assert!(
+        requests("list", "ok").is_some_and(|n| n >= 2.0),
+        "the CLI listed more than once"
+    );
     assert_eq!(requests("lift", "ok"), Some(1.0));
     assert!(eventually(Duration::from_secs(10), || has(
         &v,
@@ -301,7 +337,7 @@ fn a_wildcard_is_never_revoked() {
     let (v, ext_authz) = probing_verity(tempfile::tempdir().expect("tmp"), "1h", &[]);
     let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, "*", 403, DENIED)).collect();
     lines.push(line(-500, "spiffe://cluster.local/ns/shop/sa/web", 200, "via_upstream"));
-    assert_eq!(post_log_lines(v.http, &lines), 200);
+    assert_eq!(post_log_lines_as(v.http, 0, &lines), 200);
     assert!(
         eventually(Duration::from_secs(15), || has(&v, "verity-revocation-refused")),
         "{:?}\n{}",
@@ -357,7 +393,7 @@ fn an_attacker_cannot_use_up_the_operator_budget() {
         200,
         "via_upstream",
     ));
-    assert_eq!(post_log_lines(v.http, &lines), 200);
+    assert_eq!(post_log_lines_as(v.http, 0, &lines), 200);
     assert!(
         eventually(Duration::from_secs(15), || has(&v, "verity-revocation-refused")),
         "{}",

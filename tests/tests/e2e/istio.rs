@@ -9,9 +9,9 @@ use std::time::Duration;
 use super::control::{CART, DENIED, alerts, check, has, line};
 use serde_json::Value;
 use verity_control::istio::{IstioConfig, IstioController, IstioResponder, Scope};
-use verity_control::manager::{ControlConfig, DenyListResponder, Manager, Mode, RevokeRequest};
+use verity_control::{ControlConfig, DenyListResponder, Mode, RevokeRequest, Revoker};
 use verity_e2e::kube::{KubeApiServer, KubeSettings, istio_crd_path};
-use verity_e2e::{Verity, eventually, post_log_lines};
+use verity_e2e::{Verity, eventually};
 
 const S: i64 = 1_000_000_000;
 
@@ -45,7 +45,7 @@ fn by_principal(server: &KubeApiServer, principal: &str) -> Option<Value> {
         .find(|o| o["metadata"]["annotations"]["verity.dev/principal"] == principal)
 }
 
-fn revoke(m: &Manager, principal: &str, kind: &str, ns: Option<&str>, now: i64) -> Vec<verity_model::Alert> {
+fn revoke(m: &Revoker, principal: &str, kind: &str, ns: Option<&str>, now: i64) -> Vec<verity_model::Alert> {
     m.revoke(
         &RevokeRequest {
             principal,
@@ -55,6 +55,7 @@ fn revoke(m: &Manager, principal: &str, kind: &str, ns: Option<&str>, now: i64) 
             ttl_ns: 60 * S,
             alert: Some(("zt-rbac-denial-burst-01", "zt-rbac-denial-burst")),
             namespace: ns,
+            refusal: None,
         },
         now,
     )
@@ -81,7 +82,7 @@ fn controller_applies_retries_repairs_and_deletes() {
     let wake = Arc::new(tokio::sync::Notify::new());
     let deny = verity_control::denylist::DenyList::default();
     let manager = Arc::new(
-        Manager::open(
+        Revoker::open(
             ControlConfig {
                 mode: Mode::Enforce,
                 store_path: dir.path().join("revocations.json"),
@@ -248,13 +249,15 @@ fn binary_revokes_through_istio_and_reconciles_across_a_sigkill() {
         "{{kubeconfig: '{}', scope: destination, resync_secs: 1, max_backoff_secs: 1}}",
         kubeconfig.display()
     );
-    let (rules, file) = (
+    let (rules, file, tokens) = (
         format!("[{}]", rules_dir.display()),
         dir.path().join("alerts.jsonl").display().to_string(),
+        verity_e2e::sender_tokens_env(dir.path(), 1),
     );
     let mut v = Verity::start_in(
         dir,
         &[
+            ("VERITY__OTLP__TOKENS", &tokens),
             ("VERITY__RULES__BUILTIN_PACK", "false"),
             ("VERITY__RULES__DIRS", &rules),
             ("VERITY__RULES__LATENESS_SECS", "0"),
@@ -269,7 +272,7 @@ fn binary_revokes_through_istio_and_reconciles_across_a_sigkill() {
     // Six within 50 ms: if a one-second window boundary splits them, one side still has 3.
     let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
     lines.push(line(-500, "spiffe://cluster.local/ns/shop/sa/web", 200, "via_upstream"));
-    assert_eq!(post_log_lines(v.http, &lines), 200);
+    assert_eq!(verity_e2e::post_log_lines_as(v.http, 0, &lines), 200);
     assert!(
         server.wait_for(Duration::from_secs(20), |s| by_principal(
             s,
@@ -295,7 +298,10 @@ fn binary_revokes_through_istio_and_reconciles_across_a_sigkill() {
     // after the grace period is caught.
     assert!(
         eventually(Duration::from_secs(15), || {
-            assert_eq!(post_log_lines(v.http, &[line(0, CART, 200, "via_upstream")]), 200);
+            assert_eq!(
+                verity_e2e::post_log_lines_as(v.http, 0, &[line(0, CART, 200, "via_upstream")]),
+                200
+            );
             std::thread::sleep(Duration::from_millis(200));
             has(&v, "zt-revoked-identity-succeeds")
         }),

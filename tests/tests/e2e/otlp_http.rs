@@ -157,7 +157,14 @@ fn protobuf_and_gzip_bodies() {
         "POST",
         "/v1/logs",
         &[("Content-Type", "application/x-protobuf"), ("Content-Encoding", "gzip")],
-        &gzip(&body),
+        // Another record: the same one again would be recognised as a resend.
+        &gzip(
+            &otlp::logs_request(vec![otlp::record(
+                r#"[2024-03-01T10:00:00.000Z] "GET / HTTP/1.1" 200 - via_upstream - "-" 0 1 1 1 "-" "ua" "pb-2" "web:80" "10.0.0.1:80" inbound|80|| 127.0.0.6:1 10.0.0.1:80 10.0.0.2:2 - default"#,
+                vec![],
+            )])
+            .encode_to_vec(),
+        ),
     )
     .expect("http");
     assert_eq!(r.status, 200);

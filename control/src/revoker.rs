@@ -3,133 +3,20 @@
 //! failures, and, once a revocation has had a grace period to propagate, handing it to the
 //! verification (the rules' `is_revoked()`), so traffic that still succeeds raises an alert.
 //!
-//! Every action (recorded, applied, failed, refused, expired, lifted) becomes an audit event:
-//! an [`Alert`] of kind `audit`, so it reaches the same SIEM outputs as detections.
+//! Every action (recorded, applied, failed, refused, review, expired, lifted) becomes an audit
+//! event: an [`Alert`] of kind `audit`, so it reaches the same SIEM outputs as detections.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use verity_model::alert::{Alert, AlertStatus, Entity, Severity};
 
-use crate::denylist::{Denial, DenyList};
-use crate::guard::{DEFAULT_PROTECTED, Guardrails, Refusal};
+use crate::config::ControlConfig;
+use crate::guard::{Guardrails, Refusal};
+use crate::metrics::ControlMetrics;
+use crate::responder::{Responder, ResponderError};
 use crate::store::{Store, StoreError};
-use crate::{Counters, ResponderResult, Revocation, State, normalize_principal, revocation_id};
-
-pub use crate::Mode;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ControlConfig {
-    pub mode: Mode,
-    /// Where revocations are kept across restarts.
-    pub store_path: std::path::PathBuf,
-    /// Identities never revoked (`*` wildcards over the principal without `spiffe://`).
-    pub protected: Vec<String>,
-    /// At most this many revocations per window; beyond, a critical alert instead.
-    pub max_per_window: usize,
-    /// Operator revocations (the API) per window: a budget of their own, which rules cannot
-    /// use up.
-    pub max_operator_per_window: usize,
-    pub window_secs: u64,
-    pub min_severity: Severity,
-    /// After being applied, a revocation is verified from traffic once this has passed.
-    pub grace_secs: u64,
-    /// Used when a rule's `respond` has no TTL.
-    pub default_ttl_secs: u64,
-    /// Serve `envoy.service.auth.v3.Authorization` here (`ip:port`); unset: no ext_authz.
-    pub ext_authz_listen: Option<String>,
-    /// TLS for the ext_authz listener (Envoy's `ext_authz` gRPC client over TLS or mTLS).
-    pub ext_authz_tls: Option<verity_model::tls::ServerTlsConfig>,
-    /// How often expiry, retries and verification are checked.
-    pub reconcile_interval_secs: u64,
-    /// Also send each revocation and removal, signed, to this webhook.
-    pub webhook: Option<crate::webhook::WebhookConfig>,
-    /// Also enforce through Istio `AuthorizationPolicy` DENY objects.
-    pub istio: Option<crate::istio::IstioConfig>,
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        Self {
-            mode: Mode::LogOnly,
-            store_path: "verity-data/revocations.json".into(),
-            protected: DEFAULT_PROTECTED.iter().map(|s| s.to_string()).collect(),
-            max_per_window: 10,
-            max_operator_per_window: 100,
-            window_secs: 600,
-            min_severity: Severity::High,
-            grace_secs: 15,
-            default_ttl_secs: 3600,
-            ext_authz_listen: None,
-            ext_authz_tls: None,
-            reconcile_interval_secs: 1,
-            webhook: None,
-            istio: None,
-        }
-    }
-}
-
-impl ControlConfig {
-    /// Pure checks of the `control` section: every problem with its key.
-    pub fn validate(&self) -> Vec<(String, String)> {
-        let mut e = Vec::new();
-        if let Some(l) = &self.ext_authz_listen
-            && l.parse::<std::net::SocketAddr>().is_err()
-        {
-            e.push((
-                "control.ext_authz_listen".into(),
-                format!("{l:?} is not an ip:port socket address"),
-            ));
-        }
-        if let Some(tls) = &self.ext_authz_tls {
-            e.extend(tls.validate("control.ext_authz_tls"));
-        }
-        if self.window_secs == 0 {
-            e.push(("control.window_secs".into(), "must be at least 1".into()));
-        }
-        if self.default_ttl_secs == 0 {
-            e.push(("control.default_ttl_secs".into(), "must be at least 1".into()));
-        }
-        if let Some(istio) = &self.istio {
-            e.extend(istio.validate());
-        }
-        if self.max_per_window == 0 {
-            e.push(("control.max_per_window".into(), "must be at least 1".into()));
-        }
-        if self.max_operator_per_window == 0 {
-            e.push(("control.max_operator_per_window".into(), "must be at least 1".into()));
-        }
-        if !(1..=3600).contains(&self.reconcile_interval_secs) {
-            e.push((
-                "control.reconcile_interval_secs".into(),
-                "must be between 1 and 3600".into(),
-            ));
-        }
-        e
-    }
-}
-
-/// Something that enforces revocations (the ext_authz deny list, a webhook, Istio).
-pub trait Responder: Send + Sync {
-    fn name(&self) -> &'static str;
-    fn apply(&self, r: &Revocation) -> Result<String, String>;
-    fn remove(&self, r: &Revocation) -> Result<String, String>;
-    /// Whether `apply` only hands the work on and the outcome arrives later through
-    /// [`Manager::confirm`]; the revocation stays pending until then.
-    fn deferred(&self) -> bool {
-        false
-    }
-    /// Whether it can apply a revocation without enforcing it (mode `dry_run`); the others
-    /// are skipped in that mode.
-    fn supports_dry_run(&self) -> bool {
-        false
-    }
-    /// Called after a revocation's new state is stored, so a deferred responder can act on
-    /// what is now in the store.
-    fn stored(&self) {}
-}
+use crate::{Mode, ResponderResult, Revocation, State, normalize_principal, revocation_id};
 
 /// What to revoke, from an alert or an operator.
 #[derive(Debug, Clone)]
@@ -144,104 +31,39 @@ pub struct RevokeRequest<'a> {
     pub alert: Option<(&'a str, &'a str)>,
     /// The destination namespace, when known.
     pub namespace: Option<&'a str>,
-}
-
-/// Enforcement through the ext_authz server: effective as soon as it is recorded.
-pub struct DenyListResponder(pub DenyList);
-
-impl Responder for DenyListResponder {
-    fn name(&self) -> &'static str {
-        "ext_authz"
-    }
-    fn apply(&self, r: &Revocation) -> Result<String, String> {
-        self.0.insert(
-            &r.principal,
-            Denial {
-                revocation_id: r.id.clone(),
-                alert_id: r.alert_id.clone(),
-                reason: r.reason.clone(),
-                expires_ns: r.expires_ns,
-            },
-        );
-        Ok("on the ext_authz deny list".into())
-    }
-    fn remove(&self, r: &Revocation) -> Result<String, String> {
-        self.0.remove(&r.principal);
-        Ok("removed from the ext_authz deny list".into())
-    }
+    /// Already refused (by the evidence check); recorded as such with this reason.
+    pub refusal: Option<Refusal>,
 }
 
 /// Called when a principal enters or leaves verification (`is_revoked()` in rules).
 pub type VerifyHook = Box<dyn Fn(&str, bool) + Send + Sync>;
 
-/// Revocation metrics, registered into the registry the binary passes in.
-#[derive(Clone)]
-pub struct ControlMetrics {
-    events: Counters,
-    apply_seconds: prometheus_client::metrics::histogram::Histogram,
-}
-
-/// Every audit action, so each series exists (at 0) from the start.
-pub const ACTIONS: &[&str] = &["recorded", "applied", "failed", "refused", "expired", "lifted"];
-
-impl ControlMetrics {
-    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
-        let m = Self {
-            events: Counters::default(),
-            apply_seconds: prometheus_client::metrics::histogram::Histogram::new([
-                0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0,
-            ]),
-        };
-        for a in ACTIONS {
-            let _ = m.events.get_or_create(&vec![("action", *a)]);
-        }
-        registry.register(
-            "verity_revocation_events",
-            "Revocation actions: recorded, applied, failed, refused, expired, lifted",
-            m.events.clone(),
-        );
-        registry.register(
-            "verity_revocation_apply_seconds",
-            "Time from a revocation's decision until every responder has applied it",
-            m.apply_seconds.clone(),
-        );
-        m
-    }
-
-    fn action(&self, action: &str) {
-        if let Some(a) = ACTIONS.iter().find(|a| **a == action) {
-            self.events.get_or_create(&vec![("action", *a)]).inc();
-        }
-    }
-}
-
-pub struct Manager {
+/// Decides, applies, expires and verifies revocations (see the module docs).
+pub struct Revoker {
     cfg: ControlConfig,
     store: Store,
     guard: Guardrails,
     responders: Vec<Box<dyn Responder>>,
     verify: VerifyHook,
     metrics: Option<ControlMetrics>,
+    audit_sink: Option<AuditSink>,
 }
+
+/// Where audit events that arise outside a caller's request go (a responder's late outcome).
+pub type AuditSink = Box<dyn Fn(Vec<Alert>) + Send + Sync>;
 
 fn ns_to_rfc3339(ns: i64) -> String {
     verity_model::time::format_rfc3339_ns(ns)
 }
 
-impl Manager {
+impl Revoker {
     pub fn open(
         cfg: ControlConfig,
         responders: Vec<Box<dyn Responder>>,
         verify: VerifyHook,
     ) -> Result<Self, StoreError> {
         let store = Store::open(&cfg.store_path)?;
-        let guard = Guardrails::new(
-            cfg.protected.clone(),
-            cfg.max_per_window,
-            cfg.max_operator_per_window,
-            cfg.window_secs,
-            cfg.min_severity,
-        );
+        let guard = Guardrails::new(&cfg);
         Ok(Self {
             cfg,
             store,
@@ -249,12 +71,26 @@ impl Manager {
             responders,
             verify,
             metrics: None,
+            audit_sink: None,
         })
     }
 
     pub fn with_metrics(mut self, metrics: ControlMetrics) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Audit events from responders that report later go here (the SIEM outputs).
+    pub fn with_audit_sink(mut self, sink: AuditSink) -> Self {
+        self.audit_sink = Some(sink);
+        self
+    }
+
+    /// Hands audit events to the audit sink, if there is one.
+    pub fn audit_out(&self, events: Vec<Alert>) {
+        if let (Some(sink), false) = (&self.audit_sink, events.is_empty()) {
+            sink(events);
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -300,6 +136,25 @@ impl Manager {
         }
     }
 
+    /// The audit event for a refused revocation, counted by reason.
+    fn refused(&self, r: &Revocation, refusal: &Refusal, now_ns: i64) -> Alert {
+        let (action, sev) = match refusal {
+            // Too many revocations at once is itself an incident, and so is an attempt to
+            // revoke a wildcard: telemetry built to make Verity deny everyone.
+            Refusal::Cap { .. } | Refusal::NamespaceCap { .. } | Refusal::NotAnIdentity { .. } => {
+                ("refused", Severity::Critical)
+            }
+            // A person has to look: the alert is real, but who to cut off is not clear.
+            Refusal::Intermediary { .. } => ("review", Severity::High),
+            _ => ("refused", Severity::Medium),
+        };
+        if let Some(m) = &self.metrics {
+            m.refusal(refusal.reason());
+        }
+        tracing::warn!(principal = %r.principal, %refusal, "revocation not made");
+        self.audit(r, action, sev, &refusal.to_string(), now_ns)
+    }
+
     /// Creates a revocation (from an alert or by hand) within the guardrails; returns the
     /// audit events.
     pub fn revoke(&self, req: &RevokeRequest<'_>, now_ns: i64) -> Result<Vec<Alert>, StoreError> {
@@ -322,34 +177,25 @@ impl Manager {
             state: State::Pending,
             results: BTreeMap::new(),
         };
-        let admitted = crate::guard::check_identity(req.kind, &principal).and_then(|()| {
-            let origin = if req.alert.is_some() {
-                crate::guard::Origin::Rule
-            } else {
-                crate::guard::Origin::Operator
-            };
-            self.guard.admit(&principal, req.severity, origin, now_ns)
-        });
+        let origin = if req.alert.is_some() {
+            crate::guard::Origin::Rule
+        } else {
+            crate::guard::Origin::Operator
+        };
+        let admitted = crate::guard::check_identity(req.kind, &principal)
+            .and_then(|()| req.refusal.clone().map_or(Ok(()), Err))
+            .and_then(|()| {
+                self.guard
+                    .admit(&principal, req.namespace, req.severity, origin, now_ns)
+            });
         if let Err(refusal) = admitted {
-            let sev = match refusal {
-                // Too many revocations at once is itself an incident, and so is an attempt
-                // to revoke a wildcard: telemetry built to make Verity deny everyone.
-                Refusal::Cap { .. } | Refusal::NotAnIdentity { .. } => Severity::Critical,
-                _ => Severity::Medium,
-            };
-            tracing::warn!(%principal, %refusal, "revocation refused by a guardrail");
-            return Ok(vec![self.audit(&r, "refused", sev, &refusal.to_string(), now_ns)]);
+            return Ok(vec![self.refused(&r, &refusal, now_ns)]);
         }
         let mut events = Vec::new();
         if self.cfg.mode == Mode::LogOnly {
             r.results.insert(
                 "log_only".into(),
-                ResponderResult {
-                    ok: true,
-                    pending: false,
-                    detail: "recorded; mode log_only applies nothing".into(),
-                    at_ns: now_ns,
-                },
+                ResponderResult::ok("recorded; mode log_only applies nothing".into(), now_ns),
             );
             self.store.put(r.clone())?;
             events.push(self.audit(&r, "recorded", Severity::Info, "log-only: not enforced", now_ns));
@@ -378,24 +224,13 @@ impl Manager {
         let dry_run = r.mode == Mode::DryRun;
         for resp in &self.responders {
             let previous = r.results.get(resp.name());
-            if only_failed && (resp.deferred() || previous.is_some_and(|p| p.ok || p.pending)) {
+            if only_failed && (resp.retries_itself() || previous.is_some_and(|p| p.ok || p.pending || p.permanent)) {
                 continue;
             }
             let result = if dry_run && !resp.supports_dry_run() {
-                ResponderResult {
-                    ok: true,
-                    pending: false,
-                    detail: "dry-run: not applied".into(),
-                    at_ns: now_ns,
-                }
+                ResponderResult::ok("dry-run: not applied".into(), now_ns)
             } else {
-                let outcome = resp.apply(r);
-                ResponderResult {
-                    ok: outcome.is_ok() && !resp.deferred(),
-                    pending: outcome.is_ok() && resp.deferred(),
-                    detail: outcome.unwrap_or_else(|e| e),
-                    at_ns: now_ns,
-                }
+                ResponderResult::from_apply(resp.apply(r), now_ns)
             };
             r.results.insert(resp.name().to_string(), result);
         }
@@ -438,11 +273,17 @@ impl Manager {
         }
     }
 
-    /// The outcome from a deferred responder (see [`Responder::deferred`]). Returns the audit
-    /// event when the revocation's state changes: applied once every responder has applied
-    /// it, failed the first time a responder reports a failure (later failures of the same
-    /// kind are retried quietly).
-    pub fn confirm(&self, id: &str, responder: &str, outcome: Result<String, String>, now_ns: i64) -> Vec<Alert> {
+    /// The outcome from a responder that answered [`Applied::Later`]. Returns the audit event
+    /// when the revocation's state changes: applied once every responder has applied it,
+    /// failed the first time a responder reports a failure (later failures of the same kind
+    /// are retried quietly).
+    pub fn confirm(
+        &self,
+        id: &str,
+        responder: &str,
+        outcome: Result<String, ResponderError>,
+        now_ns: i64,
+    ) -> Vec<Alert> {
         let Some(before) = self.store.get(id) else {
             return Vec::new();
         };
@@ -450,7 +291,11 @@ impl Manager {
             return Vec::new();
         }
         let ok = outcome.is_ok();
-        let detail = outcome.unwrap_or_else(|e| e);
+        let permanent = outcome.as_ref().is_err_and(|e| !e.retry);
+        let detail = match outcome {
+            Ok(d) => d,
+            Err(e) => e.detail,
+        };
         let unchanged = before
             .results
             .get(responder)
@@ -464,6 +309,7 @@ impl Manager {
                 ResponderResult {
                     ok,
                     pending: false,
+                    permanent,
                     detail: detail.clone(),
                     at_ns: now_ns,
                 },
@@ -498,6 +344,7 @@ impl Manager {
                 ResponderResult {
                     ok,
                     pending: false,
+                    permanent: false,
                     detail,
                     at_ns: now_ns,
                 },
@@ -512,28 +359,45 @@ impl Manager {
     pub fn on_alerts(&self, alerts: &[Alert], now_ns: i64) -> Vec<Alert> {
         let mut out = Vec::new();
         for a in alerts {
-            let (Some(resp), Some(entity)) = (&a.respond, &a.entity) else {
+            let Some(resp) = &a.respond else {
                 continue;
             };
             if resp.action != "revoke" || a.status != AlertStatus::Firing {
                 continue;
             }
-            let ttl_ns = parse_ttl_ns(&resp.ttl)
-                .unwrap_or_else(|| i64::try_from(self.cfg.default_ttl_secs).unwrap_or(3600) * 1_000_000_000);
-            let kind = if entity.kind == "request_principal" {
-                "request_principal"
-            } else {
-                "principal"
+            let Some(entity) = &a.entity else {
+                continue;
+            };
+            let ttl_ns = parse_ttl_ns(&resp.ttl).unwrap_or_else(|| {
+                i64::try_from(self.cfg.default_ttl_secs)
+                    .unwrap_or(3600)
+                    .saturating_mul(1_000_000_000)
+            });
+            // An intermediary is never the target; the evidence must be good enough to act on.
+            let (target, refusal) = match crate::evidence::target(a, &self.cfg) {
+                Some(Ok(t)) => {
+                    let refusal = crate::evidence::check(a, &t, &self.cfg).err();
+                    (t, refusal)
+                }
+                Some(Err(refusal)) => (
+                    crate::evidence::Target {
+                        kind: "principal",
+                        principal: entity.value.clone(),
+                    },
+                    Some(refusal),
+                ),
+                None => continue,
             };
             let namespace = alert_namespace(a);
             let req = RevokeRequest {
-                principal: &entity.value,
-                kind,
+                principal: &target.principal,
+                kind: target.kind,
                 reason: &a.title,
                 severity: a.severity,
                 ttl_ns,
                 alert: Some((&a.id, &a.rule_id)),
                 namespace: namespace.as_deref(),
+                refusal,
             };
             match self.revoke(&req, now_ns) {
                 Ok(events) => out.extend(events),
@@ -580,6 +444,9 @@ impl Manager {
                         Ok(_) => {}
                         Err(error) => tracing::error!(%error, "could not record a retry"),
                     }
+                    for resp in &self.responders {
+                        resp.stored();
+                    }
                 }
                 _ => {}
             }
@@ -587,7 +454,13 @@ impl Manager {
         out
     }
 
+    /// Removes `r` from every responder, unless a newer revocation of the same principal is
+    /// still in force (lifting or expiring an old one must not undo it).
     fn remove_all(&self, r: &Revocation, why: &str) {
+        if let Some(newer) = self.store.active_for(&r.principal).filter(|n| n.id != r.id) {
+            tracing::info!(old = %r.id, newer = %newer.id, "{why} revocation superseded; the newer one stays in force");
+            return;
+        }
         for resp in &self.responders {
             if let Err(e) = resp.remove(r) {
                 tracing::warn!(responder = resp.name(), error = %e, "could not remove an {why} revocation");
@@ -596,13 +469,18 @@ impl Manager {
         (self.verify)(&r.principal, false);
     }
 
-    /// Lifts an active revocation by hand.
+    /// Lifts an active revocation by hand. Lifting one that is no longer in force changes
+    /// nothing (and never removes a newer revocation of the same principal).
     pub fn lift(&self, id: &str, now_ns: i64) -> Result<Vec<Alert>, StoreError> {
+        let was_active = self.store.get(id).is_some_and(|r| r.state.is_active());
         let r = self.store.update(id, |r| {
             if r.state.is_active() {
                 r.state = State::Lifted;
             }
         })?;
+        if !was_active {
+            return Ok(Vec::new());
+        }
         self.remove_all(&r, "lifted");
         Ok(vec![self.audit(
             &r,
@@ -613,17 +491,44 @@ impl Manager {
         )])
     }
 
-    /// Re-applies what the store says is in force (after a restart). Deferred responders
-    /// catch up on their own (the Istio responder lists what exists and compares).
-    pub fn restore(&self, now_ns: i64) {
-        for r in self.store.active() {
-            if r.mode == Mode::Enforce && self.cfg.mode == Mode::Enforce && r.state == State::Applied {
-                for resp in self.responders.iter().filter(|r| !r.deferred()) {
-                    let _ = resp.apply(&r);
+    /// After a restart: hands every revocation in force (applied, pending or failed) to every
+    /// responder again, so nothing the store holds is missing from any of them. A responder
+    /// that keeps its own state in step (Istio lists what exists and compares) is left to do
+    /// so for what it had already applied.
+    pub fn restore(&self, now_ns: i64) -> Vec<Alert> {
+        let mut out = Vec::new();
+        if self.cfg.mode != Mode::LogOnly {
+            for r in self.store.active().into_iter().filter(|r| r.mode != Mode::LogOnly) {
+                let mut again = r.clone();
+                let dry_run = again.mode == Mode::DryRun;
+                for resp in &self.responders {
+                    let previous = again.results.get(resp.name());
+                    if resp.retries_itself() && previous.is_some_and(|p| p.ok) {
+                        continue;
+                    }
+                    let result = if dry_run && !resp.supports_dry_run() {
+                        ResponderResult::ok("dry-run: not applied".into(), now_ns)
+                    } else {
+                        ResponderResult::from_apply(resp.apply(&again), now_ns)
+                    };
+                    again.results.insert(resp.name().to_string(), result);
+                }
+                let results = again.results;
+                match self.store.update(&r.id, |s| {
+                    s.results = results;
+                    s.settle(now_ns);
+                }) {
+                    Ok(updated) if updated.state != r.state => out.push(self.state_event(&updated, now_ns)),
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(%error, id = %r.id, "could not record a restored revocation"),
                 }
             }
+            for resp in &self.responders {
+                resp.stored();
+            }
         }
-        let _ = self.reconcile(now_ns);
+        out.extend(self.reconcile(now_ns));
+        out
     }
 
     /// Active revocations that deferred responders should have applied (not log-only).
@@ -673,13 +578,16 @@ pub fn parse_ttl_ns(s: &str) -> Option<i64> {
 }
 
 /// Shared handle, for the pipeline and the admin API.
-pub type SharedManager = Arc<Manager>;
+pub type SharedRevoker = Arc<Revoker>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::denylist::DenyList;
+    use crate::responder::{Applied, DenyListResponder};
     use std::sync::Mutex;
-    use verity_model::alert::Response;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use verity_model::alert::{Evidence, Response};
 
     const S: i64 = 1_000_000_000;
 
@@ -700,7 +608,14 @@ mod tests {
             window_end: None,
             first_seen: String::new(),
             last_seen: String::new(),
-            evidence: vec![],
+            // Reported by the proxy that denied it, verified as its sender.
+            evidence: vec![Evidence {
+                sender: Some("spiffe://cluster.local/ns/pay/sa/api".into()),
+                sender_verified: true,
+                sender_binding: Some("bound".into()),
+                destination_principal: Some("spiffe://cluster.local/ns/pay/sa/api".into()),
+                ..Evidence::default()
+            }],
             entity: Some(Entity {
                 kind: "source_principal".into(),
                 value: principal.into(),
@@ -715,7 +630,7 @@ mod tests {
 
     type Verified = Arc<Mutex<Vec<(String, bool)>>>;
 
-    fn manager(dir: &std::path::Path, mode: Mode) -> (Manager, DenyList, Verified) {
+    fn revoker(dir: &std::path::Path, mode: Mode) -> (Revoker, DenyList, Verified) {
         let deny = DenyList::default();
         let verified = Arc::new(Mutex::new(Vec::new()));
         let v = verified.clone();
@@ -726,7 +641,7 @@ mod tests {
             grace_secs: 10,
             ..ControlConfig::default()
         };
-        let m = Manager::open(
+        let m = Revoker::open(
             cfg,
             vec![Box::new(DenyListResponder(deny.clone()))],
             Box::new(move |p, on| v.lock().unwrap().push((p.to_string(), on))),
@@ -765,7 +680,7 @@ mod tests {
     #[test]
     fn enforce_applies_verifies_after_grace_and_expires() {
         let dir = tempfile::tempdir().unwrap();
-        let (m, deny, verified) = manager(dir.path(), Mode::Enforce);
+        let (m, deny, verified) = revoker(dir.path(), Mode::Enforce);
         let events = m.on_alerts(&[alert("spiffe://cluster.local/ns/shop/sa/cart")], 0);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].rule_id, "verity-revocation-applied");
@@ -794,7 +709,7 @@ mod tests {
     #[test]
     fn guardrails_and_log_only() {
         let dir = tempfile::tempdir().unwrap();
-        let (m, deny, _) = manager(dir.path(), Mode::LogOnly);
+        let (m, deny, _) = revoker(dir.path(), Mode::LogOnly);
         let e = m.on_alerts(&[alert("spiffe://cluster.local/ns/istio-system/sa/istiod")], 0);
         assert_eq!(e[0].rule_id, "verity-revocation-refused");
         let e = m.on_alerts(&[alert("spiffe://cluster.local/ns/a/sa/1")], 0);
@@ -810,12 +725,12 @@ mod tests {
     fn state_survives_a_restart_and_is_reapplied() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (m, _, _) = manager(dir.path(), Mode::Enforce);
+            let (m, _, _) = revoker(dir.path(), Mode::Enforce);
             m.on_alerts(&[alert("spiffe://cluster.local/ns/shop/sa/cart")], 0);
         }
-        let (m, deny, _) = manager(dir.path(), Mode::Enforce);
+        let (m, deny, _) = revoker(dir.path(), Mode::Enforce);
         assert!(deny.is_empty());
-        m.restore(S);
+        let _ = m.restore(S);
         assert!(deny.check("cluster.local/ns/shop/sa/cart", 2 * S).is_some());
         let id = m.store().list()[0].id.clone();
         let e = m.lift(&id, 3 * S).unwrap();
@@ -824,5 +739,107 @@ mod tests {
         assert_eq!(parse_ttl_ns("90s"), Some(90 * S));
         assert_eq!(parse_ttl_ns("1h"), Some(3600 * S));
         assert_eq!(parse_ttl_ns("x"), None);
+    }
+
+    /// Fails until told otherwise, and counts what it was asked to apply.
+    struct Flaky {
+        up: Arc<AtomicBool>,
+        applied: Arc<AtomicUsize>,
+    }
+
+    impl Responder for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn apply(&self, _: &Revocation) -> Result<Applied, ResponderError> {
+            self.applied.fetch_add(1, Ordering::SeqCst);
+            if self.up.load(Ordering::SeqCst) {
+                Ok(Applied::Now("applied".into()))
+            } else {
+                Err(ResponderError::retry("down"))
+            }
+        }
+        fn remove(&self, _: &Revocation) -> Result<String, ResponderError> {
+            Ok("removed".into())
+        }
+    }
+
+    #[test]
+    fn a_restart_restores_failed_revocations_to_every_responder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (up, applied) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let open = |deny: &DenyList| {
+            Revoker::open(
+                ControlConfig {
+                    mode: Mode::Enforce,
+                    store_path: dir.path().join("revocations.json"),
+                    ..ControlConfig::default()
+                },
+                vec![
+                    Box::new(DenyListResponder(deny.clone())),
+                    Box::new(Flaky {
+                        up: up.clone(),
+                        applied: applied.clone(),
+                    }),
+                ],
+                Box::new(|_, _| {}),
+            )
+            .unwrap()
+        };
+        {
+            let m = open(&DenyList::default());
+            let e = m.on_alerts(&[alert("spiffe://cluster.local/ns/shop/sa/cart")], 0);
+            assert_eq!(e[0].rule_id, "verity-revocation-failed");
+        }
+        up.store(true, Ordering::SeqCst);
+        let deny = DenyList::default();
+        let m = open(&deny);
+        let e = m.restore(S);
+        assert_eq!(e[0].rule_id, "verity-revocation-applied", "{e:?}");
+        assert!(deny.check("cluster.local/ns/shop/sa/cart", 2 * S).is_some());
+        assert_eq!(applied.load(Ordering::SeqCst), 2);
+        assert_eq!(m.store().list()[0].state, State::Applied);
+    }
+
+    #[test]
+    fn lifting_an_old_revocation_leaves_a_newer_one_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, deny, _) = revoker(dir.path(), Mode::Enforce);
+        let cart = "spiffe://cluster.local/ns/shop/sa/cart";
+        m.on_alerts(&[alert(cart)], 0);
+        let old = m.store().list()[0].id.clone();
+        m.lift(&old, S).unwrap();
+        assert!(deny.is_empty());
+        m.on_alerts(&[alert(cart)], 2 * S);
+        assert!(deny.check("cluster.local/ns/shop/sa/cart", 3 * S).is_some());
+        assert!(
+            m.lift(&old, 3 * S).unwrap().is_empty(),
+            "no longer in force: nothing to lift"
+        );
+        assert!(
+            deny.check("cluster.local/ns/shop/sa/cart", 4 * S).is_some(),
+            "the newer revocation stays in force"
+        );
+    }
+
+    #[test]
+    fn evidence_from_a_bystander_or_about_a_gateway_revokes_no_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, deny, _) = revoker(dir.path(), Mode::Enforce);
+        let mut forged = alert("spiffe://cluster.local/ns/shop/sa/cart");
+        forged.evidence[0].sender = Some("spiffe://cluster.local/ns/x/sa/mallory".into());
+        let e = m.on_alerts(&[forged], 0);
+        assert_eq!(e[0].rule_id, "verity-revocation-refused");
+        assert!(e[0].summary.contains("not acted on"), "{}", e[0].summary);
+        let gateway = alert("spiffe://cluster.local/ns/edge/sa/istio-ingressgateway-service-account");
+        let e = m.on_alerts(std::slice::from_ref(&gateway), 0);
+        assert_eq!(e[0].rule_id, "verity-revocation-review");
+        let mut with_user = gateway;
+        with_user.evidence[0].request_principal = Some("https://idp.example.com/user-7".into());
+        let e = m.on_alerts(&[with_user], 0);
+        assert_eq!(e[0].rule_id, "verity-revocation-applied");
+        assert_eq!(e[0].entity.as_ref().unwrap().value, "https://idp.example.com/user-7");
+        assert_eq!(e[0].entity.as_ref().unwrap().kind, "request_principal");
+        assert!(deny.check("https://idp.example.com/user-7", S).is_some());
     }
 }

@@ -1,0 +1,300 @@
+//! Event time that one stream cannot move for the others.
+//!
+//! Each sender (the `sender` column: an OTLP sender identity, a Kafka partition's producer,
+//! or none for files) has its own clock: the newest event time it sent. The watermark is the
+//! minimum over the senders heard from recently (arrival within the idle timeout), minus the
+//! allowed lateness. A sender that dates its records ahead only moves its own clock; a sender
+//! that goes quiet stops holding the others back once its idle timeout passes, and holds them
+//! back again when it returns, so its events are not made late by the others (or by whoever
+//! happened to send first).
+//!
+//! Without arrival times (replay, tests) every sender counts as active.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use verity_model::event::col;
+
+/// At most this many senders are tracked; beyond, the one heard from longest ago is dropped.
+pub const MAX_SENDERS: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    newest: i64,
+    arrival: Option<i64>,
+}
+
+/// The oldest of `clocks`, leaving out those more than `max_lag_ns` behind `now` (wall clock)
+/// unless every one is.
+fn oldest(clocks: impl Iterator<Item = i64> + Clone, now: Option<i64>, max_lag_ns: i64) -> Option<i64> {
+    let floor = now.map(|n| n.saturating_sub(max_lag_ns));
+    clocks
+        .clone()
+        .filter(|t| floor.is_none_or(|f| *t >= f))
+        .min()
+        .or_else(|| clocks.min())
+}
+
+#[derive(Debug)]
+pub struct EventClock {
+    senders: HashMap<String, Clock>,
+    lateness_ns: i64,
+    idle_ns: i64,
+    /// A sender whose clock is further behind the wall clock than this does not hold the
+    /// others back (one that keeps sending old records would otherwise stall every window).
+    max_lag_ns: i64,
+    watermark: Option<i64>,
+    /// The minimum over active senders at the last batch, for idle advance.
+    last_min: Option<i64>,
+    /// How far silence (no batch at all) has moved event time: a floor for the watermark.
+    idle_floor: Option<i64>,
+}
+
+impl EventClock {
+    pub fn new(lateness_ns: i64, idle_ns: i64, max_lag_ns: i64) -> Self {
+        Self {
+            senders: HashMap::new(),
+            lateness_ns,
+            idle_ns,
+            max_lag_ns,
+            watermark: None,
+            last_min: None,
+            idle_floor: None,
+        }
+    }
+
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// How many senders' clocks are kept.
+    pub fn senders(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// The oldest and newest event time of each sender in a batch (rows in `skip` are left
+    /// out: forged records).
+    pub fn batch_senders<'b>(
+        batch: &'b RecordBatch,
+        times: &arrow::array::TimestampNanosecondArray,
+        skip: Option<&BooleanArray>,
+    ) -> HashMap<&'b str, (i64, i64)> {
+        let senders = batch.column_by_name(col::SENDER).and_then(|c| c.as_string_opt::<i32>());
+        let mut span: HashMap<&str, (i64, i64)> = HashMap::new();
+        for i in 0..batch.num_rows() {
+            if skip.is_some_and(|f| f.is_valid(i) && f.value(i)) {
+                continue;
+            }
+            let sender = senders.filter(|s| s.is_valid(i)).map_or("", |s| s.value(i));
+            let t = times.value(i);
+            span.entry(sender)
+                .and_modify(|(lo, hi)| {
+                    *lo = (*lo).min(t);
+                    *hi = (*hi).max(t);
+                })
+                .or_insert((t, t));
+        }
+        span
+    }
+
+    /// The watermark a batch's rows are judged late against: as before the batch, except that
+    /// a sender new (or back from idle) is not held to the others' time, only to its own
+    /// oldest event in the batch.
+    pub fn watermark_for(&self, batch: &HashMap<&str, (i64, i64)>, arrival_ns: Option<i64>) -> Option<i64> {
+        let active = |c: &Clock| match (arrival_ns, c.arrival) {
+            (Some(now), Some(a)) => a >= now.saturating_sub(self.idle_ns),
+            _ => true,
+        };
+        let others = self
+            .senders
+            .iter()
+            .filter(|(k, c)| !batch.contains_key(k.as_str()) && active(c))
+            .map(|(_, c)| c.newest);
+        let own = batch.iter().map(|(k, (lo, _))| match self.senders.get(*k) {
+            Some(c) if active(c) => c.newest,
+            _ => *lo,
+        });
+        let w = oldest(others.chain(own), arrival_ns, self.max_lag_ns).map(|m| m.saturating_sub(self.lateness_ns));
+        w.max(self.idle_floor)
+    }
+
+    /// Takes in a batch's senders (from [`EventClock::batch_senders`]), arrived at
+    /// `arrival_ns`. Returns whether any row counted.
+    pub fn observe(&mut self, batch: &HashMap<&str, (i64, i64)>, arrival_ns: Option<i64>) -> bool {
+        if batch.is_empty() {
+            return false;
+        }
+        for (sender, (_, t)) in batch {
+            match self.senders.get_mut(*sender) {
+                Some(c) => {
+                    c.newest = c.newest.max(*t);
+                    c.arrival = arrival_ns;
+                }
+                None => {
+                    if self.senders.len() >= MAX_SENDERS {
+                        self.evict_oldest();
+                    }
+                    self.senders.insert(
+                        (*sender).to_string(),
+                        Clock {
+                            newest: *t,
+                            arrival: arrival_ns,
+                        },
+                    );
+                }
+            }
+        }
+        self.last_min = self.active_min(arrival_ns);
+        if let Some(m) = self.last_min {
+            self.watermark = Some(m.saturating_sub(self.lateness_ns)).max(self.idle_floor);
+        }
+        true
+    }
+
+    /// With no events for `idle_ns` of wall-clock time, event time moves on by as much from
+    /// the slowest active sender's clock, so silence is noticed.
+    pub fn advance_idle(&mut self, idle_ns: i64) -> bool {
+        let Some(last) = self.last_min else { return false };
+        if idle_ns <= self.lateness_ns {
+            return false;
+        }
+        let before = self.watermark;
+        let floor = last.saturating_add(idle_ns).saturating_sub(self.lateness_ns);
+        self.idle_floor = self.idle_floor.max(Some(floor));
+        self.watermark = self.watermark.max(self.idle_floor);
+        self.watermark != before
+    }
+
+    fn active_min(&mut self, now: Option<i64>) -> Option<i64> {
+        let idle = self.idle_ns;
+        let active = |c: &Clock| match (now, c.arrival) {
+            (Some(now), Some(a)) => a >= now.saturating_sub(idle),
+            _ => true,
+        };
+        // Senders silent for long are forgotten: they no longer hold anyone back.
+        if let Some(now) = now {
+            self.senders.retain(|_, c| {
+                c.arrival
+                    .is_none_or(|a| a >= now.saturating_sub(idle.saturating_mul(10)))
+            });
+        }
+        let lag = self.max_lag_ns;
+        oldest(self.senders.values().filter(|c| active(c)).map(|c| c.newest), now, lag)
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(oldest) = self
+            .senders
+            .iter()
+            .min_by_key(|(_, c)| c.arrival.unwrap_or(i64::MIN))
+            .map(|(k, _)| k.clone())
+        {
+            self.senders.remove(&oldest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{StringArray, TimestampNanosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+
+    const S: i64 = 1_000_000_000;
+
+    fn observe(c: &mut EventClock, b: &RecordBatch, t: &TimestampNanosecondArray, at: Option<i64>) {
+        let senders = EventClock::batch_senders(b, t, None);
+        c.observe(&senders, at);
+    }
+
+    fn batch(rows: &[(&str, i64)]) -> (RecordBatch, TimestampNanosecondArray) {
+        let times = TimestampNanosecondArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>());
+        let schema = Schema::new(vec![
+            Field::new(col::SENDER, DataType::Utf8, true),
+            Field::new(col::EVENT_TIME, DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+        ]);
+        let b = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                Arc::new(times.clone()),
+            ],
+        )
+        .unwrap();
+        (b, times)
+    }
+
+    #[test]
+    fn one_sender_cannot_move_time_for_the_others() {
+        let mut c = EventClock::new(5 * S, 60 * S, 3600 * S);
+        let (b, t) = batch(&[("a", 100 * S), ("b", 100 * S)]);
+        observe(&mut c, &b, &t, Some(0));
+        assert_eq!(c.watermark(), Some(95 * S));
+        // `b` dates its records a year ahead: only its own clock moves.
+        let (b, t) = batch(&[("b", 365 * 86_400 * S)]);
+        observe(&mut c, &b, &t, Some(S));
+        assert_eq!(c.watermark(), Some(95 * S));
+        let (b, t) = batch(&[("a", 110 * S)]);
+        observe(&mut c, &b, &t, Some(2 * S));
+        assert_eq!(c.watermark(), Some(105 * S));
+    }
+
+    #[test]
+    fn a_sender_of_old_records_does_not_stall_the_others() {
+        let mut c = EventClock::new(5 * S, 60 * S, 600 * S);
+        let now = 10_000 * S;
+        let (b, t) = batch(&[("stale", now - 3600 * S), ("honest", now - S)]);
+        observe(&mut c, &b, &t, Some(now));
+        assert_eq!(c.watermark(), Some(now - 6 * S));
+        // Alone, even a lagging sender moves time (a backlog being caught up).
+        let mut c = EventClock::new(5 * S, 60 * S, 600 * S);
+        let (b, t) = batch(&[("backlog", now - 3600 * S)]);
+        observe(&mut c, &b, &t, Some(now));
+        assert_eq!(c.watermark(), Some(now - 3605 * S));
+    }
+
+    #[test]
+    fn whoever_sends_first_does_not_set_the_time() {
+        let mut c = EventClock::new(5 * S, 60 * S, 3600 * S);
+        let (b, t) = batch(&[("ahead", 340 * S)]);
+        observe(&mut c, &b, &t, Some(0));
+        assert_eq!(c.watermark(), Some(335 * S));
+        let (b, t) = batch(&[("honest", 100 * S), ("honest", 90 * S)]);
+        let senders = EventClock::batch_senders(&b, &t, None);
+        assert_eq!(
+            c.watermark_for(&senders, Some(S)),
+            Some(85 * S),
+            "a new sender's rows are not late because another sender was ahead"
+        );
+        c.observe(&senders, Some(S));
+        assert_eq!(c.watermark(), Some(95 * S));
+    }
+
+    #[test]
+    fn a_quiet_sender_stops_holding_the_others_back() {
+        let mut c = EventClock::new(5 * S, 60 * S, 3600 * S);
+        let (b, t) = batch(&[("slow", 10 * S), ("a", 100 * S)]);
+        observe(&mut c, &b, &t, Some(0));
+        assert_eq!(c.watermark(), Some(5 * S));
+        let (b, t) = batch(&[("a", 200 * S)]);
+        observe(&mut c, &b, &t, Some(61 * S));
+        assert_eq!(c.watermark(), Some(195 * S), "slow was last heard from 61 s ago");
+        // When the slow sender returns, it holds the others back again: its events are not
+        // late because the others moved on.
+        let (b, t) = batch(&[("slow", 20 * S)]);
+        observe(&mut c, &b, &t, Some(62 * S));
+        assert_eq!(c.watermark(), Some(15 * S));
+    }
+
+    #[test]
+    fn the_number_of_senders_is_bounded() {
+        let mut c = EventClock::new(5 * S, 60 * S, 3600 * S);
+        for i in 0..(MAX_SENDERS + 10) {
+            let name = format!("s{i}");
+            let (b, t) = batch(&[(name.as_str(), 100 * S)]);
+            observe(&mut c, &b, &t, Some(i64::try_from(i).unwrap()));
+        }
+        assert_eq!(c.senders(), MAX_SENDERS);
+    }
+}
