@@ -193,12 +193,9 @@ pub async fn run_with(
         verity_control::Revoker::open(
             settings.control.clone(),
             responders,
-            Box::new(move |principal, on| {
-                if on {
-                    verify_list.add(principal);
-                } else {
-                    verify_list.remove(principal);
-                }
+            Box::new(move |principal, since| match since {
+                Some(since) => verify_list.add_since(principal, since),
+                None => verify_list.remove(principal),
             }),
         )?
         .with_metrics(control_metrics)

@@ -35,8 +35,9 @@ pub struct RevokeRequest<'a> {
     pub refusal: Option<Refusal>,
 }
 
-/// Called when a principal enters or leaves verification (`is_revoked()` in rules).
-pub type VerifyHook = Box<dyn Fn(&str, bool) + Send + Sync>;
+/// Called when a principal enters verification (`is_revoked()` in rules) with the time from
+/// which its traffic counts (`Some(ns)`: applied plus the grace period), or leaves it (`None`).
+pub type VerifyHook = Box<dyn Fn(&str, Option<i64>) + Send + Sync>;
 
 /// Decides, applies, expires and verifies revocations (see the module docs).
 pub struct Revoker {
@@ -420,11 +421,14 @@ impl Revoker {
             }
             Err(error) => tracing::error!(%error, "could not expire revocations"),
         }
-        let grace = i64::try_from(self.cfg.grace_secs).unwrap_or(15) * 1_000_000_000;
+        let grace = i64::try_from(self.cfg.grace_secs)
+            .unwrap_or(15)
+            .saturating_mul(1_000_000_000);
         for r in self.store.active() {
+            let effective = r.applied_ns.unwrap_or(r.created_ns).saturating_add(grace);
             match r.state {
-                State::Applied if r.mode == Mode::Enforce && r.applied_ns.unwrap_or(r.created_ns) + grace <= now_ns => {
-                    (self.verify)(&r.principal, true)
+                State::Applied if r.mode == Mode::Enforce && effective <= now_ns => {
+                    (self.verify)(&r.principal, Some(effective))
                 }
                 State::Failed if r.mode != Mode::LogOnly && self.cfg.mode != Mode::LogOnly => {
                     let mut retried = r.clone();
@@ -466,7 +470,7 @@ impl Revoker {
                 tracing::warn!(responder = resp.name(), error = %e, "could not remove an {why} revocation");
             }
         }
-        (self.verify)(&r.principal, false);
+        (self.verify)(&r.principal, None);
     }
 
     /// Lifts an active revocation by hand. Lifting one that is no longer in force changes
@@ -644,7 +648,7 @@ mod tests {
         let m = Revoker::open(
             cfg,
             vec![Box::new(DenyListResponder(deny.clone()))],
-            Box::new(move |p, on| v.lock().unwrap().push((p.to_string(), on))),
+            Box::new(move |p, on| v.lock().unwrap().push((p.to_string(), on.is_some()))),
         )
         .unwrap();
         (m, deny, verified)

@@ -18,6 +18,7 @@ pub const FILES: &[(&str, &str)] = pack![
     "zt-ext-authz-denial-burst.yaml",
     "zt-jwt-failure-burst.yaml",
     "zt-revoked-identity-succeeds.yaml",
+    "zt-revoked-user-succeeds.yaml",
     "zt-spiffe-namespace-mismatch.yaml",
     "zt-foreign-trust-domain.yaml",
     "zt-weak-tls.yaml",

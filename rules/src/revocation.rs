@@ -1,19 +1,29 @@
-//! The revocation list rules consult through `is_revoked(principal)`. Fed from config now and
-//! by the control plane later; shared, so an update is visible to the next batch.
+//! The revocation list rules consult through `is_revoked(principal)` and
+//! `is_revoked(principal, event_time)`. Fed from config and by the control plane; shared, so
+//! an update is visible to the next batch.
+//!
+//! The control plane adds a principal with the time its revocation took effect (applied,
+//! plus the grace period for the mesh to pick it up). The two-argument form is true only for
+//! events at or after that time, so a request that happened before (late Kafka data, a
+//! backlog) never reads as "still succeeds after revocation". Entries from the config hold
+//! for all time.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
-use arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use datafusion::common::{Result as DfResult, ScalarValue};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
 
 #[derive(Debug, Clone, Default)]
 pub struct RevocationList {
-    inner: Arc<RwLock<HashSet<String>>>,
+    /// Principal → event time from which it counts as revoked.
+    inner: Arc<RwLock<HashMap<String, i64>>>,
 }
 
 impl RevocationList {
@@ -24,17 +34,23 @@ impl RevocationList {
     }
 
     pub fn replace(&self, principals: impl IntoIterator<Item = String>) {
-        let set: HashSet<String> = principals.into_iter().map(|p| normalize(&p)).collect();
+        let map: HashMap<String, i64> = principals.into_iter().map(|p| (normalize(&p), i64::MIN)).collect();
         match self.inner.write() {
-            Ok(mut g) => *g = set,
-            Err(poisoned) => *poisoned.into_inner() = set,
+            Ok(mut g) => *g = map,
+            Err(poisoned) => *poisoned.into_inner() = map,
         }
     }
 
+    /// Revoked for all time.
     pub fn add(&self, principal: &str) {
+        self.add_since(principal, i64::MIN);
+    }
+
+    /// Revoked for events at or after `since_ns`.
+    pub fn add_since(&self, principal: &str, since_ns: i64) {
         match self.inner.write() {
-            Ok(mut g) => g.insert(normalize(principal)),
-            Err(poisoned) => poisoned.into_inner().insert(normalize(principal)),
+            Ok(mut g) => g.insert(normalize(principal), since_ns),
+            Err(poisoned) => poisoned.into_inner().insert(normalize(principal), since_ns),
         };
     }
 
@@ -46,9 +62,18 @@ impl RevocationList {
     }
 
     pub fn contains(&self, principal: &str) -> bool {
+        self.since(principal).is_some()
+    }
+
+    /// Whether `principal` counts as revoked for an event at `at_ns`.
+    pub fn contains_at(&self, principal: &str, at_ns: i64) -> bool {
+        self.since(principal).is_some_and(|s| at_ns >= s)
+    }
+
+    fn since(&self, principal: &str) -> Option<i64> {
         match self.inner.read() {
-            Ok(g) => g.contains(principal),
-            Err(poisoned) => poisoned.into_inner().contains(principal),
+            Ok(g) => g.get(principal).copied(),
+            Err(poisoned) => poisoned.into_inner().get(principal).copied(),
         }
     }
 
@@ -71,7 +96,9 @@ fn normalize(p: &str) -> String {
     }
 }
 
-/// `is_revoked(text) -> boolean`: true when the value is on the revocation list.
+/// `is_revoked(text) -> boolean`: true when the value is on the revocation list;
+/// `is_revoked(text, event_time) -> boolean`: … and the event is not older than the
+/// revocation.
 #[derive(Debug)]
 pub struct IsRevoked {
     list: RevocationList,
@@ -82,7 +109,7 @@ impl IsRevoked {
     pub fn new(list: RevocationList) -> Self {
         Self {
             list,
-            signature: Signature::any(1, Volatility::Volatile),
+            signature: Signature::one_of(vec![TypeSignature::Any(1), TypeSignature::Any(2)], Volatility::Volatile),
         }
     }
 }
@@ -101,6 +128,42 @@ impl Hash for IsRevoked {
     }
 }
 
+fn as_strings(a: &ArrayRef) -> DfResult<StringArray> {
+    let strings: ArrayRef = cast(a, &DataType::Utf8)?;
+    Ok(strings
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .unwrap_or_else(|| StringArray::from(Vec::<Option<&str>>::new())))
+}
+
+impl IsRevoked {
+    /// The two-argument form: principal and event time.
+    fn revoked_at(&self, args: &[ColumnarValue]) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(args)?;
+        let (Some(principals), Some(times)) = (arrays.first(), arrays.get(1)) else {
+            return Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(false))));
+        };
+        let strings = as_strings(principals)?;
+        let times: ArrayRef = cast(times, &DataType::Int64)?;
+        let times = times
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .cloned()
+            .unwrap_or_else(|| Int64Array::from(Vec::<Option<i64>>::new()));
+        let out: BooleanArray = strings
+            .iter()
+            .zip(times.iter())
+            .map(|(p, t)| match (p, t) {
+                (Some(p), Some(t)) => Some(self.list.contains_at(p, t)),
+                (Some(p), None) => Some(self.list.contains(p)),
+                _ => None,
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
 impl ScalarUDFImpl for IsRevoked {
     fn name(&self) -> &str {
         "is_revoked"
@@ -115,6 +178,9 @@ impl ScalarUDFImpl for IsRevoked {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if args.args.len() == 2 {
+            return self.revoked_at(&args.args);
+        }
         let Some(arg) = args.args.into_iter().next() else {
             return Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(false))));
         };
@@ -129,12 +195,7 @@ impl ScalarUDFImpl for IsRevoked {
                 Ok(ColumnarValue::Scalar(ScalarValue::Boolean(v)))
             }
             ColumnarValue::Array(a) => {
-                let strings: ArrayRef = cast(&a, &DataType::Utf8)?;
-                let strings = strings
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .cloned()
-                    .unwrap_or_else(|| StringArray::from(Vec::<Option<&str>>::new()));
+                let strings = as_strings(&a)?;
                 if self.list.is_empty() {
                     let out: BooleanArray = (0..strings.len())
                         .map(|i| (!strings.is_null(i)).then_some(false))
@@ -145,5 +206,23 @@ impl ScalarUDFImpl for IsRevoked {
                 Ok(ColumnarValue::Array(Arc::new(out)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revocation_counts_from_when_it_took_effect() {
+        let list = RevocationList::new(["cluster.local/ns/a/sa/always".to_string()]);
+        list.add_since("cluster.local/ns/shop/sa/cart", 1_000);
+        let cart = "spiffe://cluster.local/ns/shop/sa/cart";
+        assert!(list.contains(cart));
+        assert!(!list.contains_at(cart, 999), "before it took effect");
+        assert!(list.contains_at(cart, 1_000));
+        assert!(list.contains_at("spiffe://cluster.local/ns/a/sa/always", i64::MIN));
+        list.add_since("https://idp.example.com/user-7", 5);
+        assert!(list.contains_at("https://idp.example.com/user-7", 6));
     }
 }

@@ -151,6 +151,15 @@ fn probing_revocation_enforcement_verification_and_expiry() {
     assert!(has(&v, "verity-revocation-refused"), "istiod is protected");
     assert_eq!(check(ext_authz, ISTIOD), 0, "a protected identity is never revoked");
 
+    // A request that succeeded before the revocation took effect (late data) is not a
+    // failure to enforce it, even once verification has started.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(post_log_lines_as(v.http, 0, &[line(-2500, CART, 200, "via_upstream")]), 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !has(&v, "zt-revoked-identity-succeeds"),
+        "an event from before the revocation raised it"
+    );
     // Once the grace period has passed, a request from cart that still succeeds (the mesh is
     // not enforcing) is caught. Traffic keeps coming, as it would.
     assert!(
