@@ -213,7 +213,9 @@ pub async fn run_with(
     }
     let restored = control.restore(crate::normalize::now_ns());
     control.audit_out(restored);
-    let rules_stage = RulesStage::new(engine.clone(), sinks.clone()).with_control(control.clone());
+    let rules_stage = RulesStage::new(engine.clone(), sinks.clone())
+        .with_control(control.clone())
+        .with_checkpoint_interval(std::time::Duration::from_secs(settings.rules.checkpoint_secs.max(1)));
     let held_alerts = rules_stage.held_alerts();
     stages.push(Box::new(rules_stage));
     stages.push(Box::new(crate::posture::PostureStage::new(

@@ -74,6 +74,8 @@ pub struct RulesConfig {
     pub sender_idle_secs: u64,
     /// … nor does one whose newest event is this far behind the wall clock.
     pub sender_max_lag_secs: u64,
+    /// How often rule state (learned sets, open windows) is checkpointed to `state_dir`.
+    pub checkpoint_secs: u64,
     /// Where stateful rules keep state across restarts (first_seen learned sets).
     pub state_dir: Option<PathBuf>,
     /// Principals on the revocation list (`is_revoked(...)` in rules).
@@ -523,6 +525,9 @@ impl Config {
         }
         if self.rules.lateness_secs > 3600 {
             errors.push(ConfigError::new("rules.lateness_secs", "must be at most 3600"));
+        }
+        if self.rules.checkpoint_secs > 3600 {
+            errors.push(ConfigError::new("rules.checkpoint_secs", "must be at most 3600"));
         }
         if self.rules.sender_idle_secs > 86_400 {
             errors.push(ConfigError::new("rules.sender_idle_secs", "must be at most 86400"));

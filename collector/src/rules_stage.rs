@@ -109,6 +109,7 @@ pub struct RuleMetrics {
     pub revocations: Gauge,
     pub alert_write_errors: Counter,
     pub alerts_held: Gauge,
+    pub checkpoint_errors: Counter,
 }
 
 /// Assertion keys exported per assertion at most (label cardinality bound).
@@ -129,6 +130,7 @@ impl RuleMetrics {
             revocations: Gauge::default(),
             alert_write_errors: Counter::default(),
             alerts_held: Gauge::default(),
+            checkpoint_errors: Counter::default(),
         };
         registry.register(
             "verity_alerts",
@@ -184,6 +186,11 @@ impl RuleMetrics {
             "verity_alert_write_errors",
             "Failures handing alerts to the outputs' spools",
             m.alert_write_errors.clone(),
+        );
+        registry.register(
+            "verity_rules_checkpoint_errors",
+            "Rule state (learned sets, open windows) that could not be checkpointed",
+            m.checkpoint_errors.clone(),
         );
         registry.register(
             "verity_alerts_held",
@@ -282,6 +289,9 @@ pub struct RulesStage {
     /// is evaluated.
     held: Option<verity_sinks::Held>,
     held_count: crate::pipeline::HeldAlerts,
+    /// How often rule state is checkpointed, and when it last was.
+    checkpoint_every: std::time::Duration,
+    last_checkpoint: std::time::Instant,
 }
 
 impl RulesStage {
@@ -296,7 +306,15 @@ impl RulesStage {
             last_events: std::time::Instant::now(),
             held: None,
             held_count: crate::pipeline::HeldAlerts::default(),
+            checkpoint_every: std::time::Duration::from_secs(30),
+            last_checkpoint: std::time::Instant::now(),
         }
+    }
+
+    /// Checkpoints rule state this often (learned sets, open windows).
+    pub fn with_checkpoint_interval(mut self, every: std::time::Duration) -> Self {
+        self.checkpoint_every = every;
+        self
     }
 
     /// The count of held alerts, for sources deciding whether a retried batch is done.
@@ -441,6 +459,15 @@ impl Stage for RulesStage {
             }
             Batch::Metrics(_) => return Ok(()),
         };
+        // After the batch's state changes: a crash loses at most one interval of learning and
+        // open windows.
+        if self.last_checkpoint.elapsed() >= self.checkpoint_every {
+            self.last_checkpoint = std::time::Instant::now();
+            let failed = engine.checkpoint();
+            if failed > 0 {
+                self.shared.metrics.checkpoint_errors.inc_by(failed as u64);
+            }
+        }
         self.export(&engine);
         drop(engine);
         self.emit(alerts)

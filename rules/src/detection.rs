@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use serde::{Deserialize, Serialize};
 use verity_model::alert::{Alert, AlertStatus, Evidence};
 
 use crate::compile::{AggFunc, CompiledRule, DetectionPlan, HavingPlan};
@@ -19,7 +20,7 @@ pub struct DetectionState {
     suppressed_until: HashMap<Key, i64>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 struct Group {
     count: u64,
     first: i64,
@@ -34,9 +35,79 @@ struct Group {
     unverified: bool,
 }
 
+/// Open windows and suppression as written to a checkpoint, for the rule text it was made
+/// with.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    fingerprint: u64,
+    windows: Vec<(i64, Vec<(Key, Group)>)>,
+    suppressed: Vec<(Key, i64)>,
+}
+
+fn checkpoint_path(dir: &std::path::Path, rule_id: &str) -> std::path::PathBuf {
+    dir.join(format!("{rule_id}.windows.json"))
+}
+
 impl DetectionState {
     pub fn open_groups(&self) -> usize {
         self.windows.values().map(HashMap::len).sum()
+    }
+
+    /// Writes the open windows and suppression to `<dir>/<rule id>.windows.json` (atomically:
+    /// a temporary file, fsync, rename).
+    pub fn save(&self, dir: &std::path::Path, rule_id: &str, fingerprint: u64) -> std::io::Result<()> {
+        let snapshot = Snapshot {
+            fingerprint,
+            windows: self
+                .windows
+                .iter()
+                .map(|(start, groups)| (*start, groups.iter().map(|(k, g)| (k.clone(), g.clone())).collect()))
+                .collect(),
+            suppressed: self.suppressed_until.iter().map(|(k, t)| (k.clone(), *t)).collect(),
+        };
+        crate::checkpoint::write_atomically(
+            &checkpoint_path(dir, rule_id),
+            &serde_json::to_vec(&snapshot).map_err(std::io::Error::other)?,
+        )
+    }
+
+    /// The state a checkpoint holds for this rule, if there is one made with the same rule
+    /// text (`fingerprint`) and it is consistent with the rule's plan; otherwise empty.
+    pub fn load(dir: Option<&std::path::Path>, rule_id: &str, fingerprint: u64, plan: &DetectionPlan) -> Self {
+        let Some(dir) = dir else { return Self::default() };
+        let p = checkpoint_path(dir, rule_id);
+        let Ok(bytes) = std::fs::read(&p) else {
+            return Self::default();
+        };
+        let snapshot: Snapshot = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::error!(path = %p.display(), %error, "window checkpoint is unreadable; starting empty");
+                return Self::default();
+            }
+        };
+        let aggs = plan.having.as_ref().map_or(0, |h| h.aggs.len());
+        let keys = plan.group_by.len();
+        let consistent = snapshot.windows.iter().all(|(_, groups)| {
+            groups.iter().all(|(k, g)| {
+                k.len() == keys && g.counts.len() == aggs && g.distinct.len() == aggs && g.numbers.len() == aggs
+            })
+        }) && snapshot.suppressed.iter().all(|(k, _)| k.len() == keys);
+        if snapshot.fingerprint != fingerprint || !consistent {
+            tracing::info!(
+                rule = rule_id,
+                "window checkpoint is for another version of the rule; starting empty"
+            );
+            return Self::default();
+        }
+        Self {
+            windows: snapshot
+                .windows
+                .into_iter()
+                .map(|(start, groups)| (start, groups.into_iter().collect()))
+                .collect(),
+            suppressed_until: snapshot.suppressed.into_iter().collect(),
+        }
     }
 
     pub fn process(

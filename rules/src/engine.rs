@@ -116,6 +116,12 @@ impl Engine {
 
     fn fresh_state(&self, rule: &CompiledRule) -> State {
         match &rule.plan {
+            Plan::Detection(p) if p.window.is_some() || p.suppress.is_some() => State::Detection(DetectionState::load(
+                self.settings.state_dir.as_deref(),
+                &rule.rule().id,
+                rule.fingerprint,
+                p,
+            )),
             Plan::Detection(_) => State::Detection(DetectionState::default()),
             Plan::Assertion(_) => State::Assertion(AssertionState::default()),
             Plan::FirstSeen(_) => State::FirstSeen(FirstSeenState::load(
@@ -294,6 +300,31 @@ impl Engine {
         }
     }
 
+    /// Writes what stateful rules hold to the state directory: learned sets of `first_seen`
+    /// rules and the open windows and suppression of detections, so a crash loses at most
+    /// what happened since. Returns how many rules' state could not be written.
+    pub fn checkpoint(&mut self) -> usize {
+        let Some(dir) = self.settings.state_dir.clone() else {
+            return 0;
+        };
+        let mut failed = 0;
+        for slot in &mut self.slots {
+            let rule = &slot.rule;
+            let result = match (&rule.plan, &mut slot.state) {
+                (Plan::FirstSeen(_), State::FirstSeen(s)) => s.save(Some(&dir), &rule.rule().id),
+                (Plan::Detection(p), State::Detection(s)) if p.window.is_some() || p.suppress.is_some() => {
+                    s.save(&dir, &rule.rule().id, rule.fingerprint)
+                }
+                _ => Ok(()),
+            };
+            if let Err(error) = result {
+                failed += 1;
+                tracing::error!(rule = %rule.rule().id, %error, "could not checkpoint rule state");
+            }
+        }
+        failed
+    }
+
     /// End of input (replay, tests, drain): closes every open window and saves learned
     /// sets. Assertions and absence rules do not treat the end of input as silence.
     pub fn flush(&mut self) -> Vec<Alert> {
@@ -301,17 +332,13 @@ impl Engine {
         for slot in &mut self.slots {
             let before = out.len();
             let rule = &slot.rule;
-            match (&rule.plan, &mut slot.state) {
-                (Plan::Detection(p), State::Detection(s)) => s.advance(p, rule, i64::MAX, &mut out),
-                (Plan::FirstSeen(_), State::FirstSeen(s)) => {
-                    if let Err(error) = s.save(self.settings.state_dir.as_deref(), &rule.rule().id) {
-                        tracing::error!(rule = %rule.rule().id, %error, "could not save the learned set");
-                    }
-                }
-                _ => {}
+            if let (Plan::Detection(p), State::Detection(s)) = (&rule.plan, &mut slot.state) {
+                s.advance(p, rule, i64::MAX, &mut out);
             }
             slot.alerts += (out.len() - before) as u64;
         }
+        // The windows just closed must not come back from an older checkpoint.
+        self.checkpoint();
         out
     }
 }

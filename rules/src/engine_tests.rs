@@ -262,3 +262,34 @@ fn forged_records_are_seen_only_by_rules_that_ask_and_never_move_event_time() {
         Some(&Some("spiffe://td/ns/shop/sa/cart".to_string()))
     );
 }
+
+#[test]
+fn open_windows_survive_a_crash_through_checkpoints() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let settings = EngineSettings {
+        state_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let mut e = engine(BURST, settings.clone());
+    let two: Vec<_> = (0..2).map(|i| ev(i, "a", Decision::DenyRbac)).collect();
+    assert!(e.process(&batch(&two)).is_empty());
+    assert_eq!(e.checkpoint(), 0);
+    // A crash: the engine is gone without a flush. The next one resumes the open window.
+    drop(e);
+    let mut e = engine(BURST, settings.clone());
+    assert!(e.process(&batch(&[ev(2, "a", Decision::DenyRbac)])).is_empty());
+    let alerts = e.process(&batch(&[ev(70, "b", Decision::Allow)]));
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].count, 3);
+    // A clean flush leaves nothing to resume: the closed window does not come back.
+    e.flush();
+    let mut e = engine(BURST, settings.clone());
+    assert!(e.process(&batch(&[ev(3, "a", Decision::DenyRbac)])).is_empty());
+    assert!(e.flush().is_empty(), "one denial is not a burst");
+    // Another version of the rule does not take over the old one's windows.
+    let mut e = engine(BURST, settings.clone());
+    e.process(&batch(&two));
+    e.checkpoint();
+    let mut e = engine(&BURST.replace(">= 3", ">= 2"), settings);
+    assert!(e.flush().is_empty(), "the windows belonged to the old rule text");
+}

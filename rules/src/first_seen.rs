@@ -46,11 +46,10 @@ impl FirstSeenState {
         if !self.dirty {
             return Ok(());
         }
-        std::fs::create_dir_all(dir)?;
-        let p = path(dir, rule_id);
-        let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        std::fs::rename(&tmp, &p)?;
+        crate::checkpoint::write_atomically(
+            &path(dir, rule_id),
+            &serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )?;
         self.dirty = false;
         Ok(())
     }

@@ -13,6 +13,7 @@
 
 pub mod absence;
 pub mod assertion;
+mod checkpoint;
 pub mod compile;
 pub mod detection;
 pub mod duration;

@@ -154,7 +154,10 @@ fn probing_revocation_enforcement_verification_and_expiry() {
     // A request that succeeded before the revocation took effect (late data) is not a
     // failure to enforce it, even once verification has started.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(post_log_lines_as(v.http, 0, &[line(-2500, CART, 200, "via_upstream")]), 200);
+    assert_eq!(
+        post_log_lines_as(v.http, 0, &[line(-2500, CART, 200, "via_upstream")]),
+        200
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         !has(&v, "zt-revoked-identity-succeeds"),

@@ -357,3 +357,32 @@ fn alerts_survive_a_full_spool_disk() {
     assert_eq!(bursts, 1, "{:?}", rule_ids(&v));
     drop(tmpfs);
 }
+
+/// A SIGKILL loses at most one checkpoint interval of rule state: four denials before the
+/// kill and one after still make the burst of five.
+#[test]
+fn open_windows_survive_a_sigkill() {
+    let mut v = verity_with_rule(
+        tempfile::tempdir().expect("tmp"),
+        BURST_OF_FIVE,
+        &[("VERITY__RULES__CHECKPOINT_SECS", "1")],
+    );
+    let t = at(-3000);
+    let four: Vec<String> = (0..4).map(|_| line_at(&t, CART, 403, DENIED)).collect();
+    assert_eq!(post_log_lines_as(v.http, 0, &four), 200);
+    let checkpoint = v.dir.path().join("verity-data/state/e2e-burst.windows.json");
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(&checkpoint)
+            .is_ok_and(|s| s.contains("\"count\":4"))),
+        "no checkpoint of the open window: {}",
+        v.stderr()
+    );
+    v.kill9();
+    v.restart();
+    assert_eq!(post_log_lines_as(v.http, 0, &[line_at(&t, CART, 403, DENIED)]), 200);
+    let (status, _) = v.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{}", v.stderr());
+    let bursts: Vec<serde_json::Value> = alerts(&v).into_iter().filter(|a| a["rule_id"] == "e2e-burst").collect();
+    assert_eq!(bursts.len(), 1, "{bursts:?}");
+    assert_eq!(bursts[0]["count"], 5, "{}", bursts[0]);
+}
