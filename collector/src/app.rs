@@ -159,6 +159,7 @@ pub async fn run_with(
     let sinks = Arc::new(verity_sinks::SinkSet::start(&settings.sinks, sink_metrics)?);
     let deny = verity_control::denylist::DenyList::default();
     let verify_list = revocation_handle.clone();
+    let verify_engine = engine.clone();
     let control_metrics = verity_control::ControlMetrics::register(&mut registry);
     let mut responders: Vec<Box<dyn verity_control::Responder>> =
         vec![Box::new(verity_control::DenyListResponder(deny.clone()))];
@@ -193,8 +194,14 @@ pub async fn run_with(
         verity_control::Revoker::open(
             settings.control.clone(),
             responders,
+            // Verification starts in event time: from the watermark when the grace period has
+            // passed (or that moment on the wall clock, if event time is ahead of it), so
+            // events from before (late or replayed data) never read as not enforced.
             Box::new(move |principal, since| match since {
-                Some(since) => verify_list.add_since(principal, since),
+                Some(since) => {
+                    let at = verify_engine.watermark().map_or(since, |w| w.min(since));
+                    verify_list.add_since_if_absent(principal, at);
+                }
                 None => verify_list.remove(principal),
             }),
         )?

@@ -235,6 +235,11 @@ impl SharedEngine {
         }
     }
 
+    /// Event time now: the engine's watermark.
+    pub fn watermark(&self) -> Option<i64> {
+        self.lock().watermark()
+    }
+
     /// The rules currently loaded, as written.
     pub fn rule_files(&self) -> Vec<verity_rules::rule::RuleFile> {
         self.lock().rules().map(|r| r.rule().clone()).collect()

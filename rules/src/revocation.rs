@@ -46,6 +46,16 @@ impl RevocationList {
         self.add_since(principal, i64::MIN);
     }
 
+    /// Revoked for events at or after `since_ns`, unless it is on the list already (the time
+    /// it first took effect stays).
+    pub fn add_since_if_absent(&self, principal: &str, since_ns: i64) {
+        let key = normalize(principal);
+        match self.inner.write() {
+            Ok(mut g) => g.entry(key).or_insert(since_ns),
+            Err(poisoned) => poisoned.into_inner().entry(key).or_insert(since_ns),
+        };
+    }
+
     /// Revoked for events at or after `since_ns`.
     pub fn add_since(&self, principal: &str, since_ns: i64) {
         match self.inner.write() {
