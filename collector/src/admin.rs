@@ -260,8 +260,8 @@ async fn add(st: &AdminState, headers: &HeaderMap, body: &[u8]) -> Response {
         refusal: None,
     };
     match api.manager.revoke(&revoke, now) {
-        Ok(events) => {
-            let refused = events.iter().any(|e| e.rule_id == "verity-revocation-refused");
+        Ok(verity_control::Outcome { events, refusal }) => {
+            let refused = refusal.is_some();
             let summary: Vec<String> = events.iter().map(|e| e.summary.clone()).collect();
             deliver(api, events).await;
             let current = api

@@ -35,7 +35,7 @@ pub mod webhook;
 pub use config::ControlConfig;
 pub use metrics::ControlMetrics;
 pub use responder::{Applied, DenyListResponder, Responder, ResponderError};
-pub use revoker::{RevokeRequest, Revoker, SharedRevoker, VerifyHook, alert_namespace, parse_ttl_ns};
+pub use revoker::{Outcome, RevokeRequest, Revoker, SharedRevoker, VerifyHook, alert_namespace, parse_ttl_ns};
 
 use std::collections::BTreeMap;
 

@@ -35,6 +35,15 @@ pub struct RevokeRequest<'a> {
     pub refusal: Option<Refusal>,
 }
 
+/// What [`Revoker::revoke`] did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The audit events to deliver.
+    pub events: Vec<Alert>,
+    /// Why no revocation was made, if one was refused.
+    pub refusal: Option<Refusal>,
+}
+
 /// Called when a principal enters verification (`is_revoked()` in rules) with the time from
 /// which its traffic counts (`Some(ns)`: applied plus the grace period), or leaves it (`None`).
 pub type VerifyHook = Box<dyn Fn(&str, Option<i64>) + Send + Sync>;
@@ -157,11 +166,11 @@ impl Revoker {
     }
 
     /// Creates a revocation (from an alert or by hand) within the guardrails; returns the
-    /// audit events.
-    pub fn revoke(&self, req: &RevokeRequest<'_>, now_ns: i64) -> Result<Vec<Alert>, StoreError> {
+    /// audit events and, if it was refused, why.
+    pub fn revoke(&self, req: &RevokeRequest<'_>, now_ns: i64) -> Result<Outcome, StoreError> {
         let principal = normalize_principal(req.principal).to_string();
         if self.store.active_for(&principal).is_some() {
-            return Ok(Vec::new());
+            return Ok(Outcome::default());
         }
         let mut r = Revocation {
             id: revocation_id(&principal, now_ns),
@@ -190,7 +199,10 @@ impl Revoker {
                     .admit(&principal, req.namespace, req.severity, origin, now_ns)
             });
         if let Err(refusal) = admitted {
-            return Ok(vec![self.refused(&r, &refusal, now_ns)]);
+            return Ok(Outcome {
+                events: vec![self.refused(&r, &refusal, now_ns)],
+                refusal: Some(refusal),
+            });
         }
         let mut events = Vec::new();
         if self.cfg.mode == Mode::LogOnly {
@@ -216,7 +228,7 @@ impl Revoker {
             events.push(self.state_event(&r, now_ns));
         }
         tracing::info!(principal = %r.principal, id = %r.id, state = ?r.state, "revocation recorded");
-        Ok(events)
+        Ok(Outcome { events, refusal: None })
     }
 
     /// Runs every responder that applies in this revocation's mode, recording their results;
@@ -401,7 +413,7 @@ impl Revoker {
                 refusal,
             };
             match self.revoke(&req, now_ns) {
-                Ok(events) => out.extend(events),
+                Ok(outcome) => out.extend(outcome.events),
                 Err(error) => tracing::error!(%error, "could not record a revocation"),
             }
         }

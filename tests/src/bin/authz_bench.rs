@@ -138,6 +138,9 @@ async fn main() -> anyhow::Result<()> {
         mode: Mode::Enforce,
         store_path: dir.path().join("revocations.json"),
         max_per_window: usize::MAX,
+        max_operator_per_window: usize::MAX,
+        max_per_namespace_per_window: usize::MAX,
+        max_operator_per_namespace_per_window: usize::MAX,
         ..ControlConfig::default()
     };
     let manager = Arc::new(Revoker::open(
@@ -229,6 +232,9 @@ async fn istio(n: usize) -> anyhow::Result<()> {
             mode: Mode::Enforce,
             store_path: dir.path().join("revocations.json"),
             max_per_window: usize::MAX,
+            max_operator_per_window: usize::MAX,
+            max_per_namespace_per_window: usize::MAX,
+            max_operator_per_namespace_per_window: usize::MAX,
             istio: Some(cfg.clone()),
             ..ControlConfig::default()
         },

@@ -60,6 +60,7 @@ fn revoke(m: &Revoker, principal: &str, kind: &str, ns: Option<&str>, now: i64) 
         now,
     )
     .expect("revoke")
+    .events
 }
 
 fn rules(events: &[verity_model::Alert]) -> Vec<String> {
