@@ -75,6 +75,9 @@ async fn connect(args: &Args) -> anyhow::Result<tonic::transport::Channel> {
 
 const LINE: &str = r#"[2024-03-01T10:00:00.000Z] "GET /api/orders/42 HTTP/1.1" 200 - via_upstream - "-" 0 512 7 6 "-" "python-requests/2.31" "6c1a2f0e-7d1b-4bb8-9d3c-2f5b1a7e9c01" "orders.shop:8080" "10.1.0.7:8080" inbound|8080|| 127.0.0.6:51515 10.1.0.7:8080 10.1.0.3:44312 outbound_.8080_._.orders.shop.svc.cluster.local default"#;
 
+/// Where each request's number goes (16 digits).
+const SEQ_PLACEHOLDER: &str = "0000000000000000";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -83,20 +86,28 @@ async fn main() -> anyhow::Result<()> {
     }
     let request = otlp::logs_request(
         (0..args.batch)
-            .map(|_| {
-                otlp::record(
-                    LINE,
-                    vec![otlp::kv(
-                        "downstream_peer_uri_san",
-                        "spiffe://cluster.local/ns/shop/sa/cart",
-                    )],
-                )
+            .map(|i| {
+                let mut attrs = vec![otlp::kv(
+                    "downstream_peer_uri_san",
+                    "spiffe://cluster.local/ns/shop/sa/cart",
+                )];
+                if i == 0 {
+                    attrs.push(otlp::kv("loadgen.request", SEQ_PLACEHOLDER));
+                }
+                otlp::record(LINE, attrs)
             })
             .collect(),
     );
-    // Encoded once: the generator should spend its CPU on sending, not on protobuf.
+    // Encoded once: the generator should spend its CPU on sending, not on protobuf. Each
+    // request gets its own number written over a fixed-width placeholder, so no two are
+    // alike (Verity acknowledges a repeated request without evaluating it again).
     let records = args.batch as u64;
     let body = Bytes::from(request.encode_to_vec());
+    let seq_at = body
+        .windows(SEQ_PLACEHOLDER.len())
+        .position(|w| w == SEQ_PLACEHOLDER.as_bytes())
+        .ok_or_else(|| anyhow::anyhow!("request number placeholder not found"))?;
+    let next_seq = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -105,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.connections {
         let channel = connect(&args).await?;
         let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
-        let (body, accepted, refused) = (body.clone(), accepted.clone(), refused.clone());
+        let (body, accepted, refused, next_seq) = (body.clone(), accepted.clone(), refused.clone(), next_seq.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
@@ -115,7 +126,12 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static(LOGS_EXPORT);
                 let sent = Instant::now();
-                match grpc.unary(tonic::Request::new(body.clone()), path, RawCodec).await {
+                let mut numbered = bytes::BytesMut::from(&body[..]);
+                let seq = format!("{:016}", next_seq.fetch_add(1, Ordering::Relaxed));
+                if let Some(slot) = numbered.get_mut(seq_at..seq_at + SEQ_PLACEHOLDER.len()) {
+                    slot.copy_from_slice(seq.as_bytes());
+                }
+                match grpc.unary(tonic::Request::new(numbered.freeze()), path, RawCodec).await {
                     Ok(r) => {
                         latencies.push(sent.elapsed());
                         let resp = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse::decode(
