@@ -148,7 +148,7 @@ pub async fn run_with(
                 .unwrap_or(60)
                 .saturating_mul(1_000_000_000),
             sender_max_lag_ns: i64::try_from(settings.rules.sender_max_lag_secs.max(1))
-                .unwrap_or(600)
+                .unwrap_or(300)
                 .saturating_mul(1_000_000_000),
         },
         revocations,

@@ -103,6 +103,11 @@ impl HeldAlerts {
 pub trait Stage: Send {
     fn name(&self) -> &'static str;
     fn process(&mut self, batch: &Batch) -> Result<(), StageError>;
+    /// Whether processing a batch successfully changes rule state (the rules stage): the rows
+    /// must then never be handed over again, whatever later stages do.
+    fn evaluates(&self) -> bool {
+        false
+    }
     /// Called once when the pipeline drains.
     fn flush(&mut self) -> Result<(), StageError>;
 }
@@ -400,14 +405,20 @@ fn run_worker(mut rx: mpsc::Receiver<Queued>, mut stages: Vec<Box<dyn Stage>>, m
     let queue_gauge = metrics.queue_depth.get_or_create(&[("queue", "pipeline")]).clone();
     while let Some(Queued { batch, done }) = rx.blocking_recv() {
         queue_gauge.set(rx.len() as i64);
-        let mut failure = None;
+        let mut failure: Option<HandoffError> = None;
+        let mut evaluated = false;
         for stage in stages.iter_mut() {
-            if let Err(error) = stage.process(&batch) {
-                tracing::error!(stage = stage.name(), %error, "pipeline stage failed on a batch");
-                let evaluated = matches!(error, StageError::Held { .. });
-                let f = failure.get_or_insert_with(|| HandoffError::new(error.to_string()));
-                f.evaluated |= evaluated;
+            match stage.process(&batch) {
+                Ok(()) => evaluated |= stage.evaluates(),
+                Err(error) => {
+                    tracing::error!(stage = stage.name(), %error, "pipeline stage failed on a batch");
+                    evaluated |= matches!(error, StageError::Held { .. });
+                    failure.get_or_insert_with(|| HandoffError::new(error.to_string()));
+                }
             }
+        }
+        if let Some(f) = failure.as_mut() {
+            f.evaluated = evaluated;
         }
         for d in done {
             let _ = d.send(match &failure {

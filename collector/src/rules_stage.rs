@@ -446,6 +446,10 @@ impl Stage for RulesStage {
         "rules"
     }
 
+    fn evaluates(&self) -> bool {
+        true
+    }
+
     fn process(&mut self, batch: &Batch) -> Result<(), StageError> {
         // Nothing new is evaluated while earlier alerts are held: the sources are told to
         // retry, and no rule state moves.

@@ -94,14 +94,44 @@ pub fn check(alert: &Alert, target: &Target, cfg: &ControlConfig) -> Result<(), 
             alert.count, cfg.min_evidence
         )));
     }
+    // Every event behind the alert, when the rules counted them (the evidence below is only
+    // a sample of the first few).
+    if let Some(b) = alert.respond.as_ref().and_then(|r| r.backing.as_ref()) {
+        if b.unentitled > 0 {
+            return Err(Refusal::Evidence(format!(
+                "unverified evidence: {} of {} events were not reported by a verified sender entitled to report them",
+                b.unentitled, b.events
+            )));
+        }
+        let reporters: BTreeSet<&str> = b
+            .reporters
+            .iter()
+            .map(|r| normalize_principal(r))
+            .filter(|r| target.kind == "request_principal" || *r != normalize_principal(&target.principal))
+            .collect();
+        // The identity acted on reporting itself is good evidence, but not a second opinion.
+        if cfg.min_reporters > 1 && reporters.len() < cfg.min_reporters {
+            return Err(Refusal::Evidence(format!(
+                "{} distinct sender(s) besides the identity itself reported it, control.min_reporters is {}",
+                reporters.len(),
+                cfg.min_reporters
+            )));
+        }
+    }
     if alert.evidence.is_empty() {
         return Err(Refusal::Evidence("the alert carries no evidence".into()));
     }
     for e in &alert.evidence {
         entitled(e, target).map_err(|why| Refusal::Evidence(format!("unverified evidence: {why}")))?;
     }
-    let reporters: BTreeSet<&str> = alert.evidence.iter().filter_map(|e| e.sender.as_deref()).collect();
-    if reporters.len() < cfg.min_reporters {
+    let reporters: BTreeSet<&str> = alert
+        .evidence
+        .iter()
+        .filter_map(|e| e.sender.as_deref())
+        .map(normalize_principal)
+        .collect();
+    let backed = alert.respond.as_ref().is_some_and(|r| r.backing.is_some());
+    if !backed && reporters.len() < cfg.min_reporters {
         return Err(Refusal::Evidence(format!(
             "{} distinct sender(s) reported it, control.min_reporters is {}",
             reporters.len(),
@@ -261,5 +291,42 @@ mod tests {
                 principal: CART.into()
             }))
         );
+    }
+
+    #[test]
+    fn every_event_counts_not_only_the_evidence_sample() {
+        let cfg = ControlConfig::default();
+        let cart = Target {
+            kind: "principal",
+            principal: CART.into(),
+        };
+        // Five genuine events kept as evidence, then forged ones from a bystander: the alert
+        // says so in its backing, and nothing is revoked.
+        let mut a = alert(CART, vec![event(PAY, "bound", PAY, None); 5]);
+        a.count = 12;
+        let mut backing = verity_model::alert::Backing::default();
+        for _ in 0..5 {
+            backing.add(true, Some(PAY));
+        }
+        for _ in 0..7 {
+            backing.add(false, Some("spiffe://cluster.local/ns/x/sa/mallory"));
+        }
+        a.respond = Some(verity_model::alert::Response {
+            action: "revoke".into(),
+            ttl: "1h".into(),
+            backing: Some(backing.clone()),
+        });
+        assert!(matches!(check(&a, &cart, &cfg), Err(Refusal::Evidence(_))));
+        // Two reporters wanted: the identity reporting itself is not a second opinion.
+        let mut own = verity_model::alert::Backing::default();
+        own.add(true, Some(PAY));
+        own.add(true, Some(CART));
+        a.respond.as_mut().unwrap().backing = Some(own);
+        let two = ControlConfig {
+            min_reporters: 2,
+            ..ControlConfig::default()
+        };
+        assert!(check(&a, &cart, &two).is_err());
+        assert_eq!(check(&a, &cart, &cfg), Ok(()));
     }
 }

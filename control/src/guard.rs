@@ -111,6 +111,11 @@ pub fn check_identity(kind: &str, principal: &str) -> Result<(), Refusal> {
         return refuse("empty, or contains whitespace or control characters");
     }
     if kind == "request_principal" {
+        // The deny list holds both kinds: an end user named like a workload would deny that
+        // workload.
+        if principal.starts_with("spiffe://") || check_identity("principal", principal).is_ok() {
+            return refuse("a request principal named like a workload identity (SPIFFE ID)");
+        }
         return match principal.rsplit_once('/') {
             Some((iss, sub)) if !iss.is_empty() && !sub.is_empty() => Ok(()),
             _ => refuse("a request principal is a JWT `iss/sub` with both parts"),
@@ -369,6 +374,8 @@ mod tests {
         );
         for bad in [
             "*",
+            "cluster.local/ns/shop/sa/frontend",
+            "spiffe://cluster.local/ns/shop/sa/frontend",
             "https://issuer.example.com/*",
             "user-42",
             "https://issuer.example.com/",

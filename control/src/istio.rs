@@ -340,7 +340,7 @@ impl Responder for IstioResponder {
     fn supports_dry_run(&self) -> bool {
         true
     }
-    fn stored(&self) {
+    fn stored(&self, _id: &str) {
         self.wake.notify_one();
     }
 }

@@ -56,9 +56,9 @@ pub trait Responder: Send + Sync {
     fn supports_dry_run(&self) -> bool {
         false
     }
-    /// Called after a revocation's new state is stored, so a deferred responder can act on
-    /// what is now in the store.
-    fn stored(&self) {}
+    /// Called after revocation `id`'s new state is stored (and again on every reconcile while
+    /// it is pending), so a deferred responder acts only on what the store holds.
+    fn stored(&self, _id: &str) {}
 }
 
 /// Enforcement through the ext_authz server: effective as soon as it is recorded.

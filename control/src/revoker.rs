@@ -223,7 +223,7 @@ impl Revoker {
             }
             self.store.put(r.clone())?;
             for resp in &self.responders {
-                resp.stored();
+                resp.stored(&r.id);
             }
             events.push(self.state_event(&r, now_ns));
         }
@@ -317,6 +317,10 @@ impl Revoker {
             return Vec::new();
         }
         let updated = self.store.update(id, |r| {
+            // Lifted or expired meanwhile: a late answer does not bring it back.
+            if !r.state.is_active() {
+                return;
+            }
             r.results.insert(
                 responder.to_string(),
                 ResponderResult {
@@ -336,7 +340,7 @@ impl Revoker {
                 return Vec::new();
             }
         };
-        if r.state == before.state {
+        if r.state == before.state || !r.state.is_active() {
             return Vec::new();
         }
         if r.state == State::Applied
@@ -447,6 +451,9 @@ impl Revoker {
                     self.apply_all(&mut retried, now_ns, true);
                     let results = retried.results;
                     match self.store.update(&r.id, |s| {
+                        if !s.state.is_active() {
+                            return;
+                        }
                         for (k, v) in results {
                             if !s.results.get(&k).is_some_and(|p| p.ok || p.pending) {
                                 s.results.insert(k, v);
@@ -454,14 +461,20 @@ impl Revoker {
                         }
                         s.settle(now_ns);
                     }) {
-                        Ok(updated) if updated.state != State::Failed => {
+                        Ok(updated) if updated.state != State::Failed && updated.state.is_active() => {
                             out.push(self.state_event(&updated, now_ns));
                         }
                         Ok(_) => {}
                         Err(error) => tracing::error!(%error, "could not record a retry"),
                     }
                     for resp in &self.responders {
-                        resp.stored();
+                        resp.stored(&r.id);
+                    }
+                }
+                // A responder that could not take it yet (a full queue) gets it again.
+                State::Pending if r.mode != Mode::LogOnly => {
+                    for resp in &self.responders {
+                        resp.stored(&r.id);
                     }
                 }
                 _ => {}
@@ -531,16 +544,20 @@ impl Revoker {
                 }
                 let results = again.results;
                 match self.store.update(&r.id, |s| {
-                    s.results = results;
-                    s.settle(now_ns);
+                    if s.state.is_active() {
+                        s.results = results;
+                        s.settle(now_ns);
+                    }
                 }) {
-                    Ok(updated) if updated.state != r.state => out.push(self.state_event(&updated, now_ns)),
+                    Ok(updated) if updated.state != r.state && updated.state.is_active() => {
+                        out.push(self.state_event(&updated, now_ns))
+                    }
                     Ok(_) => {}
                     Err(error) => tracing::error!(%error, id = %r.id, "could not record a restored revocation"),
                 }
-            }
-            for resp in &self.responders {
-                resp.stored();
+                for resp in &self.responders {
+                    resp.stored(&r.id);
+                }
             }
         }
         out.extend(self.reconcile(now_ns));
@@ -639,6 +656,7 @@ mod tests {
             respond: Some(Response {
                 action: "revoke".into(),
                 ttl: "1h".into(),
+                backing: None,
             }),
             summary: String::new(),
         }

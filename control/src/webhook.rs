@@ -193,15 +193,20 @@ impl Responder for WebhookResponder {
         self.staged().retain(|s| s.id != r.id);
         self.queue("remove", r)
     }
-    fn stored(&self) {
+    fn stored(&self, id: &str) {
         let mut staged = self.staged();
-        while let Some(r) = staged.first().cloned() {
+        // Only this revocation: another one staged by a concurrent caller may not be in the
+        // store yet, and a fast receiver's confirmation must find it there.
+        let Some(i) = staged.iter().position(|r| r.id == id) else {
+            return;
+        };
+        if let Some(r) = staged.get(i).cloned() {
             if self.queue("revoke", &r).is_err() {
-                // Full: the rest go with the next change.
+                // Full: it stays staged; the revoker calls again while it is pending.
                 tracing::warn!(id = %r.id, "webhook queue is full; sending later");
-                break;
+                return;
             }
-            staged.remove(0);
+            staged.remove(i);
         }
     }
 }

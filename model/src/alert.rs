@@ -104,6 +104,41 @@ pub struct Entity {
 pub struct Response {
     pub action: String,
     pub ttl: String,
+    /// Who reported the events behind the alert, over every one of them (the alert's
+    /// `evidence` keeps only the first few).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backing: Option<Backing>,
+}
+
+/// The events behind an alert that asks for a response, by who reported them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backing {
+    pub events: u64,
+    /// Events not verified as their sender's own, or from a sender that could not have seen
+    /// them (neither a trusted node or aggregator, nor the destination that enforced the
+    /// decision, nor the acting identity itself).
+    pub unentitled: u64,
+    /// Distinct senders of the entitled events (at most [`Backing::MAX_REPORTERS`]).
+    pub reporters: Vec<String>,
+}
+
+impl Backing {
+    pub const MAX_REPORTERS: usize = 16;
+
+    /// Counts one event.
+    pub fn add(&mut self, entitled: bool, sender: Option<&str>) {
+        self.events = self.events.saturating_add(1);
+        if !entitled {
+            self.unentitled = self.unentitled.saturating_add(1);
+            return;
+        }
+        if let Some(s) = sender
+            && self.reporters.len() < Self::MAX_REPORTERS
+            && !self.reporters.iter().any(|r| r == s)
+        {
+            self.reporters.push(s.to_string());
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

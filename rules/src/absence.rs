@@ -80,6 +80,7 @@ impl AbsenceState {
                     summary,
                     // Silence is nobody's evidence.
                     unverified: true,
+                    backing: None,
                 },
             ));
         }

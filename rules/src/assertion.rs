@@ -198,6 +198,7 @@ impl AssertionState {
                         entity: None,
                         summary,
                         unverified: true,
+                        backing: None,
                     },
                 ));
                 s.evidence.clear();
@@ -228,6 +229,7 @@ fn resolution(
             entity: s.entity.clone(),
             summary,
             unverified: true,
+            backing: None,
         },
     )
 }

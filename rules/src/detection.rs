@@ -33,6 +33,9 @@ struct Group {
     entity: Option<String>,
     /// Some event of the group was not its sender's verified evidence.
     unverified: bool,
+    /// Who reported each event (rules with `respond`).
+    #[serde(default)]
+    backing: verity_model::alert::Backing,
 }
 
 /// Open windows and suppression as written to a checkpoint, for the rule text it was made
@@ -120,6 +123,7 @@ impl DetectionState {
         out: &mut Vec<Alert>,
     ) {
         let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
+        let track = rule.rule().respond.is_some();
         for row in mask.values().set_indices() {
             let t = rows.time(row);
             let key = rows.key(&plan.group_by, row);
@@ -142,7 +146,8 @@ impl DetectionState {
                         vec![rows.evidence(row)],
                         entity_col.and_then(|c| rows.value(c, row)),
                         summary,
-                    ),
+                    )
+                    .backed_by(rule, rows, row),
                 ));
                 continue;
             };
@@ -157,6 +162,10 @@ impl DetectionState {
                     .entry(key.clone())
                     .or_insert_with(|| new_group(plan.having.as_ref(), t));
                 update(g, plan.having.as_ref(), rows, row, t, entity_col);
+                if track {
+                    let (entitled, sender) = rows.entitled(row, entity_col);
+                    g.backing.add(entitled, sender);
+                }
                 start -= slide;
             }
         }
@@ -245,6 +254,7 @@ impl DetectionState {
                     entity: g.entity,
                     summary,
                     unverified: g.unverified,
+                    backing: rule.rule().respond.is_some().then_some(g.backing),
                 },
             ));
         }

@@ -41,7 +41,7 @@ impl Default for EngineSettings {
             lateness_ns: 5_000_000_000,
             state_dir: None,
             sender_idle_ns: 60_000_000_000,
-            sender_max_lag_ns: 600_000_000_000,
+            sender_max_lag_ns: 300_000_000_000,
         }
     }
 }
@@ -439,6 +439,8 @@ pub(crate) struct AlertParts {
     pub summary: String,
     /// Some event behind the alert was not its sender's verified evidence.
     pub unverified: bool,
+    /// Who reported every event behind it (rules with `respond`).
+    pub backing: Option<verity_model::alert::Backing>,
 }
 
 impl AlertParts {
@@ -465,7 +467,19 @@ impl AlertParts {
             entity,
             summary,
             unverified,
+            backing: None,
         }
+    }
+
+    /// Counts `row` as the alert's one backing event, for rules with `respond`.
+    pub(crate) fn backed_by(mut self, rule: &CompiledRule, rows: &crate::evidence::Rows<'_>, row: usize) -> Self {
+        if rule.rule().respond.is_some() {
+            let mut b = verity_model::alert::Backing::default();
+            let (entitled, sender) = rows.entitled(row, rule.entity.as_ref().map(|(_, c)| *c));
+            b.add(entitled, sender);
+            self.backing = Some(b);
+        }
+        self
     }
 }
 
@@ -511,6 +525,7 @@ pub(crate) fn make_alert(rule: &CompiledRule, p: AlertParts) -> Alert {
         respond: r.respond.as_ref().filter(|_| !withheld).map(|s| Response {
             action: s.action.clone(),
             ttl: s.ttl.to_string(),
+            backing: p.backing,
         }),
         summary,
     }

@@ -35,6 +35,33 @@ impl<'b> Rows<'b> {
         })
     }
 
+    fn text(&self, name: &str, row: usize) -> Option<&'b str> {
+        let a = self.batch.column_by_name(name)?.as_string_opt::<i32>()?;
+        (row < a.len() && a.is_valid(row)).then(|| a.value(row))
+    }
+
+    /// Whether the row is evidence its sender was entitled to report about `entity` (the
+    /// column naming the identity acted on): verified, and from a trusted node or aggregator,
+    /// the destination that enforced the decision, or the acting identity itself. Returns it
+    /// with the sender.
+    pub fn entitled(&self, row: usize, entity_col: Option<usize>) -> (bool, Option<&'b str>) {
+        let sender = self.text(col::SENDER, row).filter(|s| !s.is_empty());
+        let Some(s) = sender.filter(|_| self.sender_verified(row)) else {
+            return (false, sender);
+        };
+        if self.text(col::SENDER_BINDING, row) == Some("trusted") {
+            return (true, sender);
+        }
+        let bare = |p: &'b str| p.strip_prefix("spiffe://").unwrap_or(p);
+        let me = bare(s);
+        let destination = self.text(col::DESTINATION_PRINCIPAL, row).map(bare);
+        let entity = entity_col
+            .and_then(|c| self.batch.column(c).as_string_opt::<i32>())
+            .filter(|a| row < a.len() && a.is_valid(row))
+            .map(|a| bare(a.value(row)));
+        (destination == Some(me) || entity == Some(me), sender)
+    }
+
     /// Whether the row is its sender's verified evidence (false when the batch cannot say).
     pub fn sender_verified(&self, row: usize) -> bool {
         self.sender_verified

@@ -97,10 +97,18 @@ impl Deliveries {
             }
             Some(Fate::Evaluated) => Verdict::RetryLater,
             None => {
-                if r.order.len() >= REMEMBERED
-                    && let Some(old) = r.order.pop_front()
-                {
-                    r.fate.remove(&old);
+                // Forget the oldest settled request; one still in flight or with alerts held
+                // goes to the back instead (there are few: the pipeline's queues are bounded).
+                let mut turns = r.order.len();
+                while r.order.len() >= REMEMBERED && turns > 0 {
+                    turns -= 1;
+                    let Some(old) = r.order.pop_front() else { break };
+                    match r.fate.get(&old) {
+                        Some(Fate::InFlight | Fate::Evaluated) => r.order.push_back(old),
+                        _ => {
+                            r.fate.remove(&old);
+                        }
+                    }
                 }
                 r.fate.insert(d, Fate::InFlight);
                 r.order.push_back(d);
@@ -112,24 +120,16 @@ impl Deliveries {
     /// Records how the hand-off of a new request ended.
     pub fn settle(&self, d: Digest, outcome: &Result<(), HandoffError>) {
         let mut r = self.lock();
+        let Some(fate) = r.fate.get_mut(&d) else { return };
         match outcome {
-            Ok(()) => {
-                r.fate.insert(d, Fate::Done);
-            }
-            Err(e) if e.evaluated => {
-                r.fate.insert(d, Fate::Evaluated);
-            }
-            // Not evaluated: a resend is new work. (Its place in `order` goes when it would
-            // have been evicted.)
+            Ok(()) => *fate = Fate::Done,
+            Err(e) if e.evaluated => *fate = Fate::Evaluated,
+            // Not evaluated (rare: a stage failed first): a resend is new work.
             Err(_) => {
                 r.fate.remove(&d);
+                r.order.retain(|o| *o != d);
             }
         }
-    }
-
-    /// Forgets a request that was never handed over (refused before the pipeline).
-    pub fn forget(&self, d: Digest) {
-        self.lock().fate.remove(&d);
     }
 }
 

@@ -207,6 +207,7 @@ fn alert(i: usize, principal: &str) -> verity_model::Alert {
         respond: Some(Response {
             action: "revoke".into(),
             ttl: "1h".into(),
+            backing: None,
         }),
         summary: String::new(),
     }
