@@ -107,7 +107,11 @@ async fn main() -> anyhow::Result<()> {
         .windows(SEQ_PLACEHOLDER.len())
         .position(|w| w == SEQ_PLACEHOLDER.as_bytes())
         .ok_or_else(|| anyhow::anyhow!("request number placeholder not found"))?;
-    let next_seq = Arc::new(AtomicU64::new(0));
+    // Numbers start from the clock, so a second run does not repeat the first one's requests.
+    let first = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0));
+    let next_seq = Arc::new(AtomicU64::new(first % 10_000_000_000_000_000));
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
