@@ -166,7 +166,8 @@ pub async fn run_with(
     let mut webhook_slot = None;
     if let Some(w) = &settings.control.webhook {
         let webhook =
-            verity_control::webhook::WebhookResponder::start(w).map_err(|e| AppError::Responder(e.to_string()))?;
+            verity_control::webhook::WebhookResponder::start(w, &settings.sinks.spool_dir.join("control-webhook"))
+                .map_err(|e| AppError::Responder(e.to_string()))?;
         webhook_slot = Some(webhook.revoker_slot());
         responders.push(Box::new(webhook));
     }

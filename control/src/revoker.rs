@@ -522,8 +522,8 @@ impl Revoker {
 
     /// After a restart: hands every revocation in force (applied, pending or failed) to every
     /// responder again, so nothing the store holds is missing from any of them. A responder
-    /// that keeps its own state in step (Istio lists what exists and compares) is left to do
-    /// so for what it had already applied.
+    /// that keeps its own state durable (Istio lists what exists and compares; the webhook
+    /// delivers from its spool) resumes on its own what it had been given.
     pub fn restore(&self, now_ns: i64) -> Vec<Alert> {
         let mut out = Vec::new();
         if self.cfg.mode != Mode::LogOnly {
@@ -531,8 +531,9 @@ impl Revoker {
                 let mut again = r.clone();
                 let dry_run = again.mode == Mode::DryRun;
                 for resp in &self.responders {
-                    let previous = again.results.get(resp.name());
-                    if resp.retries_itself() && previous.is_some_and(|p| p.ok) {
+                    // A responder that keeps its own durable state (Istio compares with what
+                    // exists; the webhook's spool) resumes on its own what it was given.
+                    if resp.retries_itself() && again.results.contains_key(resp.name()) {
                         continue;
                     }
                     let result = if dry_run && !resp.supports_dry_run() {

@@ -1,21 +1,23 @@
 //! The webhook responder: signed JSON for any other control plane (SPIRE automation, a SOAR).
 //! Each revocation and each removal is one POST of
 //! `{"version":"1","action":"revoke"|"remove","revocation":{…}}` with the same
-//! `X-Verity-Timestamp` / `X-Verity-Signature` headers as the webhook alert output. Deliveries
-//! are queued and sent in order by a background task, retried with backoff, so a slow receiver
-//! never holds up the pipeline.
+//! `X-Verity-Timestamp` / `X-Verity-Signature` headers as the webhook alert output.
 //!
-//! A revocation is reported applied only once the receiver answered 2xx: until then it is
-//! pending in the revocation store, which is what makes delivery durable. A delivery that ran
-//! out of attempts marks it failed, and the revoker queues it again; after a restart every
-//! revocation not yet confirmed is queued again. A 4xx other than 408/429 is a refusal
-//! retrying will not change: the revocation is marked failed for an operator to look at.
+//! Delivery goes through a durable spool, the same one the alert outputs use
+//! (`<sinks.spool_dir>/control-webhook/`): each message is appended and fsynced before the
+//! responder answers, sent in order by a background task, retried with backoff until the
+//! receiver answers, and acknowledged in the spool only then, so a crash or an outage never
+//! loses one. A revocation is reported applied only on the receiver's 2xx. After
+//! `max_attempts` failures it is reported failed (and still retried). A 4xx other than
+//! 408/429 is a refusal retrying will not change: the message goes to the spool's
+//! `dead-letter.jsonl` and the revocation is marked failed for an operator.
 
+use std::path::Path;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use verity_sinks::spool::{Spool, SpoolLimits};
 
 use crate::Revocation;
 use crate::responder::{Applied, Responder, ResponderError};
@@ -31,6 +33,7 @@ pub struct WebhookConfig {
     /// HMAC-SHA256 key for the signature header.
     #[serde(default)]
     pub secret: Option<verity_sinks::config::SecretRef>,
+    /// Failures after which a revocation is reported failed (delivery goes on).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
 }
@@ -41,14 +44,14 @@ fn default_attempts() -> u32 {
 
 pub struct WebhookResponder {
     url: String,
-    tx: mpsc::Sender<(&'static str, Revocation)>,
+    spool: Arc<Spool>,
     revoker: RevokerSlot,
-    /// Revocations to send once they are in the store (see [`Responder::stored`]): a fast
+    /// Revocations to spool once they are in the store (see [`Responder::stored`]): a fast
     /// receiver's confirmation must find the revocation there.
     staged: std::sync::Mutex<Vec<Revocation>>,
 }
 
-/// At most this many revocations wait to be queued.
+/// At most this many revocations wait to be spooled.
 const MAX_STAGED: usize = 1024;
 
 /// The revoker a delivery reports to, set once it exists (it owns the responders).
@@ -60,11 +63,69 @@ pub enum WebhookError {
     Secret(String),
     #[error("control.webhook: {0}")]
     Client(String),
+    #[error("control.webhook spool: {0}")]
+    Spool(String),
+}
+
+/// One spooled message.
+#[derive(Serialize, Deserialize)]
+struct Message {
+    version: String,
+    action: String,
+    revocation: Revocation,
+}
+
+/// How one POST ended.
+enum Answer {
+    Delivered(String),
+    Refused(String),
+    Retry(String),
+}
+
+struct Sender {
+    client: reqwest::Client,
+    url: String,
+    secret: Option<verity_sinks::secret::Secret>,
+}
+
+impl Sender {
+    async fn post(&self, body: &[u8]) -> Answer {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header(verity_sinks::outputs::TIMESTAMP_HEADER, ts.to_string());
+        if let Some(s) = &self.secret {
+            match s.value() {
+                Ok(key) => {
+                    req = req.header(
+                        verity_sinks::outputs::SIGNATURE_HEADER,
+                        verity_sinks::outputs::signature(key.as_bytes(), ts, body),
+                    )
+                }
+                Err(e) => return Answer::Retry(format!("secret: {e}")),
+            }
+        }
+        match req.body(body.to_vec()).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                Answer::Delivered(format!("delivered to {} (HTTP {})", self.url, resp.status().as_u16()))
+            }
+            Ok(resp) if resp.status().is_client_error() && !matches!(resp.status().as_u16(), 408 | 429) => {
+                Answer::Refused(format!("{} refused it (HTTP {})", self.url, resp.status().as_u16()))
+            }
+            Ok(resp) => Answer::Retry(format!("{}: HTTP {}", self.url, resp.status().as_u16())),
+            Err(e) => Answer::Retry(format!("{}: {e}", self.url)),
+        }
+    }
 }
 
 impl WebhookResponder {
-    /// Starts the delivery task on the current Tokio runtime.
-    pub fn start(cfg: &WebhookConfig) -> Result<Self, WebhookError> {
+    /// Opens the spool in `spool_dir` (what a previous run left is delivered first) and
+    /// starts the delivery task on the current Tokio runtime.
+    pub fn start(cfg: &WebhookConfig, spool_dir: &Path) -> Result<Self, WebhookError> {
         let secret = cfg
             .secret
             .as_ref()
@@ -75,85 +136,39 @@ impl WebhookResponder {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| WebhookError::Client(e.to_string()))?;
-        let (tx, mut rx) = mpsc::channel::<(&'static str, Revocation)>(1024);
-        let (url, attempts) = (cfg.url.clone(), cfg.max_attempts.max(1));
+        let (spool, recovered) =
+            Spool::open(spool_dir, SpoolLimits::default()).map_err(|e| WebhookError::Spool(e.to_string()))?;
+        if recovered.pending_events > 0 {
+            tracing::info!(
+                messages = recovered.pending_events,
+                "webhook responder resumes delivery"
+            );
+        }
+        let spool = Arc::new(spool);
         let revoker: RevokerSlot = Arc::default();
-        let report_to = revoker.clone();
-        tokio::spawn(async move {
-            while let Some((action, r)) = rx.recv().await {
-                let body = serde_json::json!({"version": "1", "action": action, "revocation": r}).to_string();
-                let mut outcome = Err(ResponderError::retry(format!("{url}: not delivered")));
-                for attempt in 0..attempts {
-                    let ts = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
-                    let mut req = client
-                        .post(&url)
-                        .header("Content-Type", "application/json")
-                        .header(verity_sinks::outputs::TIMESTAMP_HEADER, ts.to_string());
-                    if let Some(s) = &secret {
-                        match s.value() {
-                            Ok(key) => {
-                                req = req.header(
-                                    verity_sinks::outputs::SIGNATURE_HEADER,
-                                    verity_sinks::outputs::signature(key.as_bytes(), ts, body.as_bytes()),
-                                )
-                            }
-                            Err(e) => tracing::error!(error = %e, "webhook responder secret"),
-                        }
-                    }
-                    match req.body(body.clone()).send().await {
-                        Ok(resp) if resp.status().is_success() => {
-                            outcome = Ok(format!("delivered to {url} (HTTP {})", resp.status().as_u16()));
-                            break;
-                        }
-                        Ok(resp) if resp.status().is_client_error() && !matches!(resp.status().as_u16(), 408 | 429) => {
-                            tracing::error!(status = %resp.status(), id = %r.id, "webhook responder refused the revocation");
-                            outcome = Err(ResponderError::permanent(format!(
-                                "{url} refused it (HTTP {})",
-                                resp.status().as_u16()
-                            )));
-                            break;
-                        }
-                        answer => {
-                            let why = match answer {
-                                Ok(resp) => format!("HTTP {}", resp.status().as_u16()),
-                                Err(e) => e.to_string(),
-                            };
-                            tracing::warn!(%why, attempt, id = %r.id, "webhook responder failed; retrying");
-                            outcome = Err(ResponderError::retry(format!("{url}: {why}")));
-                            tokio::time::sleep(Duration::from_millis(200u64 << attempt.min(8))).await;
-                        }
-                    }
-                }
-                let Some(revoker) = report_to.get().and_then(Weak::upgrade) else {
-                    continue;
-                };
-                let now = verity_model::time::now_ns();
-                // The revoker writes its store (fsync) and the audit events go to the sinks:
-                // off the async workers.
-                let _ = tokio::task::spawn_blocking(move || match action {
-                    "revoke" => {
-                        let events = revoker.confirm(&r.id, NAME, outcome, now);
-                        revoker.audit_out(events);
-                    }
-                    _ => {
-                        let detail = match outcome {
-                            Ok(d) => format!("removal {d}"),
-                            Err(e) => format!("removal not delivered: {e}"),
-                        };
-                        revoker.note(&r.id, NAME, detail, now);
-                    }
-                })
-                .await;
-            }
-        });
+        let sender = Sender {
+            client,
+            url: cfg.url.clone(),
+            secret,
+        };
+        tokio::spawn(deliver(
+            spool.clone(),
+            sender,
+            revoker.clone(),
+            cfg.max_attempts.max(1),
+            spool_dir.join("dead-letter.jsonl"),
+        ));
         Ok(Self {
             url: cfg.url.clone(),
-            tx,
+            spool,
             revoker,
             staged: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Where deliveries report their outcome; set once the revoker exists.
+    pub fn revoker_slot(&self) -> RevokerSlot {
+        self.revoker.clone()
     }
 
     fn staged(&self) -> std::sync::MutexGuard<'_, Vec<Revocation>> {
@@ -163,16 +178,119 @@ impl WebhookResponder {
         }
     }
 
-    /// Where deliveries report their outcome; set once the revoker exists.
-    pub fn revoker_slot(&self) -> RevokerSlot {
-        self.revoker.clone()
+    /// Appends a message to the spool (fsynced): from then on it is delivered, whatever
+    /// happens.
+    fn spool(&self, action: &str, r: &Revocation) -> Result<String, ResponderError> {
+        let body = serde_json::to_vec(&Message {
+            version: "1".into(),
+            action: action.into(),
+            revocation: r.clone(),
+        })
+        .map_err(|e| ResponderError::permanent(format!("webhook message: {e}")))?;
+        self.spool
+            .append(&[body])
+            .map(|_| format!("spooled for {}", self.url))
+            .map_err(|e| ResponderError::retry(format!("webhook spool: {e}")))
     }
+}
 
-    fn queue(&self, action: &'static str, r: &Revocation) -> Result<String, ResponderError> {
-        self.tx
-            .try_send((action, r.clone()))
-            .map(|()| format!("queued for {}", self.url))
-            .map_err(|e| ResponderError::retry(format!("webhook queue: {e}")))
+/// Sends spooled messages in order until the process ends.
+async fn deliver(
+    spool: Arc<Spool>,
+    sender: Sender,
+    revoker: RevokerSlot,
+    attempts: u32,
+    dead_letter: std::path::PathBuf,
+) {
+    loop {
+        let entry = match spool.read(1, 1 << 20) {
+            Ok(mut e) => e.pop(),
+            Err(error) => {
+                tracing::error!(%error, "webhook responder cannot read its spool");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(entry) = entry else {
+            spool.wait_for_data(Duration::from_secs(1)).await;
+            continue;
+        };
+        let message: Option<Message> = serde_json::from_slice(&entry.payload).ok();
+        let mut attempt = 0u32;
+        let outcome = loop {
+            match sender.post(&entry.payload).await {
+                Answer::Delivered(d) => break Ok(d),
+                Answer::Refused(why) => {
+                    tracing::error!(%why, "webhook responder's receiver refused a message");
+                    write_dead_letter(&dead_letter, &entry.payload, &why, attempt.saturating_add(1));
+                    break Err(ResponderError::permanent(why));
+                }
+                Answer::Retry(why) => {
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(%why, attempt, "webhook responder failed; retrying");
+                    if attempt == attempts
+                        && let Some(m) = &message
+                    {
+                        report(&revoker, m, Err(ResponderError::retry(why.clone()))).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200u64 << attempt.min(7))).await;
+                }
+            }
+        };
+        if let Err(error) = spool.ack(entry.seq) {
+            tracing::error!(%error, "webhook responder cannot acknowledge a delivered message");
+        }
+        if let Some(m) = &message {
+            report(&revoker, m, outcome).await;
+        }
+    }
+}
+
+/// Tells the revoker how a message's delivery ended.
+async fn report(revoker: &RevokerSlot, m: &Message, outcome: Result<String, ResponderError>) {
+    let Some(revoker) = revoker.get().and_then(Weak::upgrade) else {
+        return;
+    };
+    let (id, action) = (m.revocation.id.clone(), m.action.clone());
+    let now = verity_model::time::now_ns();
+    // The revoker writes its store (fsync) and the audit events go to the sinks: off the
+    // async workers.
+    let _ = tokio::task::spawn_blocking(move || {
+        if action == "revoke" {
+            let events = revoker.confirm(&id, NAME, outcome, now);
+            revoker.audit_out(events);
+        } else {
+            let detail = match outcome {
+                Ok(d) => format!("removal {d}"),
+                Err(e) => format!("removal not delivered: {e}"),
+            };
+            revoker.note(&id, NAME, detail, now);
+        }
+    })
+    .await;
+}
+
+fn write_dead_letter(path: &Path, payload: &[u8], error: &str, attempts: u32) {
+    use std::io::Write;
+    let line = serde_json::json!({
+        "time": verity_model::time::format_rfc3339_ns(verity_model::time::now_ns()),
+        "sink": "control.webhook",
+        "error": error,
+        "attempts": attempts,
+        "message": serde_json::from_slice::<serde_json::Value>(payload).unwrap_or(serde_json::Value::Null),
+    });
+    let written = serde_json::to_vec(&line)
+        .map_err(std::io::Error::other)
+        .and_then(|mut buf| {
+            buf.push(b'\n');
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?
+                .write_all(&buf)
+        });
+    if let Err(e) = written {
+        tracing::error!(path = %path.display(), error = %e, "cannot write the webhook responder's dead-letter file");
     }
 }
 
@@ -183,15 +301,21 @@ impl Responder for WebhookResponder {
     fn apply(&self, r: &Revocation) -> Result<Applied, ResponderError> {
         let mut staged = self.staged();
         if staged.len() >= MAX_STAGED {
-            return Err(ResponderError::retry("webhook queue is full"));
+            return Err(ResponderError::retry(
+                "too many revocations waiting for the webhook spool",
+            ));
         }
         staged.retain(|s| s.id != r.id);
         staged.push(r.clone());
-        Ok(Applied::Later(format!("queued for {}", self.url)))
+        Ok(Applied::Later(format!("to be spooled for {}", self.url)))
     }
     fn remove(&self, r: &Revocation) -> Result<String, ResponderError> {
         self.staged().retain(|s| s.id != r.id);
-        self.queue("remove", r)
+        self.spool("remove", r)
+    }
+    /// The spool retries until the receiver answers; the revoker must not queue it again.
+    fn retries_itself(&self) -> bool {
+        true
     }
     fn stored(&self, id: &str) {
         let mut staged = self.staged();
@@ -201,9 +325,9 @@ impl Responder for WebhookResponder {
             return;
         };
         if let Some(r) = staged.get(i).cloned() {
-            if self.queue("revoke", &r).is_err() {
-                // Full: it stays staged; the revoker calls again while it is pending.
-                tracing::warn!(id = %r.id, "webhook queue is full; sending later");
+            if let Err(error) = self.spool("revoke", &r) {
+                // It stays staged; the revoker calls again while it is pending.
+                tracing::warn!(id = %r.id, %error, "could not spool a revocation for the webhook; trying later");
                 return;
             }
             staged.remove(i);

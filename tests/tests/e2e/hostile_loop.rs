@@ -386,3 +386,57 @@ fn open_windows_survive_a_sigkill() {
     assert_eq!(bursts.len(), 1, "{bursts:?}");
     assert_eq!(bursts[0]["count"], 5, "{}", bursts[0]);
 }
+
+/// The webhook responder delivers from a durable spool: a revocation made while the receiver
+/// is down survives a SIGKILL, is delivered once the receiver is back, and only then reported
+/// applied.
+#[test]
+fn webhook_revocations_survive_an_outage_and_a_sigkill() {
+    use verity_e2e::siem::webhook::{IdField, WebhookFormat, WebhookServer, WebhookSettings};
+    let dir = tempfile::tempdir().expect("tmp");
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "s3cret-admin\n").expect("token");
+    let hook = WebhookServer::start(WebhookSettings {
+        format: WebhookFormat::Json,
+        id: IdField::Pointer("/action".into()),
+        ..WebhookSettings::default()
+    });
+    hook.set_down(true);
+    let webhook = format!("{{url: '{}', max_attempts: 2}}", hook.url_for("/revocations"));
+    let token_ref = format!("{{file: '{}'}}", token.display());
+    let mut v = Verity::start_in(
+        dir,
+        &[
+            ("VERITY__CONTROL__MODE", "enforce"),
+            ("VERITY__ADMIN__TOKEN", &token_ref),
+            ("VERITY__CONTROL__WEBHOOK", &webhook),
+            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
+        ],
+    );
+    let cli = |v: &Verity, args: &[&str]| verity_e2e::revocations_cli(v.admin, &token, args);
+    let state = |v: &Verity| {
+        let (_, out) = cli(v, &["list"]);
+        serde_json::from_str::<serde_json::Value>(&out).map_or(serde_json::Value::Null, |l| l[0]["state"].clone())
+    };
+    let (ok, out) = cli(&v, &["add", CART, "--ttl", "1h"]);
+    assert!(ok, "{out}");
+    assert_eq!(state(&v), "pending");
+    assert!(
+        v.dir.path().join("verity-data/spool/control-webhook").is_dir(),
+        "the webhook spool"
+    );
+    v.kill9();
+    v.restart();
+    assert!(
+        eventually(Duration::from_secs(15), || state(&v) == "failed"),
+        "max_attempts failures are reported: {}",
+        v.stderr()
+    );
+    hook.set_down(false);
+    assert!(
+        eventually(Duration::from_secs(30), || state(&v) == "applied"),
+        "{}",
+        v.stderr()
+    );
+    assert_eq!(hook.ids(), vec!["revoke".to_string()], "delivered once, from the spool");
+}
