@@ -30,6 +30,10 @@ pub enum RejectReason {
     MalformedText,
     MalformedJson,
     InvalidTimestamp,
+    /// Dated further after its arrival than `intake.max_future_secs`.
+    FutureTimestamp,
+    /// Dated further before its arrival than `intake.max_past_secs`.
+    PastTimestamp,
     InvalidField,
     MissingBody,
     InvalidMetric,
@@ -47,6 +51,8 @@ impl RejectReason {
         RejectReason::MalformedText,
         RejectReason::MalformedJson,
         RejectReason::InvalidTimestamp,
+        RejectReason::FutureTimestamp,
+        RejectReason::PastTimestamp,
         RejectReason::InvalidField,
         RejectReason::MissingBody,
         RejectReason::InvalidMetric,
@@ -62,6 +68,8 @@ impl RejectReason {
             RejectReason::MalformedText => "malformed_text",
             RejectReason::MalformedJson => "malformed_json",
             RejectReason::InvalidTimestamp => "invalid_timestamp",
+            RejectReason::FutureTimestamp => "future_timestamp",
+            RejectReason::PastTimestamp => "past_timestamp",
             RejectReason::InvalidField => "invalid_field",
             RejectReason::MissingBody => "missing_body",
             RejectReason::InvalidMetric => "invalid_metric",

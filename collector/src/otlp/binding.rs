@@ -44,7 +44,7 @@ pub struct IntakeConfig {
     /// First match wins.
     pub trust: Vec<TrustRule>,
     /// A record from the network dated more than this after it arrived is rejected
-    /// (`invalid_timestamp`): one such record would move event time ahead and make every
+    /// (`future_timestamp`): one such record would move event time ahead and make every
     /// honest record after it late.
     pub max_future_secs: u64,
     /// A record from the network dated more than this before it arrived is rejected the same

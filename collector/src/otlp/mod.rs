@@ -129,7 +129,7 @@ impl OtlpIngest {
         let past = self.trust.max_past_secs;
         if past > 0 && ev.event_time_ns < ev.observed_time_ns.saturating_sub(secs(past)) {
             return Some(Rejection::new(
-                RejectReason::InvalidTimestamp,
+                RejectReason::PastTimestamp,
                 format!(
                     "event time {} is more than {past} s before the record arrived ({})",
                     verity_model::time::format_rfc3339_ns(ev.event_time_ns),
@@ -140,7 +140,7 @@ impl OtlpIngest {
         let limit_ns = secs(self.trust.max_future_secs);
         (ev.event_time_ns > ev.observed_time_ns.saturating_add(limit_ns)).then(|| {
             Rejection::new(
-                RejectReason::InvalidTimestamp,
+                RejectReason::FutureTimestamp,
                 format!(
                     "event time {} is more than {} s after the record arrived ({})",
                     verity_model::time::format_rfc3339_ns(ev.event_time_ns),

@@ -169,7 +169,7 @@ fn a_future_dated_record_does_not_blind_detection() {
         eventually(Duration::from_secs(10), || v
             .dead_letters()
             .iter()
-            .any(|d| d["reason"] == "invalid_timestamp")),
+            .any(|d| d["reason"] == "future_timestamp")),
         "{:?}",
         v.dead_letters()
     );

@@ -568,7 +568,7 @@ fn records_from_the_future_are_dead_lettered() {
     let (exit, status, body) = curl_file(&v.otlp_http_url("/v1/logs"), &path, &[]);
     assert_eq!((exit, status), (0, 200), "{body}");
     assert!(
-        body.contains("rejected 1 of 2") && body.contains("invalid_timestamp"),
+        body.contains("rejected 1 of 2") && body.contains("future_timestamp"),
         "{body}"
     );
     assert!(eventually(Duration::from_secs(10), || v
