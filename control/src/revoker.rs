@@ -221,7 +221,14 @@ impl Revoker {
             {
                 m.apply_seconds.observe(started.elapsed().as_secs_f64());
             }
-            self.store.put(r.clone())?;
+            if let Err(error) = self.store.put(r.clone()) {
+                // Not recorded: undo what the responders did, so nothing is enforced that the
+                // store (and so expiry and lifting) does not know about.
+                for resp in &self.responders {
+                    let _ = resp.remove(&r);
+                }
+                return Err(error);
+            }
             for resp in &self.responders {
                 resp.stored(&r.id);
             }

@@ -181,6 +181,9 @@ impl SinkSet {
         let encoded: Vec<Vec<u8>> = match alerts.iter().map(serde_json::to_vec).collect::<Result<_, _>>() {
             Ok(e) => e,
             Err(e) => {
+                // Nothing to hold: an alert that cannot be encoded cannot be kept either.
+                self.metrics.dropped.inc_by(alerts.len() as u64);
+                tracing::error!(error = %e, alerts = alerts.len(), "alerts cannot be encoded and are dropped");
                 return Err(Held {
                     parts: Vec::new(),
                     error: SubmitError::Encode(e.to_string()),
