@@ -258,6 +258,7 @@ async fn add(st: &AdminState, headers: &HeaderMap, body: &[u8]) -> Response {
         alert: None,
         namespace: req.namespace.as_deref(),
         refusal: None,
+        reporters: &[],
     };
     match api.manager.revoke(&revoke, now) {
         Ok(verity_control::Outcome { events, refusal }) => {

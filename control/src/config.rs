@@ -24,6 +24,8 @@ pub struct ControlConfig {
     pub max_per_namespace_per_window: usize,
     /// Operator revocations in one namespace per window.
     pub max_operator_per_namespace_per_window: usize,
+    /// Rule-driven revocations one sender's telemetry may lead to per window.
+    pub max_per_reporter_per_window: usize,
     /// Identities that act on behalf of others (`*` wildcards, like `protected`), besides
     /// gateways and waypoints, which always count. An alert about one never revokes it: it
     /// revokes the end user (`request_principal`) behind the requests, or asks for review.
@@ -64,6 +66,7 @@ impl Default for ControlConfig {
             max_operator_per_window: 100,
             max_per_namespace_per_window: 5,
             max_operator_per_namespace_per_window: 50,
+            max_per_reporter_per_window: 3,
             intermediaries: Vec::new(),
             min_evidence: 1,
             min_reporters: 1,
@@ -121,6 +124,7 @@ impl ControlConfig {
                 self.max_operator_per_namespace_per_window,
             ),
             ("control.min_reporters", self.min_reporters),
+            ("control.max_per_reporter_per_window", self.max_per_reporter_per_window),
         ] {
             if v == 0 {
                 e.push((key.into(), "must be at least 1".into()));

@@ -306,10 +306,10 @@ mod tests {
         a.count = 12;
         let mut backing = verity_model::alert::Backing::default();
         for _ in 0..5 {
-            backing.add(true, Some(PAY));
+            backing.add(true, Some(PAY), false);
         }
         for _ in 0..7 {
-            backing.add(false, Some("spiffe://cluster.local/ns/x/sa/mallory"));
+            backing.add(false, Some("spiffe://cluster.local/ns/x/sa/mallory"), false);
         }
         a.respond = Some(verity_model::alert::Response {
             action: "revoke".into(),
@@ -319,8 +319,8 @@ mod tests {
         assert!(matches!(check(&a, &cart, &cfg), Err(Refusal::Evidence(_))));
         // Two reporters wanted: the identity reporting itself is not a second opinion.
         let mut own = verity_model::alert::Backing::default();
-        own.add(true, Some(PAY));
-        own.add(true, Some(CART));
+        own.add(true, Some(PAY), false);
+        own.add(true, Some(CART), false);
         a.respond.as_mut().unwrap().backing = Some(own);
         let two = ControlConfig {
             min_reporters: 2,

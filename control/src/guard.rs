@@ -26,6 +26,12 @@ pub enum Refusal {
         window_secs: u64,
         origin: &'static str,
     },
+    #[error("the telemetry of {reporter} already led to {cap} revocations in {window_secs}s")]
+    ReporterCap {
+        reporter: String,
+        cap: usize,
+        window_secs: u64,
+    },
     #[error("severity {severity} is below the minimum {minimum}")]
     Severity {
         severity: &'static str,
@@ -48,6 +54,7 @@ impl Refusal {
         "severity",
         "cap",
         "namespace_cap",
+        "reporter_cap",
         "evidence",
     ];
 
@@ -60,6 +67,7 @@ impl Refusal {
             Refusal::Severity { .. } => "severity",
             Refusal::Cap { .. } => "cap",
             Refusal::NamespaceCap { .. } => "namespace_cap",
+            Refusal::ReporterCap { .. } => "reporter_cap",
             Refusal::Evidence(_) => "evidence",
         }
     }
@@ -162,6 +170,7 @@ pub struct Guardrails {
     operator_cap: usize,
     namespace_cap: usize,
     operator_namespace_cap: usize,
+    reporter_cap: usize,
     window_ns: i64,
     min_severity: Severity,
     recent: Mutex<Budgets>,
@@ -172,6 +181,8 @@ pub struct Guardrails {
 struct Budgets {
     global: HashMap<Origin, VecDeque<i64>>,
     namespaces: HashMap<(Origin, String), VecDeque<i64>>,
+    /// Rule-driven revocations each sender's telemetry led to.
+    reporters: HashMap<String, VecDeque<i64>>,
 }
 
 /// The namespace a revocation counts against: a SPIFFE ID's, else the alert's destination.
@@ -194,6 +205,7 @@ impl Guardrails {
             operator_cap: cfg.max_operator_per_window,
             namespace_cap: cfg.max_per_namespace_per_window,
             operator_namespace_cap: cfg.max_operator_per_namespace_per_window,
+            reporter_cap: cfg.max_per_reporter_per_window,
             window_ns: i64::try_from(cfg.window_secs)
                 .unwrap_or(i64::MAX / 1_000_000_000)
                 .saturating_mul(1_000_000_000),
@@ -217,6 +229,21 @@ impl Guardrails {
         namespace: Option<&str>,
         severity: Severity,
         origin: Origin,
+        now_ns: i64,
+    ) -> Result<(), Refusal> {
+        self.admit_reported(principal, namespace, severity, origin, &[], now_ns)
+    }
+
+    /// [`Guardrails::admit`] for a revocation backed by telemetry from `reporters`: each
+    /// may have led to at most `max_per_reporter_per_window` rule-driven revocations, so one
+    /// compromised workload cannot frame caller after caller.
+    pub fn admit_reported(
+        &self,
+        principal: &str,
+        namespace: Option<&str>,
+        severity: Severity,
+        origin: Origin,
+        reporters: &[String],
         now_ns: i64,
     ) -> Result<(), Refusal> {
         let p = crate::normalize_principal(principal);
@@ -244,13 +271,34 @@ impl Guardrails {
             }
         };
         let mut budgets = self.budgets();
-        let Budgets { global, namespaces } = &mut *budgets;
-        // Namespaces come from telemetry: keep only those with revocations in the window, so
-        // the map is bounded by the global caps.
+        let Budgets {
+            global,
+            namespaces,
+            reporters: by_reporter,
+        } = &mut *budgets;
+        // Namespaces and reporters come from telemetry: keep only those with revocations in
+        // the window, so the maps are bounded by the global caps.
         namespaces.retain(|_, q| {
             slide(q);
             !q.is_empty()
         });
+        by_reporter.retain(|_, q| {
+            slide(q);
+            !q.is_empty()
+        });
+        if origin == Origin::Rule
+            && let Some(busy) = reporters.iter().find(|r| {
+                by_reporter
+                    .get(r.as_str())
+                    .is_some_and(|q| q.len() >= self.reporter_cap)
+            })
+        {
+            return Err(Refusal::ReporterCap {
+                reporter: busy.chars().take(256).collect(),
+                cap: self.reporter_cap,
+                window_secs,
+            });
+        }
         let global = global.entry(origin).or_default();
         slide(global);
         if global.len() >= cap {
@@ -273,6 +321,11 @@ impl Guardrails {
             q.push_back(now_ns);
         }
         global.push_back(now_ns);
+        if origin == Origin::Rule {
+            for r in reporters {
+                by_reporter.entry(r.clone()).or_default().push_back(now_ns);
+            }
+        }
         Ok(())
     }
 
@@ -466,6 +519,32 @@ mod tests {
         // Operators have their own.
         assert!(
             g.admit("td/ns/pay/sa/9", None, Severity::High, Origin::Operator, 0)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn one_reporter_cannot_frame_caller_after_caller() {
+        let g = Guardrails::new(&crate::config::ControlConfig {
+            max_per_reporter_per_window: 2,
+            window_secs: 60,
+            ..Default::default()
+        });
+        let pay = ["spiffe://td/ns/pay/sa/api".to_string()];
+        for i in 0..2 {
+            let p = format!("td/ns/shop{i}/sa/caller");
+            assert!(
+                g.admit_reported(&p, None, Severity::High, Origin::Rule, &pay, 0)
+                    .is_ok()
+            );
+        }
+        assert!(matches!(
+            g.admit_reported("td/ns/shop9/sa/caller", None, Severity::High, Origin::Rule, &pay, 0),
+            Err(Refusal::ReporterCap { .. })
+        ));
+        let other = ["spiffe://td/ns/pay/sa/ledger".to_string()];
+        assert!(
+            g.admit_reported("td/ns/shop9/sa/caller", None, Severity::High, Origin::Rule, &other, 0)
                 .is_ok()
         );
     }

@@ -33,6 +33,8 @@ pub struct RevokeRequest<'a> {
     pub namespace: Option<&'a str>,
     /// Already refused (by the evidence check); recorded as such with this reason.
     pub refusal: Option<Refusal>,
+    /// The senders whose telemetry backs it (rule-driven revocations).
+    pub reporters: &'a [String],
 }
 
 /// What [`Revoker::revoke`] did.
@@ -151,9 +153,10 @@ impl Revoker {
         let (action, sev) = match refusal {
             // Too many revocations at once is itself an incident, and so is an attempt to
             // revoke a wildcard: telemetry built to make Verity deny everyone.
-            Refusal::Cap { .. } | Refusal::NamespaceCap { .. } | Refusal::NotAnIdentity { .. } => {
-                ("refused", Severity::Critical)
-            }
+            Refusal::Cap { .. }
+            | Refusal::NamespaceCap { .. }
+            | Refusal::ReporterCap { .. }
+            | Refusal::NotAnIdentity { .. } => ("refused", Severity::Critical),
             // A person has to look: the alert is real, but who to cut off is not clear.
             Refusal::Intermediary { .. } => ("review", Severity::High),
             _ => ("refused", Severity::Medium),
@@ -196,7 +199,7 @@ impl Revoker {
             .and_then(|()| req.refusal.clone().map_or(Ok(()), Err))
             .and_then(|()| {
                 self.guard
-                    .admit(&principal, req.namespace, req.severity, origin, now_ns)
+                    .admit_reported(&principal, req.namespace, req.severity, origin, req.reporters, now_ns)
             });
         if let Err(refusal) = admitted {
             return Ok(Outcome {
@@ -413,6 +416,7 @@ impl Revoker {
                 None => continue,
             };
             let namespace = alert_namespace(a);
+            let reporters = alert_reporters(a);
             let req = RevokeRequest {
                 principal: &target.principal,
                 kind: target.kind,
@@ -422,6 +426,7 @@ impl Revoker {
                 alert: Some((&a.id, &a.rule_id)),
                 namespace: namespace.as_deref(),
                 refusal,
+                reporters: &reporters,
             };
             match self.revoke(&req, now_ns) {
                 Ok(outcome) => out.extend(outcome.events),
@@ -601,6 +606,24 @@ pub fn alert_namespace(a: &Alert) -> Option<String> {
         }
     }
     found.map(str::to_string)
+}
+
+/// The workload proxies whose telemetry an alert rests on (not trusted nodes or aggregators):
+/// its backing's, else those among the senders of its evidence (without `spiffe://`).
+fn alert_reporters(a: &Alert) -> Vec<String> {
+    let mut out: Vec<String> = match a.respond.as_ref().and_then(|r| r.backing.as_ref()) {
+        Some(b) => b.proxies.iter().map(|r| normalize_principal(r).to_string()).collect(),
+        None => a
+            .evidence
+            .iter()
+            .filter(|e| e.sender_binding.as_deref() != Some("trusted"))
+            .filter_map(|e| e.sender.as_deref())
+            .map(|s| normalize_principal(s).to_string())
+            .collect(),
+    };
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// `30s`, `5m`, `1h`, `1d` in nanoseconds.

@@ -120,23 +120,27 @@ pub struct Backing {
     pub unentitled: u64,
     /// Distinct senders of the entitled events (at most [`Backing::MAX_REPORTERS`]).
     pub reporters: Vec<String>,
+    /// Those of them that are workload proxies reporting their own traffic (not a trusted
+    /// node or aggregator): each may lead to only a few revocations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<String>,
 }
 
 impl Backing {
     pub const MAX_REPORTERS: usize = 16;
 
-    /// Counts one event.
-    pub fn add(&mut self, entitled: bool, sender: Option<&str>) {
+    /// Counts one event; `trusted` when its sender is a trusted node or aggregator.
+    pub fn add(&mut self, entitled: bool, sender: Option<&str>, trusted: bool) {
         self.events = self.events.saturating_add(1);
         if !entitled {
             self.unentitled = self.unentitled.saturating_add(1);
             return;
         }
-        if let Some(s) = sender
-            && self.reporters.len() < Self::MAX_REPORTERS
-            && !self.reporters.iter().any(|r| r == s)
-        {
-            self.reporters.push(s.to_string());
+        let Some(s) = sender else { return };
+        for (list, wanted) in [(&mut self.reporters, true), (&mut self.proxies, !trusted)] {
+            if wanted && list.len() < Self::MAX_REPORTERS && !list.iter().any(|r| r == s) {
+                list.push(s.to_string());
+            }
         }
     }
 }

@@ -163,8 +163,8 @@ impl DetectionState {
                     .or_insert_with(|| new_group(plan.having.as_ref(), t));
                 update(g, plan.having.as_ref(), rows, row, t, entity_col);
                 if track {
-                    let (entitled, sender) = rows.entitled(row, entity_col);
-                    g.backing.add(entitled, sender);
+                    let (entitled, sender, trusted) = rows.entitled(row, entity_col);
+                    g.backing.add(entitled, sender, trusted);
                 }
                 start -= slide;
             }

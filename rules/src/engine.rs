@@ -475,8 +475,8 @@ impl AlertParts {
     pub(crate) fn backed_by(mut self, rule: &CompiledRule, rows: &crate::evidence::Rows<'_>, row: usize) -> Self {
         if rule.rule().respond.is_some() {
             let mut b = verity_model::alert::Backing::default();
-            let (entitled, sender) = rows.entitled(row, rule.entity.as_ref().map(|(_, c)| *c));
-            b.add(entitled, sender);
+            let (entitled, sender, trusted) = rows.entitled(row, rule.entity.as_ref().map(|(_, c)| *c));
+            b.add(entitled, sender, trusted);
             self.backing = Some(b);
         }
         self

@@ -43,14 +43,14 @@ impl<'b> Rows<'b> {
     /// Whether the row is evidence its sender was entitled to report about `entity` (the
     /// column naming the identity acted on): verified, and from a trusted node or aggregator,
     /// the destination that enforced the decision, or the acting identity itself. Returns it
-    /// with the sender.
-    pub fn entitled(&self, row: usize, entity_col: Option<usize>) -> (bool, Option<&'b str>) {
+    /// with the sender and whether the sender is a trusted node or aggregator.
+    pub fn entitled(&self, row: usize, entity_col: Option<usize>) -> (bool, Option<&'b str>, bool) {
         let sender = self.text(col::SENDER, row).filter(|s| !s.is_empty());
         let Some(s) = sender.filter(|_| self.sender_verified(row)) else {
-            return (false, sender);
+            return (false, sender, false);
         };
         if self.text(col::SENDER_BINDING, row) == Some("trusted") {
-            return (true, sender);
+            return (true, sender, true);
         }
         let bare = |p: &'b str| p.strip_prefix("spiffe://").unwrap_or(p);
         let me = bare(s);
@@ -59,7 +59,7 @@ impl<'b> Rows<'b> {
             .and_then(|c| self.batch.column(c).as_string_opt::<i32>())
             .filter(|a| row < a.len() && a.is_valid(row))
             .map(|a| bare(a.value(row)));
-        (destination == Some(me) || entity == Some(me), sender)
+        (destination == Some(me) || entity == Some(me), sender, false)
     }
 
     /// Whether the row is its sender's verified evidence (false when the batch cannot say).

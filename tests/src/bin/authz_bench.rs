@@ -162,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
                 alert: None,
                 namespace: None,
                 refusal: None,
+                reporters: &[],
             },
             now_ns(),
         )?;

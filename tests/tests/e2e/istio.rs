@@ -56,6 +56,7 @@ fn revoke(m: &Revoker, principal: &str, kind: &str, ns: Option<&str>, now: i64) 
             alert: Some(("zt-rbac-denial-burst-01", "zt-rbac-denial-burst")),
             namespace: ns,
             refusal: None,
+            reporters: &[],
         },
         now,
     )
