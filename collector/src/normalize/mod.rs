@@ -41,6 +41,8 @@ pub enum RejectReason {
     UndecodableMessage,
     /// A proxy sender reported traffic it was not a party to (see `otlp/binding.rs`).
     SenderNotParty,
+    /// Normalizing the record hit a bug (a panic), caught at the record's boundary.
+    InternalError,
 }
 
 impl RejectReason {
@@ -58,6 +60,7 @@ impl RejectReason {
         RejectReason::InvalidMetric,
         RejectReason::UndecodableMessage,
         RejectReason::SenderNotParty,
+        RejectReason::InternalError,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -75,6 +78,7 @@ impl RejectReason {
             RejectReason::InvalidMetric => "invalid_metric",
             RejectReason::UndecodableMessage => "undecodable_message",
             RejectReason::SenderNotParty => "sender_not_party",
+            RejectReason::InternalError => "internal_error",
         }
     }
 }
@@ -215,10 +219,56 @@ pub fn finish<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>, ctx: &Ctx) {
 
 /// Parses and derives one line: the full normalization of a log line from a file or Kafka.
 pub fn normalize_line<'a>(line: &'a str, hint: FormatHint, ctx: &Ctx) -> Result<AccessEvent<'a>, Rejection> {
-    let (mut ev, ex) = parse_line(line, hint)?;
-    finish(&mut ev, &ex, ctx);
-    Ok(ev)
+    guarded(|| {
+        let (mut ev, ex) = parse_line(line, hint)?;
+        finish(&mut ev, &ex, ctx);
+        Ok(ev)
+    })
+}
+
+/// Runs one record's normalization behind a boundary: a panic (a bug reachable from input)
+/// becomes a rejection with reason `internal_error` and the panic message, so the record is
+/// dead-lettered and counted and the rest of the request goes on. Nothing is shared across
+/// the boundary but the record itself, so nothing is left half-updated.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T, Rejection>) -> Result<T, Rejection> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            let message: String = message.chars().take(300).collect();
+            tracing::error!(%message, "normalizing a record panicked; dead-lettered as internal_error");
+            Err(Rejection::new(
+                RejectReason::InternalError,
+                format!("internal error while normalizing this record (a bug, please report it): {message}"),
+            ))
+        }
+    }
 }
 
 /// The formats a normalizer can report, for docs and metric label pre-registration.
 pub const FORMATS: &[InputFormat] = InputFormat::ALL;
+
+#[cfg(test)]
+mod boundary_tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_normalizing_becomes_an_internal_error_rejection() {
+        let r: Result<(), Rejection> = guarded(|| {
+            let v: Vec<u8> = Vec::new();
+            let i = v.len() + 3;
+            // An out-of-bounds index, as a parser bug reachable from input would make.
+            #[allow(clippy::indexing_slicing)]
+            let _ = v[i];
+            Ok(())
+        });
+        let e = r.expect_err("rejected");
+        assert_eq!(e.reason, RejectReason::InternalError);
+        assert!(e.detail.contains("index out of bounds"), "{}", e.detail);
+        assert_eq!(guarded(|| Ok::<_, Rejection>(7)), Ok(7));
+    }
+}

@@ -14,8 +14,17 @@ use verity_model::{AccessEvent, InputFormat};
 use super::fields::{self, Value};
 use super::{Ctx, Extras, FormatHint, RejectReason, Rejection, envoy_json};
 
-/// Normalizes one record. `resource` are the attributes of its enclosing resource.
+/// Normalizes one record behind the panic boundary ([`super::guarded`]). `resource` are the
+/// attributes of its enclosing resource.
 pub fn normalize<'a>(record: &'a LogRecord, resource: &'a [KeyValue], ctx: &Ctx) -> Result<AccessEvent<'a>, Rejection> {
+    super::guarded(|| normalize_unguarded(record, resource, ctx))
+}
+
+fn normalize_unguarded<'a>(
+    record: &'a LogRecord,
+    resource: &'a [KeyValue],
+    ctx: &Ctx,
+) -> Result<AccessEvent<'a>, Rejection> {
     let body = record.body.as_ref().and_then(|b| b.value.as_ref());
     let (mut ev, mut ex) = match body {
         Some(Any::StringValue(s)) if !s.trim().is_empty() => super::parse_line(s, FormatHint::Auto)?,

@@ -14,7 +14,13 @@ use super::{Extras, RejectReason, Rejection};
 
 /// True if a line starting with a digit has ztunnel's `access` target after its timestamp.
 pub fn looks_like_ztunnel(line: &str) -> bool {
-    let head = &line[..line.len().min(64)];
+    // The first 64 bytes, cut back to a character boundary (a byte index inside a multi-byte
+    // character would panic).
+    let end = (0..=line.len().min(64))
+        .rev()
+        .find(|i| line.is_char_boundary(*i))
+        .unwrap_or(0);
+    let head = line.get(..end).unwrap_or("");
     head.contains("\taccess\t") || head.contains(" access: ") || head.contains(" access ")
 }
 
@@ -284,5 +290,16 @@ mod tests {
             parse_text("2024-05-04T09:59:05Z\tinfo\taccess\tconnection complete\tsrc.addr=\"unterminated").is_err()
         );
         assert!(parse_text("2024-05-04T09:59:05Z\tinfo\taccess\tconnection complete\tduration=\"forever\"").is_err());
+    }
+}
+
+#[cfg(test)]
+mod char_boundary_tests {
+    #[test]
+    fn a_multibyte_character_at_the_cut_is_not_a_panic() {
+        let line = "2024-05-01T10:00:00.000000Z ifo access connection complete sr\u{1F600}c.addr=10.0.0.1:1";
+        assert_eq!(line.find('\u{1F600}'), Some(61), "the cut at 64 falls inside it");
+        assert!(super::looks_like_ztunnel(line));
+        assert!(!super::looks_like_ztunnel("\u{20AC}"));
     }
 }
