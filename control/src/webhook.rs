@@ -90,25 +90,11 @@ struct Sender {
 
 impl Sender {
     async fn post(&self, body: &[u8]) -> Answer {
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut req = self
-            .client
-            .post(&self.url)
-            .header("Content-Type", "application/json")
-            .header(verity_sinks::outputs::TIMESTAMP_HEADER, ts.to_string());
-        if let Some(s) = &self.secret {
-            match s.value() {
-                Ok(key) => {
-                    req = req.header(
-                        verity_sinks::outputs::SIGNATURE_HEADER,
-                        verity_sinks::outputs::signature(key.as_bytes(), ts, body),
-                    )
-                }
-                Err(e) => return Answer::Retry(format!("secret: {e}")),
-            }
-        }
+        let req = self.client.post(&self.url).header("Content-Type", "application/json");
+        let req = match verity_sinks::outputs::signed(req, self.secret.as_ref(), body) {
+            Ok(r) => r,
+            Err(e) => return Answer::Retry(format!("secret: {e}")),
+        };
         match req.body(body.to_vec()).send().await {
             Ok(resp) if resp.status().is_success() => {
                 Answer::Delivered(format!("delivered to {} (HTTP {})", self.url, resp.status().as_u16()))

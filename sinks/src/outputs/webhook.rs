@@ -13,6 +13,24 @@ use crate::{BoxFuture, SendResult, Sink, SinkError};
 pub const TIMESTAMP_HEADER: &str = "X-Verity-Timestamp";
 pub const SIGNATURE_HEADER: &str = "X-Verity-Signature";
 
+/// `req` with the `X-Verity-Timestamp` header of now and, with a secret, the
+/// `X-Verity-Signature` over `body`: the signing every Verity webhook (alerts, revocations)
+/// uses.
+pub fn signed(
+    req: reqwest::RequestBuilder,
+    secret: Option<&crate::secret::Secret>,
+    body: &[u8],
+) -> Result<reqwest::RequestBuilder, crate::secret::SecretError> {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let req = req.header(TIMESTAMP_HEADER, ts.to_string());
+    Ok(match secret {
+        Some(s) => req.header(SIGNATURE_HEADER, signature(s.value()?.as_bytes(), ts, body)),
+        None => req,
+    })
+}
+
 /// The signature header value for a body sent at `timestamp`.
 pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
@@ -55,18 +73,14 @@ impl Sink for Webhook {
         Box::pin(async move {
             let body = serde_json::to_vec(&serde_json::json!({"version": "1", "alerts": alerts}))
                 .map_err(|e| SinkError::permanent(e.to_string()))?;
-            let ts = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let mut req = self
-                .client
-                .post(&self.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(TIMESTAMP_HEADER, ts.to_string());
-            if let Some(s) = &self.secret {
-                let key = s.value().map_err(|e| SinkError::retryable(format!("secret: {e}")))?;
-                req = req.header(SIGNATURE_HEADER, signature(key.as_bytes(), ts, &body));
-            }
+            let mut req = signed(
+                self.client
+                    .post(&self.url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json"),
+                self.secret.as_ref(),
+                &body,
+            )
+            .map_err(|e| SinkError::retryable(format!("secret: {e}")))?;
             for (k, v) in &self.headers {
                 req = req.header(k, v);
             }

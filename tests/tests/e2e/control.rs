@@ -38,6 +38,13 @@ pub(crate) const DENIED: &str = "rbac_access_denied_matched_policy[ns[pay]-polic
 
 /// An ext_authz `Check` for `principal`; the gRPC status code of the answer.
 pub(crate) fn check(addr: std::net::SocketAddr, principal: &str) -> i32 {
+    check_with_headers(addr, principal, &[])
+}
+
+/// An ext_authz `Check` for `principal` carrying these HTTP request headers; the gRPC status
+/// code of the answer.
+pub(crate) fn check_with_headers(addr: std::net::SocketAddr, principal: &str, headers: &[(&str, &str)]) -> i32 {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -51,6 +58,13 @@ pub(crate) fn check(addr: std::net::SocketAddr, principal: &str) -> i32 {
                 source: Some(Peer {
                     principal: principal.to_string(),
                     ..Peer::default()
+                }),
+                request: Some(AttrRequest {
+                    http: Some(HttpRequest {
+                        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                        ..HttpRequest::default()
+                    }),
+                    ..AttrRequest::default()
                 }),
                 ..AttributeContext::default()
             }),

@@ -5,12 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request as AttrRequest};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use verity_e2e::{Verity, eventually, otlp_json_logs, post_log_lines, post_log_lines_as, post_logs_body_as};
 
-use super::control::{CART, DENIED, alerts, at, check, has, line, line_at, probing_verity};
+use super::control::{CART, DENIED, alerts, at, check, check_with_headers, has, line, line_at, probing_verity};
 
 const GATEWAY: &str = "spiffe://cluster.local/ns/edge/sa/istio-ingressgateway-service-account";
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -21,43 +18,12 @@ fn line_with_user(offset_ms: i64, principal: &str, user: &str) -> String {
     line(offset_ms, principal, 403, DENIED).replacen('{', &format!(r#"{{"request_principal":"{user}","#), 1)
 }
 
-/// An ext_authz `Check` from `peer` carrying `user`'s JWT payload in `x-jwt-payload`.
+/// An ext_authz `Check` from `peer` carrying a JWT payload for `iss`/`sub` in `x-jwt-payload`.
 fn check_with_jwt(addr: std::net::SocketAddr, peer: &str, iss: &str, sub: &str) -> i32 {
     use base64::Engine as _;
     let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(serde_json::json!({"iss": iss, "sub": sub, "exp": 4_102_444_800u64}).to_string());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let mut c = AuthorizationClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect");
-        let req = CheckRequest {
-            attributes: Some(AttributeContext {
-                source: Some(Peer {
-                    principal: peer.to_string(),
-                    ..Peer::default()
-                }),
-                request: Some(AttrRequest {
-                    http: Some(HttpRequest {
-                        headers: [("x-jwt-payload".to_string(), payload)].into_iter().collect(),
-                        ..HttpRequest::default()
-                    }),
-                    ..AttrRequest::default()
-                }),
-                ..AttributeContext::default()
-            }),
-        };
-        c.check(req)
-            .await
-            .expect("check")
-            .into_inner()
-            .status
-            .expect("status")
-            .code
-    })
+    check_with_headers(addr, peer, &[("x-jwt-payload", &payload)])
 }
 
 fn rule_ids(v: &Verity) -> Vec<String> {
