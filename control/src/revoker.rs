@@ -37,6 +37,17 @@ pub struct RevokeRequest<'a> {
     pub reporters: &'a [String],
 }
 
+/// Which responders [`Revoker::apply_all`] runs.
+#[derive(Clone, Copy)]
+enum Which {
+    /// Every one (a new revocation).
+    All,
+    /// Those whose last result was a retryable failure and that do not retry on their own.
+    Failed,
+    /// After a restart: all but those that resume on their own what they were given.
+    Restore,
+}
+
 /// What [`Revoker::revoke`] did.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -217,7 +228,7 @@ impl Revoker {
             events.push(self.audit(&r, "recorded", Severity::Info, "log-only: not enforced", now_ns));
         } else {
             let started = std::time::Instant::now();
-            self.apply_all(&mut r, now_ns, false);
+            self.apply_all(&mut r, now_ns, Which::All);
             r.settle(now_ns);
             if r.state == State::Applied
                 && let Some(m) = &self.metrics
@@ -241,13 +252,19 @@ impl Revoker {
         Ok(Outcome { events, refusal: None })
     }
 
-    /// Runs every responder that applies in this revocation's mode, recording their results;
-    /// with `only_failed`, only the ones whose last result was a failure.
-    fn apply_all(&self, r: &mut Revocation, now_ns: i64, only_failed: bool) {
+    /// Runs the responders `which` selects, in this revocation's mode, recording their results.
+    fn apply_all(&self, r: &mut Revocation, now_ns: i64, which: Which) {
         let dry_run = r.mode == Mode::DryRun;
         for resp in &self.responders {
             let previous = r.results.get(resp.name());
-            if only_failed && (resp.retries_itself() || previous.is_some_and(|p| p.ok || p.pending || p.permanent)) {
+            let skip = match which {
+                Which::All => false,
+                Which::Failed => resp.retries_itself() || previous.is_some_and(|p| p.ok || p.pending || p.permanent),
+                // A responder that keeps its own durable state (Istio compares with what
+                // exists; the webhook's spool) resumes on its own what it was given.
+                Which::Restore => resp.retries_itself() && previous.is_some(),
+            };
+            if skip {
                 continue;
             }
             let result = if dry_run && !resp.supports_dry_run() {
@@ -460,7 +477,7 @@ impl Revoker {
                 }
                 State::Failed if r.mode != Mode::LogOnly && self.cfg.mode != Mode::LogOnly => {
                     let mut retried = r.clone();
-                    self.apply_all(&mut retried, now_ns, true);
+                    self.apply_all(&mut retried, now_ns, Which::Failed);
                     let results = retried.results;
                     match self.store.update(&r.id, |s| {
                         if !s.state.is_active() {
@@ -541,20 +558,7 @@ impl Revoker {
         if self.cfg.mode != Mode::LogOnly {
             for r in self.store.active().into_iter().filter(|r| r.mode != Mode::LogOnly) {
                 let mut again = r.clone();
-                let dry_run = again.mode == Mode::DryRun;
-                for resp in &self.responders {
-                    // A responder that keeps its own durable state (Istio compares with what
-                    // exists; the webhook's spool) resumes on its own what it was given.
-                    if resp.retries_itself() && again.results.contains_key(resp.name()) {
-                        continue;
-                    }
-                    let result = if dry_run && !resp.supports_dry_run() {
-                        ResponderResult::ok("dry-run: not applied".into(), now_ns)
-                    } else {
-                        ResponderResult::from_apply(resp.apply(&again), now_ns)
-                    };
-                    again.results.insert(resp.name().to_string(), result);
-                }
+                self.apply_all(&mut again, now_ns, Which::Restore);
                 let results = again.results;
                 match self.store.update(&r.id, |s| {
                     if s.state.is_active() {
