@@ -44,11 +44,24 @@ pub fn shared_reference() -> Option<PathBuf> {
     }
 }
 
+/// A loopback port nothing listens on now and this process has not handed out before.
+///
+/// The kernel may hand the same free port to two `bind(0)` calls in a row once the first
+/// socket is closed, and two ports of one Verity config must differ, so ports already given
+/// to a test in this process are skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running `verity run`.
