@@ -125,8 +125,8 @@ pub async fn run_with(
     let http_auth = sender_auth(ListenerName::OtlpHttp, &otlp.http)?;
 
     let dead_letter = Arc::new(
-        DeadLetter::open(&settings.dead_letter_path, metrics.clone()).map_err(|source| AppError::DeadLetter {
-            path: settings.dead_letter_path.display().to_string(),
+        DeadLetter::open(&settings.dead_letter, metrics.clone()).map_err(|source| AppError::DeadLetter {
+            path: settings.dead_letter.path.display().to_string(),
             source,
         })?,
     );

@@ -15,6 +15,8 @@ pub use crate::otlp::binding::{IntakeConfig, SenderClass, TrustRule};
 pub use crate::otlp::sender::{TokenConfig, TrustedProxyConfig};
 
 /// The embedded defaults: what `verity run` uses with no file and no environment.
+pub use crate::dead_letter::DeadLetterConfig;
+
 pub const DEFAULTS_YAML: &str = include_str!("../config/default.yaml");
 
 /// Environment variables with this prefix override config keys: `VERITY__OTLP__GRPC__LISTEN`.
@@ -174,12 +176,6 @@ pub struct ArchiveConfig {
     pub dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeadLetterConfig {
-    pub path: PathBuf,
-}
-
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -231,7 +227,7 @@ pub struct Settings {
     pub retry_after_secs: u32,
     pub pipeline: crate::pipeline::PipelineSettings,
     pub archive_dir: Option<PathBuf>,
-    pub dead_letter_path: PathBuf,
+    pub dead_letter: crate::dead_letter::DeadLetterConfig,
     pub log_format: LogFormat,
     pub log_level: String,
     pub drain_timeout: Duration,
@@ -506,11 +502,13 @@ impl Config {
                 "must be between 1 and 10000",
             ));
         }
-        if self.dead_letter.path.as_os_str().is_empty() {
-            errors.push(ConfigError::new(
-                "dead_letter.path",
-                "must be set: rejected records are never discarded",
-            ));
+        for (path, message) in self.dead_letter.validate() {
+            let message = if path == "dead_letter.path" {
+                "must be set: rejected records are never discarded".to_string()
+            } else {
+                message
+            };
+            errors.push(ConfigError::new(path, message));
         }
         if let Some(dir) = &self.archive.dir
             && dir.as_os_str().is_empty()
@@ -593,7 +591,7 @@ impl Config {
                 queue_capacity: p.queue_capacity,
             },
             archive_dir: self.archive.dir.clone(),
-            dead_letter_path: self.dead_letter.path.clone(),
+            dead_letter: self.dead_letter.clone(),
             log_format: self.log.format,
             log_level: self.log.level.clone(),
             drain_timeout: Duration::from_secs(self.shutdown.drain_timeout_secs),
@@ -627,7 +625,7 @@ mod tests {
         let s = settings(None, Vec::new()).expect("defaults valid");
         assert_eq!(s.grpc_listen, Some("127.0.0.1:4317".parse().expect("addr")));
         assert_eq!(s.http_listen, Some("127.0.0.1:4318".parse().expect("addr")));
-        assert_eq!(s.max_request_bytes, 64 << 20);
+        assert_eq!(s.max_request_bytes, 8 << 20);
     }
 
     #[test]

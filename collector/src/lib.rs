@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bounded_lines;
 pub mod config;
 pub mod dead_letter;
 pub mod demo;

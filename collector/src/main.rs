@@ -1,13 +1,15 @@
 //! The `verity` command line: `run`, `validate` and `normalize`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use verity_collector::bounded_lines;
 use verity_collector::config::{self, LogFormat, Settings};
+use verity_collector::normalize::limits::RecordLimits;
 use verity_collector::normalize::{self, Ctx, FormatHint};
 use verity_model::EventBatchBuilder;
 use verity_model::event::IngestSource;
@@ -439,18 +441,17 @@ fn normalize_files(format: FormatHint, files: &[String]) -> anyhow::Result<ExitC
         };
         let mut reader = BufReader::with_capacity(1 << 20, reader);
         let mut line_no = 0u64;
-        loop {
-            buf.clear();
-            if reader
-                .read_until(b'\n', &mut buf)
-                .with_context(|| format!("cannot read {name}"))?
-                == 0
-            {
-                break;
-            }
+        let limits = RecordLimits::default();
+        while let Some(len) = bounded_lines::read_line(&mut reader, &mut buf, limits.max_record_bytes.saturating_add(1))
+            .with_context(|| format!("cannot read {name}"))?
+        {
             line_no += 1;
             let ctx = Ctx::now(IngestSource::File);
             let result = match std::str::from_utf8(&buf) {
+                _ if len > limits.max_record_bytes as u64 => Err(normalize::Rejection::new(
+                    normalize::RejectReason::RecordTooLarge,
+                    format!("line is {len} bytes, more than {}", limits.max_record_bytes),
+                )),
                 Ok(line) if line.trim().is_empty() => continue,
                 Ok(line) => normalize::normalize_line(line, format, &ctx).map(|ev| builder.append(&ev)),
                 Err(e) => Err(normalize::Rejection::new(

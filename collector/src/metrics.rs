@@ -32,6 +32,12 @@ pub struct Metrics {
     pub dead_letter_records: Counter,
     /// Failures writing the dead-letter file (the record is then only in the logs).
     pub dead_letter_errors: Counter,
+    /// Bytes written to the dead-letter file.
+    pub dead_letter_bytes: Counter,
+    /// Dead-letter files rotated out.
+    pub dead_letter_rotations: Counter,
+    /// Rejected records counted but not written (past `dead_letter.max_entries_per_request`).
+    pub dead_letter_omitted: Counter,
     /// Failures writing the JSONL archive.
     pub archive_errors: Counter,
     /// 1 while the collector accepts input.
@@ -57,6 +63,9 @@ impl Metrics {
             pipeline_rows: Family::default(),
             dead_letter_records: Counter::default(),
             dead_letter_errors: Counter::default(),
+            dead_letter_bytes: Counter::default(),
+            dead_letter_rotations: Counter::default(),
+            dead_letter_omitted: Counter::default(),
             archive_errors: Counter::default(),
             ready: Gauge::default(),
             rejected_senders: Family::default(),
@@ -107,6 +116,21 @@ impl Metrics {
             "verity_dead_letter_write_errors",
             "Failures writing the dead-letter file",
             m.dead_letter_errors.clone(),
+        );
+        registry.register(
+            "verity_dead_letter_bytes",
+            "Bytes written to the dead-letter file",
+            m.dead_letter_bytes.clone(),
+        );
+        registry.register(
+            "verity_dead_letter_rotations",
+            "Dead-letter files rotated out (dead_letter.max_file_bytes)",
+            m.dead_letter_rotations.clone(),
+        );
+        registry.register(
+            "verity_dead_letter_omitted_records",
+            "Rejected records counted but not written, past dead_letter.max_entries_per_request",
+            m.dead_letter_omitted.clone(),
         );
         registry.register(
             "verity_archive_write_errors",

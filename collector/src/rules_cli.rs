@@ -3,7 +3,7 @@
 //! collector's normalizers can read.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -12,6 +12,8 @@ use verity_model::{Alert, EventBatchBuilder};
 use verity_rules::rule::{ExpectedAlert, RuleSource, TestCase, load_paths};
 use verity_rules::{Compiler, Engine, EngineSettings, RevocationList};
 
+use crate::bounded_lines;
+use crate::normalize::limits::RecordLimits;
 use crate::normalize::{self, Ctx, FormatHint};
 
 /// Loads and compiles rule files; prints every error. Returns the number of errors.
@@ -81,7 +83,7 @@ fn lines_to_batch(
 ) -> Option<arrow::array::RecordBatch> {
     let ctx = Ctx {
         observed_time_ns: 0,
-        source: IngestSource::File,
+        ..Ctx::now(IngestSource::File)
     };
     let mut b = EventBatchBuilder::with_capacity(lines.len());
     for l in lines {
@@ -288,17 +290,17 @@ pub fn replay(
             Box::new(std::fs::File::open(name).map_err(|e| format!("cannot open {name}: {e}"))?)
         };
         let mut reader = BufReader::with_capacity(1 << 20, reader);
-        loop {
-            buf.clear();
-            if reader
-                .read_until(b'\n', &mut buf)
-                .map_err(|e| format!("cannot read {name}: {e}"))?
-                == 0
-            {
-                break;
-            }
+        let max = RecordLimits::default().max_record_bytes;
+        while let Some(len) = bounded_lines::read_line(&mut reader, &mut buf, max.saturating_add(1))
+            .map_err(|e| format!("cannot read {name}: {e}"))?
+        {
             summary.lines += 1;
             let line_no = summary.lines;
+            if len > max as u64 {
+                let problem = format!("record_too_large: line is {len} bytes, more than {max}");
+                report_reject(progress, &mut summary, name, line_no, &problem);
+                continue;
+            }
             let Ok(line) = std::str::from_utf8(&buf) else {
                 report_reject(progress, &mut summary, name, line_no, "invalid_utf8: line is not UTF-8");
                 continue;
@@ -308,7 +310,7 @@ pub fn replay(
             }
             let ctx = Ctx {
                 observed_time_ns: 0,
-                source: IngestSource::File,
+                ..Ctx::now(IngestSource::File)
             };
             match normalize::normalize_line(line, FormatHint::Auto, &ctx) {
                 Ok(ev) => {

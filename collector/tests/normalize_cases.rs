@@ -39,7 +39,7 @@ struct SampleCase {
 fn ctx() -> Ctx {
     Ctx {
         observed_time_ns: 1_800_000_000_000_000_000,
-        source: IngestSource::File,
+        ..Ctx::now(IngestSource::File)
     }
 }
 
@@ -232,7 +232,15 @@ fn upstream_metric_sample_labels_become_columns() {
         ..Default::default()
     };
     let (mut out, mut rejected) = (Vec::new(), Vec::new());
-    normalize::otel_metric::normalize(&metric, &[], "file", 0, &mut out, &mut rejected);
+    normalize::otel_metric::normalize(
+        &metric,
+        &[],
+        "file",
+        0,
+        &normalize::limits::RecordLimits::default(),
+        &mut out,
+        &mut rejected,
+    );
     assert!(rejected.is_empty());
     let mut b = MetricBatchBuilder::default();
     b.append(&out[0]);

@@ -194,6 +194,51 @@ pub struct AccessEvent<'a> {
     pub raw: Cow<'a, str>,
 }
 
+impl AccessEvent<'_> {
+    /// Bytes of text the event puts into a batch's string columns (what a batch of it costs
+    /// beyond its fixed per-row part).
+    pub fn text_bytes(&self) -> usize {
+        let texts = [
+            &self.protocol,
+            &self.source_principal,
+            &self.source_workload,
+            &self.source_namespace,
+            &self.source_ip,
+            &self.destination_principal,
+            &self.destination_workload,
+            &self.destination_namespace,
+            &self.destination_ip,
+            &self.destination_service,
+            &self.tls_version,
+            &self.request_principal,
+            &self.method,
+            &self.path,
+            &self.authority,
+            &self.user_agent,
+            &self.request_id,
+            &self.x_forwarded_for,
+            &self.response_flags,
+            &self.response_code_details,
+            &self.connection_termination_details,
+            &self.upstream_transport_failure_reason,
+            &self.decision_policy,
+            &self.decision_reason,
+            &self.upstream_cluster,
+            &self.upstream_host,
+            &self.route_name,
+            &self.requested_server_name,
+            &self.trace_id,
+            &self.span_id,
+            &self.cluster,
+            &self.mesh_id,
+            &self.sender,
+        ];
+        let text: usize = texts.iter().map(|t| t.as_deref().map_or(0, str::len)).sum();
+        text.saturating_add(self.attributes.as_deref().map_or(0, str::len))
+            .saturating_add(self.raw.len())
+    }
+}
+
 /// Column names, in schema order. Rules and docs refer to these.
 pub mod col {
     pub const EVENT_TIME: &str = "event_time";

@@ -81,6 +81,20 @@ pub struct MetricSample {
     pub source: &'static str,
 }
 
+impl MetricSample {
+    /// Bytes of text and lists the sample puts into a batch beyond its fixed per-row part.
+    pub fn text_bytes(&self) -> usize {
+        let labels: usize = self.labels.iter().map(|l| l.as_deref().map_or(0, str::len)).sum();
+        self.name
+            .len()
+            .saturating_add(labels)
+            .saturating_add(self.unit.as_deref().map_or(0, str::len))
+            .saturating_add(self.attributes.as_deref().map_or(0, str::len))
+            .saturating_add(self.explicit_bounds.len().saturating_mul(8))
+            .saturating_add(self.bucket_counts.len().saturating_mul(8))
+    }
+}
+
 pub fn schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA

@@ -6,24 +6,49 @@ use std::borrow::Cow;
 use verity_model::{AccessEvent, InputFormat, Reporter};
 
 use super::fields::{self, Value};
+use super::limits::RecordLimits;
 use super::{Extras, FormatHint, RejectReason, Rejection, ztunnel};
 
-pub fn parse_line(line: &str, hint: FormatHint) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection> {
+pub fn parse_line<'a>(
+    line: &'a str,
+    hint: FormatHint,
+    limits: &RecordLimits,
+) -> Result<(AccessEvent<'a>, Extras<'a>), Rejection> {
     let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
         .map_err(|e| Rejection::new(RejectReason::MalformedJson, format!("not a JSON object: {e}")))?;
-    let mut pairs = Vec::with_capacity(map.len());
-    flatten("", map, &mut pairs);
+    let mut pairs = Vec::with_capacity(map.len().min(limits.max_fields));
+    flatten("", map, 1, limits, &mut pairs)?;
     from_pairs(pairs, Cow::Borrowed(line), hint)
 }
 
-fn flatten(prefix: &str, map: serde_json::Map<String, serde_json::Value>, out: &mut Vec<(String, Value<'static>)>) {
+/// Nested objects become dotted names (`{"a":{"b":1}}` → `a.b`). Each name is checked
+/// against the limits before it is built: a name repeats its parents' names, so a deep body
+/// with long names and many leaves would otherwise cost far more than the line itself.
+fn flatten(
+    prefix: &str,
+    map: serde_json::Map<String, serde_json::Value>,
+    depth: usize,
+    limits: &RecordLimits,
+    out: &mut Vec<(String, Value<'static>)>,
+) -> Result<(), Rejection> {
+    limits.depth(depth)?;
     for (k, v) in map {
+        let len = if prefix.is_empty() {
+            k.len()
+        } else {
+            prefix.len().saturating_add(1).saturating_add(k.len())
+        };
+        limits.key(len)?;
         let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
         match v {
-            serde_json::Value::Object(inner) => flatten(&key, inner, out),
-            other => out.push((key, json_value(other))),
+            serde_json::Value::Object(inner) => flatten(&key, inner, depth.saturating_add(1), limits, out)?,
+            other => {
+                limits.fields(out.len().saturating_add(1))?;
+                out.push((key, json_value(other)));
+            }
         }
     }
+    Ok(())
 }
 
 pub fn json_value(v: serde_json::Value) -> Value<'static> {
@@ -100,7 +125,7 @@ mod tests {
     #[test]
     fn all_string_custom_format_any_order() {
         let line = r#"{"authority":"pay:8080","response_code":"403","method":"POST","start_time":"2024-01-02T03:04:05.000Z","path":"/charge","custom":{"team":"a"},"duration":"12","bytes_sent":"19"}"#;
-        let (ev, _) = parse_line(line, FormatHint::Auto).expect("parse");
+        let (ev, _) = parse_line(line, FormatHint::Auto, &RecordLimits::default()).expect("parse");
         assert_eq!(ev.status, Some(403));
         assert_eq!(ev.duration_ms, Some(12.0));
         assert_eq!(ev.bytes_sent, Some(19));
@@ -110,32 +135,72 @@ mod tests {
     #[test]
     fn rejects_unrelated_and_broken_json() {
         assert_eq!(
-            parse_line(r#"{"hello":"world"}"#, FormatHint::Auto)
+            parse_line(r#"{"hello":"world"}"#, FormatHint::Auto, &RecordLimits::default())
                 .map(|_| ())
                 .unwrap_err()
                 .reason,
             RejectReason::UnrecognizedFormat
         );
         assert_eq!(
-            parse_line(r#"{"method":"GET""#, FormatHint::Auto)
+            parse_line(r#"{"method":"GET""#, FormatHint::Auto, &RecordLimits::default())
                 .map(|_| ())
                 .unwrap_err()
                 .reason,
             RejectReason::MalformedJson
         );
         assert_eq!(
-            parse_line(r#"{"response_code":1e400}"#, FormatHint::Auto)
+            parse_line(r#"{"response_code":1e400}"#, FormatHint::Auto, &RecordLimits::default())
                 .map(|_| ())
                 .unwrap_err()
                 .reason,
             RejectReason::MalformedJson
         );
         assert_eq!(
-            parse_line(r#"{"response_code":-3}"#, FormatHint::Auto)
+            parse_line(r#"{"response_code":-3}"#, FormatHint::Auto, &RecordLimits::default())
                 .map(|_| ())
                 .unwrap_err()
                 .reason,
             RejectReason::InvalidField
+        );
+    }
+
+    #[test]
+    fn wide_deep_and_long_named_bodies_are_refused_before_they_are_built() {
+        let limits = RecordLimits::default();
+        let reason = |line: &str| {
+            parse_line(line, FormatHint::Auto, &limits)
+                .map(|_| ())
+                .unwrap_err()
+                .reason
+        };
+        let deep = format!(
+            "{}1{}",
+            r#"{"method":"GET","a":"#.to_string() + &r#"{"a":"#.repeat(12),
+            "}".repeat(13)
+        );
+        assert_eq!(reason(&deep), RejectReason::TooDeep);
+        let wide: String = (0..300).map(|i| format!(r#""k{i}":1,"#)).collect();
+        assert_eq!(
+            reason(&format!(r#"{{{wide}"method":"GET"}}"#)),
+            RejectReason::TooManyFields
+        );
+        let long = "n".repeat(300);
+        assert_eq!(
+            reason(&format!(r#"{{"method":"GET","{long}":1}}"#)),
+            RejectReason::KeyTooLong
+        );
+        // Each level's name alone is short; together they pass the limit.
+        let level = "m".repeat(60);
+        let nested =
+            format!(r#"{{"method":"GET","{level}":{{"{level}":{{"{level}":{{"{level}":{{"{level}":1}}}}}}}}}}"#);
+        assert_eq!(reason(&nested), RejectReason::KeyTooLong);
+        let big = format!(r#"{{"method":"GET","x":"{}"}}"#, "y".repeat(70_000));
+        assert_eq!(
+            crate::normalize::parse_line(&big, FormatHint::Auto, &limits)
+                .map(|_| ())
+                .unwrap_err()
+                .reason,
+            RejectReason::RecordTooLarge
         );
     }
 }

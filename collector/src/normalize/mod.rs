@@ -14,8 +14,10 @@ pub mod derive;
 pub mod envoy_json;
 pub mod fields;
 pub mod istio_text;
+pub mod limits;
 pub mod otel_log;
 pub mod otel_metric;
+pub mod rejections;
 pub mod ztunnel;
 
 use verity_model::event::{IngestSource, Text};
@@ -43,6 +45,17 @@ pub enum RejectReason {
     SenderNotParty,
     /// Normalizing the record hit a bug (a panic), caught at the record's boundary.
     InternalError,
+    /// A line, body or attribute value longer than `intake.limits.max_record_bytes`.
+    RecordTooLarge,
+    /// More attributes or body fields than `intake.limits` allow.
+    TooManyFields,
+    /// A field name longer than `intake.limits.max_key_bytes`.
+    KeyTooLong,
+    /// A body nested deeper than `intake.limits.max_depth`.
+    TooDeep,
+    /// Past what one request may cost (`intake.limits.max_request_rows_bytes`,
+    /// `max_data_points`).
+    RequestTooLarge,
 }
 
 impl RejectReason {
@@ -61,6 +74,11 @@ impl RejectReason {
         RejectReason::UndecodableMessage,
         RejectReason::SenderNotParty,
         RejectReason::InternalError,
+        RejectReason::RecordTooLarge,
+        RejectReason::TooManyFields,
+        RejectReason::KeyTooLong,
+        RejectReason::TooDeep,
+        RejectReason::RequestTooLarge,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -79,6 +97,11 @@ impl RejectReason {
             RejectReason::UndecodableMessage => "undecodable_message",
             RejectReason::SenderNotParty => "sender_not_party",
             RejectReason::InternalError => "internal_error",
+            RejectReason::RecordTooLarge => "record_too_large",
+            RejectReason::TooManyFields => "too_many_fields",
+            RejectReason::KeyTooLong => "key_too_long",
+            RejectReason::TooDeep => "too_deep",
+            RejectReason::RequestTooLarge => "request_too_large",
         }
     }
 }
@@ -147,14 +170,21 @@ pub enum FormatHint {
 pub struct Ctx {
     pub observed_time_ns: i64,
     pub source: IngestSource,
+    pub limits: limits::RecordLimits,
 }
 
 impl Ctx {
+    /// Now, with the default limits.
     pub fn now(source: IngestSource) -> Self {
         Self {
             observed_time_ns: now_ns(),
             source,
+            limits: limits::RecordLimits::default(),
         }
+    }
+
+    pub fn with_limits(self, limits: limits::RecordLimits) -> Self {
+        Self { limits, ..self }
     }
 }
 
@@ -183,7 +213,12 @@ pub fn detect(line: &str) -> Option<Detected> {
 
 /// Parses a line without deriving: the caller may add facts (OTLP attributes) before
 /// calling [`finish`].
-pub fn parse_line(line: &str, hint: FormatHint) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection> {
+pub fn parse_line<'a>(
+    line: &'a str,
+    hint: FormatHint,
+    limits: &limits::RecordLimits,
+) -> Result<(AccessEvent<'a>, Extras<'a>), Rejection> {
+    limits.record_bytes("the line", line.len())?;
     let line = line.trim_end_matches(['\r', '\n']);
     let trimmed = line.trim_start();
     if trimmed.trim_end().is_empty() {
@@ -193,7 +228,7 @@ pub fn parse_line(line: &str, hint: FormatHint) -> Result<(AccessEvent<'_>, Extr
     match (hint, detected) {
         (FormatHint::Auto | FormatHint::EnvoyText, Some(Detected::EnvoyText)) => istio_text::parse(trimmed),
         (FormatHint::Auto | FormatHint::EnvoyJson | FormatHint::Ztunnel, Some(Detected::Json)) => {
-            envoy_json::parse_line(trimmed, hint)
+            envoy_json::parse_line(trimmed, hint, limits)
         }
         (FormatHint::Auto | FormatHint::Ztunnel, Some(Detected::ZtunnelText)) => ztunnel::parse_text(trimmed),
         (FormatHint::Auto, None) => Err(Rejection::new(
@@ -220,7 +255,7 @@ pub fn finish<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>, ctx: &Ctx) {
 /// Parses and derives one line: the full normalization of a log line from a file or Kafka.
 pub fn normalize_line<'a>(line: &'a str, hint: FormatHint, ctx: &Ctx) -> Result<AccessEvent<'a>, Rejection> {
     guarded(|| {
-        let (mut ev, ex) = parse_line(line, hint)?;
+        let (mut ev, ex) = parse_line(line, hint, &ctx.limits)?;
         finish(&mut ev, &ex, ctx);
         Ok(ev)
     })

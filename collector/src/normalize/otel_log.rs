@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use verity_model::{AccessEvent, InputFormat};
 
 use super::fields::{self, Value};
+use super::limits::RecordLimits;
 use super::{Ctx, Extras, FormatHint, RejectReason, Rejection, envoy_json};
 
 /// Normalizes one record behind the panic boundary ([`super::guarded`]). `resource` are the
@@ -25,15 +26,20 @@ fn normalize_unguarded<'a>(
     resource: &'a [KeyValue],
     ctx: &Ctx,
 ) -> Result<AccessEvent<'a>, Rejection> {
+    let limits = &ctx.limits;
+    check_attributes("the record", &record.attributes, limits)?;
     let body = record.body.as_ref().and_then(|b| b.value.as_ref());
     let (mut ev, mut ex) = match body {
-        Some(Any::StringValue(s)) if !s.trim().is_empty() => super::parse_line(s, FormatHint::Auto)?,
+        Some(Any::StringValue(s)) if !s.trim().is_empty() => super::parse_line(s, FormatHint::Auto, limits)?,
         Some(Any::BytesValue(b)) if !b.is_empty() => {
+            limits.record_bytes("the body", b.len())?;
             let s = std::str::from_utf8(b)
                 .map_err(|e| Rejection::new(RejectReason::InvalidUtf8, format!("bytes body is not UTF-8: {e}")))?;
-            super::parse_line(s, FormatHint::Auto)?
+            super::parse_line(s, FormatHint::Auto, limits)?
         }
         Some(Any::KvlistValue(kv)) => {
+            let mut fields = 0usize;
+            check_kvlist(&kv.values, 1, limits, &mut fields)?;
             let pairs = kv
                 .values
                 .iter()
@@ -105,6 +111,65 @@ fn normalize_unguarded<'a>(
     }
     super::finish(&mut ev, &ex, ctx);
     Ok(ev)
+}
+
+/// Attributes (of a record or of its resource) within the limits: how many, how long their
+/// names, and how large and deep their values, checked before any of them is copied.
+fn check_attributes(what: &str, attributes: &[KeyValue], limits: &RecordLimits) -> Result<(), Rejection> {
+    limits.attributes(what, attributes.len())?;
+    let mut fields = 0usize;
+    for kv in attributes {
+        limits.key(kv.key.len())?;
+        if let Some(v) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            check_value(v, 1, limits, &mut fields)?;
+        }
+    }
+    Ok(())
+}
+
+/// A resource's attributes within the limits; checked once per resource by the caller, since
+/// they are applied to each of its records.
+pub fn check_resource(resource: &[KeyValue], limits: &RecordLimits) -> Result<(), Rejection> {
+    check_attributes("the resource", resource, limits)
+}
+
+/// A metric data point's attributes within the limits.
+pub fn check_point_attributes(attributes: &[KeyValue], limits: &RecordLimits) -> Result<(), Rejection> {
+    check_attributes("the data point", attributes, limits)
+}
+
+/// A key/value body: every name, every value, and the count of fields at every level.
+fn check_kvlist(values: &[KeyValue], depth: usize, limits: &RecordLimits, fields: &mut usize) -> Result<(), Rejection> {
+    limits.depth(depth)?;
+    for kv in values {
+        *fields = fields.saturating_add(1);
+        limits.fields(*fields)?;
+        limits.key(kv.key.len())?;
+        if let Some(v) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            check_value(v, depth, limits, fields)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_value(v: &Any, depth: usize, limits: &RecordLimits, fields: &mut usize) -> Result<(), Rejection> {
+    match v {
+        Any::StringValue(s) => limits.record_bytes("a value", s.len()),
+        Any::BytesValue(b) => limits.record_bytes("a value", b.len()),
+        Any::KvlistValue(kv) => check_kvlist(&kv.values, depth.saturating_add(1), limits, fields),
+        Any::ArrayValue(a) => {
+            limits.depth(depth.saturating_add(1))?;
+            for item in &a.values {
+                *fields = fields.saturating_add(1);
+                limits.fields(*fields)?;
+                if let Some(v) = item.value.as_ref() {
+                    check_value(v, depth.saturating_add(1), limits, fields)?;
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn merge_attributes(ev: &mut AccessEvent<'_>, extra: fields::UnknownAttrs) {
@@ -271,5 +336,50 @@ mod tests {
         assert_eq!(ev.format, InputFormat::OtelAttributes);
         assert_eq!(ev.event_time_ns, 1_700_000_000_000_000_000);
         assert_eq!(ev.destination_namespace.as_deref(), Some("shop"));
+    }
+
+    #[test]
+    fn attributes_and_key_value_bodies_past_the_limits_are_rejected() {
+        let ctx = Ctx::now(IngestSource::OtlpHttp);
+        let many: Vec<KeyValue> = (0..200).map(|i| s(&format!("k{i}"), "v")).collect();
+        let record = LogRecord {
+            attributes: many.clone(),
+            ..Default::default()
+        };
+        assert_eq!(
+            normalize(&record, &[], &ctx).unwrap_err().reason,
+            RejectReason::TooManyFields
+        );
+        assert_eq!(
+            check_resource(&many, &ctx.limits).unwrap_err().reason,
+            RejectReason::TooManyFields
+        );
+        let mut nested = AnyValue {
+            value: Some(Any::StringValue("GET".into())),
+        };
+        for _ in 0..12 {
+            nested = AnyValue {
+                value: Some(Any::KvlistValue(opentelemetry_proto::tonic::common::v1::KeyValueList {
+                    values: vec![KeyValue {
+                        key: "method".into(),
+                        value: Some(nested),
+                        ..Default::default()
+                    }],
+                })),
+            };
+        }
+        let deep = LogRecord {
+            body: Some(nested),
+            ..Default::default()
+        };
+        assert_eq!(normalize(&deep, &[], &ctx).unwrap_err().reason, RejectReason::TooDeep);
+        let long_value = LogRecord {
+            attributes: vec![s("method", "GET"), s("x", &"y".repeat(70_000))],
+            ..Default::default()
+        };
+        assert_eq!(
+            normalize(&long_value, &[], &ctx).unwrap_err().reason,
+            RejectReason::RecordTooLarge
+        );
     }
 }

@@ -7,46 +7,42 @@ use verity_model::metric::istio_label_index;
 use verity_model::{MetricKind, MetricSample};
 
 use super::fields::Value;
+use super::limits::RecordLimits;
 use super::otel_log::{any_json, any_to_value};
 use super::{RejectReason, Rejection};
 
-/// A rejected data point with the metric it belonged to (as JSON, for the dead-letter file).
-pub struct RejectedPoint {
-    pub rejection: Rejection,
-    pub raw: String,
-}
-
-/// Converts one metric; `resource` attributes are kept with each point.
+/// Converts one metric; `resource` attributes are kept with each point. Rejections go to
+/// `rejected`, one per data point; the caller renders the metric for the dead-letter file
+/// once, if at all.
 pub fn normalize(
     metric: &Metric,
     resource: &[KeyValue],
     source: &'static str,
     observed_ns: i64,
+    limits: &RecordLimits,
     out: &mut Vec<MetricSample>,
-    rejected: &mut Vec<RejectedPoint>,
+    rejected: &mut Vec<Rejection>,
 ) {
-    let raw = || serde_json::to_string(metric).unwrap_or_else(|_| metric.name.clone());
     let points = data_point_count(metric);
     if metric.name.trim().is_empty() {
         for _ in 0..points.max(1) {
-            rejected.push(RejectedPoint {
-                rejection: Rejection::new(RejectReason::InvalidMetric, "metric has no name"),
-                raw: raw(),
-            });
+            rejected.push(Rejection::new(RejectReason::InvalidMetric, "metric has no name"));
         }
         return;
     }
+    if let Err(r) = limits.key(metric.name.len()) {
+        rejected.extend(std::iter::repeat_n(r, points.max(1)));
+        return;
+    }
     let Some(data) = &metric.data else {
-        rejected.push(RejectedPoint {
-            rejection: Rejection::new(
-                RejectReason::InvalidMetric,
-                format!("metric {} has no data", metric.name),
-            ),
-            raw: raw(),
-        });
+        rejected.push(Rejection::new(
+            RejectReason::InvalidMetric,
+            format!("metric {} has no data", metric.name),
+        ));
         return;
     };
     let base = |kind: MetricKind, attrs: &[KeyValue], time: u64, start: u64| -> Result<MetricSample, Rejection> {
+        super::otel_log::check_point_attributes(attrs, limits)?;
         let mut s = MetricSample {
             name: metric.name.clone(),
             kind,
@@ -92,7 +88,7 @@ pub fn normalize(
     };
     let mut push = |r: Result<MetricSample, Rejection>| match r {
         Ok(s) => out.push(s),
-        Err(rejection) => rejected.push(RejectedPoint { rejection, raw: raw() }),
+        Err(rejection) => rejected.push(rejection),
     };
     match data {
         Data::Gauge(g) => {

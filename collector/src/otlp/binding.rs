@@ -50,6 +50,8 @@ pub struct IntakeConfig {
     /// A record from the network dated more than this before it arrived is rejected the same
     /// way (0: no limit). Replaying files keeps event time as it is.
     pub max_past_secs: u64,
+    /// What one record and one request may cost (see `normalize/limits.rs`).
+    pub limits: crate::normalize::limits::RecordLimits,
 }
 
 impl Default for IntakeConfig {
@@ -58,13 +60,14 @@ impl Default for IntakeConfig {
             trust: Vec::new(),
             max_future_secs: 300,
             max_past_secs: 0,
+            limits: crate::normalize::limits::RecordLimits::default(),
         }
     }
 }
 
 impl IntakeConfig {
     pub fn validate(&self) -> Vec<(String, String)> {
-        let mut errors = Vec::new();
+        let mut errors = self.limits.validate("intake.limits");
         if !(1..=86_400).contains(&self.max_future_secs) {
             errors.push(("intake.max_future_secs".into(), "must be between 1 and 86400".into()));
         }

@@ -25,9 +25,11 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use verity_model::event::{AccessEvent, IngestSource, SenderBinding};
 use verity_model::{EventBatchBuilder, InputFormat, MetricBatchBuilder};
 
+use crate::dead_letter::DeadLetter;
 pub use crate::dead_letter::Origin;
-use crate::dead_letter::{DeadLetter, DeadLetterEntry};
 use crate::metrics::Metrics;
+use crate::normalize::limits::{ROW_OVERHEAD_BYTES, RecordLimits};
+use crate::normalize::rejections::Rejections;
 use crate::normalize::{self, Ctx, RejectReason, Rejection};
 use crate::pipeline::{Backpressure, Batch, Handoff, HeldAlerts, Intake};
 pub use sender::Sender;
@@ -202,34 +204,62 @@ impl OtlpIngest {
         origin: Option<&Origin>,
         sender: &Sender,
     ) -> (Option<Batch>, ExportLogsServiceResponse) {
-        let ctx = Ctx::now(source);
+        let limits = self.trust.limits;
+        let ctx = Ctx::now(source).with_limits(limits);
         let total: usize = req
             .resource_logs
             .iter()
             .flat_map(|r| r.scope_logs.iter())
             .map(|s| s.log_records.len())
             .sum();
-        let mut builder = EventBatchBuilder::with_capacity(total);
+        // Sized by what the request holds, capped: an empty record is two bytes on the wire
+        // but a row costs hundreds, so the builder grows with the records kept instead.
+        let mut builder = EventBatchBuilder::with_capacity(total.min(INITIAL_ROWS));
+        let mut rows_bytes = 0usize;
         let mut per_format = [0u64; InputFormat::ALL.len()];
-        let mut rejected: Vec<(Rejection, String)> = Vec::new();
+        let mut rejected = self.dead_letter.rejections();
+        let mut reject = |r: Rejection, record: &LogRecord| {
+            let text = if rejected.keeps_next() {
+                record_text(record)
+            } else {
+                String::new()
+            };
+            rejected.push(r, &text, origin);
+        };
         let class = self.class_of(sender);
         for rl in &req.resource_logs {
             let resource = rl.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
+            let resource_ok = normalize::otel_log::check_resource(resource, &limits);
             for sl in &rl.scope_logs {
                 for record in &sl.log_records {
+                    if let Err(r) = &resource_ok {
+                        reject(r.clone(), record);
+                        continue;
+                    }
+                    if rows_bytes > limits.max_request_rows_bytes {
+                        reject(request_too_large(&limits), record);
+                        continue;
+                    }
                     match normalize::otel_log::normalize(record, resource, &ctx) {
-                        Ok(mut ev) => match self.admit(&mut ev, sender, class) {
-                            Admission::Accepted => {
-                                per_format[ev.format as usize] += 1;
-                                builder.append(&ev);
+                        Ok(mut ev) => {
+                            rows_bytes = rows_bytes.saturating_add(row_cost(&ev));
+                            if rows_bytes > limits.max_request_rows_bytes {
+                                reject(request_too_large(&limits), record);
+                                continue;
                             }
-                            Admission::Forged(r) => {
-                                rejected.push((r, record_text(record)));
-                                builder.append(&ev);
+                            match self.admit(&mut ev, sender, class) {
+                                Admission::Accepted => {
+                                    per_format[ev.format as usize] += 1;
+                                    builder.append(&ev);
+                                }
+                                Admission::Forged(r) => {
+                                    reject(r, record);
+                                    builder.append(&ev);
+                                }
+                                Admission::Refused(r) => reject(r, record),
                             }
-                            Admission::Refused(r) => rejected.push((r, record_text(record))),
-                        },
-                        Err(rejection) => rejected.push((rejection, record_text(record))),
+                        }
+                        Err(rejection) => reject(rejection, record),
                     }
                 }
             }
@@ -238,15 +268,8 @@ impl OtlpIngest {
             .records_received
             .get_or_create(&[("source", source.as_str()), ("signal", "logs")])
             .inc_by(total as u64);
-        for (format, n) in InputFormat::ALL.iter().zip(per_format) {
-            if n > 0 {
-                self.metrics
-                    .records_accepted
-                    .get_or_create(&[("source", source.as_str()), ("format", format.as_str())])
-                    .inc_by(n);
-            }
-        }
-        self.reject(source, "logs", &rejected, origin);
+        self.count_accepted(source, &per_format);
+        self.reject(source, "logs", &rejected);
         let mut batch = None;
         if !builder.is_empty() {
             match builder.finish() {
@@ -256,7 +279,7 @@ impl OtlpIngest {
         }
         let response = ExportLogsServiceResponse {
             partial_success: (!rejected.is_empty()).then(|| ExportLogsPartialSuccess {
-                rejected_log_records: rejected.len() as i64,
+                rejected_log_records: i64::try_from(rejected.total()).unwrap_or(i64::MAX),
                 error_message: summary(&rejected, total, "log records"),
             }),
         };
@@ -269,27 +292,66 @@ impl OtlpIngest {
         source: IngestSource,
         origin: Option<&Origin>,
     ) -> (Option<Batch>, ExportMetricsServiceResponse) {
+        let limits = self.trust.limits;
         let observed = normalize::now_ns();
         let mut samples = Vec::new();
-        let mut rejected_points = Vec::new();
+        let mut rows_bytes = 0usize;
+        let mut point_rejections = Vec::new();
+        let mut rejected = self.dead_letter.rejections();
         let mut total = 0usize;
         for rm in &req.resource_metrics {
             let resource = rm.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
+            let resource_ok = normalize::otel_log::check_resource(resource, &limits);
             for sm in &rm.scope_metrics {
                 for metric in &sm.metrics {
-                    total += normalize::otel_metric::data_point_count(metric);
-                    normalize::otel_metric::normalize(
-                        metric,
-                        resource,
-                        source.as_str(),
-                        observed,
-                        &mut samples,
-                        &mut rejected_points,
-                    );
+                    let points = normalize::otel_metric::data_point_count(metric);
+                    total = total.saturating_add(points);
+                    if let Err(r) = &resource_ok {
+                        point_rejections.extend(std::iter::repeat_n(r.clone(), points.max(1)));
+                    } else if total > limits.max_data_points || rows_bytes > limits.max_request_rows_bytes {
+                        point_rejections.extend(std::iter::repeat_n(request_too_large(&limits), points.max(1)));
+                    } else {
+                        let first = samples.len();
+                        normalize::otel_metric::normalize(
+                            metric,
+                            resource,
+                            source.as_str(),
+                            observed,
+                            &limits,
+                            &mut samples,
+                            &mut point_rejections,
+                        );
+                        let mut kept = first;
+                        for s in samples.get(first..).unwrap_or_default() {
+                            rows_bytes = rows_bytes
+                                .saturating_add(s.text_bytes())
+                                .saturating_add(ROW_OVERHEAD_BYTES);
+                            if rows_bytes > limits.max_request_rows_bytes {
+                                break;
+                            }
+                            kept += 1;
+                        }
+                        let over = samples.len().saturating_sub(kept);
+                        samples.truncate(kept);
+                        point_rejections.extend(std::iter::repeat_n(request_too_large(&limits), over));
+                    }
+                    // The metric is rendered for the dead-letter file once, and only if an
+                    // entry keeps it.
+                    let mut text: Option<String> = None;
+                    for r in point_rejections.drain(..) {
+                        let shown = if rejected.keeps_next() {
+                            text.get_or_insert_with(|| {
+                                serde_json::to_string(metric).unwrap_or_else(|_| metric.name.clone())
+                            })
+                            .as_str()
+                        } else {
+                            ""
+                        };
+                        rejected.push(r, shown, origin);
+                    }
                 }
             }
         }
-        let rejected: Vec<(Rejection, String)> = rejected_points.into_iter().map(|r| (r.rejection, r.raw)).collect();
         self.metrics
             .records_received
             .get_or_create(&[("source", source.as_str()), ("signal", "metrics")])
@@ -300,7 +362,7 @@ impl OtlpIngest {
                 .get_or_create(&[("source", source.as_str()), ("format", "otlp_metrics")])
                 .inc_by(samples.len() as u64);
         }
-        self.reject(source, "metrics", &rejected, origin);
+        self.reject(source, "metrics", &rejected);
         let mut batch = None;
         if !samples.is_empty() {
             let mut builder = MetricBatchBuilder::default();
@@ -312,10 +374,11 @@ impl OtlpIngest {
                 Err(error) => tracing::error!(%error, "could not build a metric batch"),
             }
         }
+        let rejected_points = usize::try_from(rejected.total()).unwrap_or(usize::MAX);
         let response = ExportMetricsServiceResponse {
             partial_success: (!rejected.is_empty()).then(|| ExportMetricsPartialSuccess {
-                rejected_data_points: rejected.len() as i64,
-                error_message: summary(&rejected, total.max(rejected.len()), "data points"),
+                rejected_data_points: i64::try_from(rejected_points).unwrap_or(i64::MAX),
+                error_message: summary(&rejected, total.max(rejected_points), "data points"),
             }),
         };
         (batch, response)
@@ -328,11 +391,12 @@ impl OtlpIngest {
         lines: impl Iterator<Item = (&'a str, Option<&'a Origin>, &'a Sender)>,
         source: IngestSource,
     ) -> (Option<Batch>, Vec<usize>) {
-        let ctx = Ctx::now(source);
+        let limits = self.trust.limits;
+        let ctx = Ctx::now(source).with_limits(limits);
         let mut builder = EventBatchBuilder::default();
+        let mut rows_bytes = 0usize;
         let mut per_format = [0u64; InputFormat::ALL.len()];
-        let mut rejected: Vec<(Rejection, String)> = Vec::new();
-        let mut origins: Vec<Option<&Origin>> = Vec::new();
+        let mut rejected = self.dead_letter.rejections();
         let mut positions: Vec<usize> = Vec::new();
         let mut total = 0u64;
         // Lines come in runs from one sender (a Kafka message, a topic): classify it once.
@@ -342,8 +406,14 @@ impl OtlpIngest {
                 continue;
             }
             total += 1;
-            match normalize::normalize_line(line, normalize::FormatHint::Auto, &ctx) {
+            let normalized = if rows_bytes > limits.max_request_rows_bytes {
+                Err(request_too_large(&limits))
+            } else {
+                normalize::normalize_line(line, normalize::FormatHint::Auto, &ctx)
+            };
+            match normalized {
                 Ok(mut ev) => {
+                    rows_bytes = rows_bytes.saturating_add(row_cost(&ev));
                     let class = match classified {
                         Some((s, class)) if std::ptr::eq(s, sender) => class,
                         _ => {
@@ -361,8 +431,7 @@ impl OtlpIngest {
                         Admission::Refused(r) => (Some(r), false),
                     };
                     if let Some(r) = rejection {
-                        rejected.push((r, line.to_string()));
-                        origins.push(origin);
+                        rejected.push(r, line, origin);
                         positions.push(i);
                     }
                     if keep {
@@ -370,8 +439,7 @@ impl OtlpIngest {
                     }
                 }
                 Err(r) => {
-                    rejected.push((r, line.to_string()));
-                    origins.push(origin);
+                    rejected.push(r, line, origin);
                     positions.push(i);
                 }
             }
@@ -380,17 +448,8 @@ impl OtlpIngest {
             .records_received
             .get_or_create(&[("source", source.as_str()), ("signal", "logs")])
             .inc_by(total);
-        for (format, n) in InputFormat::ALL.iter().zip(per_format) {
-            if n > 0 {
-                self.metrics
-                    .records_accepted
-                    .get_or_create(&[("source", source.as_str()), ("format", format.as_str())])
-                    .inc_by(n);
-            }
-        }
-        for (r, o) in rejected.iter().zip(&origins) {
-            self.reject(source, "logs", std::slice::from_ref(r), *o);
-        }
+        self.count_accepted(source, &per_format);
+        self.reject(source, "logs", &rejected);
         let batch = if builder.is_empty() {
             None
         } else {
@@ -414,31 +473,59 @@ impl OtlpIngest {
         raw: String,
         origin: Option<&Origin>,
     ) {
-        self.reject(source, signal, &[(rejection, raw)], origin);
+        let mut rejected = self.dead_letter.rejections();
+        rejected.push(rejection, &raw, origin);
+        self.reject(source, signal, &rejected);
     }
 
-    fn reject(&self, source: IngestSource, signal: &str, rejected: &[(Rejection, String)], origin: Option<&Origin>) {
+    fn count_accepted(&self, source: IngestSource, per_format: &[u64; InputFormat::ALL.len()]) {
+        for (format, n) in InputFormat::ALL.iter().zip(per_format) {
+            if *n > 0 {
+                self.metrics
+                    .records_accepted
+                    .get_or_create(&[("source", source.as_str()), ("format", format.as_str())])
+                    .inc_by(*n);
+            }
+        }
+    }
+
+    fn reject(&self, source: IngestSource, signal: &str, rejected: &Rejections<'_>) {
         if rejected.is_empty() {
             return;
         }
-        for (r, _) in rejected {
+        for (reason, n) in rejected.by_reason() {
             self.metrics
                 .records_rejected
-                .get_or_create(&[("source", source.as_str()), ("reason", r.reason.as_str())])
-                .inc();
+                .get_or_create(&[("source", source.as_str()), ("reason", reason.as_str())])
+                .inc_by(n);
         }
-        let entries: Vec<DeadLetterEntry<'_>> = rejected
-            .iter()
-            .map(|(r, raw)| DeadLetterEntry::new(source.as_str(), signal, r, raw).with_origin(origin))
-            .collect();
-        self.dead_letter.write(&entries);
+        self.dead_letter.write(source.as_str(), signal, rejected);
         tracing::debug!(
             source = source.as_str(),
             signal,
-            rejected = rejected.len(),
+            rejected = rejected.total(),
             "records rejected"
         );
     }
+}
+
+/// Rows a builder starts with; it grows as records are kept.
+const INITIAL_ROWS: usize = 1024;
+
+/// What an event costs in a batch, counted against `intake.limits.max_request_rows_bytes`.
+fn row_cost(ev: &AccessEvent<'_>) -> usize {
+    ev.text_bytes().saturating_add(ROW_OVERHEAD_BYTES)
+}
+
+fn request_too_large(limits: &RecordLimits) -> Rejection {
+    Rejection::new(
+        RejectReason::RequestTooLarge,
+        format!(
+            "the request's records pass intake.limits.max_request_rows_bytes ({}) or max_data_points ({}); \
+             send fewer per request",
+            limits.max_request_rows_bytes, limits.max_data_points
+        ),
+    )
 }
 
 /// What happens to a normalized record once its sender is known.
@@ -488,13 +575,13 @@ fn record_text(record: &LogRecord) -> String {
     }
 }
 
-fn summary(rejected: &[(Rejection, String)], total: usize, what: &str) -> String {
-    let mut msg = format!("rejected {} of {} {what}", rejected.len(), total);
-    for (i, (r, _)) in rejected.iter().take(MAX_ERRORS_IN_MESSAGE).enumerate() {
+fn summary(rejected: &Rejections<'_>, total: usize, what: &str) -> String {
+    let mut msg = format!("rejected {} of {} {what}", rejected.total(), total);
+    for (i, kept) in rejected.kept().iter().take(MAX_ERRORS_IN_MESSAGE).enumerate() {
         msg.push_str(if i == 0 { ": " } else { "; " });
-        msg.push_str(&r.to_string());
+        msg.push_str(&kept.rejection.to_string());
     }
-    if rejected.len() > MAX_ERRORS_IN_MESSAGE {
+    if rejected.total() > MAX_ERRORS_IN_MESSAGE as u64 {
         msg.push_str("; …");
     }
     msg

@@ -132,3 +132,127 @@ fn verity_collector_status(body: &[u8]) -> (i32, String) {
     let s = Status::decode(body).expect("google.rpc.Status");
     (s.code, s.message)
 }
+
+/// Records built to multiply memory are refused by the limits, each with its own reason, next
+/// to good records that are kept; a request of many bad records writes a bounded number of
+/// dead-letter entries and still counts every one.
+#[test]
+fn records_built_to_multiply_memory_are_refused_and_counted() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+    use opentelemetry_proto::tonic::logs::v1::LogRecord;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    let v = Verity::start(&[]);
+    let post = |req: &opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest| {
+        let r = http_request(v.http, "POST", "/v1/logs", &[PB], &req.encode_to_vec()).expect("http");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        ExportLogsServiceResponse::decode(&r.body[..])
+            .expect("answer")
+            .partial_success
+            .expect("partial success")
+    };
+
+    // The shapes that cost most: a 470 KB line of nested objects, a body nested past the
+    // depth, one with more fields than allowed, names repeated down a deep path, and an
+    // attribute with a very long value. A good record rides in the same request.
+    let nested_object = |name: &str, depth: usize| {
+        format!(
+            r#"{{"method":"GET",{}"x":1{}}}"#,
+            format!(r#""{name}":{{"#).repeat(depth),
+            "}".repeat(depth)
+        )
+    };
+    let huge: String = format!(
+        r#"{{"method":"GET",{}"x":1}}"#,
+        (0..9000)
+            .map(|i| format!(r#""f{i}":{{"a":{{"b":"{}"}}}},"#, "v".repeat(30)))
+            .collect::<String>()
+    );
+    assert!(huge.len() > 450_000);
+    let wide = format!(
+        r#"{{"method":"GET",{}"x":1}}"#,
+        (0..400).map(|i| format!(r#""f{i}":1,"#)).collect::<String>()
+    );
+    let req = otlp::logs_request(vec![
+        otlp::record(&huge, vec![]),
+        otlp::record(&nested_object("a", 12), vec![]),
+        otlp::record(&wide, vec![]),
+        otlp::record(&nested_object(&"k".repeat(60), 6), vec![]),
+        otlp::record(LINE, vec![otlp::kv("x", &"y".repeat(100_000))]),
+        otlp::record(LINE, vec![]),
+    ]);
+    let partial = post(&req);
+    assert_eq!(partial.rejected_log_records, 5, "{}", partial.error_message);
+    let reasons: Vec<String> = v
+        .dead_letters()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "record_too_large",
+            "too_deep",
+            "too_many_fields",
+            "key_too_long",
+            "record_too_large"
+        ]
+    );
+    let first = &v.dead_letters()[0];
+    assert_eq!(first["record_bytes"].as_u64(), Some(huge.len() as u64));
+    assert_eq!(first["record"].as_str().map(str::len), Some(4096));
+
+    // 100 000 records no normalizer accepts: every one is counted and answered, the
+    // dead-letter file gets the first 100 and one entry for the rest.
+    let bad: Vec<LogRecord> = (0..100_000).map(|_| otlp::record("?", vec![])).collect();
+    let partial = post(&otlp::logs_request(bad));
+    assert_eq!(partial.rejected_log_records, 100_000);
+    let entries = v.dead_letters();
+    assert_eq!(entries.len(), 5 + 100 + 1);
+    let summary = entries.last().expect("summary");
+    assert_eq!(summary["reason"], "omitted");
+    assert!(
+        summary["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("99900 more records"),
+        "{summary}"
+    );
+
+    // A large resource attribute would be copied into each of 20 000 small records (1.2 GB):
+    // the request's rows budget keeps the first records and refuses the rest.
+    let mut req = otlp::logs_request((0..20_000).map(|_| otlp::record(LINE, vec![])).collect());
+    req.resource_logs[0].resource = Some(Resource {
+        attributes: vec![otlp::kv("note", &"n".repeat(60_000))],
+        ..Default::default()
+    });
+    let partial = post(&req);
+    assert!(
+        partial.error_message.contains("request_too_large"),
+        "{}",
+        partial.error_message
+    );
+    let kept = 20_000 - partial.rejected_log_records;
+    assert!(kept > 100 && kept < 1_000, "kept {kept}");
+    // The good record of the first request, and those kept of this one.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            v.archive_rows("events.jsonl").len() as i64 == 1 + kept
+        }),
+        "{} rows archived, {kept} kept",
+        v.archive_rows("events.jsonl").len()
+    );
+    let rejected = |reason: &str| {
+        v.metric_value(&format!(
+            r#"verity_records_rejected_total{{source="otlp_http",reason="{reason}"}}"#
+        ))
+        .unwrap_or(0.0)
+    };
+    assert_eq!(rejected("request_too_large") as i64, 20_000 - kept);
+    assert_eq!(rejected("unrecognized_format"), 100_000.0);
+    assert!(
+        v.metric_value("verity_dead_letter_omitted_records_total")
+            .unwrap_or(0.0)
+            >= 99_900.0
+    );
+}
