@@ -89,11 +89,11 @@ def posture():
     l = Layout()
     ns = f'{I}, namespace=~"$namespace"'
     panels = [
-        panel(l, "stat", "Assertions violated now", [target(f"count(verity_assertion_state{{{I}}} == 1) or vector(0)")], w=6, h=4,
+        panel(l, "stat", "Assertions violated now", [target(f'sum(verity_assertion_keys{{{I}, state="violated"}}) or vector(0)')], w=6, h=4,
               description="Assertion keys whose policy is violated by live traffic."),
-        panel(l, "stat", "Assertions unknown (no telemetry)", [target(f"count(verity_assertion_state{{{I}}} == 2) or vector(0)")], w=6, h=4,
+        panel(l, "stat", "Assertions unknown (no telemetry)", [target(f'sum(verity_assertion_keys{{{I}, state="unknown"}}) or vector(0)')], w=6, h=4,
               description="Keys Verity cannot vouch for: their telemetry stopped."),
-        panel(l, "stat", "Assertions holding", [target(f"count(verity_assertion_state{{{I}}} == 0) or vector(0)")], w=6, h=4),
+        panel(l, "stat", "Assertions holding", [target(f'sum(verity_assertion_keys{{{I}, state="holding"}}) or vector(0)')], w=6, h=4),
         panel(l, "stat", "mTLS share, all traffic", [target(
             f'sum(rate(verity_mesh_requests_total{{{I}, mtls="true"}}[$__rate_interval])) / sum(rate(verity_mesh_requests_total{{{I}}}[$__rate_interval]))')],
             w=6, h=4, unit="percentunit"),

@@ -150,6 +150,7 @@ pub async fn run_with(
             sender_max_lag_ns: i64::try_from(settings.rules.sender_max_lag_secs.max(1))
                 .unwrap_or(300)
                 .saturating_mul(1_000_000_000),
+            max_keys: settings.rules.max_keys,
         },
         revocations,
         rule_metrics,

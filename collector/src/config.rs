@@ -84,6 +84,9 @@ pub struct RulesConfig {
     pub revoked: Vec<String>,
     /// How often rule files are checked for changes (0 disables; SIGHUP always reloads).
     pub reload_poll_secs: u64,
+    /// Keys a stateful rule may hold before the least recently seen are evicted (a rule's
+    /// own `max_keys` overrides it).
+    pub max_keys: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -529,6 +532,9 @@ impl Config {
         }
         if self.rules.sender_idle_secs > 86_400 {
             errors.push(ConfigError::new("rules.sender_idle_secs", "must be at most 86400"));
+        }
+        if !(100..=100_000_000).contains(&self.rules.max_keys) {
+            errors.push(ConfigError::new("rules.max_keys", "must be between 100 and 100000000"));
         }
         if self.rules.reload_poll_secs > 3600 {
             errors.push(ConfigError::new(

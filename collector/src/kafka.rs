@@ -809,7 +809,12 @@ async fn handle_message(
                 Some(why)
             }
         },
-        (enc, Signal::Logs) => match decode::<ExportLogsServiceRequest>(enc, payload) {
+        (enc, Signal::Logs) => match decode::<ExportLogsServiceRequest>(
+            enc,
+            payload,
+            crate::otlp::decoded_size::Msg::LogsRequest,
+            ingest.limits().max_decoded_bytes,
+        ) {
             Ok(req) => {
                 accum.add(
                     ingest
@@ -825,7 +830,12 @@ async fn handle_message(
             }
             Err(e) => Some(undecodable(ingest, &origin, signal, payload, poison(e))),
         },
-        (enc, Signal::Metrics) => match decode::<ExportMetricsServiceRequest>(enc, payload) {
+        (enc, Signal::Metrics) => match decode::<ExportMetricsServiceRequest>(
+            enc,
+            payload,
+            crate::otlp::decoded_size::Msg::MetricsRequest,
+            ingest.limits().max_decoded_bytes,
+        ) {
             Ok(req) => {
                 accum.add(ingest.metrics_batch(&req, IngestSource::Kafka, Some(&origin)).0);
                 None
@@ -942,7 +952,19 @@ fn hex_prefix(b: &[u8]) -> String {
 fn decode<T: prost::Message + Default + serde::de::DeserializeOwned>(
     enc: Encoding,
     payload: &[u8],
+    root: crate::otlp::decoded_size::Msg,
+    limit: usize,
 ) -> Result<T, String> {
+    let measured = match enc {
+        Encoding::OtlpProto => crate::otlp::decoded_size::protobuf(payload, root, limit),
+        Encoding::OtlpJson => crate::otlp::decoded_size::json(payload, limit),
+        Encoding::Raw => Some(0),
+    };
+    if measured.is_none() {
+        return Err(format!(
+            "the message would take more than intake.limits.max_decoded_bytes ({limit}) once decoded"
+        ));
+    }
     match enc {
         Encoding::OtlpProto => T::decode(payload).map_err(|e| format!("not OTLP protobuf: {e}")),
         Encoding::OtlpJson => serde_json::from_slice(payload).map_err(|e| format!("not OTLP/JSON: {e}")),

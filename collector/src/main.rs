@@ -25,6 +25,35 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Rule files or directories (in addition to the built-in pack unless --no-builtin).
+    #[arg(long)]
+    rules: Vec<PathBuf>,
+    /// Do not evaluate the built-in zero-trust pack.
+    #[arg(long)]
+    no_builtin: bool,
+    /// Only events at or after this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only events before this RFC 3339 time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Treat this principal as revoked (repeatable).
+    #[arg(long)]
+    revoked: Vec<String>,
+    /// Allowed event-time disorder, in seconds.
+    #[arg(long, default_value_t = 5)]
+    lateness_secs: u64,
+    /// Keys a stateful rule may hold before the least recently seen are evicted (as
+    /// `rules.max_keys`).
+    #[arg(long, default_value_t = 100_000)]
+    max_keys: usize,
+    /// Log files; `-` reads standard input.
+    #[arg(required = true)]
+    files: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the collector (OTLP gRPC and HTTP, admin endpoint) until SIGTERM or SIGINT.
@@ -74,29 +103,7 @@ enum Command {
         command: RulesCommand,
     },
     /// Run rules over log files in event time and print alerts as JSON lines.
-    Replay {
-        /// Rule files or directories (in addition to the built-in pack unless --no-builtin).
-        #[arg(long)]
-        rules: Vec<PathBuf>,
-        /// Do not evaluate the built-in zero-trust pack.
-        #[arg(long)]
-        no_builtin: bool,
-        /// Only events at or after this RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-        /// Only events before this RFC 3339 time.
-        #[arg(long)]
-        until: Option<String>,
-        /// Treat this principal as revoked (repeatable).
-        #[arg(long)]
-        revoked: Vec<String>,
-        /// Allowed event-time disorder, in seconds.
-        #[arg(long, default_value_t = 5)]
-        lateness_secs: u64,
-        /// Log files; `-` reads standard input.
-        #[arg(required = true)]
-        files: Vec<String>,
-    },
+    Replay(ReplayArgs),
     /// Normalize access-log lines from files (or - for stdin) and print events as JSON lines.
     Normalize {
         /// Input layout; `auto` detects it per line.
@@ -159,15 +166,7 @@ fn main() -> ExitCode {
             token_file,
             command,
         } => revocations(&admin, token_file, command),
-        Command::Replay {
-            rules,
-            no_builtin,
-            since,
-            until,
-            revoked,
-            lateness_secs,
-            files,
-        } => replay(rules, no_builtin, since, until, revoked, lateness_secs, &files),
+        Command::Replay(args) => replay(args),
     };
     match result {
         Ok(code) => code,
@@ -393,15 +392,17 @@ fn demo(seconds: u64, color: bool) -> anyhow::Result<ExitCode> {
     Ok(if all { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn replay(
-    rules: Vec<PathBuf>,
-    no_builtin: bool,
-    since: Option<String>,
-    until: Option<String>,
-    revoked: Vec<String>,
-    lateness_secs: u64,
-    files: &[String],
-) -> anyhow::Result<ExitCode> {
+fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let ReplayArgs {
+        rules,
+        no_builtin,
+        since,
+        until,
+        revoked,
+        lateness_secs,
+        max_keys,
+        files,
+    } = args;
     let time = |s: Option<String>, what: &str| -> anyhow::Result<Option<i64>> {
         s.map(|t| {
             verity_model::time::parse_rfc3339_ns(&t).with_context(|| format!("--{what} {t:?} is not an RFC 3339 time"))
@@ -415,10 +416,11 @@ fn replay(
         until_ns: time(until, "until")?,
         revoked,
         lateness_ns: i64::try_from(lateness_secs).unwrap_or(5).saturating_mul(1_000_000_000),
+        max_keys: max_keys.max(1),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    verity_collector::rules_cli::replay(&opts, files, &mut out, &mut std::io::stderr())
+    verity_collector::rules_cli::replay(&opts, &files, &mut out, &mut std::io::stderr())
         .map_err(|e| anyhow::anyhow!(e))?;
     Ok(ExitCode::SUCCESS)
 }

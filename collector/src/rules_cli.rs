@@ -225,6 +225,7 @@ pub struct ReplayOptions {
     pub until_ns: Option<i64>,
     pub revoked: Vec<String>,
     pub lateness_ns: i64,
+    pub max_keys: usize,
 }
 
 /// Totals of a replay.
@@ -267,6 +268,7 @@ pub fn replay(
         EngineSettings {
             lateness_ns: opts.lateness_ns,
             state_dir: None,
+            max_keys: opts.max_keys,
             ..EngineSettings::default()
         },
     );

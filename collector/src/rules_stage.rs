@@ -6,7 +6,7 @@
 //! old one (unchanged rules keep their state). On any error the old set stays, and the error
 //! is logged and counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -65,32 +65,17 @@ impl RuleSetSpec {
             .map_err(|e| e.iter().map(ToString::to_string).collect())
     }
 
-    /// Modification times of every rule file, to notice edits.
+    /// Modification times of every rule file, to notice edits. The walk is the loader's:
+    /// hidden entries skipped, no symlink followed out of a directory or into a loop, and a
+    /// ConfigMap's links followed to the current version of each file.
     pub fn fingerprint(&self) -> Vec<(PathBuf, Option<SystemTime>)> {
-        let mut files = Vec::new();
-        for d in &self.dirs {
-            walk(d, &mut files);
-        }
-        files.sort();
-        files
+        verity_rules::rule::rule_files(&self.dirs)
             .into_iter()
             .map(|f| {
                 let m = std::fs::metadata(&f).and_then(|m| m.modified()).ok();
                 (f, m)
             })
             .collect()
-    }
-}
-
-fn walk(p: &std::path::Path, out: &mut Vec<PathBuf>) {
-    if p.is_dir() {
-        if let Ok(entries) = std::fs::read_dir(p) {
-            for e in entries.flatten() {
-                walk(&e.path(), out);
-            }
-        }
-    } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-        out.push(p.to_path_buf());
     }
 }
 
@@ -110,9 +95,19 @@ pub struct RuleMetrics {
     pub alert_write_errors: Counter,
     pub alerts_held: Gauge,
     pub checkpoint_errors: Counter,
+    /// Keys each rule's state holds, and those evicted at its bound.
+    pub state_keys: Family<[(&'static str, String); 1], Gauge>,
+    pub state_evictions: Family<[(&'static str, String); 1], Counter>,
+    /// Assertion keys by state (all of them, also those past the per-key series bound).
+    pub assertion_keys: Family<[(&'static str, String); 2], Gauge>,
 }
 
-/// Assertion keys exported per assertion at most (label cardinality bound).
+/// The `key` label of the series that stands for every assertion key past
+/// [`MAX_EXPORTED_KEYS`]: its value is the worst state among them.
+const OTHER_KEYS: &str = "other";
+
+/// Assertion keys exported as their own `verity_assertion_state` series per assertion at
+/// most (label values come from traffic); the rest are one `key="other"` series.
 const MAX_EXPORTED_KEYS: usize = 1000;
 
 impl RuleMetrics {
@@ -131,6 +126,9 @@ impl RuleMetrics {
             alert_write_errors: Counter::default(),
             alerts_held: Gauge::default(),
             checkpoint_errors: Counter::default(),
+            state_keys: Family::default(),
+            state_evictions: Family::default(),
+            assertion_keys: Family::default(),
         };
         registry.register(
             "verity_alerts",
@@ -151,6 +149,21 @@ impl RuleMetrics {
             "verity_assertion_state",
             "Assertion state per key: 0 holding, 1 violated, 2 unknown",
             m.assertion_state.clone(),
+        );
+        registry.register(
+            "verity_assertion_keys",
+            "Assertion keys by state (holding, violated, unknown)",
+            m.assertion_keys.clone(),
+        );
+        registry.register(
+            "verity_rules_state_keys",
+            "Keys a stateful rule holds (bounded by rules.max_keys or the rule's max_keys)",
+            m.state_keys.clone(),
+        );
+        registry.register(
+            "verity_rules_state_evictions",
+            "Least recently seen keys a rule evicted at its bound",
+            m.state_evictions.clone(),
         );
         registry.register(
             "verity_assertion_events_checked",
@@ -286,6 +299,9 @@ pub struct RulesStage {
     sinks: Arc<SinkSet>,
     control: Option<Arc<verity_control::Revoker>>,
     last_counts: HashMap<String, (u64, u64)>,
+    last_evictions: HashMap<String, u64>,
+    /// The keys each assertion has a `verity_assertion_state` series for.
+    exported_keys: HashMap<String, HashSet<String>>,
     last_late: u64,
     last_errors: u64,
     /// When the last event batch arrived (wall clock), for idle watermark advance.
@@ -306,6 +322,8 @@ impl RulesStage {
             sinks,
             control: None,
             last_counts: HashMap::new(),
+            last_evictions: HashMap::new(),
+            exported_keys: HashMap::new(),
             last_late: 0,
             last_errors: 0,
             last_events: std::time::Instant::now(),
@@ -421,21 +439,66 @@ impl RulesStage {
                 .inc_by(c.violating.saturating_sub(last.1));
             *last = (c.checked, c.violating);
         }
-        let mut per_rule: HashMap<String, usize> = HashMap::new();
-        for (rule, key, status) in engine.assertion_states() {
-            let n = per_rule.entry(rule.clone()).or_default();
-            *n += 1;
-            if *n > MAX_EXPORTED_KEYS {
-                continue;
+        for c in engine.counters() {
+            m.state_keys
+                .get_or_create(&[("rule", c.rule_id.clone())])
+                .set(i64::try_from(c.state_keys).unwrap_or(i64::MAX));
+            let last = self.last_evictions.entry(c.rule_id.clone()).or_insert(0);
+            m.state_evictions
+                .get_or_create(&[("rule", c.rule_id.clone())])
+                .inc_by(c.evictions.saturating_sub(*last));
+            *last = c.evictions;
+        }
+        let value = |status: KeyStatus| match status {
+            KeyStatus::Holding => 0,
+            KeyStatus::Violated => 1,
+            KeyStatus::Unknown => 2,
+        };
+        for a in engine.assertion_states(MAX_EXPORTED_KEYS) {
+            let mut by_state = a.rest;
+            let exported = self.exported_keys.entry(a.rule_id.clone()).or_default();
+            let mut now: HashSet<String> = HashSet::with_capacity(a.keys.len());
+            for (key, status) in a.keys {
+                if let Some(n) = by_state.get_mut(value(status) as usize) {
+                    *n += 1;
+                }
+                m.assertion_state
+                    .get_or_create(&[("assertion", a.rule_id.clone()), ("key", key.clone())])
+                    .set(value(status));
+                now.insert(key);
             }
-            let v = match status {
-                KeyStatus::Holding => 0,
-                KeyStatus::Violated => 1,
-                KeyStatus::Unknown => 2,
+            // Keys evicted or pushed past the bound leave no stale series behind.
+            for gone in exported.difference(&now) {
+                m.assertion_state
+                    .remove(&[("assertion", a.rule_id.clone()), ("key", gone.clone())]);
+            }
+            *exported = now;
+            let other = [("assertion", a.rule_id.clone()), ("key", OTHER_KEYS.to_string())];
+            let worst = if a.rest[1] > 0 {
+                Some(1)
+            } else if a.rest[2] > 0 {
+                Some(2)
+            } else if a.rest[0] > 0 {
+                Some(0)
+            } else {
+                None
             };
-            m.assertion_state
-                .get_or_create(&[("assertion", rule), ("key", key)])
-                .set(v);
+            match worst {
+                Some(v) => {
+                    m.assertion_state.get_or_create(&other).set(v);
+                }
+                None => {
+                    m.assertion_state.remove(&other);
+                }
+            }
+            for (status, n) in [KeyStatus::Holding, KeyStatus::Violated, KeyStatus::Unknown]
+                .into_iter()
+                .zip(by_state)
+            {
+                m.assertion_keys
+                    .get_or_create(&[("assertion", a.rule_id.clone()), ("state", status.as_str().to_string())])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
         m.revocations.set(self.shared.revocations.len() as i64);
     }

@@ -21,6 +21,27 @@ pub struct AbsenceState {
 }
 
 impl AbsenceState {
+    pub fn keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Forgets the least recently heard keys down to `keep`.
+    pub fn evict(&mut self, keep: usize) -> u64 {
+        let n = self.keys.len();
+        if n <= keep {
+            return 0;
+        }
+        let items: Vec<(i64, &Key)> = self.keys.iter().map(|(k, s)| (s.last, k)).collect();
+        let victims: Vec<Key> = crate::state_bound::least_recent(items, n - keep)
+            .into_iter()
+            .cloned()
+            .collect();
+        for key in &victims {
+            self.keys.remove(key);
+        }
+        victims.len() as u64
+    }
+
     pub fn process(
         &mut self,
         plan: &AbsencePlan,

@@ -54,22 +54,96 @@ pub struct AssertionState {
 }
 
 impl AssertionState {
-    pub fn states(&self) -> Vec<(String, KeyStatus)> {
-        let mut v: Vec<(String, KeyStatus)> = self
-            .keys
-            .iter()
-            .map(|(k, s)| {
-                (
-                    k.iter()
-                        .map(|v| v.as_deref().unwrap_or(""))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    s.status,
-                )
+    /// The first `limit` keys (in key order) with their states, and how many of the rest
+    /// are in each state (holding, violated, unknown): what the metrics export, bounded
+    /// however many keys traffic brings.
+    pub fn states(&self, limit: usize) -> (Vec<(String, KeyStatus)>, [u64; 3]) {
+        let mut keys: Vec<(&Key, KeyStatus)> = self.keys.iter().map(|(k, s)| (k, s.status)).collect();
+        let mut rest = [0u64; 3];
+        if keys.len() > limit {
+            if limit > 0 {
+                keys.select_nth_unstable_by(limit - 1, |a, b| a.0.cmp(b.0));
+            }
+            for (_, status) in keys.drain(limit..) {
+                let i = status as usize;
+                if let Some(n) = rest.get_mut(i) {
+                    *n += 1;
+                }
+            }
+        }
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        let shown = keys
+            .into_iter()
+            .map(|(k, status)| {
+                let name = k
+                    .iter()
+                    .map(|v| v.as_deref().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (name, status)
             })
             .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        (shown, rest)
+    }
+
+    pub fn keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Drops the least recently seen keys down to `keep`: they are unknown from now on. A
+    /// violated key says so with an `unknown` alert, so its open violation does not hang.
+    pub fn evict(
+        &mut self,
+        plan: &AssertionPlan,
+        rule: &CompiledRule,
+        keep: usize,
+        max_keys: usize,
+        out: &mut Vec<Alert>,
+    ) -> u64 {
+        let n = self.keys.len();
+        if n <= keep {
+            return 0;
+        }
+        let items: Vec<(i64, &Key)> = self.keys.iter().map(|(k, s)| (s.last_scoped, k)).collect();
+        let mut victims: Vec<Key> = crate::state_bound::least_recent(items, n - keep)
+            .into_iter()
+            .cloned()
+            .collect();
+        victims.sort();
+        let note = crate::state_bound::eviction_note(max_keys);
+        let mut evicted = 0u64;
+        for key in victims {
+            let Some(s) = self.keys.remove(&key) else { continue };
+            evicted += 1;
+            if s.status != KeyStatus::Violated {
+                continue;
+            }
+            let group = group_map(&plan.per, &key);
+            let summary = format!(
+                "{}: no longer tracked for {}; cannot tell whether it holds{note}",
+                rule.rule().title,
+                describe(&group),
+            );
+            out.push(make_alert(
+                rule,
+                AlertParts {
+                    status: AlertStatus::Unknown,
+                    group,
+                    at: s.last_scoped,
+                    window: None,
+                    count: s.violations,
+                    aggregates: BTreeMap::new(),
+                    first: s.first_violation,
+                    last: s.last_scoped,
+                    evidence: Vec::new(),
+                    entity: s.entity,
+                    summary,
+                    unverified: true,
+                    backing: None,
+                },
+            ));
+        }
+        evicted
     }
 
     pub fn process(

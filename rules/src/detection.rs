@@ -113,6 +113,74 @@ impl DetectionState {
         }
     }
 
+    /// Keys held: groups of open windows and suppressed keys.
+    pub fn keys(&self) -> usize {
+        self.open_groups().saturating_add(self.suppressed_until.len())
+    }
+
+    /// Evicts the least recently seen groups down to `keep`, closing their windows early (an
+    /// alert they would raise now carries a note), then the oldest suppressions. Returns how
+    /// many keys went.
+    pub fn evict(
+        &mut self,
+        plan: &DetectionPlan,
+        rule: &CompiledRule,
+        keep: usize,
+        max_keys: usize,
+        out: &mut Vec<Alert>,
+    ) -> u64 {
+        let mut evicted = 0u64;
+        let groups = self.open_groups();
+        if let Some((size, _)) = plan.window
+            && groups > keep
+        {
+            let items: Vec<(i64, (i64, &Key))> = self
+                .windows
+                .iter()
+                .flat_map(|(start, gs)| gs.iter().map(move |(k, g)| (g.last, (*start, k))))
+                .collect();
+            let victims: Vec<(i64, Key)> = crate::state_bound::least_recent(items, groups - keep)
+                .into_iter()
+                .map(|(start, k)| (start, k.clone()))
+                .collect();
+            let mut by_window: BTreeMap<i64, HashMap<Key, Group>> = BTreeMap::new();
+            for (start, key) in victims {
+                let Some(window) = self.windows.get_mut(&start) else {
+                    continue;
+                };
+                if let Some(g) = window.remove(&key) {
+                    by_window.entry(start).or_default().insert(key, g);
+                    evicted += 1;
+                }
+                if window.is_empty() {
+                    self.windows.remove(&start);
+                }
+            }
+            let note = crate::state_bound::eviction_note(max_keys);
+            for (start, groups) in by_window {
+                let first = out.len();
+                self.close(plan, rule, start, start.saturating_add(size), groups, out);
+                for a in out.iter_mut().skip(first) {
+                    a.summary.push_str(&note);
+                }
+            }
+        }
+        let suppressed = self.suppressed_until.len();
+        let room = keep.saturating_sub(self.open_groups());
+        if suppressed > room {
+            let items: Vec<(i64, &Key)> = self.suppressed_until.iter().map(|(k, t)| (*t, k)).collect();
+            let victims: Vec<Key> = crate::state_bound::least_recent(items, suppressed - room)
+                .into_iter()
+                .cloned()
+                .collect();
+            for key in victims {
+                self.suppressed_until.remove(&key);
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
     pub fn process(
         &mut self,
         plan: &DetectionPlan,

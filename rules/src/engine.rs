@@ -33,6 +33,8 @@ pub struct EngineSettings {
     pub sender_idle_ns: i64,
     /// Nor does one whose newest event is this far behind the wall clock.
     pub sender_max_lag_ns: i64,
+    /// Keys a stateful rule may hold (see [`crate::state_bound`]).
+    pub max_keys: usize,
 }
 
 impl Default for EngineSettings {
@@ -42,6 +44,7 @@ impl Default for EngineSettings {
             state_dir: None,
             sender_idle_ns: 60_000_000_000,
             sender_max_lag_ns: 300_000_000_000,
+            max_keys: 100_000,
         }
     }
 }
@@ -59,6 +62,10 @@ struct Slot {
     evaluated: u64,
     matched: u64,
     alerts: u64,
+    /// Keys evicted because the state reached its bound.
+    evictions: u64,
+    /// The event time the last `verity-state-pressure` alert was raised at.
+    pressure_at: Option<i64>,
 }
 
 /// Counters the collector exports as metrics.
@@ -80,6 +87,18 @@ pub struct RuleCounters {
     /// Assertions: scoped events checked and events violating.
     pub checked: u64,
     pub violating: u64,
+    /// Keys the rule's state holds, and how many were evicted at the bound.
+    pub state_keys: usize,
+    pub evictions: u64,
+}
+
+/// An assertion's keys as the metrics export them.
+#[derive(Debug, Clone)]
+pub struct AssertionStates {
+    pub rule_id: String,
+    pub keys: Vec<(String, KeyStatus)>,
+    /// Keys past the limit, by state: holding, violated, unknown.
+    pub rest: [u64; 3],
 }
 
 /// What a reload changed.
@@ -156,6 +175,8 @@ impl Engine {
                         evaluated: 0,
                         matched: 0,
                         alerts: 0,
+                        evictions: 0,
+                        pressure_at: None,
                     }
                 }
             };
@@ -201,22 +222,30 @@ impl Engine {
                     alerts: s.alerts,
                     checked,
                     violating,
+                    state_keys: state_keys(&s.state),
+                    evictions: s.evictions,
                 }
             })
             .collect()
     }
 
-    /// Every assertion key and its current state.
-    pub fn assertion_states(&self) -> Vec<(String, String, KeyStatus)> {
-        let mut out = Vec::new();
-        for s in &self.slots {
-            if let State::Assertion(a) = &s.state {
-                for (key, status) in a.states() {
-                    out.push((s.rule.rule().id.clone(), key, status));
+    /// Each assertion's first `limit` keys with their states, and the count of the rest by
+    /// state (holding, violated, unknown).
+    pub fn assertion_states(&self, limit: usize) -> Vec<AssertionStates> {
+        self.slots
+            .iter()
+            .filter_map(|s| match &s.state {
+                State::Assertion(a) => {
+                    let (keys, rest) = a.states(limit);
+                    Some(AssertionStates {
+                        rule_id: s.rule.rule().id.clone(),
+                        keys,
+                        rest,
+                    })
                 }
-            }
-        }
-        out
+                _ => None,
+            })
+            .collect()
     }
 
     /// Evaluates every rule on a batch and returns the alerts it caused (replay, tests: every
@@ -269,7 +298,46 @@ impl Engine {
         if let Some(w) = self.watermark() {
             self.advance(w, &mut out);
         }
+        self.bound_state(&mut out);
         out
+    }
+
+    /// Evicts, rule by rule, what is past `max_keys` (see [`crate::state_bound`]).
+    fn bound_state(&mut self, out: &mut Vec<Alert>) {
+        let at = self.watermark().unwrap_or(0);
+        for slot in &mut self.slots {
+            let max_keys = slot.rule.rule().max_keys.unwrap_or(self.settings.max_keys);
+            if state_keys(&slot.state) <= max_keys {
+                continue;
+            }
+            let keep = crate::state_bound::keep_after_eviction(max_keys);
+            let before = out.len();
+            let rule = &slot.rule;
+            let evicted = match (&rule.plan, &mut slot.state) {
+                (Plan::Detection(p), State::Detection(s)) => s.evict(p, rule, keep, max_keys, out),
+                (Plan::Assertion(p), State::Assertion(s)) => s.evict(p, rule, keep, max_keys, out),
+                (_, State::FirstSeen(s)) => s.evict(keep),
+                (_, State::Absence(s)) => s.evict(keep),
+                _ => 0,
+            };
+            slot.alerts += (out.len() - before) as u64;
+            slot.evictions = slot.evictions.saturating_add(evicted);
+            tracing::warn!(rule = %rule.rule().id, max_keys, evicted, "rule state at its bound; least recently seen keys evicted");
+            if slot
+                .pressure_at
+                .is_some_and(|last| !crate::state_bound::pressure_due(last, at))
+            {
+                continue;
+            }
+            slot.pressure_at = Some(at);
+            out.push(crate::state_bound::pressure_alert(
+                &rule.rule().id,
+                state_keys(&slot.state),
+                max_keys,
+                slot.evictions,
+                at,
+            ));
+        }
     }
 
     /// With no events arriving, moves event time forward by the wall-clock time since the
@@ -340,6 +408,15 @@ impl Engine {
         // The windows just closed must not come back from an older checkpoint.
         self.checkpoint();
         out
+    }
+}
+
+fn state_keys(state: &State) -> usize {
+    match state {
+        State::Detection(s) => s.keys(),
+        State::Assertion(s) => s.keys(),
+        State::FirstSeen(s) => s.learned(),
+        State::Absence(s) => s.keys(),
     }
 }
 

@@ -110,7 +110,7 @@ fn assertion_transitions() {
         a.iter().map(|a| a.status).collect::<Vec<_>>(),
         vec![AlertStatus::Firing]
     );
-    assert_eq!(e.assertion_states()[0].2.as_str(), "violated");
+    assert_eq!(e.assertion_states(10)[0].keys[0].1.as_str(), "violated");
     // Compliant traffic for over a minute resolves it.
     let a = e.process(&batch(&[ev(30, "a", Decision::Allow), ev(70, "a", Decision::Allow)]));
     assert_eq!(
@@ -292,4 +292,56 @@ fn open_windows_survive_a_crash_through_checkpoints() {
     e.checkpoint();
     let mut e = engine(&BURST.replace(">= 3", ">= 2"), settings);
     assert!(e.flush().is_empty(), "the windows belonged to the old rule text");
+}
+
+#[test]
+fn a_flood_of_new_keys_is_bounded_by_eviction() {
+    // One principal builds a burst; then a flood of random principals passes max_keys. The
+    // burst's group is the least recently seen: its window closes early and its alert says so.
+    let yaml = format!("{BURST}max_keys: 100\n");
+    let mut e = engine(&yaml, EngineSettings::default());
+    let burst: Vec<_> = (0..3).map(|_| ev(0, "victim", Decision::DenyRbac)).collect();
+    assert!(e.process(&batch(&burst)).is_empty());
+    let mut alerts = Vec::new();
+    for round in 0..10 {
+        let flood: Vec<_> = (0..50)
+            .map(|i| ev(1, &format!("random-{round}-{i}"), Decision::DenyRbac))
+            .collect();
+        alerts.extend(e.process(&batch(&flood)));
+        let c = &e.counters()[0];
+        assert!(c.state_keys <= 100, "{} keys held", c.state_keys);
+    }
+    let c = &e.counters()[0];
+    assert!(c.evictions >= 400, "{} evicted", c.evictions);
+    let victim: Vec<_> = alerts.iter().filter(|a| a.rule_id == "burst").collect();
+    assert_eq!(victim.len(), 1, "the burst still alerts once, closed early");
+    assert!(victim[0].summary.contains("closed early"), "{}", victim[0].summary);
+    let pressure: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.rule_id == crate::state_bound::PRESSURE_RULE_ID)
+        .collect();
+    assert_eq!(pressure.len(), 1, "one pressure alert per rule and hour");
+    assert_eq!(pressure[0].group["rule"].as_deref(), Some("burst"));
+
+    // first_seen, assertion and absence rules are bounded the same way, by rules.max_keys.
+    let settings = EngineSettings {
+        max_keys: 50,
+        ..EngineSettings::default()
+    };
+    for yaml in [
+        "id: fs\ntitle: FS\nseverity: low\nkind: first_seen\nfirst_seen:\n  keys: [source_principal]\n  learning: 1s\n",
+        "id: as\ntitle: AS\nseverity: low\nkind: assertion\nassertion:\n  scope: destination_namespace = 'pay'\n  require: mtls\n  per: [source_principal]\n  stale_after: 1h\n",
+        "id: ab\ntitle: AB\nseverity: low\nkind: absence\nabsence:\n  keys: [source_principal]\n  after: 10m\n",
+    ] {
+        let mut e = engine(yaml, settings.clone());
+        for round in 0..10 {
+            let flood: Vec<_> = (0..30)
+                .map(|i| ev(round, &format!("p-{round}-{i}"), Decision::Allow))
+                .collect();
+            e.process(&batch(&flood));
+        }
+        let c = &e.counters()[0];
+        assert!(c.state_keys <= 50, "{}: {} keys", c.rule_id, c.state_keys);
+        assert!(c.evictions >= 250, "{}: {} evicted", c.rule_id, c.evictions);
+    }
 }

@@ -2,7 +2,7 @@
 //! appears that was not seen during the learning period. The learned set is saved under the
 //! engine's state directory and survives restarts.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use arrow::array::BooleanArray;
@@ -13,12 +13,22 @@ use crate::compile::{CompiledRule, FirstSeenPlan};
 use crate::engine::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map};
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default)]
 pub struct FirstSeenState {
     learn_start: Option<i64>,
-    learned: HashSet<Key>,
-    #[serde(skip)]
+    /// Each learned tuple with the event time it was last seen (for eviction).
+    learned: HashMap<Key, i64>,
     dirty: bool,
+}
+
+/// The learned set as written to the state directory. `last_seen` is index-aligned with
+/// `learned`; files written before it existed load with the tuples seen at `learn_start`.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    learn_start: Option<i64>,
+    learned: Vec<Key>,
+    #[serde(default)]
+    last_seen: Vec<i64>,
 }
 
 fn path(dir: &Path, rule_id: &str) -> PathBuf {
@@ -30,8 +40,16 @@ impl FirstSeenState {
         let Some(dir) = dir else { return Self::default() };
         let p = path(dir, rule_id);
         match std::fs::read(&p) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(s) => s,
+            Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
+                Ok(s) => {
+                    let start = s.learn_start.unwrap_or(0);
+                    let times = s.last_seen.into_iter().chain(std::iter::repeat(start));
+                    Self {
+                        learn_start: s.learn_start,
+                        learned: s.learned.into_iter().zip(times).collect(),
+                        dirty: false,
+                    }
+                }
                 Err(error) => {
                     tracing::error!(path = %p.display(), %error, "learned set is unreadable; learning again");
                     Self::default()
@@ -46,9 +64,15 @@ impl FirstSeenState {
         if !self.dirty {
             return Ok(());
         }
+        let (learned, last_seen) = self.learned.iter().map(|(k, t)| (k.clone(), *t)).unzip();
+        let snapshot = Snapshot {
+            learn_start: self.learn_start,
+            learned,
+            last_seen,
+        };
         crate::checkpoint::write_atomically(
             &path(dir, rule_id),
-            &serde_json::to_vec(self).map_err(std::io::Error::other)?,
+            &serde_json::to_vec(&snapshot).map_err(std::io::Error::other)?,
         )?;
         self.dirty = false;
         Ok(())
@@ -56,6 +80,25 @@ impl FirstSeenState {
 
     pub fn learned(&self) -> usize {
         self.learned.len()
+    }
+
+    /// Forgets the least recently seen tuples down to `keep`; one seen again later alerts
+    /// as new.
+    pub fn evict(&mut self, keep: usize) -> u64 {
+        let n = self.learned.len();
+        if n <= keep {
+            return 0;
+        }
+        let items: Vec<(i64, &Key)> = self.learned.iter().map(|(k, t)| (*t, k)).collect();
+        let victims: Vec<Key> = crate::state_bound::least_recent(items, n - keep)
+            .into_iter()
+            .cloned()
+            .collect();
+        for key in &victims {
+            self.learned.remove(key);
+        }
+        self.dirty = true;
+        victims.len() as u64
     }
 
     pub fn process(
@@ -74,10 +117,12 @@ impl FirstSeenState {
                 continue;
             }
             let start = *self.learn_start.get_or_insert(t);
-            if self.learned.contains(&key) {
+            if let Some(seen) = self.learned.get_mut(&key) {
+                // Recency for eviction; not worth a checkpoint on its own.
+                *seen = (*seen).max(t);
                 continue;
             }
-            self.learned.insert(key.clone());
+            self.learned.insert(key.clone(), t);
             self.dirty = true;
             if t < start.saturating_add(plan.learning) {
                 continue;

@@ -24,6 +24,7 @@ pub mod first_seen;
 pub mod pack;
 pub mod revocation;
 pub mod rule;
+pub mod state_bound;
 
 pub use compile::{CompileError, CompiledRule, Compiler};
 pub use engine::{Engine, EngineSettings, EngineStats};

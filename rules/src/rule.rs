@@ -65,6 +65,9 @@ pub struct RuleFile {
     pub absence: Option<AbsenceSpec>,
     #[serde(default)]
     pub respond: Option<RespondSpec>,
+    /// Keys this rule's state may hold; unset: `rules.max_keys`.
+    #[serde(default)]
+    pub max_keys: Option<usize>,
     #[serde(default)]
     pub tests: Vec<TestCase>,
 }
@@ -219,6 +222,15 @@ pub enum LoadError {
     Invalid { path: String, message: String },
 }
 
+impl LoadError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        LoadError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
 impl RuleSource {
     /// Parses one rule file's text; `path` is for messages and sibling test files.
     pub fn parse(path: &Path, text: String) -> Result<Self, LoadError> {
@@ -281,6 +293,11 @@ impl RuleSource {
 
 /// Loads every rule file (`*.yaml`, `*.yml`, not `*.tests.yaml`) under the given paths
 /// (files or directories, recursively), sorted by path. Returns all errors, not the first.
+///
+/// Inside a directory, hidden entries are skipped and symlinked directories are not descended
+/// into; a symlinked rule file is read only if it resolves inside the directory. That is what
+/// makes a Kubernetes ConfigMap mount load each rule once: the kubelet puts the files in
+/// `..<timestamp>/`, links `..data` to it and each top-level name to `..data/<name>`.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<RuleSource>, Vec<LoadError>> {
     let mut files = Vec::new();
     let mut errors = Vec::new();
@@ -313,26 +330,86 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<RuleSource>, Vec<LoadError>> 
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
+/// The rule files [`load_paths`] would read, sorted, by the same walk (for noticing edits).
+pub fn rule_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let (mut files, mut errors) = (Vec::new(), Vec::new());
+    for p in paths {
+        collect(p, &mut files, &mut errors);
+    }
+    files.sort();
+    files
+}
+
 fn collect(p: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
     if p.is_dir() {
-        match std::fs::read_dir(p) {
-            Ok(entries) => {
-                for e in entries.flatten() {
-                    collect(&e.path(), files, errors);
-                }
-            }
-            Err(source) => errors.push(LoadError::Io {
-                path: p.display().to_string(),
-                source,
-            }),
+        match std::fs::canonicalize(p) {
+            Ok(root) => collect_dir(p, &root, files, errors),
+            Err(source) => errors.push(LoadError::io(p, source)),
         }
     } else if is_rule_file(p) {
         files.push(p.to_path_buf());
     } else if !p.exists() {
-        errors.push(LoadError::Io {
-            path: p.display().to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-        });
+        errors.push(LoadError::io(
+            p,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
+    }
+}
+
+/// Adds the rule files in `dir` and below; `root` is the canonical directory the walk started
+/// from, which symlinks may not lead out of.
+fn collect_dir(dir: &Path, root: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(source) => {
+            errors.push(LoadError::io(dir, source));
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        // Hidden entries include a ConfigMap mount's `..data` and `..<timestamp>` directories,
+        // whose files are already reached through the top-level links.
+        if entry.file_name().as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_symlink() => collect_symlink(&path, root, files, errors),
+            Ok(t) if t.is_dir() => collect_dir(&path, root, files, errors),
+            Ok(_) if is_rule_file(&path) => files.push(path),
+            Ok(_) => {}
+            Err(source) => errors.push(LoadError::io(&path, source)),
+        }
+    }
+}
+
+/// A symlinked rule file is read (under the link's name) if it resolves inside `root`; a link
+/// to a directory is never followed, so links cannot make the walk loop.
+fn collect_symlink(link: &Path, root: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
+    let target = match std::fs::canonicalize(link) {
+        Ok(target) => target,
+        // A dangling link named like a rule file is a rule that cannot be read.
+        Err(source) => {
+            if is_rule_file(link) {
+                errors.push(LoadError::io(link, source));
+            }
+            return;
+        }
+    };
+    let is_dir = target.is_dir();
+    if !is_dir && !is_rule_file(link) {
+        return;
+    }
+    if !target.starts_with(root) {
+        tracing::warn!(
+            link = %link.display(),
+            target = %target.display(),
+            "symlink in a rules directory points outside it; skipped"
+        );
+    } else if is_dir {
+        tracing::warn!(link = %link.display(), "symlinked directory in a rules directory; not descended into");
+    } else {
+        files.push(link.to_path_buf());
     }
 }
 
@@ -341,4 +418,107 @@ pub fn is_rule_file(p: &Path) -> bool {
     (name.ends_with(".yaml") || name.ends_with(".yml"))
         && !name.ends_with(".tests.yaml")
         && !name.ends_with(".tests.yml")
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+
+    use tempfile::TempDir;
+
+    use super::*;
+
+    const STAMPED: &str = "..2026_11_26_10_00_00.123456789";
+
+    fn pack_rule(name: &str) -> &'static str {
+        let (_, text) = crate::pack::FILES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("in the pack");
+        text
+    }
+
+    fn minimal_rule(id: &str) -> String {
+        format!("id: {id}\ntitle: T\nseverity: low\nkind: detection\ndetection:\n  where: decision = 'deny_rbac'\n")
+    }
+
+    /// Lays `files` out as the kubelet mounts a ConfigMap: the files in a timestamped hidden
+    /// directory, `..data` linking to it, and a top-level link per file through `..data`.
+    fn configmap_mount(dir: &Path, files: &[(&str, &str)]) {
+        fs::create_dir(dir.join(STAMPED)).expect("test fixture");
+        for (name, text) in files {
+            fs::write(dir.join(STAMPED).join(name), text).expect("test fixture");
+            symlink(Path::new("..data").join(name), dir.join(name)).expect("test fixture");
+        }
+        symlink(STAMPED, dir.join("..data")).expect("test fixture");
+    }
+
+    fn load_dir(dir: &Path) -> Vec<RuleSource> {
+        load_paths(&[dir.to_path_buf()]).expect("loads")
+    }
+
+    fn ids(sources: &[RuleSource]) -> Vec<&str> {
+        sources.iter().map(|s| s.rule.id.as_str()).collect()
+    }
+
+    #[test]
+    fn configmap_mount_loads_each_rule_once() {
+        let dir = TempDir::new().expect("test fixture");
+        configmap_mount(
+            dir.path(),
+            &[
+                ("zt-weak-tls.yaml", pack_rule("zt-weak-tls.yaml")),
+                ("zt-log4shell.yaml", pack_rule("zt-log4shell.yaml")),
+            ],
+        );
+        let sources = load_dir(dir.path());
+        assert_eq!(ids(&sources), ["zt-log4shell", "zt-weak-tls"]);
+        assert_eq!(sources[0].path, dir.path().join("zt-log4shell.yaml"));
+        assert_eq!(sources[1].path, dir.path().join("zt-weak-tls.yaml"));
+    }
+
+    #[test]
+    fn symlinks_out_of_the_directory_are_not_followed() {
+        let dir = TempDir::new().expect("test fixture");
+        let elsewhere = TempDir::new().expect("test fixture");
+        fs::write(dir.path().join("inside.yaml"), minimal_rule("inside")).expect("test fixture");
+        fs::write(elsewhere.path().join("outside.yaml"), minimal_rule("outside")).expect("test fixture");
+        fs::create_dir(elsewhere.path().join("more")).expect("test fixture");
+        fs::write(elsewhere.path().join("more/beyond.yaml"), minimal_rule("beyond")).expect("test fixture");
+        symlink(elsewhere.path().join("outside.yaml"), dir.path().join("outside.yaml")).expect("test fixture");
+        symlink(elsewhere.path().join("more"), dir.path().join("more")).expect("test fixture");
+        assert_eq!(ids(&load_dir(dir.path())), ["inside"]);
+    }
+
+    #[test]
+    fn symlinked_directories_are_not_descended_into() {
+        let dir = TempDir::new().expect("test fixture");
+        fs::write(dir.path().join("a.yaml"), minimal_rule("a")).expect("test fixture");
+        symlink(".", dir.path().join("loop")).expect("test fixture");
+        assert_eq!(ids(&load_dir(dir.path())), ["a"]);
+    }
+
+    #[test]
+    fn hidden_files_are_not_loaded() {
+        let dir = TempDir::new().expect("test fixture");
+        fs::write(dir.path().join("a.yaml"), minimal_rule("a")).expect("test fixture");
+        fs::write(dir.path().join(".x.yaml"), minimal_rule("x")).expect("test fixture");
+        assert_eq!(ids(&load_dir(dir.path())), ["a"]);
+    }
+
+    #[test]
+    fn same_id_in_two_files_is_a_duplicate() {
+        let dir = TempDir::new().expect("test fixture");
+        fs::write(dir.path().join("a.yaml"), minimal_rule("same")).expect("test fixture");
+        fs::write(dir.path().join("b.yaml"), minimal_rule("same")).expect("test fixture");
+        let errors = load_paths(&[dir.path().to_path_buf()]).expect_err("duplicate id");
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].to_string().contains("duplicate rule id same"),
+            "{}",
+            errors[0]
+        );
+    }
 }

@@ -29,6 +29,10 @@ pub struct RecordLimits {
     pub max_request_rows_bytes: usize,
     /// Most metric data points in one request; points past it are rejected.
     pub max_data_points: usize,
+    /// Most bytes one OTLP request (or Kafka message) may take once decoded, measured on
+    /// the encoded bytes before decoding (see `otlp/decoded_size.rs`); larger requests are
+    /// refused whole with 413 / RESOURCE_EXHAUSTED.
+    pub max_decoded_bytes: usize,
 }
 
 impl Default for RecordLimits {
@@ -41,6 +45,7 @@ impl Default for RecordLimits {
             max_depth: 8,
             max_request_rows_bytes: 32 << 20,
             max_data_points: 50_000,
+            max_decoded_bytes: 64 << 20,
         }
     }
 }
@@ -64,6 +69,7 @@ impl RecordLimits {
         within("max_depth", self.max_depth, 1, 64);
         within("max_request_rows_bytes", self.max_request_rows_bytes, 1 << 20, 4 << 30);
         within("max_data_points", self.max_data_points, 1, 10_000_000);
+        within("max_decoded_bytes", self.max_decoded_bytes, 1 << 20, 16 << 30);
         errors
     }
 

@@ -24,8 +24,8 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use verity_model::event::IngestSource;
 
-use super::OtlpIngest;
 use super::sender::{Denial, Sender, SenderAuth};
+use super::{OtlpIngest, decoded_size};
 use crate::listener::PeerInfo;
 use crate::metrics::Metrics;
 use crate::pipeline::{Backpressure, Handoff};
@@ -151,9 +151,18 @@ async fn export<Req, Resp>(
 where
     Req: Message + Default,
 {
-    let started = Req::decode(bytes)
-        .map_err(|e| Status::invalid_argument(format!("could not decode {what}: {e}")))
-        .and_then(|req| run(&shared.ingest, &req).map_err(backpressure_status));
+    let root = match signal {
+        Signal::Logs => decoded_size::Msg::LogsRequest,
+        Signal::Metrics => decoded_size::Msg::MetricsRequest,
+    };
+    let limit = shared.ingest.limits().max_decoded_bytes;
+    let started = match decoded_size::protobuf(&bytes, root, limit) {
+        None => Err(Status::resource_exhausted(format!(
+            "the {what} would take more than intake.limits.max_decoded_bytes ({limit}) once decoded; send fewer records per request"
+        ))),
+        Some(_) => Req::decode(bytes).map_err(|e| Status::invalid_argument(format!("could not decode {what}: {e}"))),
+    }
+    .and_then(|req| run(&shared.ingest, &req).map_err(backpressure_status));
     let result = match started {
         Ok((resp, Some(handoff))) => match handoff.wait().await {
             Ok(()) => Ok(resp),
@@ -169,6 +178,7 @@ where
         Ok(_) => "ok",
         Err(s) if s.code() == Code::InvalidArgument => "bad_request",
         Err(s) if s.code() == Code::Unavailable => "unavailable",
+        Err(s) if s.code() == Code::ResourceExhausted => "too_large",
         Err(_) => "error",
     };
     count(&shared.metrics, signal, outcome);

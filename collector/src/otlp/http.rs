@@ -22,8 +22,8 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use prost::Message;
 use verity_model::event::IngestSource;
 
-use super::OtlpIngest;
 use super::sender::{Denial, Sender, SenderAuth};
+use super::{OtlpIngest, decoded_size};
 use crate::listener::PeerInfo;
 use crate::metrics::Metrics;
 use crate::pipeline::{Backpressure, Handoff};
@@ -131,7 +131,13 @@ async fn logs(
 ) -> Response {
     let span = tracing::info_span!("otlp_export", transport = "http", signal = "logs");
     handle(&st, "logs", &peer, headers, body, |st, bytes, enc, sender| {
-        let req: ExportLogsServiceRequest = decode(bytes, enc, "ExportLogsServiceRequest")?;
+        let req: ExportLogsServiceRequest = decode(
+            st,
+            bytes,
+            enc,
+            decoded_size::Msg::LogsRequest,
+            "ExportLogsServiceRequest",
+        )?;
         let (resp, handoff) = st
             .ingest
             .export_logs(&req, IngestSource::OtlpHttp, sender)
@@ -149,7 +155,13 @@ async fn metrics(
     body: Body,
 ) -> Response {
     handle(&st, "metrics", &peer, headers, body, |st, bytes, enc, _sender| {
-        let req: ExportMetricsServiceRequest = decode(bytes, enc, "ExportMetricsServiceRequest")?;
+        let req: ExportMetricsServiceRequest = decode(
+            st,
+            bytes,
+            enc,
+            decoded_size::Msg::MetricsRequest,
+            "ExportMetricsServiceRequest",
+        )?;
         let (resp, handoff) = st
             .ingest
             .export_metrics(&req, IngestSource::OtlpHttp)
@@ -166,10 +178,27 @@ fn unavailable(st: &HttpState, b: Backpressure, enc: Encoding) -> Failure {
 }
 
 fn decode<T: Message + Default + serde::de::DeserializeOwned>(
+    st: &HttpState,
     bytes: &[u8],
     enc: Encoding,
+    root: decoded_size::Msg,
     what: &str,
 ) -> Result<T, Failure> {
+    let limit = st.ingest.limits().max_decoded_bytes;
+    let measured = match enc {
+        Encoding::Protobuf => decoded_size::protobuf(bytes, root, limit),
+        Encoding::Json => decoded_size::json(bytes, limit),
+    };
+    if measured.is_none() {
+        return Err(Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            enc,
+            format!(
+                "the {what} would take more than intake.limits.max_decoded_bytes ({limit}) once decoded; send fewer records per request"
+            ),
+        ));
+    }
     match enc {
         Encoding::Protobuf => T::decode(bytes).map_err(|e| {
             Failure::new(

@@ -6,6 +6,7 @@
 //! dead-lettered and reported through `partial_success`; they never fail the request.
 
 pub mod binding;
+pub mod decoded_size;
 pub mod deliveries;
 pub mod grpc;
 pub mod http;
@@ -163,6 +164,10 @@ impl OtlpIngest {
 
     pub fn intake(&self) -> &Intake {
         &self.intake
+    }
+
+    pub fn limits(&self) -> &RecordLimits {
+        &self.trust.limits
     }
 
     pub fn export_logs(

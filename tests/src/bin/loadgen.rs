@@ -39,6 +39,74 @@ struct Args {
     /// Write a throwaway PKI into this directory and exit.
     #[arg(long)]
     make_pki: Option<std::path::PathBuf>,
+    /// What each request holds: `mesh` (access-log lines as a sidecar sends them) or a
+    /// request built to cost the server most within `--request-bytes`: `tiny` (empty
+    /// records), `wide` (64 KiB JSON bodies nested to the limits), `shared` (a resource with
+    /// large attributes over many small records).
+    #[arg(long, value_enum, default_value_t = Shape::Mesh)]
+    shape: Shape,
+    /// Size the hostile shapes fill (keep it under the server's `otlp.max_request_bytes`).
+    #[arg(long, default_value_t = 8 << 20)]
+    request_bytes: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Shape {
+    Mesh,
+    Tiny,
+    Wide,
+    Shared,
+}
+
+/// The records of one request of a hostile shape (`--shape`), numbered like the mesh one.
+fn hostile_request(
+    shape: Shape,
+    bytes: usize,
+) -> opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest {
+    let numbered = || otlp::record(LINE, vec![otlp::kv("loadgen.request", SEQ_PLACEHOLDER)]);
+    let mut request = match shape {
+        Shape::Mesh => unreachable!("not a hostile shape"),
+        // Two bytes on the wire each.
+        Shape::Tiny => otlp::logs_request(
+            std::iter::once(numbered())
+                .chain((0..bytes / 2).map(|_| Default::default()))
+                .collect(),
+        ),
+        Shape::Wide => {
+            // 255 fields under nested objects, names near the length limit, ~64 KiB.
+            let level = "n".repeat(28);
+            let prefix = format!(r#""{level}":{{"#).repeat(7);
+            let fields: String = (0..254)
+                .map(|i| format!(r#""f{i:03}{}":"{}","#, "k".repeat(20), "v".repeat(200)))
+                .collect();
+            let body = format!(r#"{{"method":"GET",{prefix}{fields}"x":1{}}}"#, "}".repeat(7));
+            let body = body.get(..body.len().min(65_000)).unwrap_or_default().to_string();
+            let n = bytes / (body.len() + 16);
+            otlp::logs_request(
+                std::iter::once(numbered())
+                    .chain((0..n).map(|_| otlp::record(&body, vec![])))
+                    .collect(),
+            )
+        }
+        Shape::Shared => {
+            let n = (bytes / 2) / (LINE.len() + 8);
+            otlp::logs_request(
+                std::iter::once(numbered())
+                    .chain((0..n).map(|_| otlp::record(LINE, vec![])))
+                    .collect(),
+            )
+        }
+    };
+    if let Shape::Shared = shape {
+        let attributes = (0..(bytes / 2) / 60_000)
+            .map(|i| otlp::kv(&format!("note.{i}"), &"n".repeat(60_000)))
+            .collect();
+        request.resource_logs[0].resource = Some(opentelemetry_proto::tonic::resource::v1::Resource {
+            attributes,
+            ..Default::default()
+        });
+    }
+    request
 }
 
 fn make_pki(dir: &std::path::Path) -> anyhow::Result<()> {
@@ -84,24 +152,33 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = &args.make_pki {
         return make_pki(dir);
     }
-    let request = otlp::logs_request(
-        (0..args.batch)
-            .map(|i| {
-                let mut attrs = vec![otlp::kv(
-                    "downstream_peer_uri_san",
-                    "spiffe://cluster.local/ns/shop/sa/cart",
-                )];
-                if i == 0 {
-                    attrs.push(otlp::kv("loadgen.request", SEQ_PLACEHOLDER));
-                }
-                otlp::record(LINE, attrs)
-            })
-            .collect(),
-    );
+    let request = if !matches!(args.shape, Shape::Mesh) {
+        hostile_request(args.shape, args.request_bytes)
+    } else {
+        otlp::logs_request(
+            (0..args.batch)
+                .map(|i| {
+                    let mut attrs = vec![otlp::kv(
+                        "downstream_peer_uri_san",
+                        "spiffe://cluster.local/ns/shop/sa/cart",
+                    )];
+                    if i == 0 {
+                        attrs.push(otlp::kv("loadgen.request", SEQ_PLACEHOLDER));
+                    }
+                    otlp::record(LINE, attrs)
+                })
+                .collect(),
+        )
+    };
     // Encoded once: the generator should spend its CPU on sending, not on protobuf. Each
     // request gets its own number written over a fixed-width placeholder, so no two are
     // alike (Verity acknowledges a repeated request without evaluating it again).
-    let records = args.batch as u64;
+    let records = request
+        .resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .map(|s| s.log_records.len() as u64)
+        .sum::<u64>();
     let body = Bytes::from(request.encode_to_vec());
     let seq_at = body
         .windows(SEQ_PLACEHOLDER.len())
@@ -114,13 +191,17 @@ async fn main() -> anyhow::Result<()> {
     let next_seq = Arc::new(AtomicU64::new(first % 10_000_000_000_000_000));
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
+    let too_large = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
         let channel = connect(&args).await?;
-        let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+        let mut grpc = tonic::client::Grpc::new(channel)
+            .max_encoding_message_size(usize::MAX)
+            .max_decoding_message_size(usize::MAX);
         let (body, accepted, refused, next_seq) = (body.clone(), accepted.clone(), refused.clone(), next_seq.clone());
+        let too_large = too_large.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
@@ -152,6 +233,12 @@ async fn main() -> anyhow::Result<()> {
                         refused.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
+                    // A hostile shape past the server's limits: keep sending, as an attacker
+                    // would; the refusals are what is measured.
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                        latencies.push(sent.elapsed());
+                        too_large.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(s) => {
                         eprintln!("export failed: {s}");
                         break;
@@ -173,11 +260,12 @@ async fn main() -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let n = accepted.load(Ordering::Relaxed);
     println!(
-        "accepted {n} records in {secs:.1} s = {:.0} records/s ({} connections, {} records/request, {} requests refused with UNAVAILABLE)",
+        "accepted {n} records in {secs:.1} s = {:.0} records/s ({} connections, {} records/request, {} requests refused with UNAVAILABLE, {} with RESOURCE_EXHAUSTED)",
         n as f64 / secs,
         args.connections,
-        args.batch,
-        refused.load(Ordering::Relaxed)
+        records,
+        refused.load(Ordering::Relaxed),
+        too_large.load(Ordering::Relaxed)
     );
     println!(
         "request latency: p50 {:.1} ms, p99 {:.1} ms over {} requests",

@@ -202,6 +202,18 @@ fn records_built_to_multiply_memory_are_refused_and_counted() {
     assert_eq!(first["record_bytes"].as_u64(), Some(huge.len() as u64));
     assert_eq!(first["record"].as_str().map(str::len), Some(4096));
 
+    // Empty records are two bytes on the wire and hundreds once decoded: a request of a
+    // million is refused before it is decoded, and counted.
+    let empty = otlp::logs_request(vec![LogRecord::default(); 1_000_000]).encode_to_vec();
+    assert!(empty.len() < 2_100_000);
+    let r = http_request(v.http, "POST", "/v1/logs", &[PB], &empty).expect("http");
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        v.metric_value(r#"verity_otlp_requests_total{transport="http",signal="logs",outcome="too_large"}"#)
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+
     // 100 000 records no normalizer accepts: every one is counted and answered, the
     // dead-letter file gets the first 100 and one entry for the rest.
     let bad: Vec<LogRecord> = (0..100_000).map(|_| otlp::record("?", vec![])).collect();

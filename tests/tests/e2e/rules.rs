@@ -295,3 +295,61 @@ fn silence_of_the_whole_mesh_makes_assertions_unknown() {
         Some(2.0)
     );
 }
+
+/// A sender sprays denials from thousands of made-up principals: every stateful rule stays
+/// within `rules.max_keys`, the evictions are counted per rule, `verity-state-pressure` says
+/// which rule is under pressure, and assertion series stay bounded with an `other` series.
+#[test]
+fn a_flood_of_random_principals_is_bounded_and_reported() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let alerts_file = dir.path().join("alerts.jsonl");
+    let v = Verity::start_in(
+        dir,
+        &[
+            (
+                "VERITY__SINKS__OUTPUTS__FILE__PATH",
+                alerts_file.to_str().expect("path"),
+            ),
+            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
+            ("VERITY__RULES__MAX_KEYS", "200"),
+        ],
+    );
+    for chunk in 0..10 {
+        let lines: Vec<String> = (0..300)
+            .map(|i| rbac_line(chunk, &format!("spiffe://cluster.local/ns/x/sa/random-{chunk}-{i}")))
+            .collect();
+        post_lines(&v, &lines);
+    }
+    let evicted = |rule: &str| v.metric_value(&format!(r#"verity_rules_state_evictions_total{{rule="{rule}"}}"#));
+    assert!(
+        eventually(Duration::from_secs(10), || evicted("zt-rbac-denial-burst")
+            .unwrap_or(0.0)
+            > 0.0),
+        "{}",
+        v.metrics_text()
+    );
+    let metrics = v.metrics_text();
+    for line in metrics.lines().filter(|l| l.starts_with("verity_rules_state_keys{")) {
+        let keys: f64 = line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("value");
+        assert!(keys <= 200.0, "{line}");
+    }
+    let pressure = || -> Vec<serde_json::Value> {
+        read_jsonl(&alerts_file)
+            .into_iter()
+            .filter(|a| a["rule_id"] == "verity-state-pressure")
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || pressure()
+            .iter()
+            .any(|a| a["group"]["rule"] == "zt-rbac-denial-burst")),
+        "{:?}",
+        pressure()
+    );
+    let pressure = pressure();
+    let mut rules: Vec<&str> = pressure.iter().filter_map(|a| a["group"]["rule"].as_str()).collect();
+    let n = rules.len();
+    rules.sort_unstable();
+    rules.dedup();
+    assert_eq!(rules.len(), n, "one pressure alert per rule: {rules:?}");
+}
