@@ -2,6 +2,8 @@
 //! one line may hold in memory: a file without newlines is read as one over-long line that
 //! is skipped (and reported), not gathered whole.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
+
 use std::io::{self, BufRead};
 
 /// Reads the next line into `buf` (cleared first), keeping at most `max` bytes of it; the
@@ -35,6 +37,7 @@ pub fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -8,6 +8,8 @@
 //! recorded), and the file rotates at `max_file_bytes`, keeping `max_files` files
 //! (`dead-letter.jsonl`, `dead-letter.jsonl.1`, … oldest last).
 
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -261,6 +263,7 @@ fn push_line(out: &mut Vec<u8>, entry: &DeadLetterEntry<'_>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use crate::normalize::{RejectReason, Rejection};

@@ -291,14 +291,14 @@ fn rbac_policy(details: &str) -> Option<String> {
 }
 
 fn between<'s>(s: &'s str, start: &str, end: &str) -> Option<&'s str> {
-    let from = s.find(start)? + start.len();
-    let len = s[from..].find(end)?;
-    Some(&s[from..from + len])
+    let (_, after) = s.split_once(start)?;
+    let (inside, _) = after.split_once(end)?;
+    Some(inside)
 }
 
 fn ztunnel_decision<'a>(err: &str) -> DecisionParts<'a> {
     if let Some(at) = err.find("policy rejection") {
-        let tail = &err[at..];
+        let tail = err.get(at..).unwrap_or_default();
         if let Some(p) = tail.split_once("explicitly denied by: ").map(|(_, p)| p.trim()) {
             return (
                 Decision::DenyL4,
@@ -325,6 +325,7 @@ fn ztunnel_decision<'a>(err: &str) -> DecisionParts<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -100,7 +100,7 @@ pub fn from_pairs<'a>(
         let mut mapped = 0usize;
         for (k, v) in pairs {
             match fields::apply(&mut ev, &mut ex, &k, v.clone())? {
-                fields::Applied::Mapped => mapped += 1,
+                fields::Applied::Mapped => mapped = mapped.saturating_add(1),
                 fields::Applied::Unknown => unknown.insert(&k, fields::value_to_json(&v)),
             }
         }
@@ -119,6 +119,7 @@ pub fn from_pairs<'a>(
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

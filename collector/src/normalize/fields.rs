@@ -37,6 +37,8 @@ impl<'a> Value<'a> {
         let v = match self {
             Value::Null => return Ok(None),
             Value::Int(i) => i,
+            // Whole and well inside i64: the conversion is exact.
+            #[allow(clippy::cast_possible_truncation)]
             Value::Float(f) if f.fract() == 0.0 && f.is_finite() && f.abs() < 9.0e15 => f as i64,
             Value::Str(s) => match s.trim() {
                 "" | "-" => return Ok(None),
@@ -161,7 +163,7 @@ pub fn split_addr_cow<'a>(addr: &Cow<'a, str>) -> (Text<'a>, Option<i32>) {
 }
 
 fn port(field: &str, v: Value<'_>) -> Result<Option<i32>, Rejection> {
-    Ok(v.int(field, 0, 65_535)?.map(|p| p as i32))
+    Ok(v.int(field, 0, 65_535)?.and_then(|p| i32::try_from(p).ok()))
 }
 
 fn time(field: &str, v: Value<'_>) -> Result<Option<i64>, Rejection> {
@@ -180,7 +182,7 @@ fn time(field: &str, v: Value<'_>) -> Result<Option<i64>, Rejection> {
             }),
         },
         // Epoch milliseconds are a common custom-format choice.
-        Value::Int(ms) if (0..9_000_000_000_000).contains(&ms) => Ok(Some(ms * 1_000_000)),
+        Value::Int(ms) if (0..9_000_000_000_000).contains(&ms) => Ok(Some(ms.saturating_mul(1_000_000))),
         other => Err(Rejection::field(field, &format!("{other:?}"))),
     }
 }
@@ -218,7 +220,7 @@ pub fn apply<'a>(
         "protocol" | "request_protocol" | "network.protocol.name" => set(&mut ev.protocol, value),
         "response_code" | "status" | "status_code" | "http.response.status_code" | "http.status_code" => {
             if let Some(v) = value.int(key, 0, 999)? {
-                ev.status = if v == 0 { None } else { Some(v as i32) };
+                ev.status = if v == 0 { None } else { i32::try_from(v).ok() };
             }
         }
         "response_flags" => set(&mut ev.response_flags, value),
@@ -362,6 +364,7 @@ pub fn value_to_json(v: &Value<'_>) -> serde_json::Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -12,6 +12,7 @@ use verity_model::time::parse_rfc3339_ns;
 use verity_model::{AccessEvent, InputFormat};
 
 use super::fields::{count, duration_ms, opt, status};
+use super::split_around;
 use super::{Extras, RejectReason, Rejection};
 
 fn malformed(what: &str) -> Rejection {
@@ -31,15 +32,17 @@ impl<'a> Left<'a> {
                 .strip_prefix('"')
                 .ok_or_else(|| malformed("expected a quoted field"))?;
             let end = memchr(b'"', inner.as_bytes()).ok_or_else(|| malformed("unterminated quoted field"))?;
-            self.s = &inner[end + 1..];
-            Ok(&inner[..end])
+            let (field, rest) = split_around(inner, end, 1)?;
+            self.s = rest;
+            Ok(field)
         } else {
             let end = memchr(b' ', s.as_bytes()).unwrap_or(s.len());
             if end == 0 {
                 return Err(malformed("missing field"));
             }
-            self.s = &s[end..];
-            Ok(&s[..end])
+            let (field, rest) = split_around(s, end, 0)?;
+            self.s = rest;
+            Ok(field)
         }
     }
 }
@@ -59,12 +62,14 @@ impl<'a> Right<'a> {
             let start = inner
                 .rfind(" \"")
                 .ok_or_else(|| malformed("unterminated quoted field"))?;
-            self.s = &inner[..start];
-            Ok(&inner[start + 2..])
+            let (rest, field) = split_around(inner, start, 2)?;
+            self.s = rest;
+            Ok(field)
         } else {
             let start = s.rfind(' ').ok_or_else(|| malformed("missing field"))?;
-            self.s = &s[..start];
-            Ok(&s[start + 1..])
+            let (rest, field) = split_around(s, start, 1)?;
+            self.s = rest;
+            Ok(field)
         }
     }
 }
@@ -81,7 +86,7 @@ pub fn parse(line: &str) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection> {
         .strip_prefix('[')
         .ok_or_else(|| malformed("expected [START_TIME]"))?;
     let close = memchr(b']', rest.as_bytes()).ok_or_else(|| malformed("unterminated [START_TIME]"))?;
-    let time = &rest[..close];
+    let (time, after_time) = split_around(rest, close, 1)?;
     let event_time_ns = parse_rfc3339_ns(time).ok_or_else(|| {
         Rejection::new(
             RejectReason::InvalidTimestamp,
@@ -91,24 +96,25 @@ pub fn parse(line: &str) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection> {
             ),
         )
     })?;
-    let rest = rest[close + 1..]
+    let rest = after_time
         .strip_prefix(" \"")
         .ok_or_else(|| malformed("expected a quoted request line after the start time"))?;
     // The request line ends at the first `" ` followed by the numeric response code.
     let bytes = rest.as_bytes();
     let mut req_end = None;
     let mut from = 0;
-    while let Some(i) = memchr(b'"', &bytes[from..]) {
-        let at = from + i;
-        if bytes.get(at + 1) == Some(&b' ') && bytes.get(at + 2).is_some_and(u8::is_ascii_digit) {
+    while let Some(i) = bytes.get(from..).and_then(|b| memchr(b'"', b)) {
+        let at = from.saturating_add(i);
+        if bytes.get(at.saturating_add(1)) == Some(&b' ')
+            && bytes.get(at.saturating_add(2)).is_some_and(u8::is_ascii_digit)
+        {
             req_end = Some(at);
             break;
         }
-        from = at + 1;
+        from = at.saturating_add(1);
     }
     let req_end = req_end.ok_or_else(|| malformed("unterminated request line"))?;
-    let request = &rest[..req_end];
-    let tail = &rest[req_end + 2..];
+    let (request, tail) = split_around(rest, req_end, 2)?;
 
     let mut ev = AccessEvent {
         event_time_ns,
@@ -195,6 +201,7 @@ pub fn parse(line: &str) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

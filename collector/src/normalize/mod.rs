@@ -10,6 +10,13 @@
 //! A record that cannot be parsed yields a [`Rejection`] with a reason from a fixed set; the
 //! caller counts it, dead-letters it and reports it upstream. Nothing here panics on input.
 
+#![deny(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation
+)]
+
 pub mod derive;
 pub mod envoy_json;
 pub mod fields;
@@ -103,6 +110,21 @@ impl RejectReason {
             RejectReason::TooDeep => "too_deep",
             RejectReason::RequestTooLarge => "request_too_large",
         }
+    }
+}
+
+/// `s` split around a delimiter found at `at`: what is before it, and what is after it and
+/// the `skip` bytes it spans. A delimiter found by searching for an ASCII byte always lies on
+/// character boundaries; anything else is a malformed record, never a panic.
+pub(crate) fn split_around(s: &str, at: usize, skip: usize) -> Result<(&str, &str), Rejection> {
+    let head = s.get(..at);
+    let tail = at.checked_add(skip).and_then(|from| s.get(from..));
+    match (head, tail) {
+        (Some(h), Some(t)) => Ok((h, t)),
+        _ => Err(Rejection::new(
+            RejectReason::MalformedText,
+            "a field boundary falls inside a character",
+        )),
     }
 }
 
@@ -288,6 +310,7 @@ pub fn guarded<T>(f: impl FnOnce() -> Result<T, Rejection>) -> Result<T, Rejecti
 pub const FORMATS: &[InputFormat] = InputFormat::ALL;
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod boundary_tests {
     use super::*;
 

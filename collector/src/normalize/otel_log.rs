@@ -76,7 +76,7 @@ fn normalize_unguarded<'a>(
     for kv in resource.iter().chain(record.attributes.iter()) {
         let value = any_to_value(kv.value.as_ref());
         match fields::apply(&mut ev, &mut ex, &kv.key, value.clone())? {
-            fields::Applied::Mapped => mapped += 1,
+            fields::Applied::Mapped => mapped = mapped.saturating_add(1),
             fields::Applied::Unknown => unknown.insert(&kv.key, any_json(kv.value.as_ref())),
         }
     }
@@ -187,10 +187,11 @@ fn merge_attributes(ev: &mut AccessEvent<'_>, extra: fields::UnknownAttrs) {
 
 pub fn hex(b: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
+    let mut s = String::with_capacity(b.len().saturating_mul(2));
     for byte in b {
-        s.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        s.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+        for nibble in [byte >> 4, byte & 0xf] {
+            s.push(DIGITS.get(usize::from(nibble)).map_or('0', |d| char::from(*d)));
+        }
     }
     s
 }
@@ -250,6 +251,7 @@ pub fn kvlist_json(kvs: &[KeyValue]) -> serde_json::Map<String, serde_json::Valu
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use verity_model::event::IngestSource;

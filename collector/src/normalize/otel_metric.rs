@@ -65,7 +65,8 @@ pub fn normalize(
         for kv in resource.iter().chain(attrs.iter()) {
             match istio_label_index(&kv.key) {
                 Some(i) => {
-                    s.labels[i] = match any_to_value(kv.value.as_ref()) {
+                    let Some(label) = s.labels.get_mut(i) else { continue };
+                    *label = match any_to_value(kv.value.as_ref()) {
                         Value::Str(v) => Some(v.into_owned()),
                         Value::Int(v) => Some(v.to_string()),
                         Value::Float(v) => Some(v.to_string()),
@@ -129,7 +130,9 @@ pub fn normalize(
                         p.start_time_unix_nano,
                     )
                     .and_then(|mut s| {
-                        if !p.bucket_counts.is_empty() && p.bucket_counts.len() != p.explicit_bounds.len() + 1 {
+                        if !p.bucket_counts.is_empty()
+                            && p.bucket_counts.len() != p.explicit_bounds.len().saturating_add(1)
+                        {
                             return Err(Rejection::new(
                                 RejectReason::InvalidMetric,
                                 format!(

@@ -45,13 +45,18 @@ pub fn parse_text(line: &str) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection
         let at = rest
             .find("access: ")
             .ok_or_else(|| malformed("expected the access target"))?;
-        let after = &rest[at + "access: ".len()..];
+        let after = rest.get(at.saturating_add("access: ".len())..).unwrap_or_default();
         // The message runs up to the first key=value pair.
         let kv_start = after
             .find('=')
-            .and_then(|eq| after[..eq].rfind(' ').map(|sp| sp + 1))
-            .unwrap_or(after.len());
-        (time, &after[kv_start..], InputFormat::ZtunnelTextLegacy)
+            .and_then(|eq| after.get(..eq))
+            .and_then(|head| head.rfind(' '))
+            .map_or(after.len(), |sp| sp.saturating_add(1));
+        (
+            time,
+            after.get(kv_start..).unwrap_or_default(),
+            InputFormat::ZtunnelTextLegacy,
+        )
     };
     let event_time_ns = parse_rfc3339_ns(time.trim()).ok_or_else(|| {
         Rejection::new(
@@ -200,7 +205,7 @@ impl<'a> Iterator for KvPairs<'a> {
         if s.is_empty() {
             return None;
         }
-        let Some(eq) = s.find('=') else {
+        let Some((key, rest)) = s.split_once('=') else {
             self.s = "";
             return Some((
                 s,
@@ -210,29 +215,27 @@ impl<'a> Iterator for KvPairs<'a> {
                 ))),
             ));
         };
-        let key = &s[..eq];
-        let rest = &s[eq + 1..];
         if let Some(body) = rest.strip_prefix('"') {
             let bytes = body.as_bytes();
-            let mut i = 0;
+            let mut i = 0usize;
             let mut escaped = false;
-            while i < bytes.len() {
-                match bytes[i] {
+            while let Some(b) = bytes.get(i) {
+                match b {
                     b'\\' => {
                         escaped = true;
-                        i += 2;
+                        i = i.saturating_add(2);
                         continue;
                     }
                     b'"' => break,
-                    _ => i += 1,
+                    _ => i = i.saturating_add(1),
                 }
             }
-            if i >= bytes.len() {
+            // The closing quote is ASCII, so both sides of it are character boundaries.
+            let (Some(raw), Some(after)) = (body.get(..i), body.get(i.saturating_add(1)..)) else {
                 self.s = "";
                 return Some((key, Err(malformed(format!("unterminated quoted value for {key}")))));
-            }
-            let raw = &body[..i];
-            self.s = &body[i + 1..];
+            };
+            self.s = after;
             let value = if escaped {
                 Cow::Owned(unescape(raw))
             } else {
@@ -241,8 +244,9 @@ impl<'a> Iterator for KvPairs<'a> {
             Some((key, Ok(value)))
         } else {
             let end = rest.find([' ', '\t']).unwrap_or(rest.len());
-            self.s = &rest[end..];
-            Some((key, Ok(Cow::Borrowed(&rest[..end]))))
+            let (value, after) = rest.split_at_checked(end).unwrap_or((rest, ""));
+            self.s = after;
+            Some((key, Ok(Cow::Borrowed(value))))
         }
     }
 }
@@ -266,6 +270,7 @@ fn unescape(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
@@ -294,6 +299,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod char_boundary_tests {
     #[test]
     fn a_multibyte_character_at_the_cut_is_not_a_panic() {

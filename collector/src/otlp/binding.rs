@@ -15,6 +15,8 @@
 //!   may report for others: `trusted`.
 //! - A sender no entry names is kept, unverified (`unknown_sender`).
 
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
+
 use serde::{Deserialize, Serialize};
 use verity_model::event::{AccessEvent, Reporter, SenderBinding};
 
@@ -124,6 +126,7 @@ pub fn bind(ev: &AccessEvent<'_>, sender: &Sender, class: Option<SenderClass>) -
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod tests {
     use std::borrow::Cow;
 

@@ -9,6 +9,8 @@
 //! For OTLP/JSON the same bound is taken from the number of JSON objects (outside strings),
 //! each counted at the size of the largest OTLP message.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
+
 use std::mem::size_of;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList};
@@ -204,10 +206,10 @@ fn walk(mut buf: &[u8], msg: Msg, depth: usize, total: &mut usize, limit: usize)
 
 fn varint(buf: &mut &[u8]) -> Option<u64> {
     let mut value = 0u64;
-    for i in 0..10 {
+    for shift in [0u32, 7, 14, 21, 28, 35, 42, 49, 56, 63] {
         let (&byte, rest) = buf.split_first()?;
         *buf = rest;
-        value |= u64::from(byte & 0x7f) << (7 * i);
+        value |= u64::from(byte & 0x7f).checked_shl(shift).unwrap_or(0);
         if byte & 0x80 == 0 {
             return Some(value);
         }
@@ -255,6 +257,7 @@ pub fn json(body: &[u8], limit: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;

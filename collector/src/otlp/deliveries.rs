@@ -12,6 +12,8 @@
 //! Two different requests with the same digest would need a collision of a 128-bit keyed
 //! hash (random keys per process), which a sender cannot steer.
 
+#![deny(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
+
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
@@ -101,7 +103,7 @@ impl Deliveries {
                 // goes to the back instead (there are few: the pipeline's queues are bounded).
                 let mut turns = r.order.len();
                 while r.order.len() >= REMEMBERED && turns > 0 {
-                    turns -= 1;
+                    turns = turns.saturating_sub(1);
                     let Some(old) = r.order.pop_front() else { break };
                     match r.fate.get(&old) {
                         Some(Fate::InFlight | Fate::Evaluated) => r.order.push_back(old),
@@ -134,6 +136,7 @@ impl Deliveries {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
