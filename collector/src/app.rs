@@ -39,6 +39,8 @@ pub enum AppError {
     },
     #[error("drain did not finish within {0:?}; exiting with work possibly unflushed")]
     DrainTimeout(std::time::Duration),
+    #[error("a pipeline task died (a bug, see the log); Verity stopped taking input and drained what it could")]
+    PipelineDied,
     #[error("the rule set does not compile:\n  {}", .0.join("\n  "))]
     Rules(Vec<String>),
     #[error("{0}")]
@@ -494,7 +496,11 @@ pub async fn run_with(
     ready.store(true, Ordering::Release);
     metrics.ready.set(1);
 
-    shutdown.await;
+    let died = pipeline.died();
+    let pipeline_died = tokio::select! {
+        () = shutdown => false,
+        () = died => true,
+    };
     tracing::info!(deadline = ?settings.drain_timeout, "draining: intake stopped, flushing");
     ready.store(false, Ordering::Release);
     metrics.ready.set(0);
@@ -513,6 +519,7 @@ pub async fn run_with(
         pipeline.join().await;
     };
     let result = match tokio::time::timeout_at(deadline, drain).await {
+        Ok(()) if pipeline_died => Err(AppError::PipelineDied),
         Ok(()) => Ok(()),
         Err(_) => Err(AppError::DrainTimeout(settings.drain_timeout)),
     };

@@ -226,9 +226,37 @@ impl Intake {
 pub struct PipelineHandle {
     batcher: JoinHandle<()>,
     worker: JoinHandle<()>,
+    died: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Sets the pipeline's `died` flag if dropped while its task unwinds: a stage that panics
+/// (a bug) must not leave Verity serving with nothing behind its intake.
+struct DeathWatch(tokio::sync::watch::Sender<bool>, &'static str);
+
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                task = self.1,
+                "a pipeline task panicked; Verity stops taking input and exits non-zero after the drain"
+            );
+            let _ = self.0.send(true);
+        }
+    }
 }
 
 impl PipelineHandle {
+    /// Resolves if a pipeline task dies (a panic); pending forever otherwise.
+    pub fn died(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let mut died = self.died.clone();
+        async move {
+            if died.wait_for(|d| *d).await.is_err() {
+                // The tasks finished without dying: nothing to report, ever.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Waits until the pipeline has drained (all intakes dropped, every stage flushed).
     pub async fn join(self) {
         if let Err(e) = self.batcher.await {
@@ -244,12 +272,25 @@ impl PipelineHandle {
 pub fn start(settings: PipelineSettings, stages: Vec<Box<dyn Stage>>, metrics: Metrics) -> (Intake, PipelineHandle) {
     let (intake_tx, intake_rx) = mpsc::channel(settings.intake_capacity.max(1));
     let (queue_tx, queue_rx) = mpsc::channel(settings.queue_capacity.max(1));
+    let metrics_for_batcher = metrics.clone();
+    let (died_tx, died) = tokio::sync::watch::channel(false);
+    let batcher_watch = DeathWatch(died_tx.clone(), "batcher");
     let batcher = tokio::spawn(
-        run_batcher(settings, intake_rx, queue_tx, metrics.clone()).instrument(tracing::info_span!("pipeline_batcher")),
+        async move {
+            let _watch = batcher_watch;
+            run_batcher(settings, intake_rx, queue_tx, metrics_for_batcher).await;
+        }
+        .instrument(tracing::info_span!("pipeline_batcher")),
     );
     let worker_metrics = metrics.clone();
-    let worker = tokio::task::spawn_blocking(move || run_worker(queue_rx, stages, worker_metrics));
-    (Intake { tx: intake_tx, metrics }, PipelineHandle { batcher, worker })
+    let worker = tokio::task::spawn_blocking(move || {
+        let _watch = DeathWatch(died_tx, "worker");
+        run_worker(queue_rx, stages, worker_metrics);
+    });
+    (
+        Intake { tx: intake_tx, metrics },
+        PipelineHandle { batcher, worker, died },
+    )
 }
 
 #[derive(Default)]
@@ -507,5 +548,47 @@ impl Stage for ArchiveStage {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod death_tests {
+    use super::*;
+
+    /// A stage with a bug that panics on the first batch.
+    struct Panicking;
+
+    impl Stage for Panicking {
+        fn name(&self) -> &'static str {
+            "panicking"
+        }
+        fn process(&mut self, _batch: &Batch) -> Result<(), StageError> {
+            panic!("a bug in a stage");
+        }
+        fn flush(&mut self) -> Result<(), StageError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stage_that_panics_is_noticed() {
+        let settings = PipelineSettings {
+            batch_max_rows: 1,
+            batch_max_delay: Duration::from_millis(10),
+            intake_capacity: 4,
+            queue_capacity: 4,
+        };
+        let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
+        let (intake, handle) = start(settings, vec![Box::new(Panicking)], metrics);
+        let mut b = verity_model::EventBatchBuilder::default();
+        b.append(&verity_model::AccessEvent::default());
+        let batch = Batch::Events(b.finish().expect("batch"));
+        let handoff = intake.send(batch).await.expect("sent");
+        assert!(handoff.wait().await.is_err(), "the batch is not reported as processed");
+        tokio::time::timeout(Duration::from_secs(5), handle.died())
+            .await
+            .expect("the death is noticed");
+        drop(intake);
+        handle.join().await;
     }
 }
