@@ -345,3 +345,67 @@ fn a_flood_of_new_keys_is_bounded_by_eviction() {
         assert!(c.evictions >= 250, "{}: {} evicted", c.rule_id, c.evictions);
     }
 }
+
+mod split_property {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const FIRST_SEEN: &str =
+        "id: fs\ntitle: FS\nseverity: low\nkind: first_seen\nfirst_seen:\n  keys: [source_principal]\n  learning: 5s\n";
+
+    fn engines() -> Vec<Engine> {
+        [BURST, FIRST_SEEN, ASSERT]
+            .into_iter()
+            .map(|yaml| engine(yaml, EngineSettings::default()))
+            .collect()
+    }
+
+    fn alert_ids(engines: &mut [Engine], batches: &[RecordBatch]) -> Vec<String> {
+        let mut ids = Vec::new();
+        for e in engines.iter_mut() {
+            for b in batches {
+                ids.extend(e.process(b).into_iter().map(|a| a.id));
+            }
+            ids.extend(e.flush().into_iter().map(|a| a.id));
+        }
+        ids.sort();
+        ids
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 128,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Events in event-time order give the same alerts whether they arrive as one batch or
+        /// as two.
+        #[test]
+        fn a_batch_split_in_two_gives_the_same_alerts(
+            events in prop::collection::vec((0i64..3, 0usize..4, any::<bool>(), any::<bool>()), 1..120),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let mut t = 0i64;
+            let evs: Vec<AccessEvent<'static>> = events
+                .iter()
+                .map(|(step, who, deny, plaintext)| {
+                    t += step;
+                    let mut e = ev(t, ["a", "b", "c", "d"][*who], if *deny { Decision::DenyRbac } else { Decision::Allow });
+                    e.mtls = Some(!plaintext);
+                    e
+                })
+                .collect();
+            let at = split.index(evs.len() + 1);
+            let whole = alert_ids(&mut engines(), &[batch(&evs)]);
+            let parts: Vec<RecordBatch> = [&evs[..at], &evs[at..]]
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .map(batch)
+                .collect();
+            let split_ids = alert_ids(&mut engines(), &parts);
+            prop_assert_eq!(whole, split_ids);
+        }
+    }
+}
