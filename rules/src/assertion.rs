@@ -124,24 +124,7 @@ impl AssertionState {
                 rule.rule().title,
                 describe(&group),
             );
-            out.push(make_alert(
-                rule,
-                AlertParts {
-                    status: AlertStatus::Unknown,
-                    group,
-                    at: s.last_scoped,
-                    window: None,
-                    count: s.violations,
-                    aggregates: BTreeMap::new(),
-                    first: s.first_violation,
-                    last: s.last_scoped,
-                    evidence: Vec::new(),
-                    entity: s.entity,
-                    summary,
-                    unverified: true,
-                    backing: None,
-                },
-            ));
+            out.push(key_alert(rule, AlertStatus::Unknown, group, s.last_scoped, &s, summary));
         }
         evicted
     }
@@ -288,10 +271,22 @@ fn resolution(
     s: &KeyState,
     summary: String,
 ) -> Alert {
+    key_alert(rule, AlertStatus::Resolved, group, at, s, summary)
+}
+
+/// An alert about a key's whole violation so far (its resolution, or its eviction).
+fn key_alert(
+    rule: &CompiledRule,
+    status: AlertStatus,
+    group: BTreeMap<String, Option<String>>,
+    at: i64,
+    s: &KeyState,
+    summary: String,
+) -> Alert {
     make_alert(
         rule,
         AlertParts {
-            status: AlertStatus::Resolved,
+            status,
             group,
             at,
             window: None,
