@@ -25,7 +25,8 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
 use verity_collector::normalize::{self, Ctx, FormatHint, RejectReason, Rejection};
-use verity_collector::otlp::decoded_size;
+use verity_collector::kafka::Encoding;
+use verity_collector::otlp::decoded_size::{self, Msg};
 use verity_model::event::IngestSource;
 use verity_model::{EventBatchBuilder, MetricBatchBuilder};
 
@@ -68,7 +69,7 @@ pub fn access_line(data: &[u8]) {
 /// An OTLP/HTTP (or gRPC) protobuf logs request, as `otlp/http.rs` decodes it: the decoded-size
 /// bound first, then prost, then every record normalized with its resource's attributes.
 pub fn otlp_logs_proto(data: &[u8]) {
-    if let Some(req) = decode_proto::<ExportLogsServiceRequest>(data, decoded_size::Msg::LogsRequest) {
+    if let Some(req) = decode_proto::<ExportLogsServiceRequest>(data, Msg::LogsRequest) {
         normalize_logs(&req, IngestSource::OtlpHttp);
     }
 }
@@ -82,15 +83,15 @@ pub fn otlp_logs_json(data: &[u8]) {
 
 /// An OTLP protobuf metrics request, decoded and every metric normalized.
 pub fn otlp_metrics(data: &[u8]) {
-    if let Some(req) = decode_proto::<ExportMetricsServiceRequest>(data, decoded_size::Msg::MetricsRequest) {
+    if let Some(req) = decode_proto::<ExportMetricsServiceRequest>(data, Msg::MetricsRequest) {
         normalize_metrics(&req, IngestSource::OtlpHttp);
     }
 }
 
 /// One Kafka message. The first byte picks the topic's configuration (encoding, signal), the
 /// rest is the payload, handled as `kafka.rs` `handle_message` does: raw lines must be UTF-8
-/// and are normalized one by one; OTLP payloads go through the decoded-size bound and the
-/// decoder (`kafka::decode`, private; mirrored here), then the OTLP normalizers.
+/// and are normalized one by one; OTLP payloads go through the source's own decoder
+/// (`kafka::decode`: the decoded-size bound, then prost or serde), then the OTLP normalizers.
 pub fn kafka_message(data: &[u8]) {
     let Some((&selector, payload)) = data.split_first() else {
         return;
@@ -111,22 +112,22 @@ pub fn kafka_message(data: &[u8]) {
             finish_events(batch);
         }
         1 => {
-            if let Some(req) = decode_proto::<ExportLogsServiceRequest>(payload, decoded_size::Msg::LogsRequest) {
+            if let Some(req) = kafka_decode::<ExportLogsServiceRequest>(Encoding::OtlpProto, payload, Msg::LogsRequest) {
                 normalize_logs(&req, IngestSource::Kafka);
             }
         }
         2 => {
-            if let Some(req) = decode_json::<ExportLogsServiceRequest>(payload) {
+            if let Some(req) = kafka_decode::<ExportLogsServiceRequest>(Encoding::OtlpJson, payload, Msg::LogsRequest) {
                 normalize_logs(&req, IngestSource::Kafka);
             }
         }
         3 => {
-            if let Some(req) = decode_proto::<ExportMetricsServiceRequest>(payload, decoded_size::Msg::MetricsRequest) {
+            if let Some(req) = kafka_decode::<ExportMetricsServiceRequest>(Encoding::OtlpProto, payload, Msg::MetricsRequest) {
                 normalize_metrics(&req, IngestSource::Kafka);
             }
         }
         _ => {
-            if let Some(req) = decode_json::<ExportMetricsServiceRequest>(payload) {
+            if let Some(req) = kafka_decode::<ExportMetricsServiceRequest>(Encoding::OtlpJson, payload, Msg::MetricsRequest) {
                 normalize_metrics(&req, IngestSource::Kafka);
             }
         }
@@ -160,19 +161,12 @@ pub fn rule_yaml(data: &[u8]) {
 }
 
 /// A configuration file's text, loaded over the embedded defaults (no environment) and
-/// validated. `config::load` reads a file, so the input is written to one first.
+/// validated, as `verity validate` does.
 pub fn config_yaml(data: &[u8]) {
-    let path = std::env::temp_dir().join(format!(
-        "verity-fuzz-config-{}-{:?}.yaml",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    if std::fs::write(&path, data).is_err() {
+    let Ok(text) = std::str::from_utf8(data) else {
         return;
-    }
-    let loaded = verity_collector::config::load(Some(&path), Vec::<(String, String)>::new());
-    let _ = std::fs::remove_file(&path);
-    match loaded {
+    };
+    match verity_collector::config::load_text(Some(("verity.yaml", text)), Vec::<(String, String)>::new()) {
         Ok(cfg) => {
             if let Err(errors) = cfg.validate() {
                 for e in &errors {
@@ -212,25 +206,43 @@ fn decode_proto<T: Message + Default>(data: &[u8], root: decoded_size::Msg) -> O
     T::decode(data).ok()
 }
 
+/// The Kafka source's decoder; an error is an answer (a poison message), rendered as the
+/// dead-letter entry would render it.
+fn kafka_decode<T: Message + Default + serde::de::DeserializeOwned>(enc: Encoding, data: &[u8], root: Msg) -> Option<T> {
+    match verity_collector::kafka::decode(enc, data, root, default_limits().max_decoded_bytes) {
+        Ok(req) => Some(req),
+        Err(e) => {
+            let _ = e.to_string();
+            None
+        }
+    }
+}
+
 fn decode_json<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
     decoded_size::json(data, default_limits().max_decoded_bytes)?;
     serde_json::from_slice(data).ok()
 }
 
-/// As `OtlpIngest::logs_batch`: each resource's attributes checked once, then every record
+/// As `OtlpIngest::logs_batch`: each resource prepared once, then every record
 /// normalized; events go into a batch, rejected records are rendered for the dead-letter file.
+/// (Mirrored rather than called: `OtlpIngest` needs a running pipeline and a dead-letter file,
+/// and the mirror can assert what the real loop only counts. The normalizers it calls are the
+/// real ones.)
 fn normalize_logs(req: &ExportLogsServiceRequest, source: IngestSource) {
     let ctx = Ctx::now(source);
     let mut batch = EventBatchBuilder::default();
     for rl in &req.resource_logs {
-        let resource = rl.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
-        if let Err(r) = normalize::otel_log::check_resource(resource, &ctx.limits) {
-            check_rejection(&r);
-            continue;
-        }
+        let attributes = rl.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
+        let resource = match normalize::otel_log::Resource::prepare(attributes, &ctx.limits) {
+            Ok(r) => r,
+            Err(r) => {
+                check_rejection(&r);
+                continue;
+            }
+        };
         for sl in &rl.scope_logs {
             for record in &sl.log_records {
-                match normalize::otel_log::normalize(record, resource, &ctx) {
+                match normalize::otel_log::normalize(record, &resource, &ctx) {
                     Ok(ev) => batch.append(&ev),
                     Err(r) => {
                         check_rejection(&r);

@@ -13,12 +13,13 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminState};
+use crate::archive::ArchiveStage;
 use crate::config::Settings;
 use crate::dead_letter::DeadLetter;
 use crate::listener::{ListenerName, ListenerTls, PeerInfo, SecureListener, ServerTls};
 use crate::metrics::Metrics;
 use crate::otlp::{self, OtlpIngest};
-use crate::pipeline::{self, ArchiveStage, Stage};
+use crate::pipeline::{self, Stage};
 use crate::rules_stage::{RuleMetrics, RuleSetSpec, RulesStage, SharedEngine};
 use verity_rules::{EngineSettings, RevocationList};
 

@@ -243,21 +243,28 @@ pub struct Settings {
 
 /// Loads the layers: defaults, then `file` if given, then `env` (pass `std::env::vars()`).
 pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, Vec<ConfigError>> {
+    let Some(path) = file else {
+        return load_text(None, env);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError::new(
+            path.display().to_string(),
+            format!("cannot read: {e}"),
+        )]
+    })?;
+    load_text(Some((&path.display().to_string(), &text)), env)
+}
+
+/// [`load`] with the file's text already read: `file` is `(name used in errors, YAML text)`.
+pub fn load_text(
+    file: Option<(&str, &str)>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, Vec<ConfigError>> {
     let mut tree: Value = serde_yaml::from_str(DEFAULTS_YAML)
         .map_err(|e| vec![ConfigError::new("<embedded defaults>", e.to_string())])?;
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ConfigError::new(
-                path.display().to_string(),
-                format!("cannot read: {e}"),
-            )]
-        })?;
-        let overlay: Value = serde_yaml::from_str(&text).map_err(|e| {
-            vec![ConfigError::new(
-                path.display().to_string(),
-                format!("invalid YAML: {e}"),
-            )]
-        })?;
+    if let Some((name, text)) = file {
+        let overlay: Value =
+            serde_yaml::from_str(text).map_err(|e| vec![ConfigError::new(name, format!("invalid YAML: {e}"))])?;
         if !overlay.is_null() {
             merge(&mut tree, overlay);
         }

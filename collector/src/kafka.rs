@@ -828,7 +828,7 @@ async fn handle_message(
                 );
                 None
             }
-            Err(e) => Some(undecodable(ingest, &origin, signal, payload, poison(e))),
+            Err(e) => Some(undecodable(ingest, &origin, signal, payload, poison(e.to_string()))),
         },
         (enc, Signal::Metrics) => match decode::<ExportMetricsServiceRequest>(
             enc,
@@ -840,7 +840,7 @@ async fn handle_message(
                 accum.add(ingest.metrics_batch(&req, IngestSource::Kafka, Some(&origin)).0);
                 None
             }
-            Err(e) => Some(undecodable(ingest, &origin, signal, payload, poison(e))),
+            Err(e) => Some(undecodable(ingest, &origin, signal, payload, poison(e.to_string()))),
         },
     };
     if let (Some(why), Some(dlq)) = (failure, dlq) {
@@ -949,26 +949,40 @@ fn hex_prefix(b: &[u8]) -> String {
     b.iter().take(4096).map(|x| format!("{x:02x}")).collect()
 }
 
-fn decode<T: prost::Message + Default + serde::de::DeserializeOwned>(
+/// Why a Kafka message's payload is not an OTLP request. A poison message: it is dead-lettered
+/// (file and topic) and its offset committed like any other.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the message would take more than intake.limits.max_decoded_bytes ({limit}) once decoded")]
+    TooLarge { limit: usize },
+    #[error("not OTLP protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("not OTLP/JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("raw is not an OTLP encoding")]
+    NotOtlp,
+}
+
+/// Decodes one message's payload as the topic's OTLP encoding, after checking what it would
+/// cost once decoded (`otlp::decoded_size`), so a small message cannot claim a large one.
+pub fn decode<T: prost::Message + Default + serde::de::DeserializeOwned>(
     enc: Encoding,
     payload: &[u8],
     root: crate::otlp::decoded_size::Msg,
     limit: usize,
-) -> Result<T, String> {
+) -> Result<T, DecodeError> {
     let measured = match enc {
         Encoding::OtlpProto => crate::otlp::decoded_size::protobuf(payload, root, limit),
         Encoding::OtlpJson => crate::otlp::decoded_size::json(payload, limit),
-        Encoding::Raw => Some(0),
+        Encoding::Raw => return Err(DecodeError::NotOtlp),
     };
     if measured.is_none() {
-        return Err(format!(
-            "the message would take more than intake.limits.max_decoded_bytes ({limit}) once decoded"
-        ));
+        return Err(DecodeError::TooLarge { limit });
     }
     match enc {
-        Encoding::OtlpProto => T::decode(payload).map_err(|e| format!("not OTLP protobuf: {e}")),
-        Encoding::OtlpJson => serde_json::from_slice(payload).map_err(|e| format!("not OTLP/JSON: {e}")),
-        Encoding::Raw => Err("raw is not an OTLP encoding".into()),
+        Encoding::OtlpProto => Ok(T::decode(payload)?),
+        Encoding::OtlpJson => Ok(serde_json::from_slice(payload)?),
+        Encoding::Raw => Err(DecodeError::NotOtlp),
     }
 }
 

@@ -3,13 +3,14 @@
 //!
 //! Follow one record: `otlp/grpc.rs` or `otlp/http.rs` decode a request, `otlp/mod.rs`
 //! normalizes each record (`normalize/`), dead-letters rejects (`dead_letter.rs`) and hands a
-//! batch to `pipeline.rs`, which coalesces batches and runs the stages (archive, later rules).
+//! batch to `pipeline.rs`, which coalesces batches and runs the stages (`archive.rs`, `rules_stage.rs`).
 //! `app.rs` wires it all together and owns the drain sequence.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
+pub mod archive;
 pub mod bounded_lines;
 pub mod config;
 pub mod dead_letter;

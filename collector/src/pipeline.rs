@@ -3,7 +3,7 @@
 //! Sources reserve a slot in the *intake* queue before doing any work ([`Intake::try_reserve`]);
 //! when none is free they answer the client with a retryable error instead of buffering. A
 //! batcher task coalesces intake batches by row count or age into the *pipeline* queue, and
-//! one worker thread runs every [`Stage`] (archive now, rules later) over each batch in order.
+//! one worker thread runs every [`Stage`] (the archive, the rules) over each batch in order.
 //! When the worker is slow the pipeline queue fills, the batcher waits, the intake fills, and
 //! sources push back: memory stays bounded by the two queue capacities.
 //!
@@ -16,9 +16,6 @@
 //! Draining: when every [`Intake`] handle is dropped, the batcher flushes what it holds, the
 //! worker processes what is queued, flushes every stage, and [`PipelineHandle::join`] returns.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -480,75 +477,6 @@ fn run_worker(mut rx: mpsc::Receiver<Queued>, mut stages: Vec<Box<dyn Stage>>, m
         }
     }
     tracing::debug!("pipeline worker drained");
-}
-
-/// Archives normalized rows as JSON lines: `events.jsonl` and `metrics.jsonl` in a directory.
-pub struct ArchiveStage {
-    dir: PathBuf,
-    events: Option<BufWriter<File>>,
-    metrics_out: Option<BufWriter<File>>,
-    metrics: Metrics,
-}
-
-impl ArchiveStage {
-    pub fn new(dir: PathBuf, metrics: Metrics) -> Self {
-        Self {
-            dir,
-            events: None,
-            metrics_out: None,
-            metrics,
-        }
-    }
-
-    fn writer<'a>(
-        dir: &PathBuf,
-        slot: &'a mut Option<BufWriter<File>>,
-        name: &str,
-    ) -> std::io::Result<&'a mut BufWriter<File>> {
-        if slot.is_none() {
-            std::fs::create_dir_all(dir)?;
-            // Opened lazily on the worker thread: the target may be a FIFO or slow disk.
-            let f = OpenOptions::new().create(true).append(true).open(dir.join(name))?;
-            *slot = Some(BufWriter::with_capacity(1 << 20, f));
-        }
-        slot.as_mut()
-            .ok_or_else(|| std::io::Error::other("archive writer missing"))
-    }
-}
-
-impl Stage for ArchiveStage {
-    fn name(&self) -> &'static str {
-        "archive"
-    }
-
-    fn process(&mut self, batch: &Batch) -> Result<(), StageError> {
-        let (slot, name, rows) = match batch {
-            Batch::Events(b) => (&mut self.events, "events.jsonl", b),
-            Batch::Metrics(b) => (&mut self.metrics_out, "metrics.jsonl", b),
-            Batch::Idle => return Ok(()),
-        };
-        let result = Self::writer(&self.dir, slot, name).and_then(|w| {
-            verity_model::json::write_jsonl(&mut *w, rows).map_err(std::io::Error::other)?;
-            w.flush()
-        });
-        result.map_err(|source| {
-            self.metrics.archive_errors.inc();
-            StageError::Io {
-                stage: "archive",
-                source,
-            }
-        })
-    }
-
-    fn flush(&mut self) -> Result<(), StageError> {
-        for w in [self.events.as_mut(), self.metrics_out.as_mut()].into_iter().flatten() {
-            w.flush().map_err(|source| StageError::Io {
-                stage: "archive",
-                source,
-            })?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampNanosecondBuilder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, DictionaryArray, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampNanosecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
 /// An optional text field, borrowed from the input where possible.
@@ -191,12 +191,18 @@ pub struct AccessEvent<'a> {
     pub format: InputFormat,
     /// Attributes Verity did not map to a column, as a JSON object (text).
     pub attributes: Option<String>,
+    /// The unmapped attributes of the record's OTLP resource, as a JSON object, rendered once
+    /// per resource and shared by all of its records: [`EventBatchBuilder`] stores a run of
+    /// events holding the same `Arc` once (a dictionary column), so a large resource does not
+    /// multiply with the number of its records.
+    pub resource_attributes: Option<Arc<str>>,
     pub raw: Cow<'a, str>,
 }
 
 impl AccessEvent<'_> {
     /// Bytes of text the event puts into a batch's string columns (what a batch of it costs
-    /// beyond its fixed per-row part).
+    /// beyond its fixed per-row part). `resource_attributes` is not counted: it is stored once
+    /// per resource, so whoever prepares a resource counts it once.
     pub fn text_bytes(&self) -> usize {
         let texts = [
             &self.protocol,
@@ -291,6 +297,7 @@ pub mod col {
     pub const SENDER_BINDING: &str = "sender_binding";
     pub const FORMAT: &str = "format";
     pub const ATTRIBUTES: &str = "attributes";
+    pub const RESOURCE_ATTRIBUTES: &str = "resource_attributes";
     pub const RAW: &str = "raw";
 }
 
@@ -357,6 +364,11 @@ pub fn schema() -> SchemaRef {
                 req(col::SENDER_BINDING, Utf8),
                 req(col::FORMAT, Utf8),
                 s(col::ATTRIBUTES),
+                Field::new(
+                    col::RESOURCE_ATTRIBUTES,
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(Utf8)),
+                    true,
+                ),
                 req(col::RAW, Utf8),
             ]))
         })
@@ -416,6 +428,7 @@ pub struct EventBatchBuilder {
     sender_binding: StringBuilder,
     format: StringBuilder,
     attributes: StringBuilder,
+    resource_attributes: SharedText,
     raw: StringBuilder,
 }
 
@@ -481,6 +494,7 @@ impl EventBatchBuilder {
             sender_binding: s(),
             format: s(),
             attributes: s(),
+            resource_attributes: SharedText::with_capacity(rows),
             raw: StringBuilder::with_capacity(rows, rows * 256),
         }
     }
@@ -552,6 +566,7 @@ impl EventBatchBuilder {
         self.sender_binding.append_value(e.sender_binding.as_str());
         self.format.append_value(e.format.as_str());
         self.attributes.append_option(e.attributes.as_deref());
+        self.resource_attributes.append(e.resource_attributes.as_ref());
         self.raw.append_value(&e.raw);
     }
 
@@ -609,9 +624,54 @@ impl EventBatchBuilder {
             Arc::new(self.sender_binding.finish()),
             Arc::new(self.format.finish()),
             Arc::new(self.attributes.finish()),
+            Arc::new(self.resource_attributes.finish()?),
             Arc::new(self.raw.finish()),
         ];
         RecordBatch::try_new(schema(), columns)
+    }
+}
+
+/// A dictionary column of text shared by runs of rows: each distinct `Arc` (by identity, not
+/// content) in a run becomes one dictionary value, and every row of the run holds only its
+/// key. Holding the `Arc` of the current run keeps identity meaningful (its address cannot be
+/// reused while it is compared against).
+struct SharedText {
+    keys: Int32Builder,
+    values: StringBuilder,
+    current: Option<(Arc<str>, i32)>,
+}
+
+impl SharedText {
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            keys: Int32Builder::with_capacity(rows),
+            values: StringBuilder::new(),
+            current: None,
+        }
+    }
+
+    fn append(&mut self, text: Option<&Arc<str>>) {
+        let Some(text) = text else {
+            self.keys.append_null();
+            return;
+        };
+        match &self.current {
+            Some((shared, key)) if Arc::ptr_eq(shared, text) => self.keys.append_value(*key),
+            _ => match i32::try_from(self.values.len()) {
+                Ok(key) => {
+                    self.values.append_value(text);
+                    self.keys.append_value(key);
+                    self.current = Some((Arc::clone(text), key));
+                }
+                // More distinct values than an i32 key can name: no batch gets near this.
+                Err(_) => self.keys.append_null(),
+            },
+        }
+    }
+
+    fn finish(&mut self) -> Result<DictionaryArray<Int32Type>, ArrowError> {
+        self.current = None;
+        DictionaryArray::try_new(self.keys.finish(), Arc::new(self.values.finish()))
     }
 }
 
@@ -636,6 +696,34 @@ mod tests {
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.schema(), schema());
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn events_of_one_resource_store_its_attributes_once() {
+        use arrow::array::{Array, AsArray};
+        let big: Arc<str> = Arc::from(format!(r#"{{"host.name":"{}"}}"#, "h".repeat(10_000)));
+        let other: Arc<str> = Arc::from(r#"{"host.name":"b"}"#);
+        let mut b = EventBatchBuilder::with_capacity(4);
+        for shared in [Some(&big), Some(&big), Some(&big), None, Some(&other), Some(&other)] {
+            b.append(&AccessEvent {
+                resource_attributes: shared.cloned(),
+                raw: "line".into(),
+                ..Default::default()
+            });
+        }
+        let batch = b.finish().expect("batch");
+        let column = batch
+            .column_by_name(col::RESOURCE_ATTRIBUTES)
+            .expect("column")
+            .as_dictionary::<Int32Type>();
+        assert_eq!(column.values().len(), 2, "one value per resource");
+        assert_eq!(column.keys().values().to_vec(), vec![0, 0, 0, 0, 1, 1]);
+        assert!(column.is_null(3));
+        assert!(column.values().as_string::<i32>().value_data().len() < 11_000);
+        let rows = crate::json::to_json_rows(&batch).expect("json");
+        assert_eq!(rows[2]["resource_attributes"].as_str(), Some(&*big));
+        assert!(rows[3].get("resource_attributes").is_none());
+        assert_eq!(rows[5]["resource_attributes"], r#"{"host.name":"b"}"#);
     }
 
     #[test]

@@ -24,8 +24,10 @@ pub struct RecordLimits {
     /// Deepest nesting of objects in a JSON body or of lists and maps in an OTLP value.
     pub max_depth: usize,
     /// Most bytes of columns the records of one request may fill; records past it are
-    /// rejected (`request_too_large`). Bounds what any mix of small records and large shared
-    /// values (resource attributes copied into every record) can cost.
+    /// rejected (`request_too_large`). Bounds what any mix of small records and large values
+    /// can cost. A log resource's unmapped attributes are stored once and count once; the
+    /// mapped ones (a cluster name) and a metrics resource's attributes are copied into every
+    /// row and count every time.
     pub max_request_rows_bytes: usize,
     /// Most metric data points in one request; points past it are rejected.
     pub max_data_points: usize,

@@ -3,8 +3,14 @@
 //! The body is parsed first (a text line in any supported layout, or a key/value map); then
 //! resource attributes and record attributes, in that order, enrich or override fields using
 //! the names in [`super::fields`]. A record with no body is built from its attributes alone.
+//!
+//! A resource is prepared once for all of its records ([`Resource::prepare`]): its attributes
+//! are checked against the limits, and those Verity does not map are rendered once and shared
+//! by every record (`resource_attributes`), so a large resource over many small records costs
+//! its size once, not once per record.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
@@ -15,15 +21,57 @@ use super::fields::{self, Value};
 use super::limits::RecordLimits;
 use super::{Ctx, Extras, FormatHint, RejectReason, Rejection, envoy_json};
 
-/// Normalizes one record behind the panic boundary ([`super::guarded`]). `resource` are the
-/// attributes of its enclosing resource.
-pub fn normalize<'a>(record: &'a LogRecord, resource: &'a [KeyValue], ctx: &Ctx) -> Result<AccessEvent<'a>, Rejection> {
+/// The attributes of one OTLP resource, checked and split once for all of its records.
+#[derive(Debug, Default)]
+pub struct Resource<'a> {
+    /// The attributes Verity maps to columns, applied to each record.
+    mapped: Vec<&'a KeyValue>,
+    /// The others, as one JSON object shared by every record.
+    unmapped: Option<Arc<str>>,
+}
+
+impl<'a> Resource<'a> {
+    /// Checks `attributes` against the limits before anything is copied, then splits them.
+    pub fn prepare(attributes: &'a [KeyValue], limits: &RecordLimits) -> Result<Self, Rejection> {
+        super::guarded(|| {
+            check_attributes("the resource", attributes, limits)?;
+            let mut mapped = Vec::new();
+            let mut unmapped = fields::UnknownAttrs::default();
+            let (mut scratch, mut scratch_extras) = (AccessEvent::default(), Extras::default());
+            for kv in attributes {
+                // Whether a name is mapped depends on the name only; a value the mapping
+                // refuses is mapped too, so it rejects each record as it did before.
+                match fields::apply(
+                    &mut scratch,
+                    &mut scratch_extras,
+                    &kv.key,
+                    any_to_value(kv.value.as_ref()),
+                ) {
+                    Ok(fields::Applied::Unknown) => unmapped.insert(&kv.key, any_json(kv.value.as_ref())),
+                    Ok(fields::Applied::Mapped) | Err(_) => mapped.push(kv),
+                }
+            }
+            Ok(Self {
+                mapped,
+                unmapped: unmapped.into_json().map(Arc::from),
+            })
+        })
+    }
+
+    /// Bytes of the shared part, stored once per batch whatever the number of records.
+    pub fn shared_bytes(&self) -> usize {
+        self.unmapped.as_deref().map_or(0, str::len)
+    }
+}
+
+/// Normalizes one record of `resource` behind the panic boundary ([`super::guarded`]).
+pub fn normalize<'a>(record: &'a LogRecord, resource: &Resource<'a>, ctx: &Ctx) -> Result<AccessEvent<'a>, Rejection> {
     super::guarded(|| normalize_unguarded(record, resource, ctx))
 }
 
 fn normalize_unguarded<'a>(
     record: &'a LogRecord,
-    resource: &'a [KeyValue],
+    resource: &Resource<'a>,
     ctx: &Ctx,
 ) -> Result<AccessEvent<'a>, Rejection> {
     let limits = &ctx.limits;
@@ -73,7 +121,7 @@ fn normalize_unguarded<'a>(
 
     let mut unknown = fields::UnknownAttrs::default();
     let mut mapped = 0usize;
-    for kv in resource.iter().chain(record.attributes.iter()) {
+    for kv in resource.mapped.iter().copied().chain(record.attributes.iter()) {
         let value = any_to_value(kv.value.as_ref());
         match fields::apply(&mut ev, &mut ex, &kv.key, value.clone())? {
             fields::Applied::Mapped => mapped = mapped.saturating_add(1),
@@ -87,6 +135,7 @@ fn normalize_unguarded<'a>(
         ));
     }
     merge_attributes(&mut ev, unknown);
+    ev.resource_attributes = resource.unmapped.clone();
 
     if ev.event_time_ns == 0 {
         let t = if record.time_unix_nano != 0 {
@@ -127,8 +176,8 @@ fn check_attributes(what: &str, attributes: &[KeyValue], limits: &RecordLimits) 
     Ok(())
 }
 
-/// A resource's attributes within the limits; checked once per resource by the caller, since
-/// they are applied to each of its records.
+/// A resource's attributes within the limits: the check of [`Resource::prepare`], for
+/// resources whose attributes are applied to each data point (metrics).
 pub fn check_resource(resource: &[KeyValue], limits: &RecordLimits) -> Result<(), Rejection> {
     check_attributes("the resource", resource, limits)
 }
@@ -285,7 +334,8 @@ mod tests {
             trace_id: vec![0xab; 16],
             ..Default::default()
         };
-        let resource = vec![s("k8s.cluster.name", "prod-eu")];
+        let attrs = vec![s("k8s.cluster.name", "prod-eu"), s("host.name", "node-3")];
+        let resource = Resource::prepare(&attrs, &RecordLimits::default()).expect("resource");
         let ev = normalize(&record, &resource, &Ctx::now(IngestSource::OtlpGrpc)).expect("normalize");
         assert_eq!(ev.direction, Direction::Inbound);
         assert_eq!(
@@ -300,6 +350,15 @@ mod tests {
         assert_eq!(ev.cluster.as_deref(), Some("prod-eu"));
         assert_eq!(ev.tls_version.as_deref(), Some("TLSv1.3"));
         assert_eq!(ev.attributes.as_deref(), Some(r#"{"team":"payments"}"#));
+        assert_eq!(ev.resource_attributes.as_deref(), Some(r#"{"host.name":"node-3"}"#));
+        let again = normalize(&record, &resource, &Ctx::now(IngestSource::OtlpGrpc)).expect("normalize");
+        assert!(
+            std::sync::Arc::ptr_eq(
+                ev.resource_attributes.as_ref().expect("shared"),
+                again.resource_attributes.as_ref().expect("shared")
+            ),
+            "records of one resource share its rendered attributes"
+        );
         assert_eq!(ev.trace_id.as_deref(), Some("abababababababababababababababab"));
         assert_eq!(ev.event_time_ns, 1_709_287_200_000_000_000, "body time wins");
     }
@@ -312,11 +371,11 @@ mod tests {
             }),
             ..Default::default()
         };
-        let err = normalize(&record, &[], &Ctx::now(IngestSource::OtlpHttp)).unwrap_err();
+        let err = normalize(&record, &Resource::default(), &Ctx::now(IngestSource::OtlpHttp)).unwrap_err();
         assert_eq!(err.reason, RejectReason::UnrecognizedFormat);
         let empty = LogRecord::default();
         assert_eq!(
-            normalize(&empty, &[], &Ctx::now(IngestSource::OtlpHttp))
+            normalize(&empty, &Resource::default(), &Ctx::now(IngestSource::OtlpHttp))
                 .unwrap_err()
                 .reason,
             RejectReason::MissingBody
@@ -334,7 +393,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let ev = normalize(&record, &[], &Ctx::now(IngestSource::OtlpHttp)).expect("normalize");
+        let ev = normalize(&record, &Resource::default(), &Ctx::now(IngestSource::OtlpHttp)).expect("normalize");
         assert_eq!(ev.format, InputFormat::OtelAttributes);
         assert_eq!(ev.event_time_ns, 1_700_000_000_000_000_000);
         assert_eq!(ev.destination_namespace.as_deref(), Some("shop"));
@@ -349,11 +408,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            normalize(&record, &[], &ctx).unwrap_err().reason,
+            normalize(&record, &Resource::default(), &ctx).unwrap_err().reason,
             RejectReason::TooManyFields
         );
         assert_eq!(
-            check_resource(&many, &ctx.limits).unwrap_err().reason,
+            Resource::prepare(&many, &ctx.limits).unwrap_err().reason,
             RejectReason::TooManyFields
         );
         let mut nested = AnyValue {
@@ -374,13 +433,16 @@ mod tests {
             body: Some(nested),
             ..Default::default()
         };
-        assert_eq!(normalize(&deep, &[], &ctx).unwrap_err().reason, RejectReason::TooDeep);
+        assert_eq!(
+            normalize(&deep, &Resource::default(), &ctx).unwrap_err().reason,
+            RejectReason::TooDeep
+        );
         let long_value = LogRecord {
             attributes: vec![s("method", "GET"), s("x", &"y".repeat(70_000))],
             ..Default::default()
         };
         assert_eq!(
-            normalize(&long_value, &[], &ctx).unwrap_err().reason,
+            normalize(&long_value, &Resource::default(), &ctx).unwrap_err().reason,
             RejectReason::RecordTooLarge
         );
     }

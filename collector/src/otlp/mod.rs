@@ -233,14 +233,21 @@ impl OtlpIngest {
         };
         let class = self.class_of(sender);
         for rl in &req.resource_logs {
-            let resource = rl.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
-            let resource_ok = normalize::otel_log::check_resource(resource, &limits);
+            let attributes = rl.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or(&[]);
+            let prepared = normalize::otel_log::Resource::prepare(attributes, &limits);
+            if let Ok(r) = &prepared {
+                // Its unmapped attributes are stored once, however many records share them.
+                rows_bytes = rows_bytes.saturating_add(r.shared_bytes());
+            }
             for sl in &rl.scope_logs {
                 for record in &sl.log_records {
-                    if let Err(r) = &resource_ok {
-                        reject(r.clone(), record);
-                        continue;
-                    }
+                    let resource = match &prepared {
+                        Ok(r) => r,
+                        Err(r) => {
+                            reject(r.clone(), record);
+                            continue;
+                        }
+                    };
                     if rows_bytes > limits.max_request_rows_bytes {
                         reject(request_too_large(&limits), record);
                         continue;

@@ -231,11 +231,39 @@ fn records_built_to_multiply_memory_are_refused_and_counted() {
         "{summary}"
     );
 
-    // A large resource attribute would be copied into each of 20 000 small records (1.2 GB):
-    // the request's rows budget keeps the first records and refuses the rest.
+    // A large resource attribute over 20 000 small records: stored once, not once per record
+    // (1.2 GB), in memory and in the archive. Every record is kept.
     let mut req = otlp::logs_request((0..20_000).map(|_| otlp::record(LINE, vec![])).collect());
     req.resource_logs[0].resource = Some(Resource {
         attributes: vec![otlp::kv("note", &"n".repeat(60_000))],
+        ..Default::default()
+    });
+    let r = http_request(v.http, "POST", "/v1/logs", &[PB], &req.encode_to_vec()).expect("http");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let answer = ExportLogsServiceResponse::decode(r.body.as_slice()).expect("answer");
+    assert!(answer.partial_success.is_none(), "{:?}", answer.partial_success);
+    assert!(
+        eventually(Duration::from_secs(10), || v.archive_rows("events.jsonl").len()
+            == 20_001),
+        "{} rows archived",
+        v.archive_rows("events.jsonl").len()
+    );
+    let archive = v.dir.path().join("archive");
+    let events_bytes = std::fs::metadata(archive.join("events.jsonl")).expect("events").len();
+    assert!(
+        events_bytes < 100_000_000,
+        "events.jsonl is {events_bytes} bytes, not 1.2 GB"
+    );
+    let resources = v.archive_rows("resources.jsonl");
+    assert_eq!(resources.len(), 1);
+    let last = v.archive_rows("events.jsonl").pop().expect("row");
+    assert_eq!(last["resource_attributes_id"], resources[0]["resource_attributes_id"]);
+
+    // A large attribute that is mapped to a column (the cluster name) is copied into each row:
+    // the request's rows budget keeps the first records and refuses the rest.
+    let mut req = otlp::logs_request((0..20_000).map(|_| otlp::record(LINE, vec![])).collect());
+    req.resource_logs[0].resource = Some(Resource {
+        attributes: vec![otlp::kv("k8s.cluster.name", &"c".repeat(60_000))],
         ..Default::default()
     });
     let partial = post(&req);
@@ -246,10 +274,10 @@ fn records_built_to_multiply_memory_are_refused_and_counted() {
     );
     let kept = 20_000 - partial.rejected_log_records;
     assert!(kept > 100 && kept < 1_000, "kept {kept}");
-    // The good record of the first request, and those kept of this one.
+    // The good record of the first request, the 20 000 of the second, those kept of this one.
     assert!(
         eventually(Duration::from_secs(10), || {
-            v.archive_rows("events.jsonl").len() as i64 == 1 + kept
+            v.archive_rows("events.jsonl").len() as i64 == 20_001 + kept
         }),
         "{} rows archived, {kept} kept",
         v.archive_rows("events.jsonl").len()

@@ -347,6 +347,9 @@ fn poison_messages_are_dead_lettered_and_the_rest_flows() {
     produce(&p, "otel-logs", None, &logs_proto(&[line(0, CART)]));
     produce(&p, "otel-logs", None, b"\xff\x00 definitely not protobuf \x07");
     produce(&p, "otel-logs", None, &logs_proto(&[line(1, CART)]));
+    // Valid protobuf that multiplies memory: 100 KB of empty log records (two bytes each on
+    // the wire, hundreds once decoded), over the 1 MiB decoded-size limit set below.
+    produce(&p, "otel-logs", None, &empty_records(50_000));
     produce(&p, "mesh-raw", None, line(2, CART).as_bytes());
     produce(&p, "mesh-raw", None, b"this is not an access log line");
     produce(&p, "mesh-raw", None, line(3, CART).as_bytes());
@@ -358,7 +361,10 @@ fn poison_messages_are_dead_lettered_and_the_rest_flows() {
         "verity-e2e-poison",
         "[{name: otel-logs, encoding: otlp_proto}, {name: mesh-raw, encoding: raw}]",
         false,
-        &[("VERITY__KAFKA__DEAD_LETTER_TOPIC", "verity-dlq")],
+        &[
+            ("VERITY__KAFKA__DEAD_LETTER_TOPIC", "verity-dlq"),
+            ("VERITY__INTAKE__LIMITS__MAX_DECODED_BYTES", "1048576"),
+        ],
     );
     assert!(
         eventually(Duration::from_secs(30), || paths(&v) == (0..4).collect()),
@@ -380,9 +386,27 @@ fn poison_messages_are_dead_lettered_and_the_rest_flows() {
         .expect("raw poison dead-lettered");
     assert_eq!(raw["offset"], 1);
     assert_eq!(raw["record"], "this is not an access log line");
+    assert!(
+        eventually(Duration::from_secs(10), || v
+            .dead_letters()
+            .iter()
+            .any(|d| d["topic"] == "otel-logs" && d["offset"] == 3)),
+        "the decoded-size bomb is dead-lettered: {:?}",
+        v.dead_letters()
+    );
+    let bomb = v
+        .dead_letters()
+        .into_iter()
+        .find(|d| d["topic"] == "otel-logs" && d["offset"] == 3)
+        .expect("bomb");
+    assert_eq!(bomb["reason"], "undecodable_message");
+    assert!(
+        bomb["error"].as_str().is_some_and(|d| d.contains("max_decoded_bytes")),
+        "{bomb}"
+    );
     assert_eq!(
         v.metric_value("verity_kafka_poison_messages_total{topic=\"otel-logs\"}"),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         v.metric_value("verity_kafka_poison_messages_total{topic=\"mesh-raw\"}"),
@@ -419,4 +443,44 @@ fn poison_messages_are_dead_lettered_and_the_rest_flows() {
     );
     let (status, _) = v.terminate(Duration::from_secs(20));
     assert!(status.success(), "{}", v.stderr());
+
+    // Every offset is committed, poison included: a restarted consumer in this group starts
+    // after them instead of stalling on them.
+    let group: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "verity-e2e-poison")
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition("otel-logs", 0);
+    tpl.add_partition("mesh-raw", 0);
+    let committed = group
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    let offset = |topic: &str| {
+        committed
+            .find_partition(topic, 0)
+            .map(|p| p.offset())
+            .expect("partition")
+    };
+    assert_eq!(offset("otel-logs"), rdkafka::Offset::Offset(4));
+    assert_eq!(offset("mesh-raw"), rdkafka::Offset::Offset(3));
+}
+
+/// An `ExportLogsServiceRequest` of `n` empty log records, built by hand: prost would not
+/// encode empty messages any smaller.
+fn empty_records(n: usize) -> Vec<u8> {
+    let mut scope = Vec::with_capacity(n * 2);
+    for _ in 0..n {
+        scope.extend_from_slice(&[0x12, 0x00]); // ScopeLogs.log_records (field 2), empty
+    }
+    let mut resource = Vec::new();
+    resource.push(0x12); // ResourceLogs.scope_logs (field 2)
+    prost::encoding::encode_varint(scope.len() as u64, &mut resource);
+    resource.extend_from_slice(&scope);
+    let mut request = Vec::new();
+    request.push(0x0a); // ExportLogsServiceRequest.resource_logs (field 1)
+    prost::encoding::encode_varint(resource.len() as u64, &mut request);
+    request.extend_from_slice(&resource);
+    request
 }
