@@ -244,7 +244,8 @@ pub async fn run_with(
             metrics.clone(),
             settings.raw.intake.clone(),
         )
-        .with_held_alerts(held_alerts),
+        .with_held_alerts(held_alerts)
+        .with_in_flight_bytes(settings.max_in_flight_bytes),
     );
 
     let grpc_listener = bind(

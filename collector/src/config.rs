@@ -122,6 +122,9 @@ pub struct OtlpConfig {
     pub http: ListenerConfig,
     /// Cap on a request's decompressed size, in bytes.
     pub max_request_bytes: u64,
+    /// What all OTLP requests in flight may hold in memory together (bodies, decoded
+    /// requests, their rows until processed); past it requests get 503 / UNAVAILABLE.
+    pub max_in_flight_bytes: u64,
     /// `Retry-After` seconds sent with 503 answers when the pipeline is full.
     pub retry_after_secs: u32,
     /// Bearer tokens senders may present; a token's `name` becomes the sender identity.
@@ -227,6 +230,7 @@ pub struct Settings {
     pub http_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub max_request_bytes: usize,
+    pub max_in_flight_bytes: usize,
     pub retry_after_secs: u32,
     pub pipeline: crate::pipeline::PipelineSettings,
     pub archive_dir: Option<PathBuf>,
@@ -484,6 +488,13 @@ impl Config {
                 format!("{max} must be between 1024 and 1073741824"),
             ));
         }
+        let in_flight = self.otlp.max_in_flight_bytes;
+        if in_flight < max || in_flight > (1 << 40) {
+            errors.push(ConfigError::new(
+                "otlp.max_in_flight_bytes",
+                format!("{in_flight} must be at least otlp.max_request_bytes ({max}) and at most 1 TiB"),
+            ));
+        }
         if !(1..=3600).contains(&self.otlp.retry_after_secs) {
             errors.push(ConfigError::new("otlp.retry_after_secs", "must be between 1 and 3600"));
         }
@@ -596,6 +607,7 @@ impl Config {
             http_listen,
             admin_listen,
             max_request_bytes: max as usize,
+            max_in_flight_bytes: usize::try_from(in_flight).unwrap_or(usize::MAX),
             retry_after_secs: self.otlp.retry_after_secs,
             pipeline: crate::pipeline::PipelineSettings {
                 batch_max_rows: p.batch_max_rows,

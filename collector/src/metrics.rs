@@ -22,6 +22,8 @@ pub struct Metrics {
     pub records_rejected: Family<Labels2, Counter>,
     /// OTLP export requests by `transport`, `signal` and `outcome`.
     pub otlp_requests: Family<Labels3, Counter>,
+    /// Bytes OTLP requests in flight have reserved of `otlp.max_in_flight_bytes`.
+    pub otlp_in_flight: Gauge,
     /// Items waiting in each bounded queue (`intake`, `pipeline`).
     pub queue_depth: Family<Labels1, Gauge>,
     /// Rows per batch handed to the pipeline stages.
@@ -58,6 +60,7 @@ impl Metrics {
             records_accepted: Family::default(),
             records_rejected: Family::default(),
             otlp_requests: Family::default(),
+            otlp_in_flight: Gauge::default(),
             queue_depth: Family::default(),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             pipeline_rows: Family::default(),
@@ -91,6 +94,12 @@ impl Metrics {
             "verity_otlp_requests",
             "OTLP export requests, by transport, signal and outcome",
             m.otlp_requests.clone(),
+        );
+        registry.register_with_unit(
+            "verity_otlp_in_flight",
+            "Bytes OTLP requests in flight have reserved of otlp.max_in_flight_bytes",
+            prometheus_client::registry::Unit::Bytes,
+            m.otlp_in_flight.clone(),
         );
         registry.register(
             "verity_queue_depth",

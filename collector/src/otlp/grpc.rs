@@ -6,7 +6,8 @@
 //! RESOURCE_EXHAUSTED whether or not it was compressed (tonic says OUT_OF_RANGE for an
 //! uncompressed one). tonic still does the framing, gzip and the size cap while reading.
 //! The sender is authenticated (`sender.rs`) before the message is read: UNAUTHENTICATED
-//! without credentials, PERMISSION_DENIED when not allowed.
+//! without credentials, PERMISSION_DENIED when not allowed. Then the request reserves its
+//! share of the in-flight memory budget (`budget.rs`), UNAVAILABLE when it is spent.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -24,6 +25,7 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use verity_model::event::IngestSource;
 
+use super::budget::{Reservation, in_flight_bytes};
 use super::sender::{Denial, Sender, SenderAuth};
 use super::{OtlpIngest, decoded_size};
 use crate::listener::PeerInfo;
@@ -127,9 +129,9 @@ impl Signal {
     }
 }
 
-struct LogsExport(Arc<Shared>, Sender);
+struct LogsExport(Arc<Shared>, Sender, Option<Reservation>);
 /// Metric samples carry no sender column; the request was authenticated all the same.
-struct MetricsExport(Arc<Shared>);
+struct MetricsExport(Arc<Shared>, Option<Reservation>);
 
 fn backpressure_status(b: Backpressure) -> Status {
     match b {
@@ -143,6 +145,7 @@ fn backpressure_status(b: Backpressure) -> Status {
 async fn export<Req, Resp>(
     shared: &Shared,
     bytes: Bytes,
+    reservation: Option<Reservation>,
     signal: Signal,
     what: &str,
     run: impl FnOnce(&OtlpIngest, &Req) -> Result<(Resp, Option<Handoff>), Backpressure>,
@@ -156,11 +159,16 @@ where
         Signal::Metrics => decoded_size::Msg::MetricsRequest,
     };
     let limit = shared.ingest.limits().max_decoded_bytes;
+    // Held until the answer: the body, then the decoded request and its rows.
+    let mut reservation = reservation;
     let started = match decoded_size::protobuf(&bytes, root, limit) {
         None => Err(Status::resource_exhausted(format!(
             "the {what} would take more than intake.limits.max_decoded_bytes ({limit}) once decoded; send fewer records per request"
         ))),
-        Some(_) => Req::decode(bytes).map_err(|e| Status::invalid_argument(format!("could not decode {what}: {e}"))),
+        Some(decoded) => match reservation.as_mut().map(|r| r.grow_to(in_flight_bytes(bytes.len(), decoded))) {
+            Some(Err(spent)) => Err(Status::unavailable(spent.to_string())),
+            _ => Req::decode(bytes).map_err(|e| Status::invalid_argument(format!("could not decode {what}: {e}"))),
+        },
     }
     .and_then(|req| run(&shared.ingest, &req).map_err(backpressure_status));
     let result = match started {
@@ -191,10 +199,17 @@ impl UnaryService<Bytes> for LogsExport {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let (shared, sender) = (self.0.clone(), self.1.clone());
+        let reservation = self.2.take();
         Box::pin(async move {
+            let bytes = request.into_inner();
+            let reservation = reservation.map(|mut r| {
+                r.shrink_to(bytes.len());
+                r
+            });
             export(
                 &shared,
-                request.into_inner(),
+                bytes,
+                reservation,
                 Signal::Logs,
                 "ExportLogsServiceRequest",
                 |ingest, req: &ExportLogsServiceRequest| ingest.export_logs(req, IngestSource::OtlpGrpc, &sender),
@@ -212,10 +227,17 @@ impl UnaryService<Bytes> for MetricsExport {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let shared = self.0.clone();
+        let reservation = self.1.take();
         Box::pin(async move {
+            let bytes = request.into_inner();
+            let reservation = reservation.map(|mut r| {
+                r.shrink_to(bytes.len());
+                r
+            });
             export(
                 &shared,
-                request.into_inner(),
+                bytes,
+                reservation,
                 Signal::Metrics,
                 "ExportMetricsServiceRequest",
                 |ingest, req: &ExportMetricsServiceRequest| ingest.export_metrics(req, IngestSource::OtlpGrpc),
@@ -320,8 +342,18 @@ macro_rules! otlp_service {
                             return Ok(status.into_http());
                         }
                     };
+                    // Before the message is read: its size is known only once it is.
+                    let reservation = match shared.ingest.budget().try_reserve(shared.max_bytes) {
+                        Ok(r) => r,
+                        Err(spent) => {
+                            count(&shared.metrics, $signal, "unavailable");
+                            return Ok(Status::unavailable(spent.to_string()).into_http());
+                        }
+                    };
                     let mut grpc = grpc::<$msg>(shared.max_bytes);
-                    let res = grpc.unary(($export)(shared.clone(), sender), req).await;
+                    let res = grpc
+                        .unary(($export)(shared.clone(), sender, reservation), req)
+                        .await;
                     Ok(oversize_is_resource_exhausted(res, &shared, $signal))
                 })
             }
@@ -332,14 +364,14 @@ macro_rules! otlp_service {
 otlp_service!(
     LogsGrpc,
     LOGS_EXPORT,
-    LogsExport,
+    |shared, sender, reservation| LogsExport(shared, sender, Some(reservation)),
     ExportLogsServiceResponse,
     Signal::Logs
 );
 otlp_service!(
     MetricsGrpc,
     METRICS_EXPORT,
-    |shared, _sender: Sender| MetricsExport(shared),
+    |shared, _sender: Sender, reservation| MetricsExport(shared, Some(reservation)),
     ExportMetricsServiceResponse,
     Signal::Metrics
 );

@@ -3,8 +3,9 @@
 //! Answers follow the OTLP spec: the response uses the request's encoding; 415 for an
 //! unsupported content type or encoding; 413 when the body or its decompressed form exceeds
 //! the cap; 400 for an undecodable body; 503 with `Retry-After` when the pipeline is full;
-//! 401 for a sender without credentials, 403 for one not allowed (see `sender.rs`). Error
-//! bodies are `google.rpc.Status` messages.
+//! 401 for a sender without credentials, 403 for one not allowed (see `sender.rs`); 503 too
+//! when the requests in flight hold the whole memory budget (`budget.rs`). Error bodies are
+//! `google.rpc.Status` messages.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use prost::Message;
 use verity_model::event::IngestSource;
 
+use super::budget::{BudgetSpent, Reservation, in_flight_bytes};
 use super::sender::{Denial, Sender, SenderAuth};
 use super::{OtlpIngest, decoded_size};
 use crate::listener::PeerInfo;
@@ -130,20 +132,28 @@ async fn logs(
     body: Body,
 ) -> Response {
     let span = tracing::info_span!("otlp_export", transport = "http", signal = "logs");
-    handle(&st, "logs", &peer, headers, body, |st, bytes, enc, sender| {
-        let req: ExportLogsServiceRequest = decode(
-            st,
-            bytes,
-            enc,
-            decoded_size::Msg::LogsRequest,
-            "ExportLogsServiceRequest",
-        )?;
-        let (resp, handoff) = st
-            .ingest
-            .export_logs(&req, IngestSource::OtlpHttp, sender)
-            .map_err(|b| unavailable(st, b, enc))?;
-        Ok((resp.partial_success.is_some(), encode(&resp, enc), handoff))
-    })
+    handle(
+        &st,
+        "logs",
+        &peer,
+        headers,
+        body,
+        |st, bytes, enc, sender, reservation| {
+            let req: ExportLogsServiceRequest = decode(
+                st,
+                bytes,
+                enc,
+                decoded_size::Msg::LogsRequest,
+                "ExportLogsServiceRequest",
+                reservation,
+            )?;
+            let (resp, handoff) = st
+                .ingest
+                .export_logs(&req, IngestSource::OtlpHttp, sender)
+                .map_err(|b| unavailable(st, b, enc))?;
+            Ok((resp.partial_success.is_some(), encode(&resp, enc), handoff))
+        },
+    )
     .instrument(span)
     .await
 }
@@ -154,25 +164,39 @@ async fn metrics(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(&st, "metrics", &peer, headers, body, |st, bytes, enc, _sender| {
-        let req: ExportMetricsServiceRequest = decode(
-            st,
-            bytes,
-            enc,
-            decoded_size::Msg::MetricsRequest,
-            "ExportMetricsServiceRequest",
-        )?;
-        let (resp, handoff) = st
-            .ingest
-            .export_metrics(&req, IngestSource::OtlpHttp)
-            .map_err(|b| unavailable(st, b, enc))?;
-        Ok((resp.partial_success.is_some(), encode(&resp, enc), handoff))
-    })
+    handle(
+        &st,
+        "metrics",
+        &peer,
+        headers,
+        body,
+        |st, bytes, enc, _sender, reservation| {
+            let req: ExportMetricsServiceRequest = decode(
+                st,
+                bytes,
+                enc,
+                decoded_size::Msg::MetricsRequest,
+                "ExportMetricsServiceRequest",
+                reservation,
+            )?;
+            let (resp, handoff) = st
+                .ingest
+                .export_metrics(&req, IngestSource::OtlpHttp)
+                .map_err(|b| unavailable(st, b, enc))?;
+            Ok((resp.partial_success.is_some(), encode(&resp, enc), handoff))
+        },
+    )
     .await
 }
 
 fn unavailable(st: &HttpState, b: Backpressure, enc: Encoding) -> Failure {
     let mut f = Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", enc, b.to_string());
+    f.retry_after = Some(st.retry_after_secs);
+    f
+}
+
+fn budget_spent(st: &HttpState, spent: BudgetSpent, enc: Encoding) -> Failure {
+    let mut f = Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", enc, spent.to_string());
     f.retry_after = Some(st.retry_after_secs);
     f
 }
@@ -183,13 +207,18 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
     enc: Encoding,
     root: decoded_size::Msg,
     what: &str,
+    reservation: &mut Reservation,
 ) -> Result<T, Failure> {
     let limit = st.ingest.limits().max_decoded_bytes;
     let measured = match enc {
         Encoding::Protobuf => decoded_size::protobuf(bytes, root, limit),
         Encoding::Json => decoded_size::json(bytes, limit),
     };
-    if measured.is_none() {
+    if let Some(decoded) = measured {
+        reservation
+            .grow_to(in_flight_bytes(bytes.len(), decoded))
+            .map_err(|spent| budget_spent(st, spent, enc))?;
+    } else {
         return Err(Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
@@ -232,10 +261,17 @@ async fn handle(
     peer: &PeerInfo,
     headers: HeaderMap,
     body: Body,
-    export: impl FnOnce(&HttpState, &[u8], Encoding, &Sender) -> Result<(bool, Vec<u8>, Option<Handoff>), Failure>,
+    export: impl FnOnce(
+        &HttpState,
+        &[u8],
+        Encoding,
+        &Sender,
+        &mut Reservation,
+    ) -> Result<(bool, Vec<u8>, Option<Handoff>), Failure>,
 ) -> Response {
+    // The reservation is held until the rows are processed and the answer is ready.
     let result = match read_and_export(st, peer, headers, body, export).await {
-        Ok((partial, body, enc, Some(handoff))) => match handoff.wait().await {
+        Ok((partial, body, enc, Some(handoff), _reservation)) => match handoff.wait().await {
             Ok(()) => Ok((partial, body, enc)),
             Err(e) => {
                 let mut f = Failure::new(
@@ -248,7 +284,7 @@ async fn handle(
                 Err(f)
             }
         },
-        Ok((partial, body, enc, None)) => Ok((partial, body, enc)),
+        Ok((partial, body, enc, None, _reservation)) => Ok((partial, body, enc)),
         Err(f) => Err(f),
     };
     let (outcome, response) = match result {
@@ -275,8 +311,14 @@ async fn read_and_export(
     peer: &PeerInfo,
     headers: HeaderMap,
     body: Body,
-    export: impl FnOnce(&HttpState, &[u8], Encoding, &Sender) -> Result<(bool, Vec<u8>, Option<Handoff>), Failure>,
-) -> Result<(bool, Vec<u8>, Encoding, Option<Handoff>), Failure> {
+    export: impl FnOnce(
+        &HttpState,
+        &[u8],
+        Encoding,
+        &Sender,
+        &mut Reservation,
+    ) -> Result<(bool, Vec<u8>, Option<Handoff>), Failure>,
+) -> Result<(bool, Vec<u8>, Encoding, Option<Handoff>, Reservation), Failure> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -331,6 +373,18 @@ async fn read_and_export(
             format!("request exceeds the {} byte limit", st.max_bytes),
         )
     };
+    // Reserved before the body is read: what it says it holds, or the most it may, and room
+    // to decompress it.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(st.max_bytes, |n| n.min(st.max_bytes));
+    let mut reservation = st
+        .ingest
+        .budget()
+        .try_reserve(declared.saturating_add(if gzip { st.max_bytes } else { 0 }))
+        .map_err(|spent| budget_spent(st, spent, enc))?;
     let raw: Bytes = axum::body::to_bytes(body, st.max_bytes).await.map_err(|e| {
         let is_limit = std::error::Error::source(&e)
             .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some())
@@ -368,6 +422,7 @@ async fn read_and_export(
     } else {
         &raw
     };
-    let (partial, body, handoff) = export(st, bytes, enc, &sender)?;
-    Ok((partial, body, enc, handoff))
+    reservation.shrink_to(raw.len().saturating_add(if gzip { bytes.len() } else { 0 }));
+    let (partial, body, handoff) = export(st, bytes, enc, &sender, &mut reservation)?;
+    Ok((partial, body, enc, handoff, reservation))
 }

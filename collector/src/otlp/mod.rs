@@ -6,6 +6,7 @@
 //! dead-lettered and reported through `partial_success`; they never fail the request.
 
 pub mod binding;
+pub mod budget;
 pub mod decoded_size;
 pub mod deliveries;
 pub mod grpc;
@@ -43,7 +44,11 @@ pub struct OtlpIngest {
     trust: binding::IntakeConfig,
     deliveries: Arc<deliveries::Deliveries>,
     held: HeldAlerts,
+    budget: budget::InFlightBudget,
 }
+
+/// `otlp.max_in_flight_bytes` unless set with [`OtlpIngest::with_in_flight_bytes`].
+const DEFAULT_IN_FLIGHT_BYTES: usize = 256 << 20;
 
 /// How many rejected records are described in `partial_success.error_message`.
 const MAX_ERRORS_IN_MESSAGE: usize = 3;
@@ -53,11 +58,23 @@ impl OtlpIngest {
         Self {
             intake,
             dead_letter,
+            budget: budget::InFlightBudget::new(DEFAULT_IN_FLIGHT_BYTES, metrics.otlp_in_flight.clone()),
             metrics,
             trust,
             deliveries: Arc::new(deliveries::Deliveries::new(HeldAlerts::default())),
             held: HeldAlerts::default(),
         }
+    }
+
+    /// What all requests in flight may hold together (see [`budget`]).
+    pub fn with_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.budget = budget::InFlightBudget::new(bytes, self.metrics.otlp_in_flight.clone());
+        self
+    }
+
+    /// The in-flight memory budget every source reserves from.
+    pub fn budget(&self) -> &budget::InFlightBudget {
+        &self.budget
     }
 
     /// Resends are recognised against the rules stage's held alerts (see [`deliveries`]).

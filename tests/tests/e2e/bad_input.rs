@@ -296,3 +296,68 @@ fn records_built_to_multiply_memory_are_refused_and_counted() {
             >= 99_900.0
     );
 }
+
+/// Many connections cannot multiply the per-request limits: requests in flight share one
+/// memory budget (`otlp.max_in_flight_bytes`), reserved before a body is read, and a request
+/// past it is answered 503 / UNAVAILABLE at once; the budget comes back when they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_share_one_memory_budget() {
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+    use std::io::Write;
+
+    let v = Verity::start(&[
+        ("VERITY__OTLP__MAX_REQUEST_BYTES", "1048576"),
+        ("VERITY__OTLP__MAX_IN_FLIGHT_BYTES", "2097152"),
+    ]);
+    // Two requests that announce 1 MiB bodies and send a little of them hold the budget.
+    let stalled: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(v.http).expect("connect");
+            write!(
+                s,
+                "POST /v1/logs HTTP/1.1\r\nHost: verity\r\nContent-Type: application/x-protobuf\r\nContent-Length: 1048576\r\n\r\n"
+            )
+            .expect("headers");
+            s.write_all(&[0u8; 1000]).expect("part of the body");
+            s
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || v
+            .metric_value("verity_otlp_in_flight_bytes")
+            == Some(2_097_152.0)),
+        "{:?}",
+        v.metric_value("verity_otlp_in_flight_bytes")
+    );
+
+    let r = http_request(v.http, "POST", "/v1/logs", &[PB], &good_request()).expect("http");
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("retry-after")));
+    let (code, message) = verity_collector_status(&r.body);
+    assert_eq!(code, 14, "UNAVAILABLE");
+    assert!(message.contains("max_in_flight_bytes"), "{message}");
+
+    let mut client = LogsServiceClient::connect(format!("http://{}", v.grpc))
+        .await
+        .expect("connect");
+    let request = otlp::logs_request(vec![otlp::record(LINE, vec![])]);
+    let err = client.export(request.clone()).await.expect_err("budget spent");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(
+        v.metric_value(r#"verity_otlp_requests_total{transport="grpc",signal="logs",outcome="unavailable"}"#),
+        Some(1.0)
+    );
+
+    // The stalled clients go away: their share comes back and requests are taken again.
+    drop(stalled);
+    assert!(
+        eventually(Duration::from_secs(10), || v
+            .metric_value("verity_otlp_in_flight_bytes")
+            == Some(0.0)),
+        "{:?}",
+        v.metric_value("verity_otlp_in_flight_bytes")
+    );
+    client.export(request).await.expect("taken again");
+    let r = http_request(v.http, "POST", "/v1/logs", &[PB], &good_request()).expect("http");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
