@@ -2,10 +2,11 @@
 //!
 //! The per-request limits bound one request; without this, a sender that opens many
 //! connections multiplies them. A request reserves its share before its body is read (its
-//! `Content-Length`, or `otlp.max_request_bytes` when the length is unknown), keeps what the
-//! body turned out to be once read, adds twice the decoded size before decoding (the decoded
-//! request, then the rows built from it), and releases it all when it is answered, which is
-//! after the pipeline has processed its rows. When the budget cannot cover a request it is
+//! `Content-Length`, or `otlp.max_request_bytes` when the length is unknown; twice that over
+//! gRPC, where the message is read into tonic's buffer and copied out of it), keeps what the
+//! body turned out to be once read, adds [`DECODED_COPIES`] times the decoded size before
+//! decoding, and releases it all when it is answered, which is after the pipeline has
+//! processed its rows. When the budget cannot cover a request it is
 //! refused at once with 503 / UNAVAILABLE (retryable), never queued: memory is what ran out,
 //! so waiting requests would hold more of it.
 
@@ -21,10 +22,22 @@ fn units(bytes: usize) -> usize {
     bytes.div_ceil(UNIT).max(1)
 }
 
-/// What a request holds once its body is read and measured: the body, and twice its decoded
-/// size (the decoded request, then the rows built from it).
+/// How many times its decoded size a request holds at most, beside its body: the decoded
+/// request, the rows built from it, and their copy when the batcher joins batches. (Measured
+/// with `verity-loadgen --shape wide|shared --connections 64`: with two copies the budget was
+/// overrun by the joined batches.)
+pub const DECODED_COPIES: usize = 3;
+
+/// What a request holds once its body is read and measured: `body` (what it holds of the
+/// body), and [`DECODED_COPIES`] times its decoded size.
 pub fn in_flight_bytes(body: usize, decoded: usize) -> usize {
-    body.saturating_add(decoded.saturating_mul(2))
+    body.saturating_add(decoded.saturating_mul(DECODED_COPIES))
+}
+
+/// What a gRPC message of `len` bytes holds while it is read: tonic's buffer and the copy
+/// handed to the service.
+pub fn grpc_body_bytes(len: usize) -> usize {
+    len.saturating_mul(2)
 }
 
 /// The shared budget. Cloning shares it.

@@ -25,7 +25,7 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use verity_model::event::IngestSource;
 
-use super::budget::{Reservation, in_flight_bytes};
+use super::budget::{Reservation, grpc_body_bytes, in_flight_bytes};
 use super::sender::{Denial, Sender, SenderAuth};
 use super::{OtlpIngest, decoded_size};
 use crate::listener::PeerInfo;
@@ -165,7 +165,10 @@ where
         None => Err(Status::resource_exhausted(format!(
             "the {what} would take more than intake.limits.max_decoded_bytes ({limit}) once decoded; send fewer records per request"
         ))),
-        Some(decoded) => match reservation.as_mut().map(|r| r.grow_to(in_flight_bytes(bytes.len(), decoded))) {
+        Some(decoded) => match reservation
+            .as_mut()
+            .map(|r| r.grow_to(in_flight_bytes(grpc_body_bytes(bytes.len()), decoded)))
+        {
             Some(Err(spent)) => Err(Status::unavailable(spent.to_string())),
             _ => Req::decode(bytes).map_err(|e| Status::invalid_argument(format!("could not decode {what}: {e}"))),
         },
@@ -203,7 +206,7 @@ impl UnaryService<Bytes> for LogsExport {
         Box::pin(async move {
             let bytes = request.into_inner();
             let reservation = reservation.map(|mut r| {
-                r.shrink_to(bytes.len());
+                r.shrink_to(grpc_body_bytes(bytes.len()));
                 r
             });
             export(
@@ -231,7 +234,7 @@ impl UnaryService<Bytes> for MetricsExport {
         Box::pin(async move {
             let bytes = request.into_inner();
             let reservation = reservation.map(|mut r| {
-                r.shrink_to(bytes.len());
+                r.shrink_to(grpc_body_bytes(bytes.len()));
                 r
             });
             export(
@@ -343,7 +346,11 @@ macro_rules! otlp_service {
                         }
                     };
                     // Before the message is read: its size is known only once it is.
-                    let reservation = match shared.ingest.budget().try_reserve(shared.max_bytes) {
+                    let reservation = match shared
+                        .ingest
+                        .budget()
+                        .try_reserve(grpc_body_bytes(shared.max_bytes))
+                    {
                         Ok(r) => r,
                         Err(spent) => {
                             count(&shared.metrics, $signal, "unavailable");
