@@ -132,304 +132,206 @@ impl SenderBinding {
     }
 }
 
-/// One normalized access record. Normalizers fill it; [`EventBatchBuilder`] turns many into a
-/// `RecordBatch`. Field meanings are documented on the schema columns of the same name.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AccessEvent<'a> {
-    pub event_time_ns: i64,
-    pub observed_time_ns: i64,
-    pub reporter: Reporter,
-    pub protocol: Text<'a>,
-    pub direction: Direction,
-    pub source_principal: Text<'a>,
-    pub source_workload: Text<'a>,
-    pub source_namespace: Text<'a>,
-    pub source_ip: Text<'a>,
-    pub source_port: Option<i32>,
-    pub destination_principal: Text<'a>,
-    pub destination_workload: Text<'a>,
-    pub destination_namespace: Text<'a>,
-    pub destination_ip: Text<'a>,
-    pub destination_port: Option<i32>,
-    pub destination_service: Text<'a>,
-    pub mtls: Option<bool>,
-    pub tls_version: Text<'a>,
-    pub request_principal: Text<'a>,
-    pub method: Text<'a>,
-    pub path: Text<'a>,
-    pub authority: Text<'a>,
-    pub user_agent: Text<'a>,
-    pub request_id: Text<'a>,
-    pub x_forwarded_for: Text<'a>,
-    pub status: Option<i32>,
-    pub response_flags: Text<'a>,
-    pub response_code_details: Text<'a>,
-    pub connection_termination_details: Text<'a>,
-    pub upstream_transport_failure_reason: Text<'a>,
-    pub decision: Decision,
-    pub decision_policy: Text<'a>,
-    pub decision_reason: Text<'a>,
-    pub upstream_cluster: Text<'a>,
-    pub upstream_host: Text<'a>,
-    pub route_name: Text<'a>,
-    pub requested_server_name: Text<'a>,
-    pub bytes_received: Option<i64>,
-    pub bytes_sent: Option<i64>,
-    pub duration_ms: Option<f64>,
-    pub trace_id: Text<'a>,
-    pub span_id: Text<'a>,
-    pub cluster: Text<'a>,
-    pub mesh_id: Text<'a>,
-    pub source: IngestSource,
+/// How each kind of column is held in [`AccessEvent`], typed in Arrow, built and measured.
+/// Used by [`event_columns!`] only.
+macro_rules! column_kind {
+    (ty Time) => { i64 };
+    (ty Enum($t:ty)) => { $t };
+    (ty Text) => { Text<'a> };
+    (ty I32) => { Option<i32> };
+    (ty I64) => { Option<i64> };
+    (ty F64) => { Option<f64> };
+    (ty OptBool) => { Option<bool> };
+    (ty Bool) => { bool };
+    (ty Json) => { Option<String> };
+    (ty Shared) => { Option<Arc<str>> };
+    (ty Raw) => { Cow<'a, str> };
+
+    (field Time, $name:expr) => { Field::new($name, DataType::Timestamp(TimeUnit::Nanosecond, Some("+00:00".into())), false) };
+    (field Enum, $name:expr) => { Field::new($name, DataType::Utf8, false) };
+    (field Text, $name:expr) => { Field::new($name, DataType::Utf8, true) };
+    (field I32, $name:expr) => { Field::new($name, DataType::Int32, true) };
+    (field I64, $name:expr) => { Field::new($name, DataType::Int64, true) };
+    (field F64, $name:expr) => { Field::new($name, DataType::Float64, true) };
+    (field OptBool, $name:expr) => { Field::new($name, DataType::Boolean, true) };
+    (field Bool, $name:expr) => { Field::new($name, DataType::Boolean, false) };
+    (field Json, $name:expr) => { Field::new($name, DataType::Utf8, true) };
+    (field Shared, $name:expr) => {
+        Field::new($name, DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), true)
+    };
+    (field Raw, $name:expr) => { Field::new($name, DataType::Utf8, false) };
+
+    (builder Time) => { TimestampNanosecondBuilder };
+    (builder Enum) => { StringBuilder };
+    (builder Text) => { StringBuilder };
+    (builder I32) => { Int32Builder };
+    (builder I64) => { Int64Builder };
+    (builder F64) => { Float64Builder };
+    (builder OptBool) => { BooleanBuilder };
+    (builder Bool) => { BooleanBuilder };
+    (builder Json) => { StringBuilder };
+    (builder Shared) => { SharedText };
+    (builder Raw) => { StringBuilder };
+
+    (new Time, $rows:expr) => { TimestampNanosecondBuilder::with_capacity($rows).with_timezone("+00:00") };
+    (new Raw, $rows:expr) => { StringBuilder::with_capacity($rows, $rows.saturating_mul(256)) };
+    (new Shared, $rows:expr) => { SharedText::with_capacity($rows) };
+    (new I32, $rows:expr) => { Int32Builder::with_capacity($rows) };
+    (new I64, $rows:expr) => { Int64Builder::with_capacity($rows) };
+    (new F64, $rows:expr) => { Float64Builder::with_capacity($rows) };
+    (new OptBool, $rows:expr) => { BooleanBuilder::with_capacity($rows) };
+    (new Bool, $rows:expr) => { BooleanBuilder::with_capacity($rows) };
+    (new $text:ident, $rows:expr) => { StringBuilder::with_capacity($rows, $rows.saturating_mul(16)) };
+
+    (append Time, $b:expr, $v:expr) => { $b.append_value($v) };
+    (append Enum, $b:expr, $v:expr) => { $b.append_value($v.as_str()) };
+    (append Text, $b:expr, $v:expr) => { $b.append_option($v.as_deref()) };
+    (append Json, $b:expr, $v:expr) => { $b.append_option($v.as_deref()) };
+    (append Shared, $b:expr, $v:expr) => { $b.append($v.as_ref()) };
+    (append Raw, $b:expr, $v:expr) => { $b.append_value(&$v) };
+    (append Bool, $b:expr, $v:expr) => { $b.append_value($v) };
+    (append $option:ident, $b:expr, $v:expr) => { $b.append_option($v) };
+
+    (finish Shared, $b:expr) => { $b.finish()? };
+    (finish $other:ident, $b:expr) => { $b.finish() };
+
+    // Text a row puts into the batch's string columns. `resource_attributes` is stored once
+    // per resource, so whoever prepares a resource counts it once.
+    (text Text, $v:expr) => { $v.as_deref().map_or(0, str::len) };
+    (text Json, $v:expr) => { $v.as_deref().map_or(0, str::len) };
+    (text Raw, $v:expr) => { $v.len() };
+    (text $other:ident, $v:expr) => { 0usize };
+}
+
+/// Declares the access-event schema once, in column order: each entry is
+/// `field: Kind => CONSTANT = "column"`. From it come [`AccessEvent`], the [`col`] names,
+/// [`schema`], and [`EventBatchBuilder`] with its `append` and `finish`. `docs/schema.md`
+/// documents the same columns in the same order (checked by a test).
+macro_rules! event_columns {
+    ($( $(#[$doc:meta])* $field:ident : $kind:ident $(($enum:ty))? => $konst:ident = $name:literal ),+ $(,)?) => {
+        /// One normalized access record. Normalizers fill it; [`EventBatchBuilder`] turns many
+        /// into a `RecordBatch`. Field meanings are documented on the schema columns of the
+        /// same name (`docs/schema.md`).
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct AccessEvent<'a> {
+            $( $(#[$doc])* pub $field: column_kind!(ty $kind $(($enum))?), )+
+        }
+
+        impl AccessEvent<'_> {
+            /// Bytes of text the event puts into a batch's string columns (what a batch of it
+            /// costs beyond its fixed per-row part). `resource_attributes` is not counted: it
+            /// is stored once per resource, so whoever prepares a resource counts it once.
+            pub fn text_bytes(&self) -> usize {
+                0usize $( .saturating_add(column_kind!(text $kind, self.$field)) )+
+            }
+        }
+
+        /// Column names, in schema order. Rules and docs refer to these.
+        pub mod col {
+            $( pub const $konst: &str = $name; )+
+        }
+
+        fn fields() -> Vec<Field> {
+            vec![ $( column_kind!(field $kind, col::$konst), )+ ]
+        }
+
+        /// Appends [`AccessEvent`]s column by column and finishes them into a `RecordBatch`.
+        pub struct EventBatchBuilder {
+            len: usize,
+            $( $field: column_kind!(builder $kind), )+
+        }
+
+        impl EventBatchBuilder {
+            pub fn with_capacity(rows: usize) -> Self {
+                Self {
+                    len: 0,
+                    $( $field: column_kind!(new $kind, rows), )+
+                }
+            }
+
+            pub fn append(&mut self, e: &AccessEvent<'_>) {
+                self.len += 1;
+                $( column_kind!(append $kind, self.$field, e.$field); )+
+            }
+
+            /// Finishes the rows appended so far into a batch and leaves the builder empty.
+            pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+                self.len = 0;
+                let columns: Vec<ArrayRef> = vec![ $( Arc::new(column_kind!(finish $kind, self.$field)), )+ ];
+                RecordBatch::try_new(schema(), columns)
+            }
+        }
+    };
+}
+
+event_columns! {
+    event_time_ns: Time => EVENT_TIME = "event_time",
+    observed_time_ns: Time => OBSERVED_TIME = "observed_time",
+    reporter: Enum(Reporter) => REPORTER = "reporter",
+    protocol: Text => PROTOCOL = "protocol",
+    direction: Enum(Direction) => DIRECTION = "direction",
+    source_principal: Text => SOURCE_PRINCIPAL = "source_principal",
+    source_workload: Text => SOURCE_WORKLOAD = "source_workload",
+    source_namespace: Text => SOURCE_NAMESPACE = "source_namespace",
+    source_ip: Text => SOURCE_IP = "source_ip",
+    source_port: I32 => SOURCE_PORT = "source_port",
+    destination_principal: Text => DESTINATION_PRINCIPAL = "destination_principal",
+    destination_workload: Text => DESTINATION_WORKLOAD = "destination_workload",
+    destination_namespace: Text => DESTINATION_NAMESPACE = "destination_namespace",
+    destination_ip: Text => DESTINATION_IP = "destination_ip",
+    destination_port: I32 => DESTINATION_PORT = "destination_port",
+    destination_service: Text => DESTINATION_SERVICE = "destination_service",
+    mtls: OptBool => MTLS = "mtls",
+    tls_version: Text => TLS_VERSION = "tls_version",
+    request_principal: Text => REQUEST_PRINCIPAL = "request_principal",
+    method: Text => METHOD = "method",
+    path: Text => PATH = "path",
+    authority: Text => AUTHORITY = "authority",
+    user_agent: Text => USER_AGENT = "user_agent",
+    request_id: Text => REQUEST_ID = "request_id",
+    x_forwarded_for: Text => X_FORWARDED_FOR = "x_forwarded_for",
+    status: I32 => STATUS = "status",
+    response_flags: Text => RESPONSE_FLAGS = "response_flags",
+    response_code_details: Text => RESPONSE_CODE_DETAILS = "response_code_details",
+    connection_termination_details: Text => CONNECTION_TERMINATION_DETAILS = "connection_termination_details",
+    upstream_transport_failure_reason: Text => UPSTREAM_TRANSPORT_FAILURE_REASON = "upstream_transport_failure_reason",
+    decision: Enum(Decision) => DECISION = "decision",
+    decision_policy: Text => DECISION_POLICY = "decision_policy",
+    decision_reason: Text => DECISION_REASON = "decision_reason",
+    upstream_cluster: Text => UPSTREAM_CLUSTER = "upstream_cluster",
+    upstream_host: Text => UPSTREAM_HOST = "upstream_host",
+    route_name: Text => ROUTE_NAME = "route_name",
+    requested_server_name: Text => REQUESTED_SERVER_NAME = "requested_server_name",
+    bytes_received: I64 => BYTES_RECEIVED = "bytes_received",
+    bytes_sent: I64 => BYTES_SENT = "bytes_sent",
+    duration_ms: F64 => DURATION_MS = "duration_ms",
+    trace_id: Text => TRACE_ID = "trace_id",
+    span_id: Text => SPAN_ID = "span_id",
+    cluster: Text => CLUSTER = "cluster",
+    mesh_id: Text => MESH_ID = "mesh_id",
+    source: Enum(IngestSource) => SOURCE = "source",
     /// Who sent the record: the authenticated identity of the client (a SPIFFE ID from its
     /// certificate or the name of its token), or the configured sender of a Kafka topic.
-    pub sender: Text<'a>,
+    sender: Text => SENDER = "sender",
     /// `sender_binding.verified()`: the sender is the reporting proxy, or trusted to report
     /// for others.
-    pub sender_verified: bool,
-    pub sender_binding: SenderBinding,
-    pub format: InputFormat,
+    sender_verified: Bool => SENDER_VERIFIED = "sender_verified",
+    sender_binding: Enum(SenderBinding) => SENDER_BINDING = "sender_binding",
+    format: Enum(InputFormat) => FORMAT = "format",
     /// Attributes Verity did not map to a column, as a JSON object (text).
-    pub attributes: Option<String>,
+    attributes: Json => ATTRIBUTES = "attributes",
     /// The unmapped attributes of the record's OTLP resource, as a JSON object, rendered once
     /// per resource and shared by all of its records: [`EventBatchBuilder`] stores a run of
     /// events holding the same `Arc` once (a dictionary column), so a large resource does not
     /// multiply with the number of its records.
-    pub resource_attributes: Option<Arc<str>>,
-    pub raw: Cow<'a, str>,
-}
-
-impl AccessEvent<'_> {
-    /// Bytes of text the event puts into a batch's string columns (what a batch of it costs
-    /// beyond its fixed per-row part). `resource_attributes` is not counted: it is stored once
-    /// per resource, so whoever prepares a resource counts it once.
-    pub fn text_bytes(&self) -> usize {
-        let texts = [
-            &self.protocol,
-            &self.source_principal,
-            &self.source_workload,
-            &self.source_namespace,
-            &self.source_ip,
-            &self.destination_principal,
-            &self.destination_workload,
-            &self.destination_namespace,
-            &self.destination_ip,
-            &self.destination_service,
-            &self.tls_version,
-            &self.request_principal,
-            &self.method,
-            &self.path,
-            &self.authority,
-            &self.user_agent,
-            &self.request_id,
-            &self.x_forwarded_for,
-            &self.response_flags,
-            &self.response_code_details,
-            &self.connection_termination_details,
-            &self.upstream_transport_failure_reason,
-            &self.decision_policy,
-            &self.decision_reason,
-            &self.upstream_cluster,
-            &self.upstream_host,
-            &self.route_name,
-            &self.requested_server_name,
-            &self.trace_id,
-            &self.span_id,
-            &self.cluster,
-            &self.mesh_id,
-            &self.sender,
-        ];
-        let text: usize = texts.iter().map(|t| t.as_deref().map_or(0, str::len)).sum();
-        text.saturating_add(self.attributes.as_deref().map_or(0, str::len))
-            .saturating_add(self.raw.len())
-    }
-}
-
-/// Column names, in schema order. Rules and docs refer to these.
-pub mod col {
-    pub const EVENT_TIME: &str = "event_time";
-    pub const OBSERVED_TIME: &str = "observed_time";
-    pub const REPORTER: &str = "reporter";
-    pub const PROTOCOL: &str = "protocol";
-    pub const DIRECTION: &str = "direction";
-    pub const SOURCE_PRINCIPAL: &str = "source_principal";
-    pub const SOURCE_WORKLOAD: &str = "source_workload";
-    pub const SOURCE_NAMESPACE: &str = "source_namespace";
-    pub const SOURCE_IP: &str = "source_ip";
-    pub const SOURCE_PORT: &str = "source_port";
-    pub const DESTINATION_PRINCIPAL: &str = "destination_principal";
-    pub const DESTINATION_WORKLOAD: &str = "destination_workload";
-    pub const DESTINATION_NAMESPACE: &str = "destination_namespace";
-    pub const DESTINATION_IP: &str = "destination_ip";
-    pub const DESTINATION_PORT: &str = "destination_port";
-    pub const DESTINATION_SERVICE: &str = "destination_service";
-    pub const MTLS: &str = "mtls";
-    pub const TLS_VERSION: &str = "tls_version";
-    pub const REQUEST_PRINCIPAL: &str = "request_principal";
-    pub const METHOD: &str = "method";
-    pub const PATH: &str = "path";
-    pub const AUTHORITY: &str = "authority";
-    pub const USER_AGENT: &str = "user_agent";
-    pub const REQUEST_ID: &str = "request_id";
-    pub const X_FORWARDED_FOR: &str = "x_forwarded_for";
-    pub const STATUS: &str = "status";
-    pub const RESPONSE_FLAGS: &str = "response_flags";
-    pub const RESPONSE_CODE_DETAILS: &str = "response_code_details";
-    pub const CONNECTION_TERMINATION_DETAILS: &str = "connection_termination_details";
-    pub const UPSTREAM_TRANSPORT_FAILURE_REASON: &str = "upstream_transport_failure_reason";
-    pub const DECISION: &str = "decision";
-    pub const DECISION_POLICY: &str = "decision_policy";
-    pub const DECISION_REASON: &str = "decision_reason";
-    pub const UPSTREAM_CLUSTER: &str = "upstream_cluster";
-    pub const UPSTREAM_HOST: &str = "upstream_host";
-    pub const ROUTE_NAME: &str = "route_name";
-    pub const REQUESTED_SERVER_NAME: &str = "requested_server_name";
-    pub const BYTES_RECEIVED: &str = "bytes_received";
-    pub const BYTES_SENT: &str = "bytes_sent";
-    pub const DURATION_MS: &str = "duration_ms";
-    pub const TRACE_ID: &str = "trace_id";
-    pub const SPAN_ID: &str = "span_id";
-    pub const CLUSTER: &str = "cluster";
-    pub const MESH_ID: &str = "mesh_id";
-    pub const SOURCE: &str = "source";
-    pub const SENDER: &str = "sender";
-    pub const SENDER_VERIFIED: &str = "sender_verified";
-    pub const SENDER_BINDING: &str = "sender_binding";
-    pub const FORMAT: &str = "format";
-    pub const ATTRIBUTES: &str = "attributes";
-    pub const RESOURCE_ATTRIBUTES: &str = "resource_attributes";
-    pub const RAW: &str = "raw";
-}
-
-fn ts() -> DataType {
-    DataType::Timestamp(TimeUnit::Nanosecond, Some("+00:00".into()))
+    resource_attributes: Shared => RESOURCE_ATTRIBUTES = "resource_attributes",
+    raw: Raw => RAW = "raw",
 }
 
 /// The access-event Arrow schema (shared, built once).
 pub fn schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            use DataType::*;
-            let s = |name: &str| Field::new(name, Utf8, true);
-            let req = |name: &str, t: DataType| Field::new(name, t, false);
-            Arc::new(Schema::new(vec![
-                req(col::EVENT_TIME, ts()),
-                req(col::OBSERVED_TIME, ts()),
-                req(col::REPORTER, Utf8),
-                s(col::PROTOCOL),
-                req(col::DIRECTION, Utf8),
-                s(col::SOURCE_PRINCIPAL),
-                s(col::SOURCE_WORKLOAD),
-                s(col::SOURCE_NAMESPACE),
-                s(col::SOURCE_IP),
-                Field::new(col::SOURCE_PORT, Int32, true),
-                s(col::DESTINATION_PRINCIPAL),
-                s(col::DESTINATION_WORKLOAD),
-                s(col::DESTINATION_NAMESPACE),
-                s(col::DESTINATION_IP),
-                Field::new(col::DESTINATION_PORT, Int32, true),
-                s(col::DESTINATION_SERVICE),
-                Field::new(col::MTLS, Boolean, true),
-                s(col::TLS_VERSION),
-                s(col::REQUEST_PRINCIPAL),
-                s(col::METHOD),
-                s(col::PATH),
-                s(col::AUTHORITY),
-                s(col::USER_AGENT),
-                s(col::REQUEST_ID),
-                s(col::X_FORWARDED_FOR),
-                Field::new(col::STATUS, Int32, true),
-                s(col::RESPONSE_FLAGS),
-                s(col::RESPONSE_CODE_DETAILS),
-                s(col::CONNECTION_TERMINATION_DETAILS),
-                s(col::UPSTREAM_TRANSPORT_FAILURE_REASON),
-                req(col::DECISION, Utf8),
-                s(col::DECISION_POLICY),
-                s(col::DECISION_REASON),
-                s(col::UPSTREAM_CLUSTER),
-                s(col::UPSTREAM_HOST),
-                s(col::ROUTE_NAME),
-                s(col::REQUESTED_SERVER_NAME),
-                Field::new(col::BYTES_RECEIVED, Int64, true),
-                Field::new(col::BYTES_SENT, Int64, true),
-                Field::new(col::DURATION_MS, Float64, true),
-                s(col::TRACE_ID),
-                s(col::SPAN_ID),
-                s(col::CLUSTER),
-                s(col::MESH_ID),
-                req(col::SOURCE, Utf8),
-                s(col::SENDER),
-                req(col::SENDER_VERIFIED, Boolean),
-                req(col::SENDER_BINDING, Utf8),
-                req(col::FORMAT, Utf8),
-                s(col::ATTRIBUTES),
-                Field::new(
-                    col::RESOURCE_ATTRIBUTES,
-                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(Utf8)),
-                    true,
-                ),
-                req(col::RAW, Utf8),
-            ]))
-        })
-        .clone()
-}
-
-/// Appends [`AccessEvent`]s column by column and finishes them into a `RecordBatch`.
-pub struct EventBatchBuilder {
-    len: usize,
-    event_time: TimestampNanosecondBuilder,
-    observed_time: TimestampNanosecondBuilder,
-    reporter: StringBuilder,
-    protocol: StringBuilder,
-    direction: StringBuilder,
-    source_principal: StringBuilder,
-    source_workload: StringBuilder,
-    source_namespace: StringBuilder,
-    source_ip: StringBuilder,
-    source_port: Int32Builder,
-    destination_principal: StringBuilder,
-    destination_workload: StringBuilder,
-    destination_namespace: StringBuilder,
-    destination_ip: StringBuilder,
-    destination_port: Int32Builder,
-    destination_service: StringBuilder,
-    mtls: BooleanBuilder,
-    tls_version: StringBuilder,
-    request_principal: StringBuilder,
-    method: StringBuilder,
-    path: StringBuilder,
-    authority: StringBuilder,
-    user_agent: StringBuilder,
-    request_id: StringBuilder,
-    x_forwarded_for: StringBuilder,
-    status: Int32Builder,
-    response_flags: StringBuilder,
-    response_code_details: StringBuilder,
-    connection_termination_details: StringBuilder,
-    upstream_transport_failure_reason: StringBuilder,
-    decision: StringBuilder,
-    decision_policy: StringBuilder,
-    decision_reason: StringBuilder,
-    upstream_cluster: StringBuilder,
-    upstream_host: StringBuilder,
-    route_name: StringBuilder,
-    requested_server_name: StringBuilder,
-    bytes_received: Int64Builder,
-    bytes_sent: Int64Builder,
-    duration_ms: Float64Builder,
-    trace_id: StringBuilder,
-    span_id: StringBuilder,
-    cluster: StringBuilder,
-    mesh_id: StringBuilder,
-    source: StringBuilder,
-    sender: StringBuilder,
-    sender_verified: BooleanBuilder,
-    sender_binding: StringBuilder,
-    format: StringBuilder,
-    attributes: StringBuilder,
-    resource_attributes: SharedText,
-    raw: StringBuilder,
+    SCHEMA.get_or_init(|| Arc::new(Schema::new(fields()))).clone()
 }
 
 impl Default for EventBatchBuilder {
@@ -439,195 +341,12 @@ impl Default for EventBatchBuilder {
 }
 
 impl EventBatchBuilder {
-    pub fn with_capacity(rows: usize) -> Self {
-        let s = || StringBuilder::with_capacity(rows, rows * 16);
-        let t = || TimestampNanosecondBuilder::with_capacity(rows).with_timezone("+00:00");
-        Self {
-            len: 0,
-            event_time: t(),
-            observed_time: t(),
-            reporter: s(),
-            protocol: s(),
-            direction: s(),
-            source_principal: s(),
-            source_workload: s(),
-            source_namespace: s(),
-            source_ip: s(),
-            source_port: Int32Builder::with_capacity(rows),
-            destination_principal: s(),
-            destination_workload: s(),
-            destination_namespace: s(),
-            destination_ip: s(),
-            destination_port: Int32Builder::with_capacity(rows),
-            destination_service: s(),
-            mtls: BooleanBuilder::with_capacity(rows),
-            tls_version: s(),
-            request_principal: s(),
-            method: s(),
-            path: s(),
-            authority: s(),
-            user_agent: s(),
-            request_id: s(),
-            x_forwarded_for: s(),
-            status: Int32Builder::with_capacity(rows),
-            response_flags: s(),
-            response_code_details: s(),
-            connection_termination_details: s(),
-            upstream_transport_failure_reason: s(),
-            decision: s(),
-            decision_policy: s(),
-            decision_reason: s(),
-            upstream_cluster: s(),
-            upstream_host: s(),
-            route_name: s(),
-            requested_server_name: s(),
-            bytes_received: Int64Builder::with_capacity(rows),
-            bytes_sent: Int64Builder::with_capacity(rows),
-            duration_ms: Float64Builder::with_capacity(rows),
-            trace_id: s(),
-            span_id: s(),
-            cluster: s(),
-            mesh_id: s(),
-            source: s(),
-            sender: s(),
-            sender_verified: BooleanBuilder::with_capacity(rows),
-            sender_binding: s(),
-            format: s(),
-            attributes: s(),
-            resource_attributes: SharedText::with_capacity(rows),
-            raw: StringBuilder::with_capacity(rows, rows * 256),
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    pub fn append(&mut self, e: &AccessEvent<'_>) {
-        self.len += 1;
-        self.event_time.append_value(e.event_time_ns);
-        self.observed_time.append_value(e.observed_time_ns);
-        self.reporter.append_value(e.reporter.as_str());
-        self.protocol.append_option(e.protocol.as_deref());
-        self.direction.append_value(e.direction.as_str());
-        self.source_principal.append_option(e.source_principal.as_deref());
-        self.source_workload.append_option(e.source_workload.as_deref());
-        self.source_namespace.append_option(e.source_namespace.as_deref());
-        self.source_ip.append_option(e.source_ip.as_deref());
-        self.source_port.append_option(e.source_port);
-        self.destination_principal
-            .append_option(e.destination_principal.as_deref());
-        self.destination_workload
-            .append_option(e.destination_workload.as_deref());
-        self.destination_namespace
-            .append_option(e.destination_namespace.as_deref());
-        self.destination_ip.append_option(e.destination_ip.as_deref());
-        self.destination_port.append_option(e.destination_port);
-        self.destination_service.append_option(e.destination_service.as_deref());
-        self.mtls.append_option(e.mtls);
-        self.tls_version.append_option(e.tls_version.as_deref());
-        self.request_principal.append_option(e.request_principal.as_deref());
-        self.method.append_option(e.method.as_deref());
-        self.path.append_option(e.path.as_deref());
-        self.authority.append_option(e.authority.as_deref());
-        self.user_agent.append_option(e.user_agent.as_deref());
-        self.request_id.append_option(e.request_id.as_deref());
-        self.x_forwarded_for.append_option(e.x_forwarded_for.as_deref());
-        self.status.append_option(e.status);
-        self.response_flags.append_option(e.response_flags.as_deref());
-        self.response_code_details
-            .append_option(e.response_code_details.as_deref());
-        self.connection_termination_details
-            .append_option(e.connection_termination_details.as_deref());
-        self.upstream_transport_failure_reason
-            .append_option(e.upstream_transport_failure_reason.as_deref());
-        self.decision.append_value(e.decision.as_str());
-        self.decision_policy.append_option(e.decision_policy.as_deref());
-        self.decision_reason.append_option(e.decision_reason.as_deref());
-        self.upstream_cluster.append_option(e.upstream_cluster.as_deref());
-        self.upstream_host.append_option(e.upstream_host.as_deref());
-        self.route_name.append_option(e.route_name.as_deref());
-        self.requested_server_name
-            .append_option(e.requested_server_name.as_deref());
-        self.bytes_received.append_option(e.bytes_received);
-        self.bytes_sent.append_option(e.bytes_sent);
-        self.duration_ms.append_option(e.duration_ms);
-        self.trace_id.append_option(e.trace_id.as_deref());
-        self.span_id.append_option(e.span_id.as_deref());
-        self.cluster.append_option(e.cluster.as_deref());
-        self.mesh_id.append_option(e.mesh_id.as_deref());
-        self.source.append_value(e.source.as_str());
-        self.sender.append_option(e.sender.as_deref());
-        self.sender_verified.append_value(e.sender_verified);
-        self.sender_binding.append_value(e.sender_binding.as_str());
-        self.format.append_value(e.format.as_str());
-        self.attributes.append_option(e.attributes.as_deref());
-        self.resource_attributes.append(e.resource_attributes.as_ref());
-        self.raw.append_value(&e.raw);
-    }
-
-    /// Finishes the rows appended so far into a batch and leaves the builder empty.
-    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        self.len = 0;
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.event_time.finish()),
-            Arc::new(self.observed_time.finish()),
-            Arc::new(self.reporter.finish()),
-            Arc::new(self.protocol.finish()),
-            Arc::new(self.direction.finish()),
-            Arc::new(self.source_principal.finish()),
-            Arc::new(self.source_workload.finish()),
-            Arc::new(self.source_namespace.finish()),
-            Arc::new(self.source_ip.finish()),
-            Arc::new(self.source_port.finish()),
-            Arc::new(self.destination_principal.finish()),
-            Arc::new(self.destination_workload.finish()),
-            Arc::new(self.destination_namespace.finish()),
-            Arc::new(self.destination_ip.finish()),
-            Arc::new(self.destination_port.finish()),
-            Arc::new(self.destination_service.finish()),
-            Arc::new(self.mtls.finish()),
-            Arc::new(self.tls_version.finish()),
-            Arc::new(self.request_principal.finish()),
-            Arc::new(self.method.finish()),
-            Arc::new(self.path.finish()),
-            Arc::new(self.authority.finish()),
-            Arc::new(self.user_agent.finish()),
-            Arc::new(self.request_id.finish()),
-            Arc::new(self.x_forwarded_for.finish()),
-            Arc::new(self.status.finish()),
-            Arc::new(self.response_flags.finish()),
-            Arc::new(self.response_code_details.finish()),
-            Arc::new(self.connection_termination_details.finish()),
-            Arc::new(self.upstream_transport_failure_reason.finish()),
-            Arc::new(self.decision.finish()),
-            Arc::new(self.decision_policy.finish()),
-            Arc::new(self.decision_reason.finish()),
-            Arc::new(self.upstream_cluster.finish()),
-            Arc::new(self.upstream_host.finish()),
-            Arc::new(self.route_name.finish()),
-            Arc::new(self.requested_server_name.finish()),
-            Arc::new(self.bytes_received.finish()),
-            Arc::new(self.bytes_sent.finish()),
-            Arc::new(self.duration_ms.finish()),
-            Arc::new(self.trace_id.finish()),
-            Arc::new(self.span_id.finish()),
-            Arc::new(self.cluster.finish()),
-            Arc::new(self.mesh_id.finish()),
-            Arc::new(self.source.finish()),
-            Arc::new(self.sender.finish()),
-            Arc::new(self.sender_verified.finish()),
-            Arc::new(self.sender_binding.finish()),
-            Arc::new(self.format.finish()),
-            Arc::new(self.attributes.finish()),
-            Arc::new(self.resource_attributes.finish()?),
-            Arc::new(self.raw.finish()),
-        ];
-        RecordBatch::try_new(schema(), columns)
     }
 }
 
@@ -696,6 +415,30 @@ mod tests {
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.schema(), schema());
         assert!(b.is_empty());
+    }
+
+    /// `docs/schema.md` documents exactly the schema's columns, in the schema's order: the
+    /// first cell of each row of its "Access events" table names one or more columns.
+    #[test]
+    fn the_schema_page_lists_every_column_in_order() {
+        let page =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/schema.md")).expect("docs/schema.md");
+        let table = page
+            .split("## Access events")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("an Access events section");
+        let documented: Vec<&str> = table
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| l.split('|').nth(1))
+            .flat_map(|cell| {
+                cell.split(',')
+                    .filter_map(|c| c.trim().strip_prefix('`')?.strip_suffix('`'))
+            })
+            .collect();
+        let columns: Vec<String> = schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(documented, columns);
     }
 
     #[test]
