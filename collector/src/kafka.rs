@@ -372,6 +372,8 @@ struct Pending {
     handoff: Handoff,
     batch: Batch,
     offsets: Offsets,
+    /// The batch's share of the in-flight memory budget, until it is acknowledged.
+    _budget: Option<crate::otlp::budget::Reservation>,
 }
 
 /// A raw-lines message, kept until the batch is normalized in one go (a builder per message
@@ -389,6 +391,9 @@ struct Accum {
     metrics: Vec<arrow::array::RecordBatch>,
     raw: Vec<RawMsg>,
     rows: usize,
+    /// What the accumulated batches and raw messages hold: a batch is handed over at
+    /// `intake.limits.max_request_rows_bytes` whatever its record count.
+    bytes: usize,
     /// Per partition read: next offset, messages and bytes since the last hand-over. A short
     /// list scanned linearly: no allocation per message.
     positions: Vec<Position>,
@@ -410,6 +415,7 @@ impl Accum {
             metrics: Vec::new(),
             raw: Vec::new(),
             rows: 0,
+            bytes: 0,
             positions: Vec::new(),
             started: None,
         }
@@ -443,10 +449,12 @@ impl Accum {
         match batch {
             Some(Batch::Events(b)) => {
                 self.rows += b.num_rows();
+                self.bytes = self.bytes.saturating_add(b.get_array_memory_size());
                 self.events.push(b);
             }
             Some(Batch::Metrics(b)) => {
                 self.rows += b.num_rows();
+                self.bytes = self.bytes.saturating_add(b.get_array_memory_size());
                 self.metrics.push(b);
             }
             _ => {}
@@ -485,6 +493,7 @@ impl Accum {
             None => {}
         }
         self.rows = 0;
+        self.bytes = 0;
         self.started = None;
         out
     }
@@ -582,7 +591,7 @@ pub async fn run(
                         age.as_mut().reset(tokio::time::Instant::now() + max_delay);
                     }
                     handle_message(&m, &topics, &ingest, &metrics, dlq.as_ref(), &mut accum).await;
-                    accum.rows >= cfg.max_batch_records
+                    accum.rows >= cfg.max_batch_records || accum.bytes >= ingest.limits().max_request_rows_bytes
                 }
                 Err(error) => {
                     tracing::warn!(%error, "Kafka consumer error");
@@ -650,6 +659,31 @@ async fn hand_over(
     normalize_raw(accum, ingest, metrics, dlq).await;
     let intake = ingest.intake();
     for (batch, offsets) in accum.take() {
+        // Held until acknowledged, twice the batch (it is kept here for a resend while the
+        // pipeline joins it with others); reading pauses while the budget is spent.
+        let budget = match batch
+            .record_batch()
+            .map(|b| b.get_array_memory_size().saturating_mul(2))
+        {
+            None => None,
+            Some(bytes) => Some(match ingest.budget().try_reserve(bytes) {
+                Ok(r) => r,
+                Err(_) => {
+                    let paused = consumer.assignment().ok();
+                    if let Some(tpl) = &paused {
+                        let _ = consumer.pause(tpl);
+                        metrics.paused.set(tpl.count() as i64);
+                        tracing::debug!(partitions = tpl.count(), "in-flight budget spent: partitions paused");
+                    }
+                    let r = ingest.budget().reserve(bytes).await;
+                    if let Some(tpl) = &paused {
+                        let _ = consumer.resume(tpl);
+                        metrics.paused.set(0);
+                    }
+                    r
+                }
+            }),
+        };
         let handoff = if matches!(batch, Batch::Idle) {
             None
         } else {
@@ -682,11 +716,13 @@ async fn hand_over(
                 handoff,
                 batch,
                 offsets,
+                _budget: budget,
             },
             None => Pending {
                 handoff: Handoff::done(),
                 batch,
                 offsets,
+                _budget: budget,
             },
         };
         if ack_tx.send(item).await.is_err() {
@@ -789,6 +825,7 @@ async fn handle_message(
         (Encoding::Raw, _) => match std::str::from_utf8(payload) {
             Ok(text) => {
                 accum.rows += text.lines().count();
+                accum.bytes = accum.bytes.saturating_add(text.len());
                 accum.raw.push(RawMsg {
                     text: text.to_string(),
                     origin: origin.clone(),

@@ -6,9 +6,10 @@
 //! gRPC, where the message is read into tonic's buffer and copied out of it), keeps what the
 //! body turned out to be once read, adds [`DECODED_COPIES`] times the decoded size before
 //! decoding, and releases it all when it is answered, which is after the pipeline has
-//! processed its rows. When the budget cannot cover a request it is
-//! refused at once with 503 / UNAVAILABLE (retryable), never queued: memory is what ran out,
-//! so waiting requests would hold more of it.
+//! processed its rows. When the budget cannot cover a request it is refused at once with
+//! 503 / UNAVAILABLE (retryable), never queued: memory is what ran out, so waiting requests
+//! would hold more of it. The Kafka source reserves twice each batch it hands over until the
+//! batch is acknowledged, and pauses its partitions while the budget is spent.
 
 use std::sync::Arc;
 

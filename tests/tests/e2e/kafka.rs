@@ -170,7 +170,20 @@ fn otlp_proto_json_and_raw_lines_in_alerts_out() {
 
     let topics = "[{name: otel-logs, encoding: otlp_proto}, {name: otel-logs-json, encoding: otlp_json}, {name: mesh-raw, encoding: raw}, {name: otel-metrics, encoding: otlp_proto, signal: metrics}]";
     let dir = tempfile::tempdir().expect("tmp");
-    let mut v = start(dir, &broker, "verity-e2e-formats", topics, false, &[]);
+    // One record a batch and an in-flight budget of 1 KiB, which every batch takes whole:
+    // batches go one at a time, reading pauses in between, and everything still flows.
+    let mut v = start(
+        dir,
+        &broker,
+        "verity-e2e-formats",
+        topics,
+        false,
+        &[
+            ("VERITY__KAFKA__MAX_BATCH_RECORDS", "1"),
+            ("VERITY__OTLP__MAX_REQUEST_BYTES", "1024"),
+            ("VERITY__OTLP__MAX_IN_FLIGHT_BYTES", "1024"),
+        ],
+    );
     assert!(
         eventually(Duration::from_secs(30), || paths(&v) == (0..30).collect()),
         "alerts for {:?}\n{}",
@@ -183,6 +196,12 @@ fn otlp_proto_json_and_raw_lines_in_alerts_out() {
     assert_eq!(
         v.metric_value("verity_kafka_messages_total{topic=\"mesh-raw\",partition=\"0\"}"),
         Some(6.0)
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || v
+            .metric_value("verity_otlp_in_flight_bytes")
+            == Some(0.0)),
+        "every acknowledged batch gave its share back"
     );
     let (status, _) = v.terminate(Duration::from_secs(20));
     assert!(status.success(), "{}", v.stderr());
