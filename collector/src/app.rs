@@ -154,6 +154,7 @@ pub async fn run_with(
                 .unwrap_or(300)
                 .saturating_mul(1_000_000_000),
             max_keys: settings.rules.max_keys,
+            max_evidence_bytes: settings.rules.max_evidence_bytes,
         },
         revocations,
         rule_metrics,

@@ -87,6 +87,9 @@ pub struct RulesConfig {
     /// Keys a stateful rule may hold before the least recently seen are evicted (a rule's
     /// own `max_keys` overrides it).
     pub max_keys: usize,
+    /// How much of an event's line an alert's evidence keeps; a longer line is cut at a
+    /// character boundary and its full length given as `raw_bytes`.
+    pub max_evidence_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -553,6 +556,12 @@ impl Config {
         }
         if !(100..=100_000_000).contains(&self.rules.max_keys) {
             errors.push(ConfigError::new("rules.max_keys", "must be between 100 and 100000000"));
+        }
+        if !(256..=(1 << 20)).contains(&self.rules.max_evidence_bytes) {
+            errors.push(ConfigError::new(
+                "rules.max_evidence_bytes",
+                "must be between 256 and 1048576",
+            ));
         }
         if self.rules.reload_poll_secs > 3600 {
             errors.push(ConfigError::new(

@@ -71,7 +71,11 @@ pub struct Evidence {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<i32>,
     pub decision: String,
+    /// The original line, cut to `rules.max_evidence_bytes` at a character boundary.
     pub raw: String,
+    /// The line's full length in bytes, when `raw` was cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_bytes: Option<usize>,
     /// Who sent the record (see `docs/schema.md`, "Senders").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,

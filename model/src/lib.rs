@@ -17,6 +17,7 @@ pub mod alert;
 pub mod event;
 pub mod json;
 pub mod metric;
+pub mod text;
 pub mod time;
 pub mod tls;
 

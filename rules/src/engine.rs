@@ -35,6 +35,8 @@ pub struct EngineSettings {
     pub sender_max_lag_ns: i64,
     /// Keys a stateful rule may hold (see [`crate::state_bound`]).
     pub max_keys: usize,
+    /// How much of an event's line its evidence keeps.
+    pub max_evidence_bytes: usize,
 }
 
 impl Default for EngineSettings {
@@ -45,6 +47,7 @@ impl Default for EngineSettings {
             sender_idle_ns: 60_000_000_000,
             sender_max_lag_ns: 300_000_000_000,
             max_keys: 100_000,
+            max_evidence_bytes: crate::evidence::DEFAULT_EVIDENCE_BYTES,
         }
     }
 }
@@ -261,7 +264,7 @@ impl Engine {
         if batch.num_rows() == 0 {
             return out;
         }
-        let Some(rows) = Rows::new(batch) else {
+        let Some(rows) = Rows::new(batch).map(|r| r.with_max_evidence_bytes(self.settings.max_evidence_bytes)) else {
             self.stats.evaluation_errors += 1;
             tracing::error!("batch does not have the event schema; skipped");
             return out;

@@ -12,6 +12,9 @@ use verity_model::time::format_rfc3339_ns;
 /// How many evidence events an alert carries at most.
 pub const MAX_EVIDENCE: usize = 5;
 
+/// `rules.max_evidence_bytes` unless set: how much of an event's line its evidence keeps.
+pub const DEFAULT_EVIDENCE_BYTES: usize = 4096;
+
 /// A group key: the values of the key columns, in rule order.
 pub type Key = Vec<Option<String>>;
 
@@ -19,6 +22,8 @@ pub struct Rows<'b> {
     pub batch: &'b RecordBatch,
     time: &'b arrow::array::PrimitiveArray<TimestampNanosecondType>,
     sender_verified: Option<&'b arrow::array::BooleanArray>,
+    raw: Option<&'b arrow::array::StringArray>,
+    max_raw: usize,
 }
 
 impl<'b> Rows<'b> {
@@ -28,11 +33,20 @@ impl<'b> Rows<'b> {
         let sender_verified = batch
             .column_by_name(col::SENDER_VERIFIED)
             .and_then(|c| c.as_boolean_opt());
+        let raw = batch.column_by_name(col::RAW).and_then(|c| c.as_string_opt::<i32>());
         Some(Self {
             batch,
             time,
             sender_verified,
+            raw,
+            max_raw: DEFAULT_EVIDENCE_BYTES,
         })
+    }
+
+    /// How much of an event's line its evidence keeps (`rules.max_evidence_bytes`).
+    pub fn with_max_evidence_bytes(mut self, max: usize) -> Self {
+        self.max_raw = max;
+        self
     }
 
     fn text(&self, name: &str, row: usize) -> Option<&'b str> {
@@ -98,7 +112,14 @@ impl<'b> Rows<'b> {
         columns.iter().map(|(_, c)| self.value(*c, row)).collect()
     }
 
+    /// The row as evidence: its key facts and its line, cut to the configured size (the line
+    /// can be as long as `intake.limits.max_record_bytes`, and up to five are kept per open
+    /// group).
     pub fn evidence(&self, row: usize) -> Evidence {
+        let line = self
+            .raw
+            .filter(|a| row < a.len() && a.is_valid(row))
+            .map_or("", |a| a.value(row));
         let status = self.batch.schema().index_of(col::STATUS).ok().and_then(|i| {
             self.batch
                 .column(i)
@@ -112,7 +133,8 @@ impl<'b> Rows<'b> {
             destination_service: self.named(col::DESTINATION_SERVICE, row),
             status,
             decision: self.named(col::DECISION, row).unwrap_or_default(),
-            raw: self.named(col::RAW, row).unwrap_or_default(),
+            raw: verity_model::text::cut(line, self.max_raw).to_string(),
+            raw_bytes: (line.len() > self.max_raw).then_some(line.len()),
             sender: self.named(col::SENDER, row),
             sender_verified: self.sender_verified(row),
             sender_binding: self.named(col::SENDER_BINDING, row),
@@ -133,5 +155,33 @@ pub fn group_map(columns: &[(String, usize)], key: &Key) -> BTreeMap<String, Opt
 pub fn push_evidence(list: &mut Vec<Evidence>, e: impl FnOnce() -> Evidence) {
     if list.len() < MAX_EVIDENCE {
         list.push(e());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verity_model::{AccessEvent, EventBatchBuilder};
+
+    #[test]
+    fn evidence_keeps_a_cut_line_and_its_length() {
+        let long = format!("{}é{}", "a".repeat(99), "b".repeat(10_000));
+        let mut b = EventBatchBuilder::default();
+        for raw in [long.as_str(), "short line"] {
+            b.append(&AccessEvent {
+                raw: raw.into(),
+                ..Default::default()
+            });
+        }
+        let batch = b.finish().expect("batch");
+        let rows = Rows::new(&batch).expect("rows").with_max_evidence_bytes(100);
+        let cut = rows.evidence(0);
+        assert_eq!(cut.raw, "a".repeat(99), "never inside the two-byte character");
+        assert_eq!(cut.raw_bytes, Some(long.len()));
+        let whole = rows.evidence(1);
+        assert_eq!(whole.raw, "short line");
+        assert_eq!(whole.raw_bytes, None);
+        let default = Rows::new(&batch).expect("rows").evidence(0);
+        assert_eq!(default.raw.len(), DEFAULT_EVIDENCE_BYTES);
     }
 }

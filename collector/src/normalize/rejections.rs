@@ -82,17 +82,7 @@ impl<'o> Rejections<'o> {
     }
 }
 
-/// The longest prefix of `s` within `max` bytes that ends on a character boundary.
-pub fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while end > 0 && !s.is_char_boundary(end) {
-        end = end.saturating_sub(1);
-    }
-    s.get(..end).unwrap_or_default()
-}
+pub use verity_model::text::cut;
 
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
