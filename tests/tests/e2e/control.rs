@@ -128,10 +128,11 @@ pub(crate) fn probing_verity(
 
 #[test]
 fn probing_revocation_enforcement_verification_and_expiry() {
-    // A TTL short enough to watch it expire.
+    // A TTL short enough to watch it expire, and long enough to outlast the restart below on
+    // a loaded machine (6 s did not, once, with the build and a fuzzer beside the test).
     let (mut v, ext_authz) = probing_verity(
         tempfile::tempdir().expect("tmp"),
-        "6s",
+        "20s",
         &[("VERITY__CONTROL__GRACE_SECS", "1")],
     );
     // The revocation-not-enforced check is a pack rule; load it beside ours.
@@ -207,7 +208,7 @@ fn probing_revocation_enforcement_verification_and_expiry() {
 
     // The TTL lifts it.
     assert!(
-        eventually(Duration::from_secs(15), || has(&v, "verity-revocation-expired")),
+        eventually(Duration::from_secs(40), || has(&v, "verity-revocation-expired")),
         "{}",
         v.stderr()
     );
