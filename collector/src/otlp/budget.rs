@@ -29,10 +29,9 @@ fn units(bytes: usize) -> usize {
 /// overrun by the joined batches.)
 pub const DECODED_COPIES: usize = 3;
 
-/// What a request holds once its body is read and measured: `body` (what it holds of the
-/// body), and [`DECODED_COPIES`] times its decoded size.
-pub fn in_flight_bytes(body: usize, decoded: usize) -> usize {
-    body.saturating_add(decoded.saturating_mul(DECODED_COPIES))
+/// What decoding a request of `decoded` bytes adds to what its body holds.
+pub fn decoded_cost(decoded: usize) -> usize {
+    decoded.saturating_mul(DECODED_COPIES)
 }
 
 /// What a gRPC message of `len` bytes holds while it is read: tonic's buffer and the copy
@@ -148,6 +147,11 @@ impl Reservation {
         }
         self.publish();
         Ok(())
+    }
+
+    /// Grows the reservation by `bytes`, if the budget has room (see [`Reservation::grow_to`]).
+    pub fn grow_by(&mut self, bytes: usize) -> Result<(), BudgetSpent> {
+        self.grow_to(self.bytes().saturating_add(bytes))
     }
 
     /// Bytes this reservation holds.

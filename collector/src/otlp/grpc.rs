@@ -25,7 +25,7 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use verity_model::event::IngestSource;
 
-use super::budget::{Reservation, grpc_body_bytes, in_flight_bytes};
+use super::budget::{Reservation, decoded_cost, grpc_body_bytes};
 use super::sender::{Denial, Sender, SenderAuth};
 use super::{OtlpIngest, decoded_size};
 use crate::listener::PeerInfo;
@@ -167,7 +167,7 @@ where
         ))),
         Some(decoded) => match reservation
             .as_mut()
-            .map(|r| r.grow_to(in_flight_bytes(grpc_body_bytes(bytes.len()), decoded)))
+            .map(|r| r.grow_by(decoded_cost(decoded)))
         {
             Some(Err(spent)) => Err(Status::unavailable(spent.to_string())),
             _ => Req::decode(bytes).map_err(|e| Status::invalid_argument(format!("could not decode {what}: {e}"))),

@@ -23,12 +23,12 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use prost::Message;
 use verity_model::event::IngestSource;
 
-use super::budget::{BudgetSpent, Reservation, in_flight_bytes};
+use super::budget::{Reservation, decoded_cost};
 use super::sender::{Denial, Sender, SenderAuth};
 use super::{OtlpIngest, decoded_size};
 use crate::listener::PeerInfo;
 use crate::metrics::Metrics;
-use crate::pipeline::{Backpressure, Handoff};
+use crate::pipeline::Handoff;
 use tracing::Instrument;
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error answers.
@@ -189,14 +189,9 @@ async fn metrics(
     .await
 }
 
-fn unavailable(st: &HttpState, b: Backpressure, enc: Encoding) -> Failure {
-    let mut f = Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", enc, b.to_string());
-    f.retry_after = Some(st.retry_after_secs);
-    f
-}
-
-fn budget_spent(st: &HttpState, spent: BudgetSpent, enc: Encoding) -> Failure {
-    let mut f = Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", enc, spent.to_string());
+/// 503 with `Retry-After`: the pipeline is full or the in-flight budget is spent.
+fn unavailable(st: &HttpState, why: impl std::fmt::Display, enc: Encoding) -> Failure {
+    let mut f = Failure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", enc, why.to_string());
     f.retry_after = Some(st.retry_after_secs);
     f
 }
@@ -216,8 +211,8 @@ fn decode<T: Message + Default + serde::de::DeserializeOwned>(
     };
     if let Some(decoded) = measured {
         reservation
-            .grow_to(in_flight_bytes(bytes.len(), decoded))
-            .map_err(|spent| budget_spent(st, spent, enc))?;
+            .grow_by(decoded_cost(decoded))
+            .map_err(|spent| unavailable(st, spent, enc))?;
     } else {
         return Err(Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -384,7 +379,7 @@ async fn read_and_export(
         .ingest
         .budget()
         .try_reserve(declared.saturating_add(if gzip { st.max_bytes } else { 0 }))
-        .map_err(|spent| budget_spent(st, spent, enc))?;
+        .map_err(|spent| unavailable(st, spent, enc))?;
     let raw: Bytes = axum::body::to_bytes(body, st.max_bytes).await.map_err(|e| {
         let is_limit = std::error::Error::source(&e)
             .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some())
