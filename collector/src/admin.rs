@@ -25,7 +25,7 @@ pub struct AdminState {
 pub struct ControlApi {
     pub manager: Arc<verity_control::Revoker>,
     pub sinks: Arc<verity_sinks::SinkSet>,
-    pub token: Option<verity_sinks::secret::Secret>,
+    pub token: Option<verity_secret::Secret>,
 }
 
 /// A revocation API call.

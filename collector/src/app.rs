@@ -423,7 +423,7 @@ pub async fn run_with(
     let ready = Arc::new(AtomicBool::new(false));
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin_token = match &settings.raw.admin.token {
-        Some(t) => Some(verity_sinks::secret::Secret::resolve(t).map_err(|e| AppError::AdminToken(e.to_string()))?),
+        Some(t) => Some(verity_secret::Secret::resolve(t).map_err(|e| AppError::AdminToken(e.to_string()))?),
         None => None,
     };
     let admin_metrics = admin::AdminMetrics::register(&mut registry);

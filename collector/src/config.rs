@@ -173,7 +173,7 @@ pub struct AdminConfig {
     pub enabled: bool,
     pub listen: String,
     /// Bearer token for the revocation API (`/revocations`); unset: that API is refused.
-    pub token: Option<verity_sinks::config::SecretRef>,
+    pub token: Option<verity_secret::SecretRef>,
     /// TLS on the admin listener; unset: plain HTTP.
     pub tls: Option<ServerTlsConfig>,
 }

@@ -90,10 +90,10 @@ pub struct KafkaConfig {
     pub group_id: String,
     pub topics: Vec<TopicConfig>,
     /// librdkafka consumer properties passed through (`security.protocol`, `sasl.*`, `ssl.*`).
-    #[serde(deserialize_with = "verity_sinks::config::scalar_map")]
+    #[serde(deserialize_with = "verity_model::scalar_map::scalar_map")]
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties whose values are secrets (e.g. `sasl.password`).
-    pub secret_properties: BTreeMap<String, verity_sinks::config::SecretRef>,
+    pub secret_properties: BTreeMap<String, verity_secret::SecretRef>,
     /// Poison messages are also produced here, with their origin in headers.
     pub dead_letter_topic: Option<String>,
     /// A batch is handed to the pipeline at this many records …
@@ -525,7 +525,7 @@ pub async fn run(
         cc.set(k, v);
     }
     for (k, s) in &cfg.secret_properties {
-        let secret = verity_sinks::secret::Secret::resolve(s).map_err(|e| KafkaError::Secret {
+        let secret = verity_secret::Secret::resolve(s).map_err(|e| KafkaError::Secret {
             key: k.clone(),
             message: e.to_string(),
         })?;

@@ -1,10 +1,11 @@
 //! The `control` section: how revocations are decided, bounded and applied.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 use verity_model::alert::Severity;
 
 use crate::Mode;
-use crate::guard::DEFAULT_PROTECTED;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,9 +52,9 @@ pub struct ControlConfig {
     /// How often expiry, retries and verification are checked.
     pub reconcile_interval_secs: u64,
     /// Also send each revocation and removal, signed, to this webhook.
-    pub webhook: Option<crate::webhook::WebhookConfig>,
+    pub webhook: Option<WebhookConfig>,
     /// Also enforce through Istio `AuthorizationPolicy` DENY objects.
-    pub istio: Option<crate::istio::IstioConfig>,
+    pub istio: Option<IstioConfig>,
 }
 
 impl Default for ControlConfig {
@@ -141,4 +142,142 @@ impl ControlConfig {
         }
         e
     }
+}
+
+/// Identities no revocation may touch by default: the control plane, gateways, kube-system.
+pub const DEFAULT_PROTECTED: &[&str] = &[
+    "*/ns/istio-system/*",
+    "*/ns/kube-system/*",
+    "*/sa/istiod*",
+    "*/sa/istio-ingressgateway*",
+    "*/sa/istio-egressgateway*",
+    "*/sa/istio-eastwestgateway*",
+    "*-gateway-service-account",
+    // Gateway API gateways get a `<gateway>-istio` service account.
+    "*/sa/*-istio",
+    "*/sa/*waypoint*",
+    "*/sa/ztunnel",
+];
+
+/// Where the DENY policy goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The root namespace: the policy applies to every workload in the mesh.
+    #[default]
+    Mesh,
+    /// The destination namespace of the alert, when it names one (else the root namespace).
+    Destination,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IstioConfig {
+    /// A kubeconfig file. Unset: the in-cluster service account, else `$KUBECONFIG` or
+    /// `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context; unset: its current context.
+    pub context: Option<String>,
+    pub scope: Scope,
+    /// Istio's root namespace (`meshConfig.rootNamespace`).
+    pub root_namespace: String,
+    /// The server-side apply field manager, also the owner label: two Verity instances with
+    /// separate stores need different ones, or each would delete the other's policies.
+    pub field_manager: String,
+    /// `v1` (Istio 1.22 and later) or `v1beta1`.
+    pub api_version: String,
+    /// How often the managed policies are listed and everything re-applied.
+    pub resync_secs: u64,
+    /// Per API request.
+    pub timeout_secs: u64,
+    /// Longest wait between retries of a failing policy.
+    pub max_backoff_secs: u64,
+}
+
+impl Default for IstioConfig {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            context: None,
+            scope: Scope::Mesh,
+            root_namespace: "istio-system".into(),
+            field_manager: "verity".into(),
+            api_version: "v1".into(),
+            resync_secs: 60,
+            timeout_secs: 10,
+            max_backoff_secs: 300,
+        }
+    }
+}
+
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl IstioConfig {
+    /// Pure checks: every problem with its key.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut e = Vec::new();
+        if !is_dns_label(&self.root_namespace) {
+            e.push((
+                "control.istio.root_namespace".into(),
+                format!("[{}] is not a namespace name", self.root_namespace),
+            ));
+        }
+        // The field manager is also a label value.
+        let fm = &self.field_manager;
+        if fm.is_empty()
+            || fm.len() > 63
+            || !fm
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            || !fm.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !fm.ends_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            e.push((
+                "control.istio.field_manager".into(),
+                format!(
+                    "[{fm}] must be 1-63 letters, digits, '-', '_' or '.', \
+                     starting and ending with a letter or digit"
+                ),
+            ));
+        }
+        if !matches!(self.api_version.as_str(), "v1" | "v1beta1") {
+            e.push((
+                "control.istio.api_version".into(),
+                format!("[{}] is not v1 or v1beta1", self.api_version),
+            ));
+        }
+        for (name, v) in [
+            ("resync_secs", self.resync_secs),
+            ("timeout_secs", self.timeout_secs),
+            ("max_backoff_secs", self.max_backoff_secs),
+        ] {
+            if v == 0 {
+                e.push((format!("control.istio.{name}"), "must be at least 1".into()));
+            }
+        }
+        e
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// HMAC-SHA256 key for the signature header.
+    #[serde(default)]
+    pub secret: Option<verity_secret::SecretRef>,
+    /// Failures after which a revocation is reported failed (delivery goes on).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_attempts() -> u32 {
+    8
 }

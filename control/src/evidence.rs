@@ -141,6 +141,60 @@ pub fn check(alert: &Alert, target: &Target, cfg: &ControlConfig) -> Result<(), 
     Ok(())
 }
 
+/// The destination namespace an alert is about: its group's `destination_namespace`, else the
+/// one namespace every piece of evidence's destination service (`svc.ns.svc.domain`) is in.
+pub fn alert_namespace(a: &Alert) -> Option<String> {
+    if let Some(Some(ns)) = a.group.get("destination_namespace") {
+        return Some(ns.clone());
+    }
+    let mut found: Option<&str> = None;
+    for e in &a.evidence {
+        let ns = e.destination_service.as_deref().and_then(|s| {
+            let mut parts = s.split('.');
+            let (_svc, ns, kind) = (parts.next()?, parts.next()?, parts.next()?);
+            (kind == "svc" && !ns.is_empty()).then_some(ns)
+        })?;
+        match found {
+            Some(f) if f != ns => return None,
+            _ => found = Some(ns),
+        }
+    }
+    found.map(str::to_string)
+}
+
+/// The workload proxies whose telemetry an alert rests on (not trusted nodes or aggregators):
+/// its backing's, else those among the senders of its evidence (without `spiffe://`).
+pub(crate) fn alert_reporters(a: &Alert) -> Vec<String> {
+    let mut out: Vec<String> = match a.respond.as_ref().and_then(|r| r.backing.as_ref()) {
+        Some(b) => b.proxies.iter().map(|r| normalize_principal(r).to_string()).collect(),
+        None => a
+            .evidence
+            .iter()
+            .filter(|e| e.sender_binding.as_deref() != Some("trusted"))
+            .filter_map(|e| e.sender.as_deref())
+            .map(|s| normalize_principal(s).to_string())
+            .collect(),
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `30s`, `5m`, `1h`, `1d` in nanoseconds.
+pub fn parse_ttl_ns(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: i64 = n.parse().ok()?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(secs)?.checked_mul(1_000_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,21 +85,6 @@ pub const DEFAULT_INTERMEDIARIES: &[&str] = &[
     "*/sa/ztunnel",
 ];
 
-/// Identities no revocation may touch by default: the control plane, gateways, kube-system.
-pub const DEFAULT_PROTECTED: &[&str] = &[
-    "*/ns/istio-system/*",
-    "*/ns/kube-system/*",
-    "*/sa/istiod*",
-    "*/sa/istio-ingressgateway*",
-    "*/sa/istio-egressgateway*",
-    "*/sa/istio-eastwestgateway*",
-    "*-gateway-service-account",
-    // Gateway API gateways get a `<gateway>-istio` service account.
-    "*/sa/*-istio",
-    "*/sa/*waypoint*",
-    "*/sa/ztunnel",
-];
-
 /// A revocation target must name exactly one identity: for `principal`, a SPIFFE ID
 /// `<trust-domain>/ns/<namespace>/sa/<service-account>` (with or without `spiffe://`) with no
 /// empty segment; for `request_principal`, an exact JWT `iss/sub`. Anything Istio would
@@ -195,7 +180,7 @@ fn namespace_of<'a>(principal: &'a str, fallback: Option<&'a str>) -> Option<&'a
 }
 
 /// `*` matches any run of characters (the same matching as sink routing's rule patterns).
-pub use verity_sinks::routing::glob_match as glob;
+pub use verity_model::glob::glob_match as glob;
 
 impl Guardrails {
     pub fn new(cfg: &crate::config::ControlConfig) -> Self {

@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use verity_model::alert::Alert;
 
+use crate::config::{IstioConfig, Scope, is_dns_label};
 use crate::responder::{Applied, Responder, ResponderError};
 use crate::revoker::Revoker;
 use crate::{Counters, Mode, Revocation};
@@ -41,112 +41,7 @@ pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 /// The responder's name in a revocation's results.
 pub const NAME: &str = "istio";
 
-/// Where the DENY policy goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    /// The root namespace: the policy applies to every workload in the mesh.
-    #[default]
-    Mesh,
-    /// The destination namespace of the alert, when it names one (else the root namespace).
-    Destination,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IstioConfig {
-    /// A kubeconfig file. Unset: the in-cluster service account, else `$KUBECONFIG` or
-    /// `~/.kube/config`.
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context; unset: its current context.
-    pub context: Option<String>,
-    pub scope: Scope,
-    /// Istio's root namespace (`meshConfig.rootNamespace`).
-    pub root_namespace: String,
-    /// The server-side apply field manager, also the owner label: two Verity instances with
-    /// separate stores need different ones, or each would delete the other's policies.
-    pub field_manager: String,
-    /// `v1` (Istio 1.22 and later) or `v1beta1`.
-    pub api_version: String,
-    /// How often the managed policies are listed and everything re-applied.
-    pub resync_secs: u64,
-    /// Per API request.
-    pub timeout_secs: u64,
-    /// Longest wait between retries of a failing policy.
-    pub max_backoff_secs: u64,
-}
-
-impl Default for IstioConfig {
-    fn default() -> Self {
-        Self {
-            kubeconfig: None,
-            context: None,
-            scope: Scope::Mesh,
-            root_namespace: "istio-system".into(),
-            field_manager: "verity".into(),
-            api_version: "v1".into(),
-            resync_secs: 60,
-            timeout_secs: 10,
-            max_backoff_secs: 300,
-        }
-    }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 impl IstioConfig {
-    /// Pure checks: every problem with its key.
-    pub fn validate(&self) -> Vec<(String, String)> {
-        let mut e = Vec::new();
-        if !is_dns_label(&self.root_namespace) {
-            e.push((
-                "control.istio.root_namespace".into(),
-                format!("[{}] is not a namespace name", self.root_namespace),
-            ));
-        }
-        // The field manager is also a label value.
-        let fm = &self.field_manager;
-        if fm.is_empty()
-            || fm.len() > 63
-            || !fm
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            || !fm.starts_with(|c: char| c.is_ascii_alphanumeric())
-            || !fm.ends_with(|c: char| c.is_ascii_alphanumeric())
-        {
-            e.push((
-                "control.istio.field_manager".into(),
-                format!(
-                    "[{fm}] must be 1-63 letters, digits, '-', '_' or '.', \
-                     starting and ending with a letter or digit"
-                ),
-            ));
-        }
-        if !matches!(self.api_version.as_str(), "v1" | "v1beta1") {
-            e.push((
-                "control.istio.api_version".into(),
-                format!("[{}] is not v1 or v1beta1", self.api_version),
-            ));
-        }
-        for (name, v) in [
-            ("resync_secs", self.resync_secs),
-            ("timeout_secs", self.timeout_secs),
-            ("max_backoff_secs", self.max_backoff_secs),
-        ] {
-            if v == 0 {
-                e.push((format!("control.istio.{name}"), "must be at least 1".into()));
-            }
-        }
-        e
-    }
-
     fn api_resource(&self) -> ApiResource {
         ApiResource {
             group: GROUP.into(),

@@ -33,9 +33,10 @@ pub mod store;
 pub mod webhook;
 
 pub use config::ControlConfig;
+pub use evidence::{alert_namespace, parse_ttl_ns};
 pub use metrics::ControlMetrics;
 pub use responder::{Applied, DenyListResponder, Responder, ResponderError};
-pub use revoker::{Outcome, RevokeRequest, Revoker, SharedRevoker, VerifyHook, alert_namespace, parse_ttl_ns};
+pub use revoker::{Outcome, RevokeRequest, Revoker, SharedRevoker, VerifyHook};
 
 use std::collections::BTreeMap;
 

@@ -17,30 +17,15 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use verity_sinks::spool::{Spool, SpoolLimits};
+use verity_spool::{Spool, SpoolLimits};
 
 use crate::Revocation;
+use crate::config::WebhookConfig;
 use crate::responder::{Applied, Responder, ResponderError};
 use crate::revoker::Revoker;
 
 /// The responder's name in each revocation's results.
 pub const NAME: &str = "webhook";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: String,
-    /// HMAC-SHA256 key for the signature header.
-    #[serde(default)]
-    pub secret: Option<verity_sinks::config::SecretRef>,
-    /// Failures after which a revocation is reported failed (delivery goes on).
-    #[serde(default = "default_attempts")]
-    pub max_attempts: u32,
-}
-
-fn default_attempts() -> u32 {
-    8
-}
 
 pub struct WebhookResponder {
     url: String,
@@ -85,13 +70,13 @@ enum Answer {
 struct Sender {
     client: reqwest::Client,
     url: String,
-    secret: Option<verity_sinks::secret::Secret>,
+    secret: Option<verity_secret::Secret>,
 }
 
 impl Sender {
     async fn post(&self, body: &[u8]) -> Answer {
         let req = self.client.post(&self.url).header("Content-Type", "application/json");
-        let req = match verity_sinks::outputs::signed(req, self.secret.as_ref(), body) {
+        let req = match verity_secret::signature::signed(req, self.secret.as_ref(), body) {
             Ok(r) => r,
             Err(e) => return Answer::Retry(format!("secret: {e}")),
         };
@@ -115,7 +100,7 @@ impl WebhookResponder {
         let secret = cfg
             .secret
             .as_ref()
-            .map(verity_sinks::secret::Secret::resolve)
+            .map(verity_secret::Secret::resolve)
             .transpose()
             .map_err(|e| WebhookError::Secret(e.to_string()))?;
         let client = reqwest::Client::builder()

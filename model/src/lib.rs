@@ -15,8 +15,10 @@
 
 pub mod alert;
 pub mod event;
+pub mod glob;
 pub mod json;
 pub mod metric;
+pub mod scalar_map;
 pub mod text;
 pub mod time;
 pub mod tls;

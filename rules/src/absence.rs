@@ -7,7 +7,7 @@ use arrow::array::BooleanArray;
 use verity_model::alert::{Alert, AlertStatus};
 
 use crate::compile::{AbsencePlan, CompiledRule};
-use crate::engine::{AlertParts, describe, make_alert};
+use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map};
 
 struct Seen {

@@ -13,7 +13,7 @@ use arrow::array::{Array, BooleanArray};
 use verity_model::alert::{Alert, AlertStatus, Evidence};
 
 use crate::compile::{AssertionPlan, CompiledRule};
-use crate::engine::{AlertParts, describe, make_alert};
+use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map, push_evidence};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

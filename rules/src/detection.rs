@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use verity_model::alert::{Alert, AlertStatus, Evidence};
 
 use crate::compile::{AggFunc, CompiledRule, DetectionPlan, HavingPlan};
-use crate::engine::{AlertParts, describe, make_alert};
+use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map, push_evidence};
 
 #[derive(Default)]

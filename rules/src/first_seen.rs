@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use verity_model::alert::{Alert, AlertStatus};
 
 use crate::compile::{CompiledRule, FirstSeenPlan};
-use crate::engine::{AlertParts, describe, make_alert};
+use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map};
 
 #[derive(Default)]

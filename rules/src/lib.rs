@@ -17,6 +17,7 @@ mod checkpoint;
 pub mod compile;
 pub mod detection;
 pub mod duration;
+mod emit;
 pub mod engine;
 pub mod event_clock;
 mod evidence;
@@ -33,3 +34,5 @@ pub use rule::{LoadError, RuleFile, RuleSource};
 
 #[cfg(test)]
 mod engine_tests;
+#[cfg(all(test, unix))]
+mod rule_tests;

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use verity_model::alert::{AlertStatus, Severity};
+use verity_secret::SecretRef;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -153,27 +154,6 @@ pub struct StdoutConfig {}
 pub struct FileConfig {
     /// Alerts are appended as JSON lines.
     pub path: PathBuf,
-}
-
-/// Where a secret comes from. Exactly one of `env` or `file`; a file is re-read when it
-/// changes, so rotated tokens are picked up without a restart.
-#[derive(Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SecretRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for SecretRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.env, &self.file) {
-            (Some(e), _) => write!(f, "SecretRef(env {e})"),
-            (None, Some(p)) => write!(f, "SecretRef(file {})", p.display()),
-            (None, None) => write!(f, "SecretRef(unset)"),
-        }
-    }
 }
 
 /// TLS settings for outputs that connect out.
@@ -319,7 +299,7 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub topic: String,
     /// librdkafka properties passed through (e.g. `security.protocol`, `sasl.mechanism`).
-    #[serde(default, deserialize_with = "scalar_map")]
+    #[serde(default, deserialize_with = "verity_model::scalar_map::scalar_map")]
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties whose values are secrets (e.g. `sasl.password`).
     #[serde(default)]
@@ -653,28 +633,6 @@ impl SinksConfig {
         }
         errors
     }
-}
-
-/// A map of settings whose values may be written as strings, numbers or booleans (librdkafka
-/// properties such as `linger.ms: 5`); they are passed on as strings.
-pub fn scalar_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    use serde::de::Error;
-    let raw = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
-    raw.into_iter()
-        .map(|(k, v)| {
-            let s = match v {
-                serde_yaml::Value::String(s) => s,
-                serde_yaml::Value::Number(n) => n.to_string(),
-                serde_yaml::Value::Bool(b) => b.to_string(),
-                other => {
-                    return Err(D::Error::custom(format!(
-                        "{k}: expected a string, number or boolean, got {other:?}"
-                    )));
-                }
-            };
-            Ok((k, s))
-        })
-        .collect()
 }
 
 /// A LEEF delimiter: a single character, or `xHH` / `0xHH`.

@@ -19,8 +19,8 @@ use verity_model::alert::Alert;
 
 use crate::config::{BatchConfig, OutputConfig, RetryConfig, Routing, SinksConfig};
 use crate::metrics::{FailureClass, FailureLabels, SinkLabel, SinkMetrics};
-use crate::spool::{Entry, Spool, SpoolError, SpoolLimits};
 use crate::{Retry, Sink};
+use verity_spool::{Entry, Spool, SpoolError, SpoolLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {

@@ -19,8 +19,6 @@ mod http;
 pub mod metrics;
 pub mod outputs;
 pub mod routing;
-pub mod secret;
-pub mod spool;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,28 +1,9 @@
 //! Which alerts an output receives: severity floor, statuses, rule ids and tags.
 
 use verity_model::alert::Alert;
+use verity_model::glob::glob_match;
 
 use crate::config::Routing;
-
-/// `*` matches any run of characters; everything else is literal.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
 
 impl Routing {
     pub fn matches(&self, alert: &Alert) -> bool {
@@ -46,17 +27,6 @@ impl Routing {
 mod tests {
     use super::*;
     use verity_model::alert::{AlertStatus, Severity};
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("zt-*", "zt-mtls"));
-        assert!(glob_match("*mtls*", "zt-mtls-pay"));
-        assert!(glob_match("a*b*c", "aXbYc"));
-        assert!(!glob_match("a*b*c", "aXcYb"));
-        assert!(!glob_match("zt-*", "web-x"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("ab*ba", "aba"));
-    }
 
     #[test]
     fn routing_filters() {

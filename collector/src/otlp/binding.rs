@@ -93,7 +93,7 @@ impl IntakeConfig {
     pub fn class_of(&self, sender: &str) -> Option<SenderClass> {
         self.trust
             .iter()
-            .find(|r| r.senders.iter().any(|p| verity_sinks::routing::glob_match(p, sender)))
+            .find(|r| r.senders.iter().any(|p| verity_model::glob::glob_match(p, sender)))
             .map(|r| r.class)
     }
 }

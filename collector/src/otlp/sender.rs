@@ -16,8 +16,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use verity_sinks::config::SecretRef;
-use verity_sinks::secret::{Secret, SecretError};
+use verity_secret::SecretRef;
+use verity_secret::{Secret, SecretError};
 
 use crate::listener::{ListenerName, PeerInfo, SenderRejection};
 use crate::metrics::Metrics;
@@ -205,7 +205,7 @@ impl SenderAuth {
             }
             return Ok(Sender::default());
         };
-        if !self.allowed.is_empty() && !self.allowed.iter().any(|p| verity_sinks::routing::glob_match(p, &id)) {
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|p| verity_model::glob::glob_match(p, &id)) {
             return Err(self.refuse(
                 Denial::PermissionDenied,
                 SenderRejection::SenderNotAllowed,

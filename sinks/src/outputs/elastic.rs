@@ -9,8 +9,8 @@ use verity_model::alert::Alert;
 use crate::config::ElasticConfig;
 use crate::format::ecs;
 use crate::http::{Answer, classify, client, exchange};
-use crate::secret::Secret;
 use crate::{BoxFuture, ItemFailure, SendResult, Sink, SinkError};
+use verity_secret::Secret;
 
 enum Auth {
     None,
@@ -68,7 +68,7 @@ impl Elastic {
     }
 
     fn authed(&self, r: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, SinkError> {
-        let secret_err = |e: crate::secret::SecretError| SinkError::retryable(format!("credentials: {e}"));
+        let secret_err = |e: verity_secret::SecretError| SinkError::retryable(format!("credentials: {e}"));
         Ok(match &self.auth {
             Auth::None => r,
             Auth::ApiKey(k) => r.header(

@@ -10,8 +10,8 @@ use verity_model::alert::Alert;
 use crate::config::HecConfig;
 use crate::format::hec::{HecOptions, encode_batch};
 use crate::http::{Answer, classify, client, exchange, retry_after};
-use crate::secret::Secret;
 use crate::{BoxFuture, SendResult, Sink, SinkError};
+use verity_secret::Secret;
 
 pub struct Hec {
     client: reqwest::Client,

@@ -10,8 +10,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use verity_model::alert::Alert;
 
 use crate::config::KafkaConfig;
-use crate::secret::Secret;
 use crate::{BoxFuture, ItemFailure, SendResult, Sink, SinkError};
+use verity_secret::Secret;
 
 pub struct Kafka {
     producer: FutureProducer,

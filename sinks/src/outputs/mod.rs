@@ -15,8 +15,6 @@ use std::time::Duration;
 use crate::Sink;
 use crate::config::{OutputConfig, OutputKind};
 
-pub use webhook::{SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, signed};
-
 /// Builds an output's sink: resolves secrets, reads CA files, creates clients. No connection
 /// is made here; the first delivery or the health check does that.
 pub fn build(name: &str, cfg: &OutputConfig) -> Result<Arc<dyn Sink>, String> {

@@ -10,8 +10,8 @@ use verity_model::alert::Alert;
 use crate::config::OcsfConfig;
 use crate::format::ocsf::detection_finding;
 use crate::http::{client, expect_success, transport_error};
-use crate::secret::Secret;
 use crate::{BoxFuture, SendResult, Sink, SinkError};
+use verity_secret::Secret;
 
 enum Target {
     File(String, Mutex<File>),

@@ -6,8 +6,8 @@ use verity_model::alert::Alert;
 use crate::config::SentinelConfig;
 use crate::format::sentinel::encode_chunks;
 use crate::http::{client, expect_success, transport_error};
-use crate::secret::Secret;
 use crate::{BoxFuture, ItemFailure, SendResult, Sink, SinkError};
+use verity_secret::Secret;
 
 /// The API refuses calls over 1 MB; stay a little below.
 const MAX_CALL_BYTES: usize = 1_000_000;

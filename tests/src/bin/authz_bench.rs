@@ -215,7 +215,8 @@ fn alert(i: usize, principal: &str) -> verity_model::Alert {
 }
 
 async fn istio(n: usize) -> anyhow::Result<()> {
-    use verity_control::istio::{IstioConfig, IstioController, IstioResponder, Scope, policy};
+    use verity_control::config::{IstioConfig, Scope};
+    use verity_control::istio::{IstioController, IstioResponder, policy};
     let server = verity_e2e::kube::KubeApiServer::start(verity_e2e::kube::KubeSettings {
         crd_path: Some(verity_e2e::kube::istio_crd_path()),
         namespaces: vec!["pay".into()],

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::control::{CART, DENIED, alerts, check, has, line};
 use serde_json::Value;
-use verity_control::istio::{IstioConfig, IstioController, IstioResponder, Scope};
+use verity_control::config::{IstioConfig, Scope};
+use verity_control::istio::{IstioController, IstioResponder};
 use verity_control::{ControlConfig, DenyListResponder, Mode, RevokeRequest, Revoker};
 use verity_e2e::kube::{KubeApiServer, KubeSettings, istio_crd_path};
 use verity_e2e::{Verity, eventually};

@@ -1,11 +1,11 @@
 //! Spool append throughput: batches of alert-sized records, with and without fsync.
 //!
-//! `cargo bench -p verity-sinks --bench spool`
+//! `cargo bench -p verity-spool --bench spool`
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use verity_sinks::spool::{Spool, SpoolLimits};
+use verity_spool::{Spool, SpoolLimits};
 
 fn bench(c: &mut Criterion) {
     // A typical alert serializes to 1–2 KB with its evidence.

@@ -1,12 +1,36 @@
-//! Resolved secrets. A value from the environment is read once at start; a value from a file is
-//! re-read when the file changes, so a token helper can rotate it. The value never appears in
-//! `Debug` output, logs or metrics.
+//! Secrets in Verity's configuration: where one comes from ([`SecretRef`]) and its resolved
+//! value ([`Secret`]). A value from the environment is read once at start; a value from a file
+//! is re-read when the file changes, so a token helper can rotate it. The value never appears
+//! in `Debug` output, logs or metrics. [`signature`] signs webhook bodies with one.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::config::SecretRef;
+use serde::{Deserialize, Serialize};
+
+pub mod signature;
+
+/// Where a secret comes from. Exactly one of `env` or `file`; a file is re-read when it
+/// changes, so rotated tokens are picked up without a restart.
+#[derive(Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.env, &self.file) {
+            (Some(e), _) => write!(f, "SecretRef(env {e})"),
+            (None, Some(p)) => write!(f, "SecretRef(file {})", p.display()),
+            (None, None) => write!(f, "SecretRef(unset)"),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {

@@ -1,0 +1,265 @@
+//! The revoker end to end over a deny list: enforcement, verification, expiry, guardrails,
+//! restarts, and evidence that must not revoke anyone.
+
+use super::*;
+use crate::denylist::DenyList;
+use crate::evidence::parse_ttl_ns;
+use crate::responder::{Applied, DenyListResponder};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use verity_model::alert::{Evidence, Response};
+
+const S: i64 = 1_000_000_000;
+
+fn alert(principal: &str) -> Alert {
+    Alert {
+        id: "zt-rbac-denial-burst-01".into(),
+        rule_id: "zt-rbac-denial-burst".into(),
+        title: "RBAC denial burst".into(),
+        severity: Severity::High,
+        kind: "detection".into(),
+        status: AlertStatus::Firing,
+        tags: vec![],
+        description: String::new(),
+        group: BTreeMap::new(),
+        count: 12,
+        aggregates: BTreeMap::new(),
+        window_start: None,
+        window_end: None,
+        first_seen: String::new(),
+        last_seen: String::new(),
+        // Reported by the proxy that denied it, verified as its sender.
+        evidence: vec![Evidence {
+            sender: Some("spiffe://cluster.local/ns/pay/sa/api".into()),
+            sender_verified: true,
+            sender_binding: Some("bound".into()),
+            destination_principal: Some("spiffe://cluster.local/ns/pay/sa/api".into()),
+            ..Evidence::default()
+        }],
+        entity: Some(Entity {
+            kind: "source_principal".into(),
+            value: principal.into(),
+        }),
+        respond: Some(Response {
+            action: "revoke".into(),
+            ttl: "1h".into(),
+            backing: None,
+        }),
+        summary: String::new(),
+    }
+}
+
+type Verified = Arc<Mutex<Vec<(String, bool)>>>;
+
+fn revoker(dir: &std::path::Path, mode: Mode) -> (Revoker, DenyList, Verified) {
+    let deny = DenyList::default();
+    let verified = Arc::new(Mutex::new(Vec::new()));
+    let v = verified.clone();
+    let cfg = ControlConfig {
+        mode,
+        store_path: dir.join("revocations.json"),
+        max_per_window: 2,
+        grace_secs: 10,
+        ..ControlConfig::default()
+    };
+    let m = Revoker::open(
+        cfg,
+        vec![Box::new(DenyListResponder(deny.clone()))],
+        Box::new(move |p, on| v.lock().unwrap().push((p.to_string(), on.is_some()))),
+    )
+    .unwrap();
+    (m, deny, verified)
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_key() {
+    assert!(ControlConfig::default().validate().is_empty());
+    let bad = ControlConfig {
+        ext_authz_listen: Some("localhost".into()),
+        window_secs: 0,
+        max_per_window: 0,
+        reconcile_interval_secs: 0,
+        istio: Some(crate::config::IstioConfig {
+            root_namespace: "Istio_System".into(),
+            ..Default::default()
+        }),
+        ..ControlConfig::default()
+    };
+    let keys: Vec<String> = bad.validate().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys,
+        [
+            "control.ext_authz_listen",
+            "control.window_secs",
+            "control.istio.root_namespace",
+            "control.max_per_window",
+            "control.reconcile_interval_secs",
+        ]
+    );
+}
+
+#[test]
+fn enforce_applies_verifies_after_grace_and_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, deny, verified) = revoker(dir.path(), Mode::Enforce);
+    let events = m.on_alerts(&[alert("spiffe://cluster.local/ns/shop/sa/cart")], 0);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].rule_id, "verity-revocation-applied");
+    assert!(
+        deny.check("cluster.local/ns/shop/sa/cart", 1).is_some(),
+        "effective at once"
+    );
+    // The same alert again does not stack revocations.
+    assert!(
+        m.on_alerts(&[alert("spiffe://cluster.local/ns/shop/sa/cart")], S)
+            .is_empty()
+    );
+    assert!(m.reconcile(5 * S).is_empty());
+    assert!(verified.lock().unwrap().is_empty(), "still in its grace period");
+    m.reconcile(11 * S);
+    assert_eq!(
+        verified.lock().unwrap()[0],
+        ("cluster.local/ns/shop/sa/cart".to_string(), true)
+    );
+    let expired = m.reconcile(3600 * S);
+    assert_eq!(expired[0].rule_id, "verity-revocation-expired");
+    assert!(deny.check("cluster.local/ns/shop/sa/cart", 3600 * S).is_none());
+    assert!(!verified.lock().unwrap().last().unwrap().1);
+}
+
+#[test]
+fn guardrails_and_log_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, deny, _) = revoker(dir.path(), Mode::LogOnly);
+    let e = m.on_alerts(&[alert("spiffe://cluster.local/ns/istio-system/sa/istiod")], 0);
+    assert_eq!(e[0].rule_id, "verity-revocation-refused");
+    let e = m.on_alerts(&[alert("spiffe://cluster.local/ns/a/sa/1")], 0);
+    assert_eq!(e[0].rule_id, "verity-revocation-recorded");
+    assert!(deny.is_empty(), "log-only applies nothing");
+    m.on_alerts(&[alert("spiffe://cluster.local/ns/a/sa/2")], 0);
+    let e = m.on_alerts(&[alert("spiffe://cluster.local/ns/a/sa/3")], 0);
+    assert_eq!(e[0].rule_id, "verity-revocation-refused");
+    assert_eq!(e[0].severity, Severity::Critical, "reaching the cap is an incident");
+}
+
+#[test]
+fn state_survives_a_restart_and_is_reapplied() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (m, _, _) = revoker(dir.path(), Mode::Enforce);
+        m.on_alerts(&[alert("spiffe://cluster.local/ns/shop/sa/cart")], 0);
+    }
+    let (m, deny, _) = revoker(dir.path(), Mode::Enforce);
+    assert!(deny.is_empty());
+    let _ = m.restore(S);
+    assert!(deny.check("cluster.local/ns/shop/sa/cart", 2 * S).is_some());
+    let id = m.store().list()[0].id.clone();
+    let e = m.lift(&id, 3 * S).unwrap();
+    assert_eq!(e[0].rule_id, "verity-revocation-lifted");
+    assert!(deny.is_empty());
+    assert_eq!(parse_ttl_ns("90s"), Some(90 * S));
+    assert_eq!(parse_ttl_ns("1h"), Some(3600 * S));
+    assert_eq!(parse_ttl_ns("x"), None);
+}
+
+/// Fails until told otherwise, and counts what it was asked to apply.
+struct Flaky {
+    up: Arc<AtomicBool>,
+    applied: Arc<AtomicUsize>,
+}
+
+impl Responder for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn apply(&self, _: &Revocation) -> Result<Applied, ResponderError> {
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        if self.up.load(Ordering::SeqCst) {
+            Ok(Applied::Now("applied".into()))
+        } else {
+            Err(ResponderError::retry("down"))
+        }
+    }
+    fn remove(&self, _: &Revocation) -> Result<String, ResponderError> {
+        Ok("removed".into())
+    }
+}
+
+#[test]
+fn a_restart_restores_failed_revocations_to_every_responder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, applied) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let open = |deny: &DenyList| {
+        Revoker::open(
+            ControlConfig {
+                mode: Mode::Enforce,
+                store_path: dir.path().join("revocations.json"),
+                ..ControlConfig::default()
+            },
+            vec![
+                Box::new(DenyListResponder(deny.clone())),
+                Box::new(Flaky {
+                    up: up.clone(),
+                    applied: applied.clone(),
+                }),
+            ],
+            Box::new(|_, _| {}),
+        )
+        .unwrap()
+    };
+    {
+        let m = open(&DenyList::default());
+        let e = m.on_alerts(&[alert("spiffe://cluster.local/ns/shop/sa/cart")], 0);
+        assert_eq!(e[0].rule_id, "verity-revocation-failed");
+    }
+    up.store(true, Ordering::SeqCst);
+    let deny = DenyList::default();
+    let m = open(&deny);
+    let e = m.restore(S);
+    assert_eq!(e[0].rule_id, "verity-revocation-applied", "{e:?}");
+    assert!(deny.check("cluster.local/ns/shop/sa/cart", 2 * S).is_some());
+    assert_eq!(applied.load(Ordering::SeqCst), 2);
+    assert_eq!(m.store().list()[0].state, State::Applied);
+}
+
+#[test]
+fn lifting_an_old_revocation_leaves_a_newer_one_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, deny, _) = revoker(dir.path(), Mode::Enforce);
+    let cart = "spiffe://cluster.local/ns/shop/sa/cart";
+    m.on_alerts(&[alert(cart)], 0);
+    let old = m.store().list()[0].id.clone();
+    m.lift(&old, S).unwrap();
+    assert!(deny.is_empty());
+    m.on_alerts(&[alert(cart)], 2 * S);
+    assert!(deny.check("cluster.local/ns/shop/sa/cart", 3 * S).is_some());
+    assert!(
+        m.lift(&old, 3 * S).unwrap().is_empty(),
+        "no longer in force: nothing to lift"
+    );
+    assert!(
+        deny.check("cluster.local/ns/shop/sa/cart", 4 * S).is_some(),
+        "the newer revocation stays in force"
+    );
+}
+
+#[test]
+fn evidence_from_a_bystander_or_about_a_gateway_revokes_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, deny, _) = revoker(dir.path(), Mode::Enforce);
+    let mut forged = alert("spiffe://cluster.local/ns/shop/sa/cart");
+    forged.evidence[0].sender = Some("spiffe://cluster.local/ns/x/sa/mallory".into());
+    let e = m.on_alerts(&[forged], 0);
+    assert_eq!(e[0].rule_id, "verity-revocation-refused");
+    assert!(e[0].summary.contains("not acted on"), "{}", e[0].summary);
+    let gateway = alert("spiffe://cluster.local/ns/edge/sa/istio-ingressgateway-service-account");
+    let e = m.on_alerts(std::slice::from_ref(&gateway), 0);
+    assert_eq!(e[0].rule_id, "verity-revocation-review");
+    let mut with_user = gateway;
+    with_user.evidence[0].request_principal = Some("https://idp.example.com/user-7".into());
+    let e = m.on_alerts(&[with_user], 0);
+    assert_eq!(e[0].rule_id, "verity-revocation-applied");
+    assert_eq!(e[0].entity.as_ref().unwrap().value, "https://idp.example.com/user-7");
+    assert_eq!(e[0].entity.as_ref().unwrap().kind, "request_principal");
+    assert!(deny.check("https://idp.example.com/user-7", S).is_some());
+}
