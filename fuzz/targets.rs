@@ -25,8 +25,8 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
 use verity_collector::normalize::{self, Ctx, FormatHint, RejectReason, Rejection};
-use verity_collector::kafka::Encoding;
-use verity_collector::otlp::decoded_size::{self, Msg};
+use verity_collector::sources::kafka::Encoding;
+use verity_collector::sources::otlp::decoded_size::{self, Msg};
 use verity_model::event::IngestSource;
 use verity_model::{EventBatchBuilder, MetricBatchBuilder};
 
@@ -209,7 +209,7 @@ fn decode_proto<T: Message + Default>(data: &[u8], root: decoded_size::Msg) -> O
 /// The Kafka source's decoder; an error is an answer (a poison message), rendered as the
 /// dead-letter entry would render it.
 fn kafka_decode<T: Message + Default + serde::de::DeserializeOwned>(enc: Encoding, data: &[u8], root: Msg) -> Option<T> {
-    match verity_collector::kafka::decode(enc, data, root, default_limits().max_decoded_bytes) {
+    match verity_collector::sources::kafka::decode(enc, data, root, default_limits().max_decoded_bytes) {
         Ok(req) => Some(req),
         Err(e) => {
             let _ = e.to_string();

@@ -13,14 +13,15 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminState};
-use crate::archive::ArchiveStage;
 use crate::config::Settings;
 use crate::dead_letter::DeadLetter;
+use crate::ingest::Ingest;
 use crate::listener::{ListenerName, ListenerTls, PeerInfo, SecureListener, ServerTls};
 use crate::metrics::Metrics;
-use crate::otlp::{self, OtlpIngest};
+use crate::pipeline::archive::ArchiveStage;
+use crate::pipeline::rules::{RuleMetrics, RuleSetSpec, RulesStage, SharedEngine};
 use crate::pipeline::{self, Stage};
-use crate::rules_stage::{RuleMetrics, RuleSetSpec, RulesStage, SharedEngine};
+use crate::sources::otlp;
 use verity_rules::{EngineSettings, RevocationList};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +52,7 @@ pub enum AppError {
     #[error("TLS files do not load:\n  {}", .0.join("\n  "))]
     Tls(Vec<String>),
     #[error("{0}")]
-    Tokens(#[from] crate::otlp::sender::TokenError),
+    Tokens(#[from] crate::ingest::sender::TokenError),
     #[error("cannot open the revocation store: {0}")]
     Control(#[from] verity_control::store::StoreError),
     #[error("cannot start the outputs: {0}")]
@@ -112,9 +113,9 @@ pub async fn run_with(
         .map_err(|errors| AppError::Tls(errors.iter().map(ToString::to_string).collect()))?;
     let otlp = &settings.raw.otlp;
     let sender_auth = |name: ListenerName, listener: &crate::config::ListenerConfig| {
-        crate::otlp::sender::SenderAuth::new(
+        crate::ingest::sender::SenderAuth::new(
             name,
-            &crate::otlp::sender::SenderPolicy {
+            &crate::ingest::sender::SenderPolicy {
                 client_certificates: listener.client_certificates(),
                 tokens: &otlp.tokens,
                 trusted_proxy: otlp.trusted_proxy.as_ref(),
@@ -231,15 +232,15 @@ pub async fn run_with(
         .with_checkpoint_interval(std::time::Duration::from_secs(settings.rules.checkpoint_secs.max(1)));
     let held_alerts = rules_stage.held_alerts();
     stages.push(Box::new(rules_stage));
-    stages.push(Box::new(crate::posture::PostureStage::new(
-        crate::posture::PostureMetrics::register(&mut registry),
+    stages.push(Box::new(crate::pipeline::posture::PostureStage::new(
+        crate::pipeline::posture::PostureMetrics::register(&mut registry),
     )));
     if let Some(dir) = &settings.archive_dir {
         stages.push(Box::new(ArchiveStage::new(dir.clone(), metrics.clone())));
     }
     let (intake, pipeline) = pipeline::start(settings.pipeline.clone(), stages, metrics.clone());
     let ingest = Arc::new(
-        OtlpIngest::new(
+        Ingest::new(
             intake,
             dead_letter.clone(),
             metrics.clone(),
@@ -327,15 +328,15 @@ pub async fn run_with(
     if settings.kafka.enabled {
         let rules = engine.rule_files();
         for topic in &settings.kafka.topics {
-            for warning in crate::kafka::partitioning_warnings(&rules, topic) {
+            for warning in crate::sources::kafka::partitioning_warnings(&rules, topic) {
                 tracing::warn!("{warning}");
             }
         }
-        let kafka_metrics = crate::kafka::KafkaMetrics::register(&mut registry);
+        let kafka_metrics = crate::sources::kafka::KafkaMetrics::register(&mut registry);
         let (cfg, ingest, signal) = (settings.kafka.clone(), ingest.clone(), stopped(stop_rx.clone()));
         servers.push(tokio::spawn(
             async move {
-                if let Err(error) = crate::kafka::run(cfg, ingest, kafka_metrics, signal).await {
+                if let Err(error) = crate::sources::kafka::run(cfg, ingest, kafka_metrics, signal).await {
                     tracing::error!(%error, "Kafka source failed");
                 }
             }

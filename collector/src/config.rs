@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use verity_model::tls::ServerTlsConfig;
 
-pub use crate::otlp::binding::{IntakeConfig, SenderClass, TrustRule};
-pub use crate::otlp::sender::{TokenConfig, TrustedProxyConfig};
+pub use crate::ingest::binding::{IntakeConfig, SenderClass, TrustRule};
+pub use crate::ingest::sender::{TokenConfig, TrustedProxyConfig};
 
 /// The embedded defaults: what `verity run` uses with no file and no environment.
 pub use crate::dead_letter::DeadLetterConfig;
@@ -35,7 +35,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub rules: RulesConfig,
     pub sinks: verity_sinks::SinksConfig,
-    pub kafka: crate::kafka::KafkaConfig,
+    pub kafka: crate::sources::kafka::KafkaConfig,
     pub telemetry: TelemetryConfig,
     pub control: verity_control::ControlConfig,
 }
@@ -243,7 +243,7 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub rules: RulesConfig,
     pub sinks: verity_sinks::SinksConfig,
-    pub kafka: crate::kafka::KafkaConfig,
+    pub kafka: crate::sources::kafka::KafkaConfig,
     pub telemetry: TelemetryConfig,
     pub control: verity_control::ControlConfig,
 }
@@ -644,6 +644,55 @@ pub fn settings(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Settings, Vec<ConfigError>> {
     load(file, env)?.validate()
+}
+
+impl crate::listener::ListenerTls {
+    /// Reads every certificate, key and CA file; errors name the config key, the file and the
+    /// reason. `verity validate` and `verity run` both call this before binding anything.
+    pub fn load(settings: &Settings) -> Result<Self, Vec<ConfigError>> {
+        let raw = &settings.raw;
+        let mut errors = Vec::new();
+        let mut one = |key: &str,
+                       enabled: bool,
+                       cfg: Option<&verity_model::tls::ServerTlsConfig>,
+                       alpn: crate::listener::Alpn| {
+            let cfg = cfg.filter(|_| enabled)?;
+            match crate::listener::ServerTls::load(cfg, alpn) {
+                Ok(tls) => Some(std::sync::Arc::new(tls)),
+                Err(e) => {
+                    errors.push(ConfigError::new(key, e.to_string()));
+                    None
+                }
+            }
+        };
+        let loaded = Self {
+            otlp_grpc: one(
+                "otlp.grpc.tls",
+                settings.grpc_listen.is_some(),
+                raw.otlp.grpc.tls.as_ref(),
+                crate::listener::Alpn::H2,
+            ),
+            otlp_http: one(
+                "otlp.http.tls",
+                settings.http_listen.is_some(),
+                raw.otlp.http.tls.as_ref(),
+                crate::listener::Alpn::Http1,
+            ),
+            admin: one(
+                "admin.tls",
+                settings.admin_listen.is_some(),
+                raw.admin.tls.as_ref(),
+                crate::listener::Alpn::Http1,
+            ),
+            ext_authz: one(
+                "control.ext_authz_tls",
+                settings.control.ext_authz_listen.is_some(),
+                settings.control.ext_authz_tls.as_ref(),
+                crate::listener::Alpn::H2,
+            ),
+        };
+        if errors.is_empty() { Ok(loaded) } else { Err(errors) }
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use verity_model::time::format_rfc3339_ns;
 
 use crate::metrics::Metrics;
 use crate::normalize::now_ns;
-use crate::normalize::rejections::Rejections;
+use crate::normalize::rejections::{Origin, Rejections};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -98,14 +98,6 @@ pub struct DeadLetterEntry<'a> {
     /// Where it came from, for sources with positions (a Kafka topic, partition and offset).
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
     pub origin: Option<&'a Origin>,
-}
-
-/// A record's position in its source.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Origin {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
 }
 
 struct Current {

@@ -1,30 +1,32 @@
-//! The Verity collector: sources (OTLP gRPC/HTTP), normalization of mesh telemetry into the
-//! canonical Arrow schemas, the bounded pipeline, the admin endpoint and the `verity` CLI.
+//! The Verity collector: telemetry in, normalized Arrow batches through the pipeline's stages.
 //!
-//! Follow one record: `otlp/grpc.rs` or `otlp/http.rs` decode a request, `otlp/mod.rs`
-//! normalizes each record (`normalize/`), dead-letters rejects (`dead_letter.rs`) and hands a
-//! batch to `pipeline.rs`, which coalesces batches and runs the stages (`archive.rs`, `rules_stage.rs`).
-//! `app.rs` wires it all together and owns the drain sequence.
+//! Follow one record:
+//! - `sources/otlp/grpc.rs` or `sources/otlp/http.rs` (or `sources/kafka/`) decode a request;
+//! - `ingest/mod.rs` stamps its sender, normalizes each record (`normalize/`), dead-letters
+//!   what it rejects (`dead_letter.rs`) and hands a batch to the pipeline;
+//! - `pipeline/mod.rs` coalesces batches and runs the stages: `pipeline/archive.rs`,
+//!   `pipeline/rules.rs` (the rules engine; its alerts go to the sinks' spools) and
+//!   `pipeline/posture.rs`.
+//!
+//! `app.rs` wires it all together and owns the drain sequence; `main.rs` is the `verity`
+//! command line.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
-pub mod archive;
 pub mod bounded_lines;
 pub mod config;
 pub mod dead_letter;
 pub mod demo;
-pub mod kafka;
+pub mod ingest;
 pub mod listener;
 pub mod metrics;
 pub mod normalize;
-pub mod otlp;
 pub mod pipeline;
-pub mod posture;
 pub mod redaction;
 pub mod rules_cli;
-pub mod rules_stage;
+pub mod sources;
 pub mod telemetry;
 
 use prometheus_client::metrics::family::Family;

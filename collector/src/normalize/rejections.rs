@@ -3,8 +3,17 @@
 //! dead-letter file, each cut to `dead_letter.max_record_bytes`. A request of a million bad
 //! records costs a million counts, not a million copies of the records.
 
+use serde::Serialize;
+
 use super::{RejectReason, Rejection};
-use crate::dead_letter::Origin;
+
+/// A record's position in its source.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
 
 /// A rejection kept for the dead-letter file.
 #[derive(Debug)]

@@ -25,9 +25,10 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use verity_model::event::IngestSource;
 
-use super::budget::{Reservation, decoded_cost, grpc_body_bytes};
-use super::sender::{Denial, Sender, SenderAuth};
-use super::{OtlpIngest, decoded_size};
+use super::decoded_size;
+use crate::ingest::Ingest;
+use crate::ingest::budget::{Reservation, decoded_cost, grpc_body_bytes};
+use crate::ingest::sender::{Denial, Sender, SenderAuth};
 use crate::listener::PeerInfo;
 use crate::metrics::Metrics;
 use crate::pipeline::{Backpressure, Handoff};
@@ -37,7 +38,7 @@ pub const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsServic
 pub const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
 struct Shared {
-    ingest: Arc<OtlpIngest>,
+    ingest: Arc<Ingest>,
     max_bytes: usize,
     metrics: Metrics,
     auth: SenderAuth,
@@ -51,12 +52,7 @@ pub struct LogsGrpc(Arc<Shared>);
 #[derive(Clone)]
 pub struct MetricsGrpc(Arc<Shared>);
 
-pub fn services(
-    ingest: Arc<OtlpIngest>,
-    max_bytes: usize,
-    metrics: Metrics,
-    auth: SenderAuth,
-) -> (LogsGrpc, MetricsGrpc) {
+pub fn services(ingest: Arc<Ingest>, max_bytes: usize, metrics: Metrics, auth: SenderAuth) -> (LogsGrpc, MetricsGrpc) {
     let shared = Arc::new(Shared {
         ingest,
         max_bytes,
@@ -148,7 +144,7 @@ async fn export<Req, Resp>(
     reservation: Option<Reservation>,
     signal: Signal,
     what: &str,
-    run: impl FnOnce(&OtlpIngest, &Req) -> Result<(Resp, Option<Handoff>), Backpressure>,
+    run: impl FnOnce(&Ingest, &Req) -> Result<(Resp, Option<Handoff>), Backpressure>,
     partial: impl FnOnce(&Resp) -> bool,
 ) -> Result<Response<Resp>, Status>
 where

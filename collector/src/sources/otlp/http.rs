@@ -23,9 +23,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use prost::Message;
 use verity_model::event::IngestSource;
 
-use super::budget::{Reservation, decoded_cost};
-use super::sender::{Denial, Sender, SenderAuth};
-use super::{OtlpIngest, decoded_size};
+use super::decoded_size;
+use crate::ingest::Ingest;
+use crate::ingest::budget::{Reservation, decoded_cost};
+use crate::ingest::sender::{Denial, Sender, SenderAuth};
 use crate::listener::PeerInfo;
 use crate::metrics::Metrics;
 use crate::pipeline::Handoff;
@@ -41,7 +42,7 @@ pub struct RpcStatus {
 }
 
 pub struct HttpState {
-    pub ingest: Arc<OtlpIngest>,
+    pub ingest: Arc<Ingest>,
     pub max_bytes: usize,
     pub retry_after_secs: u32,
     pub metrics: Metrics,

@@ -1,5 +1,11 @@
-//! The OTLP endpoint: gRPC (`grpc.rs`) and HTTP (`http.rs`) decode requests; [`OtlpIngest`]
-//! normalizes their records into Arrow batches for the pipeline.
+//! Ingest, shared by every source: [`Ingest`] takes the decoded records of one request (an
+//! OTLP export over gRPC or HTTP, or a Kafka message), stamps who sent them, normalizes them
+//! into Arrow batches, counts and dead-letters what it rejects, and hands the batches to the
+//! pipeline.
+//!
+//! - `sender.rs` and `binding.rs`: who sent a request and what that sender may report.
+//! - `budget.rs`: the memory every request in flight shares.
+//! - `deliveries.rs`: a re-sent request is recognized and answered once.
 //!
 //! Every export first reserves a pipeline slot, so a full pipeline is answered with a
 //! retryable error before any work is done. Records that cannot be normalized are counted,
@@ -7,10 +13,7 @@
 
 pub mod binding;
 pub mod budget;
-pub mod decoded_size;
 pub mod deliveries;
-pub mod grpc;
-pub mod http;
 pub mod sender;
 
 use std::borrow::Cow;
@@ -28,16 +31,16 @@ use verity_model::event::{AccessEvent, IngestSource, SenderBinding};
 use verity_model::{EventBatchBuilder, InputFormat, MetricBatchBuilder};
 
 use crate::dead_letter::DeadLetter;
-pub use crate::dead_letter::Origin;
 use crate::metrics::Metrics;
 use crate::normalize::limits::{ROW_OVERHEAD_BYTES, RecordLimits};
+pub use crate::normalize::rejections::Origin;
 use crate::normalize::rejections::Rejections;
 use crate::normalize::{self, Ctx, RejectReason, Rejection};
 use crate::pipeline::{Backpressure, Batch, Handoff, HeldAlerts, Intake};
 pub use sender::Sender;
 
 /// Shared by both transports.
-pub struct OtlpIngest {
+pub struct Ingest {
     intake: Intake,
     dead_letter: Arc<DeadLetter>,
     metrics: Metrics,
@@ -47,13 +50,13 @@ pub struct OtlpIngest {
     budget: budget::InFlightBudget,
 }
 
-/// `otlp.max_in_flight_bytes` unless set with [`OtlpIngest::with_in_flight_bytes`].
+/// `otlp.max_in_flight_bytes` unless set with [`Ingest::with_in_flight_bytes`].
 const DEFAULT_IN_FLIGHT_BYTES: usize = 256 << 20;
 
 /// How many rejected records are described in `partial_success.error_message`.
 const MAX_ERRORS_IN_MESSAGE: usize = 3;
 
-impl OtlpIngest {
+impl Ingest {
     pub fn new(intake: Intake, dead_letter: Arc<DeadLetter>, metrics: Metrics, trust: binding::IntakeConfig) -> Self {
         Self {
             intake,

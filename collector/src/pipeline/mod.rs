@@ -16,6 +16,10 @@
 //! Draining: when every [`Intake`] handle is dropped, the batcher flushes what it holds, the
 //! worker processes what is queued, flushes every stage, and [`PipelineHandle::join`] returns.
 
+pub mod archive;
+pub mod posture;
+pub mod rules;
+
 use std::time::Duration;
 
 use arrow::array::RecordBatch;

@@ -1,0 +1,236 @@
+//! The `kafka` section: brokers, topics and their encodings, librdkafka properties, and the
+//! check that a topic's partitioning keeps together what stateful rules group by.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How a topic's messages are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// `ExportLogsServiceRequest` / `ExportMetricsServiceRequest` protobuf (the OTel
+    /// Collector Kafka exporter's `otlp_proto`).
+    OtlpProto,
+    /// The same as OTLP/JSON (`otlp_json`).
+    OtlpJson,
+    /// Log lines (Istio/Envoy text or JSON, ztunnel); several per message when newline-separated.
+    Raw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    #[default]
+    Logs,
+    Metrics,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    pub name: String,
+    pub encoding: Encoding,
+    /// For OTLP encodings: whether the topic carries logs or metrics.
+    #[serde(default)]
+    pub signal: Signal,
+    /// The event column producers key this topic's messages by (e.g. `source_principal`).
+    /// Verity warns at start about stateful rules whose keys it cannot serve.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Who produces this topic (e.g. `otel-collector`), stamped as every record's `sender`.
+    /// Kafka authenticates producers itself (SASL, mTLS, ACLs), so a configured sender counts
+    /// as verified; unset, records carry no sender and `sender_verified = false`.
+    #[serde(default)]
+    pub sender: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub enabled: bool,
+    pub brokers: String,
+    pub group_id: String,
+    pub topics: Vec<TopicConfig>,
+    /// librdkafka consumer properties passed through (`security.protocol`, `sasl.*`, `ssl.*`).
+    #[serde(deserialize_with = "verity_model::scalar_map::scalar_map")]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values are secrets (e.g. `sasl.password`).
+    pub secret_properties: BTreeMap<String, verity_secret::SecretRef>,
+    /// Poison messages are also produced here, with their origin in headers.
+    pub dead_letter_topic: Option<String>,
+    /// A batch is handed to the pipeline at this many records …
+    pub max_batch_records: usize,
+    /// … or this old.
+    pub max_batch_delay_ms: u64,
+    /// Batches handed to the pipeline whose acknowledgement is pending; reading waits beyond.
+    pub max_pending_batches: usize,
+    /// On rebalance, how long to wait for pending acknowledgements before giving partitions up.
+    pub rebalance_timeout_secs: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            brokers: String::new(),
+            group_id: "verity".into(),
+            topics: Vec::new(),
+            properties: BTreeMap::new(),
+            secret_properties: BTreeMap::new(),
+            dead_letter_topic: None,
+            max_batch_records: 5000,
+            max_batch_delay_ms: 100,
+            max_pending_batches: 16,
+            rebalance_timeout_secs: 20,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Pure checks: every problem with its key.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut e = Vec::new();
+        if !self.enabled {
+            return e;
+        }
+        if self.brokers.trim().is_empty() {
+            e.push(("kafka.brokers".into(), "must list at least one host:port".into()));
+        }
+        if self.group_id.trim().is_empty() {
+            e.push(("kafka.group_id".into(), "must be set".into()));
+        }
+        if self.topics.is_empty() {
+            e.push(("kafka.topics".into(), "at least one topic is needed".into()));
+        }
+        for (i, t) in self.topics.iter().enumerate() {
+            if t.name.trim().is_empty() {
+                e.push((format!("kafka.topics[{i}].name"), "must be set".into()));
+            }
+            if t.encoding == Encoding::Raw && t.signal == Signal::Metrics {
+                e.push((
+                    format!("kafka.topics[{i}].signal"),
+                    "raw lines are logs; metrics need an OTLP encoding".into(),
+                ));
+            }
+            if let Some(k) = &t.key
+                && verity_model::event::schema().field_with_name(k).is_err()
+            {
+                e.push((
+                    format!("kafka.topics[{i}].key"),
+                    format!("{k:?} is not an event column"),
+                ));
+            }
+        }
+        for k in [
+            "enable.auto.offset.store",
+            "enable.auto.commit",
+            "group.id",
+            "bootstrap.servers",
+        ] {
+            if self.properties.contains_key(k) {
+                e.push((
+                    format!("kafka.properties.{k}"),
+                    "is set by Verity (at-least-once needs it)".into(),
+                ));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.max_batch_records) {
+            e.push(("kafka.max_batch_records".into(), "must be between 1 and 1000000".into()));
+        }
+        if !(1..=60_000).contains(&self.max_batch_delay_ms) {
+            e.push(("kafka.max_batch_delay_ms".into(), "must be between 1 and 60000".into()));
+        }
+        if !(1..=1024).contains(&self.max_pending_batches) {
+            e.push(("kafka.max_pending_batches".into(), "must be between 1 and 1024".into()));
+        }
+        e
+    }
+}
+
+/// Stateful rules whose keys do not include the column a topic is partitioned by: their state
+/// for one key may be split across instances of a consumer group.
+pub fn partitioning_warnings(rules: &[verity_rules::rule::RuleFile], topic: &TopicConfig) -> Vec<String> {
+    let Some(key) = &topic.key else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for r in rules {
+        let keys: Option<&[String]> = match (&r.detection, &r.assertion, &r.first_seen, &r.absence) {
+            (Some(d), ..) if d.window.is_some() => Some(&d.group_by),
+            (_, Some(a), ..) => Some(&a.per),
+            (_, _, Some(f), _) => Some(&f.keys),
+            (_, _, _, Some(a)) => Some(&a.keys),
+            _ => None,
+        };
+        if let Some(keys) = keys
+            && !keys.iter().any(|k| k == key)
+        {
+            out.push(format!(
+                "rule {} keeps state per [{}], but topic {} is partitioned by {key}: with several Verity instances in the group, one key's events can land on different instances",
+                r.id,
+                keys.join(", "),
+                topic.name
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(yaml: &str) -> verity_rules::rule::RuleFile {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn warns_about_rules_the_partitioning_cannot_serve() {
+        let rules = vec![
+            rule(
+                "id: burst\ntitle: t\nseverity: low\nkind: detection\ndetection:\n  where: 'true'\n  group_by: [source_principal]\n  window: {type: tumbling, size: 1m}\n  having: count(*) > 1\n",
+            ),
+            rule(
+                "id: ns\ntitle: t\nseverity: low\nkind: assertion\nassertion:\n  scope: 'true'\n  require: mtls\n  per: [destination_namespace]\n  stale_after: 5m\n",
+            ),
+            rule("id: stateless\ntitle: t\nseverity: low\nkind: detection\ndetection:\n  where: 'true'\n"),
+        ];
+        let topic = TopicConfig {
+            name: "mesh".into(),
+            encoding: Encoding::Raw,
+            signal: Signal::Logs,
+            key: Some("source_principal".into()),
+            sender: None,
+        };
+        let w = partitioning_warnings(&rules, &topic);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("rule ns"), "{w:?}");
+        let unkeyed = TopicConfig { key: None, ..topic };
+        assert!(partitioning_warnings(&rules, &unkeyed).is_empty());
+    }
+
+    #[test]
+    fn config_checks() {
+        let mut c = KafkaConfig {
+            enabled: true,
+            brokers: "b:9092".into(),
+            topics: vec![TopicConfig {
+                name: "t".into(),
+                encoding: Encoding::Raw,
+                signal: Signal::Metrics,
+                key: Some("no_such_column".into()),
+                sender: None,
+            }],
+            ..KafkaConfig::default()
+        };
+        c.properties.insert("enable.auto.offset.store".into(), "true".into());
+        let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k).collect();
+        assert!(keys.contains(&"kafka.topics[0].signal".to_string()), "{keys:?}");
+        assert!(keys.contains(&"kafka.topics[0].key".to_string()), "{keys:?}");
+        assert!(
+            keys.contains(&"kafka.properties.enable.auto.offset.store".to_string()),
+            "{keys:?}"
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! The Kafka source: a consumer-group member that reads OTLP (protobuf or JSON, as the OTel
+//! Collector's Kafka exporter writes it) and raw mesh-log lines, and feeds the pipeline with
+//! at-least-once semantics.
+//!
+//! - Offsets are stored (`enable.auto.offset.store=false`) only after every record up to them
+//!   has been evaluated by the rules and its alerts are in the sinks' durable spools: each
+//!   batch's pipeline hand-off is awaited, in order, by an acknowledger task, and librdkafka
+//!   commits stored offsets in the background, on rebalance and at shutdown.
+//! - The acknowledger's queue is bounded: when batches wait for hand-off, reading waits too.
+//! - When the pipeline is full, the assigned partitions are paused until it has room; nothing
+//!   is dropped and the partitions are not given up.
+//! - A message that is not valid OTLP, or a line no normalizer understands, is counted,
+//!   written to the dead-letter file with topic, partition and offset (and to a dead-letter
+//!   topic if configured), and its offset is stored like any other: it never stalls a
+//!   partition.
+//! - On rebalance, partitions are handed over only after pending acknowledgements are done (or
+//!   a deadline passes); the new owner then starts after the last record fully processed.
+
+mod accumulate;
+mod acknowledge;
+mod config;
+mod message;
+mod metrics;
+mod rebalance;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::producer::FutureProducer;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::ingest::Ingest;
+use crate::pipeline::{Backpressure, Batch, Handoff};
+
+use accumulate::{Accum, Pending};
+use acknowledge::acknowledge;
+pub use config::{Encoding, KafkaConfig, Signal, TopicConfig, partitioning_warnings};
+pub use message::{DecodeError, decode};
+use message::{handle_message, normalize_raw};
+pub use metrics::KafkaMetrics;
+use metrics::PartitionLabels;
+use rebalance::{Consumer_, Context, PendingAcks};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("cannot create the Kafka consumer: {0}")]
+    Create(String),
+    #[error("cannot subscribe to {topics:?}: {message}")]
+    Subscribe { topics: Vec<String>, message: String },
+    #[error("kafka.secret_properties.{key}: {message}")]
+    Secret { key: String, message: String },
+}
+
+/// Runs the consumer until `stop` resolves, then stores and commits what was processed.
+pub async fn run(
+    cfg: KafkaConfig,
+    ingest: Arc<Ingest>,
+    metrics: KafkaMetrics,
+    stop: impl Future<Output = ()>,
+) -> Result<(), KafkaError> {
+    let pending_acks = Arc::new(PendingAcks::default());
+    let ctx = Context {
+        metrics: metrics.clone(),
+        pending: pending_acks.clone(),
+        rebalance_timeout: Duration::from_secs(cfg.rebalance_timeout_secs),
+    };
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        // Pausing for a full pipeline can last; do not leave the group for it.
+        .set("max.poll.interval.ms", "900000");
+    for (k, v) in &cfg.properties {
+        cc.set(k, v);
+    }
+    for (k, s) in &cfg.secret_properties {
+        let secret = verity_secret::Secret::resolve(s).map_err(|e| KafkaError::Secret {
+            key: k.clone(),
+            message: e.to_string(),
+        })?;
+        let value = secret.value().map_err(|e| KafkaError::Secret {
+            key: k.clone(),
+            message: e.to_string(),
+        })?;
+        cc.set(k, value);
+    }
+    let dlq: Option<(FutureProducer, String)> = match &cfg.dead_letter_topic {
+        Some(t) => {
+            let mut pc = ClientConfig::new();
+            pc.set("bootstrap.servers", &cfg.brokers);
+            for (k, v) in &cfg.properties {
+                if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+                    pc.set(k, v);
+                }
+            }
+            Some((pc.create().map_err(|e| KafkaError::Create(e.to_string()))?, t.clone()))
+        }
+        None => None,
+    };
+    let consumer: Arc<Consumer_> = Arc::new(
+        cc.create_with_context(ctx)
+            .map_err(|e| KafkaError::Create(e.to_string()))?,
+    );
+    let names: Vec<String> = cfg.topics.iter().map(|t| t.name.clone()).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs).map_err(|e| KafkaError::Subscribe {
+        topics: names.clone(),
+        message: e.to_string(),
+    })?;
+    tracing::info!(brokers = %cfg.brokers, group = %cfg.group_id, topics = ?names, "Kafka consumer subscribed");
+
+    let topics: HashMap<String, TopicConfig> = cfg.topics.iter().map(|t| (t.name.clone(), t.clone())).collect();
+    let (ack_tx, ack_rx) = mpsc::channel::<Pending>(cfg.max_pending_batches.max(1));
+    let acker = tokio::spawn(
+        acknowledge(
+            ack_rx,
+            consumer.clone(),
+            ingest.intake().clone(),
+            pending_acks.clone(),
+            metrics.clone(),
+            ingest.held_alerts().clone(),
+        )
+        .instrument(tracing::info_span!("kafka_ack")),
+    );
+
+    let max_delay = Duration::from_millis(cfg.max_batch_delay_ms);
+    let mut accum = Accum::new();
+    tokio::pin!(stop);
+    // One timer for the batch age, re-armed when a batch starts (not one per message).
+    let age = tokio::time::sleep(max_delay);
+    tokio::pin!(age);
+    loop {
+        let flush = tokio::select! {
+            biased;
+            () = &mut stop => break,
+            () = &mut age, if accum.started.is_some() => true,
+            msg = consumer.recv() => match msg {
+                Ok(m) => {
+                    if accum.started.is_none() {
+                        age.as_mut().reset(tokio::time::Instant::now() + max_delay);
+                    }
+                    handle_message(&m, &topics, &ingest, &metrics, dlq.as_ref(), &mut accum).await;
+                    accum.rows >= cfg.max_batch_records || accum.bytes >= ingest.limits().max_request_rows_bytes
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    false
+                }
+            },
+        };
+        if flush
+            && !hand_over(
+                &mut accum,
+                &consumer,
+                &ingest,
+                dlq.as_ref(),
+                &ack_tx,
+                &pending_acks,
+                &metrics,
+            )
+            .await
+        {
+            break;
+        }
+    }
+    // Hand over what was read, then let the acknowledger finish and commit.
+    let _ = hand_over(
+        &mut accum,
+        &consumer,
+        &ingest,
+        dlq.as_ref(),
+        &ack_tx,
+        &pending_acks,
+        &metrics,
+    )
+    .await;
+    drop(ack_tx);
+    let _ = acker.await;
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!("Kafka offsets committed"),
+        Err(error) => tracing::debug!(%error, "final Kafka commit"),
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// Sends what was accumulated into the pipeline, pausing the partitions while it is full.
+/// Returns false when the pipeline is closed.
+#[allow(clippy::too_many_arguments)]
+async fn hand_over(
+    accum: &mut Accum,
+    consumer: &Consumer_,
+    ingest: &Ingest,
+    dlq: Option<&(FutureProducer, String)>,
+    ack_tx: &mpsc::Sender<Pending>,
+    pending: &PendingAcks,
+    metrics: &KafkaMetrics,
+) -> bool {
+    for p in &accum.positions {
+        let labels = PartitionLabels {
+            topic: p.topic.clone(),
+            partition: p.partition.to_string(),
+        };
+        metrics.records.get_or_create(&labels).inc_by(p.messages);
+        metrics.bytes.get_or_create(&labels).inc_by(p.bytes);
+    }
+    normalize_raw(accum, ingest, metrics, dlq).await;
+    let intake = ingest.intake();
+    for (batch, offsets) in accum.take() {
+        // Held until acknowledged, twice the batch (it is kept here for a resend while the
+        // pipeline joins it with others); reading pauses while the budget is spent.
+        let budget = match batch
+            .record_batch()
+            .map(|b| b.get_array_memory_size().saturating_mul(2))
+        {
+            None => None,
+            Some(bytes) => Some(match ingest.budget().try_reserve(bytes) {
+                Ok(r) => r,
+                Err(_) => {
+                    let paused = consumer.assignment().ok();
+                    if let Some(tpl) = &paused {
+                        let _ = consumer.pause(tpl);
+                        metrics.paused.set(tpl.count() as i64);
+                        tracing::debug!(partitions = tpl.count(), "in-flight budget spent: partitions paused");
+                    }
+                    let r = ingest.budget().reserve(bytes).await;
+                    if let Some(tpl) = &paused {
+                        let _ = consumer.resume(tpl);
+                        metrics.paused.set(0);
+                    }
+                    r
+                }
+            }),
+        };
+        let handoff = if matches!(batch, Batch::Idle) {
+            None
+        } else {
+            match intake.try_reserve() {
+                Ok(permit) => Some(permit.send(batch.clone())),
+                Err(Backpressure::Closed) => return false,
+                Err(Backpressure::Full) => {
+                    let paused = consumer.assignment().ok();
+                    if let Some(tpl) = &paused {
+                        let _ = consumer.pause(tpl);
+                        metrics.paused.set(tpl.count() as i64);
+                        tracing::debug!(partitions = tpl.count(), "pipeline full: partitions paused");
+                    }
+                    let sent = intake.send(batch.clone()).await;
+                    if let Some(tpl) = &paused {
+                        let _ = consumer.resume(tpl);
+                        metrics.paused.set(0);
+                    }
+                    match sent {
+                        Ok(h) => Some(h),
+                        Err(_) => return false,
+                    }
+                }
+            }
+        };
+        pending.0.fetch_add(1, Ordering::AcqRel);
+        metrics.pending.inc();
+        let item = match handoff {
+            Some(handoff) => Pending {
+                handoff,
+                batch,
+                offsets,
+                _budget: budget,
+            },
+            None => Pending {
+                handoff: Handoff::done(),
+                batch,
+                offsets,
+                _budget: budget,
+            },
+        };
+        if ack_tx.send(item).await.is_err() {
+            return false;
+        }
+    }
+    true
+}

@@ -1,0 +1,77 @@
+//! The consumer context: librdkafka statistics into metrics, and rebalances that wait for
+//! pending acknowledgements before partitions are handed over.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::statistics::Statistics;
+
+use super::metrics::{KafkaMetrics, PartitionLabels};
+
+/// Counts batches handed over but not yet acknowledged, so a rebalance can wait for them.
+#[derive(Default)]
+pub(super) struct PendingAcks(pub(super) AtomicUsize);
+
+pub(super) struct Context {
+    pub(super) metrics: KafkaMetrics,
+    pub(super) pending: Arc<PendingAcks>,
+    pub(super) rebalance_timeout: Duration,
+}
+
+impl ClientContext for Context {
+    fn stats(&self, stats: Statistics) {
+        for (name, topic) in &stats.topics {
+            for (id, p) in &topic.partitions {
+                if *id < 0 || !p.desired {
+                    continue;
+                }
+                let labels = PartitionLabels {
+                    topic: name.clone(),
+                    partition: id.to_string(),
+                };
+                if p.consumer_lag >= 0 {
+                    self.metrics.lag.get_or_create(&labels).set(p.consumer_lag);
+                }
+                if p.committed_offset >= 0 {
+                    self.metrics.committed.get_or_create(&labels).set(p.committed_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.metrics.rebalances.inc();
+            // The acknowledger runs on other threads; give it time to store what is done, so
+            // the next owner of these partitions starts right after it.
+            let deadline = Instant::now() + self.rebalance_timeout;
+            while self.pending.0.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let left = self.pending.0.load(Ordering::Acquire);
+            if left > 0 {
+                tracing::warn!(
+                    pending_batches = left,
+                    "rebalance: acknowledgements still pending at the deadline; their records will be read again by the next owner"
+                );
+            }
+            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(%error, "commit before revoke");
+            }
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+pub(super) type Consumer_ = StreamConsumer<Context>;
