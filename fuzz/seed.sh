@@ -9,7 +9,7 @@
 #                                        # repository and pass it as a second corpus directory
 #
 # Sources: collector/tests/cases/*.yaml (every `line`), tests/fixtures/mesh.log and
-# otlp-logs.json, rules/pack/*.yaml (the rules, and their test lines as log lines), collector/config/default.yaml, deploy/config/verity.yaml.
+# otlp-logs.json, rules/pack/*.yaml (the rules, and their test lines as log lines), app/config/default.yaml, deploy/config/verity.yaml.
 # OTLP protobuf seeds are encoded from the same JSON by the small encoder below (no protobuf
 # library needed); the metric seeds are written here (the repository has no metrics fixture).
 # spiffe_cert seeds are certificates made with `openssl`, when it is installed.
@@ -275,7 +275,7 @@ for l in lines[:8]:
     put("kafka_message", b"\x00" + l.encode())
 for path in sorted(glob.glob(os.path.join(repo, "rules/pack/*.yaml"))):
     put("rule_yaml", read(path))
-for rel in ["collector/config/default.yaml", "deploy/config/verity.yaml"]:
+for rel in ["app/config/default.yaml", "deploy/config/verity.yaml"]:
     put("config_yaml", read(os.path.join(repo, rel)))
 PY
 

@@ -66,7 +66,7 @@ pub fn access_line(data: &[u8]) {
     finish_events(batch);
 }
 
-/// An OTLP/HTTP (or gRPC) protobuf logs request, as `otlp/http.rs` decodes it: the decoded-size
+/// An OTLP/HTTP (or gRPC) protobuf logs request, as `sources/otlp/http.rs` decodes it: the decoded-size
 /// bound first, then prost, then every record normalized with its resource's attributes.
 pub fn otlp_logs_proto(data: &[u8]) {
     if let Some(req) = decode_proto::<ExportLogsServiceRequest>(data, Msg::LogsRequest) {
@@ -89,7 +89,7 @@ pub fn otlp_metrics(data: &[u8]) {
 }
 
 /// One Kafka message. The first byte picks the topic's configuration (encoding, signal), the
-/// rest is the payload, handled as `kafka.rs` `handle_message` does: raw lines must be UTF-8
+/// rest is the payload, handled as `sources/kafka/message.rs` `handle_message` does: raw lines must be UTF-8
 /// and are normalized one by one; OTLP payloads go through the source's own decoder
 /// (`kafka::decode`: the decoded-size bound, then prost or serde), then the OTLP normalizers.
 pub fn kafka_message(data: &[u8]) {
@@ -166,7 +166,7 @@ pub fn config_yaml(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match verity_collector::config::load_text(Some(("verity.yaml", text)), Vec::<(String, String)>::new()) {
+    match verity::config::load_text(Some(("verity.yaml", text)), Vec::<(String, String)>::new()) {
         Ok(cfg) => {
             if let Err(errors) = cfg.validate() {
                 for e in &errors {

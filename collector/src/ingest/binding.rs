@@ -135,9 +135,15 @@ mod tests {
     const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
     const PAY: &str = "spiffe://cluster.local/ns/pay/sa/pay";
 
+    /// The trust rules of the default configuration (`app/config/default.yaml`).
     fn defaults() -> IntakeConfig {
-        let cfg = crate::config::load(None, Vec::new()).expect("defaults");
-        cfg.intake
+        serde_yaml::from_str(
+            "trust:\n\
+             - {class: node, senders: [\"spiffe://*/ns/istio-system/*\", \"spiffe://*/ns/kube-system/*\"]}\n\
+             - {class: proxy, senders: [\"spiffe://*\"]}\n\
+             - {class: aggregator, senders: [\"*\"]}\n",
+        )
+        .expect("the default trust rules")
     }
 
     fn event(

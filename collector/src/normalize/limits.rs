@@ -32,7 +32,7 @@ pub struct RecordLimits {
     /// Most metric data points in one request; points past it are rejected.
     pub max_data_points: usize,
     /// Most bytes one OTLP request (or Kafka message) may take once decoded, measured on
-    /// the encoded bytes before decoding (see `otlp/decoded_size.rs`); larger requests are
+    /// the encoded bytes before decoding (see `sources/otlp/decoded_size.rs`); larger requests are
     /// refused whole with 413 / RESOURCE_EXHAUSTED.
     pub max_decoded_bytes: usize,
 }

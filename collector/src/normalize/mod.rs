@@ -48,7 +48,7 @@ pub enum RejectReason {
     InvalidMetric,
     /// A whole source message (e.g. a Kafka record) that is not valid OTLP.
     UndecodableMessage,
-    /// A proxy sender reported traffic it was not a party to (see `otlp/binding.rs`).
+    /// A proxy sender reported traffic it was not a party to (see `ingest/binding.rs`).
     SenderNotParty,
     /// Normalizing the record hit a bug (a panic), caught at the record's boundary.
     InternalError,

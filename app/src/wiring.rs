@@ -14,14 +14,14 @@ use tracing::Instrument;
 
 use crate::admin::{self, AdminState};
 use crate::config::Settings;
-use crate::dead_letter::DeadLetter;
-use crate::ingest::Ingest;
-use crate::listener::{ListenerName, ListenerTls, PeerInfo, SecureListener, ServerTls};
-use crate::metrics::Metrics;
-use crate::pipeline::archive::ArchiveStage;
-use crate::pipeline::rules::{RuleMetrics, RuleSetSpec, RulesStage, SharedEngine};
-use crate::pipeline::{self, Stage};
-use crate::sources::otlp;
+use verity_collector::dead_letter::DeadLetter;
+use verity_collector::ingest::Ingest;
+use verity_collector::listener::{ListenerName, PeerInfo, SecureListener, ServerTls};
+use verity_collector::metrics::Metrics;
+use verity_collector::pipeline::archive::ArchiveStage;
+use verity_collector::pipeline::rules::{RuleMetrics, RuleSetSpec, RulesStage, SharedEngine};
+use verity_collector::pipeline::{self, Stage};
+use verity_collector::sources::otlp;
 use verity_rules::{EngineSettings, RevocationList};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ pub enum AppError {
     #[error("TLS files do not load:\n  {}", .0.join("\n  "))]
     Tls(Vec<String>),
     #[error("{0}")]
-    Tokens(#[from] crate::ingest::sender::TokenError),
+    Tokens(#[from] verity_collector::ingest::sender::TokenError),
     #[error("cannot open the revocation store: {0}")]
     Control(#[from] verity_control::store::StoreError),
     #[error("cannot start the outputs: {0}")]
@@ -109,13 +109,13 @@ pub async fn run_with(
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     crate::build_info(&mut registry);
-    let tls = ListenerTls::load(&settings)
+    let tls = crate::config::listener_tls(&settings)
         .map_err(|errors| AppError::Tls(errors.iter().map(ToString::to_string).collect()))?;
     let otlp = &settings.raw.otlp;
     let sender_auth = |name: ListenerName, listener: &crate::config::ListenerConfig| {
-        crate::ingest::sender::SenderAuth::new(
+        verity_collector::ingest::sender::SenderAuth::new(
             name,
-            &crate::ingest::sender::SenderPolicy {
+            &verity_collector::ingest::sender::SenderPolicy {
                 client_certificates: listener.client_certificates(),
                 tokens: &otlp.tokens,
                 trusted_proxy: otlp.trusted_proxy.as_ref(),
@@ -225,15 +225,15 @@ pub async fn run_with(
     if let Some(slot) = webhook_slot {
         let _ = slot.set(Arc::downgrade(&control));
     }
-    let restored = control.restore(crate::normalize::now_ns());
+    let restored = control.restore(verity_collector::normalize::now_ns());
     control.audit_out(restored);
     let rules_stage = RulesStage::new(engine.clone(), sinks.clone())
         .with_control(control.clone())
         .with_checkpoint_interval(std::time::Duration::from_secs(settings.rules.checkpoint_secs.max(1)));
     let held_alerts = rules_stage.held_alerts();
     stages.push(Box::new(rules_stage));
-    stages.push(Box::new(crate::pipeline::posture::PostureStage::new(
-        crate::pipeline::posture::PostureMetrics::register(&mut registry),
+    stages.push(Box::new(verity_collector::pipeline::posture::PostureStage::new(
+        verity_collector::pipeline::posture::PostureMetrics::register(&mut registry),
     )));
     if let Some(dir) = &settings.archive_dir {
         stages.push(Box::new(ArchiveStage::new(dir.clone(), metrics.clone())));
@@ -328,15 +328,15 @@ pub async fn run_with(
     if settings.kafka.enabled {
         let rules = engine.rule_files();
         for topic in &settings.kafka.topics {
-            for warning in crate::sources::kafka::partitioning_warnings(&rules, topic) {
+            for warning in verity_collector::sources::kafka::partitioning_warnings(&rules, topic) {
                 tracing::warn!("{warning}");
             }
         }
-        let kafka_metrics = crate::sources::kafka::KafkaMetrics::register(&mut registry);
+        let kafka_metrics = verity_collector::sources::kafka::KafkaMetrics::register(&mut registry);
         let (cfg, ingest, signal) = (settings.kafka.clone(), ingest.clone(), stopped(stop_rx.clone()));
         servers.push(tokio::spawn(
             async move {
-                if let Err(error) = crate::sources::kafka::run(cfg, ingest, kafka_metrics, signal).await {
+                if let Err(error) = verity_collector::sources::kafka::run(cfg, ingest, kafka_metrics, signal).await {
                     tracing::error!(%error, "Kafka source failed");
                 }
             }
@@ -392,7 +392,7 @@ pub async fn run_with(
                     }
                     let (c, s) = (control.clone(), sinks.clone());
                     let _ = tokio::task::spawn_blocking(move || {
-                        let events = c.reconcile(crate::normalize::now_ns());
+                        let events = c.reconcile(verity_collector::normalize::now_ns());
                         if let Err(error) = s.submit(&events) {
                             tracing::error!(%error, "could not deliver revocation audit events");
                         }
@@ -471,7 +471,7 @@ pub async fn run_with(
     .into_iter()
     .filter_map(|(name, tls)| {
         let tls = tls.clone()?;
-        Some(tokio::spawn(crate::listener::watch_certificates(
+        Some(tokio::spawn(verity_collector::listener::watch_certificates(
             name,
             tls,
             metrics.clone(),

@@ -12,9 +12,9 @@ use verity_model::{Alert, EventBatchBuilder};
 use verity_rules::rule::{ExpectedAlert, RuleSource, TestCase, load_paths};
 use verity_rules::{Compiler, Engine, EngineSettings, RevocationList};
 
-use crate::bounded_lines;
-use crate::normalize::limits::RecordLimits;
-use crate::normalize::{self, Ctx, FormatHint};
+use verity_collector::bounded_lines;
+use verity_collector::normalize::limits::RecordLimits;
+use verity_collector::normalize::{self, Ctx, FormatHint};
 
 /// Loads and compiles rule files; prints every error. Returns the number of errors.
 pub fn check(paths: &[PathBuf], out: &mut impl Write) -> std::io::Result<usize> {
@@ -77,7 +77,7 @@ pub fn run_tests(sources: &[RuleSource]) -> Vec<CaseResult> {
 /// embedded default `intake.trust` says; rejected lines are problems.
 fn lines_to_batch(
     lines: &[String],
-    sender: &crate::ingest::Sender,
+    sender: &verity_collector::ingest::Sender,
     class: Option<crate::config::SenderClass>,
     problems: &mut Vec<String>,
 ) -> Option<arrow::array::RecordBatch> {
@@ -89,7 +89,7 @@ fn lines_to_batch(
     for l in lines {
         match normalize::normalize_line(l, FormatHint::Auto, &ctx) {
             Ok(mut ev) => {
-                crate::ingest::stamp_sender(&mut ev, sender, class);
+                verity_collector::ingest::stamp_sender(&mut ev, sender, class);
                 b.append(&ev);
             }
             Err(r) => problems.push(format!("a line does not normalize: {r}: {l}")),
@@ -108,7 +108,7 @@ fn run_case(src: &RuleSource, case: &TestCase) -> Vec<String> {
     // One batch per line: the lines stream in, in order, as they would in production.
     let mut engine = Engine::new(vec![rule], EngineSettings::default());
     let mut alerts = Vec::new();
-    let sender = crate::ingest::Sender::configured(case.sender.as_deref());
+    let sender = verity_collector::ingest::Sender::configured(case.sender.as_deref());
     let class = case.sender.as_deref().and_then(|id| {
         crate::config::load(None, std::iter::empty())
             .ok()
@@ -257,7 +257,7 @@ pub fn replay(
     out: &mut impl Write,
     progress: &mut impl Write,
 ) -> Result<ReplaySummary, String> {
-    let spec = crate::pipeline::rules::RuleSetSpec {
+    let spec = verity_collector::pipeline::rules::RuleSetSpec {
         builtin_pack: opts.builtin_pack,
         dirs: opts.rules.clone(),
     };

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use verity::config::{self, LogFormat, Settings};
 use verity_collector::bounded_lines;
-use verity_collector::config::{self, LogFormat, Settings};
 use verity_collector::normalize::limits::RecordLimits;
 use verity_collector::normalize::{self, Ctx, FormatHint};
 use verity_model::EventBatchBuilder;
@@ -142,7 +142,7 @@ fn main() -> ExitCode {
         Command::Rules {
             command: RulesCommand::Check { paths },
         } => {
-            let errors = verity_collector::rules_cli::check(&paths, &mut std::io::stdout().lock());
+            let errors = verity::rules_cli::check(&paths, &mut std::io::stdout().lock());
             errors
                 .map(|n| if n == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
                 .map_err(Into::into)
@@ -150,7 +150,7 @@ fn main() -> ExitCode {
         Command::Rules {
             command: RulesCommand::Test { paths },
         } => {
-            let r = verity_collector::rules_cli::test(&paths, &mut std::io::stdout().lock());
+            let r = verity::rules_cli::test(&paths, &mut std::io::stdout().lock());
             r.map(|(_, failed)| {
                 if failed == 0 {
                     ExitCode::SUCCESS
@@ -200,11 +200,11 @@ fn init_logging(settings: &Settings) -> anyhow::Result<Option<opentelemetry_sdk:
             .boxed(),
     };
     let provider = if settings.telemetry.enabled {
-        Some(verity_collector::telemetry::tracer_provider(&settings.telemetry)?)
+        Some(verity::telemetry::tracer_provider(&settings.telemetry)?)
     } else {
         None
     };
-    let otel = provider.as_ref().map(verity_collector::telemetry::tracing_layer);
+    let otel = provider.as_ref().map(verity::telemetry::tracing_layer);
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).init();
     Ok(provider)
 }
@@ -225,7 +225,7 @@ fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         init_logging(&settings)?
     };
     tracing::info!(config = %settings.raw.redacted(), "effective configuration");
-    let result = runtime.block_on(verity_collector::app::run(settings, shutdown_signal(), |_| {}));
+    let result = runtime.block_on(verity::wiring::run(settings, shutdown_signal(), |_| {}));
     if let Some(provider) = tracer {
         // Sends the spans still batched.
         let _ = runtime.block_on(async move { tokio::task::spawn_blocking(move || provider.shutdown()).await });
@@ -258,7 +258,7 @@ fn validate(config: Option<PathBuf>, print: bool, check_sinks: bool) -> anyhow::
         Err(code) => return Ok(code),
     };
     // The certificate, key and CA files of every TLS listener must load as they would at start.
-    if let Err(errors) = verity_collector::listener::ListenerTls::load(&s) {
+    if let Err(errors) = verity::config::listener_tls(&s) {
         for e in &errors {
             eprintln!("config error: {e}");
         }
@@ -385,8 +385,8 @@ fn demo(seconds: u64, color: bool) -> anyhow::Result<ExitCode> {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut out = std::io::stdout();
-    let all = runtime.block_on(verity_collector::demo::run(
-        verity_collector::demo::DemoOptions { seconds, color },
+    let all = runtime.block_on(verity::demo::run(
+        verity::demo::DemoOptions { seconds, color },
         &mut out,
     ))?;
     Ok(if all { ExitCode::SUCCESS } else { ExitCode::from(1) })
@@ -409,7 +409,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         })
         .transpose()
     };
-    let opts = verity_collector::rules_cli::ReplayOptions {
+    let opts = verity::rules_cli::ReplayOptions {
         rules,
         builtin_pack: !no_builtin,
         since_ns: time(since, "since")?,
@@ -420,8 +420,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    verity_collector::rules_cli::replay(&opts, &files, &mut out, &mut std::io::stderr())
-        .map_err(|e| anyhow::anyhow!(e))?;
+    verity::rules_cli::replay(&opts, &files, &mut out, &mut std::io::stderr()).map_err(|e| anyhow::anyhow!(e))?;
     Ok(ExitCode::SUCCESS)
 }
 

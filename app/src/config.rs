@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use verity_model::tls::ServerTlsConfig;
 
-pub use crate::ingest::binding::{IntakeConfig, SenderClass, TrustRule};
-pub use crate::ingest::sender::{TokenConfig, TrustedProxyConfig};
+pub use verity_collector::ingest::binding::{IntakeConfig, SenderClass, TrustRule};
+pub use verity_collector::ingest::sender::{TokenConfig, TrustedProxyConfig};
 
 /// The embedded defaults: what `verity run` uses with no file and no environment.
-pub use crate::dead_letter::DeadLetterConfig;
+pub use verity_collector::dead_letter::DeadLetterConfig;
 
 pub const DEFAULTS_YAML: &str = include_str!("../config/default.yaml");
 
@@ -35,7 +35,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub rules: RulesConfig,
     pub sinks: verity_sinks::SinksConfig,
-    pub kafka: crate::sources::kafka::KafkaConfig,
+    pub kafka: verity_collector::sources::kafka::KafkaConfig,
     pub telemetry: TelemetryConfig,
     pub control: verity_control::ControlConfig,
 }
@@ -235,15 +235,15 @@ pub struct Settings {
     pub max_request_bytes: usize,
     pub max_in_flight_bytes: usize,
     pub retry_after_secs: u32,
-    pub pipeline: crate::pipeline::PipelineSettings,
+    pub pipeline: verity_collector::pipeline::PipelineSettings,
     pub archive_dir: Option<PathBuf>,
-    pub dead_letter: crate::dead_letter::DeadLetterConfig,
+    pub dead_letter: verity_collector::dead_letter::DeadLetterConfig,
     pub log_format: LogFormat,
     pub log_level: String,
     pub drain_timeout: Duration,
     pub rules: RulesConfig,
     pub sinks: verity_sinks::SinksConfig,
-    pub kafka: crate::sources::kafka::KafkaConfig,
+    pub kafka: verity_collector::sources::kafka::KafkaConfig,
     pub telemetry: TelemetryConfig,
     pub control: verity_control::ControlConfig,
 }
@@ -618,7 +618,7 @@ impl Config {
             max_request_bytes: max as usize,
             max_in_flight_bytes: usize::try_from(in_flight).unwrap_or(usize::MAX),
             retry_after_secs: self.otlp.retry_after_secs,
-            pipeline: crate::pipeline::PipelineSettings {
+            pipeline: verity_collector::pipeline::PipelineSettings {
                 batch_max_rows: p.batch_max_rows,
                 batch_max_delay: Duration::from_millis(p.batch_max_delay_ms),
                 intake_capacity: p.intake_capacity,
@@ -646,53 +646,51 @@ pub fn settings(
     load(file, env)?.validate()
 }
 
-impl crate::listener::ListenerTls {
-    /// Reads every certificate, key and CA file; errors name the config key, the file and the
-    /// reason. `verity validate` and `verity run` both call this before binding anything.
-    pub fn load(settings: &Settings) -> Result<Self, Vec<ConfigError>> {
-        let raw = &settings.raw;
-        let mut errors = Vec::new();
-        let mut one = |key: &str,
-                       enabled: bool,
-                       cfg: Option<&verity_model::tls::ServerTlsConfig>,
-                       alpn: crate::listener::Alpn| {
-            let cfg = cfg.filter(|_| enabled)?;
-            match crate::listener::ServerTls::load(cfg, alpn) {
-                Ok(tls) => Some(std::sync::Arc::new(tls)),
-                Err(e) => {
-                    errors.push(ConfigError::new(key, e.to_string()));
-                    None
-                }
+/// Reads every certificate, key and CA file; errors name the config key, the file and the
+/// reason. `verity validate` and `verity run` both call this before binding anything.
+pub fn listener_tls(settings: &Settings) -> Result<verity_collector::listener::ListenerTls, Vec<ConfigError>> {
+    let raw = &settings.raw;
+    let mut errors = Vec::new();
+    let mut one = |key: &str,
+                   enabled: bool,
+                   cfg: Option<&verity_model::tls::ServerTlsConfig>,
+                   alpn: verity_collector::listener::Alpn| {
+        let cfg = cfg.filter(|_| enabled)?;
+        match verity_collector::listener::ServerTls::load(cfg, alpn) {
+            Ok(tls) => Some(std::sync::Arc::new(tls)),
+            Err(e) => {
+                errors.push(ConfigError::new(key, e.to_string()));
+                None
             }
-        };
-        let loaded = Self {
-            otlp_grpc: one(
-                "otlp.grpc.tls",
-                settings.grpc_listen.is_some(),
-                raw.otlp.grpc.tls.as_ref(),
-                crate::listener::Alpn::H2,
-            ),
-            otlp_http: one(
-                "otlp.http.tls",
-                settings.http_listen.is_some(),
-                raw.otlp.http.tls.as_ref(),
-                crate::listener::Alpn::Http1,
-            ),
-            admin: one(
-                "admin.tls",
-                settings.admin_listen.is_some(),
-                raw.admin.tls.as_ref(),
-                crate::listener::Alpn::Http1,
-            ),
-            ext_authz: one(
-                "control.ext_authz_tls",
-                settings.control.ext_authz_listen.is_some(),
-                settings.control.ext_authz_tls.as_ref(),
-                crate::listener::Alpn::H2,
-            ),
-        };
-        if errors.is_empty() { Ok(loaded) } else { Err(errors) }
-    }
+        }
+    };
+    let loaded = verity_collector::listener::ListenerTls {
+        otlp_grpc: one(
+            "otlp.grpc.tls",
+            settings.grpc_listen.is_some(),
+            raw.otlp.grpc.tls.as_ref(),
+            verity_collector::listener::Alpn::H2,
+        ),
+        otlp_http: one(
+            "otlp.http.tls",
+            settings.http_listen.is_some(),
+            raw.otlp.http.tls.as_ref(),
+            verity_collector::listener::Alpn::Http1,
+        ),
+        admin: one(
+            "admin.tls",
+            settings.admin_listen.is_some(),
+            raw.admin.tls.as_ref(),
+            verity_collector::listener::Alpn::Http1,
+        ),
+        ext_authz: one(
+            "control.ext_authz_tls",
+            settings.control.ext_authz_listen.is_some(),
+            settings.control.ext_authz_tls.as_ref(),
+            verity_collector::listener::Alpn::H2,
+        ),
+    };
+    if errors.is_empty() { Ok(loaded) } else { Err(errors) }
 }
 
 #[cfg(test)]

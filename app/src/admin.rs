@@ -247,7 +247,7 @@ async fn add(st: &AdminState, headers: &HeaderMap, body: &[u8]) -> Response {
             &serde_json::json!({"error": "principal is empty"}),
         );
     }
-    let now = crate::normalize::now_ns();
+    let now = verity_collector::normalize::now_ns();
     let reason = req.reason.unwrap_or_else(|| "revoked by an operator".into());
     let revoke = verity_control::RevokeRequest {
         principal: &req.principal,
@@ -289,7 +289,7 @@ async fn lift(st: &AdminState, headers: &HeaderMap, id: &str) -> Response {
         Ok(api) => api,
         Err(r) => return *r,
     };
-    match api.manager.lift(id, crate::normalize::now_ns()) {
+    match api.manager.lift(id, verity_collector::normalize::now_ns()) {
         Ok(events) => {
             deliver(api, events).await;
             json(StatusCode::OK, &serde_json::json!(api.manager.store().get(id)))

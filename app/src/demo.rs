@@ -22,8 +22,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use verity_model::time::format_rfc3339_ns;
 
-use crate::app::Handles;
 use crate::config;
+use crate::wiring::Handles;
 
 /// Event-time seconds per wall-clock second.
 pub const SPEED: i64 = 120;
@@ -253,7 +253,7 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<bool
         .map_err(|e| DemoError::Config(e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Handles>();
-    let app = tokio::spawn(crate::app::run_with(
+    let app = tokio::spawn(crate::wiring::run_with(
         settings,
         async move {
             let _ = stop_rx.await;
@@ -289,7 +289,7 @@ pub async fn run(opts: DemoOptions, out: &mut (dyn Write + Send)) -> Result<bool
 
     let total = Duration::from_secs(opts.seconds.max(10));
     let start = Instant::now();
-    let now_ns = crate::normalize::now_ns();
+    let now_ns = verity_collector::normalize::now_ns();
     let sim_start = now_ns - i64::try_from(total.as_nanos()).unwrap_or(0) * SPEED;
     let sim = |elapsed: Duration| sim_start + i64::try_from(elapsed.as_nanos()).unwrap_or(0) * SPEED;
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
