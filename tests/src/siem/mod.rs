@@ -29,25 +29,28 @@ pub mod hec;
 pub mod sentinel;
 pub mod webhook;
 
+mod api;
+mod serve;
+mod util;
+
+pub use api::RecordedRequest;
+pub(crate) use api::{Api, Fault, Reply, Request};
 pub use elastic::{ElasticServer, ElasticSettings, ItemFilter};
 pub use hec::{HecServer, HecSettings};
 pub use sentinel::{SentinelServer, SentinelSettings};
+pub(crate) use util::{base64_decode, id_string, percent_decode, pseudo_guid, splitmix, unix_now};
 pub use webhook::{IdField, WebhookFormat, WebhookServer, WebhookSettings};
 
 use std::collections::{HashSet, VecDeque};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use axum::response::Response;
 use serde_json::Value;
+
+use serve::{spawn, stop};
 
 /// Largest request body any server reads (the products' own limits are checked separately).
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -55,138 +58,6 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 const MAX_INFLATED: u64 = 64 * 1024 * 1024;
 /// How long [`TestServer::set_down`]`(false)` keeps trying to bind the old port again.
 const REBIND_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One HTTP request as a server received it, with the status it answered.
-#[derive(Clone, Debug)]
-pub struct RecordedRequest {
-    pub method: String,
-    /// The path without the query string.
-    pub path: String,
-    pub query: Option<String>,
-    pub headers: Vec<(String, String)>,
-    /// The body as it arrived (still compressed if it was sent with `Content-Encoding`).
-    pub body: Vec<u8>,
-    pub status: u16,
-    /// Whether this went to the server's ingestion endpoint (counted by [`TestServer::requests`]).
-    pub ingest: bool,
-}
-
-impl RecordedRequest {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A request handed to a server's API logic: the body is read in full.
-pub(crate) struct Request {
-    pub method: Method,
-    pub path: String,
-    pub query: Option<String>,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Request {
-    /// A header's value, if present and visible ASCII.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The first value of a query parameter, percent-decoded.
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query.as_deref()?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k) == name).then(|| percent_decode(v))
-        })
-    }
-
-    /// The media type of `Content-Type` (parameters removed), lower-cased.
-    pub fn media_type(&self) -> Option<String> {
-        self.header("content-type")
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-    }
-
-    /// The body with any `Content-Encoding: gzip` removed.
-    pub fn decoded_body(&self) -> Result<Vec<u8>, String> {
-        match self.header("content-encoding").map(|v| v.trim().to_ascii_lowercase()) {
-            None => Ok(self.body.to_vec()),
-            Some(enc) if enc.is_empty() || enc == "identity" => Ok(self.body.to_vec()),
-            Some(enc) if enc == "gzip" || enc == "x-gzip" => {
-                let mut out = Vec::new();
-                flate2::read::MultiGzDecoder::new(&self.body[..])
-                    .take(MAX_INFLATED)
-                    .read_to_end(&mut out)
-                    .map_err(|e| format!("invalid gzip body: {e}"))?;
-                Ok(out)
-            }
-            Some(enc) => Err(format!("unsupported Content-Encoding [{enc}]")),
-        }
-    }
-}
-
-/// What a server's API logic answers.
-pub(crate) struct Reply {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-    /// Counted in [`TestServer::requests`].
-    pub ingest: bool,
-}
-
-impl Reply {
-    pub fn json(status: u16, body: &Value) -> Reply {
-        Reply {
-            status,
-            headers: vec![("content-type", "application/json; charset=UTF-8".to_string())],
-            body: body.to_string().into_bytes(),
-            ingest: false,
-        }
-    }
-
-    pub fn empty(status: u16) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-            ingest: false,
-        }
-    }
-
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    /// Replaces the `content-type` header.
-    pub fn with_content_type(mut self, value: &str) -> Reply {
-        self.headers.retain(|(k, _)| *k != "content-type");
-        self.headers.push(("content-type", value.to_string()));
-        self
-    }
-
-    /// Marks the answer as one to the ingestion endpoint.
-    pub fn ingest(mut self) -> Reply {
-        self.ingest = true;
-        self
-    }
-}
-
-/// A scripted fault taken by an ingestion request.
-pub(crate) enum Fault {
-    /// [`TestServer::set_busy`] is on.
-    Busy,
-    /// The next of [`TestServer::fail_next`]'s statuses.
-    Status(u16),
-}
-
-/// The API logic of one product.
-pub(crate) trait Api: Send + Sync + 'static {
-    /// Answers one request. Runs on the server thread; must not block for long.
-    fn handle(&self, req: &Request, common: &Common) -> Reply;
-}
 
 /// A document the server accepted.
 struct Accepted {
@@ -498,195 +369,6 @@ impl std::fmt::Debug for TestServer {
     }
 }
 
-fn stop(r: Running) {
-    let _ = r.shutdown.send(());
-    // The thread drops its runtime, which closes the listener and every connection.
-    let _ = r.thread.join();
-}
-
-/// Serves `listener` on a new thread with its own current-thread runtime until told to stop.
-fn spawn(name: &'static str, listener: std::net::TcpListener, inner: Arc<Inner>) -> std::io::Result<Running> {
-    listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name(format!("{name}-test-server"))
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        eprintln!("{name} test server: cannot register the listener: {e}");
-                        return;
-                    }
-                };
-                let app = Router::new().fallback(dispatch).with_state(inner);
-                tokio::select! {
-                    r = std::future::IntoFuture::into_future(axum::serve(listener, app)) => {
-                        if let Err(e) = r {
-                            eprintln!("{name} test server stopped: {e}");
-                        }
-                    }
-                    _ = stopped => {}
-                }
-            });
-            // Dropping the runtime cancels the connection tasks: every socket is closed here.
-            drop(runtime);
-        })?;
-    Ok(Running { shutdown, thread })
-}
-
-async fn dispatch(State(inner): State<Arc<Inner>>, req: axum::extract::Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(e) => return plain(StatusCode::PAYLOAD_TOO_LARGE, &format!("cannot read the body: {e}")),
-    };
-    let request = Request {
-        method: parts.method,
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().map(str::to_string),
-        headers: parts.headers,
-        body,
-    };
-    let reply = inner.api.handle(&request, &inner.common);
-    let common = &inner.common;
-    if reply.ingest {
-        common.requests.fetch_add(1, Ordering::SeqCst);
-    }
-    lock(&common.log).push(RecordedRequest {
-        method: request.method.to_string(),
-        path: request.path,
-        query: request.query,
-        headers: request
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-            .collect(),
-        body: request.body.to_vec(),
-        status: reply.status,
-        ingest: reply.ingest,
-    });
-    let delay = *lock(&common.delay);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    into_response(reply)
-}
-
-fn into_response(reply: Reply) -> Response {
-    let mut resp = Response::new(Body::from(reply.body));
-    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (name, value) in reply.headers {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            resp.headers_mut().append(HeaderName::from_static(name), v);
-        }
-    }
-    resp
-}
-
-fn plain(status: StatusCode, text: &str) -> Response {
-    let mut resp = Response::new(Body::from(text.to_string()));
-    *resp.status_mut() = status;
-    resp
-}
-
-/// Decodes `%XX` escapes and `+` (as a space) in a query component.
-pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Decodes standard base64 (padding optional); `None` if it is not base64.
-pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim().trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// A value as an id string: strings as they are, numbers in JSON form.
-pub(crate) fn id_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// A random-looking GUID (for request ids), unique within the process.
-pub(crate) fn pseudo_guid() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let a = splitmix(t ^ n.rotate_left(32));
-    let b = splitmix(a ^ n);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        0x8000 | ((b >> 48) & 0x3fff),
-        b & 0xffff_ffff_ffff
-    )
-}
-
-pub(crate) fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 #[cfg(test)]
 pub(crate) mod test_util {
     //! Helpers for the servers' unit tests.
@@ -808,18 +490,5 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(1000));
         s.clear_received();
         assert_eq!((s.received_count(), s.requests(), s.request_log().len()), (0, 0, 0));
-    }
-
-    #[test]
-    fn helpers_decode() {
-        assert_eq!(base64_decode("dXNlcjpwYXNz").as_deref(), Some(&b"user:pass"[..]));
-        assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
-        assert_eq!(base64_decode("not base64!"), None);
-        assert_eq!(test_util::base64(b"user:pass"), "dXNlcjpwYXNz");
-        assert_eq!(test_util::base64(b"a"), "YQ==");
-        assert_eq!(percent_decode("a%20b+c%zz%4"), "a b c%zz%4");
-        let g = pseudo_guid();
-        assert_eq!(g.len(), 36);
-        assert_ne!(g, pseudo_guid());
     }
 }
