@@ -16,13 +16,26 @@
 //! and the keys of its type. Secrets are never written inline: they name an environment
 //! variable or a file, are resolved at start, and print as `<redacted>`.
 
+//!
+//! This file holds the `sinks` section, the keys every output shares and how an output is
+//! parsed; each type's own keys are in `outputs.rs` and [`SinksConfig::validate`] in
+//! `validate.rs`.
+
+mod outputs;
+mod validate;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use verity_model::alert::{AlertStatus, Severity};
-use verity_secret::SecretRef;
+
+pub use self::outputs::{
+    BodyFormat, ElasticConfig, FileConfig, HecAckConfig, HecConfig, KafkaConfig, OcsfConfig, SentinelConfig,
+    StdoutConfig, SyslogConfig, SyslogTransport, TlsConfig, WebhookConfig, is_guid, parse_delimiter,
+};
+pub use self::validate::SinkConfigError;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -99,8 +112,8 @@ impl<'de> Deserialize<'de> for OutputConfig {
 }
 
 /// Deserializes a sub-tree, keeping the nested key path in the message.
-fn serde_path_to_error_free<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, String> {
-    serde_yaml::from_value(v).map_err(|e| e.to_string())
+fn serde_path_to_error_free<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, serde_yaml::Error> {
+    serde_yaml::from_value(v)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,218 +156,6 @@ impl OutputKind {
             OutputKind::Sentinel(_) => "sentinel",
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct StdoutConfig {}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// Alerts are appended as JSON lines.
-    pub path: PathBuf,
-}
-
-/// TLS settings for outputs that connect out.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// PEM file with extra CA certificates to trust (besides the built-in web roots).
-    pub ca_file: Option<PathBuf>,
-    /// The name to verify in the server's certificate, when it differs from the host.
-    pub server_name: Option<String>,
-    /// Accept any certificate. For tests only; logged loudly.
-    pub insecure_skip_verify: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HecConfig {
-    /// Base URL, e.g. `https://splunk.example:8088`.
-    pub endpoint: String,
-    pub token: SecretRef,
-    #[serde(default = "default_source")]
-    pub source: String,
-    #[serde(default = "default_sourcetype")]
-    pub sourcetype: String,
-    #[serde(default)]
-    pub index: Option<String>,
-    #[serde(default)]
-    pub host: Option<String>,
-    /// Indexer acknowledgement: an alert counts as delivered only once Splunk acks it.
-    #[serde(default)]
-    pub ack: Option<HecAckConfig>,
-    #[serde(default)]
-    pub tls: TlsConfig,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-}
-
-fn default_source() -> String {
-    "verity".into()
-}
-fn default_sourcetype() -> String {
-    "verity:alert".into()
-}
-fn default_timeout() -> u64 {
-    30
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HecAckConfig {
-    /// The channel GUID; generated at start when unset.
-    #[serde(default)]
-    pub channel: Option<String>,
-    #[serde(default = "default_ack_poll_ms")]
-    pub poll_interval_ms: u64,
-    /// How long to wait for an ack before sending the batch again.
-    #[serde(default = "default_ack_timeout")]
-    pub timeout_secs: u64,
-}
-
-fn default_ack_poll_ms() -> u64 {
-    500
-}
-fn default_ack_timeout() -> u64 {
-    60
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ElasticConfig {
-    /// Base URL of the cluster, e.g. `https://es.example:9200`.
-    pub endpoint: String,
-    /// Index name; `%Y`, `%m` and `%d` are replaced by the alert's date (UTC).
-    #[serde(default = "default_index")]
-    pub index: String,
-    #[serde(default)]
-    pub api_key: Option<SecretRef>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<SecretRef>,
-    #[serde(default)]
-    pub tls: TlsConfig,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-}
-
-fn default_index() -> String {
-    "verity-alerts-%Y.%m.%d".into()
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SyslogTransport {
-    #[default]
-    Tcp,
-    Tls,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BodyFormat {
-    #[default]
-    Cef,
-    Leef,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SyslogConfig {
-    /// `host:port` of the receiver.
-    pub address: String,
-    #[serde(default)]
-    pub transport: SyslogTransport,
-    #[serde(default)]
-    pub format: BodyFormat,
-    /// LEEF attribute delimiter: one character, or hex such as `x09`.
-    #[serde(default)]
-    pub leef_delimiter: Option<String>,
-    #[serde(default = "default_facility")]
-    pub facility: u8,
-    #[serde(default = "default_app_name")]
-    pub app_name: String,
-    /// HOSTNAME field; this machine's host name when unset.
-    #[serde(default)]
-    pub hostname: Option<String>,
-    #[serde(default)]
-    pub tls: TlsConfig,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-}
-
-fn default_facility() -> u8 {
-    4
-}
-fn default_app_name() -> String {
-    "verity".into()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    pub brokers: String,
-    pub topic: String,
-    /// librdkafka properties passed through (e.g. `security.protocol`, `sasl.mechanism`).
-    #[serde(default, deserialize_with = "verity_model::scalar_map::scalar_map")]
-    pub properties: BTreeMap<String, String>,
-    /// librdkafka properties whose values are secrets (e.g. `sasl.password`).
-    #[serde(default)]
-    pub secret_properties: BTreeMap<String, SecretRef>,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: String,
-    /// HMAC-SHA256 key for the `X-Verity-Signature` header.
-    #[serde(default)]
-    pub secret: Option<SecretRef>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default)]
-    pub tls: TlsConfig,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OcsfConfig {
-    /// Append Detection Findings as JSON lines to this file …
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// … or POST them as a JSON array to this URL.
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub token: Option<SecretRef>,
-    #[serde(default)]
-    pub tls: TlsConfig,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SentinelConfig {
-    /// The data collection endpoint, e.g. `https://my-dce.eastus-1.ingest.monitor.azure.com`.
-    pub endpoint: String,
-    /// The immutable id of the data collection rule (`dcr-…`).
-    pub dcr_id: String,
-    /// The stream, e.g. `Custom-VerityAlerts_CL`.
-    pub stream: String,
-    /// A bearer token for `https://monitor.azure.com` (a file kept fresh by a token helper).
-    pub token: SecretRef,
-    #[serde(default)]
-    pub tls: TlsConfig,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
 }
 
 /// Which alerts an output gets.
@@ -456,208 +257,12 @@ impl RetryConfig {
     }
 }
 
-/// A problem in the `sinks` section, with the path of the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkConfigError {
-    pub path: String,
-    pub message: String,
-}
-
-fn is_url(s: &str) -> bool {
-    (s.starts_with("http://") || s.starts_with("https://")) && s.len() > "https://".len() - 1 && !s.contains(' ')
-}
-
-impl SinksConfig {
-    /// Checks what needs no I/O; every error has a path such as `sinks.outputs.splunk.endpoint`.
-    pub fn validate(&self) -> Vec<SinkConfigError> {
-        let mut errors = Vec::new();
-        let mut err = |path: String, message: String| errors.push(SinkConfigError { path, message });
-        if self.spool_dir.as_os_str().is_empty() {
-            err(
-                "sinks.spool_dir".into(),
-                "must be set: alerts are spooled on disk before delivery".into(),
-            );
-        }
-        if !self.outputs.values().any(|o| o.enabled) {
-            err(
-                "sinks.outputs".into(),
-                "no enabled output: alerts would have nowhere to go".into(),
-            );
-        }
-        for (name, o) in &self.outputs {
-            let p = |k: &str| format!("sinks.outputs.{name}.{k}");
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                err(
-                    format!("sinks.outputs.{name}"),
-                    "output names may only use letters, digits, '_' and '-'".into(),
-                );
-            }
-            if !(1..=100_000).contains(&o.batch.max_events) {
-                err(p("batch.max_events"), "must be between 1 and 100000".into());
-            }
-            if !(1024..=(64 << 20)).contains(&o.batch.max_bytes) {
-                err(p("batch.max_bytes"), "must be between 1024 and 67108864".into());
-            }
-            if o.batch.max_wait_ms > 60_000 {
-                err(p("batch.max_wait_ms"), "must be at most 60000".into());
-            }
-            if !(1..=64).contains(&o.batch.concurrency) {
-                err(p("batch.concurrency"), "must be between 1 and 64".into());
-            }
-            if o.retry.initial_backoff_ms == 0 || o.retry.initial_backoff_ms > o.retry.max_backoff_ms {
-                err(
-                    p("retry.initial_backoff_ms"),
-                    "must be at least 1 and at most retry.max_backoff_ms".into(),
-                );
-            }
-            if o.spool.max_events == 0 || o.spool.max_bytes < 4096 {
-                err(
-                    p("spool"),
-                    "max_events must be at least 1 and max_bytes at least 4096".into(),
-                );
-            }
-            if o.routing.statuses.is_empty() {
-                err(p("routing.statuses"), "empty: the output would get nothing".into());
-            }
-            let mut secrets: Vec<(String, &SecretRef)> = Vec::new();
-            let mut urls: Vec<(&str, &str)> = Vec::new();
-            match &o.kind {
-                OutputKind::Stdout(_) => {}
-                OutputKind::File(f) => {
-                    if f.path.as_os_str().is_empty() {
-                        err(p("path"), "must be a file path".into());
-                    }
-                }
-                OutputKind::SplunkHec(h) => {
-                    urls.push(("endpoint", &h.endpoint));
-                    secrets.push(("token".to_string(), &h.token));
-                    if let Some(a) = &h.ack
-                        && let Some(c) = &a.channel
-                        && !is_guid(c)
-                    {
-                        err(p("ack.channel"), format!("{c:?} is not a GUID"));
-                    }
-                }
-                OutputKind::Elasticsearch(e) => {
-                    urls.push(("endpoint", &e.endpoint));
-                    if let Some(k) = &e.api_key {
-                        secrets.push(("api_key".to_string(), k));
-                    }
-                    if let Some(pw) = &e.password {
-                        secrets.push(("password".to_string(), pw));
-                    }
-                    if e.username.is_some() != e.password.is_some() {
-                        err(p("username"), "username and password go together".into());
-                    }
-                    if e.api_key.is_some() && e.username.is_some() {
-                        err(p("api_key"), "use either api_key or username/password".into());
-                    }
-                    let sample = e.index.replace("%Y", "2026").replace("%m", "01").replace("%d", "01");
-                    if sample.is_empty()
-                        || sample
-                            .chars()
-                            .any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#".contains(c))
-                    {
-                        err(
-                            p("index"),
-                            "must be a lowercase Elasticsearch index name (no \\ / * ? \" < > | , # or spaces)".into(),
-                        );
-                    }
-                }
-                OutputKind::Syslog(s) => {
-                    if s.address
-                        .rsplit_once(':')
-                        .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
-                    {
-                        err(p("address"), format!("{:?} is not host:port", s.address));
-                    }
-                    if s.facility > 23 {
-                        err(p("facility"), "must be between 0 and 23".into());
-                    }
-                    if let Some(d) = &s.leef_delimiter
-                        && parse_delimiter(d).is_none()
-                    {
-                        err(p("leef_delimiter"), "one character, or hex such as x09".into());
-                    }
-                }
-                OutputKind::Kafka(k) => {
-                    if k.brokers.trim().is_empty() {
-                        err(p("brokers"), "must list at least one host:port".into());
-                    }
-                    if k.topic.trim().is_empty() {
-                        err(p("topic"), "must be set".into());
-                    }
-                    for (key, s) in &k.secret_properties {
-                        secrets.push((format!("secret_properties.{key}"), s));
-                    }
-                }
-                OutputKind::Webhook(w) => {
-                    urls.push(("url", &w.url));
-                    if let Some(s) = &w.secret {
-                        secrets.push(("secret".to_string(), s));
-                    }
-                }
-                OutputKind::Ocsf(c) => {
-                    match (&c.path, &c.url) {
-                        (Some(_), None) => {}
-                        (None, Some(u)) => urls.push(("url", u)),
-                        _ => err(p("path"), "give exactly one of `path` or `url`".into()),
-                    }
-                    if let Some(t) = &c.token {
-                        secrets.push(("token".to_string(), t));
-                    }
-                }
-                OutputKind::Sentinel(s) => {
-                    urls.push(("endpoint", &s.endpoint));
-                    secrets.push(("token".to_string(), &s.token));
-                    if s.dcr_id.is_empty() || s.stream.is_empty() {
-                        err(p("dcr_id"), "dcr_id and stream must be set".into());
-                    }
-                }
-            }
-            for (key, s) in secrets {
-                match (&s.env, &s.file) {
-                    (Some(_), Some(_)) | (None, None) => err(
-                        p(&key),
-                        "give exactly one of `env` (a variable name) or `file` (a path)".into(),
-                    ),
-                    (Some(e), None) if e.is_empty() => err(p(&key), "empty variable name".into()),
-                    _ => {}
-                }
-            }
-            for (key, u) in urls {
-                if !is_url(u) {
-                    err(p(key), format!("{u:?} is not an http:// or https:// URL"));
-                }
-            }
-        }
-        errors
-    }
-}
-
-/// A LEEF delimiter: a single character, or `xHH` / `0xHH`.
-pub fn parse_delimiter(s: &str) -> Option<char> {
-    let mut chars = s.chars();
-    if let (Some(c), None) = (chars.next(), chars.next()) {
-        return Some(c);
-    }
-    let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix('x'))?;
-    let n = u8::from_str_radix(hex, 16).ok()?;
-    Some(char::from(n))
-}
-
-pub fn is_guid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 5
-        && [8, 4, 4, 4, 12].iter().zip(&parts).all(|(n, p)| p.len() == *n)
-        && parts.iter().all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(y: &str) -> Result<SinksConfig, String> {
+    /// Parses a `sinks` section, for the tests of this module and its children.
+    pub(super) fn parse(y: &str) -> Result<SinksConfig, String> {
         serde_yaml::from_str(y).map_err(|e| e.to_string())
     }
 
@@ -694,30 +299,5 @@ mod tests {
         assert!(e.contains("missing `type`"), "{e}");
         let e = parse("outputs:\n  x:\n    type: stdout\n    batch: {max_event: 1}\n").unwrap_err();
         assert!(e.contains("max_event"), "{e}");
-    }
-
-    #[test]
-    fn validate_reports_paths() {
-        let c = parse(
-            "spool_dir: s\noutputs:\n  a:\n    type: webhook\n    url: ftp://x\n    secret: {env: A, file: /b}\n  b:\n    type: syslog\n    address: nohost\n    facility: 30\n",
-        )
-        .unwrap();
-        let paths: Vec<String> = c.validate().into_iter().map(|e| e.path).collect();
-        assert!(paths.contains(&"sinks.outputs.a.url".to_string()), "{paths:?}");
-        assert!(paths.contains(&"sinks.outputs.a.secret".to_string()), "{paths:?}");
-        assert!(paths.contains(&"sinks.outputs.b.address".to_string()), "{paths:?}");
-        assert!(paths.contains(&"sinks.outputs.b.facility".to_string()), "{paths:?}");
-    }
-
-    #[test]
-    fn secrets_never_print() {
-        let s = SecretRef {
-            env: Some("TOKEN_VAR".into()),
-            file: None,
-        };
-        assert_eq!(format!("{s:?}"), "SecretRef(env TOKEN_VAR)");
-        assert_eq!(parse_delimiter("x09"), Some('\t'));
-        assert_eq!(parse_delimiter("^"), Some('^'));
-        assert!(is_guid("11111111-2222-3333-4444-555555555555"));
     }
 }

@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use verity_model::alert::Alert;
 
+use super::BuildError;
 use crate::config::ElasticConfig;
 use crate::format::ecs;
 use crate::http::{Answer, classify, client, exchange};
@@ -51,16 +52,16 @@ pub fn index_name(pattern: &str, last_seen: &str) -> String {
 }
 
 impl Elastic {
-    pub fn new(c: &ElasticConfig) -> Result<Self, String> {
+    pub fn new(c: &ElasticConfig) -> Result<Self, BuildError> {
         let auth = match (&c.api_key, &c.username, &c.password) {
-            (Some(k), _, _) => Auth::ApiKey(Secret::resolve(k).map_err(|e| format!("api_key: {e}"))?),
+            (Some(k), _, _) => Auth::ApiKey(Secret::resolve(k).map_err(BuildError::secret("api_key"))?),
             (None, Some(u), Some(p)) => {
-                Auth::Basic(u.clone(), Secret::resolve(p).map_err(|e| format!("password: {e}"))?)
+                Auth::Basic(u.clone(), Secret::resolve(p).map_err(BuildError::secret("password"))?)
             }
             _ => Auth::None,
         };
         Ok(Self {
-            client: client(&c.tls, super::timeout(c.timeout_secs)).map_err(|e| e.to_string())?,
+            client: client(&c.tls, super::timeout(c.timeout_secs))?,
             base: c.endpoint.trim_end_matches('/').to_string(),
             index: c.index.clone(),
             auth,

@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use verity_model::alert::Alert;
 
+use super::BuildError;
 use crate::config::HecConfig;
 use crate::format::hec::{HecOptions, encode_batch};
 use crate::http::{Answer, classify, client, exchange, retry_after};
@@ -67,9 +68,9 @@ fn new_channel() -> String {
 }
 
 impl Hec {
-    pub fn new(c: &HecConfig) -> Result<Self, String> {
-        let token = Secret::resolve(&c.token).map_err(|e| format!("token: {e}"))?;
-        let client = client(&c.tls, super::timeout(c.timeout_secs)).map_err(|e| e.to_string())?;
+    pub fn new(c: &HecConfig) -> Result<Self, BuildError> {
+        let token = Secret::resolve(&c.token).map_err(BuildError::secret("token"))?;
+        let client = client(&c.tls, super::timeout(c.timeout_secs))?;
         Ok(Self {
             client,
             base: c.endpoint.trim_end_matches('/').to_string(),

@@ -9,6 +9,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use verity_model::alert::Alert;
 
+use super::BuildError;
 use crate::config::KafkaConfig;
 use crate::{BoxFuture, ItemFailure, SendResult, Sink, SinkError};
 use verity_secret::Secret;
@@ -41,7 +42,7 @@ fn classify(e: &KafkaError) -> SinkError {
 }
 
 impl Kafka {
-    pub fn new(c: &KafkaConfig) -> Result<Self, String> {
+    pub fn new(c: &KafkaConfig) -> Result<Self, BuildError> {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &c.brokers)
             .set("enable.idempotence", "true")
@@ -55,12 +56,11 @@ impl Kafka {
             cfg.set(k, v);
         }
         for (k, s) in &c.secret_properties {
-            let v = Secret::resolve(s).map_err(|e| format!("secret_properties.{k}: {e}"))?;
-            cfg.set(k, v.value().map_err(|e| e.to_string())?);
+            let key = format!("secret_properties.{k}");
+            let v = Secret::resolve(s).map_err(BuildError::secret(key.clone()))?;
+            cfg.set(k, v.value().map_err(BuildError::secret(key))?);
         }
-        let producer: FutureProducer = cfg
-            .create()
-            .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+        let producer: FutureProducer = cfg.create().map_err(BuildError::KafkaProducer)?;
         Ok(Self {
             producer,
             topic: c.topic.clone(),

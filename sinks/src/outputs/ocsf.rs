@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use verity_model::alert::Alert;
 
+use super::BuildError;
 use crate::config::OcsfConfig;
 use crate::format::ocsf::detection_finding;
 use crate::http::{client, expect_success, transport_error};
@@ -29,26 +30,26 @@ pub struct Ocsf {
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 impl Ocsf {
-    pub fn new(c: &OcsfConfig) -> Result<Self, String> {
+    pub fn new(c: &OcsfConfig) -> Result<Self, BuildError> {
         let target = match (&c.path, &c.url) {
             (Some(p), None) => {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                    std::fs::create_dir_all(dir).map_err(BuildError::file(dir))?;
                 }
-                let f = super::file::open_lines(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let f = super::file::open_lines(p).map_err(BuildError::file(p))?;
                 Target::File(p.display().to_string(), Mutex::new(f))
             }
             (None, Some(u)) => Target::Http {
-                client: client(&c.tls, super::timeout(c.timeout_secs)).map_err(|e| e.to_string())?,
+                client: client(&c.tls, super::timeout(c.timeout_secs))?,
                 url: u.clone(),
                 token: c
                     .token
                     .as_ref()
                     .map(Secret::resolve)
                     .transpose()
-                    .map_err(|e| format!("token: {e}"))?,
+                    .map_err(BuildError::secret("token"))?,
             },
-            _ => return Err("give exactly one of `path` or `url`".into()),
+            _ => return Err(BuildError::ExactlyOne("path", "url")),
         };
         Ok(Self { target })
     }

@@ -3,6 +3,7 @@
 
 use verity_model::alert::Alert;
 
+use super::BuildError;
 use crate::config::SentinelConfig;
 use crate::format::sentinel::encode_chunks;
 use crate::http::{client, expect_success, transport_error};
@@ -21,9 +22,9 @@ pub struct Sentinel {
 }
 
 impl Sentinel {
-    pub fn new(c: &SentinelConfig) -> Result<Self, String> {
+    pub fn new(c: &SentinelConfig) -> Result<Self, BuildError> {
         Ok(Self {
-            client: client(&c.tls, super::timeout(c.timeout_secs)).map_err(|e| e.to_string())?,
+            client: client(&c.tls, super::timeout(c.timeout_secs))?,
             url: format!(
                 "{}/dataCollectionRules/{}/streams/{}?api-version={API_VERSION}",
                 c.endpoint.trim_end_matches('/'),
@@ -31,7 +32,7 @@ impl Sentinel {
                 c.stream
             ),
             endpoint: c.endpoint.clone(),
-            token: Secret::resolve(&c.token).map_err(|e| format!("token: {e}"))?,
+            token: Secret::resolve(&c.token).map_err(BuildError::secret("token"))?,
         })
     }
 }

@@ -15,6 +15,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use verity_model::alert::Alert;
 
+use super::{BuildError, CaFileError};
 use crate::config::{BodyFormat, SyslogConfig, SyslogTransport, TlsConfig, parse_delimiter};
 use crate::format::cef::{self, CefOptions};
 use crate::format::leef::{self, LeefOptions};
@@ -75,22 +76,29 @@ fn host_name() -> String {
         .unwrap_or_else(|| "-".to_string())
 }
 
-pub fn tls_connector(tls: &TlsConfig) -> Result<TlsConnector, String> {
+pub fn tls_connector(tls: &TlsConfig) -> Result<TlsConnector, BuildError> {
     let mut roots = rustls::RootCertStore::empty();
     match &tls.ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|source| CaFileError::Read {
+                path: path.clone(),
+                source,
+            })?;
             use rustls_pki_types::pem::PemObject;
             let mut n = 0;
             for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+                let cert = cert.map_err(|source| CaFileError::Pem {
+                    path: path.clone(),
+                    source,
+                })?;
+                roots.add(cert).map_err(|source| CaFileError::Certificate {
+                    path: path.clone(),
+                    source,
+                })?;
                 n += 1;
             }
             if n == 0 {
-                return Err(format!("CA file {} holds no certificate", path.display()));
+                return Err(CaFileError::Empty { path: path.clone() }.into());
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -98,7 +106,7 @@ pub fn tls_connector(tls: &TlsConfig) -> Result<TlsConnector, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .map_err(BuildError::Tls)?;
     let config = if tls.insecure_skip_verify {
         tracing::warn!("TLS certificate verification is OFF for a syslog output (tls.insecure_skip_verify)");
         builder
@@ -153,7 +161,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 }
 
 impl Syslog {
-    pub fn new(c: &SyslogConfig) -> Result<Self, String> {
+    pub fn new(c: &SyslogConfig) -> Result<Self, BuildError> {
         let tls = match c.transport {
             SyslogTransport::Tcp => None,
             SyslogTransport::Tls => {
@@ -164,12 +172,15 @@ impl Syslog {
                     .clone()
                     .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
                 let server_name = rustls_pki_types::ServerName::try_from(name.clone())
-                    .map_err(|e| format!("tls.server_name {name:?}: {e}"))?;
+                    .map_err(|source| BuildError::ServerName { name, source })?;
                 Some((tls_connector(&c.tls)?, server_name))
             }
         };
         let delimiter = match &c.leef_delimiter {
-            Some(d) => parse_delimiter(d).ok_or_else(|| format!("leef_delimiter {d:?} is not valid"))?,
+            Some(d) => parse_delimiter(d).ok_or_else(|| BuildError::InvalidSetting {
+                key: "leef_delimiter",
+                value: d.clone(),
+            })?,
             None => '\t',
         };
         Ok(Self {

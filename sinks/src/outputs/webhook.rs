@@ -5,6 +5,7 @@
 
 use verity_model::alert::Alert;
 
+use super::BuildError;
 use crate::config::WebhookConfig;
 use crate::http::{client, expect_success, transport_error};
 use crate::{BoxFuture, SendResult, Sink, SinkError};
@@ -19,16 +20,16 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    pub fn new(c: &WebhookConfig) -> Result<Self, String> {
+    pub fn new(c: &WebhookConfig) -> Result<Self, BuildError> {
         Ok(Self {
-            client: client(&c.tls, super::timeout(c.timeout_secs)).map_err(|e| e.to_string())?,
+            client: client(&c.tls, super::timeout(c.timeout_secs))?,
             url: c.url.clone(),
             secret: c
                 .secret
                 .as_ref()
                 .map(Secret::resolve)
                 .transpose()
-                .map_err(|e| format!("secret: {e}"))?,
+                .map_err(BuildError::secret("secret"))?,
             headers: c.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         })
     }
