@@ -24,7 +24,7 @@ pub struct AdminState {
 
 pub struct ControlApi {
     pub manager: Arc<verity_control::Revoker>,
-    pub sinks: Arc<verity_sinks::SinkSet>,
+    pub alerts: Arc<verity_collector::pipeline::alerts::AlertBus>,
     pub token: Option<verity_secret::Secret>,
 }
 
@@ -205,9 +205,9 @@ struct AddRevocation {
 }
 
 async fn deliver(api: &ControlApi, events: Vec<verity_model::Alert>) {
-    let sinks = api.sinks.clone();
+    let alerts = api.alerts.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        if let Err(error) = sinks.submit(&events) {
+        if let Err(error) = alerts.publish(&events) {
             tracing::error!(%error, "could not deliver revocation audit events");
         }
     })

@@ -18,6 +18,7 @@ use verity_collector::dead_letter::DeadLetter;
 use verity_collector::ingest::Ingest;
 use verity_collector::listener::{ListenerName, PeerInfo, SecureListener, ServerTls};
 use verity_collector::metrics::Metrics;
+use verity_collector::pipeline::alerts::AlertBus;
 use verity_collector::pipeline::archive::ArchiveStage;
 use verity_collector::pipeline::rules::{RuleMetrics, RuleSetSpec, RulesStage, SharedEngine};
 use verity_collector::pipeline::{self, Stage};
@@ -163,6 +164,7 @@ pub async fn run_with(
     .map_err(AppError::Rules)?;
     let sink_metrics = verity_sinks::SinkMetrics::register(&mut registry);
     let sinks = Arc::new(verity_sinks::SinkSet::start(&settings.sinks, sink_metrics)?);
+    let alerts = Arc::new(AlertBus::new(sinks.clone(), &mut registry));
     let deny = verity_control::denylist::DenyList::default();
     let verify_list = revocation_handle.clone();
     let verify_engine = engine.clone();
@@ -214,9 +216,9 @@ pub async fn run_with(
         )?
         .with_metrics(control_metrics)
         .with_audit_sink({
-            let sinks = sinks.clone();
+            let alerts = alerts.clone();
             Box::new(move |events| {
-                if let Err(error) = sinks.submit(&events) {
+                if let Err(error) = alerts.publish(&events) {
                     tracing::error!(%error, "could not deliver revocation audit events");
                 }
             })
@@ -227,7 +229,7 @@ pub async fn run_with(
     }
     let restored = control.restore(verity_collector::normalize::now_ns());
     control.audit_out(restored);
-    let rules_stage = RulesStage::new(engine.clone(), sinks.clone())
+    let rules_stage = RulesStage::new(engine.clone(), alerts.clone())
         .with_control(control.clone())
         .with_checkpoint_interval(std::time::Duration::from_secs(settings.rules.checkpoint_secs.max(1)));
     let held_alerts = rules_stage.held_alerts();
@@ -380,7 +382,7 @@ pub async fn run_with(
     }
     // Expiry, retries and the start of verification, on a timer; audit events go out too.
     let reconciler = {
-        let (control, sinks, mut stop) = (control.clone(), sinks.clone(), stop_rx.clone());
+        let (control, alerts, mut stop) = (control.clone(), alerts.clone(), stop_rx.clone());
         let every = std::time::Duration::from_secs(settings.control.reconcile_interval_secs.max(1));
         tokio::spawn(
             async move {
@@ -390,10 +392,10 @@ pub async fn run_with(
                         _ = tick.tick() => {}
                         _ = stop.changed() => break,
                     }
-                    let (c, s) = (control.clone(), sinks.clone());
+                    let (c, a) = (control.clone(), alerts.clone());
                     let _ = tokio::task::spawn_blocking(move || {
                         let events = c.reconcile(verity_collector::normalize::now_ns());
-                        if let Err(error) = s.submit(&events) {
+                        if let Err(error) = a.publish(&events) {
                             tracing::error!(%error, "could not deliver revocation audit events");
                         }
                     })
@@ -404,13 +406,13 @@ pub async fn run_with(
         )
     };
     let istio_task = istio.map(|controller| {
-        let (control, sinks, stop) = (control.clone(), sinks.clone(), stop_rx.clone());
+        let (control, alerts, stop) = (control.clone(), alerts.clone(), stop_rx.clone());
         tokio::spawn(
             controller
                 .run(control, istio_wake.clone(), stop, move |events| {
-                    let s = sinks.clone();
+                    let a = alerts.clone();
                     tokio::task::spawn_blocking(move || {
-                        if let Err(error) = s.submit(&events) {
+                        if let Err(error) = a.publish(&events) {
                             tracing::error!(%error, "could not deliver revocation audit events");
                         }
                     });
@@ -434,7 +436,7 @@ pub async fn run_with(
         metrics: admin_metrics,
         control: Some(admin::ControlApi {
             manager: control.clone(),
-            sinks: sinks.clone(),
+            alerts: alerts.clone(),
             token: admin_token,
         }),
     });

@@ -16,6 +16,7 @@
 //! Draining: when every [`Intake`] handle is dropped, the batcher flushes what it holds, the
 //! worker processes what is queued, flushes every stage, and [`PipelineHandle::join`] returns.
 
+pub mod alerts;
 pub mod archive;
 pub mod posture;
 pub mod rules;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use crate::pipeline::alerts::AlertBus;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,7 +20,6 @@ use verity_model::Alert;
 use verity_rules::assertion::KeyStatus;
 use verity_rules::engine::ReloadSummary;
 use verity_rules::{CompiledRule, Compiler, Engine, EngineSettings, RevocationList, RuleSource};
-use verity_sinks::SinkSet;
 
 use crate::pipeline::{Batch, Stage, StageError};
 
@@ -82,7 +82,6 @@ impl RuleSetSpec {
 /// Metrics of the rules stage.
 #[derive(Clone)]
 pub struct RuleMetrics {
-    pub alerts: Family<[(&'static str, String); 3], Counter>,
     pub late_events: Counter,
     pub evaluation_errors: Counter,
     pub assertion_state: Family<[(&'static str, String); 2], Gauge>,
@@ -113,7 +112,6 @@ const MAX_EXPORTED_KEYS: usize = 1000;
 impl RuleMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self {
-            alerts: Family::default(),
             late_events: Counter::default(),
             evaluation_errors: Counter::default(),
             assertion_state: Family::default(),
@@ -130,11 +128,6 @@ impl RuleMetrics {
             state_evictions: Family::default(),
             assertion_keys: Family::default(),
         };
-        registry.register(
-            "verity_alerts",
-            "Alerts emitted, by rule, severity and status",
-            m.alerts.clone(),
-        );
         registry.register(
             "verity_rules_late_events",
             "Events older than the watermark when they arrived",
@@ -296,7 +289,7 @@ const DRAIN_RETRIES: u32 = 10;
 /// Runs the engine on event batches.
 pub struct RulesStage {
     shared: SharedEngine,
-    sinks: Arc<SinkSet>,
+    alerts: Arc<AlertBus>,
     control: Option<Arc<verity_control::Revoker>>,
     last_counts: HashMap<String, (u64, u64)>,
     last_evictions: HashMap<String, u64>,
@@ -316,10 +309,10 @@ pub struct RulesStage {
 }
 
 impl RulesStage {
-    pub fn new(shared: SharedEngine, sinks: Arc<SinkSet>) -> Self {
+    pub fn new(shared: SharedEngine, alerts: Arc<AlertBus>) -> Self {
         Self {
             shared,
-            sinks,
+            alerts,
             control: None,
             last_counts: HashMap::new(),
             last_evictions: HashMap::new(),
@@ -356,7 +349,7 @@ impl RulesStage {
     /// Retries held alerts; Err while a spool still cannot take them.
     fn deliver_held(&mut self) -> Result<(), StageError> {
         let Some(held) = self.held.take() else { return Ok(()) };
-        match self.sinks.retry_held(held) {
+        match self.alerts.retry_held(held) {
             Ok(()) => {
                 tracing::info!("held alerts are spooled now");
                 self.set_held(0);
@@ -387,19 +380,10 @@ impl RulesStage {
             alerts.extend(audit);
         }
         let m = &self.shared.metrics;
-        for a in &alerts {
-            m.alerts
-                .get_or_create(&[
-                    ("rule", a.rule_id.clone()),
-                    ("severity", a.severity.as_str().to_string()),
-                    ("status", a.status.as_str().to_string()),
-                ])
-                .inc();
-        }
         // Blocks while a spool is full: that is the pipeline's backpressure from slow SIEMs.
         // When a spool's disk fails, the alerts are held (rule state already counted the
         // batch) and retried before anything new is evaluated.
-        match self.sinks.submit_or_hold(&alerts) {
+        match self.alerts.publish_or_hold(&alerts) {
             Ok(()) => Ok(()),
             Err(held) => {
                 m.alert_write_errors.inc();
@@ -557,7 +541,7 @@ impl Stage for RulesStage {
             }
         }
         if let Some(held) = self.held.take() {
-            let error = self.sinks.drop_held(held);
+            let error = self.alerts.drop_held(held);
             self.set_held(0);
             return Err(StageError::Other {
                 stage: "rules",
@@ -571,7 +555,7 @@ impl Stage for RulesStage {
         drop(engine);
         let result = self.emit(alerts);
         if let Some(held) = self.held.take() {
-            let _ = self.sinks.drop_held(held);
+            let _ = self.alerts.drop_held(held);
             self.set_held(0);
         }
         result
