@@ -19,7 +19,7 @@ use datafusion::prelude::SessionContext;
 use verity_model::alert::fnv1a;
 
 use crate::revocation::{IsRevoked, RevocationList};
-use crate::rule::{Kind, RuleFile, RuleSource, WindowType};
+use crate::rule::{RuleBody, RuleFile, RuleSource, WindowType};
 
 /// A rule that failed to compile, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,7 +125,7 @@ impl std::fmt::Debug for CompiledRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompiledRule")
             .field("id", &self.source.rule.id)
-            .field("kind", &self.source.rule.kind)
+            .field("kind", &self.source.rule.kind())
             .field("path", &self.source.path)
             .finish()
     }
@@ -178,12 +178,8 @@ impl Compiler {
             rule_id: rule.id.clone(),
             message,
         };
-        let plan = match rule.kind {
-            Kind::Detection => {
-                let d = rule
-                    .detection
-                    .as_ref()
-                    .ok_or_else(|| err("missing detection block".into()))?;
+        let plan = match &rule.body {
+            RuleBody::Detection(d) => {
                 let filter = self.predicate(&d.filter, "where").map_err(err)?;
                 let group_by = self.columns(&d.group_by, "group_by").map_err(err)?;
                 let window = match &d.window {
@@ -218,24 +214,14 @@ impl Compiler {
                     suppress: d.suppress.map(|s| s.0),
                 })
             }
-            Kind::Assertion => {
-                let a = rule
-                    .assertion
-                    .as_ref()
-                    .ok_or_else(|| err("missing assertion block".into()))?;
-                Plan::Assertion(AssertionPlan {
-                    scope: self.predicate(&a.scope, "scope").map_err(err)?,
-                    require: self.predicate(&a.require, "require").map_err(err)?,
-                    per: self.columns(&a.per, "per").map_err(err)?,
-                    stale_after: a.stale_after.0,
-                    resolve_after: a.resolve_after.map(|d| d.0).unwrap_or(60_000_000_000),
-                })
-            }
-            Kind::FirstSeen => {
-                let f = rule
-                    .first_seen
-                    .as_ref()
-                    .ok_or_else(|| err("missing first_seen block".into()))?;
+            RuleBody::Assertion(a) => Plan::Assertion(AssertionPlan {
+                scope: self.predicate(&a.scope, "scope").map_err(err)?,
+                require: self.predicate(&a.require, "require").map_err(err)?,
+                per: self.columns(&a.per, "per").map_err(err)?,
+                stale_after: a.stale_after.0,
+                resolve_after: a.resolve_after.map(|d| d.0).unwrap_or(60_000_000_000),
+            }),
+            RuleBody::FirstSeen(f) => {
                 if f.keys.is_empty() {
                     return Err(err("first_seen: keys must name at least one column".into()));
                 }
@@ -250,11 +236,7 @@ impl Compiler {
                     learning: f.learning.0,
                 })
             }
-            Kind::Absence => {
-                let a = rule
-                    .absence
-                    .as_ref()
-                    .ok_or_else(|| err("missing absence block".into()))?;
+            RuleBody::Absence(a) => {
                 if a.keys.is_empty() {
                     return Err(err("absence: keys must name at least one column".into()));
                 }

@@ -88,7 +88,7 @@ pub(crate) fn make_alert(rule: &CompiledRule, p: AlertParts) -> Alert {
         rule_id: r.id.clone(),
         title: r.title.clone(),
         severity: r.severity,
-        kind: r.kind.as_str().to_string(),
+        kind: r.kind().as_str().to_string(),
         status: p.status,
         tags: r.tags.clone(),
         description: r.description.trim().to_string(),
@@ -108,7 +108,7 @@ pub(crate) fn make_alert(rule: &CompiledRule, p: AlertParts) -> Alert {
             _ => None,
         },
         respond: r.respond.as_ref().filter(|_| !withheld).map(|s| Response {
-            action: s.action.clone(),
+            action: s.action.as_str().to_string(),
             ttl: s.ttl.to_string(),
             backing: p.backing,
         }),

@@ -218,7 +218,7 @@ impl Engine {
                 };
                 RuleCounters {
                     rule_id: s.rule.rule().id.clone(),
-                    kind: s.rule.rule().kind.as_str(),
+                    kind: s.rule.rule().kind().as_str(),
                     evaluated: s.evaluated,
                     matched: s.matched,
                     alerts: s.alerts,

@@ -44,32 +44,127 @@ impl Kind {
     }
 }
 
+/// One rule file, checked: exactly one body, the one its `kind` names.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawRuleFile")]
 pub struct RuleFile {
     pub id: String,
     pub title: String,
-    #[serde(default)]
     pub description: String,
     pub severity: Severity,
-    #[serde(default)]
     pub tags: Vec<String>,
-    pub kind: Kind,
-    #[serde(default)]
-    pub detection: Option<DetectionSpec>,
-    #[serde(default)]
-    pub assertion: Option<AssertionSpec>,
-    #[serde(default)]
-    pub first_seen: Option<FirstSeenSpec>,
-    #[serde(default)]
-    pub absence: Option<AbsenceSpec>,
-    #[serde(default)]
+    /// What the rule looks for; its variant is the rule's kind.
+    pub body: RuleBody,
     pub respond: Option<RespondSpec>,
     /// Keys this rule's state may hold; unset: `rules.max_keys`.
-    #[serde(default)]
     pub max_keys: Option<usize>,
-    #[serde(default)]
     pub tests: Vec<TestCase>,
+}
+
+/// What a rule looks for, one variant per kind, so a rule cannot hold the block of another
+/// kind or none at all.
+#[derive(Debug, Clone)]
+pub enum RuleBody {
+    Detection(DetectionSpec),
+    Assertion(AssertionSpec),
+    FirstSeen(FirstSeenSpec),
+    Absence(AbsenceSpec),
+}
+
+impl RuleBody {
+    pub const fn kind(&self) -> Kind {
+        match self {
+            RuleBody::Detection(_) => Kind::Detection,
+            RuleBody::Assertion(_) => Kind::Assertion,
+            RuleBody::FirstSeen(_) => Kind::FirstSeen,
+            RuleBody::Absence(_) => Kind::Absence,
+        }
+    }
+
+    /// The columns a stateful rule keeps state per (a windowed detection's `group_by`, an
+    /// assertion's `per`, the keys of the others); `None` for a stateless detection.
+    pub fn state_keys(&self) -> Option<&[String]> {
+        match self {
+            RuleBody::Detection(d) => d.window.as_ref().map(|_| d.group_by.as_slice()),
+            RuleBody::Assertion(a) => Some(&a.per),
+            RuleBody::FirstSeen(f) => Some(&f.keys),
+            RuleBody::Absence(a) => Some(&a.keys),
+        }
+    }
+}
+
+impl RuleFile {
+    pub const fn kind(&self) -> Kind {
+        self.body.kind()
+    }
+}
+
+/// A rule file as written: `kind` and one optional block per kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleFile {
+    id: String,
+    title: String,
+    #[serde(default)]
+    description: String,
+    severity: Severity,
+    #[serde(default)]
+    tags: Vec<String>,
+    kind: Kind,
+    #[serde(default)]
+    detection: Option<DetectionSpec>,
+    #[serde(default)]
+    assertion: Option<AssertionSpec>,
+    #[serde(default)]
+    first_seen: Option<FirstSeenSpec>,
+    #[serde(default)]
+    absence: Option<AbsenceSpec>,
+    #[serde(default)]
+    respond: Option<RespondSpec>,
+    #[serde(default)]
+    max_keys: Option<usize>,
+    #[serde(default)]
+    tests: Vec<TestCase>,
+}
+
+impl TryFrom<RawRuleFile> for RuleFile {
+    type Error = String;
+
+    fn try_from(raw: RawRuleFile) -> Result<Self, String> {
+        let present = [
+            ("detection", raw.detection.is_some(), Kind::Detection),
+            ("assertion", raw.assertion.is_some(), Kind::Assertion),
+            ("first_seen", raw.first_seen.is_some(), Kind::FirstSeen),
+            ("absence", raw.absence.is_some(), Kind::Absence),
+        ];
+        for (name, present, kind) in present {
+            if kind != raw.kind && present {
+                return Err(format!(
+                    "rule {}: a `{name}:` block does not belong to kind {}",
+                    raw.id,
+                    raw.kind.as_str()
+                ));
+            }
+        }
+        let missing = |name: &str| format!("rule {}: kind {name} needs a `{name}:` block", raw.id);
+        let body = match raw.kind {
+            Kind::Detection => RuleBody::Detection(raw.detection.ok_or_else(|| missing("detection"))?),
+            Kind::Assertion => RuleBody::Assertion(raw.assertion.ok_or_else(|| missing("assertion"))?),
+            Kind::FirstSeen => RuleBody::FirstSeen(raw.first_seen.ok_or_else(|| missing("first_seen"))?),
+            Kind::Absence => RuleBody::Absence(raw.absence.ok_or_else(|| missing("absence"))?),
+        };
+        Ok(Self {
+            id: raw.id,
+            title: raw.title,
+            description: raw.description,
+            severity: raw.severity,
+            tags: raw.tags,
+            body,
+            respond: raw.respond,
+            max_keys: raw.max_keys,
+            tests: raw.tests,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -149,8 +244,8 @@ pub struct AbsenceSpec {
 pub struct RespondSpec {
     /// The column naming who to act on (`source_principal`, `request_principal`).
     pub entity: String,
-    #[serde(default = "default_action")]
-    pub action: String,
+    #[serde(default)]
+    pub action: Action,
     pub ttl: Dur,
     /// `verified`: ask for the action only when every event behind the alert is its sender's
     /// verified evidence (`sender_verified`); otherwise the alert fires without `respond`.
@@ -166,8 +261,21 @@ pub enum RequiredEvidence {
     Verified,
 }
 
-fn default_action() -> String {
-    "revoke".to_string()
+/// What a rule's alert asks the control plane to do; anything else is refused at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Cut the entity off (`control` applies it through its responders, within guardrails).
+    #[default]
+    Revoke,
+}
+
+impl Action {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Revoke => "revoke",
+        }
+    }
 }
 
 /// A rule test case: real log lines in, expected alerts out.
@@ -249,27 +357,6 @@ impl RuleSource {
                 "id {:?} must be non-empty letters, digits, - and _",
                 rule.id
             )));
-        }
-        let blocks = [
-            ("detection", rule.detection.is_some(), Kind::Detection),
-            ("assertion", rule.assertion.is_some(), Kind::Assertion),
-            ("first_seen", rule.first_seen.is_some(), Kind::FirstSeen),
-            ("absence", rule.absence.is_some(), Kind::Absence),
-        ];
-        for (name, present, kind) in blocks {
-            if kind == rule.kind && !present {
-                return Err(invalid(format!(
-                    "rule {}: kind {name} needs a `{name}:` block",
-                    rule.id
-                )));
-            }
-            if kind != rule.kind && present {
-                return Err(invalid(format!(
-                    "rule {}: a `{name}:` block does not belong to kind {}",
-                    rule.id,
-                    rule.kind.as_str()
-                )));
-            }
         }
         let sibling = path.with_extension("tests.yaml");
         if sibling.is_file() {

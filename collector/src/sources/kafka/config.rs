@@ -156,14 +156,7 @@ pub fn partitioning_warnings(rules: &[verity_rules::rule::RuleFile], topic: &Top
     };
     let mut out = Vec::new();
     for r in rules {
-        let keys: Option<&[String]> = match (&r.detection, &r.assertion, &r.first_seen, &r.absence) {
-            (Some(d), ..) if d.window.is_some() => Some(&d.group_by),
-            (_, Some(a), ..) => Some(&a.per),
-            (_, _, Some(f), _) => Some(&f.keys),
-            (_, _, _, Some(a)) => Some(&a.keys),
-            _ => None,
-        };
-        if let Some(keys) = keys
+        if let Some(keys) = r.body.state_keys()
             && !keys.iter().any(|k| k == key)
         {
             out.push(format!(
