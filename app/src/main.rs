@@ -420,7 +420,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    verity::rules_cli::replay(&opts, &files, &mut out, &mut std::io::stderr()).map_err(|e| anyhow::anyhow!(e))?;
+    verity::rules_cli::replay(&opts, &files, &mut out, &mut std::io::stderr())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -250,19 +250,42 @@ fn report_reject(progress: &mut impl Write, summary: &mut ReplaySummary, file: &
     }
 }
 
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{}", .0.join("\n"))]
+    Rules(Vec<String>),
+    #[error("cannot open {name}")]
+    Open {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {name}")]
+    Read {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build a batch")]
+    Batch(#[source] arrow::error::ArrowError),
+    #[error("cannot write alerts")]
+    Write(#[source] std::io::Error),
+}
+
 /// Runs the rules over log files in event time and writes alerts as JSON lines.
 pub fn replay(
     opts: &ReplayOptions,
     files: &[String],
     out: &mut impl Write,
     progress: &mut impl Write,
-) -> Result<ReplaySummary, String> {
+) -> Result<ReplaySummary, ReplayError> {
     let spec = verity_collector::pipeline::rules::RuleSetSpec {
         builtin_pack: opts.builtin_pack,
         dirs: opts.rules.clone(),
     };
     let revocations = RevocationList::new(opts.revoked.iter().cloned());
-    let rules = spec.load(&revocations).map_err(|e| e.join("\n"))?;
+    let rules = spec.load(&revocations).map_err(ReplayError::Rules)?;
     let mut engine = Engine::new(
         rules,
         EngineSettings {
@@ -276,25 +299,34 @@ pub fn replay(
     let mut builder = EventBatchBuilder::with_capacity(8192);
     let started = Instant::now();
     let mut last_report = Instant::now();
-    let write_alerts = |alerts: Vec<Alert>, summary: &mut ReplaySummary, out: &mut dyn Write| -> Result<(), String> {
-        for a in alerts {
-            summary.alerts += 1;
-            serde_json::to_writer(&mut *out, &a).map_err(|e| e.to_string())?;
-            out.write_all(b"\n").map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    };
+    let write_alerts =
+        |alerts: Vec<Alert>, summary: &mut ReplaySummary, out: &mut dyn Write| -> Result<(), ReplayError> {
+            for a in alerts {
+                summary.alerts += 1;
+                serde_json::to_writer(&mut *out, &a).map_err(|e| ReplayError::Write(e.into()))?;
+                out.write_all(b"\n").map_err(ReplayError::Write)?;
+            }
+            Ok(())
+        };
     let mut buf = Vec::new();
     for name in files {
         let reader: Box<dyn Read> = if name == "-" {
             Box::new(std::io::stdin())
         } else {
-            Box::new(std::fs::File::open(name).map_err(|e| format!("cannot open {name}: {e}"))?)
+            Box::new(std::fs::File::open(name).map_err(|source| ReplayError::Open {
+                name: name.clone(),
+                source,
+            })?)
         };
         let mut reader = BufReader::with_capacity(1 << 20, reader);
         let max = RecordLimits::default().max_record_bytes;
-        while let Some(len) = bounded_lines::read_line(&mut reader, &mut buf, max.saturating_add(1))
-            .map_err(|e| format!("cannot read {name}: {e}"))?
+        while let Some(len) =
+            bounded_lines::read_line(&mut reader, &mut buf, max.saturating_add(1)).map_err(|source| {
+                ReplayError::Read {
+                    name: name.clone(),
+                    source,
+                }
+            })?
         {
             summary.lines += 1;
             let line_no = summary.lines;
@@ -327,7 +359,7 @@ pub fn replay(
                 Err(r) => report_reject(progress, &mut summary, name, line_no, &r.to_string()),
             }
             if builder.len() >= 8192 {
-                let batch = builder.finish().map_err(|e| e.to_string())?;
+                let batch = builder.finish().map_err(ReplayError::Batch)?;
                 write_alerts(engine.process(&batch), &mut summary, out)?;
             }
             if last_report.elapsed().as_secs() >= 2 {
@@ -344,11 +376,11 @@ pub fn replay(
         }
     }
     if !builder.is_empty() {
-        let batch = builder.finish().map_err(|e| e.to_string())?;
+        let batch = builder.finish().map_err(ReplayError::Batch)?;
         write_alerts(engine.process(&batch), &mut summary, out)?;
     }
     write_alerts(engine.flush(), &mut summary, out)?;
-    out.flush().map_err(|e| e.to_string())?;
+    out.flush().map_err(ReplayError::Write)?;
     let secs = started.elapsed().as_secs_f64();
     let _ = writeln!(
         progress,

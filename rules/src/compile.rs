@@ -556,4 +556,27 @@ mod tests {
         ))
         .expect("compiles");
     }
+
+    #[test]
+    fn a_rule_has_the_body_of_its_kind_and_a_known_action() {
+        let missing = compile(&format!("{HEAD}kind: assertion\n")).unwrap_err();
+        assert!(
+            missing.contains("kind assertion needs a `assertion:` block"),
+            "{missing}"
+        );
+        let r = compile(&format!(
+            "{HEAD}kind: detection\ndetection:\n  where: decision = 'allow'\nrespond: {{entity: source_principal, ttl: 1h}}\n"
+        ))
+        .expect("compiles");
+        assert_eq!(r.rule().kind(), crate::rule::Kind::Detection);
+        assert_eq!(
+            r.rule().respond.as_ref().map(|s| s.action),
+            Some(crate::rule::Action::Revoke)
+        );
+        let unknown = compile(&format!(
+            "{HEAD}kind: detection\ndetection:\n  where: decision = 'allow'\nrespond: {{entity: source_principal, action: delete, ttl: 1h}}\n"
+        ))
+        .unwrap_err();
+        assert!(unknown.contains("unknown variant `delete`"), "{unknown}");
+    }
 }

@@ -2,29 +2,51 @@
 
 use serde::{Deserialize, Deserializer};
 
+/// Why a duration does not parse; the message quotes the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} has no unit (use ms, s, m, h or d)")]
+    NoUnit(String),
+    #[error("{0:?} is not a duration")]
+    NotANumber(String),
+    #[error("{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("{0:?} is too long")]
+    TooLong(String),
+    #[error("{0:?} must be positive")]
+    NotPositive(String),
+}
+
 /// A duration in nanoseconds, parsed from text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dur(pub i64);
 
 impl Dur {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, DurationError> {
         let s = s.trim();
         let split = s
             .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("{s:?} has no unit (use ms, s, m, h or d)"))?;
+            .ok_or_else(|| DurationError::NoUnit(s.to_string()))?;
         let (num, unit) = s.split_at(split);
-        let n: i64 = num.parse().map_err(|_| format!("{s:?} is not a duration"))?;
+        let n: i64 = num.parse().map_err(|_| DurationError::NotANumber(s.to_string()))?;
         let mult: i64 = match unit {
             "ms" => 1_000_000,
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
             "d" => 86_400_000_000_000,
-            _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
+            _ => {
+                return Err(DurationError::UnknownUnit {
+                    text: s.to_string(),
+                    unit: unit.to_string(),
+                });
+            }
         };
-        let ns = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))?;
+        let ns = n
+            .checked_mul(mult)
+            .ok_or_else(|| DurationError::TooLong(s.to_string()))?;
         if ns <= 0 {
-            return Err(format!("{s:?} must be positive"));
+            return Err(DurationError::NotPositive(s.to_string()));
         }
         Ok(Dur(ns))
     }
