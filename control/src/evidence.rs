@@ -198,7 +198,7 @@ pub fn parse_ttl_ns(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use verity_model::alert::{AlertStatus, Entity, Severity};
+    use verity_model::alert::Entity;
 
     const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
     const PAY: &str = "spiffe://cluster.local/ns/pay/sa/api";
@@ -217,28 +217,13 @@ mod tests {
 
     fn alert(entity: &str, evidence: Vec<Evidence>) -> Alert {
         Alert {
-            id: "a".into(),
-            rule_id: "r".into(),
-            title: "t".into(),
-            severity: Severity::High,
-            kind: "detection".into(),
-            status: AlertStatus::Firing,
-            tags: vec![],
-            description: String::new(),
-            group: Default::default(),
             count: evidence.len() as u64,
-            aggregates: Default::default(),
-            window_start: None,
-            window_end: None,
-            first_seen: String::new(),
-            last_seen: String::new(),
             evidence,
             entity: Some(Entity {
                 kind: "source_principal".into(),
                 value: entity.into(),
             }),
-            respond: None,
-            summary: String::new(),
+            ..Alert::sample()
         }
     }
 

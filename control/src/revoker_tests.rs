@@ -13,21 +13,6 @@ const S: i64 = 1_000_000_000;
 
 fn alert(principal: &str) -> Alert {
     Alert {
-        id: "zt-rbac-denial-burst-01".into(),
-        rule_id: "zt-rbac-denial-burst".into(),
-        title: "RBAC denial burst".into(),
-        severity: Severity::High,
-        kind: "detection".into(),
-        status: AlertStatus::Firing,
-        tags: vec![],
-        description: String::new(),
-        group: BTreeMap::new(),
-        count: 12,
-        aggregates: BTreeMap::new(),
-        window_start: None,
-        window_end: None,
-        first_seen: String::new(),
-        last_seen: String::new(),
         // Reported by the proxy that denied it, verified as its sender.
         evidence: vec![Evidence {
             sender: Some("spiffe://cluster.local/ns/pay/sa/api".into()),
@@ -45,7 +30,8 @@ fn alert(principal: &str) -> Alert {
             ttl: "1h".into(),
             backing: None,
         }),
-        summary: String::new(),
+        // A firing zt-rbac-denial-burst detection with 12 events.
+        ..Alert::sample()
     }
 }
 

@@ -181,6 +181,40 @@ pub struct Alert {
     pub summary: String,
 }
 
+#[cfg(any(test, feature = "test-util"))]
+impl Alert {
+    /// A representative alert for tests: a firing `zt-rbac-denial-burst` detection (severity
+    /// high, 12 events) on the source principal `spiffe://cluster.local/ns/shop/sa/cart`, with
+    /// no group, window, evidence, response or text. Tests override what they need with
+    /// struct-update syntax: `Alert { rule_id: "x".into(), ..Alert::sample() }`.
+    pub fn sample() -> Self {
+        Alert {
+            id: "zt-rbac-denial-burst-01".into(),
+            rule_id: "zt-rbac-denial-burst".into(),
+            title: "RBAC denial burst".into(),
+            severity: Severity::High,
+            kind: "detection".into(),
+            status: AlertStatus::Firing,
+            tags: Vec::new(),
+            description: String::new(),
+            group: BTreeMap::new(),
+            count: 12,
+            aggregates: BTreeMap::new(),
+            window_start: None,
+            window_end: None,
+            first_seen: String::new(),
+            last_seen: String::new(),
+            evidence: Vec::new(),
+            entity: Some(Entity {
+                kind: "source_principal".into(),
+                value: "spiffe://cluster.local/ns/shop/sa/cart".into(),
+            }),
+            respond: None,
+            summary: String::new(),
+        }
+    }
+}
+
 /// 64-bit FNV-1a: stable across builds and platforms, unlike `std`'s hasher.
 pub fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

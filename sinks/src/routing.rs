@@ -31,25 +31,12 @@ mod tests {
     #[test]
     fn routing_filters() {
         let a = Alert {
-            id: "i".into(),
             rule_id: "zt-mtls".into(),
-            title: String::new(),
             severity: Severity::Medium,
             kind: "assertion".into(),
             status: AlertStatus::Resolved,
             tags: vec!["mtls".into()],
-            description: String::new(),
-            group: Default::default(),
-            count: 1,
-            aggregates: Default::default(),
-            window_start: None,
-            window_end: None,
-            first_seen: String::new(),
-            last_seen: String::new(),
-            evidence: vec![],
-            entity: None,
-            respond: None,
-            summary: String::new(),
+            ..Alert::sample()
         };
         let mut r = Routing::default();
         assert!(r.matches(&a));

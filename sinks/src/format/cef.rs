@@ -217,7 +217,7 @@ pub(super) fn access(alert: &Alert) -> Option<Access> {
 pub(super) mod tests {
     use std::collections::BTreeMap;
 
-    use verity_model::alert::{AlertStatus, Entity, Evidence};
+    use verity_model::alert::{Entity, Evidence};
 
     use super::*;
 
@@ -250,8 +250,6 @@ pub(super) mod tests {
             rule_id: "unauth-payments".to_string(),
             title: "Unauthorized calls to payments".to_string(),
             severity: Severity::High,
-            kind: "detection".to_string(),
-            status: AlertStatus::Firing,
             tags: vec!["attack.t1078".to_string(), "pci".to_string()],
             description: "A workload called payments without an ALLOW policy.".to_string(),
             group,
@@ -265,12 +263,9 @@ pub(super) mod tests {
                 evidence("2026-11-22T09:59:58.001Z"),
                 evidence("2026-11-22T10:00:00.123Z"),
             ],
-            entity: Some(Entity {
-                kind: "source_principal".to_string(),
-                value: "spiffe://cluster.local/ns/shop/sa/cart".to_string(),
-            }),
-            respond: None,
             summary: "spiffe://cluster.local/ns/shop/sa/cart was denied 2 times".to_string(),
+            // A firing detection on the source principal spiffe://cluster.local/ns/shop/sa/cart.
+            ..Alert::sample()
         }
     }
 

@@ -1,7 +1,7 @@
 //! ext_authz benchmark: `Check` RPCs/s and latency through real gRPC clients against Verity's
 //! deny-list server, the time from a revocation decision until the deny list answers 403, and
 //! the time from an alert until its `AuthorizationPolicy` exists on a Kubernetes API server
-//! (the test server in this crate, over TLS) and until Verity has the apply confirmed.
+//! (the test server in `verity-e2e`, over TLS) and until Verity has the apply confirmed.
 //!
 //! ```sh
 //! verity-authz-bench --seconds 10 --connections 4 --revoked 1000
