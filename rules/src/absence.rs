@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use arrow::array::BooleanArray;
 use verity_model::alert::{Alert, AlertStatus};
 
-use crate::compile::{AbsencePlan, CompiledRule};
+use crate::compile::{AbsencePlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map};
+use crate::kind::{PLAN_MISMATCH, RuleKind, eval_filter, visible};
 
 struct Seen {
     last: i64,
@@ -105,5 +106,37 @@ impl AbsenceState {
                 },
             ));
         }
+    }
+}
+
+impl RuleKind for AbsenceState {
+    fn process(
+        &mut self,
+        rule: &CompiledRule,
+        rows: &Rows<'_>,
+        hidden: Option<&BooleanArray>,
+        _watermark_before: Option<i64>,
+        out: &mut Vec<Alert>,
+    ) -> Result<u64, String> {
+        let Plan::Absence(p) = &rule.plan else {
+            return Err(PLAN_MISMATCH.into());
+        };
+        let mask = visible(eval_filter(p.filter.as_ref(), rows.batch)?, hidden)?;
+        AbsenceState::process(self, p, rule, rows, &mask, out);
+        Ok(mask.true_count() as u64)
+    }
+
+    fn advance(&mut self, rule: &CompiledRule, watermark: i64, out: &mut Vec<Alert>) {
+        if let Plan::Absence(p) = &rule.plan {
+            AbsenceState::advance(self, p, rule, watermark, out);
+        }
+    }
+
+    fn evict(&mut self, _rule: &CompiledRule, keep: usize, _max_keys: usize, _out: &mut Vec<Alert>) -> u64 {
+        AbsenceState::evict(self, keep)
+    }
+
+    fn state_keys(&self) -> usize {
+        self.keys()
     }
 }

@@ -9,12 +9,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use arrow::array::{Array, BooleanArray};
+use arrow::array::{Array, AsArray, BooleanArray};
 use verity_model::alert::{Alert, AlertStatus, Evidence};
 
-use crate::compile::{AssertionPlan, CompiledRule};
+use crate::compile::{AssertionPlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map, push_evidence};
+use crate::kind::{PLAN_MISMATCH, RuleKind, eval_bool, visible};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyStatus {
@@ -301,4 +302,49 @@ fn key_alert(
             backing: None,
         },
     )
+}
+
+impl RuleKind for AssertionState {
+    fn process(
+        &mut self,
+        rule: &CompiledRule,
+        rows: &Rows<'_>,
+        hidden: Option<&BooleanArray>,
+        _watermark_before: Option<i64>,
+        out: &mut Vec<Alert>,
+    ) -> Result<u64, String> {
+        let Plan::Assertion(p) = &rule.plan else {
+            return Err(PLAN_MISMATCH.into());
+        };
+        let scope = visible(eval_bool(&p.scope, rows.batch)?, hidden)?;
+        let require = p
+            .require
+            .evaluate(rows.batch)
+            .and_then(|v| v.into_array(rows.batch.num_rows()))
+            .map_err(|e| e.to_string())?;
+        let require = require.as_boolean_opt().ok_or("require did not evaluate to booleans")?;
+        AssertionState::process(self, p, rule, rows, &scope, require, out);
+        Ok(scope.true_count() as u64)
+    }
+
+    fn advance(&mut self, rule: &CompiledRule, watermark: i64, out: &mut Vec<Alert>) {
+        if let Plan::Assertion(p) = &rule.plan {
+            AssertionState::advance(self, p, rule, watermark, out);
+        }
+    }
+
+    fn evict(&mut self, rule: &CompiledRule, keep: usize, max_keys: usize, out: &mut Vec<Alert>) -> u64 {
+        match &rule.plan {
+            Plan::Assertion(p) => AssertionState::evict(self, p, rule, keep, max_keys, out),
+            _ => 0,
+        }
+    }
+
+    fn state_keys(&self) -> usize {
+        self.keys()
+    }
+
+    fn assertion(&self) -> Option<&AssertionState> {
+        Some(self)
+    }
 }

@@ -8,9 +8,10 @@ use arrow::array::{ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, Re
 use serde::{Deserialize, Serialize};
 use verity_model::alert::{Alert, AlertStatus, Evidence};
 
-use crate::compile::{AggFunc, CompiledRule, DetectionPlan, HavingPlan};
+use crate::compile::{AggFunc, CompiledRule, DetectionPlan, HavingPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map, push_evidence};
+use crate::kind::{PLAN_MISMATCH, RuleKind, eval_bool, visible};
 
 #[derive(Default)]
 pub struct DetectionState {
@@ -415,4 +416,53 @@ fn evaluate_having(h: &HavingPlan, plan: &DetectionPlan, groups: &[(Key, Group)]
         .map_err(|e| e.to_string())?;
     let b = v.as_boolean_opt().ok_or("having did not evaluate to booleans")?;
     Ok(b.iter().map(|x| x == Some(true)).collect())
+}
+
+impl RuleKind for DetectionState {
+    fn process(
+        &mut self,
+        rule: &CompiledRule,
+        rows: &Rows<'_>,
+        hidden: Option<&BooleanArray>,
+        watermark_before: Option<i64>,
+        out: &mut Vec<Alert>,
+    ) -> Result<u64, String> {
+        let Plan::Detection(p) = &rule.plan else {
+            return Err(PLAN_MISMATCH.into());
+        };
+        let mask = visible(eval_bool(&p.filter, rows.batch)?, hidden)?;
+        DetectionState::process(self, p, rule, rows, &mask, watermark_before, out);
+        Ok(mask.true_count() as u64)
+    }
+
+    fn advance(&mut self, rule: &CompiledRule, watermark: i64, out: &mut Vec<Alert>) {
+        if let Plan::Detection(p) = &rule.plan {
+            DetectionState::advance(self, p, rule, watermark, out);
+        }
+    }
+
+    fn flush(&mut self, rule: &CompiledRule, out: &mut Vec<Alert>) {
+        RuleKind::advance(self, rule, i64::MAX, out);
+    }
+
+    fn evict(&mut self, rule: &CompiledRule, keep: usize, max_keys: usize, out: &mut Vec<Alert>) -> u64 {
+        match &rule.plan {
+            Plan::Detection(p) => DetectionState::evict(self, p, rule, keep, max_keys, out),
+            _ => 0,
+        }
+    }
+
+    /// Open windows and suppression, for the detections that have them.
+    fn save(&mut self, rule: &CompiledRule, dir: &std::path::Path) -> std::io::Result<()> {
+        match &rule.plan {
+            Plan::Detection(p) if p.window.is_some() || p.suppress.is_some() => {
+                DetectionState::save(self, dir, &rule.rule().id, rule.fingerprint)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn state_keys(&self) -> usize {
+        self.keys()
+    }
 }

@@ -8,19 +8,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use arrow::compute::prep_null_mask_filter;
-use datafusion::physical_plan::PhysicalExpr;
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use verity_model::alert::Alert;
 
-use crate::absence::AbsenceState;
-use crate::assertion::{AssertionState, KeyStatus};
-use crate::compile::{CompiledRule, Plan};
-use crate::detection::DetectionState;
+use crate::assertion::KeyStatus;
+use crate::compile::CompiledRule;
 use crate::evidence::Rows;
-use crate::first_seen::FirstSeenState;
+use crate::kind::RuleKind;
 
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -51,16 +46,9 @@ impl Default for EngineSettings {
     }
 }
 
-pub(crate) enum State {
-    Detection(DetectionState),
-    Assertion(AssertionState),
-    FirstSeen(FirstSeenState),
-    Absence(AbsenceState),
-}
-
 struct Slot {
     rule: CompiledRule,
-    state: State,
+    state: Box<dyn RuleKind>,
     evaluated: u64,
     matched: u64,
     alerts: u64,
@@ -135,22 +123,8 @@ impl Engine {
         e
     }
 
-    fn fresh_state(&self, rule: &CompiledRule) -> State {
-        match &rule.plan {
-            Plan::Detection(p) if p.window.is_some() || p.suppress.is_some() => State::Detection(DetectionState::load(
-                self.settings.state_dir.as_deref(),
-                &rule.rule().id,
-                rule.fingerprint,
-                p,
-            )),
-            Plan::Detection(_) => State::Detection(DetectionState::default()),
-            Plan::Assertion(_) => State::Assertion(AssertionState::default()),
-            Plan::FirstSeen(_) => State::FirstSeen(FirstSeenState::load(
-                self.settings.state_dir.as_deref(),
-                &rule.rule().id,
-            )),
-            Plan::Absence(_) => State::Absence(AbsenceState::default()),
-        }
+    fn fresh_state(&self, rule: &CompiledRule) -> Box<dyn RuleKind> {
+        crate::kind::fresh(rule, self.settings.state_dir.as_deref())
     }
 
     /// Swaps in a new rule set. Rules whose id and text are unchanged keep their state.
@@ -212,10 +186,7 @@ impl Engine {
         self.slots
             .iter()
             .map(|s| {
-                let (checked, violating) = match &s.state {
-                    State::Assertion(a) => (a.checked, a.violating),
-                    _ => (0, 0),
-                };
+                let (checked, violating) = s.state.assertion().map_or((0, 0), |a| (a.checked, a.violating));
                 RuleCounters {
                     rule_id: s.rule.rule().id.clone(),
                     kind: s.rule.rule().kind().as_str(),
@@ -224,7 +195,7 @@ impl Engine {
                     alerts: s.alerts,
                     checked,
                     violating,
-                    state_keys: state_keys(&s.state),
+                    state_keys: s.state.state_keys(),
                     evictions: s.evictions,
                 }
             })
@@ -236,16 +207,13 @@ impl Engine {
     pub fn assertion_states(&self, limit: usize) -> Vec<AssertionStates> {
         self.slots
             .iter()
-            .filter_map(|s| match &s.state {
-                State::Assertion(a) => {
-                    let (keys, rest) = a.states(limit);
-                    Some(AssertionStates {
-                        rule_id: s.rule.rule().id.clone(),
-                        keys,
-                        rest,
-                    })
-                }
-                _ => None,
+            .filter_map(|s| {
+                let (keys, rest) = s.state.assertion()?.states(limit);
+                Some(AssertionStates {
+                    rule_id: s.rule.rule().id.clone(),
+                    keys,
+                    rest,
+                })
             })
             .collect()
     }
@@ -309,19 +277,13 @@ impl Engine {
         let at = self.watermark().unwrap_or(0);
         for slot in &mut self.slots {
             let max_keys = slot.rule.rule().max_keys.unwrap_or(self.settings.max_keys);
-            if state_keys(&slot.state) <= max_keys {
+            if slot.state.state_keys() <= max_keys {
                 continue;
             }
             let keep = crate::state_bound::keep_after_eviction(max_keys);
             let before = out.len();
             let rule = &slot.rule;
-            let evicted = match (&rule.plan, &mut slot.state) {
-                (Plan::Detection(p), State::Detection(s)) => s.evict(p, rule, keep, max_keys, out),
-                (Plan::Assertion(p), State::Assertion(s)) => s.evict(p, rule, keep, max_keys, out),
-                (_, State::FirstSeen(s)) => s.evict(keep),
-                (_, State::Absence(s)) => s.evict(keep),
-                _ => 0,
-            };
+            let evicted = slot.state.evict(rule, keep, max_keys, out);
             slot.alerts += (out.len() - before) as u64;
             slot.evictions = slot.evictions.saturating_add(evicted);
             tracing::warn!(rule = %rule.rule().id, max_keys, evicted, "rule state at its bound; least recently seen keys evicted");
@@ -334,7 +296,7 @@ impl Engine {
             slot.pressure_at = Some(at);
             out.push(crate::state_bound::pressure_alert(
                 &rule.rule().id,
-                state_keys(&slot.state),
+                slot.state.state_keys(),
                 max_keys,
                 slot.evictions,
                 at,
@@ -359,13 +321,7 @@ impl Engine {
     fn advance(&mut self, watermark: i64, out: &mut Vec<Alert>) {
         for slot in &mut self.slots {
             let before = out.len();
-            let rule = &slot.rule;
-            match (&rule.plan, &mut slot.state) {
-                (Plan::Detection(p), State::Detection(s)) => s.advance(p, rule, watermark, out),
-                (Plan::Assertion(p), State::Assertion(s)) => s.advance(p, rule, watermark, out),
-                (Plan::Absence(p), State::Absence(s)) => s.advance(p, rule, watermark, out),
-                _ => {}
-            }
+            slot.state.advance(&slot.rule, watermark, out);
             slot.alerts += (out.len() - before) as u64;
         }
     }
@@ -380,13 +336,7 @@ impl Engine {
         let mut failed = 0;
         for slot in &mut self.slots {
             let rule = &slot.rule;
-            let result = match (&rule.plan, &mut slot.state) {
-                (Plan::FirstSeen(_), State::FirstSeen(s)) => s.save(Some(&dir), &rule.rule().id),
-                (Plan::Detection(p), State::Detection(s)) if p.window.is_some() || p.suppress.is_some() => {
-                    s.save(&dir, &rule.rule().id, rule.fingerprint)
-                }
-                _ => Ok(()),
-            };
+            let result = slot.state.save(rule, &dir);
             if let Err(error) = result {
                 failed += 1;
                 tracing::error!(rule = %rule.rule().id, %error, "could not checkpoint rule state");
@@ -402,23 +352,12 @@ impl Engine {
         for slot in &mut self.slots {
             let before = out.len();
             let rule = &slot.rule;
-            if let (Plan::Detection(p), State::Detection(s)) = (&rule.plan, &mut slot.state) {
-                s.advance(p, rule, i64::MAX, &mut out);
-            }
+            slot.state.flush(rule, &mut out);
             slot.alerts += (out.len() - before) as u64;
         }
         // The windows just closed must not come back from an older checkpoint.
         self.checkpoint();
         out
-    }
-}
-
-fn state_keys(state: &State) -> usize {
-    match state {
-        State::Detection(s) => s.keys(),
-        State::Assertion(s) => s.keys(),
-        State::FirstSeen(s) => s.learned(),
-        State::Absence(s) => s.keys(),
     }
 }
 
@@ -432,14 +371,6 @@ fn forged_rows(batch: &RecordBatch) -> Option<BooleanArray> {
     (forged.true_count() > 0).then_some(forged)
 }
 
-/// `mask` without the `hidden` rows.
-fn visible(mask: BooleanArray, hidden: Option<&BooleanArray>) -> Result<BooleanArray, String> {
-    match hidden {
-        None => Ok(mask),
-        Some(h) => arrow::compute::and_not(&mask, h).map_err(|e| e.to_string()),
-    }
-}
-
 fn process_slot(
     slot: &mut Slot,
     rows: &Rows<'_>,
@@ -447,57 +378,6 @@ fn process_slot(
     watermark_before: Option<i64>,
     out: &mut Vec<Alert>,
 ) -> Result<(), String> {
-    let rule = &slot.rule;
-    match (&rule.plan, &mut slot.state) {
-        (Plan::Detection(p), State::Detection(s)) => {
-            let mask = visible(eval_bool(&p.filter, rows.batch)?, hidden)?;
-            slot.matched += mask.true_count() as u64;
-            s.process(p, rule, rows, &mask, watermark_before, out);
-        }
-        (Plan::Assertion(p), State::Assertion(s)) => {
-            let scope = visible(eval_bool(&p.scope, rows.batch)?, hidden)?;
-            slot.matched += scope.true_count() as u64;
-            let require = p
-                .require
-                .evaluate(rows.batch)
-                .and_then(|v| v.into_array(rows.batch.num_rows()))
-                .map_err(|e| e.to_string())?;
-            let require = require.as_boolean_opt().ok_or("require did not evaluate to booleans")?;
-            s.process(p, rule, rows, &scope, require, out);
-        }
-        (Plan::FirstSeen(p), State::FirstSeen(s)) => {
-            let mask = match &p.filter {
-                Some(f) => eval_bool(f, rows.batch)?,
-                None => BooleanArray::from(vec![true; rows.batch.num_rows()]),
-            };
-            let mask = visible(mask, hidden)?;
-            slot.matched += mask.true_count() as u64;
-            s.process(p, rule, rows, &mask, out);
-        }
-        (Plan::Absence(p), State::Absence(s)) => {
-            let mask = match &p.filter {
-                Some(f) => eval_bool(f, rows.batch)?,
-                None => BooleanArray::from(vec![true; rows.batch.num_rows()]),
-            };
-            let mask = visible(mask, hidden)?;
-            slot.matched += mask.true_count() as u64;
-            s.process(p, rule, rows, &mask, out);
-        }
-        _ => return Err("rule state does not match its plan".into()),
-    }
+    slot.matched += slot.state.process(&slot.rule, rows, hidden, watermark_before, out)?;
     Ok(())
-}
-
-/// Evaluates a predicate; NULL counts as false.
-fn eval_bool(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray, String> {
-    let v = expr
-        .evaluate(batch)
-        .and_then(|v| v.into_array(batch.num_rows()))
-        .map_err(|e| e.to_string())?;
-    let b = v.as_boolean_opt().ok_or("predicate did not evaluate to booleans")?;
-    Ok(if b.null_count() > 0 {
-        prep_null_mask_filter(b)
-    } else {
-        b.clone()
-    })
 }

@@ -9,9 +9,10 @@ use arrow::array::BooleanArray;
 use serde::{Deserialize, Serialize};
 use verity_model::alert::{Alert, AlertStatus};
 
-use crate::compile::{CompiledRule, FirstSeenPlan};
+use crate::compile::{CompiledRule, FirstSeenPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map};
+use crate::kind::{PLAN_MISMATCH, RuleKind, eval_filter, visible};
 
 #[derive(Default)]
 pub struct FirstSeenState {
@@ -141,5 +142,36 @@ impl FirstSeenState {
                 ),
             ));
         }
+    }
+}
+
+impl RuleKind for FirstSeenState {
+    fn process(
+        &mut self,
+        rule: &CompiledRule,
+        rows: &Rows<'_>,
+        hidden: Option<&BooleanArray>,
+        _watermark_before: Option<i64>,
+        out: &mut Vec<Alert>,
+    ) -> Result<u64, String> {
+        let Plan::FirstSeen(p) = &rule.plan else {
+            return Err(PLAN_MISMATCH.into());
+        };
+        let mask = visible(eval_filter(p.filter.as_ref(), rows.batch)?, hidden)?;
+        FirstSeenState::process(self, p, rule, rows, &mask, out);
+        Ok(mask.true_count() as u64)
+    }
+
+    fn evict(&mut self, _rule: &CompiledRule, keep: usize, _max_keys: usize, _out: &mut Vec<Alert>) -> u64 {
+        FirstSeenState::evict(self, keep)
+    }
+
+    /// The learned set.
+    fn save(&mut self, rule: &CompiledRule, dir: &Path) -> std::io::Result<()> {
+        FirstSeenState::save(self, Some(dir), &rule.rule().id)
+    }
+
+    fn state_keys(&self) -> usize {
+        self.learned()
     }
 }

@@ -5,7 +5,9 @@
 //! - [`rule`]: the rule file format and loading (one rule per file).
 //! - [`compile`]: SQL → `PhysicalExpr`, type checks, did-you-mean errors; once per load.
 //! - [`engine`]: runs a compiled rule set over batches with a watermark and emits alerts;
-//!   the per-kind state lives in [`detection`], [`assertion`], [`first_seen`], [`absence`].
+//!   it drives every rule through one trait (`kind.rs`), which each kind implements over its
+//!   own state: [`detection`], [`assertion`], [`first_seen`], [`absence`]; `emit.rs` builds
+//!   their alerts.
 //! - [`revocation`]: the revocation list rules consult through `is_revoked(principal)`.
 //! - [`pack`]: the built-in zero-trust rule pack, embedded in the binary.
 
@@ -22,6 +24,7 @@ pub mod engine;
 pub mod event_clock;
 mod evidence;
 pub mod first_seen;
+mod kind;
 pub mod pack;
 pub mod revocation;
 pub mod rule;
