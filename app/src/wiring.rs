@@ -16,13 +16,13 @@ use crate::admin::{self, AdminState};
 use crate::config::Settings;
 use verity_collector::dead_letter::DeadLetter;
 use verity_collector::ingest::Ingest;
-use verity_collector::listener::{ListenerName, PeerInfo, SecureListener, ServerTls};
+use verity_collector::listener::{ListenerName, SecureListener, ServerTls};
 use verity_collector::metrics::Metrics;
 use verity_collector::pipeline::alerts::AlertBus;
 use verity_collector::pipeline::archive::ArchiveStage;
 use verity_collector::pipeline::rules::{RuleMetrics, RuleSetSpec, RulesStage, SharedEngine};
 use verity_collector::pipeline::{self, Stage};
-use verity_collector::sources::otlp;
+use verity_collector::sources::{Source, otlp};
 use verity_rules::{EngineSettings, RevocationList};
 
 #[derive(Debug, thiserror::Error)]
@@ -287,26 +287,15 @@ pub async fn run_with(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let mut servers = Vec::new();
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
     if let Some(listener) = grpc_listener {
         let (logs, metrics_svc) =
             otlp::grpc::services(ingest.clone(), settings.max_request_bytes, metrics.clone(), grpc_auth);
-        let signal = stopped(stop_rx.clone());
-        servers.push(tokio::spawn(
-            async move {
-                let incoming = listener.into_incoming();
-                let result = tonic::transport::Server::builder()
-                    .http2_adaptive_window(Some(true))
-                    .add_service(logs)
-                    .add_service(metrics_svc)
-                    .serve_with_incoming_shutdown(incoming, signal)
-                    .await;
-                if let Err(error) = result {
-                    tracing::error!(%error, "OTLP/gRPC server failed");
-                }
-            }
-            .instrument(tracing::info_span!("otlp_grpc")),
-        ));
+        sources.push(Box::new(otlp::GrpcSource {
+            listener,
+            logs,
+            metrics: metrics_svc,
+        }));
     }
     if let Some(listener) = http_listener {
         let state = Arc::new(otlp::http::HttpState {
@@ -316,16 +305,7 @@ pub async fn run_with(
             metrics: metrics.clone(),
             auth: http_auth,
         });
-        let router = otlp::http::router(state).into_make_service_with_connect_info::<PeerInfo>();
-        let signal = stopped(stop_rx.clone());
-        servers.push(tokio::spawn(
-            async move {
-                if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(signal).await {
-                    tracing::error!(%error, "OTLP/HTTP server failed");
-                }
-            }
-            .instrument(tracing::info_span!("otlp_http")),
-        ));
+        sources.push(Box::new(otlp::HttpSource { listener, state }));
     }
     if settings.kafka.enabled {
         let rules = engine.rule_files();
@@ -334,17 +314,30 @@ pub async fn run_with(
                 tracing::warn!("{warning}");
             }
         }
-        let kafka_metrics = verity_collector::sources::kafka::KafkaMetrics::register(&mut registry);
-        let (cfg, ingest, signal) = (settings.kafka.clone(), ingest.clone(), stopped(stop_rx.clone()));
-        servers.push(tokio::spawn(
-            async move {
-                if let Err(error) = verity_collector::sources::kafka::run(cfg, ingest, kafka_metrics, signal).await {
-                    tracing::error!(%error, "Kafka source failed");
-                }
-            }
-            .instrument(tracing::info_span!("kafka")),
-        ));
+        sources.push(Box::new(verity_collector::sources::kafka::KafkaSource {
+            config: settings.kafka.clone(),
+            ingest: ingest.clone(),
+            metrics: verity_collector::sources::kafka::KafkaMetrics::register(&mut registry),
+        }));
     }
+    let mut servers: Vec<tokio::task::JoinHandle<()>> = sources
+        .into_iter()
+        .map(|source| {
+            let name = source.name();
+            let run = source.run(Box::pin(stopped(stop_rx.clone())));
+            tokio::spawn(async move {
+                if let Err(error) = run.await {
+                    let mut reason = error.to_string();
+                    let mut cause = std::error::Error::source(&error);
+                    while let Some(c) = cause {
+                        reason = format!("{reason}: {c}");
+                        cause = c.source();
+                    }
+                    tracing::error!(source = name, error = %reason, "source failed");
+                }
+            })
+        })
+        .collect();
     if let Some(listen) = &settings.control.ext_authz_listen {
         let addr: SocketAddr = listen.parse().map_err(|_| AppError::Bind {
             what: "ext_authz",

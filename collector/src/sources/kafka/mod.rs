@@ -47,6 +47,31 @@ pub use metrics::KafkaMetrics;
 use metrics::PartitionLabels;
 use rebalance::{Consumer_, Context, PendingAcks};
 
+/// The Kafka source: a consumer-group member over `cfg.topics`.
+pub struct KafkaSource {
+    pub config: KafkaConfig,
+    pub ingest: Arc<Ingest>,
+    pub metrics: KafkaMetrics,
+}
+
+impl crate::sources::Source for KafkaSource {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn run(self: Box<Self>, stop: crate::sources::Stop) -> crate::sources::SourceFuture {
+        let this = *self;
+        Box::pin(
+            async move {
+                run(this.config, this.ingest, this.metrics, stop)
+                    .await
+                    .map_err(Into::into)
+            }
+            .instrument(tracing::info_span!("kafka")),
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
     #[error("cannot create the Kafka consumer: {0}")]
