@@ -1,7 +1,10 @@
 //! Wiring for `verity run`: builds every component from validated settings, binds the
-//! listeners, and owns the one drain sequence: on shutdown, readiness goes false, the OTLP
-//! servers stop accepting and finish in-flight requests, the pipeline flushes its batches and
-//! stages, and only then does `run` return. All of it within the drain deadline.
+//! listeners, starts every task under one of three drain triggers (intake, control, serving;
+//! see `verity_drain`), and owns the one drain sequence. On shutdown readiness goes false,
+//! then, in order and all within one deadline: the sources stop accepting and finish in-flight
+//! requests, the pipeline flushes its batches and stages, the control tasks apply the last
+//! revocations, the outputs deliver what is spooled, and the admin and ext_authz servers stop.
+//! What overruns the deadline is forced and named, and `run` returns an error.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminState};
@@ -40,8 +42,10 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    #[error("drain did not finish within {0:?}; exiting with work possibly unflushed")]
-    DrainTimeout(std::time::Duration),
+    #[error("drain did not finish within {:?} ({}); exiting with work possibly unflushed", .0, .1.join(", "))]
+    DrainTimeout(std::time::Duration, Vec<String>),
+    #[error("tasks failed while draining (a bug, see the log): {}", .0.join(", "))]
+    TaskFailed(Vec<String>),
     #[error("a pipeline task died (a bug, see the log); Verity stopped taking input and drained what it could")]
     PipelineDied,
     #[error("the rule set does not compile:\n  {}", .0.join("\n  "))]
@@ -171,13 +175,23 @@ pub async fn run_with(
     let control_metrics = verity_control::ControlMetrics::register(&mut registry);
     let mut responders: Vec<Box<dyn verity_control::Responder>> =
         vec![Box::new(verity_control::DenyListResponder(deny.clone()))];
+    // Shutdown runs in phases, one drain trigger each; see the end of this function.
+    let (mut intake_tasks, intake_drain) = verity_drain::channel();
+    let (mut control_tasks, control_drain) = verity_drain::channel();
+    let (mut serving_tasks, serving_drain) = verity_drain::channel();
     let mut webhook_slot = None;
     if let Some(w) = &settings.control.webhook {
-        let webhook =
-            verity_control::webhook::WebhookResponder::start(w, &settings.sinks.spool_dir.join("control-webhook"))
+        let (webhook, delivery) =
+            verity_control::webhook::WebhookResponder::open(w, &settings.sinks.spool_dir.join("control-webhook"))
                 .map_err(|e| AppError::Responder(e.to_string()))?;
         webhook_slot = Some(webhook.revoker_slot());
         responders.push(Box::new(webhook));
+        control_tasks.spawn(
+            "control webhook delivery",
+            delivery
+                .run(control_drain.clone())
+                .instrument(tracing::info_span!("control_webhook")),
+        );
     }
     // The Istio responder: the manager only wakes it; the controller applies and confirms.
     let istio_wake = Arc::new(tokio::sync::Notify::new());
@@ -227,8 +241,16 @@ pub async fn run_with(
     if let Some(slot) = webhook_slot {
         let _ = slot.set(Arc::downgrade(&control));
     }
-    let restored = control.restore(verity_collector::normalize::now_ns());
-    control.audit_out(restored);
+    // Restoring reads and may rewrite the revocation store, and the audit events are spooled
+    // (fsync): on the blocking pool, like every other caller of the revoker.
+    let _ = tokio::task::spawn_blocking({
+        let control = control.clone();
+        move || {
+            let restored = control.restore(verity_collector::normalize::now_ns());
+            control.audit_out(restored);
+        }
+    })
+    .await;
     let rules_stage = RulesStage::new(engine.clone(), alerts.clone())
         .with_control(control.clone())
         .with_checkpoint_interval(std::time::Duration::from_secs(settings.rules.checkpoint_secs.max(1)));
@@ -282,11 +304,6 @@ pub async fn run_with(
         admin: admin_listener.as_ref().map(SecureListener::local_addr),
     };
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     if let Some(listener) = grpc_listener {
         let (logs, metrics_svc) =
@@ -320,24 +337,66 @@ pub async fn run_with(
             metrics: verity_collector::sources::kafka::KafkaMetrics::register(&mut registry),
         }));
     }
-    let mut servers: Vec<tokio::task::JoinHandle<()>> = sources
-        .into_iter()
-        .map(|source| {
-            let name = source.name();
-            let run = source.run(Box::pin(stopped(stop_rx.clone())));
-            tokio::spawn(async move {
-                if let Err(error) = run.await {
-                    let mut reason = error.to_string();
-                    let mut cause = std::error::Error::source(&error);
-                    while let Some(c) = cause {
-                        reason = format!("{reason}: {c}");
-                        cause = c.source();
-                    }
-                    tracing::error!(source = name, error = %reason, "source failed");
+    for source in sources {
+        let name = source.name();
+        let run = source.run(intake_drain.clone());
+        intake_tasks.spawn(name, async move {
+            if let Err(error) = run.await {
+                let error = verity_model::error_chain::one_line(&error);
+                tracing::error!(source = name, %error, "source failed");
+            }
+        });
+    }
+    intake_tasks.spawn(
+        "rules reload",
+        watch_rules(engine, settings.rules.reload_poll_secs, intake_drain.signaled())
+            .instrument(tracing::info_span!("rules_reload")),
+    );
+    // The sources hold the only intake handles now: when they stop, the pipeline drains.
+    drop(ingest);
+
+    // Expiry, retries and the start of verification, on a timer; audit events go out too.
+    control_tasks.spawn("revocation timer", {
+        let (control, alerts, mut drain) = (control.clone(), alerts.clone(), control_drain.clone());
+        let every = std::time::Duration::from_secs(settings.control.reconcile_interval_secs.max(1));
+        async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = drain.wait() => break,
                 }
-            })
-        })
-        .collect();
+                let (c, a) = (control.clone(), alerts.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    let events = c.reconcile(verity_collector::normalize::now_ns());
+                    if let Err(error) = a.publish(&events) {
+                        tracing::error!(%error, "could not deliver revocation audit events");
+                    }
+                })
+                .await;
+            }
+        }
+        .instrument(tracing::info_span!("revocations"))
+    });
+    if let Some(controller) = istio {
+        let (control, alerts) = (control.clone(), alerts.clone());
+        control_tasks.spawn(
+            "istio responder",
+            controller
+                .run(control, istio_wake.clone(), control_drain.clone(), move |events| {
+                    let a = alerts.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(error) = a.publish(&events) {
+                            tracing::error!(%error, "could not deliver revocation audit events");
+                        }
+                    });
+                })
+                .instrument(tracing::info_span!("istio_responder")),
+        );
+    }
+
+    // What Envoy asks and operators read stays up until the end: ext_authz keeps enforcing
+    // revocations, /readyz says "draining", /metrics shows the drain.
     if let Some(listen) = &settings.control.ext_authz_listen {
         let addr: SocketAddr = listen.parse().map_err(|_| AppError::Bind {
             what: "ext_authz",
@@ -356,9 +415,10 @@ pub async fn run_with(
             let svc = verity_control::ext_authz::ExtAuthz::new(deny.clone())
                 .with_jwt_header(&settings.control.ext_authz_jwt_header)
                 .server();
-            let signal = stopped(stop_rx.clone());
+            let signal = serving_drain.clone().signaled();
             tracing::info!(listen = %addr, "ext_authz deny list serving");
-            servers.push(tokio::spawn(
+            serving_tasks.spawn(
+                "ext_authz",
                 async move {
                     let incoming = listener.into_incoming();
                     if let Err(error) = tonic::transport::Server::builder()
@@ -370,54 +430,10 @@ pub async fn run_with(
                     }
                 }
                 .instrument(tracing::info_span!("ext_authz")),
-            ));
+            );
         }
     }
-    // Expiry, retries and the start of verification, on a timer; audit events go out too.
-    let reconciler = {
-        let (control, alerts, mut stop) = (control.clone(), alerts.clone(), stop_rx.clone());
-        let every = std::time::Duration::from_secs(settings.control.reconcile_interval_secs.max(1));
-        tokio::spawn(
-            async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = stop.changed() => break,
-                    }
-                    let (c, a) = (control.clone(), alerts.clone());
-                    let _ = tokio::task::spawn_blocking(move || {
-                        let events = c.reconcile(verity_collector::normalize::now_ns());
-                        if let Err(error) = a.publish(&events) {
-                            tracing::error!(%error, "could not deliver revocation audit events");
-                        }
-                    })
-                    .await;
-                }
-            }
-            .instrument(tracing::info_span!("revocations")),
-        )
-    };
-    let istio_task = istio.map(|controller| {
-        let (control, alerts, stop) = (control.clone(), alerts.clone(), stop_rx.clone());
-        tokio::spawn(
-            controller
-                .run(control, istio_wake.clone(), stop, move |events| {
-                    let a = alerts.clone();
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(error) = a.publish(&events) {
-                            tracing::error!(%error, "could not deliver revocation audit events");
-                        }
-                    });
-                })
-                .instrument(tracing::info_span!("istio_responder")),
-        )
-    });
-    // The sources hold the only intake handles now: when they stop, the pipeline drains.
-    drop(ingest);
-
     let ready = Arc::new(AtomicBool::new(false));
-    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin_token = match &settings.raw.admin.token {
         Some(t) => Some(verity_secret::Secret::resolve(t).map_err(|e| AppError::AdminToken(e.to_string()))?),
         None => None,
@@ -433,51 +449,49 @@ pub async fn run_with(
             token: admin_token,
         }),
     });
-    let telemetry_task = settings.telemetry.enabled.then(|| {
-        tokio::spawn(
+    if settings.telemetry.enabled {
+        serving_tasks.spawn(
+            "self-telemetry export",
             crate::telemetry::export_metrics(
                 settings.telemetry.clone(),
                 admin_state.clone(),
-                stopped(admin_stop_rx.clone()),
+                serving_drain.clone().signaled(),
             )
             .instrument(tracing::info_span!("self_telemetry")),
-        )
-    });
-    let admin_task = admin_listener.map(|listener| {
+        );
+    }
+    if let Some(listener) = admin_listener {
         let router = admin::router(admin_state.clone());
-        let signal = stopped(admin_stop_rx.clone());
-        tokio::spawn(
+        let signal = serving_drain.clone().signaled();
+        serving_tasks.spawn(
+            "admin",
             async move {
                 if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(signal).await {
                     tracing::error!(%error, "admin server failed");
                 }
             }
             .instrument(tracing::info_span!("admin")),
-        )
-    });
-
+        );
+    }
     // Certificate rotation: every TLS listener re-reads its files until the end.
-    let certificate_watchers: Vec<_> = [
+    for (name, tls) in [
         (ListenerName::OtlpGrpc, &tls.otlp_grpc),
         (ListenerName::OtlpHttp, &tls.otlp_http),
         (ListenerName::Admin, &tls.admin),
         (ListenerName::ExtAuthz, &tls.ext_authz),
-    ]
-    .into_iter()
-    .filter_map(|(name, tls)| {
-        let tls = tls.clone()?;
-        Some(tokio::spawn(verity_collector::listener::watch_certificates(
-            name,
-            tls,
-            metrics.clone(),
-            stopped(admin_stop_rx.clone()),
-        )))
-    })
-    .collect();
-    let reloader = tokio::spawn(
-        watch_rules(engine, settings.rules.reload_poll_secs, stopped(stop_rx.clone()))
-            .instrument(tracing::info_span!("rules_reload")),
-    );
+    ] {
+        if let Some(tls) = tls.clone() {
+            serving_tasks.spawn(
+                "certificate reload",
+                verity_collector::listener::watch_certificates(
+                    name,
+                    tls,
+                    metrics.clone(),
+                    serving_drain.clone().signaled(),
+                ),
+            );
+        }
+    }
 
     tracing::info!(
         otlp_grpc = ?bound.grpc,
@@ -503,45 +517,38 @@ pub async fn run_with(
     tracing::info!(deadline = ?settings.drain_timeout, "draining: intake stopped, flushing");
     ready.store(false, Ordering::Release);
     metrics.ready.set(0);
-    let _ = stop_tx.send(true);
 
+    // One deadline for every phase; a phase that overruns it is forced and the rest still
+    // runs, each collecting what finished and forcing what did not.
     let deadline = tokio::time::Instant::now() + settings.drain_timeout;
-    let _ = reloader.await;
-    let _ = reconciler.await;
-    if let Some(task) = istio_task {
-        let _ = task.await;
+    // 1. Intake: sources stop taking work and answer what they accepted once the pipeline
+    //    has it; the rules reload stops.
+    let mut drained = intake_tasks.drain(deadline).await;
+    // 2. The pipeline flushes its batches through every stage (its intake handles are gone).
+    if tokio::time::timeout_at(deadline, pipeline.join()).await.is_err() {
+        tracing::warn!("pipeline still flushing at the drain deadline");
+        drained.forced.push("pipeline".into());
     }
-    let drain = async {
-        for s in servers {
-            let _ = s.await;
-        }
-        pipeline.join().await;
-    };
-    let result = match tokio::time::timeout_at(deadline, drain).await {
-        Ok(()) if pipeline_died => Err(AppError::PipelineDied),
-        Ok(()) => Ok(()),
-        Err(_) => Err(AppError::DrainTimeout(settings.drain_timeout)),
-    };
-    // Deliver what is spooled until the same deadline; what is left stays on disk and goes
-    // out after the next start, so it is not lost.
+    // 3. Control: the last revocations are applied and their audit events published.
+    drained.merge(control_tasks.drain(deadline).await);
+    // 4. Outputs: what is spooled is delivered; what is left stays on disk and goes out after
+    //    the next start, so it is not lost.
     let left = sinks.drain(deadline).await;
     for (sink, n) in &left {
         tracing::warn!(%sink, alerts = n, "output not drained before the deadline; alerts stay spooled for the next start");
     }
-    if result.is_ok() {
+    // 5. What served the outside until now: admin, ext_authz, self-telemetry's last export.
+    drained.merge(serving_tasks.drain(deadline).await);
+    if pipeline_died {
+        Err(AppError::PipelineDied)
+    } else if !drained.failed.is_empty() {
+        Err(AppError::TaskFailed(drained.failed))
+    } else if !drained.forced.is_empty() {
+        Err(AppError::DrainTimeout(settings.drain_timeout, drained.forced))
+    } else {
         tracing::info!("drained");
+        Ok(())
     }
-    let _ = admin_stop_tx.send(true);
-    if let Some(t) = admin_task {
-        let _ = t.await;
-    }
-    for t in certificate_watchers {
-        let _ = t.await;
-    }
-    if let Some(t) = telemetry_task {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
-    }
-    result
 }
 
 /// Reloads the rule set on SIGHUP and when rule files change (polled), until `stop`.

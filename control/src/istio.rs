@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use verity_model::alert::Alert;
 
 pub use self::policy_object::{DRY_RUN_ANNOTATION, GROUP, MANAGED_BY, OWNER_LABEL, Policy, REVOCATION_LABEL, policy};
@@ -447,14 +447,15 @@ impl IstioController {
         events
     }
 
-    /// Runs passes until `stop` turns true: when woken by the responder, and at least once a
-    /// second (for expiry, backoff and resync). Policies are left in place at shutdown; the
-    /// next start deletes what expired meanwhile.
+    /// Runs passes until the drain starts: when woken by the responder, and at least once a
+    /// second (for expiry, backoff and resync). The pass under way when the drain starts is
+    /// finished. Policies are left in place at shutdown; the next start deletes what expired
+    /// meanwhile.
     pub async fn run(
         mut self,
         manager: Arc<Revoker>,
         wake: Arc<Notify>,
-        mut stop: watch::Receiver<bool>,
+        mut drain: verity_drain::Watcher,
         deliver: impl Fn(Vec<Alert>),
     ) {
         loop {
@@ -465,10 +466,7 @@ impl IstioController {
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.changed() => break,
-            }
-            if *stop.borrow() {
-                break;
+                () = drain.wait() => break,
             }
         }
     }

@@ -5,8 +5,8 @@
 //!
 //! Delivery goes through a durable spool, the same one the alert outputs use
 //! (`<sinks.spool_dir>/control-webhook/`): each message is appended and fsynced before the
-//! responder answers, sent in order by a background task, retried with backoff until the
-//! receiver answers, and acknowledged in the spool only then, so a crash or an outage never
+//! responder answers, sent in order by a background task ([`WebhookDelivery`]), retried with
+//! backoff until the receiver answers, and acknowledged in the spool only then, so a crash or an outage never
 //! loses one. A revocation is reported applied only on the receiver's 2xx. After
 //! `max_attempts` failures it is reported failed (and still retried). A 4xx other than
 //! 408/429 is a refusal retrying will not change: the message goes to the spool's
@@ -94,9 +94,9 @@ impl Sender {
 }
 
 impl WebhookResponder {
-    /// Opens the spool in `spool_dir` (what a previous run left is delivered first) and
-    /// starts the delivery task on the current Tokio runtime.
-    pub fn start(cfg: &WebhookConfig, spool_dir: &Path) -> Result<Self, WebhookError> {
+    /// Opens the spool in `spool_dir` (what a previous run left is delivered first). The
+    /// returned [`WebhookDelivery`] sends what is spooled; the caller runs it.
+    pub fn open(cfg: &WebhookConfig, spool_dir: &Path) -> Result<(Self, WebhookDelivery), WebhookError> {
         let secret = cfg
             .secret
             .as_ref()
@@ -122,19 +122,20 @@ impl WebhookResponder {
             url: cfg.url.clone(),
             secret,
         };
-        tokio::spawn(deliver(
-            spool.clone(),
+        let delivery = WebhookDelivery {
+            spool: spool.clone(),
             sender,
-            revoker.clone(),
-            cfg.max_attempts.max(1),
-            spool_dir.join("dead-letter.jsonl"),
-        ));
-        Ok(Self {
+            revoker: revoker.clone(),
+            attempts: cfg.max_attempts.max(1),
+            dead_letter: spool_dir.join("dead-letter.jsonl"),
+        };
+        let responder = Self {
             url: cfg.url.clone(),
             spool,
             revoker,
             staged: std::sync::Mutex::new(Vec::new()),
-        })
+        };
+        Ok((responder, delivery))
     }
 
     /// Where deliveries report their outcome; set once the revoker exists.
@@ -165,54 +166,89 @@ impl WebhookResponder {
     }
 }
 
-/// Sends spooled messages in order until the process ends.
-async fn deliver(
+/// The task that sends the webhook responder's spooled messages.
+pub struct WebhookDelivery {
     spool: Arc<Spool>,
     sender: Sender,
     revoker: RevokerSlot,
     attempts: u32,
     dead_letter: std::path::PathBuf,
-) {
-    loop {
-        let entry = match spool.read(1, 1 << 20) {
-            Ok(mut e) => e.pop(),
-            Err(error) => {
-                tracing::error!(%error, "webhook responder cannot read its spool");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+}
+
+impl WebhookDelivery {
+    /// Sends spooled messages in order. Once the drain starts it sends what is left while the
+    /// receiver takes it and returns when the spool is empty or a send fails; what is not
+    /// delivered stays spooled for the next start.
+    pub async fn run(self, mut drain: verity_drain::Watcher) {
+        let WebhookDelivery {
+            spool,
+            sender,
+            revoker,
+            attempts,
+            dead_letter,
+        } = self;
+        loop {
+            if drain.is_draining() && spool.is_drained() {
+                return;
             }
-        };
-        let Some(entry) = entry else {
-            spool.wait_for_data(Duration::from_secs(1)).await;
-            continue;
-        };
-        let message: Option<Message> = serde_json::from_slice(&entry.payload).ok();
-        let mut attempt = 0u32;
-        let outcome = loop {
-            match sender.post(&entry.payload).await {
-                Answer::Delivered(d) => break Ok(d),
-                Answer::Refused(why) => {
-                    tracing::error!(%why, "webhook responder's receiver refused a message");
-                    write_dead_letter(&dead_letter, &entry.payload, &why, attempt.saturating_add(1));
-                    break Err(ResponderError::permanent(why));
-                }
-                Answer::Retry(why) => {
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(%why, attempt, "webhook responder failed; retrying");
-                    if attempt == attempts
-                        && let Some(m) = &message
-                    {
-                        report(&revoker, m, Err(ResponderError::retry(why.clone()))).await;
+            let entry = match spool.read_blocking(1, 1 << 20).await {
+                Ok(mut e) => e.pop(),
+                Err(error) => {
+                    tracing::error!(%error, "webhook responder cannot read its spool");
+                    if drain.is_draining() {
+                        return;
                     }
-                    tokio::time::sleep(Duration::from_millis(200u64 << attempt.min(7))).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
+            };
+            let Some(entry) = entry else {
+                tokio::select! {
+                    () = spool.wait_for_data(Duration::from_secs(1)) => {}
+                    () = drain.wait() => {}
+                }
+                continue;
+            };
+            let message: Option<Message> = serde_json::from_slice(&entry.payload).ok();
+            let mut attempt = 0u32;
+            let outcome = loop {
+                match sender.post(&entry.payload).await {
+                    Answer::Delivered(d) => break Ok(d),
+                    Answer::Refused(why) => {
+                        tracing::error!(%why, "webhook responder's receiver refused a message");
+                        write_dead_letter(&dead_letter, &entry.payload, &why, attempt.saturating_add(1));
+                        break Err(ResponderError::permanent(why));
+                    }
+                    Answer::Retry(why) => {
+                        attempt = attempt.saturating_add(1);
+                        tracing::warn!(%why, attempt, "webhook responder failed; retrying");
+                        if attempt == attempts
+                            && let Some(m) = &message
+                        {
+                            report(&revoker, m, Err(ResponderError::retry(why.clone()))).await;
+                        }
+                        // Draining: a failing receiver is not retried until the deadline; the
+                        // message stays spooled and goes out after the next start.
+                        if drain.is_draining() {
+                            tracing::warn!(
+                                messages = spool.depth().events,
+                                "webhook receiver failing while draining; messages stay spooled"
+                            );
+                            return;
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(200u64 << attempt.min(7))) => {}
+                            () = drain.wait() => {}
+                        }
+                    }
+                }
+            };
+            if let Err(error) = spool.ack_blocking(entry.seq).await {
+                tracing::error!(%error, "webhook responder cannot acknowledge a delivered message");
             }
-        };
-        if let Err(error) = spool.ack(entry.seq) {
-            tracing::error!(%error, "webhook responder cannot acknowledge a delivered message");
-        }
-        if let Some(m) = &message {
-            report(&revoker, m, outcome).await;
+            if let Some(m) = &message {
+                report(&revoker, m, outcome).await;
+            }
         }
     }
 }

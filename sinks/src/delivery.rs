@@ -11,10 +11,7 @@ mod health;
 mod output_task;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 use verity_model::alert::Alert;
 
@@ -73,8 +70,8 @@ struct Output {
 /// Every enabled output with its spool and delivery task.
 pub struct SinkSet {
     outputs: Vec<Output>,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    stop: watch::Sender<bool>,
+    /// The delivery tasks; taken by [`SinkSet::drain`].
+    delivery: std::sync::Mutex<Option<verity_drain::Trigger>>,
     metrics: SinkMetrics,
     health: Vec<(String, Arc<dyn Sink>)>,
 }
@@ -91,9 +88,8 @@ impl SinkSet {
         metrics: SinkMetrics,
         build: impl Fn(&str, &OutputConfig) -> Result<Arc<dyn Sink>, outputs::BuildError>,
     ) -> Result<Self, BuildError> {
-        let (stop, stop_rx) = watch::channel(false);
+        let (mut delivery, drain) = verity_drain::channel();
         let mut outputs = Vec::new();
-        let mut tasks = Vec::new();
         let mut health = Vec::new();
         for (name, cfg) in config.outputs.iter().filter(|(_, c)| c.enabled) {
             let sink = build(name, cfg).map_err(|source| BuildError::Output {
@@ -145,11 +141,11 @@ impl SinkSet {
                 dead_letter: dir.join("dead-letter.jsonl"),
                 metrics: metrics.clone(),
                 label,
-                stop: stop_rx.clone(),
+                drain: drain.clone(),
             };
             d.update_depth();
             let span = tracing::info_span!("sink", sink = %name, kind = sink.kind());
-            tasks.push(tokio::spawn(d.run().instrument(span)));
+            delivery.spawn(format!("output {name}"), d.run().instrument(span));
             health.push((name.clone(), sink));
             outputs.push(Output {
                 name: name.clone(),
@@ -159,8 +155,7 @@ impl SinkSet {
         }
         Ok(Self {
             outputs,
-            tasks: std::sync::Mutex::new(tasks),
-            stop,
+            delivery: std::sync::Mutex::new(Some(delivery)),
             metrics,
             health,
         })
@@ -268,22 +263,21 @@ impl SinkSet {
     }
 
     /// Delivers what is spooled until everything is out or `deadline` passes, then stops the
-    /// delivery tasks. Returns the outputs that still hold alerts; those stay on disk and are
-    /// delivered after the next start.
+    /// delivery tasks (a batch still being sent at the deadline is aborted and stays spooled).
+    /// Returns the outputs that still hold alerts; those stay on disk and are delivered after
+    /// the next start.
     pub async fn drain(&self, deadline: tokio::time::Instant) -> Vec<(String, u64)> {
-        while !self.is_drained() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = self.stop.send(true);
+        let delivered = futures::future::join_all(self.outputs.iter().map(|o| o.spool.wait_drained()));
+        let _ = tokio::time::timeout_at(deadline, delivered).await;
         for o in &self.outputs {
             o.spool.close();
         }
-        let tasks = match self.tasks.lock() {
-            Ok(mut g) => std::mem::take(&mut *g),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
+        let delivery = match self.delivery.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
         };
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        if let Some(delivery) = delivery {
+            delivery.drain(deadline).await;
         }
         self.outputs
             .iter()

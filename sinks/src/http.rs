@@ -97,12 +97,7 @@ pub async fn expect_success(req: reqwest::RequestBuilder, what: &str) -> Result<
 
 /// Connection failures and timeouts are worth retrying; anything else about the request is not.
 pub fn transport_error(what: &str, e: &reqwest::Error) -> SinkError {
-    let mut message = format!("{what}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        message.push_str(&format!(": {s}"));
-        source = s.source();
-    }
+    let message = format!("{what}: {}", verity_model::error_chain::one_line(e));
     if e.is_builder() {
         SinkError::permanent(message)
     } else {

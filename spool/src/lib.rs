@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const HEADER: usize = 24;
@@ -122,6 +122,8 @@ pub struct Spool {
     inner: Mutex<Inner>,
     space: Condvar,
     data: tokio::sync::Notify,
+    /// Woken when an acknowledgement or `close` may have emptied the spool.
+    acked: tokio::sync::Notify,
 }
 
 fn now_ms() -> u64 {
@@ -306,6 +308,7 @@ impl Spool {
             }),
             space: Condvar::new(),
             data: tokio::sync::Notify::new(),
+            acked: tokio::sync::Notify::new(),
         };
         Ok((spool, recovery))
     }
@@ -529,6 +532,7 @@ impl Spool {
             .map_err(|e| self.io(e))?;
         drop(inner);
         self.space.notify_all();
+        self.acked.notify_waiters();
         Ok(())
     }
 
@@ -547,11 +551,57 @@ impl Spool {
         inner.acked + 1 >= inner.next_seq
     }
 
+    /// [`Spool::read`] on Tokio's blocking pool: for the async delivery tasks, whose worker
+    /// threads must not wait on the disk.
+    pub async fn read_blocking(
+        self: &Arc<Self>,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, SpoolError> {
+        let spool = self.clone();
+        self.off_runtime(move || spool.read(max_events, max_bytes)).await
+    }
+
+    /// [`Spool::ack`] on Tokio's blocking pool (it rewrites the acknowledgement file and
+    /// deletes delivered segments).
+    pub async fn ack_blocking(self: &Arc<Self>, seq: u64) -> Result<(), SpoolError> {
+        let spool = self.clone();
+        self.off_runtime(move || spool.ack(seq)).await
+    }
+
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(result) => result,
+            // A panic is a bug: let it surface where it happened in the caller's task.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: only when the runtime shuts down.
+            Err(_) => Err(SpoolError::Closed { dir: self.dir.clone() }),
+        }
+    }
+
+    /// Waits until every appended record is acknowledged, or the spool is closed.
+    pub async fn wait_drained(&self) {
+        loop {
+            // Registered before the check, so an acknowledgement in between is not missed.
+            let acked = self.acked.notified();
+            tokio::pin!(acked);
+            acked.as_mut().enable();
+            if self.is_drained() || self.lock().closed {
+                return;
+            }
+            acked.await;
+        }
+    }
+
     /// Wakes and fails waiting appends; used when Verity gives up at the drain deadline.
     pub fn close(&self) {
         self.lock().closed = true;
         self.space.notify_all();
         self.data.notify_waiters();
+        self.acked.notify_waiters();
     }
 }
 

@@ -110,3 +110,33 @@ fn closed_spool_refuses_appends() {
     spool.close();
     assert!(matches!(spool.append(&payloads(0..1)), Err(SpoolError::Closed { .. })));
 }
+
+#[tokio::test]
+async fn wait_drained_returns_when_the_last_record_is_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), limits()).unwrap();
+    let spool = std::sync::Arc::new(spool);
+    // Empty: at once.
+    tokio::time::timeout(Duration::from_secs(5), spool.wait_drained())
+        .await
+        .unwrap();
+    spool.append(&payloads(0..3)).unwrap();
+    let waiter = tokio::spawn({
+        let spool = spool.clone();
+        async move { spool.wait_drained().await }
+    });
+    spool.ack(2).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiter.is_finished(), "two of three acknowledged is not drained");
+    spool.ack(3).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    // Closing ends the wait too (the deadline gave up on the rest).
+    spool.append(&payloads(3..4)).unwrap();
+    spool.close();
+    tokio::time::timeout(Duration::from_secs(5), spool.wait_drained())
+        .await
+        .unwrap();
+}

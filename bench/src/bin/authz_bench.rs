@@ -245,8 +245,8 @@ async fn istio(n: usize) -> anyhow::Result<()> {
         Box::new(|_, _| {}),
     )?);
     let controller = IstioController::connect(cfg.clone()).await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(controller.run(manager.clone(), wake, stop_rx, |_| {}));
+    let (mut controller_task, drain) = verity_drain::channel();
+    controller_task.spawn("istio controller", controller.run(manager.clone(), wake, drain, |_| {}));
     let (mut on_server, mut confirmed) = (Vec::new(), Vec::new());
     for i in 0..n {
         let p = format!("spiffe://cluster.local/ns/attackers/sa/svc-{i}");
@@ -272,8 +272,9 @@ async fn istio(n: usize) -> anyhow::Result<()> {
         }
         confirmed.push(t0.elapsed());
     }
-    let _ = stop_tx.send(true);
-    let _ = task.await;
+    controller_task
+        .drain(tokio::time::Instant::now() + Duration::from_secs(10))
+        .await;
     on_server.sort();
     confirmed.sort();
     println!(

@@ -1,6 +1,6 @@
-//! The rules stage of the pipeline: evaluates the rule set on every event batch, hands the
-//! alerts to the sinks (returning once they are in the durable spools), exports rule metrics, and
-//! reloads the rule set on SIGHUP or when rule files change.
+//! The rules stage of the pipeline: evaluates the rule set on every event batch, publishes the
+//! alerts on the alert bus (returning once they are in the outputs' durable spools), exports
+//! rule metrics, and reloads the rule set when the wiring asks (SIGHUP or changed rule files).
 //!
 //! A reload compiles the whole new set first; only if every rule compiles does it replace the
 //! old one (unchanged rules keep their state). On any error the old set stays, and the error
@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use crate::pipeline::alerts::AlertBus;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -21,6 +20,7 @@ use verity_rules::assertion::KeyStatus;
 use verity_rules::engine::ReloadSummary;
 use verity_rules::{CompiledRule, Compiler, Engine, EngineSettings, RevocationList, RuleSource};
 
+use crate::pipeline::alerts::AlertBus;
 use crate::pipeline::{Batch, Stage, StageError};
 
 /// Where rules come from.

@@ -13,8 +13,7 @@ pub mod otlp;
 use std::future::Future;
 use std::pin::Pin;
 
-/// Resolves when the source must stop taking new work.
-pub type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
+use verity_drain::Watcher;
 
 /// A boxed future, so that [`Source`] stays object-safe.
 pub type SourceFuture = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send>>;
@@ -33,11 +32,11 @@ pub enum SourceError {
 }
 
 /// One way telemetry comes in. The wiring starts every source the same way: each runs until
-/// `stop` resolves, then stops taking new work, finishes what it accepted (answering or
-/// acknowledging it once the pipeline is done with it) and returns.
+/// the drain starts (`drain`), then stops taking new work, finishes what it accepted
+/// (answering or acknowledging it once the pipeline is done with it) and returns.
 pub trait Source: Send + 'static {
     /// For logs: `otlp_grpc`, `otlp_http`, `kafka`.
     fn name(&self) -> &'static str;
 
-    fn run(self: Box<Self>, stop: Stop) -> SourceFuture;
+    fn run(self: Box<Self>, drain: Watcher) -> SourceFuture;
 }

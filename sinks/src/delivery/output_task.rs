@@ -10,7 +10,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use tokio::sync::watch;
 use verity_model::alert::Alert;
 
 use super::backoff::{Jitter, backoff};
@@ -28,7 +27,7 @@ pub(super) struct Delivery {
     pub(super) dead_letter: PathBuf,
     pub(super) metrics: SinkMetrics,
     pub(super) label: SinkLabel,
-    pub(super) stop: watch::Receiver<bool>,
+    pub(super) drain: verity_drain::Watcher,
 }
 
 /// How a batch ended.
@@ -60,7 +59,7 @@ impl Delivery {
     }
 
     fn stopping(&self) -> bool {
-        *self.stop.borrow()
+        self.drain.is_draining()
     }
 
     pub(super) async fn run(self) {
@@ -69,7 +68,7 @@ impl Delivery {
         let mut pending: VecDeque<Entry> = VecDeque::new();
         let mut pending_bytes = 0usize;
         let max_wait = Duration::from_millis(this.batch.max_wait_ms);
-        let mut stop = this.stop.clone();
+        let mut drain = this.drain.clone();
         loop {
             if this.stopping() {
                 break;
@@ -78,7 +77,8 @@ impl Delivery {
             if pending.len() < this.batch.max_events {
                 match this
                     .spool
-                    .read(this.batch.max_events - pending.len(), this.batch.max_bytes)
+                    .read_blocking(this.batch.max_events - pending.len(), this.batch.max_bytes)
+                    .await
                 {
                     Ok(entries) => {
                         for e in entries {
@@ -114,7 +114,7 @@ impl Delivery {
                 done = inflight.next(), if !inflight.is_empty() => {
                     match done {
                         Some(Done::Ack(seq)) => {
-                            if let Err(error) = this.spool.ack(seq) {
+                            if let Err(error) = this.spool.ack_blocking(seq).await {
                                 tracing::error!(%error, "cannot record delivery in the spool; alerts may be sent again after a restart");
                             }
                         }
@@ -124,13 +124,13 @@ impl Delivery {
                 }
                 () = this.spool.wait_for_data(wait), if pending.len() < this.batch.max_events => {}
                 () = tokio::time::sleep(wait), if pending.len() >= this.batch.max_events => {}
-                _ = stop.changed() => {}
+                () = drain.wait() => {}
             }
         }
         // Batches in flight finish their current attempt or give up at the stop signal.
         while let Some(done) = inflight.next().await {
             if let Done::Ack(seq) = done
-                && let Err(error) = this.spool.ack(seq)
+                && let Err(error) = this.spool.ack_blocking(seq).await
             {
                 tracing::error!(%error, "cannot record delivery in the spool");
             }
@@ -156,7 +156,7 @@ impl Delivery {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         let mut jitter = Jitter::new();
-        let mut stop = self.stop.clone();
+        let mut drain = self.drain.clone();
         while !alerts.is_empty() {
             let t0 = Instant::now();
             let result = self.sink.send(&alerts).await;
@@ -243,7 +243,7 @@ impl Delivery {
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return Done::Kept,
+                () = drain.wait() => return Done::Kept,
             }
         }
         Done::Ack(last_seq)

@@ -110,5 +110,13 @@ fn a_drain_that_cannot_finish_exits_nonzero_at_the_deadline() {
         "took {took:?}"
     );
     assert!(v.stderr().contains("drain did not finish"), "{}", v.stderr());
+    // The error names what was still running: the stuck pipeline and the source waiting on it.
+    let error = v
+        .stderr()
+        .lines()
+        .find(|l| l.contains("drain did not finish"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("pipeline") && error.contains("otlp_http"), "{error}");
     assert_ne!(sender.join().expect("sender"), 200);
 }

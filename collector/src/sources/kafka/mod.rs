@@ -59,11 +59,11 @@ impl crate::sources::Source for KafkaSource {
         "kafka"
     }
 
-    fn run(self: Box<Self>, stop: crate::sources::Stop) -> crate::sources::SourceFuture {
+    fn run(self: Box<Self>, drain: verity_drain::Watcher) -> crate::sources::SourceFuture {
         let this = *self;
         Box::pin(
             async move {
-                run(this.config, this.ingest, this.metrics, stop)
+                run(this.config, this.ingest, this.metrics, drain.signaled())
                     .await
                     .map_err(Into::into)
             }

@@ -10,9 +10,10 @@ pub mod http;
 use std::sync::Arc;
 
 use tracing::Instrument;
+use verity_drain::Watcher;
 
 use crate::listener::{PeerInfo, SecureListener};
-use crate::sources::{Source, SourceError, SourceFuture, Stop};
+use crate::sources::{Source, SourceError, SourceFuture};
 
 /// OTLP/gRPC: the logs and metrics services on one listener.
 pub struct GrpcSource {
@@ -26,7 +27,7 @@ impl Source for GrpcSource {
         "otlp_grpc"
     }
 
-    fn run(self: Box<Self>, stop: Stop) -> SourceFuture {
+    fn run(self: Box<Self>, drain: Watcher) -> SourceFuture {
         let this = *self;
         Box::pin(
             async move {
@@ -34,7 +35,7 @@ impl Source for GrpcSource {
                     .http2_adaptive_window(Some(true))
                     .add_service(this.logs)
                     .add_service(this.metrics)
-                    .serve_with_incoming_shutdown(this.listener.into_incoming(), stop)
+                    .serve_with_incoming_shutdown(this.listener.into_incoming(), drain.signaled())
                     .await
                     .map_err(|e| SourceError::Serve {
                         source_name: "otlp_grpc",
@@ -57,13 +58,13 @@ impl Source for HttpSource {
         "otlp_http"
     }
 
-    fn run(self: Box<Self>, stop: Stop) -> SourceFuture {
+    fn run(self: Box<Self>, drain: Watcher) -> SourceFuture {
         let this = *self;
         let router = http::router(this.state).into_make_service_with_connect_info::<PeerInfo>();
         Box::pin(
             async move {
                 axum::serve(this.listener, router)
-                    .with_graceful_shutdown(stop)
+                    .with_graceful_shutdown(drain.signaled())
                     .await
                     .map_err(|e| SourceError::Serve {
                         source_name: "otlp_http",
