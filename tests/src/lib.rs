@@ -33,6 +33,17 @@ pub fn verity_bin() -> PathBuf {
     bin
 }
 
+/// A [`Command`] for [`verity_bin`] whose working directory is `dir`.
+///
+/// A run writes its data (alerts, spool, archive: `./verity-data` by default) under the working
+/// directory, so a test must never run the binary in the source tree: pass a temporary
+/// directory that outlives the command, and give the binary absolute paths.
+pub fn verity_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(verity_bin());
+    cmd.current_dir(dir);
+    cmd
+}
+
 /// `../shared/reference` beside the repository, if present.
 pub fn shared_reference() -> Option<PathBuf> {
     let dir = repo_root().join("../shared/reference");
@@ -122,9 +133,8 @@ impl Verity {
             .append(true)
             .open(stderr_path)
             .expect("stderr file");
-        let mut cmd = Command::new(verity_bin());
+        let mut cmd = verity_command(dir);
         cmd.arg("run")
-            .current_dir(dir)
             .env("VERITY__OTLP__GRPC__LISTEN", format!("127.0.0.1:{grpc}"))
             .env("VERITY__OTLP__HTTP__LISTEN", format!("127.0.0.1:{http}"))
             .env("VERITY__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
@@ -365,7 +375,8 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 /// Runs `verity revocations --admin http://<admin> --token-file <token> <args…>`: whether it
 /// succeeded, and what it printed.
 pub fn revocations_cli(admin: SocketAddr, token: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(verity_bin())
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = verity_command(dir.path())
         .arg("revocations")
         .args(["--admin", &format!("http://{admin}"), "--token-file"])
         .arg(token)

@@ -1,8 +1,8 @@
 //! The `verity validate` and `verity normalize` commands.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use verity_e2e::{repo_root, verity_bin};
+use verity_e2e::{repo_root, verity_command};
 
 #[test]
 fn validate_reports_every_error_with_its_path() {
@@ -13,7 +13,7 @@ fn validate_reports_every_error_with_its_path() {
         "otlp:\n  grpc:\n    listen: not-an-address\n  max_request_bytes: 10\npipeline:\n  queue_capacity: 0\n",
     )
     .expect("write");
-    let out = Command::new(verity_bin())
+    let out = verity_command(dir.path())
         .args(["validate", "--config"])
         .arg(&bad)
         .output()
@@ -27,7 +27,7 @@ fn validate_reports_every_error_with_its_path() {
         );
     }
 
-    let out = Command::new(verity_bin())
+    let out = verity_command(dir.path())
         .args(["validate", "--print"])
         .env("VERITY__OTLP__HTTP__LISTEN", "127.0.0.1:14318")
         .output()
@@ -39,7 +39,7 @@ fn validate_reports_every_error_with_its_path() {
         "{text}"
     );
 
-    let out = Command::new(verity_bin())
+    let out = verity_command(dir.path())
         .args(["validate"])
         .env("VERITY__OTLP__NOPE", "1")
         .output()
@@ -50,8 +50,9 @@ fn validate_reports_every_error_with_its_path() {
 
 #[test]
 fn normalize_prints_events_and_reports_rejects() {
+    let dir = tempfile::tempdir().expect("tmp");
     let fixture = repo_root().join("tests/fixtures/mesh.log");
-    let out = Command::new(verity_bin())
+    let out = verity_command(dir.path())
         .arg("normalize")
         .arg(&fixture)
         .output()
@@ -67,7 +68,7 @@ fn normalize_prints_events_and_reports_rejects() {
     assert!(stderr.contains("mesh.log:4: unrecognized_format"), "{stderr}");
 
     // stdin, all lines bad: non-zero.
-    let mut child = Command::new(verity_bin())
+    let mut child = verity_command(dir.path())
         .args(["normalize", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

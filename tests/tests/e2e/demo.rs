@@ -1,16 +1,13 @@
 //! `verity demo` end to end: on a fresh directory with no configuration, it must detect every
 //! scripted incident, perform the dry-run revocation and say so in its summary.
 
-use std::process::Command;
-
-use verity_e2e::verity_bin;
+use verity_e2e::verity_command;
 
 #[test]
 fn demo_detects_every_incident_and_says_so() {
     let dir = tempfile::tempdir().expect("tmp");
-    let out = Command::new(verity_bin())
+    let out = verity_command(dir.path())
         .args(["demo", "--seconds", "25", "--no-color"])
-        .current_dir(dir.path())
         .env("TMPDIR", dir.path())
         .output()
         .expect("run demo");

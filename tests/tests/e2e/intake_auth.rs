@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use verity_e2e::mesh_pki::{MeshPki, client_config, grpc_tls_channel};
-use verity_e2e::{Verity, eventually, otlp, read_jsonl_lenient, repo_root, verity_bin};
+use verity_e2e::{Verity, eventually, otlp, read_jsonl_lenient, repo_root, verity_command};
 
 const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
 const PAY: &str = "spiffe://cluster.local/ns/pay/sa/pay";
@@ -304,7 +304,8 @@ async fn rotated_certificates_are_served_without_dropping_a_request() {
 #[test]
 fn listening_beyond_loopback_needs_sender_authentication() {
     let validate = |env: &[(&str, &str)]| {
-        let mut cmd = Command::new(verity_bin());
+        let cwd = tempfile::tempdir().expect("tmp");
+        let mut cmd = verity_command(cwd.path());
         cmd.arg("validate");
         for (k, v) in env {
             cmd.env(k, v);
@@ -333,9 +334,8 @@ fn listening_beyond_loopback_needs_sender_authentication() {
 
     // `verity run` refuses the same way, before binding anything.
     let dir = tempfile::tempdir().expect("tmp");
-    let out = Command::new(verity_bin())
+    let out = verity_command(dir.path())
         .arg("run")
-        .current_dir(dir.path())
         .env("VERITY__OTLP__HTTP__LISTEN", "0.0.0.0:0")
         .output()
         .expect("run verity run");
@@ -526,9 +526,8 @@ async fn admin_and_ext_authz_listeners_take_the_same_tls_block() {
     drop(v);
 
     let data = tempfile::tempdir().expect("tmp");
-    let mut child = Command::new(verity_bin())
+    let mut child = verity_command(data.path())
         .arg("run")
-        .current_dir(data.path())
         .env("VERITY__OTLP__GRPC__ENABLED", "false")
         .env("VERITY__OTLP__HTTP__ENABLED", "false")
         .env("VERITY__ADMIN__LISTEN", &admin_s)

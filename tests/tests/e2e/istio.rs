@@ -410,7 +410,8 @@ fn dry_run_annotates_and_leaves_the_deny_list_alone() {
 
     // `verity validate --check-sinks` reaches the API: a list and a dry-run apply.
     let validate = || {
-        let out = std::process::Command::new(verity_e2e::verity_bin())
+        let cwd = tempfile::tempdir().expect("tmp");
+        let out = verity_e2e::verity_command(cwd.path())
             .args(["validate", "--check-sinks"])
             .env("VERITY__CONTROL__ISTIO", &istio)
             .env("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false")

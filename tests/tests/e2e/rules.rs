@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use verity_e2e::{Verity, eventually, read_jsonl, repo_root, verity_bin};
+use verity_e2e::{Verity, eventually, read_jsonl, repo_root, verity_command};
 
 fn rbac_line(sec: u32, principal: &str) -> String {
     format!(
@@ -16,7 +16,8 @@ const LOG4SHELL: &str = r#"[2024-05-01T10:00:30.000Z] "GET / HTTP/1.1" 404 - via
 
 #[test]
 fn the_pack_passes_its_own_cases() {
-    let out = Command::new(verity_bin())
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = verity_command(dir.path())
         .args(["rules", "test"])
         .arg(repo_root().join("rules/pack"))
         .output()
@@ -46,7 +47,7 @@ fn rules_check_reports_precise_errors() {
     w("dup-1.yaml", &format!("id: d\n{head}  where: mtls = false\n"));
     w("dup-2.yaml", &format!("id: d\n{head}  where: mtls = false\n"));
     w("bad-yaml.yaml", "id: e\ntitle: [unclosed\n");
-    let out = Command::new(verity_bin())
+    let out = verity_command(dir.path())
         .args(["rules", "check"])
         .arg(dir.path())
         .output()
@@ -58,7 +59,7 @@ fn rules_check_reports_precise_errors() {
 
     std::fs::remove_file(dir.path().join("dup-2.yaml")).expect("rm");
     std::fs::remove_file(dir.path().join("bad-yaml.yaml")).expect("rm");
-    let out = Command::new(verity_bin())
+    let out = verity_command(dir.path())
         .args(["rules", "check"])
         .arg(dir.path())
         .output()
@@ -72,7 +73,7 @@ fn rules_check_reports_precise_errors() {
     );
     assert!(text.contains("syntax.yaml: rule c: where:"), "{text}");
 
-    let out = Command::new(verity_bin())
+    let out = verity_command(dir.path())
         .args(["rules", "check"])
         .arg(repo_root().join("rules/pack"))
         .output()
@@ -90,7 +91,7 @@ fn replay_prints_alerts_in_event_time() {
     lines.push(LOG4SHELL.to_string());
     lines.push("garbage line".to_string());
     std::fs::write(&log, lines.join("\n")).expect("write");
-    let out = Command::new(verity_bin())
+    let out = verity_command(dir.path())
         .arg("replay")
         .arg(&log)
         .output()
@@ -121,14 +122,14 @@ fn replay_prints_alerts_in_event_time() {
     assert!(stderr.contains("mesh.log:14: unrecognized_format"), "{stderr}");
 
     // Same input, same alerts.
-    let again = Command::new(verity_bin())
+    let again = verity_command(dir.path())
         .arg("replay")
         .arg(&log)
         .output()
         .expect("run");
     assert_eq!(out.stdout, again.stdout);
     // --until before the log: nothing.
-    let none = Command::new(verity_bin())
+    let none = verity_command(dir.path())
         .args(["replay", "--until", "2024-01-01T00:00:00Z"])
         .arg(&log)
         .output()

@@ -2,10 +2,9 @@
 //! userinfo, and bearer tokens, are absent from `verity validate --print`, the startup log,
 //! error messages and `/metrics`, even while deliveries to that URL fail.
 
-use std::process::Command;
 use std::time::Duration;
 
-use verity_e2e::{Verity, free_port, http_request, otlp, verity_bin};
+use verity_e2e::{Verity, free_port, http_request, otlp, verity_command};
 
 const SECRETS: &[&str] = &[
     "SEKRIT-HEADER-TOKEN",
@@ -43,7 +42,7 @@ fn secrets_appear_in_no_output() {
         ),
     ];
     let mut printed = String::new();
-    let mut validate = Command::new(verity_bin());
+    let mut validate = verity_command(dir.path());
     validate.args(["validate", "--print"]);
     for (k, v) in env {
         validate.env(k, v);

@@ -245,7 +245,7 @@ fn validate_check_sinks_reports_each_output() {
         ),
     )
     .expect("config");
-    let out = std::process::Command::new(verity_e2e::verity_bin())
+    let out = verity_e2e::verity_command(dir.path())
         .args(["validate", "--check-sinks", "--config"])
         .arg(&config)
         .output()
@@ -270,7 +270,7 @@ fn validate_check_sinks_reports_each_output() {
         "sinks:\n  outputs:\n    hec: {type: splunk_hec, endpoint: 'https://127.0.0.1:1', token: {env: VERITY_E2E_NO_SUCH_TOKEN}}\n",
     )
     .expect("config");
-    let out = std::process::Command::new(verity_e2e::verity_bin())
+    let out = verity_e2e::verity_command(dir.path())
         .args(["validate", "--check-sinks", "--config"])
         .arg(&config)
         .env_remove("VERITY_E2E_NO_SUCH_TOKEN")
