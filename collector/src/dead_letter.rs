@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use verity_model::config_error::ConfigError;
 use verity_model::time::format_rfc3339_ns;
 
 use crate::metrics::Metrics;
@@ -50,30 +51,30 @@ impl Default for DeadLetterConfig {
 }
 
 impl DeadLetterConfig {
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         if self.path.as_os_str().is_empty() {
-            errors.push(("dead_letter.path".into(), "must not be empty".into()));
+            errors.push(ConfigError::new("dead_letter.path", "must not be empty"));
         }
         if !(1 << 16..=1 << 40).contains(&self.max_file_bytes) {
-            errors.push((
-                "dead_letter.max_file_bytes".into(),
-                "must be between 64 KiB and 1 TiB".into(),
+            errors.push(ConfigError::new(
+                "dead_letter.max_file_bytes",
+                "must be between 64 KiB and 1 TiB",
             ));
         }
         if !(1..=1000).contains(&self.max_files) {
-            errors.push(("dead_letter.max_files".into(), "must be between 1 and 1000".into()));
+            errors.push(ConfigError::new("dead_letter.max_files", "must be between 1 and 1000"));
         }
         if !(1..=100_000).contains(&self.max_entries_per_request) {
-            errors.push((
-                "dead_letter.max_entries_per_request".into(),
-                "must be between 1 and 100000".into(),
+            errors.push(ConfigError::new(
+                "dead_letter.max_entries_per_request",
+                "must be between 1 and 100000",
             ));
         }
         if !(64..=16 << 20).contains(&self.max_record_bytes) {
-            errors.push((
-                "dead_letter.max_record_bytes".into(),
-                "must be between 64 and 16777216".into(),
+            errors.push(ConfigError::new(
+                "dead_letter.max_record_bytes",
+                "must be between 64 and 16777216",
             ));
         }
         errors

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use verity_model::alert::Severity;
+use verity_model::config_error::ConfigError;
 
 use crate::Mode;
 
@@ -87,13 +88,13 @@ impl Default for ControlConfig {
 
 impl ControlConfig {
     /// Pure checks of the `control` section: every problem with its key.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<ConfigError> {
         let mut e = Vec::new();
         if let Some(l) = &self.ext_authz_listen
             && l.parse::<std::net::SocketAddr>().is_err()
         {
-            e.push((
-                "control.ext_authz_listen".into(),
+            e.push(ConfigError::new(
+                "control.ext_authz_listen",
                 format!("{l:?} is not an ip:port socket address"),
             ));
         }
@@ -101,19 +102,22 @@ impl ControlConfig {
             e.extend(tls.validate("control.ext_authz_tls"));
         }
         if self.window_secs == 0 {
-            e.push(("control.window_secs".into(), "must be at least 1".into()));
+            e.push(ConfigError::new("control.window_secs", "must be at least 1"));
         }
         if self.default_ttl_secs == 0 {
-            e.push(("control.default_ttl_secs".into(), "must be at least 1".into()));
+            e.push(ConfigError::new("control.default_ttl_secs", "must be at least 1"));
         }
         if let Some(istio) = &self.istio {
             e.extend(istio.validate());
         }
         if self.max_per_window == 0 {
-            e.push(("control.max_per_window".into(), "must be at least 1".into()));
+            e.push(ConfigError::new("control.max_per_window", "must be at least 1"));
         }
         if self.max_operator_per_window == 0 {
-            e.push(("control.max_operator_per_window".into(), "must be at least 1".into()));
+            e.push(ConfigError::new(
+                "control.max_operator_per_window",
+                "must be at least 1",
+            ));
         }
         for (key, v) in [
             (
@@ -128,16 +132,16 @@ impl ControlConfig {
             ("control.max_per_reporter_per_window", self.max_per_reporter_per_window),
         ] {
             if v == 0 {
-                e.push((key.into(), "must be at least 1".into()));
+                e.push(ConfigError::new(key, "must be at least 1"));
             }
         }
         if self.min_evidence == 0 {
-            e.push(("control.min_evidence".into(), "must be at least 1".into()));
+            e.push(ConfigError::new("control.min_evidence", "must be at least 1"));
         }
         if !(1..=3600).contains(&self.reconcile_interval_secs) {
-            e.push((
-                "control.reconcile_interval_secs".into(),
-                "must be between 1 and 3600".into(),
+            e.push(ConfigError::new(
+                "control.reconcile_interval_secs",
+                "must be between 1 and 3600",
             ));
         }
         e
@@ -221,11 +225,11 @@ pub(crate) fn is_dns_label(s: &str) -> bool {
 
 impl IstioConfig {
     /// Pure checks: every problem with its key.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<ConfigError> {
         let mut e = Vec::new();
         if !is_dns_label(&self.root_namespace) {
-            e.push((
-                "control.istio.root_namespace".into(),
+            e.push(ConfigError::new(
+                "control.istio.root_namespace",
                 format!("[{}] is not a namespace name", self.root_namespace),
             ));
         }
@@ -239,8 +243,8 @@ impl IstioConfig {
             || !fm.starts_with(|c: char| c.is_ascii_alphanumeric())
             || !fm.ends_with(|c: char| c.is_ascii_alphanumeric())
         {
-            e.push((
-                "control.istio.field_manager".into(),
+            e.push(ConfigError::new(
+                "control.istio.field_manager",
                 format!(
                     "[{fm}] must be 1-63 letters, digits, '-', '_' or '.', \
                      starting and ending with a letter or digit"
@@ -248,8 +252,8 @@ impl IstioConfig {
             ));
         }
         if !matches!(self.api_version.as_str(), "v1" | "v1beta1") {
-            e.push((
-                "control.istio.api_version".into(),
+            e.push(ConfigError::new(
+                "control.istio.api_version",
                 format!("[{}] is not v1 or v1beta1", self.api_version),
             ));
         }
@@ -259,7 +263,7 @@ impl IstioConfig {
             ("max_backoff_secs", self.max_backoff_secs),
         ] {
             if v == 0 {
-                e.push((format!("control.istio.{name}"), "must be at least 1".into()));
+                e.push(ConfigError::new(format!("control.istio.{name}"), "must be at least 1"));
             }
         }
         e

@@ -71,7 +71,7 @@ fn validate_reports_every_problem_with_its_key() {
         }),
         ..ControlConfig::default()
     };
-    let keys: Vec<String> = bad.validate().into_iter().map(|(k, _)| k).collect();
+    let keys: Vec<String> = bad.validate().into_iter().map(|e| e.path).collect();
     assert_eq!(
         keys,
         [

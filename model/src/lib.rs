@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod config_error;
 pub mod error_chain;
 pub mod event;
 pub mod glob;

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config_error::ConfigError;
+
 /// Whether clients must present a certificate that chains to `client_ca_file`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,34 +64,34 @@ impl ServerTlsConfig {
         self.client_auth != ClientAuth::None
     }
 
-    /// Problems found without touching the files, as `(path under `prefix`, message)`.
-    pub fn validate(&self, prefix: &str) -> Vec<(String, String)> {
+    /// Problems found without touching the files, each with its path under `prefix`.
+    pub fn validate(&self, prefix: &str) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         if self.cert_file.as_os_str().is_empty() {
-            errors.push((format!("{prefix}.cert_file"), "must be a file path".to_string()));
+            errors.push(ConfigError::new(format!("{prefix}.cert_file"), "must be a file path"));
         }
         if self.key_file.as_os_str().is_empty() {
-            errors.push((format!("{prefix}.key_file"), "must be a file path".to_string()));
+            errors.push(ConfigError::new(format!("{prefix}.key_file"), "must be a file path"));
         }
         match (&self.client_ca_file, self.client_auth) {
-            (None, ClientAuth::Optional | ClientAuth::Required) => errors.push((
+            (None, ClientAuth::Optional | ClientAuth::Required) => errors.push(ConfigError::new(
                 format!("{prefix}.client_ca_file"),
-                "must be set when client_auth is optional or required".to_string(),
+                "must be set when client_auth is optional or required",
             )),
-            (Some(p), _) if p.as_os_str().is_empty() => errors.push((
+            (Some(p), _) if p.as_os_str().is_empty() => errors.push(ConfigError::new(
                 format!("{prefix}.client_ca_file"),
-                "must be a file path or null".to_string(),
+                "must be a file path or null",
             )),
-            (Some(_), ClientAuth::None) => errors.push((
+            (Some(_), ClientAuth::None) => errors.push(ConfigError::new(
                 format!("{prefix}.client_auth"),
-                "is none, so client_ca_file would be ignored; set optional or required".to_string(),
+                "is none, so client_ca_file would be ignored; set optional or required",
             )),
             _ => {}
         }
         if !(1..=3600).contains(&self.reload_poll_secs) {
-            errors.push((
+            errors.push(ConfigError::new(
                 format!("{prefix}.reload_poll_secs"),
-                "must be between 1 and 3600".to_string(),
+                "must be between 1 and 3600",
             ));
         }
         errors
@@ -108,7 +110,7 @@ mod tests {
         assert_eq!(cfg.min_version, TlsVersion::V1_3);
         let errors = cfg.validate("otlp.grpc.tls");
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].0, "otlp.grpc.tls.client_ca_file");
+        assert_eq!(errors[0].path, "otlp.grpc.tls.client_ca_file");
     }
 
     #[test]

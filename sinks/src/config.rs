@@ -35,7 +35,6 @@ pub use self::outputs::{
     BodyFormat, ElasticConfig, FileConfig, HecAckConfig, HecConfig, KafkaConfig, OcsfConfig, SentinelConfig,
     StdoutConfig, SyslogConfig, SyslogTransport, TlsConfig, WebhookConfig, is_guid, parse_delimiter,
 };
-pub use self::validate::SinkConfigError;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]

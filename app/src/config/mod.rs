@@ -15,6 +15,7 @@ pub use verity_collector::ingest::binding::{IntakeConfig, SenderClass, TrustRule
 pub use verity_collector::ingest::sender::{TokenConfig, TrustedProxyConfig};
 
 pub use verity_collector::dead_letter::DeadLetterConfig;
+pub use verity_model::config_error::ConfigError;
 
 mod layers;
 #[cfg(test)]
@@ -214,23 +215,6 @@ pub struct LogConfig {
 pub struct ShutdownConfig {
     /// How long draining may take after SIGTERM before Verity gives up and exits non-zero.
     pub drain_timeout_secs: u64,
-}
-
-/// One problem in the configuration, with the path of the key it concerns.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// A configuration that passed validation, with parsed values.

@@ -46,11 +46,7 @@ impl Config {
             ("http", &self.otlp.http, http_listen),
         ] {
             if let Some(tls) = &listener.tls {
-                errors.extend(
-                    tls.validate(&format!("otlp.{name}.tls"))
-                        .into_iter()
-                        .map(|(p, m)| ConfigError::new(p, m)),
-                );
+                errors.extend(tls.validate(&format!("otlp.{name}.tls")));
             }
             if let Some(a) = addr
                 && !a.ip().is_loopback()
@@ -69,11 +65,7 @@ impl Config {
             }
         }
         if let Some(tls) = &self.admin.tls {
-            errors.extend(
-                tls.validate("admin.tls")
-                    .into_iter()
-                    .map(|(p, m)| ConfigError::new(p, m)),
-            );
+            errors.extend(tls.validate("admin.tls"));
         }
         let mut token_names = std::collections::BTreeSet::new();
         for (i, t) in self.otlp.tokens.iter().enumerate() {
@@ -147,13 +139,12 @@ impl Config {
                 "must be between 1 and 10000",
             ));
         }
-        for (path, message) in self.dead_letter.validate() {
-            let message = if path == "dead_letter.path" {
-                "must be set: rejected records are never discarded".to_string()
-            } else {
-                message
-            };
-            errors.push(ConfigError::new(path, message));
+        for mut e in self.dead_letter.validate() {
+            // Emptying the path reads as turning dead-lettering off: say why there is no such switch.
+            if e.path == "dead_letter.path" {
+                e.message = "must be set: rejected records are never discarded".to_string();
+            }
+            errors.push(e);
         }
         if let Some(dir) = &self.archive.dir
             && dir.as_os_str().is_empty()
@@ -201,18 +192,10 @@ impl Config {
                 "must be between 1 and 3600",
             ));
         }
-        for e in self.sinks.validate() {
-            errors.push(ConfigError::new(e.path, e.message));
-        }
-        for (path, message) in self.kafka.validate() {
-            errors.push(ConfigError::new(path, message));
-        }
-        for (path, message) in self.intake.validate() {
-            errors.push(ConfigError::new(path, message));
-        }
-        for (path, message) in self.control.validate() {
-            errors.push(ConfigError::new(path, message));
-        }
+        errors.extend(self.sinks.validate());
+        errors.extend(self.kafka.validate());
+        errors.extend(self.intake.validate());
+        errors.extend(self.control.validate());
         if self.telemetry.enabled {
             let e = &self.telemetry.endpoint;
             if !(e.starts_with("http://") || e.starts_with("https://")) {

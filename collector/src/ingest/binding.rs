@@ -18,6 +18,7 @@
 #![deny(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 
 use serde::{Deserialize, Serialize};
+use verity_model::config_error::ConfigError;
 use verity_model::event::{AccessEvent, Reporter, SenderBinding};
 
 use super::sender::Sender;
@@ -68,21 +69,27 @@ impl Default for IntakeConfig {
 }
 
 impl IntakeConfig {
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = self.limits.validate("intake.limits");
         if !(1..=86_400).contains(&self.max_future_secs) {
-            errors.push(("intake.max_future_secs".into(), "must be between 1 and 86400".into()));
+            errors.push(ConfigError::new(
+                "intake.max_future_secs",
+                "must be between 1 and 86400",
+            ));
         }
         for (i, rule) in self.trust.iter().enumerate() {
             if rule.senders.is_empty() {
-                errors.push((
+                errors.push(ConfigError::new(
                     format!("intake.trust[{i}].senders"),
-                    "must list at least one pattern".into(),
+                    "must list at least one pattern",
                 ));
             }
             for (j, p) in rule.senders.iter().enumerate() {
                 if p.trim().is_empty() {
-                    errors.push((format!("intake.trust[{i}].senders[{j}]"), "empty pattern".into()));
+                    errors.push(ConfigError::new(
+                        format!("intake.trust[{i}].senders[{j}]"),
+                        "empty pattern",
+                    ));
                 }
             }
         }
@@ -135,15 +142,12 @@ mod tests {
     const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
     const PAY: &str = "spiffe://cluster.local/ns/pay/sa/pay";
 
-    /// The trust rules of the default configuration (`app/config/default.yaml`).
+    /// The `intake` section of the embedded default configuration, read from the file itself
+    /// so that these tests follow the defaults users get.
     fn defaults() -> IntakeConfig {
-        serde_yaml::from_str(
-            "trust:\n\
-             - {class: node, senders: [\"spiffe://*/ns/istio-system/*\", \"spiffe://*/ns/kube-system/*\"]}\n\
-             - {class: proxy, senders: [\"spiffe://*\"]}\n\
-             - {class: aggregator, senders: [\"*\"]}\n",
-        )
-        .expect("the default trust rules")
+        let defaults: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../../app/config/default.yaml")).expect("the default configuration");
+        serde_yaml::from_value(defaults["intake"].clone()).expect("the default intake section")
     }
 
     fn event(

@@ -7,6 +7,7 @@
 //! access log a mesh proxy writes (an Envoy line is a few KiB) and stop what no proxy writes.
 
 use serde::{Deserialize, Serialize};
+use verity_model::config_error::ConfigError;
 
 use super::{RejectReason, Rejection};
 
@@ -57,11 +58,14 @@ impl Default for RecordLimits {
 pub const ROW_OVERHEAD_BYTES: usize = 320;
 
 impl RecordLimits {
-    pub fn validate(&self, prefix: &str) -> Vec<(String, String)> {
+    pub fn validate(&self, prefix: &str) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         let mut within = |key: &str, value: usize, min: usize, max: usize| {
             if !(min..=max).contains(&value) {
-                errors.push((format!("{prefix}.{key}"), format!("must be between {min} and {max}")));
+                errors.push(ConfigError::new(
+                    format!("{prefix}.{key}"),
+                    format!("must be between {min} and {max}"),
+                ));
             }
         };
         within("max_record_bytes", self.max_record_bytes, 1024, 16 << 20);

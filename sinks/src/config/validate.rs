@@ -1,16 +1,10 @@
 //! [`SinksConfig::validate`]: the checks of the `sinks` section that need no I/O, each problem
 //! reported with the path of its key.
 
+use verity_model::config_error::ConfigError;
 use verity_secret::SecretRef;
 
 use super::{OutputKind, SinksConfig, is_guid, parse_delimiter};
-
-/// A problem in the `sinks` section, with the path of the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkConfigError {
-    pub path: String,
-    pub message: String,
-}
 
 fn is_url(s: &str) -> bool {
     (s.starts_with("http://") || s.starts_with("https://")) && s.len() > "https://".len() - 1 && !s.contains(' ')
@@ -18,9 +12,9 @@ fn is_url(s: &str) -> bool {
 
 impl SinksConfig {
     /// Checks what needs no I/O; every error has a path such as `sinks.outputs.splunk.endpoint`.
-    pub fn validate(&self) -> Vec<SinkConfigError> {
+    pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
-        let mut err = |path: String, message: String| errors.push(SinkConfigError { path, message });
+        let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
         if self.spool_dir.as_os_str().is_empty() {
             err(
                 "sinks.spool_dir".into(),

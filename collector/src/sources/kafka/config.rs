@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use verity_model::config_error::ConfigError;
 
 /// How a topic's messages are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,34 +90,34 @@ impl Default for KafkaConfig {
 
 impl KafkaConfig {
     /// Pure checks: every problem with its key.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Vec<ConfigError> {
         let mut e = Vec::new();
         if !self.enabled {
             return e;
         }
         if self.brokers.trim().is_empty() {
-            e.push(("kafka.brokers".into(), "must list at least one host:port".into()));
+            e.push(ConfigError::new("kafka.brokers", "must list at least one host:port"));
         }
         if self.group_id.trim().is_empty() {
-            e.push(("kafka.group_id".into(), "must be set".into()));
+            e.push(ConfigError::new("kafka.group_id", "must be set"));
         }
         if self.topics.is_empty() {
-            e.push(("kafka.topics".into(), "at least one topic is needed".into()));
+            e.push(ConfigError::new("kafka.topics", "at least one topic is needed"));
         }
         for (i, t) in self.topics.iter().enumerate() {
             if t.name.trim().is_empty() {
-                e.push((format!("kafka.topics[{i}].name"), "must be set".into()));
+                e.push(ConfigError::new(format!("kafka.topics[{i}].name"), "must be set"));
             }
             if t.encoding == Encoding::Raw && t.signal == Signal::Metrics {
-                e.push((
+                e.push(ConfigError::new(
                     format!("kafka.topics[{i}].signal"),
-                    "raw lines are logs; metrics need an OTLP encoding".into(),
+                    "raw lines are logs; metrics need an OTLP encoding",
                 ));
             }
             if let Some(k) = &t.key
                 && verity_model::event::schema().field_with_name(k).is_err()
             {
-                e.push((
+                e.push(ConfigError::new(
                     format!("kafka.topics[{i}].key"),
                     format!("{k:?} is not an event column"),
                 ));
@@ -129,20 +130,29 @@ impl KafkaConfig {
             "bootstrap.servers",
         ] {
             if self.properties.contains_key(k) {
-                e.push((
+                e.push(ConfigError::new(
                     format!("kafka.properties.{k}"),
-                    "is set by Verity (at-least-once needs it)".into(),
+                    "is set by Verity (at-least-once needs it)",
                 ));
             }
         }
         if !(1..=1_000_000).contains(&self.max_batch_records) {
-            e.push(("kafka.max_batch_records".into(), "must be between 1 and 1000000".into()));
+            e.push(ConfigError::new(
+                "kafka.max_batch_records",
+                "must be between 1 and 1000000",
+            ));
         }
         if !(1..=60_000).contains(&self.max_batch_delay_ms) {
-            e.push(("kafka.max_batch_delay_ms".into(), "must be between 1 and 60000".into()));
+            e.push(ConfigError::new(
+                "kafka.max_batch_delay_ms",
+                "must be between 1 and 60000",
+            ));
         }
         if !(1..=1024).contains(&self.max_pending_batches) {
-            e.push(("kafka.max_pending_batches".into(), "must be between 1 and 1024".into()));
+            e.push(ConfigError::new(
+                "kafka.max_pending_batches",
+                "must be between 1 and 1024",
+            ));
         }
         e
     }
@@ -218,7 +228,7 @@ mod tests {
             ..KafkaConfig::default()
         };
         c.properties.insert("enable.auto.offset.store".into(), "true".into());
-        let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = c.validate().into_iter().map(|e| e.path).collect();
         assert!(keys.contains(&"kafka.topics[0].signal".to_string()), "{keys:?}");
         assert!(keys.contains(&"kafka.topics[0].key".to_string()), "{keys:?}");
         assert!(
