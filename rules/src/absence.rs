@@ -9,6 +9,7 @@ use verity_model::alert::{Alert, AlertStatus};
 use crate::compile::{AbsencePlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map};
+use crate::key_groups;
 use crate::kind::{PLAN_MISMATCH, RuleKind, eval_filter, visible};
 
 struct Seen {
@@ -50,22 +51,46 @@ impl AbsenceState {
         rows: &Rows<'_>,
         mask: &BooleanArray,
         out: &mut Vec<Alert>,
-    ) {
-        for row in mask.values().set_indices() {
-            let t = rows.time(row);
-            let key = rows.key(&plan.keys, row);
-            let s = self.keys.entry(key.clone()).or_insert(Seen { last: t, silent: false });
-            s.last = s.last.max(t);
+    ) -> Result<(), String> {
+        let selected: Vec<usize> = mask.values().set_indices().collect();
+        // One lookup per key and batch: only a key's first row can end its silence.
+        for group in key_groups::group_rows(rows, &plan.keys, &selected).map_err(|e| e.to_string())? {
+            let Some(&first) = group.rows.first() else { continue };
+            let t = rows.time(first);
+            let latest = group.rows.iter().map(|&row| rows.time(row)).max().unwrap_or(t);
+            let Some(s) = self.keys.get_mut(&group.key) else {
+                self.keys.insert(
+                    group.key,
+                    Seen {
+                        last: latest,
+                        silent: false,
+                    },
+                );
+                continue;
+            };
+            s.last = s.last.max(latest);
             if s.silent {
                 s.silent = false;
-                let group = group_map(&plan.keys, &key);
-                let summary = format!("{}: telemetry resumed for {}", rule.rule().title, describe(&group));
+                let group_values = group_map(&plan.keys, &group.key);
+                let summary = format!(
+                    "{}: telemetry resumed for {}",
+                    rule.rule().title,
+                    describe(&group_values)
+                );
                 out.push(make_alert(
                     rule,
-                    AlertParts::at(AlertStatus::Resolved, group, t, vec![rows.evidence(row)], None, summary),
+                    AlertParts::at(
+                        AlertStatus::Resolved,
+                        group_values,
+                        t,
+                        vec![rows.evidence(first)],
+                        None,
+                        summary,
+                    ),
                 ));
             }
         }
+        Ok(())
     }
 
     pub fn advance(&mut self, plan: &AbsencePlan, rule: &CompiledRule, watermark: i64, out: &mut Vec<Alert>) {
@@ -122,7 +147,7 @@ impl RuleKind for AbsenceState {
             return Err(PLAN_MISMATCH.into());
         };
         let mask = visible(eval_filter(p.filter.as_ref(), rows.batch)?, hidden)?;
-        AbsenceState::process(self, p, rule, rows, &mask, out);
+        AbsenceState::process(self, p, rule, rows, &mask, out)?;
         Ok(mask.true_count() as u64)
     }
 

@@ -11,6 +11,7 @@ use verity_model::alert::{Alert, AlertStatus, Evidence};
 use crate::compile::{AggFunc, CompiledRule, DetectionPlan, HavingPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map, push_evidence};
+use crate::key_groups;
 use crate::kind::{PLAN_MISMATCH, RuleKind, eval_bool, visible};
 
 #[derive(Default)]
@@ -190,14 +191,13 @@ impl DetectionState {
         mask: &BooleanArray,
         watermark_before: Option<i64>,
         out: &mut Vec<Alert>,
-    ) {
+    ) -> Result<(), String> {
         let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
-        let track = rule.rule().respond.is_some();
-        for row in mask.values().set_indices() {
-            let t = rows.time(row);
-            let key = rows.key(&plan.group_by, row);
-            let Some((size, slide)) = plan.window else {
-                // Stateless: one alert per matching event, unless suppressed.
+        let Some((size, slide)) = plan.window else {
+            // Stateless: one alert per matching event, unless suppressed.
+            for row in mask.values().set_indices() {
+                let t = rows.time(row);
+                let key = rows.key(&plan.group_by, row);
                 if self.suppressed_until.get(&key).is_some_and(|until| t < *until) {
                     continue;
                 }
@@ -218,26 +218,51 @@ impl DetectionState {
                     )
                     .backed_by(rule, rows, row),
                 ));
-                continue;
-            };
-            if watermark_before.is_some_and(|w| t < w) {
-                continue; // late: counted by the engine, kept out of window state
             }
-            let last_start = t.div_euclid(slide) * slide;
-            let mut start = last_start;
-            while start > t - size {
-                let groups = self.windows.entry(start).or_default();
-                let g = groups
-                    .entry(key.clone())
-                    .or_insert_with(|| new_group(plan.having.as_ref(), t));
-                update(g, plan.having.as_ref(), rows, row, t, entity_col);
-                if track {
-                    let (entitled, sender, trusted) = rows.entitled(row, entity_col);
-                    g.backing.add(entitled, sender, trusted);
+            return Ok(());
+        };
+        let track = rule.rule().respond.is_some();
+        // Late rows are counted by the engine and kept out of window state.
+        let selected: Vec<usize> = mask
+            .values()
+            .set_indices()
+            .filter(|&row| watermark_before.is_none_or(|w| rows.time(row) >= w))
+            .collect();
+        let mut runs: Vec<(i64, usize)> = Vec::new();
+        for group in key_groups::group_rows(rows, &plan.group_by, &selected).map_err(|e| e.to_string())? {
+            // Every (window, row) of this key; a stable sort keeps batch order within a
+            // window, so each window's state is looked up once per key and batch.
+            runs.clear();
+            for &row in &group.rows {
+                let t = rows.time(row);
+                let mut start = t.div_euclid(slide).saturating_mul(slide);
+                while start > t.saturating_sub(size) {
+                    runs.push((start, row));
+                    start = start.saturating_sub(slide);
                 }
-                start -= slide;
+            }
+            runs.sort_by_key(|&(start, _)| start);
+            for run in runs.chunk_by(|a, b| a.0 == b.0) {
+                let Some(&(start, first)) = run.first() else { continue };
+                let windows = self.windows.entry(start).or_default();
+                let mut fresh = None;
+                let g = match windows.get_mut(&group.key) {
+                    Some(g) => g,
+                    None => fresh.insert(new_group(plan.having.as_ref(), rows.time(first))),
+                };
+                for &(_, row) in run {
+                    update(g, plan.having.as_ref(), rows, row, rows.time(row), entity_col);
+                    if track {
+                        let (entitled, sender, trusted) = rows.entitled(row, entity_col);
+                        g.backing.add(entitled, sender, trusted);
+                    }
+                }
+                if let Some(g) = fresh {
+                    windows.insert(group.key.clone(), g);
+                }
             }
         }
+        Ok(())
     }
 
     /// Closes every window whose end is at or before the watermark.
@@ -352,21 +377,23 @@ fn update(g: &mut Group, having: Option<&HavingPlan>, rows: &Rows<'_>, row: usiz
         g.entity = entity_col.and_then(|c| rows.value(c, row));
     }
     let Some(h) = having else { return };
+    // Values are read borrowed or as numbers: no allocation per row but a new distinct value.
     for (i, a) in h.aggs.iter().enumerate() {
-        let value = a.column.and_then(|c| rows.value(c, row));
         match a.func {
             AggFunc::Count => {
-                if a.column.is_none() || value.is_some() {
+                if a.column.is_none_or(|c| rows.is_valid(c, row)) {
                     g.counts[i] += 1;
                 }
             }
             AggFunc::CountDistinct => {
-                if let Some(v) = value {
-                    g.distinct[i].insert(v);
+                if let Some(v) = a.column.and_then(|c| rows.text_value(c, row))
+                    && !g.distinct[i].contains(v.as_ref())
+                {
+                    g.distinct[i].insert(v.into_owned());
                 }
             }
             AggFunc::Sum | AggFunc::Min | AggFunc::Max => {
-                if let Some(x) = value.and_then(|v| v.parse::<f64>().ok()) {
+                if let Some(x) = a.column.and_then(|c| rows.number(c, row)) {
                     g.numbers[i] = Some(match (a.func, g.numbers[i]) {
                         (_, None) => x,
                         (AggFunc::Sum, Some(acc)) => acc + x,
@@ -431,7 +458,7 @@ impl RuleKind for DetectionState {
             return Err(PLAN_MISMATCH.into());
         };
         let mask = visible(eval_bool(&p.filter, rows.batch)?, hidden)?;
-        DetectionState::process(self, p, rule, rows, &mask, watermark_before, out);
+        DetectionState::process(self, p, rule, rows, &mask, watermark_before, out)?;
         Ok(mask.true_count() as u64)
     }
 

@@ -1,9 +1,10 @@
 //! Reading values out of an event batch row: group keys and evidence.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{Int32Type, TimestampNanosecondType};
+use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampNanosecondType, UInt32Type, UInt64Type};
 use arrow::util::display::array_value_to_string;
 use verity_model::alert::Evidence;
 use verity_model::event::col;
@@ -101,6 +102,42 @@ impl<'b> Rows<'b> {
             return Some(s.value(row).to_string());
         }
         array_value_to_string(a, row).ok()
+    }
+
+    /// Like [`Rows::value`], borrowed from the batch when the column holds strings.
+    pub fn text_value(&self, column: usize, row: usize) -> Option<Cow<'b, str>> {
+        let a: &'b ArrayRef = self.batch.column(column);
+        if row >= a.len() || a.is_null(row) {
+            return None;
+        }
+        if let Some(s) = a.as_string_opt::<i32>() {
+            return Some(Cow::Borrowed(s.value(row)));
+        }
+        array_value_to_string(a, row).ok().map(Cow::Owned)
+    }
+
+    /// Whether `column` has a value at `row`.
+    pub fn is_valid(&self, column: usize, row: usize) -> bool {
+        let a = self.batch.column(column);
+        row < a.len() && a.is_valid(row)
+    }
+
+    /// The value at `row` as a number: integers and floats directly, anything else parsed
+    /// from its text (as `sum`, `min` and `max` always did).
+    pub fn number(&self, column: usize, row: usize) -> Option<f64> {
+        let a: &ArrayRef = self.batch.column(column);
+        if row >= a.len() || a.is_null(row) {
+            return None;
+        }
+        macro_rules! primitive {
+            ($($t:ty),*) => {
+                $(if let Some(p) = a.as_primitive_opt::<$t>() {
+                    return Some(p.value(row) as f64);
+                })*
+            };
+        }
+        primitive!(Int32Type, Int64Type, UInt32Type, UInt64Type, Float64Type);
+        self.text_value(column, row)?.parse::<f64>().ok()
     }
 
     fn named(&self, name: &str, row: usize) -> Option<String> {

@@ -12,6 +12,7 @@ use verity_model::alert::{Alert, AlertStatus};
 use crate::compile::{CompiledRule, FirstSeenPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map};
+use crate::key_groups;
 use crate::kind::{PLAN_MISMATCH, RuleKind, eval_filter, visible};
 
 #[derive(Default)]
@@ -109,39 +110,44 @@ impl FirstSeenState {
         rows: &Rows<'_>,
         mask: &BooleanArray,
         out: &mut Vec<Alert>,
-    ) {
+    ) -> Result<(), String> {
         let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
-        for row in mask.values().set_indices() {
-            let t = rows.time(row);
-            let key = rows.key(&plan.keys, row);
-            if key.iter().all(Option::is_none) {
+        let selected: Vec<usize> = mask.values().set_indices().collect();
+        // One lookup per key and batch; a key's first row is where a new key is seen first,
+        // and groups come in the order of their first rows, as the alerts did row by row.
+        for group in key_groups::group_rows(rows, &plan.keys, &selected).map_err(|e| e.to_string())? {
+            if group.key.iter().all(Option::is_none) {
                 continue;
             }
+            let Some(&first) = group.rows.first() else { continue };
+            let t = rows.time(first);
+            let latest = group.rows.iter().map(|&row| rows.time(row)).max().unwrap_or(t);
             let start = *self.learn_start.get_or_insert(t);
-            if let Some(seen) = self.learned.get_mut(&key) {
+            if let Some(seen) = self.learned.get_mut(&group.key) {
                 // Recency for eviction; not worth a checkpoint on its own.
-                *seen = (*seen).max(t);
+                *seen = (*seen).max(latest);
                 continue;
             }
-            self.learned.insert(key.clone(), t);
+            self.learned.insert(group.key.clone(), latest);
             self.dirty = true;
             if t < start.saturating_add(plan.learning) {
                 continue;
             }
-            let group = group_map(&plan.keys, &key);
-            let summary = format!("{}: first seen {}", rule.rule().title, describe(&group));
+            let group_values = group_map(&plan.keys, &group.key);
+            let summary = format!("{}: first seen {}", rule.rule().title, describe(&group_values));
             out.push(make_alert(
                 rule,
                 AlertParts::at(
                     AlertStatus::Firing,
-                    group,
+                    group_values,
                     t,
-                    vec![rows.evidence(row)],
-                    entity_col.and_then(|c| rows.value(c, row)),
+                    vec![rows.evidence(first)],
+                    entity_col.and_then(|c| rows.value(c, first)),
                     summary,
                 ),
             ));
         }
+        Ok(())
     }
 }
 
@@ -158,7 +164,7 @@ impl RuleKind for FirstSeenState {
             return Err(PLAN_MISMATCH.into());
         };
         let mask = visible(eval_filter(p.filter.as_ref(), rows.batch)?, hidden)?;
-        FirstSeenState::process(self, p, rule, rows, &mask, out);
+        FirstSeenState::process(self, p, rule, rows, &mask, out)?;
         Ok(mask.true_count() as u64)
     }
 

@@ -24,6 +24,7 @@ pub mod engine;
 pub mod event_clock;
 mod evidence;
 pub mod first_seen;
+mod key_groups;
 mod kind;
 pub mod pack;
 pub mod revocation;
