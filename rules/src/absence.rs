@@ -10,7 +10,8 @@ use crate::compile::{AbsencePlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map};
 use crate::key_groups;
-use crate::kind::{PLAN_MISMATCH, RuleKind, eval_filter, visible};
+use crate::kind::RuleKind;
+use crate::mask::{PLAN_MISMATCH, eval_filter, visible};
 
 struct Seen {
     last: i64,
@@ -163,5 +164,9 @@ impl RuleKind for AbsenceState {
 
     fn state_keys(&self) -> usize {
         self.keys()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

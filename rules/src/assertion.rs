@@ -15,7 +15,8 @@ use verity_model::alert::{Alert, AlertStatus, Evidence};
 use crate::compile::{AssertionPlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map, push_evidence};
-use crate::kind::{PLAN_MISMATCH, RuleKind, eval_bool, visible};
+use crate::kind::RuleKind;
+use crate::mask::{PLAN_MISMATCH, eval_bool, visible};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyStatus {
@@ -344,7 +345,7 @@ impl RuleKind for AssertionState {
         self.keys()
     }
 
-    fn assertion(&self) -> Option<&AssertionState> {
-        Some(self)
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -12,7 +12,8 @@ use crate::compile::{AggFunc, CompiledRule, DetectionPlan, HavingPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map, push_evidence};
 use crate::key_groups;
-use crate::kind::{PLAN_MISMATCH, RuleKind, eval_bool, visible};
+use crate::kind::RuleKind;
+use crate::mask::{PLAN_MISMATCH, eval_bool, visible};
 
 #[derive(Default)]
 pub struct DetectionState {
@@ -491,5 +492,9 @@ impl RuleKind for DetectionState {
 
     fn state_keys(&self) -> usize {
         self.keys()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -12,9 +12,12 @@ use std::path::PathBuf;
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use verity_model::alert::Alert;
 
-use crate::assertion::KeyStatus;
-use crate::compile::CompiledRule;
+use crate::absence::AbsenceState;
+use crate::assertion::{AssertionState, KeyStatus};
+use crate::compile::{CompiledRule, Plan};
+use crate::detection::DetectionState;
 use crate::evidence::Rows;
+use crate::first_seen::FirstSeenState;
 use crate::kind::RuleKind;
 
 #[derive(Debug, Clone)]
@@ -123,8 +126,23 @@ impl Engine {
         e
     }
 
+    /// A new state for `rule`, loaded from the state directory for the kinds that keep one
+    /// there: the one place that picks a kind.
     fn fresh_state(&self, rule: &CompiledRule) -> Box<dyn RuleKind> {
-        crate::kind::fresh(rule, self.settings.state_dir.as_deref())
+        let (id, state_dir) = (&rule.rule().id, self.settings.state_dir.as_deref());
+        match &rule.plan {
+            Plan::Detection(p) if p.window.is_some() || p.suppress.is_some() => {
+                Box::new(DetectionState::load(state_dir, id, rule.fingerprint, p))
+            }
+            Plan::Detection(_) => Box::new(DetectionState::default()),
+            Plan::Assertion(_) => Box::new(AssertionState::default()),
+            Plan::FirstSeen(_) => Box::new(FirstSeenState::load(state_dir, id)),
+            Plan::Absence(_) => Box::new(AbsenceState::default()),
+        }
+    }
+
+    fn assertion(state: &dyn RuleKind) -> Option<&AssertionState> {
+        state.as_any().downcast_ref::<AssertionState>()
     }
 
     /// Swaps in a new rule set. Rules whose id and text are unchanged keep their state.
@@ -186,7 +204,8 @@ impl Engine {
         self.slots
             .iter()
             .map(|s| {
-                let (checked, violating) = s.state.assertion().map_or((0, 0), |a| (a.checked, a.violating));
+                let (checked, violating) =
+                    Self::assertion(s.state.as_ref()).map_or((0, 0), |a| (a.checked, a.violating));
                 RuleCounters {
                     rule_id: s.rule.rule().id.clone(),
                     kind: s.rule.rule().kind().as_str(),
@@ -208,7 +227,7 @@ impl Engine {
         self.slots
             .iter()
             .filter_map(|s| {
-                let (keys, rest) = s.state.assertion()?.states(limit);
+                let (keys, rest) = Self::assertion(s.state.as_ref())?.states(limit);
                 Some(AssertionStates {
                     rule_id: s.rule.rule().id.clone(),
                     keys,

@@ -13,7 +13,8 @@ use crate::compile::{CompiledRule, FirstSeenPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::evidence::{Key, Rows, group_map};
 use crate::key_groups;
-use crate::kind::{PLAN_MISMATCH, RuleKind, eval_filter, visible};
+use crate::kind::RuleKind;
+use crate::mask::{PLAN_MISMATCH, eval_filter, visible};
 
 #[derive(Default)]
 pub struct FirstSeenState {
@@ -179,5 +180,9 @@ impl RuleKind for FirstSeenState {
 
     fn state_keys(&self) -> usize {
         self.learned()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -26,6 +26,7 @@ mod evidence;
 pub mod first_seen;
 mod key_groups;
 mod kind;
+mod mask;
 pub mod pack;
 pub mod revocation;
 pub mod rule;
