@@ -341,3 +341,97 @@ impl Responder for WebhookResponder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn config(url: String) -> WebhookConfig {
+        WebhookConfig {
+            url,
+            secret: None,
+            max_attempts: 3,
+        }
+    }
+
+    /// Answers every request with 200 and counts them (one request per connection).
+    fn receiver(answered: Arc<AtomicUsize>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/revocations", listener.local_addr().expect("addr"));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then the body its Content-Length announces.
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                answered.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn draining_delivers_what_is_spooled_while_the_receiver_takes_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let answered = Arc::new(AtomicUsize::new(0));
+        let (responder, delivery) =
+            WebhookResponder::open(&config(receiver(answered.clone())), dir.path()).expect("open");
+        responder
+            .spool
+            .append(&[b"{}".to_vec(), b"{}".to_vec(), b"{}".to_vec()])
+            .expect("spool");
+        let (trigger, drain) = verity_drain::channel();
+        // The drain has started before delivery even runs: what is spooled still goes out.
+        drop(trigger);
+        tokio::time::timeout(Duration::from_secs(20), delivery.run(drain))
+            .await
+            .expect("returns once the spool is empty");
+        assert_eq!(answered.load(Ordering::SeqCst), 3);
+        assert!(responder.spool.is_drained());
+    }
+
+    #[tokio::test]
+    async fn draining_gives_up_on_a_failing_receiver_and_keeps_the_message() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // A port nothing listens on any more: every send is refused at once.
+        let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/revocations", closed.local_addr().expect("addr"));
+        drop(closed);
+        let (responder, delivery) = WebhookResponder::open(&config(url), dir.path()).expect("open");
+        responder.spool.append(&[b"{}".to_vec()]).expect("spool");
+        let (mut tasks, drain) = verity_drain::channel();
+        tasks.spawn("control webhook delivery", delivery.run(drain));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        let drained = tasks.drain(tokio::time::Instant::now() + Duration::from_secs(20)).await;
+        assert!(drained.is_clean(), "{drained:?}");
+        // Not retried until the deadline: the next failed attempt ends it.
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert_eq!(responder.spool.depth().events, 1, "kept for the next start");
+        drop(responder);
+        let (_, recovered) = Spool::open(dir.path(), SpoolLimits::default()).expect("reopen");
+        assert_eq!(recovered.pending_events, 1);
+    }
+}
