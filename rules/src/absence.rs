@@ -8,10 +8,11 @@ use verity_model::alert::{Alert, AlertStatus};
 
 use crate::compile::{AbsencePlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
+use crate::eval_error::EvalError;
 use crate::evidence::{Key, Rows, group_map};
 use crate::key_groups;
 use crate::kind::RuleKind;
-use crate::mask::{PLAN_MISMATCH, eval_filter, visible};
+use crate::mask::{eval_filter, visible};
 
 struct Seen {
     last: i64,
@@ -52,10 +53,10 @@ impl AbsenceState {
         rows: &Rows<'_>,
         mask: &BooleanArray,
         out: &mut Vec<Alert>,
-    ) -> Result<(), String> {
+    ) -> Result<(), EvalError> {
         let selected: Vec<usize> = mask.values().set_indices().collect();
         // One lookup per key and batch: only a key's first row can end its silence.
-        for group in key_groups::group_rows(rows, &plan.keys, &selected).map_err(|e| e.to_string())? {
+        for group in key_groups::group_rows(rows, &plan.keys, &selected)? {
             let Some(&first) = group.rows.first() else { continue };
             let t = rows.time(first);
             let latest = group.rows.iter().map(|&row| rows.time(row)).max().unwrap_or(t);
@@ -143,9 +144,9 @@ impl RuleKind for AbsenceState {
         hidden: Option<&BooleanArray>,
         _watermark_before: Option<i64>,
         out: &mut Vec<Alert>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, EvalError> {
         let Plan::Absence(p) = &rule.plan else {
-            return Err(PLAN_MISMATCH.into());
+            return Err(EvalError::PlanMismatch);
         };
         let mask = visible(eval_filter(p.filter.as_ref(), rows.batch)?, hidden)?;
         AbsenceState::process(self, p, rule, rows, &mask, out)?;

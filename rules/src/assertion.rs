@@ -14,9 +14,10 @@ use verity_model::alert::{Alert, AlertStatus, Evidence};
 
 use crate::compile::{AssertionPlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
+use crate::eval_error::EvalError;
 use crate::evidence::{Key, Rows, group_map, push_evidence};
 use crate::kind::RuleKind;
-use crate::mask::{PLAN_MISMATCH, eval_bool, visible};
+use crate::mask::{eval_bool, visible};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyStatus {
@@ -313,17 +314,22 @@ impl RuleKind for AssertionState {
         hidden: Option<&BooleanArray>,
         _watermark_before: Option<i64>,
         out: &mut Vec<Alert>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, EvalError> {
         let Plan::Assertion(p) = &rule.plan else {
-            return Err(PLAN_MISMATCH.into());
+            return Err(EvalError::PlanMismatch);
         };
-        let scope = visible(eval_bool(&p.scope, rows.batch)?, hidden)?;
+        let scope = visible(eval_bool(&p.scope, "scope", rows.batch)?, hidden)?;
         let require = p
             .require
             .evaluate(rows.batch)
             .and_then(|v| v.into_array(rows.batch.num_rows()))
-            .map_err(|e| e.to_string())?;
-        let require = require.as_boolean_opt().ok_or("require did not evaluate to booleans")?;
+            .map_err(|source| EvalError::Expression {
+                what: "require",
+                source,
+            })?;
+        let require = require
+            .as_boolean_opt()
+            .ok_or(EvalError::NotBoolean { what: "require" })?;
         AssertionState::process(self, p, rule, rows, &scope, require, out);
         Ok(scope.true_count() as u64)
     }

@@ -4,12 +4,17 @@
 //! `having` expressions are rewritten: each aggregate call (`count(*)`, `count(distinct x)`,
 //! `sum(x)`, `min(x)`, `max(x)`) becomes a column of a small per-window schema that the
 //! engine fills from its incremental state, and the rest is planned against that schema.
+//!
+//! Why a rule does not compile is a [`PlanError`]; [`Compiler::compile`] reports it with the
+//! rule's file and id as a [`CompileError`], whose text is what `verity rules check` and a
+//! failed reload print.
 
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema};
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{Expr, ExprSchemable, ScalarUDF};
@@ -19,15 +24,93 @@ use datafusion::prelude::SessionContext;
 use verity_model::alert::fnv1a;
 
 use crate::revocation::{IsRevoked, RevocationList};
-use crate::rule::{RuleBody, RuleFile, RuleSource, WindowType};
+use crate::rule::{Kind, RuleBody, RuleFile, RuleSource, WindowType};
 
 /// A rule that failed to compile, with where and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: rule {rule_id}: {message}")]
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: rule {rule_id}: {error}")]
 pub struct CompileError {
     pub path: String,
     pub rule_id: String,
-    pub message: String,
+    #[source]
+    pub error: PlanError,
+}
+
+/// Why a rule does not compile. `what` is the part of the rule at fault as its author wrote
+/// it (`where`, `scope`, `require`, `having`, `group_by`, `per`, `keys`, `respond.entity`),
+/// which every message starts with. DataFusion's errors are boxed: they are large, and every
+/// result of the compiler would be as large.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{what}: unknown column {name:?}{}", .suggestion.as_deref().map(suggest).unwrap_or_default())]
+    UnknownColumn {
+        what: &'static str,
+        name: String,
+        /// The closest known column, when it is close enough to be a typo.
+        suggestion: Option<String>,
+    },
+    /// DataFusion refused the SQL (parse, type coercion, planning).
+    #[error("{what}: {}", first_line(.source))]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: Box<DataFusionError>,
+    },
+    /// DataFusion could not type the expression or build the `having` schema.
+    #[error("{what}: {source}")]
+    DataFusion {
+        what: &'static str,
+        #[source]
+        source: Box<DataFusionError>,
+    },
+    /// The plan failed on a probe row of nulls, so it would fail on every batch.
+    #[error("{what}: cannot be evaluated: {}", first_line(.source))]
+    Unevaluable {
+        what: &'static str,
+        #[source]
+        source: Box<DataFusionError>,
+    },
+    /// The probe row itself could not be built.
+    #[error("{what}: {source}")]
+    Probe {
+        what: &'static str,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    #[error("{what}: aggregates belong in `having`, not here")]
+    AggregateOutsideHaving { what: &'static str },
+    #[error("{what}: must be a boolean expression, but {sql:?} is {found}")]
+    NotBoolean {
+        what: &'static str,
+        sql: String,
+        found: DataType,
+    },
+    #[error(
+        "having: unsupported aggregate {name}{}; use count(*), count(distinct col), sum(col), min(col) or max(col)",
+        if *.distinct { " distinct" } else { "" }
+    )]
+    UnsupportedAggregate { name: String, distinct: bool },
+    #[error("having: column {column:?} is neither aggregated nor in group_by")]
+    NotGrouped { column: String },
+    #[error("having: needs at least one aggregate such as count(*)")]
+    NoAggregate,
+    #[error("having needs a window")]
+    HavingWithoutWindow,
+    #[error("window: a tumbling window has no slide")]
+    TumblingWithSlide,
+    #[error("window: a sliding window needs slide")]
+    SlidingWithoutSlide,
+    #[error("window: slide must divide the window size")]
+    SlideNotDivisor,
+    /// A `first_seen` or `absence` rule with an empty `keys`.
+    #[error("{}: keys must name at least one column", .kind.as_str())]
+    NoKeys { kind: Kind },
+}
+
+/// The first line of a DataFusion error: what is wrong with the rule; the rest, when there
+/// is any, is DataFusion's own context.
+fn first_line(e: &DataFusionError) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,10 +256,10 @@ impl Compiler {
 
     pub fn compile(&self, source: RuleSource) -> Result<CompiledRule, CompileError> {
         let rule = &source.rule;
-        let err = |message: String| CompileError {
+        let err = |error: PlanError| CompileError {
             path: source.path.display().to_string(),
             rule_id: rule.id.clone(),
-            message,
+            error,
         };
         let plan = match &rule.body {
             RuleBody::Detection(d) => {
@@ -188,14 +271,14 @@ impl Compiler {
                         let slide = match (w.kind, w.slide) {
                             (WindowType::Tumbling, None) => w.size.0,
                             (WindowType::Tumbling, Some(_)) => {
-                                return Err(err("window: a tumbling window has no slide".into()));
+                                return Err(err(PlanError::TumblingWithSlide));
                             }
                             (WindowType::Sliding, Some(s)) if s.0 <= w.size.0 && w.size.0 % s.0 == 0 => s.0,
                             (WindowType::Sliding, Some(_)) => {
-                                return Err(err("window: slide must divide the window size".into()));
+                                return Err(err(PlanError::SlideNotDivisor));
                             }
                             (WindowType::Sliding, None) => {
-                                return Err(err("window: a sliding window needs slide".into()));
+                                return Err(err(PlanError::SlidingWithoutSlide));
                             }
                         };
                         Some((w.size.0, slide))
@@ -203,7 +286,7 @@ impl Compiler {
                 };
                 let having = match (&d.having, window) {
                     (Some(h), Some(_)) => Some(self.having(h, &group_by).map_err(err)?),
-                    (Some(_), None) => return Err(err("having needs a window".into())),
+                    (Some(_), None) => return Err(err(PlanError::HavingWithoutWindow)),
                     (None, _) => None,
                 };
                 Plan::Detection(DetectionPlan {
@@ -223,7 +306,7 @@ impl Compiler {
             }),
             RuleBody::FirstSeen(f) => {
                 if f.keys.is_empty() {
-                    return Err(err("first_seen: keys must name at least one column".into()));
+                    return Err(err(PlanError::NoKeys { kind: Kind::FirstSeen }));
                 }
                 Plan::FirstSeen(FirstSeenPlan {
                     filter: f
@@ -238,7 +321,7 @@ impl Compiler {
             }
             RuleBody::Absence(a) => {
                 if a.keys.is_empty() {
-                    return Err(err("absence: keys must name at least one column".into()));
+                    return Err(err(PlanError::NoKeys { kind: Kind::Absence }));
                 }
                 Plan::Absence(AbsencePlan {
                     filter: a
@@ -271,15 +354,16 @@ impl Compiler {
         })
     }
 
-    fn columns(&self, names: &[String], what: &str) -> Result<Vec<(String, usize)>, String> {
+    fn columns(&self, names: &[String], what: &'static str) -> Result<Vec<(String, usize)>, PlanError> {
         names
             .iter()
             .map(|n| match self.arrow_schema.index_of(n) {
                 Ok(i) => Ok((n.clone(), i)),
-                Err(_) => Err(format!(
-                    "{what}: unknown column {n:?}{}",
-                    did_you_mean(n, &self.column_names())
-                )),
+                Err(_) => Err(PlanError::UnknownColumn {
+                    what,
+                    name: n.clone(),
+                    suggestion: closest(n, &self.column_names()),
+                }),
             })
             .collect()
     }
@@ -288,15 +372,16 @@ impl Compiler {
         self.arrow_schema.fields().iter().map(|f| f.name().clone()).collect()
     }
 
-    fn parse(&self, sql: &str, what: &str, schema: &DFSchema) -> Result<Expr, String> {
+    fn parse(&self, sql: &str, what: &'static str, schema: &DFSchema) -> Result<Expr, PlanError> {
         self.ctx
             .parse_sql_expr(sql, schema)
-            .map_err(|e| self.explain(e, what, schema))
+            .map_err(|e| Self::explain(e, what, schema))
     }
 
-    fn explain(&self, e: datafusion::error::DataFusionError, what: &str, schema: &DFSchema) -> String {
+    /// DataFusion's error as the rule author's: an unknown column (DataFusion's own message
+    /// quotes the name, with no suggestion) gets the did-you-mean of [`Self::columns`].
+    fn explain(e: DataFusionError, what: &'static str, schema: &DFSchema) -> PlanError {
         let msg = e.to_string();
-        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         if let Some(at) = msg.find("No field named ") {
             let rest = &msg[at + "No field named ".len()..];
             let name: String = rest
@@ -304,55 +389,73 @@ impl Compiler {
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
                 .collect();
-            return format!("{what}: unknown column {name:?}{}", did_you_mean(&name, &names));
+            let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+            return PlanError::UnknownColumn {
+                what,
+                suggestion: closest(&name, &names),
+                name,
+            };
         }
-        let first_line = msg.lines().next().unwrap_or(&msg).to_string();
-        format!("{what}: {first_line}")
+        PlanError::Sql {
+            what,
+            source: Box::new(e),
+        }
     }
 
     /// Coerces types, simplifies (some functions, such as `coalesce`, only run once
     /// rewritten) and plans; then evaluates the plan once on a probe row so that a rule that
     /// cannot run fails at load, not on the first batch.
-    fn plan(&self, expr: Expr, what: &str, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, String> {
+    fn plan(&self, expr: Expr, what: &'static str, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
         let simplifier = ExprSimplifier::new(SimplifyContext::builder().with_schema(Arc::new(schema.clone())).build());
         let expr = simplifier
             .coerce(expr, schema)
-            .map_err(|e| self.explain(e, what, schema))?;
-        let expr = simplifier.simplify(expr).map_err(|e| self.explain(e, what, schema))?;
+            .map_err(|e| Self::explain(e, what, schema))?;
+        let expr = simplifier.simplify(expr).map_err(|e| Self::explain(e, what, schema))?;
         let physical = self
             .ctx
             .create_physical_expr(expr, schema)
-            .map_err(|e| self.explain(e, what, schema))?;
-        let probe = probe_batch(schema.inner()).map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|e| Self::explain(e, what, schema))?;
+        let probe = probe_batch(schema.inner()).map_err(|source| PlanError::Probe { what, source })?;
         physical
             .evaluate(&probe)
             .and_then(|v| v.into_array(probe.num_rows()))
-            .map_err(|e| {
-                format!(
-                    "{what}: cannot be evaluated: {}",
-                    e.to_string().lines().next().unwrap_or_default()
-                )
+            .map_err(|source| PlanError::Unevaluable {
+                what,
+                source: Box::new(source),
             })?;
         Ok(physical)
     }
 
     /// A boolean expression over the event schema.
-    pub fn predicate(&self, sql: &str, what: &str) -> Result<Arc<dyn PhysicalExpr>, String> {
+    pub fn predicate(&self, sql: &str, what: &'static str) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
         let expr = self.parse(sql, what, &self.schema)?;
         if contains_aggregate(&expr) {
-            return Err(format!("{what}: aggregates belong in `having`, not here"));
+            return Err(PlanError::AggregateOutsideHaving { what });
         }
-        let t = expr.get_type(&self.schema).map_err(|e| format!("{what}: {e}"))?;
+        let t = expr.get_type(&self.schema).map_err(|source| PlanError::DataFusion {
+            what,
+            source: Box::new(source),
+        })?;
         if !matches!(t, DataType::Boolean | DataType::Null) {
-            return Err(format!("{what}: must be a boolean expression, but {sql:?} is {t}"));
+            return Err(PlanError::NotBoolean {
+                what,
+                sql: sql.to_string(),
+                found: t,
+            });
         }
         self.plan(expr, what, &self.schema)
     }
 
-    fn having(&self, sql: &str, group_by: &[(String, usize)]) -> Result<HavingPlan, String> {
-        let expr = self.parse(sql, "having", &self.schema)?;
+    fn having(&self, sql: &str, group_by: &[(String, usize)]) -> Result<HavingPlan, PlanError> {
+        const WHAT: &str = "having";
+        let datafusion = |source: DataFusionError| PlanError::DataFusion {
+            what: WHAT,
+            source: Box::new(source),
+        };
+        let expr = self.parse(sql, WHAT, &self.schema)?;
         let mut aggs: Vec<AggSpec> = Vec::new();
-        let mut problems = Vec::new();
+        // The first problem is reported; the rewrite cannot stop at it.
+        let mut problem: Option<PlanError> = None;
         // Top-down, so an aggregate is replaced before its argument columns are visited.
         let rewritten = expr
             .transform_down(|e| match e {
@@ -362,7 +465,11 @@ impl Compiler {
                         Some(Expr::Column(c)) => match self.arrow_schema.index_of(&c.name) {
                             Ok(i) => Some((c.name.clone(), i)),
                             Err(_) => {
-                                problems.push(format!("having: unknown column {:?}", c.name));
+                                problem.get_or_insert(PlanError::UnknownColumn {
+                                    what: WHAT,
+                                    name: c.name.clone(),
+                                    suggestion: None,
+                                });
                                 None
                             }
                         },
@@ -376,35 +483,41 @@ impl Compiler {
                         ("min", false, Some((c, _))) => (AggFunc::Min, format!("min({c})")),
                         ("max", false, Some((c, _))) => (AggFunc::Max, format!("max({c})")),
                         _ => {
-                            problems.push(format!(
-                                "having: unsupported aggregate {name}{}; use count(*), count(distinct col), sum(col), min(col) or max(col)",
-                                if params.distinct { " distinct" } else { "" }
-                            ));
+                            problem.get_or_insert(PlanError::UnsupportedAggregate {
+                                distinct: params.distinct,
+                                name,
+                            });
                             (AggFunc::Count, String::new())
                         }
                     };
                     let idx = match aggs.iter().position(|a| a.label == label && !label.is_empty()) {
                         Some(i) => i,
                         None => {
-                            aggs.push(AggSpec { func, column: column.map(|(_, i)| i), label });
+                            aggs.push(AggSpec {
+                                func,
+                                column: column.map(|(_, i)| i),
+                                label,
+                            });
                             aggs.len() - 1
                         }
                     };
-                    Ok(Transformed::yes(Expr::Column(Column::from_name(format!("__agg_{idx}")))))
+                    Ok(Transformed::yes(Expr::Column(Column::from_name(format!(
+                        "__agg_{idx}"
+                    )))))
                 }
                 Expr::Column(c) if !c.name.starts_with("__agg_") && !group_by.iter().any(|(g, _)| *g == c.name) => {
-                    problems.push(format!("having: column {:?} is neither aggregated nor in group_by", c.name));
+                    problem.get_or_insert(PlanError::NotGrouped { column: c.name.clone() });
                     Ok(Transformed::no(Expr::Column(c)))
                 }
                 other => Ok(Transformed::no(other)),
             })
-            .map_err(|e| format!("having: {e}"))?
+            .map_err(datafusion)?
             .data;
-        if let Some(p) = problems.into_iter().next() {
+        if let Some(p) = problem {
             return Err(p);
         }
         if aggs.is_empty() {
-            return Err("having: needs at least one aggregate such as count(*)".into());
+            return Err(PlanError::NoAggregate);
         }
         let mut fields: Vec<Field> = group_by
             .iter()
@@ -418,12 +531,16 @@ impl Compiler {
             fields.push(Field::new(format!("__agg_{i}"), t, true));
         }
         let schema: SchemaRef = Arc::new(Schema::new(fields));
-        let df = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| format!("having: {e}"))?;
-        let t = rewritten.get_type(&df).map_err(|e| format!("having: {e}"))?;
+        let df = DFSchema::try_from(schema.as_ref().clone()).map_err(datafusion)?;
+        let t = rewritten.get_type(&df).map_err(datafusion)?;
         if t != DataType::Boolean {
-            return Err(format!("having: must be a boolean expression, but {sql:?} is {t}"));
+            return Err(PlanError::NotBoolean {
+                what: WHAT,
+                sql: sql.to_string(),
+                found: t,
+            });
         }
-        let expr = self.plan(rewritten, "having", &df)?;
+        let expr = self.plan(rewritten, WHAT, &df)?;
         Ok(HavingPlan { aggs, schema, expr })
     }
 }
@@ -456,15 +573,24 @@ fn contains_aggregate(e: &Expr) -> bool {
 
 /// `, did you mean "x"?` for the closest known name, when it is close enough.
 pub fn did_you_mean(name: &str, candidates: &[String]) -> String {
+    closest(name, candidates).as_deref().map(suggest).unwrap_or_default()
+}
+
+/// The candidate closest to `name`, when it is close enough to be a typo of it.
+fn closest(name: &str, candidates: &[String]) -> Option<String> {
     let best = candidates
         .iter()
         .filter(|c| !c.starts_with("__"))
         .map(|c| (levenshtein(name, c), c))
         .min_by_key(|(d, _)| *d);
     match best {
-        Some((d, c)) if d <= (name.len() / 3).max(2) => format!(", did you mean {c:?}?"),
-        _ => String::new(),
+        Some((d, c)) if d <= (name.len() / 3).max(2) => Some(c.clone()),
+        _ => None,
     }
+}
+
+fn suggest(candidate: &str) -> String {
+    format!(", did you mean {candidate:?}?")
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {
@@ -547,6 +673,62 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("unknown field `wehre`"), "{e}");
+    }
+
+    #[test]
+    fn errors_say_which_check_failed() {
+        let error = |yaml: String| {
+            let src = RuleSource::parse(Path::new("t.yaml"), yaml).expect("parses");
+            Compiler::new(RevocationList::default())
+                .compile(src)
+                .expect_err("does not compile")
+        };
+        let detection = |rest: &str| format!("{HEAD}kind: detection\ndetection:\n  where: \"true\"\n{rest}");
+        let e = error(detection("  window: {type: tumbling, size: 1m, slide: 10s}\n"));
+        assert!(matches!(e.error, PlanError::TumblingWithSlide), "{e}");
+        assert_eq!(e.to_string(), "t.yaml: rule t: window: a tumbling window has no slide");
+        let e = error(detection("  window: {type: sliding, size: 1m}\n"));
+        assert_eq!(e.to_string(), "t.yaml: rule t: window: a sliding window needs slide");
+        let e = error(detection("  window: {type: sliding, size: 1m, slide: 7s}\n"));
+        assert_eq!(
+            e.to_string(),
+            "t.yaml: rule t: window: slide must divide the window size"
+        );
+        let e = error(detection(
+            "  group_by: [source_principal]\n  window: {type: tumbling, size: 1m}\n  having: avg(status) > 1\n",
+        ));
+        assert!(
+            matches!(&e.error, PlanError::UnsupportedAggregate { name, distinct: false } if name == "avg"),
+            "{e}"
+        );
+        let e = error(detection(
+            "  group_by: [source_principal]\n  window: {type: tumbling, size: 1m}\n  having: count(*) > 1 AND status > 3\n",
+        ));
+        assert_eq!(
+            e.to_string(),
+            "t.yaml: rule t: having: column \"status\" is neither aggregated nor in group_by"
+        );
+        let e = error(format!(
+            "{HEAD}kind: first_seen\nfirst_seen:\n  keys: []\n  learning: 1h\n"
+        ));
+        assert!(matches!(e.error, PlanError::NoKeys { kind: Kind::FirstSeen }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "t.yaml: rule t: first_seen: keys must name at least one column"
+        );
+        let e = error(detection("respond: {entity: source_principl, ttl: 1h}\n"));
+        assert!(
+            matches!(&e.error, PlanError::UnknownColumn { what, suggestion: Some(s), .. } if *what == "respond.entity" && s == "source_principal"),
+            "{e}"
+        );
+        // DataFusion's error stays reachable as the source, behind its first line.
+        let e = error(format!("{HEAD}kind: detection\ndetection:\n  where: status = = 3\n"));
+        assert!(matches!(e.error, PlanError::Sql { .. }), "{e}");
+        let source = std::error::Error::source(&e).and_then(std::error::Error::source);
+        assert!(
+            source.is_some_and(|s| s.to_string().contains("SQL error")),
+            "{source:?}"
+        );
     }
 
     #[test]

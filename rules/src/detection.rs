@@ -10,10 +10,11 @@ use verity_model::alert::{Alert, AlertStatus, Evidence};
 
 use crate::compile::{AggFunc, CompiledRule, DetectionPlan, HavingPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
+use crate::eval_error::EvalError;
 use crate::evidence::{Key, Rows, group_map, push_evidence};
 use crate::key_groups;
 use crate::kind::RuleKind;
-use crate::mask::{PLAN_MISMATCH, eval_bool, visible};
+use crate::mask::{eval_bool, visible};
 
 #[derive(Default)]
 pub struct DetectionState {
@@ -192,7 +193,7 @@ impl DetectionState {
         mask: &BooleanArray,
         watermark_before: Option<i64>,
         out: &mut Vec<Alert>,
-    ) -> Result<(), String> {
+    ) -> Result<(), EvalError> {
         let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
         let Some((size, slide)) = plan.window else {
             // Stateless: one alert per matching event, unless suppressed.
@@ -230,7 +231,7 @@ impl DetectionState {
             .filter(|&row| watermark_before.is_none_or(|w| rows.time(row) >= w))
             .collect();
         let mut runs: Vec<(i64, usize)> = Vec::new();
-        for group in key_groups::group_rows(rows, &plan.group_by, &selected).map_err(|e| e.to_string())? {
+        for group in key_groups::group_rows(rows, &plan.group_by, &selected)? {
             // Every (window, row) of this key; a stable sort keeps batch order within a
             // window, so each window's state is looked up once per key and batch.
             runs.clear();
@@ -415,7 +416,7 @@ fn agg_value(g: &Group, f: AggFunc, i: usize) -> f64 {
     }
 }
 
-fn evaluate_having(h: &HavingPlan, plan: &DetectionPlan, groups: &[(Key, Group)]) -> Result<Vec<bool>, String> {
+fn evaluate_having(h: &HavingPlan, plan: &DetectionPlan, groups: &[(Key, Group)]) -> Result<Vec<bool>, EvalError> {
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (i, _) in plan.group_by.iter().enumerate() {
         let values: StringArray = groups.iter().map(|(k, _)| k[i].as_deref()).collect();
@@ -436,13 +437,13 @@ fn evaluate_having(h: &HavingPlan, plan: &DetectionPlan, groups: &[(Key, Group)]
             }
         }
     }
-    let batch = RecordBatch::try_new(h.schema.clone(), columns).map_err(|e| e.to_string())?;
+    let batch = RecordBatch::try_new(h.schema.clone(), columns)?;
     let v = h
         .expr
         .evaluate(&batch)
         .and_then(|v| v.into_array(batch.num_rows()))
-        .map_err(|e| e.to_string())?;
-    let b = v.as_boolean_opt().ok_or("having did not evaluate to booleans")?;
+        .map_err(|source| EvalError::Expression { what: "having", source })?;
+    let b = v.as_boolean_opt().ok_or(EvalError::NotBoolean { what: "having" })?;
     Ok(b.iter().map(|x| x == Some(true)).collect())
 }
 
@@ -454,11 +455,11 @@ impl RuleKind for DetectionState {
         hidden: Option<&BooleanArray>,
         watermark_before: Option<i64>,
         out: &mut Vec<Alert>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, EvalError> {
         let Plan::Detection(p) = &rule.plan else {
-            return Err(PLAN_MISMATCH.into());
+            return Err(EvalError::PlanMismatch);
         };
-        let mask = visible(eval_bool(&p.filter, rows.batch)?, hidden)?;
+        let mask = visible(eval_bool(&p.filter, "where", rows.batch)?, hidden)?;
         DetectionState::process(self, p, rule, rows, &mask, watermark_before, out)?;
         Ok(mask.true_count() as u64)
     }

@@ -16,6 +16,7 @@ use crate::absence::AbsenceState;
 use crate::assertion::{AssertionState, KeyStatus};
 use crate::compile::{CompiledRule, Plan};
 use crate::detection::DetectionState;
+use crate::eval_error::EvalError;
 use crate::evidence::Rows;
 use crate::first_seen::FirstSeenState;
 use crate::kind::RuleKind;
@@ -396,7 +397,7 @@ fn process_slot(
     hidden: Option<&BooleanArray>,
     watermark_before: Option<i64>,
     out: &mut Vec<Alert>,
-) -> Result<(), String> {
+) -> Result<(), EvalError> {
     slot.matched += slot.state.process(&slot.rule, rows, hidden, watermark_before, out)?;
     Ok(())
 }

@@ -346,6 +346,19 @@ fn a_flood_of_new_keys_is_bounded_by_eviction() {
     }
 }
 
+#[test]
+fn a_state_given_another_kinds_rule_is_an_evaluation_error() {
+    use crate::kind::RuleKind;
+    let src = RuleSource::parse(Path::new("t.yaml"), BURST.to_string()).expect("parse");
+    let rule = Compiler::new(RevocationList::default()).compile(src).expect("compile");
+    let b = batch(&[ev(0, "a", Decision::DenyRbac)]);
+    let rows = crate::evidence::Rows::new(&b).expect("event schema");
+    let mut state = crate::assertion::AssertionState::default();
+    let e = RuleKind::process(&mut state, &rule, &rows, None, None, &mut Vec::new()).unwrap_err();
+    assert!(matches!(e, crate::eval_error::EvalError::PlanMismatch), "{e}");
+    assert_eq!(e.to_string(), "rule state does not match its plan");
+}
+
 mod split_property {
     use proptest::prelude::*;
 

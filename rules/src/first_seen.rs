@@ -11,10 +11,11 @@ use verity_model::alert::{Alert, AlertStatus};
 
 use crate::compile::{CompiledRule, FirstSeenPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
+use crate::eval_error::EvalError;
 use crate::evidence::{Key, Rows, group_map};
 use crate::key_groups;
 use crate::kind::RuleKind;
-use crate::mask::{PLAN_MISMATCH, eval_filter, visible};
+use crate::mask::{eval_filter, visible};
 
 #[derive(Default)]
 pub struct FirstSeenState {
@@ -111,12 +112,12 @@ impl FirstSeenState {
         rows: &Rows<'_>,
         mask: &BooleanArray,
         out: &mut Vec<Alert>,
-    ) -> Result<(), String> {
+    ) -> Result<(), EvalError> {
         let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
         let selected: Vec<usize> = mask.values().set_indices().collect();
         // One lookup per key and batch; a key's first row is where a new key is seen first,
         // and groups come in the order of their first rows, as the alerts did row by row.
-        for group in key_groups::group_rows(rows, &plan.keys, &selected).map_err(|e| e.to_string())? {
+        for group in key_groups::group_rows(rows, &plan.keys, &selected)? {
             if group.key.iter().all(Option::is_none) {
                 continue;
             }
@@ -160,9 +161,9 @@ impl RuleKind for FirstSeenState {
         hidden: Option<&BooleanArray>,
         _watermark_before: Option<i64>,
         out: &mut Vec<Alert>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, EvalError> {
         let Plan::FirstSeen(p) = &rule.plan else {
-            return Err(PLAN_MISMATCH.into());
+            return Err(EvalError::PlanMismatch);
         };
         let mask = visible(eval_filter(p.filter.as_ref(), rows.batch)?, hidden)?;
         FirstSeenState::process(self, p, rule, rows, &mask, out)?;

@@ -12,6 +12,7 @@ use arrow::array::BooleanArray;
 use verity_model::alert::Alert;
 
 use crate::compile::CompiledRule;
+use crate::eval_error::EvalError;
 use crate::evidence::Rows;
 
 /// What the engine does with every rule, whatever its kind.
@@ -25,7 +26,7 @@ pub(crate) trait RuleKind: Send {
         hidden: Option<&BooleanArray>,
         watermark_before: Option<i64>,
         out: &mut Vec<Alert>,
-    ) -> Result<u64, String>;
+    ) -> Result<u64, EvalError>;
 
     /// Event time has reached `watermark`: windows close, silence and staleness show.
     fn advance(&mut self, _rule: &CompiledRule, _watermark: i64, _out: &mut Vec<Alert>) {}

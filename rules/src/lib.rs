@@ -7,7 +7,7 @@
 //! - [`engine`]: runs a compiled rule set over batches with a watermark and emits alerts;
 //!   it drives every rule through one trait (`kind.rs`), which each kind implements over its
 //!   own state: [`detection`], [`assertion`], [`first_seen`], [`absence`]; `emit.rs` builds
-//!   their alerts.
+//!   their alerts; what makes a rule fail on a batch is an [`eval_error::EvalError`].
 //! - [`revocation`]: the revocation list rules consult through `is_revoked(principal)`.
 //! - [`pack`]: the built-in zero-trust rule pack, embedded in the binary.
 
@@ -21,6 +21,7 @@ pub mod detection;
 pub mod duration;
 mod emit;
 pub mod engine;
+pub mod eval_error;
 pub mod event_clock;
 mod evidence;
 pub mod first_seen;

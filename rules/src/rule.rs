@@ -127,31 +127,48 @@ struct RawRuleFile {
     tests: Vec<TestCase>,
 }
 
-impl TryFrom<RawRuleFile> for RuleFile {
-    type Error = String;
+/// Why a rule file's blocks do not fit its `kind` (serde reports it as the file's parse
+/// error, so it reaches the author as a [`LoadError::Invalid`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BodyError {
+    #[error("rule {id}: a `{block}:` block does not belong to kind {}", .kind.as_str())]
+    ForeignBlock {
+        id: String,
+        block: &'static str,
+        kind: Kind,
+    },
+    #[error("rule {id}: kind {name} needs a `{name}:` block", name = .kind.as_str())]
+    MissingBlock { id: String, kind: Kind },
+}
 
-    fn try_from(raw: RawRuleFile) -> Result<Self, String> {
+impl TryFrom<RawRuleFile> for RuleFile {
+    type Error = BodyError;
+
+    fn try_from(raw: RawRuleFile) -> Result<Self, BodyError> {
         let present = [
             ("detection", raw.detection.is_some(), Kind::Detection),
             ("assertion", raw.assertion.is_some(), Kind::Assertion),
             ("first_seen", raw.first_seen.is_some(), Kind::FirstSeen),
             ("absence", raw.absence.is_some(), Kind::Absence),
         ];
-        for (name, present, kind) in present {
+        for (block, present, kind) in present {
             if kind != raw.kind && present {
-                return Err(format!(
-                    "rule {}: a `{name}:` block does not belong to kind {}",
-                    raw.id,
-                    raw.kind.as_str()
-                ));
+                return Err(BodyError::ForeignBlock {
+                    id: raw.id,
+                    block,
+                    kind: raw.kind,
+                });
             }
         }
-        let missing = |name: &str| format!("rule {}: kind {name} needs a `{name}:` block", raw.id);
+        let missing = || BodyError::MissingBlock {
+            id: raw.id.clone(),
+            kind: raw.kind,
+        };
         let body = match raw.kind {
-            Kind::Detection => RuleBody::Detection(raw.detection.ok_or_else(|| missing("detection"))?),
-            Kind::Assertion => RuleBody::Assertion(raw.assertion.ok_or_else(|| missing("assertion"))?),
-            Kind::FirstSeen => RuleBody::FirstSeen(raw.first_seen.ok_or_else(|| missing("first_seen"))?),
-            Kind::Absence => RuleBody::Absence(raw.absence.ok_or_else(|| missing("absence"))?),
+            Kind::Detection => RuleBody::Detection(raw.detection.ok_or_else(missing)?),
+            Kind::Assertion => RuleBody::Assertion(raw.assertion.ok_or_else(missing)?),
+            Kind::FirstSeen => RuleBody::FirstSeen(raw.first_seen.ok_or_else(missing)?),
+            Kind::Absence => RuleBody::Absence(raw.absence.ok_or_else(missing)?),
         };
         Ok(Self {
             id: raw.id,
