@@ -10,7 +10,6 @@ use crate::compile::{AbsencePlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::eval_error::EvalError;
 use crate::evidence::{Key, Rows, group_map};
-use crate::key_groups;
 use crate::kind::RuleKind;
 use crate::mask::{eval_filter, visible};
 
@@ -54,41 +53,22 @@ impl AbsenceState {
         mask: &BooleanArray,
         out: &mut Vec<Alert>,
     ) -> Result<(), EvalError> {
-        let selected: Vec<usize> = mask.values().set_indices().collect();
-        // One lookup per key and batch: only a key's first row can end its silence.
-        for group in key_groups::group_rows(rows, &plan.keys, &selected)? {
-            let Some(&first) = group.rows.first() else { continue };
-            let t = rows.time(first);
-            let latest = group.rows.iter().map(|&row| rows.time(row)).max().unwrap_or(t);
-            let Some(s) = self.keys.get_mut(&group.key) else {
-                self.keys.insert(
-                    group.key,
-                    Seen {
-                        last: latest,
-                        silent: false,
-                    },
-                );
+        for row in mask.values().set_indices() {
+            let t = rows.time(row);
+            let key = rows.key(&plan.keys, row);
+            // The key is moved into the map for a new key, never cloned.
+            let Some(s) = self.keys.get_mut(&key) else {
+                self.keys.insert(key, Seen { last: t, silent: false });
                 continue;
             };
-            s.last = s.last.max(latest);
+            s.last = s.last.max(t);
             if s.silent {
                 s.silent = false;
-                let group_values = group_map(&plan.keys, &group.key);
-                let summary = format!(
-                    "{}: telemetry resumed for {}",
-                    rule.rule().title,
-                    describe(&group_values)
-                );
+                let group = group_map(&plan.keys, &key);
+                let summary = format!("{}: telemetry resumed for {}", rule.rule().title, describe(&group));
                 out.push(make_alert(
                     rule,
-                    AlertParts::at(
-                        AlertStatus::Resolved,
-                        group_values,
-                        t,
-                        vec![rows.evidence(first)],
-                        None,
-                        summary,
-                    ),
+                    AlertParts::at(AlertStatus::Resolved, group, t, vec![rows.evidence(row)], None, summary),
                 ));
             }
         }

@@ -12,7 +12,6 @@ use crate::compile::{AggFunc, CompiledRule, DetectionPlan, HavingPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::eval_error::EvalError;
 use crate::evidence::{Key, Rows, group_map, push_evidence};
-use crate::key_groups;
 use crate::kind::RuleKind;
 use crate::mask::{eval_bool, visible};
 
@@ -224,44 +223,30 @@ impl DetectionState {
             return Ok(());
         };
         let track = rule.rule().respond.is_some();
-        // Late rows are counted by the engine and kept out of window state.
-        let selected: Vec<usize> = mask
-            .values()
-            .set_indices()
-            .filter(|&row| watermark_before.is_none_or(|w| rows.time(row) >= w))
-            .collect();
-        let mut runs: Vec<(i64, usize)> = Vec::new();
-        for group in key_groups::group_rows(rows, &plan.group_by, &selected)? {
-            // Every (window, row) of this key; a stable sort keeps batch order within a
-            // window, so each window's state is looked up once per key and batch.
-            runs.clear();
-            for &row in &group.rows {
-                let t = rows.time(row);
-                let mut start = t.div_euclid(slide).saturating_mul(slide);
-                while start > t.saturating_sub(size) {
-                    runs.push((start, row));
-                    start = start.saturating_sub(slide);
-                }
+        for row in mask.values().set_indices() {
+            let t = rows.time(row);
+            if watermark_before.is_some_and(|w| t < w) {
+                continue; // late: counted by the engine, kept out of window state
             }
-            runs.sort_by_key(|&(start, _)| start);
-            for run in runs.chunk_by(|a, b| a.0 == b.0) {
-                let Some(&(start, first)) = run.first() else { continue };
+            let key = rows.key(&plan.group_by, row);
+            let mut start = t.div_euclid(slide).saturating_mul(slide);
+            while start > t.saturating_sub(size) {
                 let windows = self.windows.entry(start).or_default();
+                // The key is cloned only for a group the window does not have yet.
                 let mut fresh = None;
-                let g = match windows.get_mut(&group.key) {
+                let g = match windows.get_mut(&key) {
                     Some(g) => g,
-                    None => fresh.insert(new_group(plan.having.as_ref(), rows.time(first))),
+                    None => fresh.insert(new_group(plan.having.as_ref(), t)),
                 };
-                for &(_, row) in run {
-                    update(g, plan.having.as_ref(), rows, row, rows.time(row), entity_col);
-                    if track {
-                        let (entitled, sender, trusted) = rows.entitled(row, entity_col);
-                        g.backing.add(entitled, sender, trusted);
-                    }
+                update(g, plan.having.as_ref(), rows, row, t, entity_col);
+                if track {
+                    let (entitled, sender, trusted) = rows.entitled(row, entity_col);
+                    g.backing.add(entitled, sender, trusted);
                 }
                 if let Some(g) = fresh {
-                    windows.insert(group.key.clone(), g);
+                    windows.insert(key.clone(), g);
                 }
+                start = start.saturating_sub(slide);
             }
         }
         Ok(())

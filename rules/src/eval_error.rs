@@ -18,7 +18,7 @@ pub enum EvalError {
     /// An expression the compiler type-checked as boolean gave something else.
     #[error("{what} did not evaluate to booleans")]
     NotBoolean { what: &'static str },
-    /// Arrow could not combine masks, group rows by key or build a batch of aggregates.
+    /// Arrow could not combine masks or build a batch of aggregates.
     #[error("{0}")]
     Arrow(#[from] ArrowError),
     /// The engine gave a state the plan of another kind (a bug, not a property of the input).

@@ -13,7 +13,6 @@ use crate::compile::{CompiledRule, FirstSeenPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::eval_error::EvalError;
 use crate::evidence::{Key, Rows, group_map};
-use crate::key_groups;
 use crate::kind::RuleKind;
 use crate::mask::{eval_filter, visible};
 
@@ -114,37 +113,34 @@ impl FirstSeenState {
         out: &mut Vec<Alert>,
     ) -> Result<(), EvalError> {
         let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
-        let selected: Vec<usize> = mask.values().set_indices().collect();
-        // One lookup per key and batch; a key's first row is where a new key is seen first,
-        // and groups come in the order of their first rows, as the alerts did row by row.
-        for group in key_groups::group_rows(rows, &plan.keys, &selected)? {
-            if group.key.iter().all(Option::is_none) {
+        for row in mask.values().set_indices() {
+            let t = rows.time(row);
+            let key = rows.key(&plan.keys, row);
+            if key.iter().all(Option::is_none) {
                 continue;
             }
-            let Some(&first) = group.rows.first() else { continue };
-            let t = rows.time(first);
-            let latest = group.rows.iter().map(|&row| rows.time(row)).max().unwrap_or(t);
             let start = *self.learn_start.get_or_insert(t);
-            if let Some(seen) = self.learned.get_mut(&group.key) {
+            if let Some(seen) = self.learned.get_mut(&key) {
                 // Recency for eviction; not worth a checkpoint on its own.
-                *seen = (*seen).max(latest);
+                *seen = (*seen).max(t);
                 continue;
             }
-            self.learned.insert(group.key.clone(), latest);
             self.dirty = true;
             if t < start.saturating_add(plan.learning) {
+                self.learned.insert(key, t);
                 continue;
             }
-            let group_values = group_map(&plan.keys, &group.key);
-            let summary = format!("{}: first seen {}", rule.rule().title, describe(&group_values));
+            let group = group_map(&plan.keys, &key);
+            self.learned.insert(key, t);
+            let summary = format!("{}: first seen {}", rule.rule().title, describe(&group));
             out.push(make_alert(
                 rule,
                 AlertParts::at(
                     AlertStatus::Firing,
-                    group_values,
+                    group,
                     t,
-                    vec![rows.evidence(first)],
-                    entity_col.and_then(|c| rows.value(c, first)),
+                    vec![rows.evidence(row)],
+                    entity_col.and_then(|c| rows.value(c, row)),
                     summary,
                 ),
             ));

@@ -25,7 +25,6 @@ pub mod eval_error;
 pub mod event_clock;
 mod evidence;
 pub mod first_seen;
-mod key_groups;
 mod kind;
 mod mask;
 pub mod pack;
