@@ -52,7 +52,7 @@ impl AbsenceState {
         rows: &Rows<'_>,
         mask: &BooleanArray,
         out: &mut Vec<Alert>,
-    ) -> Result<(), EvalError> {
+    ) {
         for row in mask.values().set_indices() {
             let t = rows.time(row);
             let key = rows.key(&plan.keys, row);
@@ -72,7 +72,6 @@ impl AbsenceState {
                 ));
             }
         }
-        Ok(())
     }
 
     pub fn advance(&mut self, plan: &AbsencePlan, rule: &CompiledRule, watermark: i64, out: &mut Vec<Alert>) {
@@ -129,7 +128,7 @@ impl RuleKind for AbsenceState {
             return Err(EvalError::PlanMismatch);
         };
         let mask = visible(eval_filter(p.filter.as_ref(), rows.batch)?, hidden)?;
-        AbsenceState::process(self, p, rule, rows, &mask, out)?;
+        AbsenceState::process(self, p, rule, rows, &mask, out);
         Ok(mask.true_count() as u64)
     }
 

@@ -192,7 +192,7 @@ impl DetectionState {
         mask: &BooleanArray,
         watermark_before: Option<i64>,
         out: &mut Vec<Alert>,
-    ) -> Result<(), EvalError> {
+    ) {
         let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
         let Some((size, slide)) = plan.window else {
             // Stateless: one alert per matching event, unless suppressed.
@@ -220,7 +220,7 @@ impl DetectionState {
                     .backed_by(rule, rows, row),
                 ));
             }
-            return Ok(());
+            return;
         };
         let track = rule.rule().respond.is_some();
         for row in mask.values().set_indices() {
@@ -249,7 +249,6 @@ impl DetectionState {
                 start = start.saturating_sub(slide);
             }
         }
-        Ok(())
     }
 
     /// Closes every window whose end is at or before the watermark.
@@ -445,7 +444,7 @@ impl RuleKind for DetectionState {
             return Err(EvalError::PlanMismatch);
         };
         let mask = visible(eval_bool(&p.filter, "where", rows.batch)?, hidden)?;
-        DetectionState::process(self, p, rule, rows, &mask, watermark_before, out)?;
+        DetectionState::process(self, p, rule, rows, &mask, watermark_before, out);
         Ok(mask.true_count() as u64)
     }
 

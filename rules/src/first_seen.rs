@@ -111,7 +111,7 @@ impl FirstSeenState {
         rows: &Rows<'_>,
         mask: &BooleanArray,
         out: &mut Vec<Alert>,
-    ) -> Result<(), EvalError> {
+    ) {
         let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
         for row in mask.values().set_indices() {
             let t = rows.time(row);
@@ -145,7 +145,6 @@ impl FirstSeenState {
                 ),
             ));
         }
-        Ok(())
     }
 }
 
@@ -162,7 +161,7 @@ impl RuleKind for FirstSeenState {
             return Err(EvalError::PlanMismatch);
         };
         let mask = visible(eval_filter(p.filter.as_ref(), rows.batch)?, hidden)?;
-        FirstSeenState::process(self, p, rule, rows, &mask, out)?;
+        FirstSeenState::process(self, p, rule, rows, &mask, out);
         Ok(mask.true_count() as u64)
     }
 
