@@ -1,7 +1,7 @@
 //! `absence`: alert when a key that used to send telemetry has been silent for a duration
 //! (in event time), and resolve when it is heard from again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use arrow::array::BooleanArray;
 use verity_model::alert::{Alert, AlertStatus};
@@ -9,7 +9,8 @@ use verity_model::alert::{Alert, AlertStatus};
 use crate::compile::{AbsencePlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::eval_error::EvalError;
-use crate::evidence::{Key, Rows, group_map};
+use crate::evidence::{Rows, group_map};
+use crate::state_key::{Key, KeyMap, RowKey};
 use crate::kind::RuleKind;
 use crate::mask::{eval_filter, visible};
 
@@ -20,7 +21,7 @@ struct Seen {
 
 #[derive(Default)]
 pub struct AbsenceState {
-    keys: HashMap<Key, Seen>,
+    keys: KeyMap<Seen>,
 }
 
 impl AbsenceState {
@@ -53,18 +54,18 @@ impl AbsenceState {
         mask: &BooleanArray,
         out: &mut Vec<Alert>,
     ) {
+        let mut row_key = RowKey::default();
         for row in mask.values().set_indices() {
             let t = rows.time(row);
-            let key = rows.key(&plan.keys, row);
-            // The key is moved into the map for a new key, never cloned.
-            let Some(s) = self.keys.get_mut(&key) else {
-                self.keys.insert(key, Seen { last: t, silent: false });
+            let key = row_key.read(rows, &plan.keys, row);
+            let Some(s) = self.keys.get_mut(key) else {
+                self.keys.insert(key.to_key(), Seen { last: t, silent: false });
                 continue;
             };
             s.last = s.last.max(t);
             if s.silent {
                 s.silent = false;
-                let group = group_map(&plan.keys, &key);
+                let group = group_map(&plan.keys, &key.to_key());
                 let summary = format!("{}: telemetry resumed for {}", rule.rule().title, describe(&group));
                 out.push(make_alert(
                     rule,

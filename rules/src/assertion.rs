@@ -7,7 +7,7 @@
 //! - A key with no scoped events for `stale_after` is *unknown* (alert `unknown`: a
 //!   telemetry gap). Its next compliant event makes it hold again (alert `resolved`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray, BooleanArray};
 use verity_model::alert::{Alert, AlertStatus, Evidence};
@@ -15,7 +15,8 @@ use verity_model::alert::{Alert, AlertStatus, Evidence};
 use crate::compile::{AssertionPlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::eval_error::EvalError;
-use crate::evidence::{Key, Rows, group_map, push_evidence};
+use crate::evidence::{Rows, group_map, push_evidence};
+use crate::state_key::{Key, KeyMap, RowKey, state_of};
 use crate::kind::RuleKind;
 use crate::mask::{eval_bool, visible};
 
@@ -49,9 +50,23 @@ struct KeyState {
     entity: Option<String>,
 }
 
+impl KeyState {
+    /// A violated key that has seen only compliant events for `resolve_after` holds again.
+    fn resolves_by(&self, plan: &AssertionPlan, watermark: i64) -> bool {
+        self.status == KeyStatus::Violated
+            && self.compliant_since_violation
+            && watermark >= self.last_violation.saturating_add(plan.resolve_after)
+    }
+
+    /// A key without scoped events for `stale_after` becomes unknown.
+    fn goes_stale_by(&self, plan: &AssertionPlan, watermark: i64) -> bool {
+        self.status != KeyStatus::Unknown && watermark >= self.last_scoped.saturating_add(plan.stale_after)
+    }
+}
+
 #[derive(Default)]
 pub struct AssertionState {
-    keys: HashMap<Key, KeyState>,
+    keys: KeyMap<KeyState>,
     pub checked: u64,
     pub violating: u64,
 }
@@ -142,9 +157,10 @@ impl AssertionState {
         out: &mut Vec<Alert>,
     ) {
         let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
+        let mut row_key = RowKey::default();
         for row in scope.values().set_indices() {
             let t = rows.time(row);
-            let key = rows.key(&plan.per, row);
+            let key = row_key.read(rows, &plan.per, row);
             let ok = if require.is_null(row) {
                 None
             } else {
@@ -152,7 +168,7 @@ impl AssertionState {
             };
             let Some(ok) = ok else { continue };
             self.checked += 1;
-            let s = self.keys.entry(key.clone()).or_insert_with(|| KeyState {
+            let s = state_of(&mut self.keys, key, || KeyState {
                 status: KeyStatus::Unknown,
                 last_scoped: t,
                 first_violation: t,
@@ -178,7 +194,7 @@ impl AssertionState {
                     s.known = true;
                     s.first_violation = t;
                     s.violations = 1;
-                    let group = group_map(&plan.per, &key);
+                    let group = group_map(&plan.per, &key.to_key());
                     let summary = format!("{}: violated for {}", rule.rule().title, describe(&group));
                     out.push(make_alert(
                         rule,
@@ -198,7 +214,7 @@ impl AssertionState {
                     KeyStatus::Unknown => {
                         s.status = KeyStatus::Holding;
                         if s.known {
-                            let group = group_map(&plan.per, &key);
+                            let group = group_map(&plan.per, &key.to_key());
                             let summary = format!(
                                 "{}: telemetry is back and the assertion holds for {}",
                                 rule.rule().title,
@@ -215,13 +231,19 @@ impl AssertionState {
     }
 
     pub fn advance(&mut self, plan: &AssertionPlan, rule: &CompiledRule, watermark: i64, out: &mut Vec<Alert>) {
-        let mut keys: Vec<&Key> = self.keys.keys().collect();
-        keys.sort();
-        let keys: Vec<Key> = keys.into_iter().cloned().collect();
-        for key in keys {
+        // Only keys whose state changes at this watermark are copied and sorted (for a stable
+        // alert order), not every key at every advance.
+        let mut due: Vec<Key> = self
+            .keys
+            .iter()
+            .filter(|(_, s)| s.resolves_by(plan, watermark) || s.goes_stale_by(plan, watermark))
+            .map(|(k, _)| k.clone())
+            .collect();
+        due.sort();
+        for key in due {
             let Some(s) = self.keys.get_mut(&key) else { continue };
             let resolve_at = s.last_violation.saturating_add(plan.resolve_after);
-            if s.status == KeyStatus::Violated && s.compliant_since_violation && watermark >= resolve_at {
+            if s.resolves_by(plan, watermark) {
                 s.status = KeyStatus::Holding;
                 let group = group_map(&plan.per, &key);
                 let summary = format!(
@@ -234,7 +256,7 @@ impl AssertionState {
                 s.evidence.clear();
             }
             let stale_at = s.last_scoped.saturating_add(plan.stale_after);
-            if s.status != KeyStatus::Unknown && watermark >= stale_at {
+            if s.goes_stale_by(plan, watermark) {
                 s.status = KeyStatus::Unknown;
                 let group = group_map(&plan.per, &key);
                 let summary = format!(

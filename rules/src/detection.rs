@@ -1,7 +1,7 @@
 //! Detection state: per-event alerts (no window) or per-window aggregates with `having`,
 //! tumbling or sliding in event time, with per-key suppression.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
@@ -11,16 +11,17 @@ use verity_model::alert::{Alert, AlertStatus, Evidence};
 use crate::compile::{AggFunc, CompiledRule, DetectionPlan, HavingPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::eval_error::EvalError;
-use crate::evidence::{Key, Rows, group_map, push_evidence};
+use crate::evidence::{Rows, group_map, push_evidence};
+use crate::state_key::{Key, KeyMap, RowKey, ValueSet, state_of};
 use crate::kind::RuleKind;
 use crate::mask::{eval_bool, visible};
 
 #[derive(Default)]
 pub struct DetectionState {
     /// Window start → group key → aggregate state.
-    windows: BTreeMap<i64, HashMap<Key, Group>>,
+    windows: BTreeMap<i64, KeyMap<Group>>,
     /// Group key → no alert before this event time.
-    suppressed_until: HashMap<Key, i64>,
+    suppressed_until: KeyMap<i64>,
 }
 
 #[derive(Default, Clone, Serialize, Deserialize)]
@@ -30,7 +31,7 @@ struct Group {
     last: i64,
     /// One slot per aggregate of the rule's `having`.
     counts: Vec<u64>,
-    distinct: Vec<HashSet<String>>,
+    distinct: Vec<ValueSet>,
     numbers: Vec<Option<f64>>,
     evidence: Vec<Evidence>,
     entity: Option<String>,
@@ -56,7 +57,7 @@ fn checkpoint_path(dir: &std::path::Path, rule_id: &str) -> std::path::PathBuf {
 
 impl DetectionState {
     pub fn open_groups(&self) -> usize {
-        self.windows.values().map(HashMap::len).sum()
+        self.windows.values().map(KeyMap::len).sum()
     }
 
     /// Writes the open windows and suppression to `<dir>/<rule id>.windows.json` (atomically:
@@ -146,7 +147,7 @@ impl DetectionState {
                 .into_iter()
                 .map(|(start, k)| (start, k.clone()))
                 .collect();
-            let mut by_window: BTreeMap<i64, HashMap<Key, Group>> = BTreeMap::new();
+            let mut by_window: BTreeMap<i64, KeyMap<Group>> = BTreeMap::new();
             for (start, key) in victims {
                 let Some(window) = self.windows.get_mut(&start) else {
                     continue;
@@ -196,12 +197,14 @@ impl DetectionState {
         let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
         let Some((size, slide)) = plan.window else {
             // Stateless: one alert per matching event, unless suppressed.
+            let mut row_key = RowKey::default();
             for row in mask.values().set_indices() {
                 let t = rows.time(row);
-                let key = rows.key(&plan.group_by, row);
-                if self.suppressed_until.get(&key).is_some_and(|until| t < *until) {
+                let borrowed = row_key.read(rows, &plan.group_by, row);
+                if self.suppressed_until.get(borrowed).is_some_and(|until| t < *until) {
                     continue;
                 }
+                let key = borrowed.to_key();
                 if let Some(s) = plan.suppress {
                     self.suppressed_until.insert(key.clone(), t.saturating_add(s));
                 }
@@ -223,28 +226,21 @@ impl DetectionState {
             return;
         };
         let track = rule.rule().respond.is_some();
+        let mut row_key = RowKey::default();
         for row in mask.values().set_indices() {
             let t = rows.time(row);
             if watermark_before.is_some_and(|w| t < w) {
                 continue; // late: counted by the engine, kept out of window state
             }
-            let key = rows.key(&plan.group_by, row);
+            let key = row_key.read(rows, &plan.group_by, row);
             let mut start = t.div_euclid(slide).saturating_mul(slide);
             while start > t.saturating_sub(size) {
                 let windows = self.windows.entry(start).or_default();
-                // The key is cloned only for a group the window does not have yet.
-                let mut fresh = None;
-                let g = match windows.get_mut(&key) {
-                    Some(g) => g,
-                    None => fresh.insert(new_group(plan.having.as_ref(), t)),
-                };
+                let g = state_of(windows, key, || new_group(plan.having.as_ref(), t));
                 update(g, plan.having.as_ref(), rows, row, t, entity_col);
                 if track {
                     let (entitled, sender, trusted) = rows.entitled(row, entity_col);
                     g.backing.add(entitled, sender, trusted);
-                }
-                if let Some(g) = fresh {
-                    windows.insert(key.clone(), g);
                 }
                 start = start.saturating_sub(slide);
             }
@@ -277,7 +273,7 @@ impl DetectionState {
         rule: &CompiledRule,
         start: i64,
         end: i64,
-        groups: HashMap<Key, Group>,
+        groups: KeyMap<Group>,
         out: &mut Vec<Alert>,
     ) {
         let mut groups: Vec<(Key, Group)> = groups.into_iter().collect();
@@ -347,7 +343,7 @@ fn new_group(having: Option<&HavingPlan>, t: i64) -> Group {
         first: t,
         last: t,
         counts: vec![0; n],
-        distinct: vec![HashSet::new(); n],
+        distinct: vec![ValueSet::default(); n],
         numbers: vec![None; n],
         ..Default::default()
     }

@@ -10,14 +10,13 @@ use verity_model::alert::Evidence;
 use verity_model::event::col;
 use verity_model::time::format_rfc3339_ns;
 
+use crate::state_key::Key;
+
 /// How many evidence events an alert carries at most.
 pub const MAX_EVIDENCE: usize = 5;
 
 /// `rules.max_evidence_bytes` unless set: how much of an event's line its evidence keeps.
 pub const DEFAULT_EVIDENCE_BYTES: usize = 4096;
-
-/// A group key: the values of the key columns, in rule order.
-pub type Key = Vec<Option<String>>;
 
 pub struct Rows<'b> {
     pub batch: &'b RecordBatch,
@@ -143,10 +142,6 @@ impl<'b> Rows<'b> {
     fn named(&self, name: &str, row: usize) -> Option<String> {
         let i = self.batch.schema().index_of(name).ok()?;
         self.value(i, row)
-    }
-
-    pub fn key(&self, columns: &[(String, usize)], row: usize) -> Key {
-        columns.iter().map(|(_, c)| self.value(*c, row)).collect()
     }
 
     /// The row as evidence: its key facts and its line, cut to the configured size (the line

@@ -2,7 +2,6 @@
 //! appears that was not seen during the learning period. The learned set is saved under the
 //! engine's state directory and survives restarts.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use arrow::array::BooleanArray;
@@ -12,7 +11,8 @@ use verity_model::alert::{Alert, AlertStatus};
 use crate::compile::{CompiledRule, FirstSeenPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::eval_error::EvalError;
-use crate::evidence::{Key, Rows, group_map};
+use crate::evidence::{Rows, group_map};
+use crate::state_key::{Key, KeyMap, RowKey};
 use crate::kind::RuleKind;
 use crate::mask::{eval_filter, visible};
 
@@ -20,7 +20,7 @@ use crate::mask::{eval_filter, visible};
 pub struct FirstSeenState {
     learn_start: Option<i64>,
     /// Each learned tuple with the event time it was last seen (for eviction).
-    learned: HashMap<Key, i64>,
+    learned: KeyMap<i64>,
     dirty: bool,
 }
 
@@ -113,19 +113,21 @@ impl FirstSeenState {
         out: &mut Vec<Alert>,
     ) {
         let entity_col = rule.entity.as_ref().map(|(_, c)| *c);
+        let mut row_key = RowKey::default();
         for row in mask.values().set_indices() {
             let t = rows.time(row);
-            let key = rows.key(&plan.keys, row);
-            if key.iter().all(Option::is_none) {
+            let borrowed = row_key.read(rows, &plan.keys, row);
+            if borrowed.is_all_null() {
                 continue;
             }
             let start = *self.learn_start.get_or_insert(t);
-            if let Some(seen) = self.learned.get_mut(&key) {
+            if let Some(seen) = self.learned.get_mut(borrowed) {
                 // Recency for eviction; not worth a checkpoint on its own.
                 *seen = (*seen).max(t);
                 continue;
             }
             self.dirty = true;
+            let key = borrowed.to_key();
             if t < start.saturating_add(plan.learning) {
                 self.learned.insert(key, t);
                 continue;

@@ -31,6 +31,7 @@ pub mod pack;
 pub mod revocation;
 pub mod rule;
 pub mod state_bound;
+mod state_key;
 
 pub use compile::{CompileError, CompiledRule, Compiler};
 pub use engine::{Engine, EngineSettings, EngineStats};
