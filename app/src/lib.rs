@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod log_files;
 pub mod redaction;
+pub mod replay;
 pub mod rules_cli;
 pub mod telemetry;
 pub mod wiring;

@@ -1,6 +1,6 @@
 //! The `verity` command line: `run`, `validate` and `normalize`.
 
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,11 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use verity::config::{self, LogFormat, Settings};
-use verity_collector::bounded_lines;
-use verity_collector::normalize::limits::RecordLimits;
-use verity_collector::normalize::{self, Ctx, FormatHint};
-use verity_model::EventBatchBuilder;
-use verity_model::event::IngestSource;
+use verity::log_files::{self, ReadSettings};
+use verity_collector::normalize::FormatHint;
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +46,10 @@ struct ReplayArgs {
     /// `rules.max_keys`).
     #[arg(long, default_value_t = 100_000)]
     max_keys: usize,
+    /// Threads reading and normalizing lines (default: one per core); the rules run on one
+    /// more.
+    #[arg(long)]
+    workers: Option<usize>,
     /// Log files; `-` reads standard input.
     #[arg(required = true)]
     files: Vec<String>,
@@ -401,6 +402,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         revoked,
         lateness_secs,
         max_keys,
+        workers,
         files,
     } = args;
     let time = |s: Option<String>, what: &str| -> anyhow::Result<Option<i64>> {
@@ -409,7 +411,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         })
         .transpose()
     };
-    let opts = verity::rules_cli::ReplayOptions {
+    let opts = verity::replay::ReplayOptions {
         rules,
         builtin_pack: !no_builtin,
         since_ns: time(since, "since")?,
@@ -417,64 +419,35 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         revoked,
         lateness_ns: i64::try_from(lateness_secs).unwrap_or(5).saturating_mul(1_000_000_000),
         max_keys: max_keys.max(1),
+        workers: workers.unwrap_or(ReadSettings::default().workers).max(1),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    verity::rules_cli::replay(&opts, &files, &mut out, &mut std::io::stderr())?;
+    verity::replay::replay(&opts, &files, &mut out, &mut std::io::stderr())?;
     Ok(ExitCode::SUCCESS)
 }
-
-/// Rows per output chunk, so memory stays flat on large files.
-const CHUNK_ROWS: usize = 8192;
 
 fn normalize_files(format: FormatHint, files: &[String]) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut stderr = std::io::stderr().lock();
-    let mut builder = EventBatchBuilder::with_capacity(CHUNK_ROWS);
     let (mut ok, mut failed) = (0u64, 0u64);
-    let mut buf = Vec::new();
-    for name in files {
-        let reader: Box<dyn Read> = if name == "-" {
-            Box::new(std::io::stdin())
-        } else {
-            Box::new(std::fs::File::open(name).with_context(|| format!("cannot open {name}"))?)
-        };
-        let mut reader = BufReader::with_capacity(1 << 20, reader);
-        let mut line_no = 0u64;
-        let limits = RecordLimits::default();
-        while let Some(len) = bounded_lines::read_line(&mut reader, &mut buf, limits.max_record_bytes.saturating_add(1))
-            .with_context(|| format!("cannot read {name}"))?
-        {
-            line_no += 1;
-            let ctx = Ctx::now(IngestSource::File);
-            let result = match std::str::from_utf8(&buf) {
-                _ if len > limits.max_record_bytes as u64 => Err(normalize::Rejection::new(
-                    normalize::RejectReason::RecordTooLarge,
-                    format!("line is {len} bytes, more than {}", limits.max_record_bytes),
-                )),
-                Ok(line) if line.trim().is_empty() => continue,
-                Ok(line) => normalize::normalize_line(line, format, &ctx).map(|ev| builder.append(&ev)),
-                Err(e) => Err(normalize::Rejection::new(
-                    normalize::RejectReason::InvalidUtf8,
-                    format!("line is not UTF-8: {e}"),
-                )),
-            };
-            match result {
-                Ok(()) => ok += 1,
-                Err(rejection) => {
-                    failed += 1;
-                    writeln!(stderr, "{name}:{line_no}: {rejection}")?;
-                }
-            }
-            if builder.len() >= CHUNK_ROWS {
-                verity_model::json::write_jsonl(&mut out, &builder.finish()?)?;
-            }
+    let settings = ReadSettings {
+        format,
+        ..ReadSettings::default()
+    };
+    log_files::for_each_chunk(files, &settings, &|_| true, |chunk| -> anyhow::Result<()> {
+        let name = files.get(chunk.file).map_or("-", String::as_str);
+        for r in &chunk.rejects {
+            failed += 1;
+            writeln!(stderr, "{name}:{}: {}", r.line, r.rejection)?;
         }
-    }
-    if !builder.is_empty() {
-        verity_model::json::write_jsonl(&mut out, &builder.finish()?)?;
-    }
+        ok += chunk.events;
+        if let Some(batch) = &chunk.batch {
+            verity_model::json::write_jsonl(&mut out, batch)?;
+        }
+        Ok(())
+    })?;
     out.flush()?;
     writeln!(stderr, "normalized {ok} lines, rejected {failed}")?;
     Ok(if ok == 0 && failed > 0 {

@@ -1,19 +1,16 @@
-//! `verity rules check`, `verity rules test` and `verity replay`: the rule author's tools.
-//! They live in the collector because rule test cases are real log lines, which only the
+//! `verity rules check` and `verity rules test`: the rule author's tools (with `verity replay`,
+//! in `replay.rs`). They live here because rule test cases are real log lines, which only the
 //! collector's normalizers can read.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use verity_model::event::IngestSource;
 use verity_model::{Alert, EventBatchBuilder};
 use verity_rules::rule::{ExpectedAlert, RuleSource, TestCase, load_paths};
 use verity_rules::{Compiler, Engine, EngineSettings, RevocationList};
 
-use verity_collector::bounded_lines;
-use verity_collector::normalize::limits::RecordLimits;
 use verity_collector::normalize::{self, Ctx, FormatHint};
 
 /// Loads and compiles rule files; prints every error. Returns the number of errors.
@@ -216,182 +213,6 @@ pub fn test(paths: &[PathBuf], out: &mut impl Write) -> std::io::Result<(usize, 
     }
     writeln!(out, "{passed} passed, {failed} failed")?;
     Ok((passed, failed))
-}
-
-pub struct ReplayOptions {
-    pub rules: Vec<PathBuf>,
-    pub builtin_pack: bool,
-    pub since_ns: Option<i64>,
-    pub until_ns: Option<i64>,
-    pub revoked: Vec<String>,
-    pub lateness_ns: i64,
-    pub max_keys: usize,
-}
-
-/// Totals of a replay.
-#[derive(Debug, Default)]
-pub struct ReplaySummary {
-    pub lines: u64,
-    pub events: u64,
-    pub rejected: u64,
-    pub alerts: u64,
-}
-
-/// Rejected lines reported one by one before replay only counts them (a large file of
-/// another format must not flood the terminal).
-const MAX_REPORTED_REJECTS: u64 = 100;
-
-fn report_reject(progress: &mut impl Write, summary: &mut ReplaySummary, file: &str, line: u64, why: &str) {
-    summary.rejected += 1;
-    if summary.rejected <= MAX_REPORTED_REJECTS {
-        let _ = writeln!(progress, "{file}:{line}: {why}");
-    } else if summary.rejected == MAX_REPORTED_REJECTS + 1 {
-        let _ = writeln!(progress, "replay: more rejected lines; only counting them from here");
-    }
-}
-
-/// Why a replay stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    #[error("{}", .0.join("\n"))]
-    Rules(Vec<String>),
-    #[error("cannot open {name}")]
-    Open {
-        name: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot read {name}")]
-    Read {
-        name: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot build a batch")]
-    Batch(#[source] arrow::error::ArrowError),
-    #[error("cannot write alerts")]
-    Write(#[source] std::io::Error),
-}
-
-/// Runs the rules over log files in event time and writes alerts as JSON lines.
-pub fn replay(
-    opts: &ReplayOptions,
-    files: &[String],
-    out: &mut impl Write,
-    progress: &mut impl Write,
-) -> Result<ReplaySummary, ReplayError> {
-    let spec = verity_collector::pipeline::rules::RuleSetSpec {
-        builtin_pack: opts.builtin_pack,
-        dirs: opts.rules.clone(),
-    };
-    let revocations = RevocationList::new(opts.revoked.iter().cloned());
-    let rules = spec.load(&revocations).map_err(ReplayError::Rules)?;
-    let mut engine = Engine::new(
-        rules,
-        EngineSettings {
-            lateness_ns: opts.lateness_ns,
-            state_dir: None,
-            max_keys: opts.max_keys,
-            ..EngineSettings::default()
-        },
-    );
-    let mut summary = ReplaySummary::default();
-    let mut builder = EventBatchBuilder::with_capacity(8192);
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    let write_alerts =
-        |alerts: Vec<Alert>, summary: &mut ReplaySummary, out: &mut dyn Write| -> Result<(), ReplayError> {
-            for a in alerts {
-                summary.alerts += 1;
-                serde_json::to_writer(&mut *out, &a).map_err(|e| ReplayError::Write(e.into()))?;
-                out.write_all(b"\n").map_err(ReplayError::Write)?;
-            }
-            Ok(())
-        };
-    let mut buf = Vec::new();
-    for name in files {
-        let reader: Box<dyn Read> = if name == "-" {
-            Box::new(std::io::stdin())
-        } else {
-            Box::new(std::fs::File::open(name).map_err(|source| ReplayError::Open {
-                name: name.clone(),
-                source,
-            })?)
-        };
-        let mut reader = BufReader::with_capacity(1 << 20, reader);
-        let max = RecordLimits::default().max_record_bytes;
-        while let Some(len) =
-            bounded_lines::read_line(&mut reader, &mut buf, max.saturating_add(1)).map_err(|source| {
-                ReplayError::Read {
-                    name: name.clone(),
-                    source,
-                }
-            })?
-        {
-            summary.lines += 1;
-            let line_no = summary.lines;
-            if len > max as u64 {
-                let problem = format!("record_too_large: line is {len} bytes, more than {max}");
-                report_reject(progress, &mut summary, name, line_no, &problem);
-                continue;
-            }
-            let Ok(line) = std::str::from_utf8(&buf) else {
-                report_reject(progress, &mut summary, name, line_no, "invalid_utf8: line is not UTF-8");
-                continue;
-            };
-            if line.trim().is_empty() {
-                continue;
-            }
-            let ctx = Ctx {
-                observed_time_ns: 0,
-                ..Ctx::now(IngestSource::File)
-            };
-            match normalize::normalize_line(line, FormatHint::Auto, &ctx) {
-                Ok(ev) => {
-                    if opts.since_ns.is_some_and(|s| ev.event_time_ns < s)
-                        || opts.until_ns.is_some_and(|u| ev.event_time_ns >= u)
-                    {
-                        continue;
-                    }
-                    summary.events += 1;
-                    builder.append(&ev);
-                }
-                Err(r) => report_reject(progress, &mut summary, name, line_no, &r.to_string()),
-            }
-            if builder.len() >= 8192 {
-                let batch = builder.finish().map_err(ReplayError::Batch)?;
-                write_alerts(engine.process(&batch), &mut summary, out)?;
-            }
-            if last_report.elapsed().as_secs() >= 2 {
-                last_report = Instant::now();
-                let _ = writeln!(
-                    progress,
-                    "replay: {} lines, {} events, {} alerts, {:.0} lines/s",
-                    summary.lines,
-                    summary.events,
-                    summary.alerts,
-                    summary.lines as f64 / started.elapsed().as_secs_f64()
-                );
-            }
-        }
-    }
-    if !builder.is_empty() {
-        let batch = builder.finish().map_err(ReplayError::Batch)?;
-        write_alerts(engine.process(&batch), &mut summary, out)?;
-    }
-    write_alerts(engine.flush(), &mut summary, out)?;
-    out.flush().map_err(ReplayError::Write)?;
-    let secs = started.elapsed().as_secs_f64();
-    let _ = writeln!(
-        progress,
-        "replay: {} lines ({} rejected), {} events, {} alerts in {secs:.1} s ({:.0} lines/s)",
-        summary.lines,
-        summary.rejected,
-        summary.events,
-        summary.alerts,
-        summary.lines as f64 / secs.max(1e-9)
-    );
-    Ok(summary)
 }
 
 #[cfg(test)]
