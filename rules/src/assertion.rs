@@ -10,12 +10,13 @@
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray, BooleanArray};
-use verity_model::alert::{Alert, AlertStatus, Evidence};
+use verity_model::alert::{Alert, AlertStatus};
 
 use crate::compile::{AssertionPlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::eval_error::EvalError;
 use crate::evidence::{Rows, group_map, push_evidence};
+use crate::packed_evidence::{PackedEvidence, unpack_all};
 use crate::state_key::{Key, KeyMap, RowKey, state_of};
 use crate::kind::RuleKind;
 use crate::mask::{eval_bool, visible};
@@ -46,7 +47,7 @@ struct KeyState {
     compliant_since_violation: bool,
     /// Has this key ever held or been violated (so unknown → holding is a resolution)?
     known: bool,
-    evidence: Vec<Evidence>,
+    evidence: Vec<PackedEvidence>,
     entity: Option<String>,
 }
 
@@ -185,7 +186,7 @@ impl AssertionState {
                 s.last_violation = s.last_violation.max(t);
                 s.compliant_since_violation = false;
                 s.violations += 1;
-                push_evidence(&mut s.evidence, || rows.evidence(row));
+                push_evidence(&mut s.evidence, || rows.packed_evidence(row));
                 if s.entity.is_none() {
                     s.entity = entity_col.and_then(|c| rows.value(c, row));
                 }
@@ -202,7 +203,7 @@ impl AssertionState {
                             AlertStatus::Firing,
                             group,
                             t,
-                            s.evidence.clone(),
+                            unpack_all(&s.evidence),
                             s.entity.clone(),
                             summary,
                         ),

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use serde::{Deserialize, Serialize};
-use verity_model::alert::{Alert, AlertStatus, Evidence};
+use verity_model::alert::{Alert, AlertStatus};
 
 use crate::compile::{AggFunc, CompiledRule, DetectionPlan, HavingPlan, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::eval_error::EvalError;
 use crate::evidence::{Rows, group_map, push_evidence};
+use crate::packed_evidence::{PackedEvidence, unpack_all};
 use crate::state_key::{Key, KeyMap, RowKey, ValueSet, state_of};
 use crate::kind::RuleKind;
 use crate::mask::{eval_bool, visible};
@@ -33,7 +34,7 @@ struct Group {
     counts: Vec<u64>,
     distinct: Vec<ValueSet>,
     numbers: Vec<Option<f64>>,
-    evidence: Vec<Evidence>,
+    evidence: Vec<PackedEvidence>,
     entity: Option<String>,
     /// Some event of the group was not its sender's verified evidence.
     unverified: bool,
@@ -326,7 +327,7 @@ impl DetectionState {
                     aggregates,
                     first: g.first,
                     last: g.last,
-                    evidence: g.evidence,
+                    evidence: unpack_all(&g.evidence),
                     entity: g.entity,
                     summary,
                     unverified: g.unverified,
@@ -354,7 +355,7 @@ fn update(g: &mut Group, having: Option<&HavingPlan>, rows: &Rows<'_>, row: usiz
     g.unverified |= !rows.sender_verified(row);
     g.first = g.first.min(t);
     g.last = g.last.max(t);
-    push_evidence(&mut g.evidence, || rows.evidence(row));
+    push_evidence(&mut g.evidence, || rows.packed_evidence(row));
     if g.entity.is_none() {
         g.entity = entity_col.and_then(|c| rows.value(c, row));
     }

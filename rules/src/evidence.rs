@@ -10,6 +10,7 @@ use verity_model::alert::Evidence;
 use verity_model::event::col;
 use verity_model::time::format_rfc3339_ns;
 
+use crate::packed_evidence::{PackedBuilder, PackedEvidence};
 use crate::state_key::Key;
 
 /// How many evidence events an alert carries at most.
@@ -139,15 +140,20 @@ impl<'b> Rows<'b> {
         self.text_value(column, row)?.parse::<f64>().ok()
     }
 
-    fn named(&self, name: &str, row: usize) -> Option<String> {
+    fn named(&self, name: &str, row: usize) -> Option<Cow<'b, str>> {
         let i = self.batch.schema().index_of(name).ok()?;
-        self.value(i, row)
+        self.text_value(i, row)
     }
 
     /// The row as evidence: its key facts and its line, cut to the configured size (the line
-    /// can be as long as `intake.limits.max_record_bytes`, and up to five are kept per open
-    /// group).
+    /// can be as long as `intake.limits.max_record_bytes`).
     pub fn evidence(&self, row: usize) -> Evidence {
+        self.packed_evidence(row).unpack()
+    }
+
+    /// The row as evidence kept in rule state (up to five per open group or key): one
+    /// allocation for all its texts.
+    pub fn packed_evidence(&self, row: usize) -> PackedEvidence {
         let line = self
             .raw
             .filter(|a| row < a.len() && a.is_valid(row))
@@ -156,23 +162,22 @@ impl<'b> Rows<'b> {
             self.batch
                 .column(i)
                 .as_primitive_opt::<Int32Type>()
-                .filter(|a| !a.is_null(row))
+                .filter(|a| row < a.len() && !a.is_null(row))
                 .map(|a| a.value(row))
         });
-        Evidence {
-            event_time: format_rfc3339_ns(self.time(row)),
-            source_principal: self.named(col::SOURCE_PRINCIPAL, row),
-            destination_service: self.named(col::DESTINATION_SERVICE, row),
-            status,
-            decision: self.named(col::DECISION, row).unwrap_or_default(),
-            raw: verity_model::text::cut(line, self.max_raw).to_string(),
-            raw_bytes: (line.len() > self.max_raw).then_some(line.len()),
-            sender: self.named(col::SENDER, row),
-            sender_verified: self.sender_verified(row),
-            sender_binding: self.named(col::SENDER_BINDING, row),
-            destination_principal: self.named(col::DESTINATION_PRINCIPAL, row),
-            request_principal: self.named(col::REQUEST_PRINCIPAL, row),
-        }
+        let raw = verity_model::text::cut(line, self.max_raw);
+        let named = |name| self.named(name, row);
+        PackedBuilder::with_capacity(raw.len().saturating_add(256))
+            .event_time(&format_rfc3339_ns(self.time(row)))
+            .source_principal(named(col::SOURCE_PRINCIPAL).as_deref())
+            .destination_service(named(col::DESTINATION_SERVICE).as_deref())
+            .decision(named(col::DECISION).as_deref().unwrap_or_default())
+            .raw(raw)
+            .sender(named(col::SENDER).as_deref())
+            .sender_binding(named(col::SENDER_BINDING).as_deref())
+            .destination_principal(named(col::DESTINATION_PRINCIPAL).as_deref())
+            .request_principal(named(col::REQUEST_PRINCIPAL).as_deref())
+            .finish(status, (line.len() > self.max_raw).then_some(line.len()), self.sender_verified(row))
     }
 }
 
@@ -184,7 +189,7 @@ pub fn group_map(columns: &[(String, usize)], key: &Key) -> BTreeMap<String, Opt
         .collect()
 }
 
-pub fn push_evidence(list: &mut Vec<Evidence>, e: impl FnOnce() -> Evidence) {
+pub fn push_evidence<E>(list: &mut Vec<E>, e: impl FnOnce() -> E) {
     if list.len() < MAX_EVIDENCE {
         list.push(e());
     }

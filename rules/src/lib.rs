@@ -27,6 +27,7 @@ mod evidence;
 pub mod first_seen;
 mod kind;
 mod mask;
+mod packed_evidence;
 pub mod pack;
 pub mod revocation;
 pub mod rule;
