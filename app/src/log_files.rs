@@ -375,7 +375,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("a.log");
         std::fs::write(&path, format!("{}\n", line(1))).expect("write");
-        let names = [path.display().to_string(), dir.path().join("missing").display().to_string()];
+        let names = [
+            path.display().to_string(),
+            dir.path().join("missing").display().to_string(),
+        ];
         let mut events = 0;
         let result = for_each_chunk(&names, &ReadSettings::default(), &|_| true, |c| {
             events += c.events;

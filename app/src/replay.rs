@@ -77,7 +77,10 @@ impl<O: Write, P: Write> Replay<'_, O, P> {
             if self.summary.rejected <= MAX_REPORTED_REJECTS {
                 let _ = writeln!(self.progress, "{name}:{}: {}", r.line, r.rejection);
             } else if self.summary.rejected == MAX_REPORTED_REJECTS + 1 {
-                let _ = writeln!(self.progress, "replay: more rejected lines; only counting them from here");
+                let _ = writeln!(
+                    self.progress,
+                    "replay: more rejected lines; only counting them from here"
+                );
             }
         }
         if let Some(batch) = chunk.batch {

@@ -10,9 +10,9 @@ use crate::compile::{AbsencePlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::eval_error::EvalError;
 use crate::evidence::{Rows, group_map};
-use crate::state_key::{Key, KeyMap, RowKey};
 use crate::kind::RuleKind;
 use crate::mask::{eval_filter, visible};
+use crate::state_key::{Key, KeyMap, RowKey};
 
 struct Seen {
     last: i64,

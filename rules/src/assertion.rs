@@ -16,10 +16,10 @@ use crate::compile::{AssertionPlan, CompiledRule, Plan};
 use crate::emit::{AlertParts, describe, make_alert};
 use crate::eval_error::EvalError;
 use crate::evidence::{Rows, group_map, push_evidence};
-use crate::packed_evidence::{PackedEvidence, unpack_all};
-use crate::state_key::{Key, KeyMap, RowKey, state_of};
 use crate::kind::RuleKind;
 use crate::mask::{eval_bool, visible};
+use crate::packed_evidence::{PackedEvidence, unpack_all};
+use crate::state_key::{Key, KeyMap, RowKey, state_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyStatus {

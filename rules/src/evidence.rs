@@ -177,7 +177,11 @@ impl<'b> Rows<'b> {
             .sender_binding(named(col::SENDER_BINDING).as_deref())
             .destination_principal(named(col::DESTINATION_PRINCIPAL).as_deref())
             .request_principal(named(col::REQUEST_PRINCIPAL).as_deref())
-            .finish(status, (line.len() > self.max_raw).then_some(line.len()), self.sender_verified(row))
+            .finish(
+                status,
+                (line.len() > self.max_raw).then_some(line.len()),
+                self.sender_verified(row),
+            )
     }
 }
 

@@ -45,8 +45,7 @@ impl<'b> RowKey<'b> {
     /// Reads the key columns of `row`.
     pub fn read(&mut self, rows: &Rows<'b>, columns: &[(String, usize)], row: usize) -> &Self {
         self.parts.clear();
-        self.parts
-            .extend(columns.iter().map(|(_, c)| rows.text_value(*c, row)));
+        self.parts.extend(columns.iter().map(|(_, c)| rows.text_value(*c, row)));
         self
     }
 
