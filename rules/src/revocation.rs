@@ -8,7 +8,6 @@
 //! backlog) never reads as "still succeeds after revocation". Entries from the config hold
 //! for all time.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
@@ -23,8 +22,11 @@ use datafusion::logical_expr::{
 #[derive(Debug, Clone, Default)]
 pub struct RevocationList {
     /// Principal → event time from which it counts as revoked.
-    inner: Arc<RwLock<HashMap<String, i64>>>,
+    inner: Arc<RwLock<Revoked>>,
 }
+
+/// Looked up for every event's principals; keyed by a per-process seed (see `state_key.rs`).
+type Revoked = std::collections::HashMap<String, i64, crate::state_key::KeyHasher>;
 
 impl RevocationList {
     pub fn new(principals: impl IntoIterator<Item = String>) -> Self {
@@ -34,7 +36,7 @@ impl RevocationList {
     }
 
     pub fn replace(&self, principals: impl IntoIterator<Item = String>) {
-        let map: HashMap<String, i64> = principals.into_iter().map(|p| (normalize(&p), i64::MIN)).collect();
+        let map: Revoked = principals.into_iter().map(|p| (normalize(&p), i64::MIN)).collect();
         match self.inner.write() {
             Ok(mut g) => *g = map,
             Err(poisoned) => *poisoned.into_inner() = map,
@@ -81,10 +83,12 @@ impl RevocationList {
     }
 
     fn since(&self, principal: &str) -> Option<i64> {
-        match self.inner.read() {
-            Ok(g) => g.get(principal).copied(),
-            Err(poisoned) => poisoned.into_inner().get(principal).copied(),
-        }
+        self.read().get(principal).copied()
+    }
+
+    /// The list as it is now, held for a whole batch: one lock per batch, not per row.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Revoked> {
+        self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn len(&self) -> usize {
@@ -161,13 +165,17 @@ impl IsRevoked {
             .downcast_ref::<Int64Array>()
             .cloned()
             .unwrap_or_else(|| Int64Array::from(Vec::<Option<i64>>::new()));
+        let revoked = self.list.read();
         let out: BooleanArray = strings
             .iter()
             .zip(times.iter())
-            .map(|(p, t)| match (p, t) {
-                (Some(p), Some(t)) => Some(self.list.contains_at(p, t)),
-                (Some(p), None) => Some(self.list.contains(p)),
-                _ => None,
+            .map(|(p, t)| {
+                let since = revoked.get(p?).copied();
+                Some(match (since, t) {
+                    (Some(since), Some(t)) => t >= since,
+                    (since, None) => since.is_some(),
+                    (None, Some(_)) => false,
+                })
             })
             .collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
@@ -212,7 +220,8 @@ impl ScalarUDFImpl for IsRevoked {
                         .collect();
                     return Ok(ColumnarValue::Array(Arc::new(out)));
                 }
-                let out: BooleanArray = strings.iter().map(|v| v.map(|v| self.list.contains(v))).collect();
+                let revoked = self.list.read();
+                let out: BooleanArray = strings.iter().map(|v| v.map(|v| revoked.contains_key(v))).collect();
                 Ok(ColumnarValue::Array(Arc::new(out)))
             }
         }
