@@ -81,18 +81,38 @@ impl EventClock {
     ) -> HashMap<&'b str, (i64, i64)> {
         let senders = batch.column_by_name(col::SENDER).and_then(|c| c.as_string_opt::<i32>());
         let mut span: HashMap<&str, (i64, i64)> = HashMap::new();
-        for i in 0..batch.num_rows() {
+        // A batch holds runs of rows from one sender (a request's records): a run is measured
+        // with one comparison per row and enters the map once.
+        let mut run: Option<(&str, i64, i64)> = None;
+        let mut close = |run: (&'b str, i64, i64)| {
+            let (sender, lo, hi) = run;
+            span.entry(sender)
+                .and_modify(|(l, h)| {
+                    *l = (*l).min(lo);
+                    *h = (*h).max(hi);
+                })
+                .or_insert((lo, hi));
+        };
+        for i in 0..batch.num_rows().min(times.len()) {
             if skip.is_some_and(|f| f.is_valid(i) && f.value(i)) {
                 continue;
             }
             let sender = senders.filter(|s| s.is_valid(i)).map_or("", |s| s.value(i));
             let t = times.value(i);
-            span.entry(sender)
-                .and_modify(|(lo, hi)| {
+            match &mut run {
+                Some((current, lo, hi)) if *current == sender => {
                     *lo = (*lo).min(t);
                     *hi = (*hi).max(t);
-                })
-                .or_insert((t, t));
+                }
+                _ => {
+                    if let Some(done) = run.replace((sender, t, t)) {
+                        close(done);
+                    }
+                }
+            }
+        }
+        if let Some(done) = run {
+            close(done);
         }
         span
     }

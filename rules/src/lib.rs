@@ -17,6 +17,7 @@ pub mod absence;
 pub mod assertion;
 mod checkpoint;
 pub mod compile;
+mod compiled_regex;
 pub mod detection;
 pub mod duration;
 mod emit;
