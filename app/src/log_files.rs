@@ -43,7 +43,7 @@ impl Default for ReadSettings {
             format: FormatHint::Auto,
             observed_time_ns: None,
             workers: std::thread::available_parallelism().map_or(1, usize::from),
-            lines_per_chunk: 8192,
+            lines_per_chunk: 4096,
             limits: RecordLimits::default(),
         }
     }
@@ -116,7 +116,9 @@ pub fn for_each_chunk<E: From<ReadError>>(
     mut each: impl FnMut(Chunk) -> Result<(), E>,
 ) -> Result<(), E> {
     let workers = settings.workers.max(1);
-    let in_flight = workers.saturating_mul(4);
+    // Enough for every worker to hold a chunk while one is read and one is handed on; more
+    // only costs memory (a chunk is a few MB of lines and their batch).
+    let in_flight = workers.saturating_add(2);
     std::thread::scope(|scope| {
         let (work_tx, work_rx) = sync_channel::<RawChunk>(workers);
         let (done_tx, done_rx) = sync_channel::<(u64, Result<Chunk, ArrowError>)>(in_flight);
