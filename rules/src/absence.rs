@@ -12,7 +12,7 @@ use crate::eval_error::EvalError;
 use crate::evidence::{Rows, group_map};
 use crate::kind::RuleKind;
 use crate::mask::{eval_filter, visible};
-use crate::state_key::{Key, KeyMap, RowKey};
+use crate::state_key::{Key, KeyMap, RowKey, evict_least_recent};
 
 struct Seen {
     last: i64,
@@ -35,15 +35,7 @@ impl AbsenceState {
         if n <= keep {
             return 0;
         }
-        let items: Vec<(i64, &Key)> = self.keys.iter().map(|(k, s)| (s.last, k)).collect();
-        let victims: Vec<Key> = crate::state_bound::least_recent(items, n - keep)
-            .into_iter()
-            .cloned()
-            .collect();
-        for key in &victims {
-            self.keys.remove(key);
-        }
-        victims.len() as u64
+        evict_least_recent(&mut self.keys, n - keep, |s| s.last).len() as u64
     }
 
     pub fn process(

@@ -19,7 +19,7 @@ use crate::evidence::{Rows, group_map, push_evidence};
 use crate::kind::RuleKind;
 use crate::mask::{eval_bool, visible};
 use crate::packed_evidence::{PackedEvidence, unpack_all};
-use crate::state_key::{Key, KeyMap, RowKey, state_of};
+use crate::state_key::{Key, KeyMap, RowKey, evict_least_recent, state_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyStatus {
@@ -123,16 +123,12 @@ impl AssertionState {
         if n <= keep {
             return 0;
         }
-        let items: Vec<(i64, &Key)> = self.keys.iter().map(|(k, s)| (s.last_scoped, k)).collect();
-        let mut victims: Vec<Key> = crate::state_bound::least_recent(items, n - keep)
-            .into_iter()
-            .cloned()
-            .collect();
-        victims.sort();
+        let mut victims = evict_least_recent(&mut self.keys, n - keep, |s| s.last_scoped);
+        // Alerts in key order, whatever the map's order.
+        victims.sort_by(|a, b| a.0.cmp(&b.0));
         let note = crate::state_bound::eviction_note(max_keys);
         let mut evicted = 0u64;
-        for key in victims {
-            let Some(s) = self.keys.remove(&key) else { continue };
+        for (key, s) in victims {
             evicted += 1;
             if s.status != KeyStatus::Violated {
                 continue;

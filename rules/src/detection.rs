@@ -15,7 +15,7 @@ use crate::evidence::{Rows, group_map, push_evidence};
 use crate::kind::RuleKind;
 use crate::mask::{eval_bool, visible};
 use crate::packed_evidence::{PackedEvidence, unpack_all};
-use crate::state_key::{Key, KeyMap, RowKey, ValueSet, state_of};
+use crate::state_key::{Key, KeyMap, RowKey, ValueSet, evict_least_recent, state_of};
 
 #[derive(Default)]
 pub struct DetectionState {
@@ -173,15 +173,8 @@ impl DetectionState {
         let suppressed = self.suppressed_until.len();
         let room = keep.saturating_sub(self.open_groups());
         if suppressed > room {
-            let items: Vec<(i64, &Key)> = self.suppressed_until.iter().map(|(k, t)| (*t, k)).collect();
-            let victims: Vec<Key> = crate::state_bound::least_recent(items, suppressed - room)
-                .into_iter()
-                .cloned()
-                .collect();
-            for key in victims {
-                self.suppressed_until.remove(&key);
-                evicted += 1;
-            }
+            let victims = evict_least_recent(&mut self.suppressed_until, suppressed - room, |t| *t);
+            evicted += victims.len() as u64;
         }
         evicted
     }

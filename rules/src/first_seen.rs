@@ -14,7 +14,7 @@ use crate::eval_error::EvalError;
 use crate::evidence::{Rows, group_map};
 use crate::kind::RuleKind;
 use crate::mask::{eval_filter, visible};
-use crate::state_key::{Key, KeyMap, RowKey};
+use crate::state_key::{Key, KeyMap, RowKey, evict_least_recent};
 
 #[derive(Default)]
 pub struct FirstSeenState {
@@ -92,14 +92,7 @@ impl FirstSeenState {
         if n <= keep {
             return 0;
         }
-        let items: Vec<(i64, &Key)> = self.learned.iter().map(|(k, t)| (*t, k)).collect();
-        let victims: Vec<Key> = crate::state_bound::least_recent(items, n - keep)
-            .into_iter()
-            .cloned()
-            .collect();
-        for key in &victims {
-            self.learned.remove(key);
-        }
+        let victims = evict_least_recent(&mut self.learned, n - keep, |t| *t);
         self.dirty = true;
         victims.len() as u64
     }

@@ -69,6 +69,36 @@ pub fn state_of<'m, V>(map: &'m mut KeyMap<V>, key: &RowKey<'_>, fresh: impl FnO
     }
 }
 
+/// Removes the `n` least recently seen keys of `map` (by `seen`) and returns them with their
+/// state, moved out: no key is copied and none looked up again. Among keys seen at the same
+/// time as the last one to go, which go is the map's order.
+pub fn evict_least_recent<V>(map: &mut KeyMap<V>, n: usize, seen: impl Fn(&V) -> i64) -> Vec<(Key, V)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    if n >= map.len() {
+        return map.drain().collect();
+    }
+    let mut times: Vec<i64> = map.values().map(&seen).collect();
+    let (_, cutoff, _) = times.select_nth_unstable(n - 1);
+    let cutoff = *cutoff;
+    // Everything older than the cutoff goes, and as many at the cutoff as make up `n`.
+    let older = times.iter().filter(|t| **t < cutoff).count();
+    let mut at_cutoff = n.saturating_sub(older);
+    map.extract_if(|_, v| {
+        let t = seen(v);
+        if t < cutoff {
+            return true;
+        }
+        if t == cutoff && at_cutoff > 0 {
+            at_cutoff -= 1;
+            return true;
+        }
+        false
+    })
+    .collect()
+}
+
 impl Hash for RowKey<'_> {
     /// Hashes as the owned [`Key`] does: a slice of options of strings, where `Cow<str>` and
     /// `String` both hash as their `str`.
@@ -113,6 +143,23 @@ mod tests {
             prop_assert_eq!(map.get(&borrowed(&a)), Some(&1));
             prop_assert_eq!(map.get(&borrowed(&b)).is_some(), a == b);
         }
+    }
+
+    #[test]
+    fn eviction_takes_exactly_the_least_recent() {
+        let mut map = KeyMap::default();
+        for (i, t) in [5, 1, 3, 3, 3, 9, 2].into_iter().enumerate() {
+            map.insert(vec![Some(i.to_string())], t);
+        }
+        let gone = evict_least_recent(&mut map, 4, |t| *t);
+        let mut times: Vec<i64> = gone.iter().map(|(_, t)| *t).collect();
+        times.sort();
+        assert_eq!(times, [1, 2, 3, 3], "the oldest, ties at the cutoff counted");
+        assert_eq!(map.len(), 3);
+        assert!(map.values().all(|t| *t >= 3));
+        assert!(evict_least_recent(&mut map, 0, |t| *t).is_empty());
+        assert_eq!(evict_least_recent(&mut map, 10, |t| *t).len(), 3);
+        assert!(map.is_empty());
     }
 
     #[test]
