@@ -86,10 +86,7 @@ impl<O: Write, P: Write> Replay<'_, O, P> {
         if let Some(batch) = chunk.batch {
             self.batches.push_batch(batch).map_err(ReplayError::Batch)?;
         }
-        while let Some(batch) = self.batches.next_completed_batch() {
-            let alerts = self.engine.process(&batch);
-            self.write(alerts)?;
-        }
+        self.evaluate_completed()?;
         if self.last_report.elapsed().as_secs() >= 2 {
             self.last_report = Instant::now();
             let s = &self.summary;
@@ -105,6 +102,15 @@ impl<O: Write, P: Write> Replay<'_, O, P> {
         Ok(())
     }
 
+    /// Runs the rules over every full batch the coalescer holds.
+    fn evaluate_completed(&mut self) -> Result<(), ReplayError> {
+        while let Some(batch) = self.batches.next_completed_batch() {
+            let alerts = self.engine.process(&batch);
+            self.write(alerts)?;
+        }
+        Ok(())
+    }
+
     fn write(&mut self, alerts: Vec<Alert>) -> Result<(), ReplayError> {
         for a in alerts {
             self.summary.alerts = self.summary.alerts.saturating_add(1);
@@ -116,10 +122,7 @@ impl<O: Write, P: Write> Replay<'_, O, P> {
 
     fn finish(mut self) -> Result<ReplaySummary, ReplayError> {
         self.batches.finish_buffered_batch().map_err(ReplayError::Batch)?;
-        while let Some(batch) = self.batches.next_completed_batch() {
-            let alerts = self.engine.process(&batch);
-            self.write(alerts)?;
-        }
+        self.evaluate_completed()?;
         let alerts = self.engine.flush();
         self.write(alerts)?;
         self.out.flush().map_err(ReplayError::Write)?;

@@ -10,7 +10,7 @@ use verity_model::alert::Evidence;
 use verity_model::event::col;
 use verity_model::time::format_rfc3339_ns;
 
-use crate::packed_evidence::{PackedBuilder, PackedEvidence};
+use crate::packed_evidence::PackedEvidence;
 use crate::state_key::Key;
 
 /// How many evidence events an alert carries at most.
@@ -166,22 +166,30 @@ impl<'b> Rows<'b> {
                 .map(|a| a.value(row))
         });
         let raw = verity_model::text::cut(line, self.max_raw);
-        let named = |name| self.named(name, row);
-        PackedBuilder::with_capacity(raw.len().saturating_add(256))
-            .event_time(&format_rfc3339_ns(self.time(row)))
-            .source_principal(named(col::SOURCE_PRINCIPAL).as_deref())
-            .destination_service(named(col::DESTINATION_SERVICE).as_deref())
-            .decision(named(col::DECISION).as_deref().unwrap_or_default())
-            .raw(raw)
-            .sender(named(col::SENDER).as_deref())
-            .sender_binding(named(col::SENDER_BINDING).as_deref())
-            .destination_principal(named(col::DESTINATION_PRINCIPAL).as_deref())
-            .request_principal(named(col::REQUEST_PRINCIPAL).as_deref())
-            .finish(
-                status,
-                (line.len() > self.max_raw).then_some(line.len()),
-                self.sender_verified(row),
-            )
+        let time = format_rfc3339_ns(self.time(row));
+        let [source, service, decision, sender, binding, destination, request] = [
+            col::SOURCE_PRINCIPAL,
+            col::DESTINATION_SERVICE,
+            col::DECISION,
+            col::SENDER,
+            col::SENDER_BINDING,
+            col::DESTINATION_PRINCIPAL,
+            col::REQUEST_PRINCIPAL,
+        ]
+        .map(|name| self.named(name, row));
+        let texts = [
+            Some(time.as_str()),
+            source.as_deref(),
+            service.as_deref(),
+            Some(decision.as_deref().unwrap_or_default()),
+            Some(raw),
+            sender.as_deref(),
+            binding.as_deref(),
+            destination.as_deref(),
+            request.as_deref(),
+        ];
+        let raw_bytes = (line.len() > self.max_raw).then_some(line.len());
+        PackedEvidence::new(texts, status, raw_bytes, self.sender_verified(row))
     }
 }
 

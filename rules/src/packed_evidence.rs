@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use verity_model::alert::Evidence;
 
-/// The texts of an [`Evidence`], in this order, each optional one marked present or not.
+/// The texts of an [`Evidence`], in the order [`PackedEvidence::new`] takes them.
 const TEXTS: usize = 9;
 const EVENT_TIME: usize = 0;
 const SOURCE_PRINCIPAL: usize = 1;
@@ -22,7 +22,12 @@ const SENDER_BINDING: usize = 6;
 const DESTINATION_PRINCIPAL: usize = 7;
 const REQUEST_PRINCIPAL: usize = 8;
 
-/// One evidence event, packed. Build it with [`PackedBuilder`] or from an [`Evidence`].
+/// The texts of one evidence event, in packing order: event time, source principal,
+/// destination service, decision, raw line, sender, sender binding, destination principal,
+/// request principal (`None` for one the event does not have).
+pub type Texts<'a> = [Option<&'a str>; TEXTS];
+
+/// One evidence event, packed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "Evidence", into = "Evidence")]
 pub struct PackedEvidence {
@@ -30,92 +35,35 @@ pub struct PackedEvidence {
     text: Box<str>,
     /// Where each text ends in `text`.
     ends: [u32; TEXTS],
-    /// Bit i: text i is present (the required ones always are).
+    /// Bit i: text i is present.
     present: u16,
     status: Option<i32>,
     raw_bytes: Option<usize>,
     sender_verified: bool,
 }
 
-/// Collects the texts of one evidence event into one buffer.
-pub struct PackedBuilder {
-    text: String,
-    ends: [u32; TEXTS],
-    present: u16,
-}
-
-impl PackedBuilder {
-    pub fn with_capacity(bytes: usize) -> Self {
+impl PackedEvidence {
+    pub fn new(texts: Texts<'_>, status: Option<i32>, raw_bytes: Option<usize>, sender_verified: bool) -> Self {
+        let mut text = String::with_capacity(texts.iter().flatten().map(|t| t.len()).sum());
+        let mut ends = [0; TEXTS];
+        let mut present = 0;
+        for (i, (value, end)) in texts.iter().zip(&mut ends).enumerate() {
+            if let Some(v) = value {
+                text.push_str(v);
+                present |= 1 << i;
+            }
+            *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
         Self {
-            text: String::with_capacity(bytes),
-            ends: [0; TEXTS],
-            present: 0,
-        }
-    }
-
-    /// Sets text `i`; texts must be set in order (an unset one is absent and empty).
-    fn set(&mut self, i: usize, value: Option<&str>) {
-        if let Some(v) = value {
-            self.text.push_str(v);
-            self.present |= 1 << i;
-        }
-        let end = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
-        // Texts not set in between end where the last set one did.
-        for slot in self.ends.iter_mut().skip(i) {
-            *slot = end;
-        }
-    }
-
-    pub fn event_time(mut self, v: &str) -> Self {
-        self.set(EVENT_TIME, Some(v));
-        self
-    }
-    pub fn source_principal(mut self, v: Option<&str>) -> Self {
-        self.set(SOURCE_PRINCIPAL, v);
-        self
-    }
-    pub fn destination_service(mut self, v: Option<&str>) -> Self {
-        self.set(DESTINATION_SERVICE, v);
-        self
-    }
-    pub fn decision(mut self, v: &str) -> Self {
-        self.set(DECISION, Some(v));
-        self
-    }
-    pub fn raw(mut self, v: &str) -> Self {
-        self.set(RAW, Some(v));
-        self
-    }
-    pub fn sender(mut self, v: Option<&str>) -> Self {
-        self.set(SENDER, v);
-        self
-    }
-    pub fn sender_binding(mut self, v: Option<&str>) -> Self {
-        self.set(SENDER_BINDING, v);
-        self
-    }
-    pub fn destination_principal(mut self, v: Option<&str>) -> Self {
-        self.set(DESTINATION_PRINCIPAL, v);
-        self
-    }
-    pub fn request_principal(mut self, v: Option<&str>) -> Self {
-        self.set(REQUEST_PRINCIPAL, v);
-        self
-    }
-
-    pub fn finish(self, status: Option<i32>, raw_bytes: Option<usize>, sender_verified: bool) -> PackedEvidence {
-        PackedEvidence {
-            text: self.text.into_boxed_str(),
-            ends: self.ends,
-            present: self.present,
+            text: text.into_boxed_str(),
+            ends,
+            present,
             status,
             raw_bytes,
             sender_verified,
         }
     }
-}
 
-impl PackedEvidence {
     fn text(&self, i: usize) -> Option<&str> {
         if self.present & (1 << i) == 0 {
             return None;
@@ -154,18 +102,18 @@ impl PackedEvidence {
 
 impl From<Evidence> for PackedEvidence {
     fn from(e: Evidence) -> Self {
-        let bytes = e.event_time.len() + e.raw.len() + 256;
-        PackedBuilder::with_capacity(bytes)
-            .event_time(&e.event_time)
-            .source_principal(e.source_principal.as_deref())
-            .destination_service(e.destination_service.as_deref())
-            .decision(&e.decision)
-            .raw(&e.raw)
-            .sender(e.sender.as_deref())
-            .sender_binding(e.sender_binding.as_deref())
-            .destination_principal(e.destination_principal.as_deref())
-            .request_principal(e.request_principal.as_deref())
-            .finish(e.status, e.raw_bytes, e.sender_verified)
+        let texts = [
+            Some(e.event_time.as_str()),
+            e.source_principal.as_deref(),
+            e.destination_service.as_deref(),
+            Some(e.decision.as_str()),
+            Some(e.raw.as_str()),
+            e.sender.as_deref(),
+            e.sender_binding.as_deref(),
+            e.destination_principal.as_deref(),
+            e.request_principal.as_deref(),
+        ];
+        Self::new(texts, e.status, e.raw_bytes, e.sender_verified)
     }
 }
 
