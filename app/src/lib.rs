@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod log_files;
+pub mod policy_cli;
 pub mod redaction;
 pub mod replay;
 pub mod rules_cli;

@@ -105,12 +105,71 @@ enum Command {
     },
     /// Run rules over log files in event time and print alerts as JSON lines.
     Replay(ReplayArgs),
+    /// Least privilege from evidence: learn AuthorizationPolicies from recorded traffic, and
+    /// check recorded traffic against policies before applying them.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Normalize access-log lines from files (or - for stdin) and print events as JSON lines.
     Normalize {
         /// Input layout; `auto` detects it per line.
         #[arg(long, value_enum, default_value_t = FormatHint::Auto)]
         format: FormatHint,
         /// Files to read; `-` reads standard input.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Propose ALLOW AuthorizationPolicies, one per destination workload, from the requests
+    /// the mesh allowed in these log files; each rule carries its evidence in annotations.
+    /// Prints the policies as YAML (or writes one file each with --out) and, on stderr, what
+    /// was left out and why.
+    Learn {
+        /// Workloads and their labels: `kubectl get pods,deployments,services -A -o yaml`, or
+        /// Verity's short form (docs/policy.md). Selectors come from it.
+        #[arg(long)]
+        workloads: Option<PathBuf>,
+        /// Leave out source -> destination edges with fewer allowed requests.
+        #[arg(long, default_value_t = 1)]
+        min_requests: u64,
+        /// Distinct paths per source, method and port kept exact before they are generalized
+        /// to prefixes.
+        #[arg(long, default_value_t = 8)]
+        max_paths: usize,
+        /// Write one file per policy into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Threads normalizing lines (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+    /// Evaluate recorded traffic against AuthorizationPolicies and report which requests would
+    /// change outcome compared with what the mesh did. Exits 1 when any allowed request would
+    /// be denied, so a policy change can be checked in CI before it is applied.
+    Whatif {
+        /// Policy files or directories (YAML, multi-document or `kubectl get -o yaml` lists).
+        #[arg(long, required = true)]
+        policies: Vec<PathBuf>,
+        /// Workloads and their labels, to resolve selectors (see `learn`).
+        #[arg(long)]
+        workloads: Option<PathBuf>,
+        /// The mesh's root namespace (`meshConfig.rootNamespace`).
+        #[arg(long, default_value = "istio-system")]
+        root_namespace: String,
+        /// Treat dry-run policies as enforced (what promoting them would do).
+        #[arg(long)]
+        enforce_dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        workers: Option<usize>,
         #[arg(required = true)]
         files: Vec<String>,
     },
@@ -168,6 +227,7 @@ fn main() -> ExitCode {
             command,
         } => revocations(&admin, token_file, command),
         Command::Replay(args) => replay(args),
+        Command::Policy { command } => policy(command),
     };
     match result {
         Ok(code) => code,
@@ -425,6 +485,60 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     verity::replay::replay(&opts, &files, &mut out, &mut std::io::stderr())?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    let default_workers = ReadSettings::default().workers;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match command {
+        PolicyCommand::Learn {
+            workloads,
+            min_requests,
+            max_paths,
+            out: out_dir,
+            workers,
+            files,
+        } => {
+            let opts = verity::policy_cli::LearnOptions {
+                workloads,
+                settings: verity_policy::learn::LearnSettings {
+                    min_requests: min_requests.max(1),
+                    max_paths: max_paths.max(1),
+                },
+                out_dir,
+                workers: workers.unwrap_or(default_workers).max(1),
+            };
+            verity::policy_cli::learn(&opts, &files, &mut out, &mut std::io::stderr())?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Whatif {
+            policies,
+            workloads,
+            root_namespace,
+            enforce_dry_run,
+            json,
+            workers,
+            files,
+        } => {
+            let opts = verity::policy_cli::WhatifOptions {
+                policies,
+                workloads,
+                root_namespace,
+                enforce_dry_run,
+                json,
+                workers: workers.unwrap_or(default_workers).max(1),
+            };
+            let report = verity::policy_cli::whatif(&opts, &files, &mut out, &mut std::io::stderr())?;
+            out.flush()?;
+            Ok(if report.breaks_traffic() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
 }
 
 fn normalize_files(format: FormatHint, files: &[String]) -> anyhow::Result<ExitCode> {

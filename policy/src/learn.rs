@@ -1,0 +1,477 @@
+//! `verity policy learn`: the edges the mesh really allowed, per destination workload, turned
+//! into proposed ALLOW policies with their evidence.
+//!
+//! What is learned: for each destination (a workload behind a sidecar or ztunnel, or a service
+//! behind a waypoint), each source principal that reached it with an allowed request, with
+//! the methods, ports and paths it used, request counts and first/last seen. Only requests
+//! recorded where policies are enforced count (the destination side), and only mTLS peers can
+//! be named in a policy: plaintext requests, requests whose peer identity was not logged and
+//! edges below the request threshold are left out, and listed.
+//!
+//! Paths are generalized conservatively: up to `max_paths` distinct paths per source, method
+//! and port are kept exact; above that they are cut to the deepest prefix depth that leaves at
+//! most `max_paths` prefixes (never above the first segment, so `/api/*` at the broadest, never
+//! `*`). Destinations seen through ztunnel get L4 rules only (ztunnel would drop an ALLOW rule
+//! with methods or paths).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::TimestampNanosecondType;
+use serde::Serialize;
+use verity_model::event::col;
+
+use crate::evaluate::{Observed, observed};
+use crate::event_view::{Enforcer, EventView, Seen, TextAttr, cell};
+use crate::inventory::{Inventory, Labels};
+use crate::object::{
+    Action, AuthorizationPolicy, From, Metadata, Operation, Rule, Selector, Source, Spec, TargetRef, To,
+};
+use crate::pattern::normalize_path;
+use crate::target::Destination;
+
+/// Distinct paths remembered per source, method and port; beyond, only first segments.
+const MAX_REMEMBERED_PATHS: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct LearnSettings {
+    /// Edges with fewer allowed requests are left out (noise).
+    pub min_requests: u64,
+    /// Distinct paths per source, method and port kept exact.
+    pub max_paths: usize,
+}
+
+impl Default for LearnSettings {
+    fn default() -> Self {
+        Self {
+            min_requests: 1,
+            max_paths: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct DestinationKey {
+    namespace: String,
+    /// The workload name, or the service name for `via_waypoint`.
+    name: String,
+    via_waypoint: bool,
+}
+
+#[derive(Debug, Default)]
+struct DestinationEdges {
+    l4_only: bool,
+    sources: BTreeMap<String, SourceEdge>,
+    plaintext: u64,
+    unknown_peer: u64,
+}
+
+#[derive(Debug, Default)]
+struct SourceEdge {
+    requests: u64,
+    first_ns: i64,
+    last_ns: i64,
+    /// (method, port) → path → requests.
+    operations: BTreeMap<(Option<String>, Option<i32>), PathSet>,
+}
+
+#[derive(Debug, Default)]
+struct PathSet {
+    paths: BTreeMap<String, u64>,
+    /// More distinct paths than remembered: the first segments of the rest.
+    overflow: BTreeSet<String>,
+}
+
+/// What was observed, ready to turn into policies.
+#[derive(Debug, Default)]
+pub struct Learner {
+    destinations: BTreeMap<DestinationKey, DestinationEdges>,
+    /// Allowed requests at enforcement points.
+    pub allowed: u64,
+    /// Records not at an enforcement point, or not allowed.
+    pub skipped: u64,
+    /// Enforcement-point records whose destination is not known.
+    pub unknown_destination: u64,
+}
+
+/// What a proposal left out and why, for the user to review.
+#[derive(Debug, Default, Serialize)]
+pub struct LearnReport {
+    pub policies: usize,
+    pub rules: usize,
+    pub allowed_requests: u64,
+    pub left_out: Vec<String>,
+    /// Selectors written from a naming convention because no inventory lists the workload.
+    pub assumed_selectors: Vec<String>,
+}
+
+/// A pod name's workload when no inventory says: a Deployment's pod is
+/// `<deployment>-<template hash>-<5 characters>`.
+fn workload_from_pod(name: &str) -> &str {
+    let mut parts = name.rsplitn(3, '-');
+    let (Some(last), Some(hash), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return name;
+    };
+    let alnum = |s: &str| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if last.len() == 5 && alnum(last) && (6..=10).contains(&hash.len()) && alnum(hash) {
+        rest
+    } else {
+        name
+    }
+}
+
+impl Learner {
+    pub fn add(&mut self, batch: &RecordBatch, inventory: &Inventory) {
+        let view = EventView::new(batch);
+        let times = batch
+            .column_by_name(col::EVENT_TIME)
+            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
+        let method = batch.column_by_name(col::METHOD).and_then(|c| c.as_string_opt::<i32>());
+        let path = batch.column_by_name(col::PATH).and_then(|c| c.as_string_opt::<i32>());
+        for row in 0..view.rows() {
+            let enforcer = view.enforcer(row);
+            if enforcer == Enforcer::Elsewhere || observed(&view, row) != Observed::Allowed {
+                self.skipped += 1;
+                continue;
+            }
+            self.allowed += 1;
+            let d = Destination::of(&view, row);
+            let key = match (enforcer, d.namespace) {
+                (Enforcer::Waypoint, _) => d.service.zip(d.service_namespace).map(|(s, ns)| DestinationKey {
+                    namespace: ns.to_string(),
+                    name: s.to_string(),
+                    via_waypoint: true,
+                }),
+                (_, Some(ns)) => d
+                    .workload
+                    .map(|w| inventory.workload_of(ns, w).unwrap_or_else(|| workload_from_pod(w)))
+                    .or(d.service)
+                    .map(|name| DestinationKey {
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
+                        via_waypoint: false,
+                    }),
+                _ => None,
+            };
+            let Some(key) = key else {
+                self.unknown_destination += 1;
+                continue;
+            };
+            let edges = self.destinations.entry(key).or_default();
+            edges.l4_only |= enforcer == Enforcer::Ztunnel;
+            let principal = match view.text(TextAttr::Principal, row) {
+                Seen::Value(p) => p,
+                Seen::Absent => {
+                    edges.plaintext += 1;
+                    continue;
+                }
+                Seen::Unknown => {
+                    edges.unknown_peer += 1;
+                    continue;
+                }
+            };
+            let time = times
+                .filter(|t| row < t.len() && t.is_valid(row))
+                .map_or(0, |t| t.value(row));
+            let edge = edges.sources.entry(principal.to_string()).or_default();
+            if edge.requests == 0 || time < edge.first_ns {
+                edge.first_ns = time;
+            }
+            edge.last_ns = edge.last_ns.max(time);
+            edge.requests += 1;
+            let http = view.is_http(row) == Some(true) && enforcer != Enforcer::Ztunnel;
+            let m = if http {
+                cell(method, row).map(str::to_string)
+            } else {
+                None
+            };
+            let paths = edge.operations.entry((m, view.destination_port(row))).or_default();
+            if let Some(p) = cell(path, row).filter(|_| http) {
+                let p = normalize_path(p.split(['?', '#']).next().unwrap_or(p));
+                if let Some(n) = paths.paths.get_mut(p.as_ref()) {
+                    *n += 1;
+                } else if paths.paths.len() < MAX_REMEMBERED_PATHS {
+                    paths.paths.insert(p.into_owned(), 1);
+                } else {
+                    paths.overflow.insert(prefix(&p, 1));
+                }
+            }
+        }
+    }
+
+    /// The proposed policies, one per destination, and what was left out.
+    pub fn propose(&self, inventory: &Inventory, settings: &LearnSettings) -> (Vec<AuthorizationPolicy>, LearnReport) {
+        let mut report = LearnReport {
+            allowed_requests: self.allowed,
+            ..LearnReport::default()
+        };
+        let mut policies = Vec::new();
+        if self.unknown_destination > 0 {
+            report.left_out.push(format!(
+                "{} allowed requests whose destination the records do not name",
+                self.unknown_destination
+            ));
+        }
+        for (key, edges) in &self.destinations {
+            let who = format!("{}/{}", key.namespace, key.name);
+            if edges.plaintext > 0 {
+                report.left_out.push(format!(
+                    "{who}: {} plaintext requests (no peer identity to allow; see PeerAuthentication)",
+                    edges.plaintext
+                ));
+            }
+            if edges.unknown_peer > 0 {
+                report.left_out.push(format!("{who}: {} requests whose peer identity was not logged (add %DOWNSTREAM_PEER_URI_SAN% to the access log format)", edges.unknown_peer));
+            }
+            let mut rules = Vec::new();
+            let mut evidence = BTreeMap::new();
+            for (principal, edge) in &edges.sources {
+                if edge.requests < settings.min_requests {
+                    report.left_out.push(format!(
+                        "{who}: {principal}: {} requests, below the threshold of {}",
+                        edge.requests, settings.min_requests
+                    ));
+                    continue;
+                }
+                evidence.insert(
+                    format!("verity.dev/rule-{}", rules.len()),
+                    format!(
+                        "{principal}: {} allowed requests, first {}, last {}",
+                        edge.requests,
+                        verity_model::time::format_rfc3339_ns(edge.first_ns),
+                        verity_model::time::format_rfc3339_ns(edge.last_ns)
+                    ),
+                );
+                rules.push(rule_for(principal, edge, edges.l4_only, settings));
+            }
+            if rules.is_empty() {
+                report.left_out.push(format!(
+                    "{who}: no edge to propose (no policy written: an ALLOW policy without rules would deny everything)"
+                ));
+                continue;
+            }
+            let (selector, target_refs) = if key.via_waypoint {
+                (
+                    None,
+                    vec![TargetRef {
+                        group: String::new(),
+                        kind: "Service".into(),
+                        name: key.name.clone(),
+                        namespace: None,
+                    }],
+                )
+            } else {
+                let (labels, assumed) = selector_for(inventory, &key.namespace, &key.name);
+                if assumed {
+                    report.assumed_selectors.push(format!(
+                        "{who}: app={} (no inventory entry; check the workload's labels)",
+                        key.name
+                    ));
+                }
+                (Some(Selector { match_labels: labels }), Vec::new())
+            };
+            let total: u64 = edges.sources.values().map(|e| e.requests).sum();
+            let mut annotations = evidence;
+            annotations.insert("verity.dev/learned-requests".into(), total.to_string());
+            if edges.l4_only {
+                annotations.insert(
+                    "verity.dev/l4-only".into(),
+                    "true: enforced by ztunnel, so no methods or paths".into(),
+                );
+            }
+            report.rules += rules.len();
+            policies.push(AuthorizationPolicy {
+                api_version: "security.istio.io/v1".into(),
+                kind: "AuthorizationPolicy".into(),
+                metadata: Metadata {
+                    name: policy_name(&key.name),
+                    namespace: Some(key.namespace.clone()),
+                    labels: BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "verity".to_string())]),
+                    annotations,
+                },
+                spec: Spec {
+                    selector,
+                    target_ref: None,
+                    target_refs,
+                    action: Action::Allow,
+                    provider: None,
+                    rules: Some(rules),
+                },
+            });
+        }
+        report.policies = policies.len();
+        (policies, report)
+    }
+}
+
+fn policy_name(workload: &str) -> String {
+    let mut name: String = format!("verity-allow-{workload}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    while name.ends_with('-') {
+        name.pop();
+    }
+    name
+}
+
+/// The narrowest-to-read selector that selects exactly the workload's pods: `app`, then
+/// `app` and `version`, then all its stable labels. Without an inventory entry, `app: <name>`,
+/// flagged as assumed.
+fn selector_for(inventory: &Inventory, namespace: &str, workload: &str) -> (Labels, bool) {
+    if let Some(labels) = inventory.labels_of(namespace, workload).or_else(|| {
+        // A workload registered from its pods holds several identical sets; any will do.
+        inventory
+            .destination_labels(namespace, Some(workload), None)
+            .and_then(|v| v.first().copied())
+    }) {
+        let own = inventory.count_named(namespace, workload);
+        let pick = |keys: &[&str]| -> Option<Labels> {
+            let sel: Labels = keys
+                .iter()
+                .filter_map(|k| labels.get(*k).map(|v| ((*k).to_string(), v.clone())))
+                .collect();
+            (sel.len() == keys.len() && inventory.count_selected(namespace, &sel) == own).then_some(sel)
+        };
+        let volatile = [
+            "pod-template-hash",
+            "controller-revision-hash",
+            "statefulset.kubernetes.io/pod-name",
+            "pod-template-generation",
+        ];
+        let stable: Labels = labels
+            .iter()
+            .filter(|(k, _)| !volatile.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(sel) = pick(&["app"]).or_else(|| pick(&["app", "version"])) {
+            return (sel, false);
+        }
+        if !stable.is_empty() {
+            return (stable, false);
+        }
+    }
+    (Labels::from([("app".to_string(), workload.to_string())]), true)
+}
+
+/// The first `depth` segments of a path as a prefix pattern (`/a/b/*`).
+fn prefix(path: &str, depth: usize) -> String {
+    let segments: Vec<&str> = path.split('/').skip(1).take(depth).collect();
+    format!("/{}/*", segments.join("/"))
+}
+
+fn generalize(paths: &PathSet, max_paths: usize) -> Vec<String> {
+    if paths.overflow.is_empty() && paths.paths.len() <= max_paths {
+        return paths.paths.keys().cloned().collect();
+    }
+    let deepest = paths
+        .paths
+        .keys()
+        .map(|p| p.split('/').count().saturating_sub(1))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut chosen: Option<BTreeSet<String>> = None;
+    for depth in (1..deepest).rev() {
+        let set: BTreeSet<String> = paths
+            .paths
+            .keys()
+            .map(|p| {
+                if p.split('/').count().saturating_sub(1) > depth {
+                    prefix(p, depth)
+                } else {
+                    p.clone()
+                }
+            })
+            .collect();
+        if set.len() <= max_paths || depth == 1 {
+            chosen = Some(set);
+            break;
+        }
+    }
+    let mut set = chosen.unwrap_or_else(|| paths.paths.keys().map(|p| prefix(p, 1)).collect());
+    set.extend(paths.overflow.iter().cloned());
+    set.into_iter().collect()
+}
+
+fn rule_for(principal: &str, edge: &SourceEdge, l4_only: bool, settings: &LearnSettings) -> Rule {
+    let mut to = Vec::new();
+    if l4_only {
+        let ports: BTreeSet<i32> = edge.operations.keys().filter_map(|(_, p)| *p).collect();
+        if !ports.is_empty() {
+            to.push(To {
+                operation: Operation {
+                    ports: ports.iter().map(ToString::to_string).collect(),
+                    ..Operation::default()
+                },
+            });
+        }
+    } else {
+        for ((method, port), paths) in &edge.operations {
+            let operation = Operation {
+                methods: method.iter().cloned().collect(),
+                ports: port.iter().map(ToString::to_string).collect(),
+                paths: generalize(paths, settings.max_paths),
+                ..Operation::default()
+            };
+            to.push(To { operation });
+        }
+    }
+    Rule {
+        from: vec![From {
+            source: Source {
+                principals: vec![principal.to_string()],
+                ..Source::default()
+            },
+        }],
+        to,
+        when: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_names_lose_their_hashes() {
+        assert_eq!(workload_from_pod("productpage-v1-87d54dd59-fn6vw"), "productpage-v1");
+        assert_eq!(workload_from_pod("httpbin"), "httpbin");
+        assert_eq!(workload_from_pod("a-b-c"), "a-b-c");
+    }
+
+    #[test]
+    fn paths_generalize_to_prefixes_only_when_many() {
+        let mut set = PathSet::default();
+        for p in ["/api/v1/users/1", "/api/v1/users/2", "/health"] {
+            set.paths.insert(p.into(), 1);
+        }
+        assert_eq!(
+            generalize(&set, 8),
+            vec!["/api/v1/users/1", "/api/v1/users/2", "/health"]
+        );
+        for i in 0..20 {
+            set.paths.insert(format!("/api/v1/orders/{i}"), 1);
+        }
+        assert_eq!(
+            generalize(&set, 8),
+            vec!["/api/v1/orders/*", "/api/v1/users/*", "/health"]
+        );
+        assert_eq!(generalize(&set, 2), vec!["/api/v1/*", "/health"]);
+        // Never broader than the first segment, even above the limit.
+        assert_eq!(generalize(&set, 1), vec!["/api/*", "/health"]);
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert_eq!(policy_name("Foo_Bar"), "verity-allow-foo-bar");
+        assert!(policy_name(&"x".repeat(100)).len() <= 63);
+    }
+}
