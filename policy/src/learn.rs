@@ -53,8 +53,10 @@ impl Default for LearnSettings {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct DestinationKey {
     namespace: String,
-    /// The workload name, or the service name for `via_waypoint`.
+    /// The workload name, or the service name when the records name only the service.
     name: String,
+    /// The records name only the destination service (its selector selects the pods).
+    by_service: bool,
     via_waypoint: bool,
 }
 
@@ -140,17 +142,26 @@ impl Learner {
                 (Enforcer::Waypoint, _) => d.service.zip(d.service_namespace).map(|(s, ns)| DestinationKey {
                     namespace: ns.to_string(),
                     name: s.to_string(),
+                    by_service: true,
                     via_waypoint: true,
                 }),
-                (_, Some(ns)) => d
-                    .workload
-                    .map(|w| inventory.workload_of(ns, w).unwrap_or_else(|| workload_from_pod(w)))
-                    .or(d.service)
-                    .map(|name| DestinationKey {
+                (_, Some(ns)) => match d.workload {
+                    Some(w) => Some(DestinationKey {
                         namespace: ns.to_string(),
-                        name: name.to_string(),
+                        name: inventory
+                            .workload_of(ns, w)
+                            .unwrap_or_else(|| workload_from_pod(w))
+                            .to_string(),
+                        by_service: false,
                         via_waypoint: false,
                     }),
+                    None => d.service.map(|s| DestinationKey {
+                        namespace: ns.to_string(),
+                        name: s.to_string(),
+                        by_service: true,
+                        via_waypoint: false,
+                    }),
+                },
                 _ => None,
             };
             let Some(key) = key else {
@@ -261,7 +272,14 @@ impl Learner {
                     }],
                 )
             } else {
-                let (labels, assumed) = selector_for(inventory, &key.namespace, &key.name);
+                let by_service = key
+                    .by_service
+                    .then(|| inventory.service_selector(&key.namespace, &key.name))
+                    .flatten();
+                let (labels, assumed) = match by_service {
+                    Some(selector) => (selector.clone(), false),
+                    None => selector_for(inventory, &key.namespace, &key.name),
+                };
                 if assumed {
                     report.assumed_selectors.push(format!(
                         "{who}: app={} (no inventory entry; check the workload's labels)",

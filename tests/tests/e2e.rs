@@ -15,6 +15,7 @@ mod e2e {
     pub mod kafka;
     pub mod otlp_grpc;
     pub mod otlp_http;
+    pub mod policy;
     pub mod python_sdk;
     pub mod rules;
     pub mod secrets;

@@ -1,0 +1,203 @@
+//! `verity policy learn` and `verity policy whatif` on a recorded scenario: the proposal allows
+//! everything observed, and a new edge shows up as traffic the proposal would deny.
+
+use std::path::Path;
+
+use verity_e2e::verity_command;
+
+/// An inbound sidecar record in Envoy's JSON format, with the peer identity logged.
+fn sidecar(time: &str, peer: &str, service: &str, method: &str, path: &str, status: u16) -> String {
+    let details = if status == 403 {
+        r#","response_code_details":"rbac_access_denied_matched_policy[ns[shop]-policy[deny-all]-rule[0]]""#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"start_time":"{time}","method":"{method}","path":"{path}","protocol":"HTTP/1.1","response_code":{status}{details},"upstream_cluster":"inbound|8080||","downstream_peer_uri_san":"spiffe://cluster.local/ns/shop/sa/{peer}","downstream_remote_address":"10.1.0.7:5555","downstream_local_address":"10.2.0.9:8080","requested_server_name":"outbound_.8080_._.{service}.shop.svc.cluster.local","authority":"{service}.shop:8080"}}"#
+    )
+}
+
+/// An inbound ztunnel record (L4).
+fn ztunnel(time: &str, peer: &str) -> String {
+    format!(
+        "{time}\tinfo\taccess\tconnection complete\tsrc.addr=10.1.0.9:40000 src.workload=\"{peer}-7d9f8c6b5-q2w3e\" src.namespace=\"shop\" src.identity=\"spiffe://cluster.local/ns/shop/sa/{peer}\" dst.addr=10.3.0.4:5432 dst.hbone_addr=10.3.0.4:5432 dst.service=\"db.data.svc.cluster.local\" dst.workload=\"db-5d9c8b7f6-abcde\" dst.namespace=\"data\" dst.identity=\"spiffe://cluster.local/ns/data/sa/db\" direction=\"inbound\" bytes_sent=100 bytes_recv=50 duration=\"3ms\""
+    )
+}
+
+fn pod(name: &str, namespace: &str, app: &str, hash: &str) -> String {
+    format!(
+        "  - apiVersion: v1\n    kind: Pod\n    metadata:\n      name: {name}\n      namespace: {namespace}\n      labels: {{app: {app}, pod-template-hash: {hash}}}\n      ownerReferences: [{{kind: ReplicaSet, name: {app}-{hash}, controller: true}}]\n"
+    )
+}
+
+fn week_one() -> Vec<String> {
+    let mut lines = Vec::new();
+    for i in 0..20 {
+        lines.push(sidecar(
+            &format!("2026-11-20T10:00:{i:02}Z"),
+            "frontend",
+            "cart",
+            "GET",
+            &format!("/cart/{i}?view=full"),
+            200,
+        ));
+    }
+    for i in 0..3 {
+        lines.push(sidecar(
+            &format!("2026-11-20T10:01:{i:02}Z"),
+            "frontend",
+            "cart",
+            "POST",
+            "/cart/items",
+            200,
+        ));
+        lines.push(ztunnel(&format!("2026-11-20T10:02:{i:02}.000000Z"), "cart"));
+    }
+    for i in 0..5 {
+        lines.push(sidecar(
+            &format!("2026-11-20T10:03:{i:02}Z"),
+            "cart",
+            "pay",
+            "POST",
+            "/pay/charge",
+            200,
+        ));
+    }
+    lines
+}
+
+fn write(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").expect("write log");
+}
+
+#[test]
+fn learn_then_whatif_allows_what_was_seen_and_catches_a_new_edge() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let inventory = dir.path().join("pods.yaml");
+    let mut pods = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    pods.push_str(&pod("frontend-6c7d8e9f0-aaaaa", "shop", "frontend", "6c7d8e9f0"));
+    pods.push_str(&pod("cart-7d9f8c6b5-bbbbb", "shop", "cart", "7d9f8c6b5"));
+    pods.push_str(&pod("pay-6d4f9c7b8-ccccc", "shop", "pay", "6d4f9c7b8"));
+    pods.push_str(&pod("db-5d9c8b7f6-abcde", "data", "db", "5d9c8b7f6"));
+    for (name, ns) in [("cart", "shop"), ("pay", "shop"), ("db", "data")] {
+        pods.push_str(&format!(
+            "  - apiVersion: v1\n    kind: Service\n    metadata: {{name: {name}, namespace: {ns}}}\n    spec: {{selector: {{app: {name}}}}}\n"
+        ));
+    }
+    std::fs::write(&inventory, pods).expect("inventory");
+    let week1 = dir.path().join("week1.log");
+    write(&week1, &week_one());
+
+    let proposals = dir.path().join("proposed");
+    let out = verity_command(dir.path())
+        .args(["policy", "learn", "--workloads"])
+        .arg(&inventory)
+        .arg("--out")
+        .arg(&proposals)
+        .arg(&week1)
+        .output()
+        .expect("run learn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "learn failed: {stderr}");
+    assert!(stderr.contains("3 policies with 3 rules"), "{stderr}");
+    let read =
+        |name: &str| std::fs::read_to_string(proposals.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{stderr}"));
+    let cart = read("shop.verity-allow-cart.yaml");
+    assert!(
+        cart.contains("app: cart") && cart.contains("cluster.local/ns/shop/sa/frontend"),
+        "{cart}"
+    );
+    // Twenty cart ids generalize to a prefix; the query string is not part of a path.
+    assert!(
+        cart.contains("/cart/*") && cart.contains("/cart/items") && !cart.contains("view=full"),
+        "{cart}"
+    );
+    assert!(
+        cart.contains("verity.dev/rule-0") && cart.contains("23 allowed requests"),
+        "{cart}"
+    );
+    let db = read("data.verity-allow-db.yaml");
+    assert!(
+        db.contains("'5432'") && !db.contains("paths:") && db.contains("verity.dev/l4-only"),
+        "{db}"
+    );
+    assert!(read("shop.verity-allow-pay.yaml").contains("/pay/charge"));
+
+    // The proposal allows everything it was learned from.
+    let whatif = |log: &Path, json: bool| {
+        let mut cmd = verity_command(dir.path());
+        cmd.args(["policy", "whatif", "--policies"])
+            .arg(&proposals)
+            .arg("--workloads")
+            .arg(&inventory);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.arg(log).output().expect("run whatif")
+    };
+    let out = whatif(&week1, false);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("allowed -> denied: 0") && report.contains("unchanged: 31 allowed"),
+        "{report}"
+    );
+
+    // A week later: a new edge (frontend calls pay directly), a new identity on cart, and a
+    // request the mesh denied that the proposal would allow.
+    let mut lines = week_one();
+    lines.push(sidecar(
+        "2026-11-27T09:00:00Z",
+        "frontend",
+        "pay",
+        "POST",
+        "/pay/charge",
+        200,
+    ));
+    lines.push(sidecar(
+        "2026-11-27T09:00:01Z",
+        "intruder",
+        "cart",
+        "GET",
+        "/cart/1",
+        200,
+    ));
+    lines.push(sidecar(
+        "2026-11-27T09:00:02Z",
+        "cart",
+        "pay",
+        "POST",
+        "/pay/charge",
+        403,
+    ));
+    let week2 = dir.path().join("week2.log");
+    write(&week2, &lines);
+    let out = whatif(&week2, false);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "whatif must fail when it would deny allowed traffic:\n{report}"
+    );
+    assert!(
+        report
+            .contains("spiffe://cluster.local/ns/shop/sa/frontend → shop/pay: 1 requests; no ALLOW policy matched (1)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("spiffe://cluster.local/ns/shop/sa/intruder → shop/cart"),
+        "{report}"
+    );
+    assert!(report.contains("/pay/charge"), "samples show the records:\n{report}");
+
+    let out = whatif(&week2, true);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(json["allowed_to_denied"], 2, "{json}");
+    assert_eq!(json["denied_to_allowed"], 1, "{json}");
+    assert_eq!(json["allowed_unchanged"], 31, "{json}");
+}
