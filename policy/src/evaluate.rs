@@ -133,6 +133,19 @@ impl PolicySet {
             .collect()
     }
 
+    /// Per policy, per row: whether the policy applies to the request (three-valued).
+    pub fn applies(&self, batch: &RecordBatch) -> Vec<Vec<Option<bool>>> {
+        let view = EventView::new(batch);
+        self.policies
+            .iter()
+            .map(|p| {
+                (0..view.rows())
+                    .map(|row| p.target.applies(&view, row, &self.inventory))
+                    .collect()
+            })
+            .collect()
+    }
+
     pub fn evaluate(&self, batch: &RecordBatch) -> Verdicts {
         let view = EventView::new(batch);
         let rows = view.rows();

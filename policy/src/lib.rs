@@ -15,6 +15,7 @@ pub mod learn;
 pub mod object;
 pub mod pattern;
 pub mod predicate;
+pub mod shadow;
 pub mod target;
 pub mod whatif;
 

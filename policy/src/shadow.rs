@@ -1,0 +1,323 @@
+//! Shadow mode: candidate policies evaluated on live traffic, each as an assertion "would deny
+//! no observed legitimate traffic".
+//!
+//! Every request the mesh allowed at an enforcement point is evaluated with the candidates
+//! enforced (dry-run or not). A request they would deny counts against the DENY policy that
+//! matched it, or against every candidate ALLOW policy that applies to it when none of them
+//! matched. Per candidate, in event time over the last `window`:
+//! - **violated**: it would have denied at least one legitimate request;
+//! - **holding**: requests it applies to were seen, and it would have denied none;
+//! - **unknown**: no request it applies to was seen, or only requests whose outcome the
+//!   records cannot settle.
+//!
+//! A change of state is an alert (firing when violated, resolved when it holds again, unknown
+//! when traffic stops), with the requests it would deny as evidence. `holding_since` is what a
+//! promotion waits on.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::TimestampNanosecondType;
+use serde::Serialize;
+use verity_model::alert::{Alert, AlertStatus, Evidence, Severity, alert_id};
+use verity_model::event::col;
+use verity_model::time::format_rfc3339_ns;
+
+use crate::evaluate::{Observed, PolicySet, Verdict, observed};
+use crate::event_view::EventView;
+
+/// The rule id shadow alerts carry.
+pub const RULE_ID: &str = "policy-shadow";
+/// Requests kept as evidence per alert.
+const MAX_EVIDENCE: usize = 5;
+/// Characters of a record kept in evidence.
+const MAX_RAW_CHARS: usize = 2048;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowState {
+    Unknown,
+    Holding,
+    Violated,
+}
+
+impl ShadowState {
+    pub const ALL: [ShadowState; 3] = [ShadowState::Unknown, ShadowState::Holding, ShadowState::Violated];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ShadowState::Unknown => "unknown",
+            ShadowState::Holding => "holding",
+            ShadowState::Violated => "violated",
+        }
+    }
+}
+
+/// What one request meant for one candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowOutcome {
+    Allowed,
+    WouldDeny,
+    Unknown,
+}
+
+impl ShadowOutcome {
+    pub const ALL: [ShadowOutcome; 3] = [ShadowOutcome::Allowed, ShadowOutcome::WouldDeny, ShadowOutcome::Unknown];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ShadowOutcome::Allowed => "allowed",
+            ShadowOutcome::WouldDeny => "would_deny",
+            ShadowOutcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// One candidate's assertion.
+#[derive(Debug, Clone, Serialize)]
+pub struct CandidateState {
+    pub policy: String,
+    pub state: ShadowState,
+    /// Event time the candidate has held since (reset by a violation); `None` unless holding.
+    pub holding_since_ns: Option<i64>,
+    pub last_traffic_ns: Option<i64>,
+    pub last_violation_ns: Option<i64>,
+    /// Requests, by outcome, since start.
+    pub allowed: u64,
+    pub would_deny: u64,
+    pub unknown: u64,
+    #[serde(skip)]
+    evidence: Vec<Evidence>,
+    #[serde(skip)]
+    violations_in_state: u64,
+}
+
+/// The candidates' assertions.
+#[derive(Debug)]
+pub struct ShadowAssertions {
+    set: PolicySet,
+    window_ns: i64,
+    candidates: Vec<CandidateState>,
+    watermark_ns: Option<i64>,
+}
+
+fn text<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
+    batch.column_by_name(name).and_then(|c| c.as_string_opt::<i32>())
+}
+
+fn value(array: Option<&StringArray>, row: usize) -> Option<String> {
+    array
+        .filter(|a| row < a.len() && a.is_valid(row))
+        .map(|a| a.value(row).to_string())
+}
+
+fn evidence(batch: &RecordBatch, row: usize, time_ns: i64) -> Evidence {
+    let raw = value(text(batch, col::RAW), row).unwrap_or_default();
+    let raw_bytes = raw.len();
+    let cut: String = raw.chars().take(MAX_RAW_CHARS).collect();
+    let status = batch
+        .column_by_name(col::STATUS)
+        .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int32Type>())
+        .filter(|a| row < a.len() && a.is_valid(row))
+        .map(|a| a.value(row));
+    let verified = batch
+        .column_by_name(col::SENDER_VERIFIED)
+        .and_then(|c| c.as_boolean_opt())
+        .is_some_and(|a| row < a.len() && a.is_valid(row) && a.value(row));
+    Evidence {
+        event_time: format_rfc3339_ns(time_ns),
+        source_principal: value(text(batch, col::SOURCE_PRINCIPAL), row),
+        destination_service: value(text(batch, col::DESTINATION_SERVICE), row),
+        status,
+        decision: value(text(batch, col::DECISION), row).unwrap_or_default(),
+        raw_bytes: (cut.len() < raw_bytes).then_some(raw_bytes),
+        raw: cut,
+        sender: value(text(batch, col::SENDER), row),
+        sender_verified: verified,
+        sender_binding: value(text(batch, col::SENDER_BINDING), row),
+        destination_principal: value(text(batch, col::DESTINATION_PRINCIPAL), row),
+        request_principal: value(text(batch, col::REQUEST_PRINCIPAL), row),
+    }
+}
+
+impl ShadowAssertions {
+    pub fn new(set: PolicySet, window_ns: i64) -> Self {
+        let candidates = set
+            .policies()
+            .iter()
+            .map(|p| CandidateState {
+                policy: p.id.clone(),
+                state: ShadowState::Unknown,
+                holding_since_ns: None,
+                last_traffic_ns: None,
+                last_violation_ns: None,
+                allowed: 0,
+                would_deny: 0,
+                unknown: 0,
+                evidence: Vec::new(),
+                violations_in_state: 0,
+            })
+            .collect();
+        Self {
+            set,
+            window_ns: window_ns.max(1),
+            candidates,
+            watermark_ns: None,
+        }
+    }
+
+    pub fn candidates(&self) -> &[CandidateState] {
+        &self.candidates
+    }
+
+    /// Evaluates one batch; `outcomes` is told each (candidate, outcome) for metrics. Returns
+    /// the alerts for the candidates whose state changed.
+    pub fn process(&mut self, batch: &RecordBatch, mut outcomes: impl FnMut(usize, ShadowOutcome)) -> Vec<Alert> {
+        let verdicts = self.set.evaluate(batch).with_dry_run;
+        let applies = self.set.applies(batch);
+        let view = EventView::new(batch);
+        let times = batch
+            .column_by_name(col::EVENT_TIME)
+            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
+        for (row, verdict) in verdicts.iter().enumerate() {
+            if *verdict == Verdict::NotEnforced || observed(&view, row) != Observed::Allowed {
+                continue;
+            }
+            let Some(time) = times.filter(|t| row < t.len() && t.is_valid(row)).map(|t| t.value(row)) else {
+                continue;
+            };
+            self.watermark_ns = Some(self.watermark_ns.map_or(time, |w| w.max(time)));
+            for (i, candidate) in self.candidates.iter_mut().enumerate() {
+                let applies_here = applies.get(i).and_then(|a| a.get(row).copied()).flatten();
+                let outcome = match verdict {
+                    Verdict::Deny { by: Some(p) } if *p == i => ShadowOutcome::WouldDeny,
+                    Verdict::Deny { by: None }
+                        if applies_here == Some(true)
+                            && self
+                                .set
+                                .policies()
+                                .get(i)
+                                .is_some_and(|p| p.action == crate::object::Action::Allow) =>
+                    {
+                        ShadowOutcome::WouldDeny
+                    }
+                    _ if applies_here == Some(false) => continue,
+                    Verdict::Unknown => ShadowOutcome::Unknown,
+                    _ if applies_here.is_none() => ShadowOutcome::Unknown,
+                    _ => ShadowOutcome::Allowed,
+                };
+                outcomes(i, outcome);
+                match outcome {
+                    ShadowOutcome::Allowed => {
+                        candidate.allowed += 1;
+                        candidate.last_traffic_ns = Some(candidate.last_traffic_ns.map_or(time, |t| t.max(time)));
+                    }
+                    ShadowOutcome::WouldDeny => {
+                        candidate.would_deny += 1;
+                        candidate.violations_in_state += 1;
+                        candidate.last_traffic_ns = Some(candidate.last_traffic_ns.map_or(time, |t| t.max(time)));
+                        candidate.last_violation_ns = Some(candidate.last_violation_ns.map_or(time, |t| t.max(time)));
+                        if candidate.evidence.len() < MAX_EVIDENCE {
+                            candidate.evidence.push(evidence(batch, row, time));
+                        }
+                    }
+                    ShadowOutcome::Unknown => candidate.unknown += 1,
+                }
+            }
+        }
+        self.advance()
+    }
+
+    /// Moves every candidate to its state at the watermark; returns the transitions' alerts.
+    pub fn advance(&mut self) -> Vec<Alert> {
+        let Some(watermark) = self.watermark_ns else {
+            return Vec::new();
+        };
+        let recent = |t: Option<i64>| t.is_some_and(|t| t > watermark.saturating_sub(self.window_ns));
+        let mut alerts = Vec::new();
+        for candidate in &mut self.candidates {
+            let next = if recent(candidate.last_violation_ns) {
+                ShadowState::Violated
+            } else if recent(candidate.last_traffic_ns) {
+                ShadowState::Holding
+            } else {
+                ShadowState::Unknown
+            };
+            if next == candidate.state {
+                continue;
+            }
+            let previous = candidate.state;
+            candidate.state = next;
+            candidate.holding_since_ns = (next == ShadowState::Holding).then_some(watermark);
+            let status = match (previous, next) {
+                (_, ShadowState::Violated) => Some(AlertStatus::Firing),
+                (ShadowState::Violated, ShadowState::Holding) => Some(AlertStatus::Resolved),
+                (_, ShadowState::Unknown) => Some(AlertStatus::Unknown),
+                _ => None,
+            };
+            if let Some(status) = status {
+                alerts.push(transition_alert(candidate, status, watermark));
+            }
+            candidate.evidence.clear();
+            candidate.violations_in_state = 0;
+        }
+        alerts
+    }
+}
+
+fn transition_alert(candidate: &CandidateState, status: AlertStatus, at_ns: i64) -> Alert {
+    let group = BTreeMap::from([("policy".to_string(), Some(candidate.policy.clone()))]);
+    let (title, severity, summary) = match status {
+        AlertStatus::Firing => (
+            "Candidate policy would deny legitimate traffic",
+            Severity::Medium,
+            format!(
+                "candidate policy {} would have denied {} request(s) the mesh allowed",
+                candidate.policy, candidate.violations_in_state
+            ),
+        ),
+        AlertStatus::Resolved => (
+            "Candidate policy holds again",
+            Severity::Info,
+            format!(
+                "candidate policy {} would deny no observed legitimate traffic",
+                candidate.policy
+            ),
+        ),
+        AlertStatus::Unknown => (
+            "Candidate policy has no traffic to judge",
+            Severity::Low,
+            format!(
+                "no request candidate policy {} applies to was seen, or none whose outcome the records settle",
+                candidate.policy
+            ),
+        ),
+    };
+    let at = format_rfc3339_ns(at_ns);
+    Alert {
+        id: alert_id(RULE_ID, &group, at_ns, status),
+        rule_id: RULE_ID.into(),
+        title: title.into(),
+        severity,
+        kind: "assertion".into(),
+        status,
+        tags: vec!["least-privilege".into(), "authorization-policy".into()],
+        description:
+            "A candidate AuthorizationPolicy evaluated on live traffic: it must deny no request the mesh allowed."
+                .into(),
+        group,
+        count: candidate.violations_in_state,
+        aggregates: BTreeMap::new(),
+        window_start: None,
+        window_end: None,
+        first_seen: candidate
+            .evidence
+            .first()
+            .map_or_else(|| at.clone(), |e| e.event_time.clone()),
+        last_seen: at,
+        evidence: candidate.evidence.clone(),
+        entity: None,
+        respond: None,
+        summary,
+    }
+}
