@@ -50,6 +50,8 @@ pub enum AppError {
     PipelineDied,
     #[error("the rule set does not compile:\n  {}", .0.join("\n  "))]
     Rules(Vec<String>),
+    #[error("policy.shadow: {0}")]
+    ShadowPolicies(String),
     #[error("{0}")]
     Responder(String),
     #[error("admin.token: {0}")]
@@ -259,6 +261,17 @@ pub async fn run_with(
     stages.push(Box::new(verity_collector::pipeline::posture::PostureStage::new(
         verity_collector::pipeline::posture::PostureMetrics::register(&mut registry),
     )));
+    if settings.policy.shadow.enabled {
+        let shadow = shadow_assertions(&settings.policy)?;
+        let metrics = verity_collector::pipeline::policy_shadow::ShadowMetrics::register(&mut registry);
+        tracing::info!(
+            candidates = shadow.candidates().len(),
+            "shadow mode: candidate policies judged on live traffic"
+        );
+        stages.push(Box::new(
+            verity_collector::pipeline::policy_shadow::PolicyShadowStage::new(shadow, alerts.clone(), metrics),
+        ));
+    }
     if let Some(dir) = &settings.archive_dir {
         stages.push(Box::new(ArchiveStage::new(dir.clone(), metrics.clone())));
     }
@@ -593,4 +606,26 @@ async fn watch_rules(engine: SharedEngine, poll_secs: u64, stop: impl Future<Out
             let _ = tokio::task::spawn_blocking(move || e.reload()).await;
         }
     }
+}
+
+/// Reads and compiles the candidate policies of shadow mode.
+fn shadow_assertions(
+    cfg: &verity_policy::config::PolicyConfig,
+) -> Result<verity_policy::shadow::ShadowAssertions, AppError> {
+    let fail = |e: &dyn std::fmt::Display| AppError::ShadowPolicies(e.to_string());
+    let (policies, _) = verity_policy::object::read_paths(&cfg.shadow.candidates).map_err(|e| fail(&e))?;
+    if policies.is_empty() {
+        return Err(AppError::ShadowPolicies(
+            "no AuthorizationPolicy in the candidates".into(),
+        ));
+    }
+    let inventory = match &cfg.workloads {
+        Some(path) => verity_policy::Inventory::read(path).map_err(|e| fail(&e))?,
+        None => verity_policy::Inventory::default(),
+    };
+    let set = verity_policy::PolicySet::compile(&policies, &cfg.root_namespace, inventory).map_err(|e| fail(&e))?;
+    let window_ns = i64::try_from(cfg.shadow.window_secs)
+        .unwrap_or(3600)
+        .saturating_mul(1_000_000_000);
+    Ok(verity_policy::shadow::ShadowAssertions::new(set, window_ns))
 }

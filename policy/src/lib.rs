@@ -8,6 +8,7 @@
 //! built on this.
 
 pub mod compile;
+pub mod config;
 pub mod evaluate;
 pub mod event_view;
 pub mod inventory;

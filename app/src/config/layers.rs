@@ -98,9 +98,10 @@ fn deserialize_sections(tree: Value) -> Result<Config, Vec<ConfigError>> {
             "kafka" => cfg.kafka = section(key, v, &mut errors).unwrap_or_default(),
             "telemetry" => cfg.telemetry = section(key, v, &mut errors).unwrap_or_default(),
             "control" => cfg.control = section(key, v, &mut errors).unwrap_or_default(),
+            "policy" => cfg.policy = section(key, v, &mut errors).unwrap_or_default(),
             other => errors.push(ConfigError::new(
                 other,
-                "unknown section; expected one of otlp, intake, pipeline, admin, archive, dead_letter, log, shutdown, rules, sinks, kafka, telemetry, control",
+                "unknown section; expected one of otlp, intake, pipeline, admin, archive, dead_letter, log, shutdown, rules, sinks, kafka, telemetry, control, policy",
             )),
         }
     }

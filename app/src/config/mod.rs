@@ -47,6 +47,7 @@ pub struct Config {
     pub kafka: verity_collector::sources::kafka::KafkaConfig,
     pub telemetry: TelemetryConfig,
     pub control: verity_control::ControlConfig,
+    pub policy: verity_policy::config::PolicyConfig,
 }
 
 /// Verity's own traces and metrics over OTLP (off by default).
@@ -238,4 +239,5 @@ pub struct Settings {
     pub kafka: verity_collector::sources::kafka::KafkaConfig,
     pub telemetry: TelemetryConfig,
     pub control: verity_control::ControlConfig,
+    pub policy: verity_policy::config::PolicyConfig,
 }

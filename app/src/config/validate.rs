@@ -196,6 +196,7 @@ impl Config {
         errors.extend(self.kafka.validate());
         errors.extend(self.intake.validate());
         errors.extend(self.control.validate());
+        errors.extend(self.policy.validate());
         if self.telemetry.enabled {
             let e = &self.telemetry.endpoint;
             if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -238,6 +239,7 @@ impl Config {
             kafka: self.kafka.clone(),
             telemetry: self.telemetry.clone(),
             control: self.control.clone(),
+            policy: self.policy.clone(),
         })
     }
 }

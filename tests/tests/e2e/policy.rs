@@ -201,3 +201,93 @@ fn learn_then_whatif_allows_what_was_seen_and_catches_a_new_edge() {
     assert_eq!(json["denied_to_allowed"], 1, "{json}");
     assert_eq!(json["allowed_unchanged"], 31, "{json}");
 }
+
+#[test]
+fn shadow_mode_turns_violated_when_a_new_edge_appears() {
+    use std::time::Duration;
+    use verity_e2e::{Verity, eventually, read_jsonl};
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let candidates = dir.path().join("candidates");
+    std::fs::create_dir(&candidates).expect("mkdir");
+    std::fs::write(
+        candidates.join("cart.yaml"),
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: cart-allow, namespace: shop, annotations: {istio.io/dry-run: "true"}}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]
+"#,
+    )
+    .expect("candidate");
+    let workloads = dir.path().join("workloads.yaml");
+    std::fs::write(
+        &workloads,
+        "workloads: [{namespace: shop, name: cart, labels: {app: cart}}]\nservices: [{namespace: shop, name: cart, selector: {app: cart}}]\n",
+    )
+    .expect("workloads");
+    let alerts_file = dir.path().join("alerts.jsonl");
+    let candidates_list = format!("[{:?}]", candidates.display().to_string());
+    let v = Verity::start_in(
+        dir,
+        &[
+            (
+                "VERITY__SINKS__OUTPUTS__FILE__PATH",
+                alerts_file.to_str().expect("path"),
+            ),
+            ("VERITY__SINKS__OUTPUTS__STDOUT__ENABLED", "false"),
+            ("VERITY__POLICY__SHADOW__ENABLED", "true"),
+            ("VERITY__POLICY__SHADOW__CANDIDATES", &candidates_list),
+            ("VERITY__POLICY__WORKLOADS", workloads.to_str().expect("path")),
+        ],
+    );
+    let state = |s: &str| format!(r#"verity_policy_shadow_state{{policy="shop/cart-allow",state="{s}"}}"#);
+    assert_eq!(v.metric_value(&state("unknown")), Some(1.0), "{}", v.metrics_text());
+
+    let good: Vec<String> = (0..3)
+        .map(|i| {
+            sidecar(
+                &format!("2026-11-27T10:00:0{i}Z"),
+                "frontend",
+                "cart",
+                "GET",
+                "/cart",
+                200,
+            )
+        })
+        .collect();
+    assert_eq!(verity_e2e::post_log_lines(v.http, &good), 200);
+    assert!(
+        eventually(Duration::from_secs(10), || v.metric_value(&state("holding"))
+            == Some(1.0)),
+        "{}",
+        v.metrics_text()
+    );
+
+    let new_edge = [sidecar("2026-11-27T10:00:05Z", "intruder", "cart", "GET", "/cart", 200)];
+    assert_eq!(verity_e2e::post_log_lines(v.http, &new_edge), 200);
+    let firing = || {
+        read_jsonl(&alerts_file)
+            .into_iter()
+            .find(|a| a["rule_id"] == "policy-shadow" && a["status"] == "firing")
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || firing().is_some()),
+        "{}",
+        v.stderr()
+    );
+    let alert = firing().expect("alert");
+    assert_eq!(alert["group"]["policy"], "shop/cart-allow", "{alert}");
+    assert_eq!(
+        alert["evidence"][0]["source_principal"], "spiffe://cluster.local/ns/shop/sa/intruder",
+        "{alert}"
+    );
+    assert_eq!(v.metric_value(&state("violated")), Some(1.0));
+    assert_eq!(
+        v.metric_value(r#"verity_policy_shadow_requests_total{policy="shop/cart-allow",outcome="would_deny"}"#),
+        Some(1.0)
+    );
+}

@@ -1,0 +1,63 @@
+//! The `policy` section of Verity's configuration: where candidate policies come from and how
+//! shadow mode judges them.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use verity_model::config_error::ConfigError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The mesh's root namespace (`meshConfig.rootNamespace`): a policy there without a
+    /// selector applies mesh-wide.
+    pub root_namespace: String,
+    /// Workloads and their labels, to resolve selectors (`kubectl get pods,services -A -o
+    /// yaml`, or Verity's short form; see docs/policy.md).
+    pub workloads: Option<PathBuf>,
+    pub shadow: ShadowConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    pub enabled: bool,
+    /// Files or directories of candidate AuthorizationPolicies.
+    pub candidates: Vec<PathBuf>,
+    /// A candidate is violated while it would have denied a legitimate request in this much
+    /// event time, and unknown when it saw no traffic in it.
+    pub window_secs: u64,
+}
+
+impl PolicyConfig {
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let ns = &self.root_namespace;
+        let dns_label = !ns.is_empty()
+            && ns.len() <= 63
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !dns_label {
+            errors.push(ConfigError::new(
+                "policy.root_namespace",
+                format!("{ns:?} is not a namespace name"),
+            ));
+        }
+        if self.shadow.enabled && self.shadow.candidates.is_empty() {
+            errors.push(ConfigError::new(
+                "policy.shadow.candidates",
+                "shadow mode needs at least one file or directory of candidate policies",
+            ));
+        }
+        if !(60..=30 * 86_400).contains(&self.shadow.window_secs) {
+            errors.push(ConfigError::new(
+                "policy.shadow.window_secs",
+                "must be between 60 and 2592000",
+            ));
+        }
+        errors
+    }
+}
