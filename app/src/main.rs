@@ -173,6 +173,42 @@ enum PolicyCommand {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Compare the policies in force with the traffic of an observation period: ALLOW rules
+    /// no request used, DENY rules that never matched, and workloads without an ALLOW policy.
+    Drift(DriftArgs),
+}
+
+#[derive(clap::Args)]
+struct DriftArgs {
+    /// Policy files or directories in force.
+    #[arg(long)]
+    policies: Vec<PathBuf>,
+    /// Read the policies in force from the cluster (every namespace), through the
+    /// Kubernetes API.
+    #[arg(long)]
+    cluster: bool,
+    /// The kubeconfig for --cluster (else in-cluster, $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context for --cluster.
+    #[arg(long)]
+    context: Option<String>,
+    /// The AuthorizationPolicy API version for --cluster (`v1`, or `v1beta1` before Istio 1.22).
+    #[arg(long, default_value = "v1")]
+    api_version: String,
+    /// Workloads and their labels, to resolve selectors and list workloads without an ALLOW
+    /// policy (see `learn`).
+    #[arg(long)]
+    workloads: Option<PathBuf>,
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Access logs of the observation period.
+    #[arg(required = true)]
+    files: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -538,7 +574,46 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        PolicyCommand::Drift(args) => {
+            if args.policies.is_empty() && !args.cluster {
+                anyhow::bail!("give --policies or --cluster");
+            }
+            let (mut policies, _) = verity_policy::object::read_paths(&args.policies)?;
+            if args.cluster {
+                policies.extend(cluster_policies(&args)?);
+            }
+            let opts = verity::policy_cli::DriftOptions {
+                workloads: args.workloads,
+                root_namespace: args.root_namespace,
+                json: args.json,
+                workers: args.workers.unwrap_or(default_workers).max(1),
+            };
+            verity::policy_cli::drift(&opts, &policies, &args.files, &mut out, &mut std::io::stderr())?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Lists every AuthorizationPolicy through the Kubernetes API.
+fn cluster_policies(args: &DriftArgs) -> anyhow::Result<Vec<verity_policy::AuthorizationPolicy>> {
+    let cfg = verity_control::config::IstioConfig {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+        api_version: args.api_version.clone(),
+        ..verity_control::config::IstioConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let objects = runtime.block_on(async {
+        let controller = verity_control::istio::IstioController::connect(cfg).await?;
+        anyhow::Ok(controller.list_all_policies().await?)
+    })?;
+    let (policies, _) = verity_policy::object::from_api_objects(objects).map_err(anyhow::Error::msg)?;
+    eprintln!("drift: {} AuthorizationPolicies read from the cluster", policies.len());
+    Ok(policies)
 }
 
 fn normalize_files(format: FormatHint, files: &[String]) -> anyhow::Result<ExitCode> {

@@ -6,6 +6,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use verity_policy::AuthorizationPolicy;
+use verity_policy::drift::DriftReport;
 use verity_policy::learn::{LearnReport, LearnSettings, Learner};
 use verity_policy::object::read_paths;
 use verity_policy::whatif::{Change, WhatifReport};
@@ -216,4 +218,124 @@ pub fn learn(
         let _ = writeln!(progress, "learn: left out {item}");
     }
     Ok(report)
+}
+
+pub struct DriftOptions {
+    pub workloads: Option<PathBuf>,
+    pub root_namespace: String,
+    pub json: bool,
+    pub workers: usize,
+}
+
+/// Runs the policies in force over the log files and reports what is unused or missing.
+pub fn drift(
+    opts: &DriftOptions,
+    policies: &[AuthorizationPolicy],
+    files: &[String],
+    out: &mut impl Write,
+    progress: &mut impl Write,
+) -> Result<DriftReport, PolicyCliError> {
+    let set = PolicySet::compile(policies, &opts.root_namespace, inventory(opts.workloads.as_deref())?)?;
+    let mut report = DriftReport::new(&set);
+    let (lines, rejected) = for_each_batch(files, opts.workers, progress, |batch| report.add(&set, batch))?;
+    report.finish();
+    let _ = writeln!(
+        progress,
+        "drift: {lines} lines ({rejected} rejected), {} policies",
+        policies.len()
+    );
+    if opts.json {
+        serde_json::to_writer_pretty(&mut *out, &report).map_err(|e| PolicyCliError::Write {
+            what: "the report".into(),
+            source: e.into(),
+        })?;
+        writeln!(out).map_err(write_err("the report"))?;
+    } else {
+        write_drift_text(&report, out).map_err(write_err("the report"))?;
+    }
+    Ok(report)
+}
+
+fn write_drift_text(r: &DriftReport, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "requests evaluated where policies are enforced: {}", r.requests)?;
+    let unused: Vec<_> = r.unused_allow_rules().collect();
+    writeln!(
+        out,
+        "
+ALLOW rules no allowed request used (over-broad or dead): {}",
+        unused.len()
+    )?;
+    for u in unused {
+        writeln!(
+            out,
+            "  {} rules[{}]{}",
+            u.policy,
+            u.rule,
+            if u.dry_run { " (dry-run)" } else { "" }
+        )?;
+    }
+    let idle: Vec<_> = r.idle_deny_rules().collect();
+    writeln!(
+        out,
+        "
+DENY rules that never matched: {}",
+        idle.len()
+    )?;
+    for u in idle {
+        writeln!(
+            out,
+            "  {} rules[{}]{}",
+            u.policy,
+            u.rule,
+            if u.dry_run { " (dry-run)" } else { "" }
+        )?;
+    }
+    let unknown: Vec<_> = r.rules.iter().filter(|u| u.matched == 0 && u.unknown > 0).collect();
+    if !unknown.is_empty() {
+        writeln!(
+            out,
+            "
+Rules whose use the records cannot settle: {}",
+            unknown.len()
+        )?;
+        for u in unknown {
+            writeln!(out, "  {} rules[{}]: {} requests unknown", u.policy, u.rule, u.unknown)?;
+        }
+    }
+    writeln!(
+        out,
+        "
+Destinations in traffic that no ALLOW policy applies to: {}",
+        r.destinations_without_allow.len()
+    )?;
+    for (d, n) in &r.destinations_without_allow {
+        writeln!(out, "  {d}: {n} requests")?;
+    }
+    writeln!(
+        out,
+        "
+Inventory workloads no ALLOW policy selects: {}",
+        r.workloads_without_allow.len()
+    )?;
+    for w in &r.workloads_without_allow {
+        writeln!(out, "  {w}")?;
+    }
+    writeln!(
+        out,
+        "
+Rule use:"
+    )?;
+    for u in &r.rules {
+        writeln!(
+            out,
+            "  {} {} rules[{}]: {} matched, {} unknown, last {}",
+            u.action,
+            u.policy,
+            u.rule,
+            u.matched,
+            u.unknown,
+            u.last_matched.as_deref().unwrap_or("never")
+        )?;
+    }
+    Ok(())
 }

@@ -309,6 +309,26 @@ impl IstioController {
         wait
     }
 
+    /// Every AuthorizationPolicy in the cluster, in every namespace and whoever manages it
+    /// (what `verity policy drift --cluster` reads), as JSON objects with kind and apiVersion.
+    pub async fn list_all_policies(&self) -> Result<Vec<serde_json::Value>, ResponderError> {
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &self.resource);
+        let list = self.timed(api.list(&ListParams::default())).await;
+        self.count("list", list.is_ok());
+        let list = list.map_err(|e| ResponderError::retry(format!("list: {e}")))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|mut o| {
+                o.types.get_or_insert_with(|| kube::api::TypeMeta {
+                    api_version: self.resource.api_version.clone(),
+                    kind: self.resource.kind.clone(),
+                });
+                serde_json::to_value(o).ok()
+            })
+            .collect())
+    }
+
     /// A health check for `verity validate --check-sinks`: lists the managed policies and
     /// applies a probe policy as a server-side dry run (which proves the CRD is installed,
     /// the objects pass its schema and Verity may patch them); nothing is stored.

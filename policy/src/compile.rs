@@ -30,12 +30,21 @@ pub struct CompiledPolicy {
     pub action: Action,
     pub dry_run: bool,
     pub target: Target,
-    /// Matches an HTTP request.
+    /// Matches a request the policy's rules select, at each kind of proxy.
+    pub matches: Layers,
+    /// Each rule on its own (for which rules traffic uses).
+    pub rules: Vec<Layers>,
+}
+
+/// One predicate per way a proxy builds the policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layers {
+    /// An HTTP request.
     pub http: Pred,
-    /// Matches a TCP connection at a sidecar.
+    /// A TCP connection at a sidecar.
     pub tcp: Pred,
-    /// Matches a connection at ztunnel; `None` for the actions ztunnel does not enforce
-    /// (AUDIT, CUSTOM).
+    /// A connection at ztunnel; `None` for the actions ztunnel does not enforce (AUDIT,
+    /// CUSTOM).
     pub ztunnel: Option<Pred>,
 }
 
@@ -98,22 +107,35 @@ pub fn compile(policy: &AuthorizationPolicy, root_namespace: &str) -> Result<Com
             allow: spec.action == Action::Allow,
         },
     ];
-    let mut compiled: [Vec<Pred>; 3] = Default::default();
+    let at_ztunnel = matches!(spec.action, Action::Allow | Action::Deny);
+    let mut compiled: Vec<Layers> = Vec::with_capacity(rules.len());
     for (i, rule) in rules.iter().enumerate() {
-        for (layer, out) in layers.iter().zip(compiled.iter_mut()) {
-            let (pred, _) = compile_rule(rule, *layer, namespace).map_err(|m| fail(format!("rules[{i}]: {m}")))?;
-            out.push(pred);
-        }
+        let mut preds = layers
+            .iter()
+            .map(|layer| compile_rule(rule, *layer, namespace).map(|(pred, _)| pred))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| fail(format!("rules[{i}]: {m}")))?
+            .into_iter();
+        let (http, tcp, ztunnel) = (preds.next(), preds.next(), preds.next());
+        let never = || Pred::Const(Some(false));
+        compiled.push(Layers {
+            http: http.unwrap_or_else(never),
+            tcp: tcp.unwrap_or_else(never),
+            ztunnel: ztunnel.filter(|_| at_ztunnel),
+        });
     }
-    let [http, tcp, ztunnel] = compiled;
+    let whole = Layers {
+        http: Pred::any(compiled.iter().map(|l| l.http.clone()).collect()),
+        tcp: Pred::any(compiled.iter().map(|l| l.tcp.clone()).collect()),
+        ztunnel: at_ztunnel.then(|| Pred::any(compiled.iter().filter_map(|l| l.ztunnel.clone()).collect())),
+    };
     Ok(CompiledPolicy {
         id: id.clone(),
         action: spec.action,
         dry_run: policy.is_dry_run(),
         target,
-        http: Pred::any(http),
-        tcp: Pred::any(tcp),
-        ztunnel: matches!(spec.action, Action::Allow | Action::Deny).then(|| Pred::any(ztunnel)),
+        matches: whole,
+        rules: compiled,
     })
 }
 

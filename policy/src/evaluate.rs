@@ -6,7 +6,7 @@
 
 use arrow::array::{Array, BooleanArray, RecordBatch};
 
-use crate::compile::{CompileError, CompiledPolicy, compile};
+use crate::compile::{CompileError, CompiledPolicy, Layers, compile};
 use crate::event_view::{Enforcer, EventView, cell};
 use crate::inventory::Inventory;
 use crate::object::{Action, AuthorizationPolicy};
@@ -98,36 +98,32 @@ impl PolicySet {
     /// Per policy, per row: whether it applies and matches (three-valued).
     pub fn matches(&self, batch: &RecordBatch) -> Vec<BooleanArray> {
         let view = EventView::new(batch);
-        let rows = view.rows();
-        let is_http: Vec<Option<bool>> = (0..rows).map(|r| view.is_http(r)).collect();
+        let context = RowContext::of(&view);
         self.policies
             .iter()
             .map(|policy| {
-                let http = policy.http.eval(&view);
-                let tcp = if policy.tcp == policy.http {
-                    http.clone()
-                } else {
-                    policy.tcp.eval(&view)
-                };
-                let ztunnel = policy.ztunnel.as_ref().map(|z| z.eval(&view));
-                (0..rows)
-                    .map(|row| {
-                        let applies = policy.target.applies(&view, row, &self.inventory);
-                        let hit = |a: &BooleanArray| a.is_valid(row).then(|| a.value(row));
-                        if view.enforcer(row) == Enforcer::Ztunnel {
-                            // ztunnel enforces ALLOW and DENY policies only.
-                            return kleene_and(applies, ztunnel.as_ref().map_or(Some(false), hit));
-                        }
-                        let matched = match is_http.get(row).copied().flatten() {
-                            Some(true) => hit(&http),
-                            Some(false) => hit(&tcp),
-                            None => match (hit(&http), hit(&tcp)) {
-                                (Some(a), Some(b)) if a == b => Some(a),
-                                _ => None,
-                            },
-                        };
-                        kleene_and(applies, matched)
-                    })
+                let applies: Vec<Option<bool>> = (0..view.rows())
+                    .map(|row| policy.target.applies(&view, row, &self.inventory))
+                    .collect();
+                layered(&policy.matches, &view, &context, &applies)
+            })
+            .collect()
+    }
+
+    /// Per policy, per rule, per row: whether the policy applies and that rule matches.
+    pub fn rule_matches(&self, batch: &RecordBatch) -> Vec<Vec<BooleanArray>> {
+        let view = EventView::new(batch);
+        let context = RowContext::of(&view);
+        self.policies
+            .iter()
+            .map(|policy| {
+                let applies: Vec<Option<bool>> = (0..view.rows())
+                    .map(|row| policy.target.applies(&view, row, &self.inventory))
+                    .collect();
+                policy
+                    .rules
+                    .iter()
+                    .map(|rule| layered(rule, &view, &context, &applies))
                     .collect()
             })
             .collect()
@@ -240,4 +236,52 @@ fn kleene_or(a: Option<bool>, b: Option<bool>) -> Option<bool> {
         (Some(false), Some(false)) => Some(false),
         _ => None,
     }
+}
+
+/// What decides which of a policy's predicates a row is judged by.
+struct RowContext {
+    is_http: Vec<Option<bool>>,
+    at_ztunnel: Vec<bool>,
+}
+
+impl RowContext {
+    fn of(view: &EventView<'_>) -> Self {
+        Self {
+            is_http: (0..view.rows()).map(|r| view.is_http(r)).collect(),
+            at_ztunnel: (0..view.rows())
+                .map(|r| view.enforcer(r) == Enforcer::Ztunnel)
+                .collect(),
+        }
+    }
+}
+
+/// Evaluates `layers` on every row with the predicate of the proxy that judged it, and with
+/// whether the policy applies there.
+fn layered(layers: &Layers, view: &EventView<'_>, context: &RowContext, applies: &[Option<bool>]) -> BooleanArray {
+    let http = layers.http.eval(view);
+    let tcp = if layers.tcp == layers.http {
+        http.clone()
+    } else {
+        layers.tcp.eval(view)
+    };
+    let ztunnel = layers.ztunnel.as_ref().map(|z| z.eval(view));
+    (0..view.rows())
+        .map(|row| {
+            let applies = applies.get(row).copied().flatten();
+            let hit = |a: &BooleanArray| a.is_valid(row).then(|| a.value(row));
+            if context.at_ztunnel.get(row).copied().unwrap_or(false) {
+                // ztunnel enforces ALLOW and DENY policies only.
+                return kleene_and(applies, ztunnel.as_ref().map_or(Some(false), hit));
+            }
+            let matched = match context.is_http.get(row).copied().flatten() {
+                Some(true) => hit(&http),
+                Some(false) => hit(&tcp),
+                None => match (hit(&http), hit(&tcp)) {
+                    (Some(a), Some(b)) if a == b => Some(a),
+                    _ => None,
+                },
+            };
+            kleene_and(applies, matched)
+        })
+        .collect()
 }

@@ -255,6 +255,25 @@ impl Inventory {
         self.names.get(namespace).and_then(|n| n.get(name)).map_or(0, Vec::len)
     }
 
+    /// Every workload the inventory names (not the pods it knows the workload of), with one of
+    /// its label sets.
+    pub fn workloads(&self) -> Vec<(&str, &str, &Labels)> {
+        let mut out = Vec::new();
+        for (ns, names) in &self.names {
+            let pods = self.pod_workloads.get(ns);
+            for (name, indexes) in names {
+                if pods.is_some_and(|p| p.contains_key(name)) {
+                    continue;
+                }
+                if let Some(labels) = indexes.first().and_then(|i| self.label_sets.get(*i)) {
+                    out.push((ns.as_str(), name.as_str(), labels));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Namespaces that hold at least one workload.
     pub fn namespaces(&self) -> impl Iterator<Item = &str> {
         self.in_namespace.keys().map(String::as_str)

@@ -9,6 +9,7 @@
 
 pub mod compile;
 pub mod config;
+pub mod drift;
 pub mod evaluate;
 pub mod event_view;
 pub mod inventory;

@@ -274,6 +274,18 @@ pub fn parse_documents(text: &str, path: &Path, out: &mut Vec<AuthorizationPolic
     Ok(skipped)
 }
 
+/// Reads policies from JSON objects as the Kubernetes API serves them (`kind` other than
+/// `AuthorizationPolicy` skipped); returns them and how many were skipped.
+pub fn from_api_objects(objects: Vec<serde_json::Value>) -> Result<(Vec<AuthorizationPolicy>, usize), String> {
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for object in objects {
+        let value = serde_yaml::to_value(object).map_err(|e| e.to_string())?;
+        skipped += collect(value, &mut out)?;
+    }
+    Ok((out, skipped))
+}
+
 fn collect(value: serde_yaml::Value, out: &mut Vec<AuthorizationPolicy>) -> Result<usize, String> {
     if value.is_null() {
         return Ok(0);

@@ -76,6 +76,22 @@ impl Target {
         })
     }
 
+    /// Whether the policy selects a workload with these labels in `namespace` (for workloads
+    /// known from an inventory, not from traffic). Waypoint-attached policies select none.
+    pub fn selects_workload(&self, namespace: &str, labels: &Labels) -> bool {
+        match self {
+            Target::Mesh => true,
+            Target::Namespace(ns) => ns == namespace,
+            Target::Selector {
+                namespace: ns,
+                labels: selector,
+            } => {
+                ns.as_deref().is_none_or(|ns| ns == namespace) && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            }
+            Target::Refs { .. } => false,
+        }
+    }
+
     /// Whether the policy applies to the request in `row` (unknown when the destination or its
     /// labels are not known).
     pub fn applies(&self, view: &EventView<'_>, row: usize, inventory: &Inventory) -> Option<bool> {

@@ -291,3 +291,73 @@ spec:
         Some(1.0)
     );
 }
+
+#[test]
+fn drift_reads_the_cluster_and_reports_unused_rules_and_unprotected_workloads() {
+    use verity_e2e::kube::{KubeApiServer, KubeSettings, istio_crd_path};
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = KubeApiServer::start(KubeSettings {
+        crd_path: Some(istio_crd_path()),
+        namespaces: vec!["shop".into(), "data".into()],
+    });
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let policy = |yaml: &str| -> serde_json::Value { serde_yaml::from_str(yaml).expect("policy yaml") };
+    for object in [
+        // Used by frontend → cart.
+        policy(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-cart, namespace: shop}\nspec:\n  selector: {matchLabels: {app: cart}}\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]\n",
+        ),
+        // The second rule (a retired batch job) is never used.
+        policy(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-pay, namespace: shop}\nspec:\n  selector: {matchLabels: {app: pay}}\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/cart]}}]\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/old-batch]}}]\n",
+        ),
+        policy(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: shop}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/legacy/*]}}]\n",
+        ),
+    ] {
+        server.apply_as("kubectl", &object, false).expect("seeded");
+    }
+    let inventory = dir.path().join("workloads.yaml");
+    std::fs::write(
+        &inventory,
+        "workloads:\n  - {namespace: shop, name: frontend, labels: {app: frontend}}\n  - {namespace: shop, name: cart, labels: {app: cart}}\n  - {namespace: shop, name: pay, labels: {app: pay}}\n  - {namespace: data, name: db, labels: {app: db}}\nservices:\n  - {namespace: shop, name: cart, selector: {app: cart}}\n  - {namespace: shop, name: pay, selector: {app: pay}}\n",
+    )
+    .expect("inventory");
+    let log = dir.path().join("week.log");
+    write(&log, &week_one());
+    let out = verity_command(dir.path())
+        .args(["policy", "drift", "--cluster", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .arg("--workloads")
+        .arg(&inventory)
+        .arg(&log)
+        .output()
+        .expect("run drift");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("3 AuthorizationPolicies read from the cluster"),
+        "{stderr}"
+    );
+    assert!(
+        report.contains("ALLOW rules no allowed request used (over-broad or dead): 1\n  shop/allow-pay rules[1]"),
+        "{report}"
+    );
+    assert!(
+        report.contains("DENY rules that never matched: 1\n  shop/deny-legacy rules[0]"),
+        "{report}"
+    );
+    assert!(
+        report.contains("ALLOW shop/allow-cart rules[0]: 23 matched"),
+        "{report}"
+    );
+    // db is reached (through ztunnel) with no ALLOW policy; frontend and db have none at all.
+    assert!(report.contains("data/db-5d9c8b7f6-abcde: 3 requests"), "{report}");
+    assert!(
+        report.contains("Inventory workloads no ALLOW policy selects: 2\n  data/db\n  shop/frontend"),
+        "{report}"
+    );
+}

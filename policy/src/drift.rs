@@ -1,0 +1,160 @@
+//! `verity policy drift`: the policies in force against the traffic they saw. Reports ALLOW
+//! rules no allowed request used (over-broad, or dead), DENY rules that never matched, and
+//! workloads no ALLOW policy selects (everything is allowed to reach them).
+//!
+//! Only records from enforcement points count, and only matches that are known: a rule whose
+//! matches were all unknown is reported as such, not as unused.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::TimestampNanosecondType;
+use serde::Serialize;
+use verity_model::event::col;
+
+use crate::evaluate::{Observed, PolicySet, observed};
+use crate::event_view::{Enforcer, EventView};
+use crate::object::Action;
+use crate::target::Destination;
+
+/// How one rule of one policy was used.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleUse {
+    pub policy: String,
+    pub action: &'static str,
+    pub rule: usize,
+    pub dry_run: bool,
+    /// Requests the rule matched (for ALLOW rules, allowed requests).
+    pub matched: u64,
+    /// Requests whose match the records could not settle.
+    pub unknown: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_matched: Option<String>,
+    #[serde(skip)]
+    last_ns: Option<i64>,
+}
+
+/// Totals of a drift run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DriftReport {
+    /// Records from enforcement points.
+    pub requests: u64,
+    pub rules: Vec<RuleUse>,
+    /// Destinations seen in traffic that no ALLOW policy applies to, with their requests.
+    pub destinations_without_allow: BTreeMap<String, u64>,
+    /// Inventory workloads no ALLOW policy selects.
+    pub workloads_without_allow: Vec<String>,
+}
+
+impl DriftReport {
+    pub fn new(set: &PolicySet) -> Self {
+        let rules = set
+            .policies()
+            .iter()
+            .flat_map(|p| {
+                (0..p.rules.len()).map(move |rule| RuleUse {
+                    policy: p.id.clone(),
+                    action: p.action.as_str(),
+                    rule,
+                    dry_run: p.dry_run,
+                    matched: 0,
+                    unknown: 0,
+                    last_matched: None,
+                    last_ns: None,
+                })
+            })
+            .collect();
+        let mut workloads_without_allow = Vec::new();
+        for (ns, name, labels) in set.inventory().workloads() {
+            let selected = set
+                .policies()
+                .iter()
+                .any(|p| p.action == Action::Allow && !p.dry_run && p.target.selects_workload(ns, labels));
+            if !selected {
+                workloads_without_allow.push(format!("{ns}/{name}"));
+            }
+        }
+        Self {
+            rules,
+            workloads_without_allow,
+            ..Self::default()
+        }
+    }
+
+    pub fn add(&mut self, set: &PolicySet, batch: &RecordBatch) {
+        let view = EventView::new(batch);
+        let rule_matches = set.rule_matches(batch);
+        let applies = set.applies(batch);
+        let times = batch
+            .column_by_name(col::EVENT_TIME)
+            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
+        for row in 0..view.rows() {
+            if view.enforcer(row) == Enforcer::Elsewhere {
+                continue;
+            }
+            self.requests += 1;
+            let allowed = observed(&view, row) == Observed::Allowed;
+            let time = times.filter(|t| row < t.len() && t.is_valid(row)).map(|t| t.value(row));
+            let mut slot = 0;
+            let mut any_allow_applies = Some(false);
+            for (p, policy) in set.policies().iter().enumerate() {
+                if policy.action == Action::Allow && !policy.dry_run {
+                    let a = applies.get(p).and_then(|v| v.get(row).copied()).flatten();
+                    any_allow_applies = match (any_allow_applies, a) {
+                        (Some(true), _) | (_, Some(true)) => Some(true),
+                        (Some(false), Some(false)) => Some(false),
+                        _ => None,
+                    };
+                }
+                for matches in rule_matches.get(p).into_iter().flatten() {
+                    if let Some(used) = self.rules.get_mut(slot) {
+                        // An ALLOW rule is used by requests the mesh let through; any other by
+                        // whatever it matched.
+                        let counts = policy.action != Action::Allow || allowed;
+                        if counts && matches.is_valid(row) && matches.value(row) {
+                            used.matched += 1;
+                            if let Some(t) = time
+                                && used.last_ns.is_none_or(|l| t > l)
+                            {
+                                used.last_ns = Some(t);
+                            }
+                        } else if counts && !matches.is_valid(row) {
+                            used.unknown += 1;
+                        }
+                    }
+                    slot += 1;
+                }
+            }
+            if any_allow_applies == Some(false) {
+                let d = Destination::of(&view, row);
+                let name = format!(
+                    "{}/{}",
+                    d.namespace.unwrap_or("?"),
+                    d.workload.or(d.service).unwrap_or("?")
+                );
+                *self.destinations_without_allow.entry(name).or_default() += 1;
+            }
+        }
+    }
+
+    /// Fills in the times; call once at the end.
+    pub fn finish(&mut self) {
+        for r in &mut self.rules {
+            r.last_matched = r.last_ns.map(verity_model::time::format_rfc3339_ns);
+        }
+    }
+
+    /// ALLOW rules no allowed request used (and whose use is not merely unknown).
+    pub fn unused_allow_rules(&self) -> impl Iterator<Item = &RuleUse> {
+        self.rules
+            .iter()
+            .filter(|r| r.action == "ALLOW" && r.matched == 0 && r.unknown == 0)
+    }
+
+    /// DENY rules that matched nothing.
+    pub fn idle_deny_rules(&self) -> impl Iterator<Item = &RuleUse> {
+        self.rules
+            .iter()
+            .filter(|r| r.action == "DENY" && r.matched == 0 && r.unknown == 0)
+    }
+}
