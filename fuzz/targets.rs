@@ -43,6 +43,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("rule_yaml", rule_yaml),
     ("config_yaml", config_yaml),
     ("spiffe_cert", spiffe_cert),
+    ("policy_yaml", policy_yaml),
+    ("inventory_yaml", inventory_yaml),
 ];
 
 /// One log line from a file or a Kafka topic, through every parser: each `FormatHint` (so each
@@ -158,6 +160,59 @@ pub fn rule_yaml(data: &[u8]) {
         let _ = engine.process(batch);
     }
     let _ = engine.flush();
+}
+
+/// An AuthorizationPolicy file's text: parsed, compiled with a fixed inventory, and, when it
+/// compiles, evaluated on a small fixed batch through everything that uses it (whatif with and
+/// without dry-run policies, drift, a shadow assertion, learn).
+pub fn policy_yaml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut policies = Vec::new();
+    if verity_policy::object::parse_documents(text, std::path::Path::new("policy.yaml"), &mut policies).is_err() {
+        return;
+    }
+    let inventory = verity_policy::Inventory::parse(
+        "workloads: [{namespace: pay, name: pay-1, labels: {app: pay}}, {namespace: shop, name: orders, labels: {app: orders}}]\nservices: [{namespace: pay, name: pay, selector: {app: pay}}]",
+    )
+    .unwrap_or_default();
+    let set = match verity_policy::PolicySet::compile(&policies, "istio-system", inventory) {
+        Ok(set) => set,
+        Err(e) => {
+            let _ = e.to_string();
+            return;
+        }
+    };
+    let Some(batch) = rule_sample_batch() else { return };
+    let mut whatif = verity_policy::whatif::WhatifReport::default();
+    whatif.add(&set, batch, false);
+    whatif.add(&set, batch, true);
+    let mut drift = verity_policy::drift::DriftReport::new(&set);
+    drift.add(&set, batch);
+    drift.finish();
+    let mut learner = verity_policy::learn::Learner::default();
+    learner.add(batch, set.inventory());
+    let _ = learner.propose(set.inventory(), &verity_policy::learn::LearnSettings::default());
+    let mut shadow = verity_policy::shadow::ShadowAssertions::new(set, 60_000_000_000);
+    let _ = shadow.process(batch, |_, _| {});
+}
+
+/// A workload inventory's text (`kubectl get pods,services -o yaml` or the short form), then
+/// selector lookups by pod, workload and service.
+pub fn inventory_yaml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(inventory) = verity_policy::Inventory::parse(text) else {
+        return;
+    };
+    let selector = verity_policy::inventory::Labels::from([("app".to_string(), "pay".to_string())]);
+    for (ns, name, labels) in inventory.workloads() {
+        let _ = inventory.selects(&selector, ns, Some(name), None);
+        let _ = inventory.selects(labels, ns, Some(name), Some(name));
+        let _ = inventory.workload_of(ns, name);
+    }
 }
 
 /// A configuration file's text, loaded over the embedded defaults (no environment) and

@@ -106,6 +106,16 @@ fn spiffe_cert() {
     replay("spiffe_cert");
 }
 
+#[test]
+fn policy_yaml() {
+    replay("policy_yaml");
+}
+
+#[test]
+fn inventory_yaml() {
+    replay("inventory_yaml");
+}
+
 /// A directory named after no target (a typo) would silently never run, and a target without
 /// a test above would never be replayed.
 #[test]
@@ -119,6 +129,8 @@ fn every_regression_directory_is_a_target_with_a_test() {
         "rule_yaml",
         "config_yaml",
         "spiffe_cert",
+        "policy_yaml",
+        "inventory_yaml",
     ];
     let names: Vec<&str> = targets::TARGETS.iter().map(|(name, _)| *name).collect();
     assert_eq!(names, tested, "fuzz/targets.rs TARGETS and the tests above differ");

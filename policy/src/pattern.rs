@@ -240,6 +240,46 @@ pub fn parse_logged_ip(text: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn normalized_paths_hold_no_dot_segments(path in "[/a.%2eE\\\\é-]{0,24}") {
+            let n = normalize_path(&path);
+            prop_assert!(!n.split('/').any(|s| s == "." || s == ".."), "{path:?} -> {n:?}");
+        }
+
+        #[test]
+        fn any_pattern_and_value_match_without_panicking(pattern in "\\PC{0,12}", value in "\\PC{0,12}") {
+            for p in [Pattern::parse(&pattern, false), Pattern::parse(&pattern, true)] {
+                let _ = p.matches(&value);
+                let _ = p.matches_ignore_case(&value);
+            }
+            if let Ok(p) = Pattern::parse_path(&pattern) {
+                let _ = p.matches(&value);
+            }
+        }
+
+        #[test]
+        fn host_matching_ignores_ascii_case(pattern in "[*]?[a-zA-Z.]{0,6}[*]?", value in "[a-zA-Z.]{0,8}") {
+            let p = Pattern::parse(&pattern, true);
+            prop_assert_eq!(p.matches_ignore_case(&value), p.matches(&value.to_ascii_lowercase()));
+        }
+
+        #[test]
+        fn ipv4_blocks_match_like_masks(net in any::<u32>(), prefix in 0u8..=32, addr in any::<u32>()) {
+            let text = format!("{}/{prefix}", std::net::Ipv4Addr::from(net));
+            let block = IpBlock::parse(&text).expect("valid");
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            prop_assert_eq!(block.contains(std::net::IpAddr::V4(addr.into())), net & mask == addr & mask);
+        }
+
+        #[test]
+        fn any_text_is_an_ip_block_or_an_error(text in "\\PC{0,20}") {
+            let _ = IpBlock::parse(&text);
+            let _ = parse_logged_ip(&text);
+        }
+    }
 
     #[test]
     fn string_forms() {
