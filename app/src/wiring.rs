@@ -50,8 +50,8 @@ pub enum AppError {
     PipelineDied,
     #[error("the rule set does not compile:\n  {}", .0.join("\n  "))]
     Rules(Vec<String>),
-    #[error("policy.shadow: {0}")]
-    ShadowPolicies(String),
+    #[error("{0}: {1}")]
+    Policies(&'static str, String),
     #[error("{0}")]
     Responder(String),
     #[error("admin.token: {0}")]
@@ -270,6 +270,19 @@ pub async fn run_with(
         );
         stages.push(Box::new(
             verity_collector::pipeline::policy_shadow::PolicyShadowStage::new(shadow, alerts.clone(), metrics),
+        ));
+    }
+    if settings.policy.drift.enabled {
+        let set = policy_set(&settings.policy, &settings.policy.drift.policies, "policy.drift")?;
+        tracing::info!(
+            policies = set.policies().len(),
+            "live drift: the policies in force evaluated on traffic"
+        );
+        stages.push(Box::new(
+            verity_collector::pipeline::policy_drift::PolicyDriftStage::new(
+                set,
+                verity_collector::pipeline::policy_drift::DriftMetrics::register(&mut registry),
+            ),
         ));
     }
     if let Some(dir) = &settings.archive_dir {
@@ -608,22 +621,29 @@ async fn watch_rules(engine: SharedEngine, poll_secs: u64, stop: impl Future<Out
     }
 }
 
-/// Reads and compiles the candidate policies of shadow mode.
-fn shadow_assertions(
+/// Reads and compiles policies with the configured inventory and root namespace.
+fn policy_set(
     cfg: &verity_policy::config::PolicyConfig,
-) -> Result<verity_policy::shadow::ShadowAssertions, AppError> {
-    let fail = |e: &dyn std::fmt::Display| AppError::ShadowPolicies(e.to_string());
-    let (policies, _) = verity_policy::object::read_paths(&cfg.shadow.candidates).map_err(|e| fail(&e))?;
+    paths: &[std::path::PathBuf],
+    section: &'static str,
+) -> Result<verity_policy::PolicySet, AppError> {
+    let fail = |e: &dyn std::fmt::Display| AppError::Policies(section, e.to_string());
+    let (policies, _) = verity_policy::object::read_paths(paths).map_err(|e| fail(&e))?;
     if policies.is_empty() {
-        return Err(AppError::ShadowPolicies(
-            "no AuthorizationPolicy in the candidates".into(),
-        ));
+        return Err(fail(&"no AuthorizationPolicy in the files given"));
     }
     let inventory = match &cfg.workloads {
         Some(path) => verity_policy::Inventory::read(path).map_err(|e| fail(&e))?,
         None => verity_policy::Inventory::default(),
     };
-    let set = verity_policy::PolicySet::compile(&policies, &cfg.root_namespace, inventory).map_err(|e| fail(&e))?;
+    verity_policy::PolicySet::compile(&policies, &cfg.root_namespace, inventory).map_err(|e| fail(&e))
+}
+
+/// The candidate policies of shadow mode, each an assertion.
+fn shadow_assertions(
+    cfg: &verity_policy::config::PolicyConfig,
+) -> Result<verity_policy::shadow::ShadowAssertions, AppError> {
+    let set = policy_set(cfg, &cfg.shadow.candidates, "policy.shadow")?;
     let window_ns = i64::try_from(cfg.shadow.window_secs)
         .unwrap_or(3600)
         .saturating_mul(1_000_000_000);

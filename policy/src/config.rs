@@ -16,6 +16,18 @@ pub struct PolicyConfig {
     /// yaml`, or Verity's short form; see docs/policy.md).
     pub workloads: Option<PathBuf>,
     pub shadow: ShadowConfig,
+    pub drift: DriftConfig,
+}
+
+/// Live drift: the policies in force evaluated on traffic, rule by rule.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    pub enabled: bool,
+    /// Files or directories of the policies in force (for example
+    /// `kubectl get authorizationpolicies -A -o yaml`, refreshed by a CronJob into a
+    /// ConfigMap).
+    pub policies: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -50,6 +62,12 @@ impl PolicyConfig {
             errors.push(ConfigError::new(
                 "policy.shadow.candidates",
                 "shadow mode needs at least one file or directory of candidate policies",
+            ));
+        }
+        if self.drift.enabled && self.drift.policies.is_empty() {
+            errors.push(ConfigError::new(
+                "policy.drift.policies",
+                "drift needs at least one file or directory of the policies in force",
             ));
         }
         if !(60..=30 * 86_400).contains(&self.shadow.window_secs) {

@@ -42,9 +42,15 @@ pub struct DriftReport {
     pub rules: Vec<RuleUse>,
     /// Destinations seen in traffic that no ALLOW policy applies to, with their requests.
     pub destinations_without_allow: BTreeMap<String, u64>,
+    /// Requests to further destinations without an ALLOW policy, past
+    /// [`MAX_DESTINATIONS`] (destinations come from traffic: their number is bounded).
+    pub destinations_overflow: u64,
     /// Inventory workloads no ALLOW policy selects.
     pub workloads_without_allow: Vec<String>,
 }
+
+/// Distinct destinations without an ALLOW policy remembered by name.
+pub const MAX_DESTINATIONS: usize = 10_000;
 
 impl DriftReport {
     pub fn new(set: &PolicySet) -> Self {

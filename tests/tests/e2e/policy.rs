@@ -203,7 +203,7 @@ fn learn_then_whatif_allows_what_was_seen_and_catches_a_new_edge() {
 }
 
 #[test]
-fn shadow_mode_turns_violated_when_a_new_edge_appears() {
+fn shadow_mode_turns_violated_when_a_new_edge_appears_and_live_drift_counts_rule_use() {
     use std::time::Duration;
     use verity_e2e::{Verity, eventually, read_jsonl};
 
@@ -229,8 +229,15 @@ spec:
         "workloads: [{namespace: shop, name: cart, labels: {app: cart}}]\nservices: [{namespace: shop, name: cart, selector: {app: cart}}]\n",
     )
     .expect("workloads");
+    let in_force = dir.path().join("in-force.yaml");
+    std::fs::write(
+        &in_force,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-cart, namespace: shop}\nspec:\n  selector: {matchLabels: {app: cart}}\n  rules:\n  - from: [{source: {namespaces: [shop]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: shop}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/legacy/*]}}]\n",
+    )
+    .expect("in force");
     let alerts_file = dir.path().join("alerts.jsonl");
     let candidates_list = format!("[{:?}]", candidates.display().to_string());
+    let in_force_list = format!("[{:?}]", in_force.display().to_string());
     let v = Verity::start_in(
         dir,
         &[
@@ -242,6 +249,8 @@ spec:
             ("VERITY__POLICY__SHADOW__ENABLED", "true"),
             ("VERITY__POLICY__SHADOW__CANDIDATES", &candidates_list),
             ("VERITY__POLICY__WORKLOADS", workloads.to_str().expect("path")),
+            ("VERITY__POLICY__DRIFT__ENABLED", "true"),
+            ("VERITY__POLICY__DRIFT__POLICIES", &in_force_list),
         ],
     );
     let state = |s: &str| format!(r#"verity_policy_shadow_state{{policy="shop/cart-allow",state="{s}"}}"#);
@@ -289,6 +298,25 @@ spec:
     assert_eq!(
         v.metric_value(r#"verity_policy_shadow_requests_total{policy="shop/cart-allow",outcome="would_deny"}"#),
         Some(1.0)
+    );
+    // Live drift: the in-force ALLOW rule matched all four requests; the DENY rule none.
+    assert_eq!(
+        v.metric_value(r#"verity_policy_rule_matches_total{policy="shop/allow-cart",rule="0",action="ALLOW"}"#),
+        Some(4.0),
+        "{}",
+        v.metrics_text()
+    );
+    assert_eq!(
+        v.metric_value(r#"verity_policy_rule_matches_total{policy="shop/deny-legacy",rule="0",action="DENY"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        v.metric_value(r#"verity_policy_rules_unused{action="DENY"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        v.metric_value(r#"verity_policy_rules_unused{action="ALLOW"}"#),
+        Some(0.0)
     );
 }
 

@@ -1,0 +1,143 @@
+//! The live drift stage: the AuthorizationPolicies in force evaluated on every event batch,
+//! rule by rule ([`verity_policy::drift`]), so a dashboard shows which rules traffic uses,
+//! which never match, and how many requests reach destinations no ALLOW policy protects.
+//!
+//! Label values are policy ids and rule indexes from the configured files (not from traffic)
+//! and the action enum.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use verity_policy::PolicySet;
+use verity_policy::drift::DriftReport;
+
+use crate::pipeline::{Batch, Stage, StageError};
+
+type RuleLabels = [(&'static str, String); 3];
+
+#[derive(Clone, Default)]
+pub struct DriftMetrics {
+    matches: Family<RuleLabels, Counter>,
+    unused: Family<[(&'static str, &'static str); 1], Gauge>,
+    unprotected_requests: Counter,
+    unprotected_destinations: Gauge,
+}
+
+impl DriftMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "verity_policy_rule_matches",
+            "Requests each rule of the policies in force matched (ALLOW rules: allowed requests); a rule at 0 is unused",
+            m.matches.clone(),
+        );
+        registry.register(
+            "verity_policy_rules_unused",
+            "Rules of the policies in force no request has matched since Verity started, by action",
+            m.unused.clone(),
+        );
+        registry.register(
+            "verity_policy_unprotected_requests",
+            "Requests to destinations that no ALLOW policy in force applies to",
+            m.unprotected_requests.clone(),
+        );
+        registry.register(
+            "verity_policy_unprotected_destinations",
+            "Distinct destinations seen that no ALLOW policy in force applies to (capped at 10000)",
+            m.unprotected_destinations.clone(),
+        );
+        m
+    }
+}
+
+pub struct PolicyDriftStage {
+    set: PolicySet,
+    report: DriftReport,
+    metrics: DriftMetrics,
+    /// Matches per rule already exported.
+    exported: Vec<u64>,
+    unprotected_exported: u64,
+}
+
+impl PolicyDriftStage {
+    pub fn new(set: PolicySet, metrics: DriftMetrics) -> Self {
+        let report = DriftReport::new(&set);
+        let stage = Self {
+            exported: vec![0; report.rules.len()],
+            set,
+            report,
+            metrics,
+            unprotected_exported: 0,
+        };
+        stage.export();
+        stage
+    }
+
+    fn export(&self) {
+        for r in &self.report.rules {
+            // Every rule has its series from the start, so "never matched" reads as 0.
+            let _ = self.metrics.matches.get_or_create(&Self::labels(r));
+        }
+        for action in ["ALLOW", "DENY", "AUDIT", "CUSTOM"] {
+            let unused = self
+                .report
+                .rules
+                .iter()
+                .filter(|r| r.action == action && r.matched == 0)
+                .count();
+            self.metrics
+                .unused
+                .get_or_create(&[("action", action)])
+                .set(i64::try_from(unused).unwrap_or(i64::MAX));
+        }
+        let destinations = self.report.destinations_without_allow.len();
+        self.metrics
+            .unprotected_destinations
+            .set(i64::try_from(destinations).unwrap_or(i64::MAX));
+    }
+
+    fn labels(r: &verity_policy::drift::RuleUse) -> RuleLabels {
+        [
+            ("policy", r.policy.clone()),
+            ("rule", r.rule.to_string()),
+            ("action", r.action.to_string()),
+        ]
+    }
+}
+
+impl Stage for PolicyDriftStage {
+    fn name(&self) -> &'static str {
+        "policy_drift"
+    }
+
+    fn process(&mut self, batch: &Batch) -> Result<(), StageError> {
+        let Batch::Events(events) = batch else {
+            return Ok(());
+        };
+        self.report.add(&self.set, events);
+        for (r, exported) in self.report.rules.iter().zip(self.exported.iter_mut()) {
+            if r.matched > *exported {
+                self.metrics
+                    .matches
+                    .get_or_create(&Self::labels(r))
+                    .inc_by(r.matched - *exported);
+                *exported = r.matched;
+            }
+        }
+        let unprotected: u64 =
+            self.report.destinations_without_allow.values().sum::<u64>() + self.report.destinations_overflow;
+        if unprotected > self.unprotected_exported {
+            self.metrics
+                .unprotected_requests
+                .inc_by(unprotected - self.unprotected_exported);
+            self.unprotected_exported = unprotected;
+        }
+        self.export();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
+}
