@@ -115,6 +115,26 @@ def posture():
             "{{assertion}}")], unit="percentunit"),
         panel(l, "table", "Top offenders: violating keys", [target(
             f"topk(20, verity_assertion_state{{{I}}} == 1)", instant=True)], mappings=STATE_MAP),
+        panel(l, "stat", "Rules in force no request matched", [target(
+            f"sum(verity_policy_rules_unused{{{I}}}) or vector(0)")], w=6, h=4,
+            description="Rules of the AuthorizationPolicies in force (policy.drift) that no request has matched: over-broad or dead."),
+        panel(l, "stat", "Requests to workloads without an ALLOW policy", [target(
+            f"sum(increase(verity_policy_unprotected_requests_total{{{I}}}[$__range])) or vector(0)")], w=6, h=4,
+            description="Requests (range) to destinations no ALLOW policy in force applies to: anything in the mesh may reach them."),
+        panel(l, "stat", "Candidate policies violated", [target(
+            f'sum(verity_policy_shadow_state{{{I}, state="violated"}}) or vector(0)')], w=6, h=4,
+            description="Candidate policies (shadow mode) that would have denied legitimate traffic within their window."),
+        panel(l, "stat", "Candidate policies holding", [target(
+            f'sum(verity_policy_shadow_state{{{I}, state="holding"}}) or vector(0)')], w=6, h=4),
+        panel(l, "table", "Candidate policies (shadow mode)", [target(
+            f"max by (policy, state) (verity_policy_shadow_state{{{I}}} == 1)", instant=True)],
+            description="Each candidate AuthorizationPolicy's assertion: would it deny observed legitimate traffic?"),
+        panel(l, "timeseries", "Legitimate requests candidates would deny", [target(
+            f'sum by (policy) (rate(verity_policy_shadow_requests_total{{{I}, outcome="would_deny"}}[$__rate_interval]))',
+            "{{policy}}")], unit="reqps"),
+        panel(l, "table", "Unused rules of the policies in force", [target(
+            f"max by (policy, rule, action) (verity_policy_rule_matches_total{{{I}}}) == 0", instant=True)], w=24,
+            description="Rules no request matched since Verity started (verity policy drift gives the same over recorded logs)."),
     ]
     return dashboard("verity-posture", "Verity / Zero-trust posture", panels, [NAMESPACE],
                      "Which zero-trust policies hold, which are violated, and where Verity is blind.")

@@ -265,6 +265,22 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let token = dir.path().join("admin-token");
     std::fs::write(&token, "dash-token").expect("token");
     let token_ref = format!("{{file: '{}'}}", token.display());
+    // Least privilege: a candidate policy the scenario's traffic violates (it allows only a
+    // frontend that never calls), and policies in force with a DENY rule nothing matches.
+    let candidate = dir.path().join("candidate.yaml");
+    std::fs::write(
+        &candidate,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: pay-allow-frontend, namespace: pay}\nspec:\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]\n",
+    )
+    .expect("candidate");
+    let in_force = dir.path().join("in-force.yaml");
+    std::fs::write(
+        &in_force,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: pay-allow-shop, namespace: pay}\nspec:\n  rules:\n  - from: [{source: {namespaces: [shop]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: pay}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/legacy/*]}}]\n",
+    )
+    .expect("in force");
+    let candidates = format!("[{:?}]", candidate.display().to_string());
+    let in_force = format!("[{:?}]", in_force.display().to_string());
     let v = Verity::start_in(
         dir,
         &[
@@ -277,6 +293,10 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             ("VERITY__RULES__REVOKED", "[cluster.local/ns/shop/sa/cart]"),
             ("VERITY__CONTROL__MODE", "enforce"),
             ("VERITY__ADMIN__TOKEN", &token_ref),
+            ("VERITY__POLICY__SHADOW__ENABLED", "true"),
+            ("VERITY__POLICY__SHADOW__CANDIDATES", &candidates),
+            ("VERITY__POLICY__DRIFT__ENABLED", "true"),
+            ("VERITY__POLICY__DRIFT__POLICIES", &in_force),
         ],
     );
 
