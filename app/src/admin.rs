@@ -20,6 +20,8 @@ pub struct AdminState {
     pub metrics: AdminMetrics,
     /// The revocation API: the manager, where its audit events go, and the token it needs.
     pub control: Option<ControlApi>,
+    /// Promotion of staged candidate policies (same token).
+    pub staging: Option<crate::policy_stages::StagingApi>,
 }
 
 pub struct ControlApi {
@@ -140,6 +142,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/revocations", get(list_revocations).post(add_revocation))
         .route("/revocations/{id}/lift", post(lift_revocation))
+        .route("/policies/promote", post(promote_policy))
         .with_state(state)
 }
 
@@ -330,4 +333,74 @@ async fn metrics(State(st): State<Arc<AdminState>>) -> Response {
         )
             .into_response(),
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Promote {
+    /// `namespace/name` of a staged candidate.
+    policy: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Promotes a staged candidate: 202 once the command is queued (the audit event says when it
+/// is applied), 409 while the candidate is violated or a command for it is under way.
+async fn promote_policy(State(st): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(r) = authorize(&st, &headers) {
+        return *r;
+    }
+    let Some(staging) = &st.staging else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "staging is off (policy.shadow.stage)"}),
+        );
+    };
+    let req: Promote = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e.to_string()})),
+    };
+    use verity_policy::shadow::ShadowState;
+    match staging.board.state(&req.policy) {
+        None => {
+            return json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": format!("{} is not a candidate policy", req.policy)}),
+            );
+        }
+        Some(ShadowState::Violated) => {
+            return json(
+                StatusCode::CONFLICT,
+                &serde_json::json!({"error": format!("{} is violated: it would deny legitimate traffic", req.policy)}),
+            );
+        }
+        Some(_) => {}
+    }
+    if staging.board.is_promoted(&req.policy) {
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({"policy": req.policy, "promoted": true}),
+        );
+    }
+    if !staging.board.begin(&req.policy) {
+        return json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({"error": format!("a command for {} is under way", req.policy)}),
+        );
+    }
+    let command = verity_collector::pipeline::policy_shadow::StagingCommand::Promote {
+        policy: req.policy.clone(),
+        reason: req.reason.unwrap_or_else(|| "promoted by an operator".into()),
+    };
+    if staging.commands.try_send(command).is_err() {
+        staging.board.abandon(&req.policy);
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "staging is busy; try again"}),
+        );
+    }
+    json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"policy": req.policy, "promoting": true}),
+    )
 }

@@ -10,6 +10,8 @@ pub mod config;
 pub mod demo;
 pub mod log_files;
 pub mod policy_cli;
+pub mod policy_stages;
+pub mod policy_staging;
 pub mod redaction;
 pub mod replay;
 pub mod rules_cli;

@@ -143,6 +143,9 @@ enum PolicyCommand {
         /// Write one file per policy into this directory.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Annotate the proposals `istio.io/dry-run: "true"`: applying them stages them.
+        #[arg(long)]
+        dry_run: bool,
         /// Threads normalizing lines (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
@@ -176,6 +179,21 @@ enum PolicyCommand {
     /// Compare the policies in force with the traffic of an observation period: ALLOW rules
     /// no request used, DENY rules that never matched, and workloads without an ALLOW policy.
     Drift(DriftArgs),
+    /// Promote a staged candidate policy (remove its dry-run annotation) through a running
+    /// Verity's admin API; refused while its shadow assertion is violated.
+    Promote {
+        /// The candidate, `namespace/name`.
+        policy: String,
+        /// Why, for the audit event.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The admin endpoint of the running Verity.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        admin: String,
+        /// A file holding the admin token (else VERITY_ADMIN_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -428,6 +446,33 @@ enum RevocationsCommand {
 }
 
 fn revocations(admin: &str, token_file: Option<PathBuf>, command: RevocationsCommand) -> anyhow::Result<ExitCode> {
+    let (path, body) = match &command {
+        RevocationsCommand::List => ("/revocations".to_string(), None),
+        RevocationsCommand::Add {
+            principal,
+            ttl,
+            reason,
+            kind,
+            namespace,
+        } => (
+            "/revocations".to_string(),
+            Some(
+                serde_json::json!({"principal": principal, "ttl": ttl, "reason": reason, "kind": kind, "namespace": namespace}),
+            ),
+        ),
+        RevocationsCommand::Lift { id } => (format!("/revocations/{id}/lift"), Some(serde_json::Value::Null)),
+    };
+    admin_call(admin, token_file, &path, body)
+}
+
+/// Calls the admin API with the admin token (a GET without a body, else a POST) and prints
+/// the JSON answer; non-zero exit on an error status.
+fn admin_call(
+    admin: &str,
+    token_file: Option<PathBuf>,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<ExitCode> {
     let token = match token_file {
         Some(p) => std::fs::read_to_string(&p)
             .with_context(|| format!("cannot read {}", p.display()))?
@@ -435,26 +480,17 @@ fn revocations(admin: &str, token_file: Option<PathBuf>, command: RevocationsCom
             .to_string(),
         None => std::env::var("VERITY_ADMIN_TOKEN").context("set VERITY_ADMIN_TOKEN or pass --token-file")?,
     };
-    let base = admin.trim_end_matches('/').to_string();
+    let url = format!("{}{path}", admin.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, body) = runtime.block_on(async move {
         let client = reqwest::Client::new();
-        let req = match &command {
-            RevocationsCommand::List => client.get(format!("{base}/revocations")),
-            RevocationsCommand::Add {
-                principal,
-                ttl,
-                reason,
-                kind,
-                namespace,
-            } => client
-                .post(format!("{base}/revocations"))
+        let req = match body {
+            None => client.get(url),
+            Some(serde_json::Value::Null) => client.post(url),
+            Some(b) => client
+                .post(url)
                 .header("Content-Type", "application/json")
-                .body(
-                    serde_json::json!({"principal": principal, "ttl": ttl, "reason": reason, "kind": kind, "namespace": namespace})
-                        .to_string(),
-                ),
-            RevocationsCommand::Lift { id } => client.post(format!("{base}/revocations/{id}/lift")),
+                .body(b.to_string()),
         };
         let resp = req
             .bearer_auth(token)
@@ -533,6 +569,7 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             min_requests,
             max_paths,
             out: out_dir,
+            dry_run,
             workers,
             files,
         } => {
@@ -541,6 +578,7 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 settings: verity_policy::learn::LearnSettings {
                     min_requests: min_requests.max(1),
                     max_paths: max_paths.max(1),
+                    dry_run,
                 },
                 out_dir,
                 workers: workers.unwrap_or(default_workers).max(1),
@@ -574,6 +612,17 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        PolicyCommand::Promote {
+            policy,
+            reason,
+            admin,
+            token_file,
+        } => admin_call(
+            &admin,
+            token_file,
+            "/policies/promote",
+            Some(serde_json::json!({"policy": policy, "reason": reason})),
+        ),
         PolicyCommand::Drift(args) => {
             if args.policies.is_empty() && !args.cluster {
                 anyhow::bail!("give --policies or --cluster");

@@ -261,30 +261,9 @@ pub async fn run_with(
     stages.push(Box::new(verity_collector::pipeline::posture::PostureStage::new(
         verity_collector::pipeline::posture::PostureMetrics::register(&mut registry),
     )));
-    if settings.policy.shadow.enabled {
-        let shadow = shadow_assertions(&settings.policy)?;
-        let metrics = verity_collector::pipeline::policy_shadow::ShadowMetrics::register(&mut registry);
-        tracing::info!(
-            candidates = shadow.candidates().len(),
-            "shadow mode: candidate policies judged on live traffic"
-        );
-        stages.push(Box::new(
-            verity_collector::pipeline::policy_shadow::PolicyShadowStage::new(shadow, alerts.clone(), metrics),
-        ));
-    }
-    if settings.policy.drift.enabled {
-        let set = policy_set(&settings.policy, &settings.policy.drift.policies, "policy.drift")?;
-        tracing::info!(
-            policies = set.policies().len(),
-            "live drift: the policies in force evaluated on traffic"
-        );
-        stages.push(Box::new(
-            verity_collector::pipeline::policy_drift::PolicyDriftStage::new(
-                set,
-                verity_collector::pipeline::policy_drift::DriftMetrics::register(&mut registry),
-            ),
-        ));
-    }
+    let policy =
+        crate::policy_stages::build(&settings, &mut registry, &alerts, &mut control_tasks, &control_drain).await?;
+    stages.extend(policy.stages);
     if let Some(dir) = &settings.archive_dir {
         stages.push(Box::new(ArchiveStage::new(dir.clone(), metrics.clone())));
     }
@@ -474,6 +453,7 @@ pub async fn run_with(
             alerts: alerts.clone(),
             token: admin_token,
         }),
+        staging: policy.staging,
     });
     if settings.telemetry.enabled {
         serving_tasks.spawn(
@@ -619,33 +599,4 @@ async fn watch_rules(engine: SharedEngine, poll_secs: u64, stop: impl Future<Out
             let _ = tokio::task::spawn_blocking(move || e.reload()).await;
         }
     }
-}
-
-/// Reads and compiles policies with the configured inventory and root namespace.
-fn policy_set(
-    cfg: &verity_policy::config::PolicyConfig,
-    paths: &[std::path::PathBuf],
-    section: &'static str,
-) -> Result<verity_policy::PolicySet, AppError> {
-    let fail = |e: &dyn std::fmt::Display| AppError::Policies(section, e.to_string());
-    let (policies, _) = verity_policy::object::read_paths(paths).map_err(|e| fail(&e))?;
-    if policies.is_empty() {
-        return Err(fail(&"no AuthorizationPolicy in the files given"));
-    }
-    let inventory = match &cfg.workloads {
-        Some(path) => verity_policy::Inventory::read(path).map_err(|e| fail(&e))?,
-        None => verity_policy::Inventory::default(),
-    };
-    verity_policy::PolicySet::compile(&policies, &cfg.root_namespace, inventory).map_err(|e| fail(&e))
-}
-
-/// The candidate policies of shadow mode, each an assertion.
-fn shadow_assertions(
-    cfg: &verity_policy::config::PolicyConfig,
-) -> Result<verity_policy::shadow::ShadowAssertions, AppError> {
-    let set = policy_set(cfg, &cfg.shadow.candidates, "policy.shadow")?;
-    let window_ns = i64::try_from(cfg.shadow.window_secs)
-        .unwrap_or(3600)
-        .saturating_mul(1_000_000_000);
-    Ok(verity_policy::shadow::ShadowAssertions::new(set, window_ns))
 }

@@ -17,7 +17,9 @@
 //! The policy object itself is built in `policy_object.rs`; this file holds the responder the
 //! revoker calls and the controller that talks to the Kubernetes API.
 
+mod candidate;
 mod policy_object;
+pub use self::candidate::CANDIDATE_LABEL;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -39,6 +39,13 @@ pub struct ShadowConfig {
     /// A candidate is violated while it would have denied a legitimate request in this much
     /// event time, and unknown when it saw no traffic in it.
     pub window_secs: u64,
+    /// Apply every candidate to the cluster as dry-run (needs `control.istio`).
+    pub stage: bool,
+    /// Promote a staged candidate (remove the dry-run annotation) once it has held this long
+    /// in event time; 0: only on `verity policy promote`.
+    pub promote_after_secs: u64,
+    /// Put a promoted candidate back into dry-run when it is violated.
+    pub demote_on_violation: bool,
 }
 
 impl PolicyConfig {
@@ -68,6 +75,12 @@ impl PolicyConfig {
             errors.push(ConfigError::new(
                 "policy.drift.policies",
                 "drift needs at least one file or directory of the policies in force",
+            ));
+        }
+        if self.shadow.promote_after_secs > 0 && !self.shadow.stage {
+            errors.push(ConfigError::new(
+                "policy.shadow.promote_after_secs",
+                "promotion needs policy.shadow.stage: true",
             ));
         }
         if !(60..=30 * 86_400).contains(&self.shadow.window_secs) {

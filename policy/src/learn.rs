@@ -39,6 +39,8 @@ pub struct LearnSettings {
     pub min_requests: u64,
     /// Distinct paths per source, method and port kept exact.
     pub max_paths: usize,
+    /// Write the proposals with Istio's dry-run annotation, so applying them stages them.
+    pub dry_run: bool,
 }
 
 impl Default for LearnSettings {
@@ -46,6 +48,7 @@ impl Default for LearnSettings {
         Self {
             min_requests: 1,
             max_paths: 8,
+            dry_run: false,
         }
     }
 }
@@ -291,6 +294,9 @@ impl Learner {
             let total: u64 = edges.sources.values().map(|e| e.requests).sum();
             let mut annotations = evidence;
             annotations.insert("verity.dev/learned-requests".into(), total.to_string());
+            if settings.dry_run {
+                annotations.insert(crate::object::DRY_RUN_ANNOTATION.into(), "true".into());
+            }
             if edges.l4_only {
                 annotations.insert(
                     "verity.dev/l4-only".into(),

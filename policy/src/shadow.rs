@@ -170,6 +170,11 @@ impl ShadowAssertions {
         &self.candidates
     }
 
+    /// The newest event time seen.
+    pub fn watermark_ns(&self) -> Option<i64> {
+        self.watermark_ns
+    }
+
     /// Evaluates one batch; `outcomes` is told each (candidate, outcome) for metrics. Returns
     /// the alerts for the candidates whose state changed.
     pub fn process(&mut self, batch: &RecordBatch, mut outcomes: impl FnMut(usize, ShadowOutcome)) -> Vec<Alert> {

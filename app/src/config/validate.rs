@@ -197,6 +197,12 @@ impl Config {
         errors.extend(self.intake.validate());
         errors.extend(self.control.validate());
         errors.extend(self.policy.validate());
+        if self.policy.shadow.stage && self.control.istio.is_none() {
+            errors.push(ConfigError::new(
+                "policy.shadow.stage",
+                "staging applies candidates through the Kubernetes API: configure control.istio",
+            ));
+        }
         if self.telemetry.enabled {
             let e = &self.telemetry.endpoint;
             if !(e.starts_with("http://") || e.starts_with("https://")) {

@@ -5,7 +5,8 @@
 //! Label values are the candidates' `namespace/name` (from configuration, not traffic) and the
 //! state and outcome enums.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -48,8 +49,88 @@ impl ShadowMetrics {
     }
 }
 
+/// What staging is asked to do with a candidate (applied through the Kubernetes API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StagingCommand {
+    /// Remove the dry-run annotation: the candidate is enforced.
+    Promote { policy: String, reason: String },
+    /// Put the dry-run annotation back.
+    Demote { policy: String, reason: String },
+}
+
+impl StagingCommand {
+    pub fn policy(&self) -> &str {
+        match self {
+            StagingCommand::Promote { policy, .. } | StagingCommand::Demote { policy, .. } => policy,
+        }
+    }
+}
+
+/// The candidates as the shadow stage judges them and staging applies them: shared by the
+/// stage (states), the staging task (promoted) and the admin API (which refuses to promote a
+/// violated candidate).
+#[derive(Debug, Default)]
+pub struct CandidateBoard {
+    inner: Mutex<BoardInner>,
+}
+
+#[derive(Debug, Default)]
+struct BoardInner {
+    states: HashMap<String, ShadowState>,
+    promoted: HashSet<String>,
+    /// A command is on its way for these.
+    pending: HashSet<String>,
+}
+
+impl CandidateBoard {
+    fn lock(&self) -> MutexGuard<'_, BoardInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The candidate's state, `None` for a policy that is not a candidate.
+    pub fn state(&self, policy: &str) -> Option<ShadowState> {
+        self.lock().states.get(policy).copied()
+    }
+
+    pub fn is_promoted(&self, policy: &str) -> bool {
+        self.lock().promoted.contains(policy)
+    }
+
+    /// Marks a command as on its way; false when one already is.
+    pub fn begin(&self, policy: &str) -> bool {
+        self.lock().pending.insert(policy.to_string())
+    }
+
+    /// A command finished: the candidate is now promoted or not.
+    pub fn finish(&self, policy: &str, promoted: bool) {
+        let mut inner = self.lock();
+        inner.pending.remove(policy);
+        if promoted {
+            inner.promoted.insert(policy.to_string());
+        } else {
+            inner.promoted.remove(policy);
+        }
+    }
+
+    /// A command failed: nothing changed.
+    pub fn abandon(&self, policy: &str) {
+        self.lock().pending.remove(policy);
+    }
+}
+
+/// What the shadow stage asks of staging by itself.
+pub struct AutoStaging {
+    pub board: Arc<CandidateBoard>,
+    pub commands: tokio::sync::mpsc::Sender<StagingCommand>,
+    /// Promote a candidate once it has held this long in event time; 0: only on command.
+    pub promote_after_ns: i64,
+    /// Demote a promoted candidate that is violated.
+    pub demote_on_violation: bool,
+}
+
 pub struct PolicyShadowStage {
     shadow: ShadowAssertions,
+    staging: Option<AutoStaging>,
     alerts: Arc<AlertBus>,
     metrics: ShadowMetrics,
     held: Option<Held>,
@@ -64,6 +145,7 @@ impl PolicyShadowStage {
     pub fn new(shadow: ShadowAssertions, alerts: Arc<AlertBus>, metrics: ShadowMetrics) -> Self {
         let stage = Self {
             shadow,
+            staging: None,
             alerts,
             metrics,
             held: None,
@@ -71,6 +153,58 @@ impl PolicyShadowStage {
         };
         stage.export_states();
         stage
+    }
+
+    /// Shares the candidates' states with staging, which the stage asks to promote and demote.
+    pub fn with_staging(mut self, staging: AutoStaging) -> Self {
+        self.staging = Some(staging);
+        self.share_states();
+        self
+    }
+
+    fn share_states(&self) {
+        let Some(staging) = &self.staging else { return };
+        let mut inner = staging.board.lock();
+        for c in self.shadow.candidates() {
+            inner.states.insert(c.policy.clone(), c.state);
+        }
+    }
+
+    /// Promotes what has held long enough and demotes what is violated, as configured.
+    fn ask_staging(&self) {
+        let Some(staging) = &self.staging else { return };
+        let watermark = self.shadow.watermark_ns();
+        for c in self.shadow.candidates() {
+            let promoted = staging.board.is_promoted(&c.policy);
+            let command = match (c.state, c.holding_since_ns, watermark) {
+                (ShadowState::Holding, Some(since), Some(now))
+                    if staging.promote_after_ns > 0
+                        && !promoted
+                        && now.saturating_sub(since) >= staging.promote_after_ns =>
+                {
+                    StagingCommand::Promote {
+                        policy: c.policy.clone(),
+                        reason: format!(
+                            "held for {} s of event time with {} legitimate requests",
+                            now.saturating_sub(since) / 1_000_000_000,
+                            c.allowed
+                        ),
+                    }
+                }
+                (ShadowState::Violated, _, _) if staging.demote_on_violation && promoted => StagingCommand::Demote {
+                    policy: c.policy.clone(),
+                    reason: format!(
+                        "violated: would deny legitimate traffic ({} requests so far)",
+                        c.would_deny
+                    ),
+                },
+                _ => continue,
+            };
+            if staging.board.begin(&c.policy) && staging.commands.try_send(command).is_err() {
+                // Staging is busy or gone: the next batch asks again.
+                staging.board.abandon(&c.policy);
+            }
+        }
     }
 
     fn export_states(&self) {
@@ -137,7 +271,9 @@ impl Stage for PolicyShadowStage {
             }
         });
         self.export_states();
+        self.share_states();
         self.publish(alerts);
+        self.ask_staging();
         Ok(())
     }
 

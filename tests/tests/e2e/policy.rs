@@ -389,3 +389,153 @@ fn drift_reads_the_cluster_and_reports_unused_rules_and_unprotected_workloads() 
         "{report}"
     );
 }
+
+#[test]
+fn staged_candidates_are_promoted_after_holding_and_demoted_on_violation() {
+    use std::time::Duration;
+    use verity_e2e::kube::{KubeApiServer, KubeSettings, istio_crd_path};
+    use verity_e2e::{Verity, eventually, read_jsonl};
+
+    let server = KubeApiServer::start(KubeSettings {
+        crd_path: Some(istio_crd_path()),
+        namespaces: vec!["shop".into()],
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let candidates = dir.path().join("candidates");
+    std::fs::create_dir(&candidates).expect("mkdir");
+    for (name, app, peer) in [("cart-allow", "cart", "frontend"), ("pay-allow", "pay", "cart")] {
+        std::fs::write(
+            candidates.join(format!("{name}.yaml")),
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: {app}}}}}\n  rules:\n  - from: [{{source: {{principals: [cluster.local/ns/shop/sa/{peer}]}}}}]\n"
+            ),
+        )
+        .expect("candidate");
+    }
+    let workloads = dir.path().join("workloads.yaml");
+    std::fs::write(
+        &workloads,
+        "workloads: [{namespace: shop, name: cart, labels: {app: cart}}, {namespace: shop, name: pay, labels: {app: pay}}]\nservices: [{namespace: shop, name: cart, selector: {app: cart}}, {namespace: shop, name: pay, selector: {app: pay}}]\n",
+    )
+    .expect("workloads");
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "stage-token").expect("token");
+    let alerts_file = dir.path().join("alerts.jsonl");
+    let env = [
+        (
+            "VERITY__SINKS__OUTPUTS__FILE__PATH".to_string(),
+            alerts_file.display().to_string(),
+        ),
+        (
+            "VERITY__SINKS__OUTPUTS__STDOUT__ENABLED".to_string(),
+            "false".to_string(),
+        ),
+        (
+            "VERITY__ADMIN__TOKEN".to_string(),
+            format!("{{file: '{}'}}", token.display()),
+        ),
+        (
+            "VERITY__CONTROL__ISTIO".to_string(),
+            format!("{{kubeconfig: '{}'}}", kubeconfig.display()),
+        ),
+        ("VERITY__POLICY__WORKLOADS".to_string(), workloads.display().to_string()),
+        ("VERITY__POLICY__SHADOW__ENABLED".to_string(), "true".to_string()),
+        (
+            "VERITY__POLICY__SHADOW__CANDIDATES".to_string(),
+            format!("[{:?}]", candidates.display().to_string()),
+        ),
+        ("VERITY__POLICY__SHADOW__STAGE".to_string(), "true".to_string()),
+        (
+            "VERITY__POLICY__SHADOW__PROMOTE_AFTER_SECS".to_string(),
+            "60".to_string(),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let v = Verity::start_in(dir, &env);
+    let dry_run = |name: &str| -> Option<bool> {
+        let object = server.get("shop", name)?;
+        Some(object["metadata"]["annotations"]["istio.io/dry-run"] == "true")
+    };
+    // Both candidates are staged as dry-run, labelled as Verity's candidates.
+    assert!(
+        eventually(Duration::from_secs(15), || dry_run("cart-allow") == Some(true)
+            && dry_run("pay-allow") == Some(true)),
+        "{}",
+        v.stderr()
+    );
+    let staged = server.get("shop", "cart-allow").expect("staged");
+    assert_eq!(staged["metadata"]["labels"]["verity.dev/candidate"], "true", "{staged}");
+
+    // Held for 70 s of event time: promoted.
+    let good: Vec<String> = [0, 1, 2, 70]
+        .iter()
+        .map(|s| {
+            sidecar(
+                &format!("2026-11-27T10:{:02}:{:02}Z", s / 60, s % 60),
+                "frontend",
+                "cart",
+                "GET",
+                "/cart",
+                200,
+            )
+        })
+        .collect();
+    assert_eq!(verity_e2e::post_log_lines(v.http, &good[..3]), 200);
+    assert_eq!(verity_e2e::post_log_lines(v.http, &good[3..]), 200);
+    assert!(
+        eventually(Duration::from_secs(15), || dry_run("cart-allow") == Some(false)),
+        "{}",
+        v.stderr()
+    );
+    let audit = |rule: &str| read_jsonl(&alerts_file).into_iter().any(|a| a["rule_id"] == rule);
+    assert!(eventually(Duration::from_secs(10), || audit("verity-policy-staged")
+        && audit("verity-policy-promoted")));
+
+    // A new edge: violated, so demoted back to dry-run.
+    let bad = [sidecar("2026-11-27T10:01:15Z", "intruder", "cart", "GET", "/cart", 200)];
+    assert_eq!(verity_e2e::post_log_lines(v.http, &bad), 200);
+    assert!(
+        eventually(Duration::from_secs(15), || dry_run("cart-allow") == Some(true)),
+        "{}",
+        v.stderr()
+    );
+    assert!(eventually(Duration::from_secs(10), || audit("verity-policy-demoted")));
+
+    // By hand: a violated candidate is refused; another one is promoted.
+    let promote = |policy: &str| {
+        verity_command(Path::new("."))
+            .args([
+                "policy",
+                "promote",
+                policy,
+                "--admin",
+                &format!("http://{}", v.admin),
+                "--token-file",
+            ])
+            .arg(&token)
+            .output()
+            .expect("run promote")
+    };
+    let refused = promote("shop/cart-allow");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("violated"),
+        "{}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    let ok = promote("shop/pay-allow");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(
+        eventually(Duration::from_secs(15), || dry_run("pay-allow") == Some(false)),
+        "{}",
+        v.stderr()
+    );
+    assert_eq!(
+        v.metric_value(r#"verity_policy_staging_total{action="promoted",outcome="ok"}"#),
+        Some(2.0),
+        "{}",
+        v.metrics_text()
+    );
+}

@@ -1,0 +1,129 @@
+//! The least-privilege stages, built from the `policy` section: shadow mode (candidates judged
+//! on live traffic, optionally staged in the cluster and promoted), and live drift (the
+//! policies in force, rule by rule). See docs/policy.md.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tracing::Instrument;
+use verity_collector::pipeline::Stage;
+use verity_collector::pipeline::alerts::AlertBus;
+use verity_collector::pipeline::policy_drift::{DriftMetrics, PolicyDriftStage};
+use verity_collector::pipeline::policy_shadow::{
+    AutoStaging, CandidateBoard, PolicyShadowStage, ShadowMetrics, StagingCommand,
+};
+use verity_policy::config::PolicyConfig;
+use verity_policy::shadow::ShadowAssertions;
+use verity_policy::{AuthorizationPolicy, PolicySet};
+
+use crate::config::Settings;
+use crate::policy_staging::{COMMAND_CAPACITY, Staging, StagingMetrics};
+use crate::wiring::AppError;
+
+/// What the admin API needs to promote a candidate.
+pub struct StagingApi {
+    pub board: Arc<CandidateBoard>,
+    pub commands: tokio::sync::mpsc::Sender<StagingCommand>,
+}
+
+pub struct PolicyStages {
+    pub stages: Vec<Box<dyn Stage>>,
+    pub staging: Option<StagingApi>,
+}
+
+/// Builds the configured stages; staging runs as a control task.
+pub async fn build(
+    settings: &Settings,
+    registry: &mut Registry,
+    alerts: &Arc<AlertBus>,
+    control_tasks: &mut verity_drain::Trigger,
+    control_drain: &verity_drain::Watcher,
+) -> Result<PolicyStages, AppError> {
+    let cfg = &settings.policy;
+    let mut out = PolicyStages {
+        stages: Vec::new(),
+        staging: None,
+    };
+    if cfg.shadow.enabled {
+        let (set, policies) = policy_set(cfg, &cfg.shadow.candidates, "policy.shadow")?;
+        let window_ns = i64::try_from(cfg.shadow.window_secs)
+            .unwrap_or(3600)
+            .saturating_mul(1_000_000_000);
+        let shadow = ShadowAssertions::new(set, window_ns);
+        tracing::info!(
+            candidates = shadow.candidates().len(),
+            "shadow mode: candidate policies judged on live traffic"
+        );
+        let mut stage = PolicyShadowStage::new(shadow, alerts.clone(), ShadowMetrics::register(registry));
+        if cfg.shadow.stage {
+            let istio = settings
+                .control
+                .istio
+                .clone()
+                .ok_or_else(|| AppError::Policies("policy.shadow.stage", "needs control.istio".into()))?;
+            let controller = verity_control::istio::IstioController::connect(istio)
+                .await
+                .map_err(|e| AppError::Policies("policy.shadow.stage", e.to_string()))?;
+            let board = Arc::new(CandidateBoard::default());
+            let (tx, rx) = tokio::sync::mpsc::channel(COMMAND_CAPACITY);
+            let candidates: HashMap<String, serde_json::Value> = policies
+                .iter()
+                .filter_map(|p| Some((p.id(), serde_json::to_value(p).ok()?)))
+                .collect();
+            stage = stage.with_staging(AutoStaging {
+                board: board.clone(),
+                commands: tx.clone(),
+                promote_after_ns: i64::try_from(cfg.shadow.promote_after_secs)
+                    .unwrap_or(0)
+                    .saturating_mul(1_000_000_000),
+                demote_on_violation: cfg.shadow.demote_on_violation,
+            });
+            let staging = Staging {
+                controller,
+                candidates,
+                board: board.clone(),
+                alerts: alerts.clone(),
+                metrics: StagingMetrics::register(registry),
+            };
+            control_tasks.spawn(
+                "policy staging",
+                staging
+                    .run(rx, control_drain.clone())
+                    .instrument(tracing::info_span!("policy_staging")),
+            );
+            out.staging = Some(StagingApi { board, commands: tx });
+        }
+        out.stages.push(Box::new(stage));
+    }
+    if cfg.drift.enabled {
+        let (set, _) = policy_set(cfg, &cfg.drift.policies, "policy.drift")?;
+        tracing::info!(
+            policies = set.policies().len(),
+            "live drift: the policies in force evaluated on traffic"
+        );
+        out.stages
+            .push(Box::new(PolicyDriftStage::new(set, DriftMetrics::register(registry))));
+    }
+    Ok(out)
+}
+
+/// Reads and compiles policies with the configured inventory and root namespace.
+fn policy_set(
+    cfg: &PolicyConfig,
+    paths: &[PathBuf],
+    section: &'static str,
+) -> Result<(PolicySet, Vec<AuthorizationPolicy>), AppError> {
+    let fail = |e: &dyn std::fmt::Display| AppError::Policies(section, e.to_string());
+    let (policies, _) = verity_policy::object::read_paths(paths).map_err(|e| fail(&e))?;
+    if policies.is_empty() {
+        return Err(fail(&"no AuthorizationPolicy in the files given"));
+    }
+    let inventory = match &cfg.workloads {
+        Some(path) => verity_policy::Inventory::read(path).map_err(|e| fail(&e))?,
+        None => verity_policy::Inventory::default(),
+    };
+    let set = PolicySet::compile(&policies, &cfg.root_namespace, inventory).map_err(|e| fail(&e))?;
+    Ok((set, policies))
+}

@@ -1,0 +1,92 @@
+//! Candidate policies staged through the Kubernetes API (least privilege, see
+//! docs/policy.md): applied as dry-run, promoted by removing Istio's dry-run annotation,
+//! demoted by putting it back. They carry Verity's managed-by label and a candidate label but
+//! not the owner label, so the revocation resync never takes them for its own.
+
+use serde_json::{Map, Value};
+
+use super::{DRY_RUN_ANNOTATION, GROUP, IstioController, MANAGED_BY, Policy};
+use crate::responder::ResponderError;
+
+/// The label that marks a staged candidate.
+pub const CANDIDATE_LABEL: &str = "verity.dev/candidate";
+
+/// Fields the API server sets and an apply must not send.
+const SERVER_FIELDS: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "managedFields",
+    "creationTimestamp",
+    "generation",
+    "selfLink",
+];
+
+impl IstioController {
+    /// Applies a candidate policy, as a dry run (staged) or enforced (promoted).
+    pub async fn apply_candidate(&self, object: &Value, dry_run: bool) -> Result<(), ResponderError> {
+        let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        let (Some(namespace), Some(name)) = (
+            text(&object["metadata"]["namespace"]),
+            text(&object["metadata"]["name"]),
+        ) else {
+            return Err(ResponderError::permanent(
+                "a candidate policy needs metadata.name and metadata.namespace",
+            ));
+        };
+        let mut object = object.clone();
+        if let Some(o) = object.as_object_mut() {
+            o.remove("status");
+            o.insert(
+                "apiVersion".into(),
+                Value::String(format!("{GROUP}/{}", self.cfg.api_version)),
+            );
+            o.insert("kind".into(), Value::String("AuthorizationPolicy".into()));
+        }
+        let metadata = object
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| ResponderError::permanent("metadata is not an object"))?;
+        for field in SERVER_FIELDS {
+            metadata.remove(*field);
+        }
+        let labels = map_at(metadata, "labels");
+        labels.insert(MANAGED_BY.into(), Value::String("verity".into()));
+        labels.insert(CANDIDATE_LABEL.into(), Value::String("true".into()));
+        let annotations = map_at(metadata, "annotations");
+        if dry_run {
+            annotations.insert(DRY_RUN_ANNOTATION.into(), Value::String("true".into()));
+        } else {
+            // Server-side apply removes a field its manager owned and no longer sends.
+            annotations.remove(DRY_RUN_ANNOTATION);
+        }
+        let policy = Policy {
+            namespace,
+            name,
+            object,
+        };
+        match self.apply(&policy, false).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code.is_some_and(|c| (400..500).contains(&c) && c != 409 && c != 429) => Err(
+                ResponderError::permanent(format!("apply {}/{}: {e}", policy.namespace, policy.name)),
+            ),
+            Err(e) => Err(ResponderError::retry(format!(
+                "apply {}/{}: {e}",
+                policy.namespace, policy.name
+            ))),
+        }
+    }
+}
+
+fn map_at<'a>(parent: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+    let slot = parent
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
+    }
+    match slot {
+        Value::Object(m) => m,
+        // Made an object just above.
+        _ => unreachable!("an object"),
+    }
+}
