@@ -1,6 +1,7 @@
 //! Candidate policies staged through the Kubernetes API (least privilege, see
-//! docs/policy.md): applied as dry-run, promoted by removing Istio's dry-run annotation,
-//! demoted by putting it back. They carry Verity's managed-by label and a candidate label but
+//! docs/policy.md): applied with Istio's dry-run annotation `"true"`, promoted by setting it to
+//! `"false"`, demoted by setting it back. Setting rather than removing it takes the field over
+//! whoever wrote it first (a `kubectl apply` of the same file), which removal would not. They carry Verity's managed-by label and a candidate label but
 //! not the owner label, so the revocation resync never takes them for its own.
 
 use serde_json::{Map, Value};
@@ -53,12 +54,7 @@ impl IstioController {
         labels.insert(MANAGED_BY.into(), Value::String("verity".into()));
         labels.insert(CANDIDATE_LABEL.into(), Value::String("true".into()));
         let annotations = map_at(metadata, "annotations");
-        if dry_run {
-            annotations.insert(DRY_RUN_ANNOTATION.into(), Value::String("true".into()));
-        } else {
-            // Server-side apply removes a field its manager owned and no longer sends.
-            annotations.remove(DRY_RUN_ANNOTATION);
-        }
+        annotations.insert(DRY_RUN_ANNOTATION.into(), Value::String(dry_run.to_string()));
         let policy = Policy {
             namespace,
             name,
