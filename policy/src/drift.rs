@@ -15,6 +15,7 @@ use verity_model::event::col;
 use crate::evaluate::{Observed, PolicySet, observed};
 use crate::event_view::{Enforcer, EventView};
 use crate::object::Action;
+use crate::predicate::kleene_or;
 use crate::target::Destination;
 
 /// How one rule of one policy was used.
@@ -47,6 +48,9 @@ pub struct DriftReport {
     pub destinations_overflow: u64,
     /// Inventory workloads no ALLOW policy selects.
     pub workloads_without_allow: Vec<String>,
+    /// Per policy, the index of its first rule in `rules`.
+    #[serde(skip)]
+    first_rule: Vec<usize>,
 }
 
 /// Distinct destinations without an ALLOW policy remembered by name.
@@ -80,17 +84,23 @@ impl DriftReport {
                 workloads_without_allow.push(format!("{ns}/{name}"));
             }
         }
+        let mut first_rule = Vec::with_capacity(set.policies().len());
+        let mut next = 0;
+        for p in set.policies() {
+            first_rule.push(next);
+            next += p.rules.len();
+        }
         Self {
             rules,
             workloads_without_allow,
+            first_rule,
             ..Self::default()
         }
     }
 
     pub fn add(&mut self, set: &PolicySet, batch: &RecordBatch) {
         let view = EventView::new(batch);
-        let rule_matches = set.rule_matches(batch);
-        let applies = set.applies(batch);
+        let evaluation = set.evaluation(batch, true);
         let times = batch
             .column_by_name(col::EVENT_TIME)
             .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
@@ -101,34 +111,36 @@ impl DriftReport {
             self.requests += 1;
             let allowed = observed(&view, row) == Observed::Allowed;
             let time = times.filter(|t| row < t.len() && t.is_valid(row)).map(|t| t.value(row));
-            let mut slot = 0;
             let mut any_allow_applies = Some(false);
-            for (p, policy) in set.policies().iter().enumerate() {
+            for entry in evaluation.row(row) {
+                let Some(policy) = set.policies().get(entry.policy) else {
+                    continue;
+                };
                 if policy.action == Action::Allow && !policy.dry_run {
-                    let a = applies.get(p).and_then(|v| v.get(row).copied()).flatten();
-                    any_allow_applies = match (any_allow_applies, a) {
-                        (Some(true), _) | (_, Some(true)) => Some(true),
-                        (Some(false), Some(false)) => Some(false),
-                        _ => None,
-                    };
+                    any_allow_applies = kleene_or(any_allow_applies, entry.applies);
                 }
-                for matches in rule_matches.get(p).into_iter().flatten() {
-                    if let Some(used) = self.rules.get_mut(slot) {
-                        // An ALLOW rule is used by requests the mesh let through; any other by
-                        // whatever it matched.
-                        let counts = policy.action != Action::Allow || allowed;
-                        if counts && matches.is_valid(row) && matches.value(row) {
+                // An ALLOW rule is used by requests the mesh let through; any other by whatever
+                // it matched.
+                if policy.action == Action::Allow && !allowed {
+                    continue;
+                }
+                let first = self.first_rule.get(entry.policy).copied().unwrap_or(usize::MAX);
+                for (k, hit) in evaluation.rules(entry, policy.rules.len()).iter().enumerate() {
+                    let Some(used) = first.checked_add(k).and_then(|slot| self.rules.get_mut(slot)) else {
+                        continue;
+                    };
+                    match hit {
+                        Some(true) => {
                             used.matched += 1;
                             if let Some(t) = time
                                 && used.last_ns.is_none_or(|l| t > l)
                             {
                                 used.last_ns = Some(t);
                             }
-                        } else if counts && !matches.is_valid(row) {
-                            used.unknown += 1;
                         }
+                        None => used.unknown += 1,
+                        Some(false) => {}
                     }
-                    slot += 1;
                 }
             }
             if any_allow_applies == Some(false) {
@@ -138,7 +150,14 @@ impl DriftReport {
                     d.namespace.unwrap_or("?"),
                     d.workload.or(d.service).unwrap_or("?")
                 );
-                *self.destinations_without_allow.entry(name).or_default() += 1;
+                let room = self.destinations_without_allow.len() < MAX_DESTINATIONS;
+                match self.destinations_without_allow.get_mut(&name) {
+                    Some(n) => *n += 1,
+                    None if room => {
+                        self.destinations_without_allow.insert(name, 1);
+                    }
+                    None => self.destinations_overflow += 1,
+                }
             }
         }
     }

@@ -3,13 +3,22 @@
 //! none matches). AUDIT policies never change a decision. Dry-run policies are left out of the
 //! enforced verdict and counted in a second one, "as if enforced", which is what staging a
 //! policy needs.
+//!
+//! A policy applies in its namespace (or mesh-wide from the root namespace), so the rows of a
+//! batch are grouped by destination namespace and each group meets only the policies that can
+//! apply to it; within a group a policy's predicates run only over the rows its target may
+//! select. The work per batch grows with the policies per namespace, not with all of them.
 
-use arrow::array::{Array, BooleanArray, RecordBatch};
+use std::collections::HashMap;
+
+use arrow::array::RecordBatch;
 
 use crate::compile::{CompileError, CompiledPolicy, Layers, compile};
 use crate::event_view::{Enforcer, EventView, cell};
 use crate::inventory::Inventory;
 use crate::object::{Action, AuthorizationPolicy};
+use crate::predicate::{kleene_and, kleene_or};
+use crate::target::{Destination, Target};
 
 /// The outcome for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +76,57 @@ pub struct Verdicts {
     pub with_dry_run: Vec<Verdict>,
 }
 
-/// Compiled policies and the inventory their selectors are resolved with.
+/// One policy that may apply to a request: whether it does, and whether it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Index into [`PolicySet::policies`].
+    pub policy: usize,
+    pub applies: Option<bool>,
+    /// Applies and its rules match.
+    pub matched: Option<bool>,
+    rules_at: usize,
+}
+
+/// Every request's candidate policies in one batch. A policy not listed for a row does not
+/// apply to it.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    starts: Vec<usize>,
+    entries: Vec<Entry>,
+    rules: Vec<Option<bool>>,
+}
+
+impl Evaluation {
+    pub fn rows(&self) -> usize {
+        self.starts.len().saturating_sub(1)
+    }
+
+    /// The policies that may apply to `row`, in policy order.
+    pub fn row(&self, row: usize) -> &[Entry] {
+        match (self.starts.get(row), self.starts.get(row + 1)) {
+            (Some(&a), Some(&b)) => self.entries.get(a..b).unwrap_or_default(),
+            _ => &[],
+        }
+    }
+
+    /// Per rule of the entry's policy (`count` of them): applies and that rule matches. Empty
+    /// unless the evaluation was made with rules.
+    pub fn rules(&self, entry: &Entry, count: usize) -> &[Option<bool>] {
+        self.rules
+            .get(entry.rules_at..entry.rules_at.saturating_add(count))
+            .unwrap_or_default()
+    }
+}
+
+/// Compiled policies, indexed by the namespace they apply in, and the inventory their
+/// selectors are resolved with.
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     policies: Vec<CompiledPolicy>,
     inventory: Inventory,
+    /// Policies that can apply in any namespace.
+    mesh_wide: Vec<usize>,
+    by_namespace: HashMap<String, Vec<usize>>,
 }
 
 impl PolicySet {
@@ -84,7 +139,24 @@ impl PolicySet {
             .iter()
             .map(|p| compile(p, root_namespace))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(PolicySet { policies, inventory })
+        let mut mesh_wide = Vec::new();
+        let mut by_namespace: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, p) in policies.iter().enumerate() {
+            match &p.target {
+                Target::Mesh | Target::Selector { namespace: None, .. } => mesh_wide.push(i),
+                Target::Namespace(ns)
+                | Target::Selector {
+                    namespace: Some(ns), ..
+                }
+                | Target::Refs { namespace: ns, .. } => by_namespace.entry(ns.clone()).or_default().push(i),
+            }
+        }
+        Ok(PolicySet {
+            policies,
+            inventory,
+            mesh_wide,
+            by_namespace,
+        })
     }
 
     pub fn policies(&self) -> &[CompiledPolicy] {
@@ -95,70 +167,100 @@ impl PolicySet {
         &self.inventory
     }
 
-    /// Per policy, per row: whether it applies and matches (three-valued).
-    pub fn matches(&self, batch: &RecordBatch) -> Vec<BooleanArray> {
-        let view = EventView::new(batch);
-        let context = RowContext::of(&view);
-        self.policies
-            .iter()
-            .map(|policy| {
-                let applies: Vec<Option<bool>> = (0..view.rows())
-                    .map(|row| policy.target.applies(&view, row, &self.inventory))
-                    .collect();
-                layered(&policy.matches, &view, &context, &applies)
-            })
-            .collect()
+    /// The policies that can apply to rows whose destination namespace is `ns`, in order
+    /// (every policy when the namespace is unknown).
+    fn relevant(&self, ns: Option<&str>) -> Vec<usize> {
+        let Some(ns) = ns else {
+            return (0..self.policies.len()).collect();
+        };
+        let local = self.by_namespace.get(ns).map_or(&[][..], Vec::as_slice);
+        let mut all: Vec<usize> = self.mesh_wide.iter().chain(local).copied().collect();
+        all.sort_unstable();
+        all
     }
 
-    /// Per policy, per rule, per row: whether the policy applies and that rule matches.
-    pub fn rule_matches(&self, batch: &RecordBatch) -> Vec<Vec<BooleanArray>> {
-        let view = EventView::new(batch);
-        let context = RowContext::of(&view);
-        self.policies
-            .iter()
-            .map(|policy| {
-                let applies: Vec<Option<bool>> = (0..view.rows())
-                    .map(|row| policy.target.applies(&view, row, &self.inventory))
-                    .collect();
-                policy
-                    .rules
-                    .iter()
-                    .map(|rule| layered(rule, &view, &context, &applies))
-                    .collect()
-            })
-            .collect()
-    }
-
-    /// Per policy, per row: whether the policy applies to the request (three-valued).
-    pub fn applies(&self, batch: &RecordBatch) -> Vec<Vec<Option<bool>>> {
-        let view = EventView::new(batch);
-        self.policies
-            .iter()
-            .map(|p| {
-                (0..view.rows())
-                    .map(|row| p.target.applies(&view, row, &self.inventory))
-                    .collect()
-            })
-            .collect()
-    }
-
-    pub fn evaluate(&self, batch: &RecordBatch) -> Verdicts {
+    /// Evaluates every policy that may apply to each request at an enforcement point;
+    /// `with_rules` also evaluates each rule on its own (for drift).
+    pub fn evaluation(&self, batch: &RecordBatch, with_rules: bool) -> Evaluation {
         let view = EventView::new(batch);
         let rows = view.rows();
-        let matches = self.matches(batch);
-        let applies: Vec<Vec<Option<bool>>> = self
-            .policies
-            .iter()
-            .map(|p| {
-                if p.action == Action::Allow {
-                    (0..rows)
-                        .map(|row| p.target.applies(&view, row, &self.inventory))
+        let context = RowContext::of(&view);
+        let destinations: Vec<Destination<'_>> = (0..rows).map(|r| Destination::of(&view, r)).collect();
+        let mut groups: HashMap<Option<&str>, Vec<usize>> = HashMap::new();
+        for row in 0..rows {
+            if context.enforcers.get(row).copied().unwrap_or(Enforcer::Elsewhere) != Enforcer::Elsewhere {
+                groups
+                    .entry(destinations.get(row).and_then(|d| d.namespace))
+                    .or_default()
+                    .push(row);
+            }
+        }
+        let mut per_row: Vec<Vec<Entry>> = vec![Vec::new(); rows];
+        let mut rules_flat = Vec::new();
+        for (ns, group) in groups {
+            for p in self.relevant(ns) {
+                let Some(policy) = self.policies.get(p) else { continue };
+                let mut live = Vec::with_capacity(group.len());
+                let mut applies = Vec::with_capacity(group.len());
+                for &row in &group {
+                    let enforcer = context.enforcers.get(row).copied().unwrap_or(Enforcer::Elsewhere);
+                    let a = destinations
+                        .get(row)
+                        .and_then(|d| policy.target.applies(enforcer, d, &self.inventory));
+                    if a != Some(false) {
+                        live.push(row);
+                        applies.push(a);
+                    }
+                }
+                if live.is_empty() {
+                    continue;
+                }
+                let matched = layered(&policy.matches, &view, &context, &live, &applies);
+                let rules: Vec<Vec<Option<bool>>> = if with_rules {
+                    policy
+                        .rules
+                        .iter()
+                        .map(|r| layered(r, &view, &context, &live, &applies))
                         .collect()
                 } else {
                     Vec::new()
+                };
+                for (k, &row) in live.iter().enumerate() {
+                    let rules_at = rules_flat.len();
+                    rules_flat.extend(rules.iter().map(|r| r.get(k).copied().flatten()));
+                    if let Some(entries) = per_row.get_mut(row) {
+                        entries.push(Entry {
+                            policy: p,
+                            applies: applies.get(k).copied().flatten(),
+                            matched: matched.get(k).copied().flatten(),
+                            rules_at,
+                        });
+                    }
                 }
-            })
-            .collect();
+            }
+        }
+        let mut out = Evaluation {
+            starts: Vec::with_capacity(rows + 1),
+            entries: Vec::new(),
+            rules: rules_flat,
+        };
+        out.starts.push(0);
+        for mut entries in per_row {
+            entries.sort_unstable_by_key(|e| e.policy);
+            out.entries.extend(entries);
+            out.starts.push(out.entries.len());
+        }
+        out
+    }
+
+    pub fn evaluate(&self, batch: &RecordBatch) -> Verdicts {
+        self.verdicts(batch, &self.evaluation(batch, false))
+    }
+
+    /// The verdicts of a batch from its evaluation.
+    pub fn verdicts(&self, batch: &RecordBatch, evaluation: &Evaluation) -> Verdicts {
+        let view = EventView::new(batch);
+        let rows = view.rows();
         let mut enforced = Vec::with_capacity(rows);
         let mut with_dry_run = Vec::with_capacity(rows);
         for row in 0..rows {
@@ -167,38 +269,41 @@ impl PolicySet {
                 with_dry_run.push(Verdict::NotEnforced);
                 continue;
             }
-            enforced.push(self.decide(row, &matches, &applies, false));
-            with_dry_run.push(self.decide(row, &matches, &applies, true));
+            let entries = evaluation.row(row);
+            enforced.push(self.decide(entries, false));
+            with_dry_run.push(self.decide(entries, true));
         }
         Verdicts { enforced, with_dry_run }
     }
 
-    fn decide(&self, row: usize, matches: &[BooleanArray], applies: &[Vec<Option<bool>>], dry_run: bool) -> Verdict {
+    fn decide(&self, entries: &[Entry], dry_run: bool) -> Verdict {
         let mut custom = Some(false);
         let mut deny = Some(false);
         let mut deny_by = None;
         let mut allow_exists = Some(false);
         let mut allow = Some(false);
         let mut allow_by = None;
-        for (i, policy) in self.policies.iter().enumerate() {
+        for e in entries {
+            let Some(policy) = self.policies.get(e.policy) else {
+                continue;
+            };
             if policy.dry_run && !dry_run {
                 continue;
             }
-            let m = matches.get(i).and_then(|a| a.is_valid(row).then(|| a.value(row)));
+            let m = e.matched;
             match policy.action {
                 Action::Custom => custom = kleene_or(custom, m),
                 Action::Deny => {
                     if m == Some(true) && deny_by.is_none() {
-                        deny_by = Some(i);
+                        deny_by = Some(e.policy);
                     }
                     deny = kleene_or(deny, m);
                 }
                 Action::Allow => {
-                    let a = applies.get(i).and_then(|v| v.get(row).copied()).flatten();
                     // Whatever its rules, an ALLOW policy that applies makes "no match" a denial.
-                    allow_exists = kleene_or(allow_exists, a);
+                    allow_exists = kleene_or(allow_exists, e.applies);
                     if m == Some(true) && allow_by.is_none() {
-                        allow_by = Some(i);
+                        allow_by = Some(e.policy);
                     }
                     allow = kleene_or(allow, m);
                 }
@@ -222,66 +327,83 @@ impl PolicySet {
     }
 }
 
-fn kleene_and(a: Option<bool>, b: Option<bool>) -> Option<bool> {
-    match (a, b) {
-        (Some(false), _) | (_, Some(false)) => Some(false),
-        (Some(true), Some(true)) => Some(true),
-        _ => None,
-    }
-}
-
-fn kleene_or(a: Option<bool>, b: Option<bool>) -> Option<bool> {
-    match (a, b) {
-        (Some(true), _) | (_, Some(true)) => Some(true),
-        (Some(false), Some(false)) => Some(false),
-        _ => None,
-    }
-}
-
 /// What decides which of a policy's predicates a row is judged by.
 struct RowContext {
+    enforcers: Vec<Enforcer>,
     is_http: Vec<Option<bool>>,
-    at_ztunnel: Vec<bool>,
 }
 
 impl RowContext {
     fn of(view: &EventView<'_>) -> Self {
         Self {
+            enforcers: (0..view.rows()).map(|r| view.enforcer(r)).collect(),
             is_http: (0..view.rows()).map(|r| view.is_http(r)).collect(),
-            at_ztunnel: (0..view.rows())
-                .map(|r| view.enforcer(r) == Enforcer::Ztunnel)
-                .collect(),
         }
     }
 }
 
-/// Evaluates `layers` on every row with the predicate of the proxy that judged it, and with
-/// whether the policy applies there.
-fn layered(layers: &Layers, view: &EventView<'_>, context: &RowContext, applies: &[Option<bool>]) -> BooleanArray {
-    let http = layers.http.eval(view);
-    let tcp = if layers.tcp == layers.http {
-        http.clone()
-    } else {
-        layers.tcp.eval(view)
-    };
-    let ztunnel = layers.ztunnel.as_ref().map(|z| z.eval(view));
-    (0..view.rows())
-        .map(|row| {
-            let applies = applies.get(row).copied().flatten();
-            let hit = |a: &BooleanArray| a.is_valid(row).then(|| a.value(row));
-            if context.at_ztunnel.get(row).copied().unwrap_or(false) {
-                // ztunnel enforces ALLOW and DENY policies only.
-                return kleene_and(applies, ztunnel.as_ref().map_or(Some(false), hit));
+/// Evaluates `layers` on the `rows` with the predicate of the proxy that judged each, and with
+/// whether the policy applies there (`applies`, one per row).
+fn layered(
+    layers: &Layers,
+    view: &EventView<'_>,
+    context: &RowContext,
+    rows: &[usize],
+    applies: &[Option<bool>],
+) -> Vec<Option<bool>> {
+    let mut at_ztunnel = Vec::new();
+    let mut http_rows = Vec::new();
+    let mut tcp_rows = Vec::new();
+    let mut either_rows = Vec::new();
+    for (k, &row) in rows.iter().enumerate() {
+        if context.enforcers.get(row) == Some(&Enforcer::Ztunnel) {
+            at_ztunnel.push(k);
+        } else {
+            match context.is_http.get(row).copied().flatten() {
+                Some(true) => http_rows.push(k),
+                Some(false) => tcp_rows.push(k),
+                None => either_rows.push(k),
             }
-            let matched = match context.is_http.get(row).copied().flatten() {
-                Some(true) => hit(&http),
-                Some(false) => hit(&tcp),
-                None => match (hit(&http), hit(&tcp)) {
-                    (Some(a), Some(b)) if a == b => Some(a),
-                    _ => None,
-                },
-            };
-            kleene_and(applies, matched)
-        })
-        .collect()
+        }
+    }
+    let mut out = vec![None; rows.len()];
+    let pick = |ks: &[usize]| -> Vec<usize> { ks.iter().filter_map(|&k| rows.get(k).copied()).collect() };
+    let mut put = |ks: &[usize], values: Vec<Option<bool>>| {
+        for (&k, v) in ks.iter().zip(values) {
+            if let Some(slot) = out.get_mut(k) {
+                *slot = v;
+            }
+        }
+    };
+    if !http_rows.is_empty() {
+        put(&http_rows, layers.http.eval(view, &pick(&http_rows)));
+    }
+    if !tcp_rows.is_empty() {
+        put(&tcp_rows, layers.tcp.eval(view, &pick(&tcp_rows)));
+    }
+    if !either_rows.is_empty() {
+        let selected = pick(&either_rows);
+        let http = layers.http.eval(view, &selected);
+        let tcp = if layers.tcp == layers.http {
+            http.clone()
+        } else {
+            layers.tcp.eval(view, &selected)
+        };
+        put(
+            &either_rows,
+            http.into_iter()
+                .zip(tcp)
+                .map(|(a, b)| if a == b { a } else { None })
+                .collect(),
+        );
+    }
+    if !at_ztunnel.is_empty() {
+        // ztunnel enforces ALLOW and DENY policies only.
+        let values = match &layers.ztunnel {
+            Some(z) => z.eval(view, &pick(&at_ztunnel)),
+            None => vec![Some(false); at_ztunnel.len()],
+        };
+        put(&at_ztunnel, values);
+    }
+    out.iter().zip(applies).map(|(m, a)| kleene_and(*a, *m)).collect()
 }

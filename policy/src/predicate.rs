@@ -1,10 +1,7 @@
-//! A policy's rules compiled once into a predicate tree, evaluated over a whole batch at a time
-//! in three-valued logic: true, false, or null for unknown. Arrow's Kleene kernels combine the
-//! columns, so "unknown AND false" is false and "unknown OR true" is true, exactly as a
+//! A policy's rules compiled once into a predicate tree, evaluated column-wise over the rows of
+//! a batch a policy can apply to, in three-valued (Kleene) logic: true, false, or `None` for
+//! unknown, so "unknown AND false" is false and "unknown OR true" is true, exactly as a
 //! decision that does not depend on the unknown part should be.
-
-use arrow::array::BooleanArray;
-use arrow::compute::kernels::boolean::{and_kleene, not, or_kleene};
 
 use crate::event_view::{EventView, IpAttr, Seen, TextAttr};
 use crate::pattern::{IpBlock, Pattern, normalize_path};
@@ -66,20 +63,20 @@ impl Pred {
         }
     }
 
-    /// Evaluates the predicate on every row of the view.
-    pub fn eval(&self, view: &EventView<'_>) -> BooleanArray {
-        let rows = view.rows();
+    /// Evaluates the predicate on the selected rows of the view, in their order.
+    pub fn eval(&self, view: &EventView<'_>, rows: &[usize]) -> Vec<Option<bool>> {
         match self {
-            Pred::Const(c) => BooleanArray::from(vec![*c; rows]),
-            Pred::All(preds) => fold(preds, view, true),
-            Pred::Any(preds) => fold(preds, view, false),
-            Pred::Not(inner) => not(&inner.eval(view)).unwrap_or_else(|_| BooleanArray::from(vec![None; rows])),
+            Pred::Const(c) => vec![*c; rows.len()],
+            Pred::All(preds) => fold(preds, view, rows, true),
+            Pred::Any(preds) => fold(preds, view, rows, false),
+            Pred::Not(inner) => inner.eval(view, rows).into_iter().map(|v| v.map(|b| !b)).collect(),
             Pred::Text {
                 attr,
                 patterns,
                 ignore_case,
-            } => (0..rows)
-                .map(|row| match view.text(*attr, row) {
+            } => rows
+                .iter()
+                .map(|&row| match view.text(*attr, row) {
                     Seen::Value(v) if *attr == TextAttr::Path => {
                         let v = normalize_path(v);
                         Some(patterns.iter().any(|p| p.matches(&v)))
@@ -95,28 +92,46 @@ impl Pred {
                     Seen::Unknown => None,
                 })
                 .collect(),
-            Pred::Port(ports) => (0..rows)
-                .map(|row| view.destination_port(row).map(|p| ports.contains(&p)))
+            Pred::Port(ports) => rows
+                .iter()
+                .map(|&row| view.destination_port(row).map(|p| ports.contains(&p)))
                 .collect(),
-            Pred::Ip { attr, blocks } => (0..rows)
-                .map(|row| view.ip(*attr, row).map(|ip| blocks.iter().any(|b| b.contains(ip))))
+            Pred::Ip { attr, blocks } => rows
+                .iter()
+                .map(|&row| view.ip(*attr, row).map(|ip| blocks.iter().any(|b| b.contains(ip))))
                 .collect(),
         }
     }
 }
 
-fn fold(preds: &[Pred], view: &EventView<'_>, conjunction: bool) -> BooleanArray {
-    let rows = view.rows();
-    let mut acc = BooleanArray::from(vec![Some(conjunction); rows]);
+/// Three-valued AND (`conjunction`) or OR over the predicates, row by row.
+fn fold(preds: &[Pred], view: &EventView<'_>, rows: &[usize], conjunction: bool) -> Vec<Option<bool>> {
+    let mut acc = vec![Some(conjunction); rows.len()];
     for pred in preds {
-        let next = pred.eval(view);
-        let combined = if conjunction {
-            and_kleene(&acc, &next)
-        } else {
-            or_kleene(&acc, &next)
-        };
-        // Both arrays have `rows` elements, the only way these kernels fail.
-        acc = combined.unwrap_or_else(|_| BooleanArray::from(vec![None; rows]));
+        let next = pred.eval(view, rows);
+        for (a, b) in acc.iter_mut().zip(next) {
+            *a = if conjunction {
+                kleene_and(*a, b)
+            } else {
+                kleene_or(*a, b)
+            };
+        }
     }
     acc
+}
+
+pub fn kleene_and(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+    match (a, b) {
+        (Some(false), _) | (_, Some(false)) => Some(false),
+        (Some(true), Some(true)) => Some(true),
+        _ => None,
+    }
+}
+
+pub fn kleene_or(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+    match (a, b) {
+        (Some(true), _) | (_, Some(true)) => Some(true),
+        (Some(false), Some(false)) => Some(false),
+        _ => None,
+    }
 }

@@ -178,8 +178,8 @@ impl ShadowAssertions {
     /// Evaluates one batch; `outcomes` is told each (candidate, outcome) for metrics. Returns
     /// the alerts for the candidates whose state changed.
     pub fn process(&mut self, batch: &RecordBatch, mut outcomes: impl FnMut(usize, ShadowOutcome)) -> Vec<Alert> {
-        let verdicts = self.set.evaluate(batch).with_dry_run;
-        let applies = self.set.applies(batch);
+        let evaluation = self.set.evaluation(batch, false);
+        let verdicts = self.set.verdicts(batch, &evaluation).with_dry_run;
         let view = EventView::new(batch);
         let times = batch
             .column_by_name(col::EVENT_TIME)
@@ -192,20 +192,21 @@ impl ShadowAssertions {
                 continue;
             };
             self.watermark_ns = Some(self.watermark_ns.map_or(time, |w| w.max(time)));
-            for (i, candidate) in self.candidates.iter_mut().enumerate() {
-                let applies_here = applies.get(i).and_then(|a| a.get(row).copied()).flatten();
+            // A candidate not listed for the row does not apply to it.
+            for entry in evaluation.row(row) {
+                let i = entry.policy;
+                let Some(candidate) = self.candidates.get_mut(i) else {
+                    continue;
+                };
+                let applies_here = entry.applies;
+                let is_allow = self
+                    .set
+                    .policies()
+                    .get(i)
+                    .is_some_and(|p| p.action == crate::object::Action::Allow);
                 let outcome = match verdict {
                     Verdict::Deny { by: Some(p) } if *p == i => ShadowOutcome::WouldDeny,
-                    Verdict::Deny { by: None }
-                        if applies_here == Some(true)
-                            && self
-                                .set
-                                .policies()
-                                .get(i)
-                                .is_some_and(|p| p.action == crate::object::Action::Allow) =>
-                    {
-                        ShadowOutcome::WouldDeny
-                    }
+                    Verdict::Deny { by: None } if applies_here == Some(true) && is_allow => ShadowOutcome::WouldDeny,
                     _ if applies_here == Some(false) => continue,
                     Verdict::Unknown => ShadowOutcome::Unknown,
                     _ if applies_here.is_none() => ShadowOutcome::Unknown,

@@ -92,11 +92,9 @@ impl Target {
         }
     }
 
-    /// Whether the policy applies to the request in `row` (unknown when the destination or its
-    /// labels are not known).
-    pub fn applies(&self, view: &EventView<'_>, row: usize, inventory: &Inventory) -> Option<bool> {
-        let enforcer = view.enforcer(row);
-        let destination = Destination::of(view, row);
+    /// Whether the policy applies to a request that `enforcer` judged, going to `destination`
+    /// (unknown when the destination or its labels are not known).
+    pub fn applies(&self, enforcer: Enforcer, destination: &Destination<'_>, inventory: &Inventory) -> Option<bool> {
         match self {
             Target::Refs {
                 namespace,
