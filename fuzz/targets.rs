@@ -194,7 +194,9 @@ pub fn policy_yaml(data: &[u8]) {
     let mut learner = verity_policy::learn::Learner::default();
     learner.add(batch, set.inventory());
     let _ = learner.propose(set.inventory(), &verity_policy::learn::LearnSettings::default());
-    let mut shadow = verity_policy::shadow::ShadowAssertions::new(set, 60_000_000_000);
+    // The first half is in force, the rest are candidates.
+    let candidates = set.policies().len().div_ceil(2);
+    let mut shadow = verity_policy::shadow::ShadowAssertions::new(set, candidates, 60_000_000_000);
     let _ = shadow.process(batch, |_, _| {});
 }
 

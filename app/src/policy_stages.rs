@@ -47,11 +47,23 @@ pub async fn build(
         staging: None,
     };
     if cfg.shadow.enabled {
-        let (set, policies) = policy_set(cfg, &cfg.shadow.candidates, "policy.shadow")?;
+        let policies = read(&cfg.shadow.candidates, "policy.shadow.candidates")?;
+        // Each candidate is judged with the policies in force; a candidate already applied
+        // (listed in force too) is judged as the candidate only.
+        let in_force: Vec<AuthorizationPolicy> = if cfg.in_force.is_empty() {
+            Vec::new()
+        } else {
+            read(&cfg.in_force, "policy.in_force")?
+                .into_iter()
+                .filter(|p| !policies.iter().any(|c| c.id() == p.id()))
+                .collect()
+        };
+        let all: Vec<AuthorizationPolicy> = in_force.iter().chain(&policies).cloned().collect();
+        let set = compile(cfg, &all, "policy.shadow")?;
         let window_ns = i64::try_from(cfg.shadow.window_secs)
             .unwrap_or(3600)
             .saturating_mul(1_000_000_000);
-        let shadow = ShadowAssertions::new(set, window_ns);
+        let shadow = ShadowAssertions::new(set, policies.len(), window_ns);
         tracing::info!(
             candidates = shadow.candidates().len(),
             "shadow mode: candidate policies judged on live traffic"
@@ -98,7 +110,7 @@ pub async fn build(
         out.stages.push(Box::new(stage));
     }
     if cfg.drift.enabled {
-        let (set, _) = policy_set(cfg, &cfg.drift.policies, "policy.drift")?;
+        let set = compile(cfg, &read(&cfg.in_force, "policy.in_force")?, "policy.drift")?;
         tracing::info!(
             policies = set.policies().len(),
             "live drift: the policies in force evaluated on traffic"
@@ -109,21 +121,25 @@ pub async fn build(
     Ok(out)
 }
 
-/// Reads and compiles policies with the configured inventory and root namespace.
-fn policy_set(
-    cfg: &PolicyConfig,
-    paths: &[PathBuf],
-    section: &'static str,
-) -> Result<(PolicySet, Vec<AuthorizationPolicy>), AppError> {
-    let fail = |e: &dyn std::fmt::Display| AppError::Policies(section, e.to_string());
-    let (policies, _) = verity_policy::object::read_paths(paths).map_err(|e| fail(&e))?;
+/// Reads the policies in the files and directories given; an error when there are none.
+fn read(paths: &[PathBuf], section: &'static str) -> Result<Vec<AuthorizationPolicy>, AppError> {
+    let (policies, _) =
+        verity_policy::object::read_paths(paths).map_err(|e| AppError::Policies(section, e.to_string()))?;
     if policies.is_empty() {
-        return Err(fail(&"no AuthorizationPolicy in the files given"));
+        return Err(AppError::Policies(
+            section,
+            "no AuthorizationPolicy in the files given".into(),
+        ));
     }
+    Ok(policies)
+}
+
+/// Compiles policies with the configured inventory and root namespace.
+fn compile(cfg: &PolicyConfig, policies: &[AuthorizationPolicy], section: &'static str) -> Result<PolicySet, AppError> {
+    let fail = |e: &dyn std::fmt::Display| AppError::Policies(section, e.to_string());
     let inventory = match &cfg.workloads {
         Some(path) => verity_policy::Inventory::read(path).map_err(|e| fail(&e))?,
         None => verity_policy::Inventory::default(),
     };
-    let set = PolicySet::compile(&policies, &cfg.root_namespace, inventory).map_err(|e| fail(&e))?;
-    Ok((set, policies))
+    PolicySet::compile(policies, &cfg.root_namespace, inventory).map_err(|e| fail(&e))
 }

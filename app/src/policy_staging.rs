@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use verity_collector::pipeline::alerts::AlertBus;
 use verity_collector::pipeline::policy_shadow::{CandidateBoard, StagingCommand};
 use verity_control::istio::IstioController;
+use verity_control::responder::ResponderError;
 use verity_model::alert::{Alert, AlertStatus, Severity};
 
 /// Commands waiting for the staging task, at most.
@@ -57,50 +58,106 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Stages every candidate, then serves commands until the drain.
+    /// Stages every candidate (retrying what the API server could not take yet), and serves
+    /// commands meanwhile, until the drain.
     pub async fn run(self, mut commands: mpsc::Receiver<StagingCommand>, mut drain: verity_drain::Watcher) {
         let mut unstaged: Vec<String> = self.candidates.keys().cloned().collect();
         unstaged.sort();
+        unstaged = self.adopt_promoted(unstaged).await;
+        let mut retry = tokio::time::interval(RETRY);
         loop {
-            let mut still = Vec::new();
-            for policy in unstaged {
-                if !self
-                    .apply(&policy, "staged", true, "applied as dry-run for shadow evaluation")
-                    .await
-                {
-                    still.push(policy);
-                }
-            }
-            unstaged = still;
-            if unstaged.is_empty() {
-                break;
-            }
             tokio::select! {
-                () = tokio::time::sleep(RETRY) => {}
+                _ = retry.tick(), if !unstaged.is_empty() => {
+                    let mut still = Vec::new();
+                    for policy in unstaged {
+                        match self.apply(&policy, "staged", true, "applied as dry-run for shadow evaluation").await {
+                            Ok(()) => self.board.finish(&policy, false),
+                            Err(e) if e.retry => still.push(policy),
+                            // The API server refuses it for good (schema, admission, RBAC):
+                            // audited, and not tried again until the next start.
+                            Err(_) => {}
+                        }
+                    }
+                    unstaged = still;
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    self.serve(command, &unstaged).await;
+                }
                 () = drain.wait() => return,
-            }
-        }
-        loop {
-            let command = tokio::select! {
-                c = commands.recv() => c,
-                () = drain.wait() => None,
-            };
-            let Some(command) = command else { return };
-            let policy = command.policy().to_string();
-            let (action, dry_run, reason) = match &command {
-                StagingCommand::Promote { reason, .. } => ("promoted", false, reason.clone()),
-                StagingCommand::Demote { reason, .. } => ("demoted", true, reason.clone()),
-            };
-            if self.apply(&policy, action, dry_run, &reason).await {
-                self.board.finish(&policy, !dry_run);
-            } else {
-                self.board.abandon(&policy);
             }
         }
     }
 
-    /// Applies one candidate; audits and counts the outcome. True when it was applied.
-    async fn apply(&self, policy: &str, action: &'static str, dry_run: bool, reason: &str) -> bool {
+    /// Candidates a previous run promoted stay promoted (a restart must not undo a
+    /// promotion); returns the others, to be staged.
+    async fn adopt_promoted(&self, candidates: Vec<String>) -> Vec<String> {
+        let mut rest = Vec::new();
+        for policy in candidates {
+            let live = match (self.candidates.get(&policy), policy.split_once('/')) {
+                (Some(object), Some((ns, name))) => self
+                    .controller
+                    .get_candidate(ns, name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|l| (l, object)),
+                _ => None,
+            };
+            match live {
+                Some((live, object)) if IstioController::is_promoted_candidate(&live, object) => {
+                    tracing::info!(policy, "candidate policy already promoted; kept enforced");
+                    self.board.finish(&policy, true);
+                }
+                _ => rest.push(policy),
+            }
+        }
+        rest
+    }
+
+    async fn serve(&self, command: StagingCommand, unstaged: &[String]) {
+        let policy = command.policy().to_string();
+        let (action, dry_run, reason) = match &command {
+            StagingCommand::Promote { reason, .. } => ("promoted", false, reason.clone()),
+            StagingCommand::Demote { reason, .. } => ("demoted", true, reason.clone()),
+        };
+        if unstaged.contains(&policy) {
+            self.audit(
+                &policy,
+                "failed",
+                Severity::Medium,
+                &format!("{action}: not staged yet"),
+            );
+            self.metrics.count(action, false);
+            self.board.fail(&policy);
+            return;
+        }
+        // The state may have changed since the command was asked for.
+        if !dry_run && self.board.state(&policy) == Some(verity_policy::shadow::ShadowState::Violated) {
+            self.audit(
+                &policy,
+                "failed",
+                Severity::Medium,
+                "promotion refused: the candidate is violated",
+            );
+            self.metrics.count(action, false);
+            self.board.fail(&policy);
+            return;
+        }
+        match self.apply(&policy, action, dry_run, &reason).await {
+            Ok(()) => self.board.finish(&policy, !dry_run),
+            Err(_) => self.board.fail(&policy),
+        }
+    }
+
+    /// Applies one candidate; audits and counts the outcome.
+    async fn apply(
+        &self,
+        policy: &str,
+        action: &'static str,
+        dry_run: bool,
+        reason: &str,
+    ) -> Result<(), ResponderError> {
         let Some(object) = self.candidates.get(policy) else {
             self.audit(
                 policy,
@@ -108,12 +165,11 @@ impl Staging {
                 Severity::Medium,
                 &format!("{action}: {policy} is not a candidate"),
             );
-            return false;
+            return Err(ResponderError::permanent("not a candidate"));
         };
         let result = self.controller.apply_candidate(object, dry_run).await;
-        let ok = result.is_ok();
-        self.metrics.count(action, ok);
-        match result {
+        self.metrics.count(action, result.is_ok());
+        match &result {
             Ok(()) => {
                 tracing::info!(policy, action, reason, "candidate policy");
                 let severity = if action == "demoted" {
@@ -128,7 +184,7 @@ impl Staging {
                 self.audit(policy, "failed", Severity::Medium, &format!("{action}: {e}"));
             }
         }
-        ok
+        result
     }
 
     fn audit(&self, policy: &str, action: &str, severity: Severity, detail: &str) {

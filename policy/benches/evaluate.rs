@@ -130,7 +130,17 @@ fn bench(c: &mut Criterion) {
             report.add(&set, &batches[k % batches.len()]);
         })
     });
-    let mut shadow = ShadowAssertions::new(set.clone(), 3600 * S);
+    // The learned-style ALLOW policies are candidates; the DENY policies are in force.
+    let candidates = WORKLOADS;
+    let mut in_force_first: Vec<_> = parsed
+        .iter()
+        .skip(WORKLOADS)
+        .chain(parsed.iter().take(WORKLOADS))
+        .cloned()
+        .collect();
+    let shadow_set = PolicySet::compile(&in_force_first, "istio-system", set.inventory().clone()).expect("compile");
+    in_force_first.clear();
+    let mut shadow = ShadowAssertions::new(shadow_set, candidates, 3600 * S);
     group.bench_function("shadow", |b| {
         b.iter(|| {
             k += 1;

@@ -51,8 +51,8 @@ pub struct Layers {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layer {
     Http,
-    /// TCP at a sidecar. `drop_rule` (ALLOW, AUDIT): a rule with an HTTP-only field never
-    /// matches; otherwise (DENY, CUSTOM) HTTP-only fields are ignored.
+    /// TCP at a sidecar. `drop_rule` (ALLOW): a rule with an HTTP-only field never matches;
+    /// otherwise (DENY, AUDIT, CUSTOM) HTTP-only fields are ignored.
     SidecarTcp {
         drop_rule: bool,
     },
@@ -99,7 +99,9 @@ pub fn compile(policy: &AuthorizationPolicy, root_namespace: &str) -> Result<Com
     }
     let target = Target::of(policy, root_namespace).map_err(fail)?;
     let namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
-    let allow_like = matches!(spec.action, Action::Allow | Action::Audit);
+    // Only ALLOW drops a whole rule for an HTTP-only field on TCP; DENY, AUDIT and CUSTOM
+    // drop the field.
+    let allow_like = spec.action == Action::Allow;
     let layers = [
         Layer::Http,
         Layer::SidecarTcp { drop_rule: allow_like },

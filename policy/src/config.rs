@@ -15,19 +15,19 @@ pub struct PolicyConfig {
     /// Workloads and their labels, to resolve selectors (`kubectl get pods,services -A -o
     /// yaml`, or Verity's short form; see docs/policy.md).
     pub workloads: Option<PathBuf>,
+    /// Files or directories of the policies in force (for example `kubectl get
+    /// authorizationpolicies -A -o yaml`, refreshed into a ConfigMap): shadow mode judges each
+    /// candidate together with them, and drift counts their rules' use.
+    pub in_force: Vec<PathBuf>,
     pub shadow: ShadowConfig,
     pub drift: DriftConfig,
 }
 
-/// Live drift: the policies in force evaluated on traffic, rule by rule.
+/// Live drift: the policies in force (`policy.in_force`) evaluated on traffic, rule by rule.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct DriftConfig {
     pub enabled: bool,
-    /// Files or directories of the policies in force (for example
-    /// `kubectl get authorizationpolicies -A -o yaml`, refreshed by a CronJob into a
-    /// ConfigMap).
-    pub policies: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -71,9 +71,9 @@ impl PolicyConfig {
                 "shadow mode needs at least one file or directory of candidate policies",
             ));
         }
-        if self.drift.enabled && self.drift.policies.is_empty() {
+        if self.drift.enabled && self.in_force.is_empty() {
             errors.push(ConfigError::new(
-                "policy.drift.policies",
+                "policy.in_force",
                 "drift needs at least one file or directory of the policies in force",
             ));
         }

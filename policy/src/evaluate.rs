@@ -143,7 +143,10 @@ impl PolicySet {
         let mut by_namespace: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, p) in policies.iter().enumerate() {
             match &p.target {
-                Target::Mesh | Target::Selector { namespace: None, .. } => mesh_wide.push(i),
+                // A Gateway or GatewayClass reference reaches waypoints that serve any namespace.
+                Target::Mesh | Target::Selector { namespace: None, .. } | Target::Refs { gateways: true, .. } => {
+                    mesh_wide.push(i)
+                }
                 Target::Namespace(ns)
                 | Target::Selector {
                     namespace: Some(ns), ..
@@ -287,7 +290,8 @@ impl PolicySet {
             let Some(policy) = self.policies.get(e.policy) else {
                 continue;
             };
-            if policy.dry_run && !dry_run {
+            // A dry-run CUSTOM policy still asks its external authorizer.
+            if policy.dry_run && !dry_run && policy.action != Action::Custom {
                 continue;
             }
             let m = e.matched;

@@ -97,6 +97,7 @@ pub struct EventView<'a> {
     pub(crate) destination_workload: Option<&'a StringArray>,
     pub(crate) destination_service: Option<&'a StringArray>,
     pub(crate) decision: Option<&'a StringArray>,
+    decision_policy: Option<&'a StringArray>,
 }
 
 fn text<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
@@ -141,6 +142,7 @@ impl<'a> EventView<'a> {
             destination_workload: text(batch, col::DESTINATION_WORKLOAD),
             destination_service: text(batch, col::DESTINATION_SERVICE),
             decision: text(batch, col::DECISION),
+            decision_policy: text(batch, col::DECISION_POLICY),
         }
     }
 
@@ -245,6 +247,12 @@ impl<'a> EventView<'a> {
                 if no_xff { self.ip(IpAttr::Source, row) } else { None }
             }
         }
+    }
+
+    /// The policy the mesh's denial names (`namespace/name`, or `none` when no ALLOW policy
+    /// matched).
+    pub fn decision_policy(&self, row: usize) -> Option<&'a str> {
+        cell(self.decision_policy, row)
     }
 
     pub fn destination_port(&self, row: usize) -> Option<i32> {

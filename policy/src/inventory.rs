@@ -159,7 +159,8 @@ impl Inventory {
                     self.pod_workloads.entry(namespace).or_default().insert(name, w);
                 }
             }
-            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => {
+            // ReplicaSets are left out: their templates repeat their Deployment's.
+            "Deployment" | "StatefulSet" | "DaemonSet" => {
                 let template = value
                     .get("spec")
                     .and_then(|s| s.get("template"))

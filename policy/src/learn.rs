@@ -83,8 +83,16 @@ struct SourceEdge {
 #[derive(Debug, Default)]
 struct PathSet {
     paths: BTreeMap<String, u64>,
-    /// More distinct paths than remembered: the first segments of the rest.
+    /// More distinct paths than remembered: the first-segment prefixes of the rest.
     overflow: BTreeSet<String>,
+    /// Requests whose path could not be kept: one segment past the bound, or a path a policy
+    /// cannot state exactly (`*`, `{`, `}` in it). The proposal would deny them.
+    dropped: u64,
+}
+
+/// Segments of a path (`/a/b` has two; `/` has none).
+fn depth_of(path: &str) -> usize {
+    path.split('/').filter(|s| !s.is_empty()).count()
 }
 
 /// What was observed, ready to turn into policies.
@@ -110,14 +118,26 @@ pub struct LearnReport {
     pub assumed_selectors: Vec<String>,
 }
 
+/// The workload a record names: the pod's workload from the inventory, the name itself when
+/// the inventory lists it as a workload, else the pod-name convention.
+fn destination_workload<'a>(inventory: &'a Inventory, namespace: &str, name: &'a str) -> &'a str {
+    match inventory.workload_of(namespace, name) {
+        Some(w) => w,
+        None if inventory.count_named(namespace, name) > 0 => name,
+        None => workload_from_pod(name),
+    }
+}
+
 /// A pod name's workload when no inventory says: a Deployment's pod is
-/// `<deployment>-<template hash>-<5 characters>`.
+/// `<deployment>-<template hash>-<5 characters>`, both drawn from the characters Kubernetes
+/// uses for generated names (no vowels, no 0, 1 or 3).
 fn workload_from_pod(name: &str) -> &str {
     let mut parts = name.rsplitn(3, '-');
     let (Some(last), Some(hash), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
         return name;
     };
-    let alnum = |s: &str| s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    const GENERATED: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let alnum = |s: &str| s.bytes().all(|b| GENERATED.contains(&b));
     if last.len() == 5 && alnum(last) && (6..=10).contains(&hash.len()) && alnum(hash) {
         rest
     } else {
@@ -151,10 +171,7 @@ impl Learner {
                 (_, Some(ns)) => match d.workload {
                     Some(w) => Some(DestinationKey {
                         namespace: ns.to_string(),
-                        name: inventory
-                            .workload_of(ns, w)
-                            .unwrap_or_else(|| workload_from_pod(w))
-                            .to_string(),
+                        name: destination_workload(inventory, ns, w).to_string(),
                         by_service: false,
                         via_waypoint: false,
                     }),
@@ -204,10 +221,15 @@ impl Learner {
                 let p = normalize_path(p.split(['?', '#']).next().unwrap_or(p));
                 if let Some(n) = paths.paths.get_mut(p.as_ref()) {
                     *n += 1;
+                } else if p.contains(['*', '{', '}']) {
+                    // Istio reads these as wildcards or templates: no policy names this path.
+                    paths.dropped += 1;
                 } else if paths.paths.len() < MAX_REMEMBERED_PATHS {
                     paths.paths.insert(p.into_owned(), 1);
-                } else {
+                } else if depth_of(&p) > 1 && paths.overflow.len() < MAX_REMEMBERED_PATHS {
                     paths.overflow.insert(prefix(&p, 1));
+                } else {
+                    paths.dropped += 1;
                 }
             }
         }
@@ -256,6 +278,12 @@ impl Learner {
                         verity_model::time::format_rfc3339_ns(edge.last_ns)
                     ),
                 );
+                let dropped: u64 = edge.operations.values().map(|p| p.dropped).sum();
+                if dropped > 0 {
+                    report.left_out.push(format!(
+                        "{who}: {principal}: {dropped} requests whose path the proposal cannot allow (a path with `*`, `{{` or `}}`, or past {MAX_REMEMBERED_PATHS} distinct paths): review before applying"
+                    ));
+                }
                 rules.push(rule_for(principal, edge, edges.l4_only, settings));
             }
             if rules.is_empty() {
@@ -378,7 +406,7 @@ fn selector_for(inventory: &Inventory, namespace: &str, workload: &str) -> (Labe
         if let Some(sel) = pick(&["app"]).or_else(|| pick(&["app", "version"])) {
             return (sel, false);
         }
-        if !stable.is_empty() {
+        if !stable.is_empty() && inventory.count_selected(namespace, &stable) == own {
             return (stable, false);
         }
     }
@@ -395,32 +423,27 @@ fn generalize(paths: &PathSet, max_paths: usize) -> Vec<String> {
     if paths.overflow.is_empty() && paths.paths.len() <= max_paths {
         return paths.paths.keys().cloned().collect();
     }
-    let deepest = paths
-        .paths
-        .keys()
-        .map(|p| p.split('/').count().saturating_sub(1))
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let mut chosen: Option<BTreeSet<String>> = None;
-    for depth in (1..deepest).rev() {
-        let set: BTreeSet<String> = paths
+    // Paths with at most `depth` segments stay exact; deeper ones become prefixes at `depth`:
+    // the deepest depth that leaves at most `max_paths`, never above the first segment.
+    let cut = |depth: usize| -> BTreeSet<String> {
+        paths
             .paths
             .keys()
             .map(|p| {
-                if p.split('/').count().saturating_sub(1) > depth {
+                if depth_of(p) > depth {
                     prefix(p, depth)
                 } else {
                     p.clone()
                 }
             })
-            .collect();
-        if set.len() <= max_paths || depth == 1 {
-            chosen = Some(set);
-            break;
-        }
-    }
-    let mut set = chosen.unwrap_or_else(|| paths.paths.keys().map(|p| prefix(p, 1)).collect());
+            .collect()
+    };
+    let deepest = paths.paths.keys().map(|p| depth_of(p)).max().unwrap_or(1).max(1);
+    let mut set = (1..deepest)
+        .rev()
+        .map(cut)
+        .find(|set| set.len() <= max_paths)
+        .unwrap_or_else(|| cut(1));
     set.extend(paths.overflow.iter().cloned());
     set.into_iter().collect()
 }
@@ -467,6 +490,8 @@ mod tests {
     #[test]
     fn pod_names_lose_their_hashes() {
         assert_eq!(workload_from_pod("productpage-v1-87d54dd59-fn6vw"), "productpage-v1");
+        // Words that only look like hashes keep their name (vowels never appear in hashes).
+        assert_eq!(workload_from_pod("payment-gateway-proxy"), "payment-gateway-proxy");
         assert_eq!(workload_from_pod("httpbin"), "httpbin");
         assert_eq!(workload_from_pod("a-b-c"), "a-b-c");
     }
@@ -491,6 +516,25 @@ mod tests {
         assert_eq!(generalize(&set, 2), vec!["/api/v1/*", "/health"]);
         // Never broader than the first segment, even above the limit.
         assert_eq!(generalize(&set, 1), vec!["/api/*", "/health"]);
+    }
+
+    #[test]
+    fn single_segment_paths_stay_exact_whatever_their_number() {
+        let mut set = PathSet::default();
+        for i in 0..20 {
+            set.paths.insert(format!("/p{i}"), 1);
+        }
+        set.paths.insert("/".into(), 1);
+        set.paths.insert("/api/a/b".into(), 1);
+        let out = generalize(&set, 8);
+        assert!(
+            out.contains(&"/".to_string()) && out.contains(&"/p7".to_string()),
+            "{out:?}"
+        );
+        assert!(
+            out.contains(&"/api/*".to_string()) && !out.iter().any(|p| p.starts_with("//")),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub enum Pattern {
     /// A path with `{*}` (one segment) or `{**}` (any number of segments, last only) parts,
     /// split at `/`.
     Template(Vec<Segment>),
+    /// A template Verity does not evaluate (`{**}` followed by more segments): whether it
+    /// matches is unknown.
+    Undecided,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +24,7 @@ pub enum Segment {
     Literal(String),
     /// `{*}`: exactly one non-empty segment.
     One,
-    /// `{**}`: one or more segments (only as the last part).
+    /// `{**}`: whatever follows, zero or more segments (only as the last part).
     Rest,
 }
 
@@ -56,7 +59,8 @@ impl Pattern {
             match *part {
                 "{*}" => segments.push(Segment::One),
                 "{**}" if i + 1 == parts.len() => segments.push(Segment::Rest),
-                "{**}" => return Err(format!("path {text:?}: `{{**}}` may only be the last segment")),
+                // Istio accepts literal segments after `{**}`; their matching is not evaluated.
+                "{**}" => return Ok(Pattern::Undecided),
                 p if p.contains('{') || p.contains('}') || p.contains('*') => {
                     return Err(format!(
                         "path {text:?}: a template segment must be exactly `{{*}}` or `{{**}}`"
@@ -75,6 +79,7 @@ impl Pattern {
             Pattern::Suffix(p) => value.ends_with(p.as_str()),
             Pattern::Presence => !value.is_empty(),
             Pattern::Template(segments) => template_matches(segments, value),
+            Pattern::Undecided => false,
         }
     }
 
@@ -89,7 +94,7 @@ impl Pattern {
                 .and_then(|start| value.get(start..))
                 .is_some_and(|v| v.eq_ignore_ascii_case(p)),
             Pattern::Presence => !value.is_empty(),
-            Pattern::Template(_) => self.matches(&value.to_ascii_lowercase()),
+            Pattern::Template(_) | Pattern::Undecided => self.matches(&value.to_ascii_lowercase()),
         }
     }
 }
@@ -110,14 +115,9 @@ fn template_matches(segments: &[Segment], value: &str) -> bool {
             }
             Segment::Rest => {
                 debug_assert_eq!(i + 1, segments.len());
-                let mut any = false;
-                for part in parts.by_ref() {
-                    if part.is_empty() {
-                        return false;
-                    }
-                    any = true;
-                }
-                return any;
+                // Zero or more segments after the slash before it: `/foo/{**}` takes `/foo/` and
+                // `/foo/a/b`, not `/foo`.
+                return parts.next().is_some();
             }
         }
     }
@@ -303,9 +303,11 @@ mod tests {
         assert!(!one.matches("/foo//bar"));
         let rest = Pattern::parse_path("/foo/{**}").expect("valid");
         assert!(rest.matches("/foo/a/b"));
-        assert!(!rest.matches("/foo/"));
+        assert!(rest.matches("/foo/"));
+        assert!(rest.matches("/foo/a//b"));
         assert!(!rest.matches("/foo"));
-        assert!(Pattern::parse_path("/foo/{**}/bar").is_err());
+        assert!(!rest.matches("/bar/a"));
+        assert_eq!(Pattern::parse_path("/foo/{**}/bar"), Ok(Pattern::Undecided));
         assert!(Pattern::parse_path("/foo/x{*}").is_err());
     }
 

@@ -79,7 +79,13 @@ impl Pred {
                 .map(|&row| match view.text(*attr, row) {
                     Seen::Value(v) if *attr == TextAttr::Path => {
                         let v = normalize_path(v);
-                        Some(patterns.iter().any(|p| p.matches(&v)))
+                        if patterns.iter().any(|p| p.matches(&v)) {
+                            Some(true)
+                        } else if patterns.contains(&Pattern::Undecided) {
+                            None
+                        } else {
+                            Some(false)
+                        }
                     }
                     Seen::Value(v) => Some(patterns.iter().any(|p| {
                         if *ignore_case {

@@ -1,10 +1,13 @@
 //! Shadow mode: candidate policies evaluated on live traffic, each as an assertion "would deny
 //! no observed legitimate traffic".
 //!
-//! Every request the mesh allowed at an enforcement point is evaluated with the candidates
-//! enforced (dry-run or not). A request they would deny counts against the DENY policy that
-//! matched it, or against every candidate ALLOW policy that applies to it when none of them
-//! matched. Per candidate, in event time over the last `window`:
+//! Each candidate is judged on its own, together with the policies in force (if given): on
+//! every request the mesh allowed at an enforcement point, a DENY candidate would deny it when
+//! it matches; an ALLOW candidate that applies would deny it when neither it nor an ALLOW
+//! policy in force matches. Once a candidate is promoted (enforced in the mesh), the requests
+//! the mesh denies because of it count against it too: the denials its own rule caused, or,
+//! for an ALLOW candidate, "no ALLOW policy matched" at a destination it applies to. Per
+//! candidate, in event time over the last `window`:
 //! - **violated**: it would have denied at least one legitimate request;
 //! - **holding**: requests it applies to were seen, and it would have denied none;
 //! - **unknown**: no request it applies to was seen, or only requests whose outcome the
@@ -23,8 +26,10 @@ use verity_model::alert::{Alert, AlertStatus, Evidence, Severity, alert_id};
 use verity_model::event::col;
 use verity_model::time::format_rfc3339_ns;
 
-use crate::evaluate::{Observed, PolicySet, Verdict, observed};
-use crate::event_view::EventView;
+use crate::evaluate::{Observed, PolicySet, observed};
+use crate::event_view::{Enforcer, EventView};
+use crate::object::Action;
+use crate::predicate::{kleene_and, kleene_or};
 
 /// The rule id shadow alerts carry.
 pub const RULE_ID: &str = "policy-shadow";
@@ -77,6 +82,8 @@ impl ShadowOutcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct CandidateState {
     pub policy: String,
+    /// Enforced in the mesh (promoted).
+    pub promoted: bool,
     pub state: ShadowState,
     /// Event time the candidate has held since (reset by a violation); `None` unless holding.
     pub holding_since_ns: Option<i64>,
@@ -95,7 +102,10 @@ pub struct CandidateState {
 /// The candidates' assertions.
 #[derive(Debug)]
 pub struct ShadowAssertions {
+    /// The policies in force, then the candidates.
     set: PolicySet,
+    /// Set index → candidate index, for the candidates.
+    candidate_of: Vec<Option<usize>>,
     window_ns: i64,
     candidates: Vec<CandidateState>,
     watermark_ns: Option<i64>,
@@ -141,28 +151,51 @@ fn evidence(batch: &RecordBatch, row: usize, time_ns: i64) -> Evidence {
 }
 
 impl ShadowAssertions {
-    pub fn new(set: PolicySet, window_ns: i64) -> Self {
-        let candidates = set
+    /// `set` holds the policies in force first, then `candidates` of them: the last ones.
+    pub fn new(set: PolicySet, candidates: usize, window_ns: i64) -> Self {
+        let total = set.policies().len();
+        let first = total.saturating_sub(candidates);
+        let mut candidate_of = vec![None; total];
+        let candidates: Vec<CandidateState> = set
             .policies()
             .iter()
-            .map(|p| CandidateState {
-                policy: p.id.clone(),
-                state: ShadowState::Unknown,
-                holding_since_ns: None,
-                last_traffic_ns: None,
-                last_violation_ns: None,
-                allowed: 0,
-                would_deny: 0,
-                unknown: 0,
-                evidence: Vec::new(),
-                violations_in_state: 0,
+            .enumerate()
+            .skip(first)
+            .enumerate()
+            .map(|(c, (index, p))| {
+                if let Some(slot) = candidate_of.get_mut(index) {
+                    *slot = Some(c);
+                }
+                CandidateState {
+                    policy: p.id.clone(),
+                    promoted: false,
+                    state: ShadowState::Unknown,
+                    holding_since_ns: None,
+                    last_traffic_ns: None,
+                    last_violation_ns: None,
+                    allowed: 0,
+                    would_deny: 0,
+                    unknown: 0,
+                    evidence: Vec::new(),
+                    violations_in_state: 0,
+                }
             })
             .collect();
         Self {
             set,
+            candidate_of,
             window_ns: window_ns.max(1),
             candidates,
             watermark_ns: None,
+        }
+    }
+
+    /// Marks a candidate as enforced in the mesh (promoted) or not.
+    pub fn set_promoted(&mut self, policy: &str, promoted: bool) {
+        for c in &mut self.candidates {
+            if c.policy == policy {
+                c.promoted = promoted;
+            }
         }
     }
 
@@ -175,44 +208,82 @@ impl ShadowAssertions {
         self.watermark_ns
     }
 
-    /// Evaluates one batch; `outcomes` is told each (candidate, outcome) for metrics. Returns
-    /// the alerts for the candidates whose state changed.
+    /// Evaluates one batch; `outcomes` is told each (candidate index, outcome) for metrics.
+    /// Returns the alerts for the candidates whose state changed.
     pub fn process(&mut self, batch: &RecordBatch, mut outcomes: impl FnMut(usize, ShadowOutcome)) -> Vec<Alert> {
         let evaluation = self.set.evaluation(batch, false);
-        let verdicts = self.set.verdicts(batch, &evaluation).with_dry_run;
         let view = EventView::new(batch);
         let times = batch
             .column_by_name(col::EVENT_TIME)
             .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
-        for (row, verdict) in verdicts.iter().enumerate() {
-            if *verdict == Verdict::NotEnforced || observed(&view, row) != Observed::Allowed {
+        for row in 0..view.rows() {
+            if view.enforcer(row) == Enforcer::Elsewhere {
+                continue;
+            }
+            let seen = observed(&view, row);
+            if !matches!(seen, Observed::Allowed | Observed::DeniedByPolicy) {
                 continue;
             }
             let Some(time) = times.filter(|t| row < t.len() && t.is_valid(row)).map(|t| t.value(row)) else {
                 continue;
             };
             self.watermark_ns = Some(self.watermark_ns.map_or(time, |w| w.max(time)));
+            let entries = evaluation.row(row);
+            // Whether an ALLOW policy in force (not a candidate, not dry-run) lets it through.
+            let mut in_force_allows = Some(false);
+            for e in entries {
+                let in_force = self.candidate_of.get(e.policy).is_some_and(Option::is_none);
+                let p = self.set.policies().get(e.policy);
+                if in_force && p.is_some_and(|p| p.action == Action::Allow && !p.dry_run) {
+                    in_force_allows = kleene_or(in_force_allows, e.matched);
+                }
+            }
+            let denied_by = view.decision_policy(row);
             // A candidate not listed for the row does not apply to it.
-            for entry in evaluation.row(row) {
-                let i = entry.policy;
-                let Some(candidate) = self.candidates.get_mut(i) else {
+            for e in entries {
+                let Some(c) = self.candidate_of.get(e.policy).copied().flatten() else {
                     continue;
                 };
-                let applies_here = entry.applies;
-                let is_allow = self
-                    .set
-                    .policies()
-                    .get(i)
-                    .is_some_and(|p| p.action == crate::object::Action::Allow);
-                let outcome = match verdict {
-                    Verdict::Deny { by: Some(p) } if *p == i => ShadowOutcome::WouldDeny,
-                    Verdict::Deny { by: None } if applies_here == Some(true) && is_allow => ShadowOutcome::WouldDeny,
-                    _ if applies_here == Some(false) => continue,
-                    Verdict::Unknown => ShadowOutcome::Unknown,
-                    _ if applies_here.is_none() => ShadowOutcome::Unknown,
-                    _ => ShadowOutcome::Allowed,
+                let Some(action) = self.set.policies().get(e.policy).map(|p| p.action) else {
+                    continue;
                 };
-                outcomes(i, outcome);
+                let Some(candidate) = self.candidates.get_mut(c) else {
+                    continue;
+                };
+                let outcome = match (seen, action) {
+                    (Observed::Allowed, Action::Deny) => match e.matched {
+                        Some(true) => ShadowOutcome::WouldDeny,
+                        Some(false) => ShadowOutcome::Allowed,
+                        None => ShadowOutcome::Unknown,
+                    },
+                    (Observed::Allowed, Action::Allow) => {
+                        let denies = kleene_and(
+                            e.applies,
+                            kleene_and(e.matched.map(|m| !m), in_force_allows.map(|a| !a)),
+                        );
+                        match denies {
+                            Some(true) => ShadowOutcome::WouldDeny,
+                            Some(false) if e.applies == Some(true) => ShadowOutcome::Allowed,
+                            _ => ShadowOutcome::Unknown,
+                        }
+                    }
+                    // Denied in the mesh: only a promoted candidate's own denials count.
+                    (Observed::DeniedByPolicy, Action::Deny)
+                        if candidate.promoted && denied_by == Some(candidate.policy.as_str()) =>
+                    {
+                        ShadowOutcome::WouldDeny
+                    }
+                    (Observed::DeniedByPolicy, Action::Allow)
+                        if candidate.promoted
+                            && denied_by == Some("none")
+                            && e.applies == Some(true)
+                            && e.matched != Some(true) =>
+                    {
+                        ShadowOutcome::WouldDeny
+                    }
+                    _ => continue,
+                };
+                outcomes(c, outcome);
                 match outcome {
                     ShadowOutcome::Allowed => {
                         candidate.allowed += 1;

@@ -57,7 +57,7 @@ fn a_new_edge_violates_the_candidate_and_the_window_resolves_it() {
     let inventory =
         Inventory::parse("workloads: [{namespace: shop, name: cart, labels: {app: cart}}]").expect("inventory");
     let set = PolicySet::compile(&policies, "istio-system", inventory).expect("compile");
-    let mut shadow = ShadowAssertions::new(set, 60 * SECOND);
+    let mut shadow = ShadowAssertions::new(set, 1, 60 * SECOND);
     assert_eq!(shadow.candidates()[0].state, ShadowState::Unknown);
 
     let mut seen = Vec::new();
@@ -104,4 +104,56 @@ fn a_new_edge_violates_the_candidate_and_the_window_resolves_it() {
     );
     let c = &shadow.candidates()[0];
     assert_eq!((c.allowed, c.would_deny), (5, 1));
+}
+
+#[test]
+fn candidates_are_judged_with_the_policies_in_force_and_promoted_denials_count() {
+    const IN_FORCE: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: cart-legacy, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/batch]}}]
+"#;
+    let mut policies = Vec::new();
+    parse_documents(IN_FORCE, std::path::Path::new("in-force.yaml"), &mut policies).expect("policy");
+    parse_documents(CANDIDATE, std::path::Path::new("candidate.yaml"), &mut policies).expect("policy");
+    let inventory =
+        Inventory::parse("workloads: [{namespace: shop, name: cart, labels: {app: cart}}]").expect("inventory");
+    let set = PolicySet::compile(&policies, "istio-system", inventory).expect("compile");
+    let mut shadow = ShadowAssertions::new(set, 1, 60 * SECOND);
+    assert_eq!(shadow.candidates().len(), 1);
+    // batch is allowed by the policy in force: adding the candidate denies nothing.
+    let alerts = shadow.process(&batch(&[request("frontend", 0), request("batch", 1)]), |_, _| {});
+    assert!(alerts.is_empty(), "{alerts:?}");
+    assert_eq!(shadow.candidates()[0].state, ShadowState::Holding);
+    assert_eq!(shadow.candidates()[0].would_deny, 0);
+
+    // Promoted, the candidate is enforced: a denial with no ALLOW policy matched at its
+    // destination is its doing.
+    shadow.set_promoted("shop/cart-allow", true);
+    let mut denied = request("intruder", 2);
+    denied.decision = Decision::DenyRbac;
+    denied.decision_policy = Some(Cow::Borrowed("none"));
+    let alerts = shadow.process(&batch(&[denied.clone()]), |_, _| {});
+    assert_eq!(
+        alerts.iter().map(|a| a.status).collect::<Vec<_>>(),
+        vec![AlertStatus::Firing]
+    );
+    // Not promoted, the same denial is someone else's.
+    let mut fresh = {
+        let mut p = Vec::new();
+        parse_documents(CANDIDATE, std::path::Path::new("c.yaml"), &mut p).expect("policy");
+        let inventory =
+            Inventory::parse("workloads: [{namespace: shop, name: cart, labels: {app: cart}}]").expect("inventory");
+        ShadowAssertions::new(
+            PolicySet::compile(&p, "istio-system", inventory).expect("compile"),
+            1,
+            60 * SECOND,
+        )
+    };
+    assert!(fresh.process(&batch(&[denied]), |_, _| {}).is_empty());
+    assert_eq!(fresh.candidates()[0].would_deny, 0);
 }

@@ -84,7 +84,7 @@ impl PolicyDriftStage {
                 .report
                 .rules
                 .iter()
-                .filter(|r| r.action == action && r.matched == 0)
+                .filter(|r| r.action == action && r.matched == 0 && r.unknown == 0)
                 .count();
             self.metrics
                 .unused

@@ -80,7 +80,13 @@ struct BoardInner {
     promoted: HashSet<String>,
     /// A command is on its way for these.
     pending: HashSet<String>,
+    /// When a command for these last failed: automatic ones wait [`AUTO_RETRY`] before trying
+    /// again.
+    failed: HashMap<String, std::time::Instant>,
 }
+
+/// How long automatic promotion or demotion waits after a failed attempt.
+pub const AUTO_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl CandidateBoard {
     fn lock(&self) -> MutexGuard<'_, BoardInner> {
@@ -101,6 +107,21 @@ impl CandidateBoard {
         self.lock().pending.insert(policy.to_string())
     }
 
+    /// Like [`CandidateBoard::begin`], for automatic commands: also false within
+    /// [`AUTO_RETRY`] of a failure.
+    pub fn begin_auto(&self, policy: &str) -> bool {
+        let mut inner = self.lock();
+        if inner.failed.get(policy).is_some_and(|t| t.elapsed() < AUTO_RETRY) {
+            return false;
+        }
+        inner.pending.insert(policy.to_string())
+    }
+
+    /// Names every promoted candidate.
+    pub fn promoted(&self) -> HashSet<String> {
+        self.lock().promoted.clone()
+    }
+
     /// A command finished: the candidate is now promoted or not.
     pub fn finish(&self, policy: &str, promoted: bool) {
         let mut inner = self.lock();
@@ -112,9 +133,16 @@ impl CandidateBoard {
         }
     }
 
-    /// A command failed: nothing changed.
+    /// A command was not sent: nothing changed.
     pub fn abandon(&self, policy: &str) {
         self.lock().pending.remove(policy);
+    }
+
+    /// A command failed: nothing changed, and automatic commands wait a while.
+    pub fn fail(&self, policy: &str) {
+        let mut inner = self.lock();
+        inner.pending.remove(policy);
+        inner.failed.insert(policy.to_string(), std::time::Instant::now());
     }
 }
 
@@ -200,7 +228,7 @@ impl PolicyShadowStage {
                 },
                 _ => continue,
             };
-            if staging.board.begin(&c.policy) && staging.commands.try_send(command).is_err() {
+            if staging.board.begin_auto(&c.policy) && staging.commands.try_send(command).is_err() {
                 // Staging is busy or gone: the next batch asks again.
                 staging.board.abandon(&c.policy);
             }
@@ -261,15 +289,39 @@ impl Stage for PolicyShadowStage {
         let Batch::Events(events) = batch else {
             return Ok(());
         };
-        let policies: Vec<String> = self.shadow.candidates().iter().map(|c| c.policy.clone()).collect();
-        let requests = &self.metrics.requests;
+        if let Some(staging) = &self.staging {
+            let promoted = staging.board.promoted();
+            let names: Vec<(String, bool)> = self
+                .shadow
+                .candidates()
+                .iter()
+                .map(|c| (c.policy.clone(), promoted.contains(&c.policy)))
+                .collect();
+            for (policy, is_promoted) in names {
+                self.shadow.set_promoted(&policy, is_promoted);
+            }
+        }
+        // Counted per batch, then added: no label strings per request.
+        let mut counts = vec![[0u64; 3]; self.shadow.candidates().len()];
         let alerts = self.shadow.process(events, |i, outcome: ShadowOutcome| {
-            if let Some(p) = policies.get(i) {
-                requests
-                    .get_or_create(&[("policy", p.clone()), ("outcome", outcome.as_str().to_string())])
-                    .inc();
+            if let Some(c) = counts.get_mut(i) {
+                let k = ShadowOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+                c[k % 3] += 1;
             }
         });
+        for (candidate, c) in self.shadow.candidates().iter().zip(&counts) {
+            for (outcome, n) in ShadowOutcome::ALL.iter().zip(c) {
+                if *n > 0 {
+                    self.metrics
+                        .requests
+                        .get_or_create(&[
+                            ("policy", candidate.policy.clone()),
+                            ("outcome", outcome.as_str().to_string()),
+                        ])
+                        .inc_by(*n);
+                }
+            }
+        }
         self.export_states();
         self.share_states();
         self.publish(alerts);

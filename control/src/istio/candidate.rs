@@ -23,6 +23,23 @@ const SERVER_FIELDS: &[&str] = &[
 ];
 
 impl IstioController {
+    /// The live object of a candidate, if it exists.
+    pub async fn get_candidate(&self, namespace: &str, name: &str) -> Result<Option<Value>, ResponderError> {
+        match self.timed(self.api(namespace).get_opt(name)).await {
+            Ok(found) => Ok(found.and_then(|o| serde_json::to_value(o).ok())),
+            Err(e) => Err(ResponderError::retry(format!("get {namespace}/{name}: {e}"))),
+        }
+    }
+
+    /// Whether a live object is this candidate, staged by Verity and promoted: the candidate
+    /// label, dry-run `"false"`, and the same spec.
+    pub fn is_promoted_candidate(live: &Value, candidate: &Value) -> bool {
+        let metadata = &live["metadata"];
+        metadata["labels"][CANDIDATE_LABEL] == "true"
+            && metadata["annotations"][DRY_RUN_ANNOTATION] == "false"
+            && live["spec"] == candidate["spec"]
+    }
+
     /// Applies a candidate policy, as a dry run (staged) or enforced (promoted).
     pub async fn apply_candidate(&self, object: &Value, dry_run: bool) -> Result<(), ResponderError> {
         let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);

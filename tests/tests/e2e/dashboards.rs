@@ -265,12 +265,12 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let token = dir.path().join("admin-token");
     std::fs::write(&token, "dash-token").expect("token");
     let token_ref = format!("{{file: '{}'}}", token.display());
-    // Least privilege: a candidate policy the scenario's traffic violates (it allows only a
-    // frontend that never calls), and policies in force with a DENY rule nothing matches.
+    // Least privilege: a candidate policy the scenario's traffic violates (it would deny the
+    // API calls the mesh allows), and policies in force with a DENY rule nothing matches.
     let candidate = dir.path().join("candidate.yaml");
     std::fs::write(
         &candidate,
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: pay-allow-frontend, namespace: pay}\nspec:\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]\n",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: pay-deny-api, namespace: pay}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/api]}}]\n",
     )
     .expect("candidate");
     let in_force = dir.path().join("in-force.yaml");
@@ -296,7 +296,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             ("VERITY__POLICY__SHADOW__ENABLED", "true"),
             ("VERITY__POLICY__SHADOW__CANDIDATES", &candidates),
             ("VERITY__POLICY__DRIFT__ENABLED", "true"),
-            ("VERITY__POLICY__DRIFT__POLICIES", &in_force),
+            ("VERITY__POLICY__IN_FORCE", &in_force),
         ],
     );
 

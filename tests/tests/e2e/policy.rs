@@ -232,7 +232,7 @@ spec:
     let in_force = dir.path().join("in-force.yaml");
     std::fs::write(
         &in_force,
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-cart, namespace: shop}\nspec:\n  selector: {matchLabels: {app: cart}}\n  rules:\n  - from: [{source: {namespaces: [shop]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: shop}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/legacy/*]}}]\n",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-cart, namespace: shop}\nspec:\n  selector: {matchLabels: {app: cart}}\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: shop}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/legacy/*]}}]\n",
     )
     .expect("in force");
     let alerts_file = dir.path().join("alerts.jsonl");
@@ -250,7 +250,7 @@ spec:
             ("VERITY__POLICY__SHADOW__CANDIDATES", &candidates_list),
             ("VERITY__POLICY__WORKLOADS", workloads.to_str().expect("path")),
             ("VERITY__POLICY__DRIFT__ENABLED", "true"),
-            ("VERITY__POLICY__DRIFT__POLICIES", &in_force_list),
+            ("VERITY__POLICY__IN_FORCE", &in_force_list),
         ],
     );
     let state = |s: &str| format!(r#"verity_policy_shadow_state{{policy="shop/cart-allow",state="{s}"}}"#);
@@ -299,10 +299,10 @@ spec:
         v.metric_value(r#"verity_policy_shadow_requests_total{policy="shop/cart-allow",outcome="would_deny"}"#),
         Some(1.0)
     );
-    // Live drift: the in-force ALLOW rule matched all four requests; the DENY rule none.
+    // Live drift: the in-force ALLOW rule matched frontend's three requests; the DENY rule none.
     assert_eq!(
         v.metric_value(r#"verity_policy_rule_matches_total{policy="shop/allow-cart",rule="0",action="ALLOW"}"#),
-        Some(4.0),
+        Some(3.0),
         "{}",
         v.metrics_text()
     );
