@@ -198,18 +198,40 @@ impl PolicySet {
                     .push(row);
             }
         }
-        let mut per_row: Vec<Vec<Entry>> = vec![Vec::new(); rows];
+        // (row, entry) pairs, sorted into row order at the end: one allocation, not one per row.
+        let mut pairs: Vec<(usize, Entry)> = Vec::new();
         let mut rules_flat = Vec::new();
         for (ns, group) in groups {
+            // Whether a policy applies depends only on the proxy and the destination: resolve
+            // it once per distinct one in the group, not once per request.
+            let mut distinct: HashMap<DestinationKey<'_>, usize> = HashMap::new();
+            let mut representative: Vec<usize> = Vec::new();
+            let mut destination_of: Vec<usize> = Vec::with_capacity(group.len());
+            for &row in &group {
+                let enforcer = context.enforcers.get(row).copied().unwrap_or(Enforcer::Elsewhere);
+                let d = destinations.get(row).copied().unwrap_or_default();
+                let key = (enforcer, d.workload, d.service, d.service_namespace);
+                let index = *distinct.entry(key).or_insert_with(|| {
+                    representative.push(row);
+                    representative.len() - 1
+                });
+                destination_of.push(index);
+            }
             for p in self.relevant(ns) {
                 let Some(policy) = self.policies.get(p) else { continue };
+                let per_destination: Vec<Option<bool>> = representative
+                    .iter()
+                    .map(|&row| {
+                        let enforcer = context.enforcers.get(row).copied().unwrap_or(Enforcer::Elsewhere);
+                        destinations
+                            .get(row)
+                            .and_then(|d| policy.target.applies(enforcer, d, &self.inventory))
+                    })
+                    .collect();
                 let mut live = Vec::with_capacity(group.len());
                 let mut applies = Vec::with_capacity(group.len());
-                for &row in &group {
-                    let enforcer = context.enforcers.get(row).copied().unwrap_or(Enforcer::Elsewhere);
-                    let a = destinations
-                        .get(row)
-                        .and_then(|d| policy.target.applies(enforcer, d, &self.inventory));
+                for (&row, &d) in group.iter().zip(&destination_of) {
+                    let a = per_destination.get(d).copied().flatten();
                     if a != Some(false) {
                         live.push(row);
                         applies.push(a);
@@ -231,28 +253,32 @@ impl PolicySet {
                 for (k, &row) in live.iter().enumerate() {
                     let rules_at = rules_flat.len();
                     rules_flat.extend(rules.iter().map(|r| r.get(k).copied().flatten()));
-                    if let Some(entries) = per_row.get_mut(row) {
-                        entries.push(Entry {
+                    pairs.push((
+                        row,
+                        Entry {
                             policy: p,
                             applies: applies.get(k).copied().flatten(),
                             matched: matched.get(k).copied().flatten(),
                             rules_at,
-                        });
-                    }
+                        },
+                    ));
                 }
             }
         }
+        pairs.sort_unstable_by_key(|(row, e)| (*row, e.policy));
         let mut out = Evaluation {
             starts: Vec::with_capacity(rows + 1),
-            entries: Vec::new(),
+            entries: Vec::with_capacity(pairs.len()),
             rules: rules_flat,
         };
-        out.starts.push(0);
-        for mut entries in per_row {
-            entries.sort_unstable_by_key(|e| e.policy);
-            out.entries.extend(entries);
+        let mut next = pairs.iter().peekable();
+        for row in 0..rows {
             out.starts.push(out.entries.len());
+            while let Some((_, e)) = next.next_if(|(r, _)| *r == row) {
+                out.entries.push(*e);
+            }
         }
+        out.starts.push(out.entries.len());
         out
     }
 
@@ -330,6 +356,10 @@ impl PolicySet {
         Verdict::Unknown
     }
 }
+
+/// What a policy's target is resolved against: the proxy, the workload, the service and its
+/// namespace.
+type DestinationKey<'a> = (Enforcer, Option<&'a str>, Option<&'a str>, Option<&'a str>);
 
 /// What decides which of a policy's predicates a row is judged by.
 struct RowContext {

@@ -61,7 +61,7 @@ pub enum IpAttr {
 }
 
 /// Which proxy's record this is, as far as enforcement goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Enforcer {
     /// The destination's sidecar (inbound).
     Sidecar,
@@ -70,7 +70,8 @@ pub enum Enforcer {
     /// A waypoint proxy.
     Waypoint,
     /// A record that is not where policies are enforced (a client's sidecar, an outbound
-    /// ztunnel record, a gateway): not evaluated.
+    /// ztunnel record, a gateway), or one its authenticated sender was not a party to (a
+    /// forgery, see docs/schema.md "Senders"): not evaluated.
     Elsewhere,
 }
 
@@ -98,6 +99,7 @@ pub struct EventView<'a> {
     pub(crate) destination_service: Option<&'a StringArray>,
     pub(crate) decision: Option<&'a StringArray>,
     decision_policy: Option<&'a StringArray>,
+    sender_binding: Option<&'a StringArray>,
 }
 
 fn text<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
@@ -143,6 +145,7 @@ impl<'a> EventView<'a> {
             destination_service: text(batch, col::DESTINATION_SERVICE),
             decision: text(batch, col::DECISION),
             decision_policy: text(batch, col::DECISION_POLICY),
+            sender_binding: text(batch, col::SENDER_BINDING),
         }
     }
 
@@ -150,7 +153,16 @@ impl<'a> EventView<'a> {
         self.rows
     }
 
+    /// Whether the record's authenticated sender demonstrably was not a party to the traffic
+    /// it reports: a compromised workload writing records about others.
+    pub fn forged(&self, row: usize) -> bool {
+        cell(self.sender_binding, row) == Some("not_party")
+    }
+
     pub fn enforcer(&self, row: usize) -> Enforcer {
+        if self.forged(row) {
+            return Enforcer::Elsewhere;
+        }
         let inbound = cell(self.direction, row) == Some("inbound");
         match cell(self.reporter, row) {
             Some("destination") => Enforcer::Sidecar,

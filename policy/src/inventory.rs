@@ -213,11 +213,32 @@ impl Inventory {
         workload: Option<&str>,
         service: Option<&str>,
     ) -> Option<bool> {
-        let candidates = self.destination_labels(namespace, workload, service)?;
-        let matching = candidates.iter().filter(|l| selects(selector, l)).count();
+        // Counted without collecting: this runs per request and selector policy.
+        let (mut total, mut matching) = (0usize, 0usize);
+        let mut count = |labels: &Labels| {
+            total += 1;
+            matching += usize::from(selects(selector, labels));
+        };
+        if let Some(indexes) = workload.and_then(|w| self.names.get(namespace)?.get(w)) {
+            indexes
+                .iter()
+                .filter_map(|i| self.label_sets.get(*i))
+                .for_each(&mut count);
+        } else {
+            let behind = service
+                .and_then(|s| self.services.get(namespace)?.get(s))
+                .filter(|s| !s.is_empty())?;
+            self.in_namespace
+                .get(namespace)?
+                .iter()
+                .filter_map(|i| self.label_sets.get(*i))
+                .filter(|labels| selects(behind, labels))
+                .for_each(&mut count);
+        }
         match matching {
+            _ if total == 0 => None,
             0 => Some(false),
-            n if n == candidates.len() => Some(true),
+            n if n == total => Some(true),
             _ => None,
         }
     }

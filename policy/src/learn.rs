@@ -105,6 +105,8 @@ pub struct Learner {
     pub skipped: u64,
     /// Enforcement-point records whose destination is not known.
     pub unknown_destination: u64,
+    /// Records their sender was not a party to (forgeries): never learned from.
+    pub forged: u64,
 }
 
 /// What a proposal left out and why, for the user to review.
@@ -154,6 +156,10 @@ impl Learner {
         let method = batch.column_by_name(col::METHOD).and_then(|c| c.as_string_opt::<i32>());
         let path = batch.column_by_name(col::PATH).and_then(|c| c.as_string_opt::<i32>());
         for row in 0..view.rows() {
+            if view.forged(row) {
+                self.forged += 1;
+                continue;
+            }
             let enforcer = view.enforcer(row);
             if enforcer == Enforcer::Elsewhere || observed(&view, row) != Observed::Allowed {
                 self.skipped += 1;
@@ -242,6 +248,12 @@ impl Learner {
             ..LearnReport::default()
         };
         let mut policies = Vec::new();
+        if self.forged > 0 {
+            report.left_out.push(format!(
+                "{} records their authenticated sender was not a party to (forgeries; see verity_intake metrics)",
+                self.forged
+            ));
+        }
         if self.unknown_destination > 0 {
             report.left_out.push(format!(
                 "{} allowed requests whose destination the records do not name",

@@ -45,6 +45,8 @@ pub struct WhatifReport {
     pub evaluated: u64,
     /// Records elsewhere (client sidecars, outbound ztunnel records): not evaluated.
     pub not_enforced: u64,
+    /// Records their authenticated sender was not a party to (forgeries): not evaluated.
+    pub forged: u64,
     /// Records whose mesh decision is not a policy one (JWT or external authorizer denials,
     /// unknown decisions): evaluated but not compared.
     pub not_comparable: u64,
@@ -79,6 +81,10 @@ impl WhatifReport {
             .column_by_name(col::SOURCE_IP)
             .and_then(|c| c.as_string_opt::<i32>());
         for (row, verdict) in verdicts.iter().enumerate() {
+            if view.forged(row) {
+                self.forged += 1;
+                continue;
+            }
             if *verdict == Verdict::NotEnforced {
                 self.not_enforced += 1;
                 continue;

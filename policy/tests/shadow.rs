@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use verity_model::alert::AlertStatus;
-use verity_model::event::{Decision, Direction, Reporter};
+use verity_model::event::{Decision, Direction, Reporter, SenderBinding};
 use verity_model::{AccessEvent, EventBatchBuilder};
 use verity_policy::object::parse_documents;
 use verity_policy::shadow::{ShadowAssertions, ShadowState};
@@ -156,4 +156,24 @@ spec:
     };
     assert!(fresh.process(&batch(&[denied]), |_, _| {}).is_empty());
     assert_eq!(fresh.candidates()[0].would_deny, 0);
+}
+
+#[test]
+fn forged_records_neither_violate_nor_hold_a_candidate() {
+    let mut policies = Vec::new();
+    parse_documents(CANDIDATE, std::path::Path::new("candidate.yaml"), &mut policies).expect("policy");
+    let inventory =
+        Inventory::parse("workloads: [{namespace: shop, name: cart, labels: {app: cart}}]").expect("inventory");
+    let mut shadow = ShadowAssertions::new(
+        PolicySet::compile(&policies, "istio-system", inventory).expect("compile"),
+        1,
+        60 * SECOND,
+    );
+    // A compromised workload reports traffic between others that the candidate would deny.
+    let mut forged = request("intruder", 0);
+    forged.sender = Some(Cow::Borrowed("spiffe://cluster.local/ns/web/sa/compromised"));
+    forged.sender_binding = SenderBinding::NotParty;
+    assert!(shadow.process(&batch(&[forged]), |_, _| {}).is_empty());
+    let c = &shadow.candidates()[0];
+    assert_eq!((c.state, c.would_deny, c.allowed), (ShadowState::Unknown, 0, 0));
 }
