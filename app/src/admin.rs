@@ -22,6 +22,8 @@ pub struct AdminState {
     pub control: Option<ControlApi>,
     /// Promotion of staged candidate policies (same token).
     pub staging: Option<crate::policy_stages::StagingApi>,
+    /// Live learning's edges, proposed as policies on request (same token).
+    pub learned: Option<Arc<verity_collector::pipeline::policy_learn::LearnedEdges>>,
 }
 
 pub struct ControlApi {
@@ -143,6 +145,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/revocations", get(list_revocations).post(add_revocation))
         .route("/revocations/{id}/lift", post(lift_revocation))
         .route("/policies/promote", post(promote_policy))
+        .route("/policies/learned", get(learned_policies))
         .with_state(state)
 }
 
@@ -403,4 +406,49 @@ async fn promote_policy(State(st): State<Arc<AdminState>>, headers: HeaderMap, b
         StatusCode::ACCEPTED,
         &serde_json::json!({"policy": req.policy, "promoting": true}),
     )
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LearnedQuery {
+    #[serde(default)]
+    min_requests: Option<u64>,
+    #[serde(default)]
+    max_paths: Option<usize>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+/// The policies live learning proposes from the traffic seen so far, with what it left out.
+async fn learned_policies(
+    State(st): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    query: axum::extract::Query<LearnedQuery>,
+) -> Response {
+    if let Err(r) = authorize(&st, &headers) {
+        return *r;
+    }
+    let Some(learned) = st.learned.clone() else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "live learning is off (policy.learn.enabled)"}),
+        );
+    };
+    let settings = verity_policy::learn::LearnSettings {
+        min_requests: query.min_requests.unwrap_or(1).max(1),
+        max_paths: query.max_paths.unwrap_or(8).max(1),
+        dry_run: query.dry_run.unwrap_or(false),
+    };
+    // Proposing walks everything learned: off the async workers.
+    let proposed = tokio::task::spawn_blocking(move || learned.propose(&settings)).await;
+    match proposed {
+        Ok((policies, report)) => json(
+            StatusCode::OK,
+            &serde_json::json!({"policies": policies, "report": report}),
+        ),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({"error": e.to_string()}),
+        ),
+    }
 }

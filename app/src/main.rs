@@ -146,10 +146,21 @@ enum PolicyCommand {
         /// Annotate the proposals `istio.io/dry-run: "true"`: applying them stages them.
         #[arg(long)]
         dry_run: bool,
+        /// Propose from the live traffic a running Verity has learned (`policy.learn.enabled`),
+        /// through its admin API, instead of from files.
+        #[arg(long, conflicts_with = "files")]
+        live: bool,
+        /// The admin endpoint of the running Verity, for --live.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        admin: String,
+        /// A file holding the admin token, for --live (else VERITY_ADMIN_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Threads normalizing lines (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
-        #[arg(required = true)]
+        /// Access logs to learn from (any supported format).
+        #[arg(required_unless_present = "live")]
         files: Vec<String>,
     },
     /// Evaluate recorded traffic against AuthorizationPolicies and report which requests would
@@ -473,13 +484,7 @@ fn admin_call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<ExitCode> {
-    let token = match token_file {
-        Some(p) => std::fs::read_to_string(&p)
-            .with_context(|| format!("cannot read {}", p.display()))?
-            .trim()
-            .to_string(),
-        None => std::env::var("VERITY_ADMIN_TOKEN").context("set VERITY_ADMIN_TOKEN or pass --token-file")?,
-    };
+    let token = admin_token(token_file)?;
     let url = format!("{}{path}", admin.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, body) = runtime.block_on(async move {
@@ -570,9 +575,24 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             max_paths,
             out: out_dir,
             dry_run,
+            live,
+            admin,
+            token_file,
             workers,
             files,
         } => {
+            if live {
+                let (policies, report) = learned_live(&admin, token_file, min_requests, max_paths, dry_run)?;
+                verity::policy_cli::write_proposals(
+                    &policies,
+                    report,
+                    out_dir.as_deref(),
+                    &mut out,
+                    &mut std::io::stderr(),
+                )?;
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let opts = verity::policy_cli::LearnOptions {
                 workloads,
                 settings: verity_policy::learn::LearnSettings {
@@ -642,6 +662,55 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The policies a running Verity proposes from the live traffic it has learned.
+fn learned_live(
+    admin: &str,
+    token_file: Option<PathBuf>,
+    min_requests: u64,
+    max_paths: usize,
+    dry_run: bool,
+) -> anyhow::Result<(
+    Vec<verity_policy::AuthorizationPolicy>,
+    verity_policy::learn::LearnReport,
+)> {
+    let token = admin_token(token_file)?;
+    let url = format!(
+        "{}/policies/learned?min_requests={min_requests}&max_paths={max_paths}&dry_run={dry_run}",
+        admin.trim_end_matches('/')
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, body) = runtime.block_on(async move {
+        let resp = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .context("cannot reach the admin API")?;
+        let status = resp.status();
+        anyhow::Ok((status, resp.text().await.unwrap_or_default()))
+    })?;
+    if !status.is_success() {
+        anyhow::bail!("admin API answered {status}: {body}");
+    }
+    #[derive(serde::Deserialize)]
+    struct Learned {
+        policies: Vec<verity_policy::AuthorizationPolicy>,
+        report: verity_policy::learn::LearnReport,
+    }
+    let learned: Learned = serde_json::from_str(&body).context("the admin API's answer is not a proposal")?;
+    Ok((learned.policies, learned.report))
+}
+
+fn admin_token(token_file: Option<PathBuf>) -> anyhow::Result<String> {
+    Ok(match token_file {
+        Some(p) => std::fs::read_to_string(&p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("VERITY_ADMIN_TOKEN").context("set VERITY_ADMIN_TOKEN or pass --token-file")?,
+    })
 }
 
 /// Lists every AuthorizationPolicy through the Kubernetes API.

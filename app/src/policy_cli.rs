@@ -186,13 +186,26 @@ pub fn learn(
     let mut learner = Learner::default();
     let (lines, rejected) = for_each_batch(files, opts.workers, progress, |batch| learner.add(batch, &inventory))?;
     let (policies, report) = learner.propose(&inventory, &opts.settings);
+    let _ = writeln!(progress, "learn: {lines} lines ({rejected} rejected)");
+    write_proposals(&policies, report, opts.out_dir.as_deref(), out, progress)
+}
+
+/// Writes proposed policies (one file each into `out_dir`, else a YAML stream to `out`) and
+/// what was left out (to `progress`).
+pub fn write_proposals(
+    policies: &[AuthorizationPolicy],
+    report: LearnReport,
+    out_dir: Option<&Path>,
+    out: &mut impl Write,
+    progress: &mut impl Write,
+) -> Result<LearnReport, PolicyCliError> {
     let mut text = String::new();
-    for policy in &policies {
+    for policy in policies {
         let yaml = serde_yaml::to_string(policy).map_err(|e| PolicyCliError::Write {
             what: "a policy".into(),
             source: std::io::Error::other(e),
         })?;
-        match &opts.out_dir {
+        match out_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(write_err(dir.display().to_string()))?;
                 let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
@@ -208,7 +221,7 @@ pub fn learn(
     out.write_all(text.as_bytes()).map_err(write_err("the policies"))?;
     let _ = writeln!(
         progress,
-        "learn: {lines} lines ({rejected} rejected), {} allowed requests at enforcement points; {} policies with {} rules",
+        "learn: {} allowed requests at enforcement points; {} policies with {} rules",
         report.allowed_requests, report.policies, report.rules
     );
     for item in &report.assumed_selectors {

@@ -11,6 +11,7 @@ use tracing::Instrument;
 use verity_collector::pipeline::Stage;
 use verity_collector::pipeline::alerts::AlertBus;
 use verity_collector::pipeline::policy_drift::{DriftMetrics, PolicyDriftStage};
+use verity_collector::pipeline::policy_learn::{LearnedEdges, PolicyLearnStage};
 use verity_collector::pipeline::policy_shadow::{
     AutoStaging, CandidateBoard, PolicyShadowStage, ShadowMetrics, StagingCommand,
 };
@@ -31,6 +32,8 @@ pub struct StagingApi {
 pub struct PolicyStages {
     pub stages: Vec<Box<dyn Stage>>,
     pub staging: Option<StagingApi>,
+    /// What live learning has seen, for the admin API.
+    pub learned: Option<Arc<LearnedEdges>>,
 }
 
 /// Builds the configured stages; staging runs as a control task.
@@ -45,6 +48,7 @@ pub async fn build(
     let mut out = PolicyStages {
         stages: Vec::new(),
         staging: None,
+        learned: None,
     };
     if cfg.shadow.enabled {
         let policies = read(&cfg.shadow.candidates, "policy.shadow.candidates")?;
@@ -117,6 +121,18 @@ pub async fn build(
         );
         out.stages
             .push(Box::new(PolicyDriftStage::new(set, DriftMetrics::register(registry))));
+    }
+    if cfg.learn.enabled {
+        let inventory = match &cfg.workloads {
+            Some(path) => {
+                verity_policy::Inventory::read(path).map_err(|e| AppError::Policies("policy.learn", e.to_string()))?
+            }
+            None => verity_policy::Inventory::default(),
+        };
+        let edges = Arc::new(LearnedEdges::new(inventory));
+        tracing::info!("live learning: allowed edges kept for verity policy learn --live");
+        out.stages.push(Box::new(PolicyLearnStage::new(edges.clone())));
+        out.learned = Some(edges);
     }
     Ok(out)
 }

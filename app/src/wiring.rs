@@ -454,6 +454,7 @@ pub async fn run_with(
             token: admin_token,
         }),
         staging: policy.staging,
+        learned: policy.learned,
     });
     if settings.telemetry.enabled {
         serving_tasks.spawn(

@@ -21,6 +21,15 @@ pub struct PolicyConfig {
     pub in_force: Vec<PathBuf>,
     pub shadow: ShadowConfig,
     pub drift: DriftConfig,
+    pub learn: LearnConfig,
+}
+
+/// Live learning: the allowed edges of live traffic, proposed as policies on request
+/// (`verity policy learn --live`, admin API `GET /policies/learned`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnConfig {
+    pub enabled: bool,
 }
 
 /// Live drift: the policies in force (`policy.in_force`) evaluated on traffic, rule by rule.

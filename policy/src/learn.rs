@@ -32,6 +32,11 @@ use crate::target::Destination;
 
 /// Distinct paths remembered per source, method and port; beyond, only first segments.
 const MAX_REMEMBERED_PATHS: usize = 4096;
+/// Destinations remembered; requests to further ones are counted and left out. Learning runs
+/// on live traffic too, so what it keeps is bounded whatever a sender writes.
+pub const MAX_DESTINATIONS: usize = 10_000;
+/// Source principals remembered per destination.
+pub const MAX_SOURCES: usize = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct LearnSettings {
@@ -66,6 +71,8 @@ struct DestinationKey {
 #[derive(Debug, Default)]
 struct DestinationEdges {
     l4_only: bool,
+    /// Allowed requests from sources past [`MAX_SOURCES`].
+    dropped_sources: u64,
     sources: BTreeMap<String, SourceEdge>,
     plaintext: u64,
     unknown_peer: u64,
@@ -107,10 +114,12 @@ pub struct Learner {
     pub unknown_destination: u64,
     /// Records their sender was not a party to (forgeries): never learned from.
     pub forged: u64,
+    /// Allowed requests to destinations past [`MAX_DESTINATIONS`].
+    pub dropped_destinations: u64,
 }
 
 /// What a proposal left out and why, for the user to review.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct LearnReport {
     pub policies: usize,
     pub rules: usize,
@@ -194,6 +203,10 @@ impl Learner {
                 self.unknown_destination += 1;
                 continue;
             };
+            if self.destinations.len() >= MAX_DESTINATIONS && !self.destinations.contains_key(&key) {
+                self.dropped_destinations += 1;
+                continue;
+            }
             let edges = self.destinations.entry(key).or_default();
             edges.l4_only |= enforcer == Enforcer::Ztunnel;
             let principal = match view.text(TextAttr::Principal, row) {
@@ -210,6 +223,10 @@ impl Learner {
             let time = times
                 .filter(|t| row < t.len() && t.is_valid(row))
                 .map_or(0, |t| t.value(row));
+            if edges.sources.len() >= MAX_SOURCES && !edges.sources.contains_key(principal) {
+                edges.dropped_sources += 1;
+                continue;
+            }
             let edge = edges.sources.entry(principal.to_string()).or_default();
             if edge.requests == 0 || time < edge.first_ns {
                 edge.first_ns = time;
@@ -254,6 +271,12 @@ impl Learner {
                 self.forged
             ));
         }
+        if self.dropped_destinations > 0 {
+            report.left_out.push(format!(
+                "{} allowed requests to destinations past the first {MAX_DESTINATIONS}",
+                self.dropped_destinations
+            ));
+        }
         if self.unknown_destination > 0 {
             report.left_out.push(format!(
                 "{} allowed requests whose destination the records do not name",
@@ -266,6 +289,12 @@ impl Learner {
                 report.left_out.push(format!(
                     "{who}: {} plaintext requests (no peer identity to allow; see PeerAuthentication)",
                     edges.plaintext
+                ));
+            }
+            if edges.dropped_sources > 0 {
+                report.left_out.push(format!(
+                    "{who}: {} allowed requests from sources past the first {MAX_SOURCES}",
+                    edges.dropped_sources
                 ));
             }
             if edges.unknown_peer > 0 {

@@ -19,6 +19,7 @@
 pub mod alerts;
 pub mod archive;
 pub mod policy_drift;
+pub mod policy_learn;
 pub mod policy_shadow;
 pub mod posture;
 pub mod rules;

@@ -451,6 +451,7 @@ fn staged_candidates_are_promoted_after_holding_and_demoted_on_violation() {
             "VERITY__POLICY__SHADOW__PROMOTE_AFTER_SECS".to_string(),
             "60".to_string(),
         ),
+        ("VERITY__POLICY__LEARN__ENABLED".to_string(), "true".to_string()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let v = Verity::start_in(dir, &env);
@@ -537,5 +538,30 @@ fn staged_candidates_are_promoted_after_holding_and_demoted_on_violation() {
         Some(2.0),
         "{}",
         v.metrics_text()
+    );
+
+    // Live learning saw the same traffic: cart is reached by frontend and by intruder.
+    let learned = tempfile::tempdir().expect("tmp");
+    let out = verity_command(Path::new("."))
+        .args([
+            "policy",
+            "learn",
+            "--live",
+            "--admin",
+            &format!("http://{}", v.admin),
+            "--token-file",
+        ])
+        .arg(&token)
+        .arg("--out")
+        .arg(learned.path())
+        .output()
+        .expect("run learn --live");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cart = std::fs::read_to_string(learned.path().join("shop.verity-allow-cart.yaml")).expect("proposal");
+    assert!(
+        cart.contains("cluster.local/ns/shop/sa/frontend")
+            && cart.contains("cluster.local/ns/shop/sa/intruder")
+            && cart.contains("app: cart"),
+        "{cart}"
     );
 }
