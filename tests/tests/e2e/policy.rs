@@ -454,7 +454,7 @@ fn staged_candidates_are_promoted_after_holding_and_demoted_on_violation() {
         ("VERITY__POLICY__LEARN__ENABLED".to_string(), "true".to_string()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let v = Verity::start_in(dir, &env);
+    let mut v = Verity::start_in(dir, &env);
     let dry_run = |name: &str| -> Option<bool> {
         let object = server.get("shop", name)?;
         Some(object["metadata"]["annotations"]["istio.io/dry-run"] == "true")
@@ -564,4 +564,19 @@ fn staged_candidates_are_promoted_after_holding_and_demoted_on_violation() {
             && cart.contains("app: cart"),
         "{cart}"
     );
+
+    // A restart keeps the promotion: pay-allow stays enforced, cart-allow (demoted) is staged
+    // again as dry-run.
+    let (status, _) = v.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{}", v.stderr());
+    v.restart();
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            v.metric_value(r#"verity_policy_staging_total{action="staged",outcome="ok"}"#) == Some(1.0)
+        }),
+        "{}",
+        v.metrics_text()
+    );
+    assert_eq!(dry_run("pay-allow"), Some(false), "{}", v.stderr());
+    assert_eq!(dry_run("cart-allow"), Some(true));
 }
