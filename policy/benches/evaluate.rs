@@ -8,7 +8,8 @@
 //!
 //! - `whatif`: the enforced and dry-run verdicts of every record (`PolicySet::evaluate`);
 //! - `drift`: rule-by-rule use (`DriftReport::add`);
-//! - `shadow`: the candidates' assertions (`ShadowAssertions::process`).
+//! - `shadow`: the candidates' assertions (`ShadowAssertions::process`);
+//! - `learn`: the allowed edges kept for proposals (`Learner::add`, as live learning runs).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -145,6 +146,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             k += 1;
             black_box(shadow.process(&batches[k % batches.len()], |_, _| {}))
+        })
+    });
+    let mut learner = verity_policy::learn::Learner::default();
+    group.bench_function("learn", |b| {
+        b.iter(|| {
+            k += 1;
+            learner.add(&batches[k % batches.len()], set.inventory());
         })
     });
     group.finish();
