@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use tracing::Instrument;
 use verity_collector::pipeline::Stage;
 use verity_collector::pipeline::alerts::AlertBus;
-use verity_collector::pipeline::policy_drift::{DriftMetrics, PolicyDriftStage};
+use verity_collector::pipeline::policy_drift::{DriftMetrics, InForceUpdates, PolicyDriftStage};
 use verity_collector::pipeline::policy_learn::{LearnedEdges, PolicyLearnStage};
 use verity_collector::pipeline::policy_shadow::{
     AutoStaging, CandidateBoard, PolicyShadowStage, ShadowMetrics, StagingCommand,
@@ -114,13 +114,42 @@ pub async fn build(
         out.stages.push(Box::new(stage));
     }
     if cfg.drift.enabled {
-        let set = compile(cfg, &read(&cfg.in_force, "policy.in_force")?, "policy.drift")?;
+        let initial = if cfg.in_force.is_empty() {
+            Vec::new()
+        } else {
+            read(&cfg.in_force, "policy.in_force")?
+        };
+        let set = compile(cfg, &initial, "policy.drift")?;
         tracing::info!(
             policies = set.policies().len(),
             "live drift: the policies in force evaluated on traffic"
         );
-        out.stages
-            .push(Box::new(PolicyDriftStage::new(set, DriftMetrics::register(registry))));
+        let mut stage = PolicyDriftStage::new(set, DriftMetrics::register(registry));
+        if cfg.drift.from_cluster {
+            let istio = settings
+                .control
+                .istio
+                .clone()
+                .ok_or_else(|| AppError::Policies("policy.drift.from_cluster", "needs control.istio".into()))?;
+            let controller = verity_control::istio::IstioController::connect(istio)
+                .await
+                .map_err(|e| AppError::Policies("policy.drift.from_cluster", e.to_string()))?;
+            let updates = Arc::new(InForceUpdates::default());
+            stage = stage.with_updates(updates.clone());
+            let refresh = InForceRefresh {
+                controller,
+                updates,
+                config: cfg.clone(),
+                every: std::time::Duration::from_secs(cfg.drift.refresh_secs.max(1)),
+            };
+            control_tasks.spawn(
+                "policies in force",
+                refresh
+                    .run(control_drain.clone())
+                    .instrument(tracing::info_span!("policies_in_force")),
+            );
+        }
+        out.stages.push(Box::new(stage));
     }
     if cfg.learn.enabled {
         let inventory = match &cfg.workloads {
@@ -158,4 +187,58 @@ fn compile(cfg: &PolicyConfig, policies: &[AuthorizationPolicy], section: &'stat
         None => verity_policy::Inventory::default(),
     };
     PolicySet::compile(policies, &cfg.root_namespace, inventory).map_err(|e| fail(&e))
+}
+
+/// Lists every AuthorizationPolicy in the cluster every `every`, and offers the drift stage a
+/// new set when it changed.
+struct InForceRefresh {
+    controller: verity_control::istio::IstioController,
+    updates: Arc<InForceUpdates>,
+    config: PolicyConfig,
+    every: std::time::Duration,
+}
+
+impl InForceRefresh {
+    async fn run(self, mut drain: verity_drain::Watcher) {
+        let mut last: Option<String> = None;
+        let mut tick = tokio::time::interval(self.every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = drain.wait() => return,
+            }
+            let objects = match self.controller.list_all_policies().await {
+                Ok(objects) => objects,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot list the policies in force; keeping the last set");
+                    continue;
+                }
+            };
+            let policies = match verity_policy::object::from_api_objects(objects) {
+                Ok((mut policies, _)) => {
+                    policies.sort_by_key(AuthorizationPolicy::id);
+                    policies
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "a policy in force cannot be read; keeping the last set");
+                    continue;
+                }
+            };
+            let fingerprint = serde_json::to_string(&policies).unwrap_or_default();
+            if last.as_deref() == Some(fingerprint.as_str()) {
+                continue;
+            }
+            // Compiling reads the inventory file: off the async workers.
+            let config = self.config.clone();
+            let compiled = tokio::task::spawn_blocking(move || compile(&config, &policies, "policy.drift")).await;
+            let Ok(compiled) = compiled else { continue };
+            match compiled {
+                Ok(set) => {
+                    self.updates.offer(set);
+                    last = Some(fingerprint);
+                }
+                Err(error) => tracing::warn!(%error, "the policies in force do not compile; keeping the last set"),
+            }
+        }
+    }
 }

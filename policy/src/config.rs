@@ -37,6 +37,10 @@ pub struct LearnConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DriftConfig {
     pub enabled: bool,
+    /// Read the policies in force from the cluster (every namespace, through `control.istio`'s
+    /// Kubernetes access) instead of `policy.in_force`, every `refresh_secs`.
+    pub from_cluster: bool,
+    pub refresh_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -80,16 +84,22 @@ impl PolicyConfig {
                 "shadow mode needs at least one file or directory of candidate policies",
             ));
         }
-        if self.drift.enabled && self.in_force.is_empty() {
+        if self.drift.enabled && self.in_force.is_empty() && !self.drift.from_cluster {
             errors.push(ConfigError::new(
                 "policy.in_force",
-                "drift needs at least one file or directory of the policies in force",
+                "drift needs the policies in force: files or directories here, or policy.drift.from_cluster",
             ));
         }
         if self.shadow.promote_after_secs > 0 && !self.shadow.stage {
             errors.push(ConfigError::new(
                 "policy.shadow.promote_after_secs",
                 "promotion needs policy.shadow.stage: true",
+            ));
+        }
+        if !(1..=86_400).contains(&self.drift.refresh_secs) {
+            errors.push(ConfigError::new(
+                "policy.drift.refresh_secs",
+                "must be between 1 and 86400",
             ));
         }
         if !(60..=30 * 86_400).contains(&self.shadow.window_secs) {

@@ -162,6 +162,23 @@ impl DriftReport {
         }
     }
 
+    /// Takes over what `old` counted for the rules both sets have (same policy, index and
+    /// action), so that re-reading an unchanged policy forgets nothing.
+    pub fn carry_over(&mut self, old: &DriftReport) {
+        for rule in &mut self.rules {
+            if let Some(o) = old
+                .rules
+                .iter()
+                .find(|o| o.policy == rule.policy && o.rule == rule.rule && o.action == rule.action)
+            {
+                rule.matched = o.matched;
+                rule.unknown = o.unknown;
+                rule.last_ns = o.last_ns;
+            }
+        }
+        self.requests = old.requests;
+    }
+
     /// Fills in the times; call once at the end.
     pub fn finish(&mut self) {
         for r in &mut self.rules {

@@ -197,6 +197,12 @@ impl Config {
         errors.extend(self.intake.validate());
         errors.extend(self.control.validate());
         errors.extend(self.policy.validate());
+        if self.policy.drift.from_cluster && self.control.istio.is_none() {
+            errors.push(ConfigError::new(
+                "policy.drift.from_cluster",
+                "listing the cluster's policies needs control.istio",
+            ));
+        }
         if self.policy.shadow.stage && self.control.istio.is_none() {
             errors.push(ConfigError::new(
                 "policy.shadow.stage",

@@ -5,6 +5,8 @@
 //! Label values are policy ids and rule indexes from the configured files (not from traffic)
 //! and the action enum.
 
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -51,8 +53,29 @@ impl DriftMetrics {
     }
 }
 
+/// A newer set of the policies in force, offered by whoever reads them (the cluster refresh)
+/// and taken by the stage before its next batch.
+#[derive(Default)]
+pub struct InForceUpdates {
+    next: Mutex<Option<PolicySet>>,
+}
+
+impl InForceUpdates {
+    pub fn offer(&self, set: PolicySet) {
+        *self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(set);
+    }
+
+    fn take(&self) -> Option<PolicySet> {
+        self.next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
 pub struct PolicyDriftStage {
     set: PolicySet,
+    updates: Option<Arc<InForceUpdates>>,
     report: DriftReport,
     metrics: DriftMetrics,
     /// Matches per rule already exported.
@@ -65,6 +88,7 @@ impl PolicyDriftStage {
         let report = DriftReport::new(&set);
         let stage = Self {
             exported: vec![0; report.rules.len()],
+            updates: None,
             set,
             report,
             metrics,
@@ -72,6 +96,35 @@ impl PolicyDriftStage {
         };
         stage.export();
         stage
+    }
+
+    /// Takes newer sets of the policies in force from `updates`.
+    pub fn with_updates(mut self, updates: Arc<InForceUpdates>) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    /// Starts over with a new set: its rules' use is counted from now; the series of rules
+    /// that are gone are removed.
+    fn replace(&mut self, set: PolicySet) {
+        let mut report = DriftReport::new(&set);
+        report.carry_over(&self.report);
+        for old in &self.report.rules {
+            let still = report
+                .rules
+                .iter()
+                .any(|r| r.policy == old.policy && r.rule == old.rule && r.action == old.action);
+            if !still {
+                self.metrics.matches.remove(&Self::labels(old));
+            }
+        }
+        // What was carried over has been exported already; counters count on from there.
+        self.exported = report.rules.iter().map(|r| r.matched).collect();
+        self.report = report;
+        self.set = set;
+        self.unprotected_exported = 0;
+        tracing::info!(policies = self.set.policies().len(), "policies in force refreshed");
+        self.export();
     }
 
     fn export(&self) {
@@ -112,6 +165,9 @@ impl Stage for PolicyDriftStage {
     }
 
     fn process(&mut self, batch: &Batch) -> Result<(), StageError> {
+        if let Some(set) = self.updates.as_ref().and_then(|u| u.take()) {
+            self.replace(set);
+        }
         let Batch::Events(events) = batch else {
             return Ok(());
         };

@@ -580,3 +580,90 @@ fn staged_candidates_are_promoted_after_holding_and_demoted_on_violation() {
     assert_eq!(dry_run("pay-allow"), Some(false), "{}", v.stderr());
     assert_eq!(dry_run("cart-allow"), Some(true));
 }
+
+#[test]
+fn live_drift_reads_the_policies_in_force_from_the_cluster() {
+    use std::time::Duration;
+    use verity_e2e::kube::{KubeApiServer, KubeSettings, istio_crd_path};
+    use verity_e2e::{Verity, eventually};
+
+    let server = KubeApiServer::start(KubeSettings {
+        crd_path: Some(istio_crd_path()),
+        namespaces: vec!["shop".into()],
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig);
+    let policy = |yaml: &str| -> serde_json::Value { serde_yaml::from_str(yaml).expect("policy yaml") };
+    server
+        .apply_as(
+            "kubectl",
+            &policy("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-cart, namespace: shop}\nspec:\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]\n"),
+            false,
+        )
+        .expect("seeded");
+    let env = [
+        (
+            "VERITY__CONTROL__ISTIO".to_string(),
+            format!("{{kubeconfig: '{}'}}", kubeconfig.display()),
+        ),
+        ("VERITY__POLICY__DRIFT__ENABLED".to_string(), "true".to_string()),
+        ("VERITY__POLICY__DRIFT__FROM_CLUSTER".to_string(), "true".to_string()),
+        ("VERITY__POLICY__DRIFT__REFRESH_SECS".to_string(), "1".to_string()),
+        (
+            "VERITY__SINKS__OUTPUTS__STDOUT__ENABLED".to_string(),
+            "false".to_string(),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let v = Verity::start_in(dir, &env);
+    let matches = |policy: &str, action: &str| {
+        v.metric_value(&format!(
+            r#"verity_policy_rule_matches_total{{policy="{policy}",rule="0",action="{action}"}}"#
+        ))
+    };
+    // The set comes from the cluster; the stage takes it before its next batch.
+    let good: Vec<String> = (0..3)
+        .map(|i| {
+            sidecar(
+                &format!("2026-11-27T11:00:0{i}Z"),
+                "frontend",
+                "cart",
+                "GET",
+                "/cart",
+                200,
+            )
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            assert_eq!(verity_e2e::post_log_lines(v.http, &good[..1]), 200);
+            matches("shop/allow-cart", "ALLOW").is_some_and(|n| n >= 1.0)
+        }),
+        "{}\n{}",
+        v.metrics_text(),
+        v.stderr()
+    );
+    // A policy added in the cluster is picked up; the first one keeps its count.
+    let before = matches("shop/allow-cart", "ALLOW").unwrap_or(0.0);
+    server
+        .apply_as(
+            "kubectl",
+            &policy("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-legacy, namespace: shop}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [/legacy/*]}}]\n"),
+            false,
+        )
+        .expect("seeded");
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            assert_eq!(verity_e2e::post_log_lines(v.http, &good[1..2]), 200);
+            matches("shop/deny-legacy", "DENY") == Some(0.0)
+        }),
+        "{}",
+        v.metrics_text()
+    );
+    assert!(matches("shop/allow-cart", "ALLOW").unwrap_or(0.0) >= before);
+    assert_eq!(
+        v.metric_value(r#"verity_policy_rules_unused{action="DENY"}"#),
+        Some(1.0)
+    );
+}
