@@ -150,12 +150,9 @@ enum PolicyCommand {
         /// through its admin API, instead of from files.
         #[arg(long, conflicts_with = "files")]
         live: bool,
-        /// The admin endpoint of the running Verity, for --live.
-        #[arg(long, default_value = "http://127.0.0.1:9464")]
-        admin: String,
-        /// A file holding the admin token, for --live (else VERITY_ADMIN_TOKEN).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        /// The running Verity, for --live.
+        #[command(flatten)]
+        endpoint: AdminEndpoint,
         /// Threads normalizing lines (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
@@ -198,13 +195,20 @@ enum PolicyCommand {
         /// Why, for the audit event.
         #[arg(long)]
         reason: Option<String>,
-        /// The admin endpoint of the running Verity.
-        #[arg(long, default_value = "http://127.0.0.1:9464")]
-        admin: String,
-        /// A file holding the admin token (else VERITY_ADMIN_TOKEN).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        endpoint: AdminEndpoint,
     },
+}
+
+/// A running Verity's admin API and its token.
+#[derive(clap::Args)]
+struct AdminEndpoint {
+    /// The admin endpoint of the running Verity.
+    #[arg(long, default_value = "http://127.0.0.1:9464")]
+    admin: String,
+    /// A file holding the admin token (else VERITY_ADMIN_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -576,13 +580,12 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             out: out_dir,
             dry_run,
             live,
-            admin,
-            token_file,
+            endpoint,
             workers,
             files,
         } => {
             if live {
-                let (policies, report) = learned_live(&admin, token_file, min_requests, max_paths, dry_run)?;
+                let (policies, report) = learned_live(endpoint, min_requests, max_paths, dry_run)?;
                 verity::policy_cli::write_proposals(
                     &policies,
                     report,
@@ -635,11 +638,10 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Promote {
             policy,
             reason,
-            admin,
-            token_file,
+            endpoint,
         } => admin_call(
-            &admin,
-            token_file,
+            &endpoint.admin,
+            endpoint.token_file,
             "/policies/promote",
             Some(serde_json::json!({"policy": policy, "reason": reason})),
         ),
@@ -666,8 +668,7 @@ fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
 
 /// The policies a running Verity proposes from the live traffic it has learned.
 fn learned_live(
-    admin: &str,
-    token_file: Option<PathBuf>,
+    AdminEndpoint { admin, token_file }: AdminEndpoint,
     min_requests: u64,
     max_paths: usize,
     dry_run: bool,

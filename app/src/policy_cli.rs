@@ -42,10 +42,7 @@ fn write_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PolicyCl
 }
 
 fn inventory(path: Option<&Path>) -> Result<Inventory, PolicyCliError> {
-    Ok(match path {
-        Some(p) => Inventory::read(p)?,
-        None => Inventory::default(),
-    })
+    Ok(Inventory::read_optional(path)?)
 }
 
 /// Reads the log files and hands every batch of events to `each`; returns (lines, rejected).
@@ -113,16 +110,26 @@ pub fn whatif(
         "whatif: {lines} lines ({rejected} rejected), {} policies",
         policies.len()
     );
-    if opts.json {
-        serde_json::to_writer_pretty(&mut *out, &report).map_err(|e| PolicyCliError::Write {
+    write_report(&report, opts.json, out, write_whatif_text)?;
+    Ok(report)
+}
+
+/// Writes a report as pretty JSON, or as text with `text`.
+fn write_report<R: serde::Serialize, W: Write>(
+    report: &R,
+    json: bool,
+    out: &mut W,
+    text: fn(&R, &mut W) -> std::io::Result<()>,
+) -> Result<(), PolicyCliError> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, report).map_err(|e| PolicyCliError::Write {
             what: "the report".into(),
             source: e.into(),
         })?;
-        writeln!(out).map_err(write_err("the report"))?;
+        writeln!(out).map_err(write_err("the report"))
     } else {
-        write_whatif_text(&report, out).map_err(write_err("the report"))?;
+        text(report, out).map_err(write_err("the report"))
     }
-    Ok(report)
 }
 
 fn write_whatif_text(r: &WhatifReport, out: &mut impl Write) -> std::io::Result<()> {
@@ -257,15 +264,7 @@ pub fn drift(
         "drift: {lines} lines ({rejected} rejected), {} policies",
         policies.len()
     );
-    if opts.json {
-        serde_json::to_writer_pretty(&mut *out, &report).map_err(|e| PolicyCliError::Write {
-            what: "the report".into(),
-            source: e.into(),
-        })?;
-        writeln!(out).map_err(write_err("the report"))?;
-    } else {
-        write_drift_text(&report, out).map_err(write_err("the report"))?;
-    }
+    write_report(&report, opts.json, out, write_drift_text)?;
     Ok(report)
 }
 

@@ -15,9 +15,8 @@ use verity_collector::pipeline::policy_learn::{LearnedEdges, PolicyLearnStage};
 use verity_collector::pipeline::policy_shadow::{
     AutoStaging, CandidateBoard, PolicyShadowStage, ShadowMetrics, StagingCommand,
 };
-use verity_policy::config::PolicyConfig;
 use verity_policy::shadow::ShadowAssertions;
-use verity_policy::{AuthorizationPolicy, PolicySet};
+use verity_policy::{AuthorizationPolicy, Inventory, PolicySet};
 
 use crate::config::Settings;
 use crate::policy_staging::{COMMAND_CAPACITY, Staging, StagingMetrics};
@@ -50,6 +49,15 @@ pub async fn build(
         staging: None,
         learned: None,
     };
+    if !(cfg.shadow.enabled || cfg.drift.enabled || cfg.learn.enabled) {
+        return Ok(out);
+    }
+    // Read once: every stage resolves selectors with the same inventory.
+    let compiling = Compiling {
+        root_namespace: cfg.root_namespace.clone(),
+        inventory: Inventory::read_optional(cfg.workloads.as_deref())
+            .map_err(|e| AppError::Policies("policy.workloads", e.to_string()))?,
+    };
     if cfg.shadow.enabled {
         let policies = read(&cfg.shadow.candidates, "policy.shadow.candidates")?;
         // Each candidate is judged with the policies in force; a candidate already applied
@@ -63,7 +71,7 @@ pub async fn build(
                 .collect()
         };
         let all: Vec<AuthorizationPolicy> = in_force.iter().chain(&policies).cloned().collect();
-        let set = compile(cfg, &all, "policy.shadow")?;
+        let set = compiling.compile(&all, "policy.shadow")?;
         let window_ns = i64::try_from(cfg.shadow.window_secs)
             .unwrap_or(3600)
             .saturating_mul(1_000_000_000);
@@ -119,12 +127,13 @@ pub async fn build(
         } else {
             read(&cfg.in_force, "policy.in_force")?
         };
-        let set = compile(cfg, &initial, "policy.drift")?;
+        let set = compiling.compile(&initial, "policy.drift")?;
         tracing::info!(
             policies = set.policies().len(),
             "live drift: the policies in force evaluated on traffic"
         );
-        let mut stage = PolicyDriftStage::new(set, DriftMetrics::register(registry));
+        let metrics = DriftMetrics::register(registry);
+        let mut stage = PolicyDriftStage::new(set, metrics.clone());
         if cfg.drift.from_cluster {
             let istio = settings
                 .control
@@ -139,7 +148,8 @@ pub async fn build(
             let refresh = InForceRefresh {
                 controller,
                 updates,
-                config: cfg.clone(),
+                compiling: compiling.clone(),
+                metrics,
                 every: std::time::Duration::from_secs(cfg.drift.refresh_secs.max(1)),
             };
             control_tasks.spawn(
@@ -152,13 +162,7 @@ pub async fn build(
         out.stages.push(Box::new(stage));
     }
     if cfg.learn.enabled {
-        let inventory = match &cfg.workloads {
-            Some(path) => {
-                verity_policy::Inventory::read(path).map_err(|e| AppError::Policies("policy.learn", e.to_string()))?
-            }
-            None => verity_policy::Inventory::default(),
-        };
-        let edges = Arc::new(LearnedEdges::new(inventory));
+        let edges = Arc::new(LearnedEdges::new(compiling.inventory.clone()));
         tracing::info!("live learning: allowed edges kept for verity policy learn --live");
         out.stages.push(Box::new(PolicyLearnStage::new(edges.clone())));
         out.learned = Some(edges);
@@ -179,14 +183,18 @@ fn read(paths: &[PathBuf], section: &'static str) -> Result<Vec<AuthorizationPol
     Ok(policies)
 }
 
-/// Compiles policies with the configured inventory and root namespace.
-fn compile(cfg: &PolicyConfig, policies: &[AuthorizationPolicy], section: &'static str) -> Result<PolicySet, AppError> {
-    let fail = |e: &dyn std::fmt::Display| AppError::Policies(section, e.to_string());
-    let inventory = match &cfg.workloads {
-        Some(path) => verity_policy::Inventory::read(path).map_err(|e| fail(&e))?,
-        None => verity_policy::Inventory::default(),
-    };
-    PolicySet::compile(policies, &cfg.root_namespace, inventory).map_err(|e| fail(&e))
+/// The policies the stages evaluate, and what they are compiled with.
+#[derive(Clone)]
+struct Compiling {
+    root_namespace: String,
+    inventory: Inventory,
+}
+
+impl Compiling {
+    fn compile(&self, policies: &[AuthorizationPolicy], section: &'static str) -> Result<PolicySet, AppError> {
+        PolicySet::compile(policies, &self.root_namespace, self.inventory.clone())
+            .map_err(|e| AppError::Policies(section, e.to_string()))
+    }
 }
 
 /// Lists every AuthorizationPolicy in the cluster every `every`, and offers the drift stage a
@@ -194,7 +202,8 @@ fn compile(cfg: &PolicyConfig, policies: &[AuthorizationPolicy], section: &'stat
 struct InForceRefresh {
     controller: verity_control::istio::IstioController,
     updates: Arc<InForceUpdates>,
-    config: PolicyConfig,
+    compiling: Compiling,
+    metrics: DriftMetrics,
     every: std::time::Duration,
 }
 
@@ -211,6 +220,7 @@ impl InForceRefresh {
                 Ok(objects) => objects,
                 Err(error) => {
                     tracing::warn!(%error, "cannot list the policies in force; keeping the last set");
+                    self.metrics.refreshed("list_failed");
                     continue;
                 }
             };
@@ -221,23 +231,25 @@ impl InForceRefresh {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "a policy in force cannot be read; keeping the last set");
+                    self.metrics.refreshed("invalid");
                     continue;
                 }
             };
             let fingerprint = serde_json::to_string(&policies).unwrap_or_default();
             if last.as_deref() == Some(fingerprint.as_str()) {
+                self.metrics.refreshed("unchanged");
                 continue;
             }
-            // Compiling reads the inventory file: off the async workers.
-            let config = self.config.clone();
-            let compiled = tokio::task::spawn_blocking(move || compile(&config, &policies, "policy.drift")).await;
-            let Ok(compiled) = compiled else { continue };
-            match compiled {
+            match self.compiling.compile(&policies, "policy.drift") {
                 Ok(set) => {
                     self.updates.offer(set);
                     last = Some(fingerprint);
+                    self.metrics.refreshed("applied");
                 }
-                Err(error) => tracing::warn!(%error, "the policies in force do not compile; keeping the last set"),
+                Err(error) => {
+                    tracing::warn!(%error, "the policies in force do not compile; keeping the last set");
+                    self.metrics.refreshed("invalid");
+                }
             }
         }
     }

@@ -7,10 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::TimestampNanosecondType;
+use arrow::array::RecordBatch;
 use serde::Serialize;
-use verity_model::event::col;
 
 use crate::evaluate::{Observed, PolicySet, observed};
 use crate::event_view::{Enforcer, EventView};
@@ -101,16 +99,13 @@ impl DriftReport {
     pub fn add(&mut self, set: &PolicySet, batch: &RecordBatch) {
         let view = EventView::new(batch);
         let evaluation = set.evaluation(batch, true);
-        let times = batch
-            .column_by_name(col::EVENT_TIME)
-            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
         for row in 0..view.rows() {
             if view.enforcer(row) == Enforcer::Elsewhere {
                 continue;
             }
             self.requests += 1;
             let allowed = observed(&view, row) == Observed::Allowed;
-            let time = times.filter(|t| row < t.len() && t.is_valid(row)).map(|t| t.value(row));
+            let time = view.event_time_ns(row);
             let mut any_allow_applies = Some(false);
             for entry in evaluation.row(row) {
                 let Some(policy) = set.policies().get(entry.policy) else {

@@ -7,8 +7,8 @@
 
 use std::net::IpAddr;
 
-use arrow::array::{Array, AsArray, BooleanArray, Int32Array, RecordBatch, StringArray};
-use arrow::datatypes::DataType;
+use arrow::array::{Array, AsArray, BooleanArray, Int32Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use arrow::datatypes::{DataType, TimestampNanosecondType};
 use verity_model::event::col;
 
 use crate::pattern::parse_logged_ip;
@@ -78,6 +78,7 @@ pub enum Enforcer {
 /// Borrowed columns of one event batch.
 pub struct EventView<'a> {
     rows: usize,
+    event_time: Option<&'a TimestampNanosecondArray>,
     reporter: Option<&'a StringArray>,
     direction: Option<&'a StringArray>,
     protocol: Option<&'a StringArray>,
@@ -122,6 +123,9 @@ impl<'a> EventView<'a> {
     pub fn new(batch: &'a RecordBatch) -> Self {
         Self {
             rows: batch.num_rows(),
+            event_time: batch
+                .column_by_name(col::EVENT_TIME)
+                .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>()),
             reporter: text(batch, col::REPORTER),
             direction: text(batch, col::DIRECTION),
             protocol: text(batch, col::PROTOCOL),
@@ -151,6 +155,13 @@ impl<'a> EventView<'a> {
 
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// The record's event time, in nanoseconds since the epoch.
+    pub fn event_time_ns(&self, row: usize) -> Option<i64> {
+        self.event_time
+            .filter(|t| row < t.len() && t.is_valid(row))
+            .map(|t| t.value(row))
     }
 
     /// Whether the record's authenticated sender demonstrably was not a party to the traffic

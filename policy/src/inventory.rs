@@ -86,6 +86,11 @@ impl Inventory {
         Inventory::parse(&text).map_err(|message| InventoryError::Invalid { path: shown, message })
     }
 
+    /// The inventory in `path`, or an empty one (every selector unknown) without a path.
+    pub fn read_optional(path: Option<&Path>) -> Result<Inventory, InventoryError> {
+        path.map_or_else(|| Ok(Inventory::default()), Inventory::read)
+    }
+
     pub fn parse(text: &str) -> Result<Inventory, String> {
         let mut inventory = Inventory::default();
         for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {

@@ -16,8 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::TimestampNanosecondType;
+use arrow::array::{AsArray, RecordBatch};
 use serde::Serialize;
 use verity_model::event::col;
 
@@ -159,9 +158,6 @@ fn workload_from_pod(name: &str) -> &str {
 impl Learner {
     pub fn add(&mut self, batch: &RecordBatch, inventory: &Inventory) {
         let view = EventView::new(batch);
-        let times = batch
-            .column_by_name(col::EVENT_TIME)
-            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
         let method = batch.column_by_name(col::METHOD).and_then(|c| c.as_string_opt::<i32>());
         let path = batch.column_by_name(col::PATH).and_then(|c| c.as_string_opt::<i32>());
         for row in 0..view.rows() {
@@ -220,9 +216,7 @@ impl Learner {
                     continue;
                 }
             };
-            let time = times
-                .filter(|t| row < t.len() && t.is_valid(row))
-                .map_or(0, |t| t.value(row));
+            let time = view.event_time_ns(row).unwrap_or(0);
             if edges.sources.len() >= MAX_SOURCES && !edges.sources.contains_key(principal) {
                 edges.dropped_sources += 1;
                 continue;

@@ -20,7 +20,6 @@
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use arrow::datatypes::TimestampNanosecondType;
 use serde::Serialize;
 use verity_model::alert::{Alert, AlertStatus, Evidence, Severity, alert_id};
 use verity_model::event::col;
@@ -213,9 +212,6 @@ impl ShadowAssertions {
     pub fn process(&mut self, batch: &RecordBatch, mut outcomes: impl FnMut(usize, ShadowOutcome)) -> Vec<Alert> {
         let evaluation = self.set.evaluation(batch, false);
         let view = EventView::new(batch);
-        let times = batch
-            .column_by_name(col::EVENT_TIME)
-            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
         for row in 0..view.rows() {
             if view.enforcer(row) == Enforcer::Elsewhere {
                 continue;
@@ -224,7 +220,7 @@ impl ShadowAssertions {
             if !matches!(seen, Observed::Allowed | Observed::DeniedByPolicy) {
                 continue;
             }
-            let Some(time) = times.filter(|t| row < t.len() && t.is_valid(row)).map(|t| t.value(row)) else {
+            let Some(time) = view.event_time_ns(row) else {
                 continue;
             };
             self.watermark_ns = Some(self.watermark_ns.map_or(time, |w| w.max(time)));

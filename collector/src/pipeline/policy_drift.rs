@@ -24,9 +24,15 @@ pub struct DriftMetrics {
     unused: Family<[(&'static str, &'static str); 1], Gauge>,
     unprotected_requests: Counter,
     unprotected_destinations: Gauge,
+    refreshes: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl DriftMetrics {
+    /// Counts one listing of the policies in force from the cluster.
+    pub fn refreshed(&self, outcome: &'static str) {
+        self.refreshes.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         registry.register(
@@ -43,6 +49,11 @@ impl DriftMetrics {
             "verity_policy_unprotected_requests",
             "Requests to destinations that no ALLOW policy in force applies to",
             m.unprotected_requests.clone(),
+        );
+        registry.register(
+            "verity_policy_in_force_refreshes",
+            "Listings of the policies in force from the cluster, by outcome (applied, unchanged, list_failed, invalid)",
+            m.refreshes.clone(),
         );
         registry.register(
             "verity_policy_unprotected_destinations",

@@ -666,4 +666,9 @@ fn live_drift_reads_the_policies_in_force_from_the_cluster() {
         v.metric_value(r#"verity_policy_rules_unused{action="DENY"}"#),
         Some(1.0)
     );
+    // Two distinct sets applied; the listings in between found nothing new.
+    assert_eq!(
+        v.metric_value(r#"verity_policy_in_force_refreshes_total{outcome="applied"}"#),
+        Some(2.0)
+    );
 }
