@@ -1,0 +1,277 @@
+//! `LIKE` patterns with a `%` between literal text, matched without a regular expression.
+//!
+//! Arrow's `LIKE` kernel matches `'abc%'`, `'%abc'` and `'%abc%'` with a substring test, but
+//! any other pattern, such as the pack's `'spiffe://%/ns/%'`, becomes a regular expression that
+//! it compiles again on every batch and runs on every row. [`precompile`] rewrites a
+//! case-sensitive `LIKE` (or `NOT LIKE`) of a text column against such a literal pattern into
+//! a function that matches its pieces in order: the text before the first `%` as a prefix,
+//! the text after the last as a suffix, and each piece between at its first occurrence after
+//! the one before. For patterns made of literal text and `%` alone that is exactly what the
+//! kernel's expression (`%` as `.*`, dot matching newlines, anchored at both ends) matches;
+//! patterns with `_` or the escape character `\` are left to the kernel. NULL stays NULL.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray};
+use arrow::buffer::BooleanBuffer;
+use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DFSchema, DataFusionError, ExprSchema, Result as DfResult, ScalarValue};
+use datafusion::logical_expr::expr::{Like, ScalarFunction};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ExprSchemable, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use memchr::memmem::Finder;
+
+/// Rewrites `LIKE` against the patterns described in the module doc.
+pub fn precompile(expr: Expr, schema: &DFSchema) -> DfResult<Expr> {
+    expr.transform_up(|e| {
+        let Expr::Like(Like {
+            negated,
+            expr,
+            pattern,
+            escape_char: None,
+            case_insensitive: false,
+        }) = &e
+        else {
+            return Ok(Transformed::no(e));
+        };
+        let Expr::Literal(ScalarValue::Utf8(Some(pattern)), _) = pattern.as_ref() else {
+            return Ok(Transformed::no(e));
+        };
+        let Some(pieces) = LikePieces::new(pattern) else {
+            return Ok(Transformed::no(e));
+        };
+        if expr.get_type(schema as &dyn ExprSchema)? != DataType::Utf8 {
+            return Ok(Transformed::no(e));
+        }
+        let udf = ScalarUDF::from(MatchesLike {
+            pattern: pattern.clone(),
+            pieces,
+            negated: *negated,
+            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+        });
+        Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+            Arc::new(udf),
+            vec![expr.as_ref().clone()],
+        ))))
+    })
+    .map(|t| t.data)
+}
+
+/// A pattern cut at its `%`s.
+#[derive(Debug)]
+struct LikePieces {
+    prefix: String,
+    middle: Vec<Finder<'static>>,
+    suffix: String,
+}
+
+impl LikePieces {
+    /// The pieces of a pattern the kernel would run as a regular expression and that holds
+    /// no `_` or `\`; None for any other.
+    fn new(pattern: &str) -> Option<Self> {
+        if pattern.contains(['_', '\\']) {
+            return None;
+        }
+        let inner = pattern.strip_prefix('%').unwrap_or(pattern);
+        let inner = inner.strip_suffix('%').unwrap_or(inner);
+        if !inner.contains('%') {
+            return None; // a prefix, suffix, substring or equality test: the kernel's own
+        }
+        let mut pieces: Vec<&str> = pattern.split('%').collect();
+        let suffix = pieces.pop()?.to_string();
+        let prefix = if pieces.is_empty() {
+            String::new()
+        } else {
+            pieces.remove(0).to_string()
+        };
+        let middle = pieces
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| Finder::new(p.as_bytes()).into_owned())
+            .collect();
+        Some(Self { prefix, middle, suffix })
+    }
+
+    fn matches(&self, text: &str) -> bool {
+        let Some(rest) = text.as_bytes().strip_prefix(self.prefix.as_bytes()) else {
+            return false;
+        };
+        let Some(mut between) = rest.strip_suffix(self.suffix.as_bytes()) else {
+            return false;
+        };
+        for piece in &self.middle {
+            let Some(at) = piece.find(between) else {
+                return false;
+            };
+            let Some(after) = between.get(at + piece.needle().len()..) else {
+                return false;
+            };
+            between = after;
+        }
+        true
+    }
+}
+
+/// `text LIKE pattern` (or `NOT LIKE`) with the pattern cut into pieces once.
+#[derive(Debug)]
+struct MatchesLike {
+    pattern: String,
+    pieces: LikePieces,
+    negated: bool,
+    signature: Signature,
+}
+
+impl PartialEq for MatchesLike {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern && self.negated == other.negated
+    }
+}
+
+impl Eq for MatchesLike {}
+
+impl Hash for MatchesLike {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.pattern.hash(state);
+        self.negated.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for MatchesLike {
+    fn name(&self) -> &str {
+        if self.negated {
+            "not_matches_like"
+        } else {
+            "matches_like"
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        match args.args.first() {
+            Some(ColumnarValue::Array(a)) => {
+                let Some(text) = a.as_string_opt::<i32>() else {
+                    return Err(DataFusionError::Internal(format!("{} expects text", self.name())));
+                };
+                let values =
+                    BooleanBuffer::collect_bool(text.len(), |i| self.pieces.matches(text.value(i)) != self.negated);
+                Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
+                    values,
+                    text.nulls().cloned(),
+                ))))
+            }
+            Some(ColumnarValue::Scalar(ScalarValue::Utf8(v))) => Ok(ColumnarValue::Scalar(ScalarValue::Boolean(
+                v.as_deref().map(|s| self.pieces.matches(s) != self.negated),
+            ))),
+            _ => Err(DataFusionError::Internal(format!(
+                "{} expects one text argument",
+                self.name()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{ArrayRef, RecordBatch, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use datafusion::logical_expr::{col, lit};
+    use datafusion::prelude::SessionContext;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::new(vec![Field::new("p", DataType::Utf8, true)])
+    }
+
+    /// Evaluates `p LIKE pattern` (or NOT LIKE) with the kernel and rewritten.
+    fn both(values: Vec<Option<String>>, pattern: &str, negated: bool) -> (BooleanArray, BooleanArray, bool) {
+        let df_schema = DFSchema::try_from(schema()).expect("schema");
+        let batch = RecordBatch::try_new(
+            Arc::new(schema()),
+            vec![Arc::new(StringArray::from(values)) as ArrayRef],
+        )
+        .expect("batch");
+        let like = Expr::Like(Like::new(
+            negated,
+            Box::new(col("p")),
+            Box::new(lit(pattern)),
+            None,
+            false,
+        ));
+        let rewritten = precompile(like.clone(), &df_schema).expect("rewrite");
+        let was_rewritten = matches!(rewritten, Expr::ScalarFunction(_));
+        let ctx = SessionContext::new();
+        let eval = |e: Expr| {
+            let p = ctx.create_physical_expr(e, &df_schema).expect("plan");
+            let v = p
+                .evaluate(&batch)
+                .and_then(|v| v.into_array(batch.num_rows()))
+                .expect("evaluate");
+            v.as_boolean().clone()
+        };
+        (eval(like), eval(rewritten), was_rewritten)
+    }
+
+    #[test]
+    fn only_patterns_the_kernel_runs_as_a_regex_are_rewritten() {
+        for (pattern, rewritten) in [
+            ("spiffe://%/ns/%", true),
+            ("a%b", true),
+            ("%a%b%", true),
+            ("a%%b", true),
+            ("abc%%", true),
+            ("abc%", false),
+            ("%abc", false),
+            ("%abc%", false),
+            ("abc", false),
+            ("a_%b", false),
+            ("a\\%b%c", false),
+        ] {
+            let (_, _, was) = both(vec![Some("x".into())], pattern, false);
+            assert_eq!(was, rewritten, "{pattern}");
+        }
+    }
+
+    #[test]
+    fn matches_are_the_kernels_on_spiffe_ids() {
+        let ids = vec![
+            Some("spiffe://cluster.local/ns/shop/sa/cart".to_string()),
+            Some("spiffe://evil/ns/".to_string()),
+            Some("spiffe:///ns/".to_string()),
+            Some("spiffe://x/nsx/".to_string()),
+            Some("spiffe://ns/".to_string()),
+            Some("https://x/ns/y".to_string()),
+            None,
+            Some(String::new()),
+        ];
+        for negated in [false, true] {
+            let (want, got, _) = both(ids.clone(), "spiffe://%/ns/%", negated);
+            assert_eq!(want, got, "negated {negated}");
+        }
+    }
+
+    proptest! {
+        /// On any text (newlines and multi-byte characters included) and any pattern of
+        /// literal pieces and `%`, the rewritten match is the kernel's.
+        #[test]
+        fn matches_are_the_kernels(
+            values in proptest::collection::vec(proptest::option::of("[ab/%\\n é]{0,10}"), 1..12),
+            pattern in "[ab/é%]{0,8}",
+            negated in any::<bool>(),
+        ) {
+            let (want, got, _) = both(values, &pattern, negated);
+            prop_assert_eq!(want, got);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Which rows of a text column a regular expression can match, found for the whole batch at
+//! once from the literals every match must start with.
+//!
+//! Matching row by row costs a call into the regex engine per row, most of which rejects at
+//! once: attack patterns rarely match real traffic. Every match of a pattern begins with one
+//! of its *prefix literals* (regex-syntax's extraction; the regex crate's own prefilter rests
+//! on the same guarantee, case-insensitive variants included). One multi-literal search over
+//! the column's contiguous value bytes finds the rows that hold one of them; only those rows
+//! go to the regex engine. A literal found across two rows' boundary is not inside a row and
+//! marks nothing, and the search resumes at the next row's start, so such an occurrence never
+//! hides one that lies inside a row.
+
+use aho_corasick::{AhoCorasick, Input};
+use arrow::array::{Array, StringArray};
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
+
+/// More literals than this and the search stops paying for itself.
+const MAX_LITERALS: usize = 256;
+
+/// The prefix literals of one pattern, ready to search.
+#[derive(Debug, Clone)]
+pub(crate) struct LiteralPrefilter {
+    literals: AhoCorasick,
+    /// Which byte values occur in some literal.
+    bytes: [bool; 256],
+}
+
+impl LiteralPrefilter {
+    /// The prefilter of `pattern` (exactly as given to `regex::Regex::new`), or None when it
+    /// has no usable prefix literals: a match may start anywhere or with the empty string,
+    /// or the set is too large.
+    pub(crate) fn new(pattern: &str) -> Option<Self> {
+        let hir = regex_syntax::parse(pattern).ok()?;
+        let seq = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+        let literals = seq.literals()?;
+        if literals.is_empty() || literals.len() > MAX_LITERALS || seq.min_literal_len()? == 0 {
+            return None;
+        }
+        let mut bytes = [false; 256];
+        for &b in literals.iter().flat_map(|l| l.as_bytes()) {
+            bytes[usize::from(b)] = true;
+        }
+        let literals = AhoCorasick::new(literals.iter().map(|l| l.as_bytes())).ok()?;
+        Some(Self { literals, bytes })
+    }
+
+    /// Whether some literal holds one of the bytes of `text`.
+    pub(crate) fn shares_a_byte_with(&self, text: &[u8]) -> bool {
+        text.iter().any(|&b| self.bytes[usize::from(b)])
+    }
+
+    /// For each row of `text`, whether its value holds one of the literals (so the regex may
+    /// match it). NULL rows are marked from whatever bytes they cover; callers keep the NULL.
+    pub(crate) fn candidates(&self, text: &StringArray) -> Vec<bool> {
+        let mut marked = vec![false; text.len()];
+        let offsets = text.value_offsets();
+        let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
+            return marked;
+        };
+        let (Ok(first), Ok(last)) = (usize::try_from(first), usize::try_from(last)) else {
+            return marked;
+        };
+        let Some(bytes) = text.value_data().get(first..last) else {
+            return marked;
+        };
+        // Standard match semantics report the occurrence that ends first. So once a row holds
+        // an occurrence the search skips to the next row, and an occurrence that runs past its
+        // row's end means the row holds none: the search resumes at the next row's start,
+        // where an occurrence the crossing one overlapped may begin.
+        let mut at = 0;
+        while let Some(hit) = self.literals.find(Input::new(bytes).range(at..)) {
+            let start = hit.start() + first;
+            // The row whose range holds `start`: the last offset at or before it.
+            let row = offsets.partition_point(|&o| usize::try_from(o).is_ok_and(|o| o <= start));
+            let Some(row) = row.checked_sub(1) else { break };
+            let Some(row_end) = offsets.get(row + 1).and_then(|&o| usize::try_from(o).ok()) else {
+                break;
+            };
+            if hit.end() + first <= row_end
+                && let Some(flag) = marked.get_mut(row)
+            {
+                *flag = true;
+            }
+            match row_end.checked_sub(first) {
+                Some(next) if next > at => at = next,
+                // An empty row, or rows after it that are empty: step past the hit's start.
+                _ => at = hit.start() + 1,
+            }
+            if at >= bytes.len() {
+                break;
+            }
+        }
+        marked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use regex::Regex;
+
+    use super::*;
+
+    #[test]
+    fn patterns_without_required_literals_have_no_prefilter() {
+        assert!(LiteralPrefilter::new(".*").is_none());
+        assert!(LiteralPrefilter::new("a*").is_none());
+        assert!(LiteralPrefilter::new(r"\w+x").is_none());
+        assert!(LiteralPrefilter::new("(?i)(jndi|ldap)").is_some());
+    }
+
+    #[test]
+    fn a_literal_across_two_rows_marks_neither() {
+        let p = LiteralPrefilter::new(r"\.\./").expect("prefilter");
+        let text = StringArray::from(vec!["a..", "/b", "x../y", ""]);
+        assert_eq!(p.candidates(&text), vec![false, false, true, false]);
+    }
+
+    #[test]
+    fn a_sliced_array_is_searched_in_its_own_rows() {
+        let p = LiteralPrefilter::new("(?i)union").expect("prefilter");
+        let text = StringArray::from(vec!["UNION", "nothing", "x uNiOn y", "union"]);
+        let sliced = text.slice(1, 2);
+        assert_eq!(
+            p.candidates(sliced.as_any().downcast_ref().expect("text")),
+            vec![false, true]
+        );
+    }
+
+    fn pack_patterns() -> Vec<&'static str> {
+        vec![
+            r"(?i)(\.\./|\.\.%2f|%2e%2e(/|%2f|%5c)|\.\.\\|\.\.%5c)",
+            r"(?i)(\$|%24)(\{|%7b)\s*((jndi|j\$\{|\$\{)|(lower|upper|env|sys|::-)[:\}])",
+            r"(?i)(union(\s|%20|\+|/\*\*/)+(all(\s|%20|\+)+)?select|('|%27)(\s|%20|\+)*or(\s|%20|\+)+('|%27)?\d+('|%27)?(\s|%20|\+)*(=|%3d)|sleep(\(|%28)\d+|benchmark(\(|%28)|information_schema)",
+            r"(?i)k[a-c]",
+            "^/admin",
+            r"(?m)^x$",
+        ]
+    }
+
+    proptest! {
+        /// Every row the regex matches is a candidate, whatever the rows hold and however
+        /// the array is sliced.
+        #[test]
+        fn every_match_is_a_candidate(
+            rows in proptest::collection::vec(
+                proptest::option::of("([./%2eEfFcC5\\\\$\\{7bB:jndiJNDIunoUNOselctSELCT'=1 kK\u{212A}ſ^x\\n-]){0,12}"),
+                0..24,
+            ),
+            skip in 0usize..4,
+        ) {
+            let array = StringArray::from(rows.clone());
+            let skip = skip.min(array.len());
+            let sliced = array.slice(skip, array.len() - skip);
+            let text: &StringArray = sliced.as_any().downcast_ref().expect("text");
+            for pattern in pack_patterns() {
+                let regex = Regex::new(pattern).expect("regex");
+                let Some(p) = LiteralPrefilter::new(pattern) else { continue };
+                let marked = p.candidates(text);
+                for (i, value) in rows.iter().skip(skip).enumerate() {
+                    if let Some(v) = value {
+                        prop_assert!(!regex.is_match(v) || marked[i], "{pattern} matches {v:?}, not marked");
+                    }
+                }
+            }
+        }
+    }
+}
