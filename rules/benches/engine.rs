@@ -2,6 +2,9 @@
 //! `cargo bench -p verity-rules --bench engine`.
 //!
 //! - `stateless`: the pack's detections without windows (filters only);
+//! - `stateless_hostile`: the same on traffic whose every path and user agent holds literals
+//!   that two attack patterns start with (`${`, `%24%7b`, `'`) without matching, so every row
+//!   reaches the regex engine: the worst case of the literal prefilters;
 //! - `whole_pack`: every rule, windows and assertions included;
 //! - memory per active group key is printed once (RSS growth over 200 000 open groups).
 
@@ -18,6 +21,10 @@ const S: i64 = 1_000_000_000;
 const T0: i64 = 1_714_557_600 * S;
 
 fn batch(offset: usize, distinct_principals: usize) -> RecordBatch {
+    batch_of(offset, distinct_principals, false)
+}
+
+fn batch_of(offset: usize, distinct_principals: usize, hostile: bool) -> RecordBatch {
     let mut b = EventBatchBuilder::with_capacity(ROWS);
     for i in 0..ROWS {
         let n = offset + i;
@@ -42,8 +49,12 @@ fn batch(offset: usize, distinct_principals: usize) -> RecordBatch {
             direction: Direction::Inbound,
             mtls: Some(!n.is_multiple_of(1000)),
             method: Some("GET".into()),
-            path: Some(format!("/api/v1/items/{}", n % 997).into()),
-            user_agent: Some("Go-http-client/1.1".into()),
+            path: Some(if hostile {
+                format!("/files/{}/it's/%24%7b{}", n % 997, n % 13).into()
+            } else {
+                format!("/api/v1/items/{}", n % 997).into()
+            }),
+            user_agent: Some(if hostile { "Go ${x} 1.1" } else { "Go-http-client/1.1" }.into()),
             status: Some(if decision == Decision::Allow { 200 } else { 403 }),
             decision,
             tls_version: Some("TLSv1.3".into()),
@@ -78,6 +89,15 @@ fn bench(c: &mut Criterion) {
         let mut e = Engine::new(stateless_rules(), EngineSettings::default());
         b.iter(|| {
             for batch in &batches {
+                black_box(e.process(batch));
+            }
+        })
+    });
+    let hostile: Vec<RecordBatch> = (0..32).map(|i| batch_of(i * ROWS, 5000, true)).collect();
+    g.bench_function("stateless_hostile", |b| {
+        let mut e = Engine::new(stateless_rules(), EngineSettings::default());
+        b.iter(|| {
+            for batch in &hostile {
                 black_box(e.process(batch));
             }
         })

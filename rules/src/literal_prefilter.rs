@@ -51,13 +51,19 @@ impl LiteralPrefilter {
 
     /// For each row of `text`, whether its value holds one of the literals (so the regex may
     /// match it). NULL rows are marked from whatever bytes they cover; callers keep the NULL.
+    ///
+    /// When most rows hold a literal (traffic built to defeat the prefilter, or a literal
+    /// that is common after all), searching costs more than it saves: once at least
+    /// [`GIVE_UP_AFTER`] rows are searched and more than half of them are marked, the rest are
+    /// marked without searching.
     pub(crate) fn candidates(&self, text: &StringArray) -> Vec<bool> {
         let mut marked = vec![false; text.len()];
-        let offsets = text.value_offsets();
+        let offsets: Vec<usize> = text
+            .value_offsets()
+            .iter()
+            .map(|&o| usize::try_from(o).unwrap_or(0))
+            .collect();
         let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
-            return marked;
-        };
-        let (Ok(first), Ok(last)) = (usize::try_from(first), usize::try_from(last)) else {
             return marked;
         };
         let Some(bytes) = text.value_data().get(first..last) else {
@@ -67,25 +73,27 @@ impl LiteralPrefilter {
         // an occurrence the search skips to the next row, and an occurrence that runs past its
         // row's end means the row holds none: the search resumes at the next row's start,
         // where an occurrence the crossing one overlapped may begin.
+        let (mut row, mut count) = (0, 0usize);
         let mut at = 0;
         while let Some(hit) = self.literals.find(Input::new(bytes).range(at..)) {
             let start = hit.start() + first;
-            // The row whose range holds `start`: the last offset at or before it.
-            let row = offsets.partition_point(|&o| usize::try_from(o).is_ok_and(|o| o <= start));
-            let Some(row) = row.checked_sub(1) else { break };
-            let Some(row_end) = offsets.get(row + 1).and_then(|&o| usize::try_from(o).ok()) else {
-                break;
-            };
+            // Hits move forward, so the row holding `start` is at or after the last one.
+            while offsets.get(row + 1).is_some_and(|&end| end <= start) {
+                row += 1;
+            }
+            let Some(&row_end) = offsets.get(row + 1) else { break };
             if hit.end() + first <= row_end
                 && let Some(flag) = marked.get_mut(row)
             {
                 *flag = true;
+                count += 1;
             }
-            match row_end.checked_sub(first) {
-                Some(next) if next > at => at = next,
-                // An empty row, or rows after it that are empty: step past the hit's start.
-                _ => at = hit.start() + 1,
+            row += 1;
+            if row >= GIVE_UP_AFTER && count * 2 > row {
+                marked.iter_mut().skip(row).for_each(|m| *m = true);
+                break;
             }
+            at = row_end.saturating_sub(first);
             if at >= bytes.len() {
                 break;
             }
@@ -93,6 +101,9 @@ impl LiteralPrefilter {
         marked
     }
 }
+
+/// Rows searched before the prefilter may judge itself useless on a column.
+const GIVE_UP_AFTER: usize = 256;
 
 #[cfg(test)]
 mod tests {
@@ -125,6 +136,28 @@ mod tests {
             p.candidates(sliced.as_any().downcast_ref().expect("text")),
             vec![false, true]
         );
+    }
+
+    #[test]
+    fn a_column_where_most_rows_hold_a_literal_is_marked_whole() {
+        let p = LiteralPrefilter::new(r"\.\./").expect("prefilter");
+        let rows: Vec<String> = (0..1000)
+            .map(|i| {
+                if i % 4 == 0 {
+                    "/ok".to_string()
+                } else {
+                    format!("/{i}/../x")
+                }
+            })
+            .collect();
+        let marked = p.candidates(&StringArray::from(rows.clone()));
+        // Searched until the verdict, then every row is a candidate.
+        assert!(!marked[0] && marked[1]);
+        assert!(marked[GIVE_UP_AFTER..].iter().all(|&m| m));
+        let sparse: Vec<&str> = (0..1000).map(|i| if i == 700 { "/../" } else { "/ok" }).collect();
+        let marked = p.candidates(&StringArray::from(sparse));
+        assert_eq!(marked.iter().filter(|&&m| m).count(), 1);
+        assert!(marked[700]);
     }
 
     fn pack_patterns() -> Vec<&'static str> {
