@@ -413,6 +413,7 @@ impl Compiler {
         let expr = simplifier.simplify(expr).map_err(|e| Self::explain(e, what, schema))?;
         let expr = crate::compiled_regex::precompile(expr, schema).map_err(|e| Self::explain(e, what, schema))?;
         let expr = crate::compiled_like::precompile(expr, schema).map_err(|e| Self::explain(e, what, schema))?;
+        let expr = crate::compiled_split_part::precompile(expr, schema).map_err(|e| Self::explain(e, what, schema))?;
         let physical = self
             .ctx
             .create_physical_expr(expr, schema)

@@ -1,14 +1,17 @@
-//! `LIKE` patterns with a `%` between literal text, matched without a regular expression.
+//! `LIKE` patterns with a `%` between literal text, or a `_`, matched without a regular
+//! expression.
 //!
 //! Arrow's `LIKE` kernel matches `'abc%'`, `'%abc'` and `'%abc%'` with a substring test, but
-//! any other pattern, such as the pack's `'spiffe://%/ns/%'`, becomes a regular expression that
-//! it compiles again on every batch and runs on every row. [`precompile`] rewrites a
-//! case-sensitive `LIKE` (or `NOT LIKE`) of a text column against such a literal pattern into
-//! a function that matches its pieces in order: the text before the first `%` as a prefix,
-//! the text after the last as a suffix, and each piece between at its first occurrence after
-//! the one before. For patterns made of literal text and `%` alone that is exactly what the
-//! kernel's expression (`%` as `.*`, dot matching newlines, anchored at both ends) matches;
-//! patterns with `_` or the escape character `\` are left to the kernel. NULL stays NULL.
+//! any other pattern, such as the pack's `'spiffe://%/ns/%'` or `'/_debug%'`, becomes a
+//! regular expression that it compiles again on every batch and runs on every row.
+//! [`precompile`] rewrites a case-sensitive `LIKE` (or `NOT LIKE`) of a text column against
+//! such a literal pattern into a function that matches its pieces in order: the text before
+//! the first `%` from the start, the text after the last from the end, and each piece between
+//! at its first occurrence after the one before. That is exactly what the kernel's expression
+//! (`%` as `.*`, `_` as `.`, dot matching newlines, anchored at both ends) matches, for
+//! patterns whose `_`s (any one character) lie before the first `%` or after the last.
+//! Patterns with a `_` between two `%`s, or with the escape character `\`, are left to the
+//! kernel. NULL stays NULL.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -63,45 +66,59 @@ pub fn precompile(expr: Expr, schema: &DFSchema) -> DfResult<Expr> {
 /// A pattern cut at its `%`s.
 #[derive(Debug)]
 struct LikePieces {
-    prefix: String,
+    /// Before the first `%` (the whole pattern when it holds none).
+    head: Vec<Segment>,
+    /// Between `%`s, literal text only.
     middle: Vec<Finder<'static>>,
-    suffix: String,
+    /// After the last `%`; None when the pattern holds no `%`.
+    tail: Option<Vec<Segment>>,
+}
+
+/// A run of literal text, or `_`: any one character.
+#[derive(Debug, PartialEq)]
+enum Segment {
+    Literal(String),
+    AnyChar,
 }
 
 impl LikePieces {
-    /// The pieces of a pattern the kernel would run as a regular expression and that holds
-    /// no `_` or `\`; None for any other.
+    /// The pieces of a pattern the kernel would run as a regular expression, when it holds
+    /// no `\` and `_` only before the first `%` or after the last; None for any other.
     fn new(pattern: &str) -> Option<Self> {
-        if pattern.contains(['_', '\\']) {
+        if pattern.contains('\\') {
             return None;
         }
-        let inner = pattern.strip_prefix('%').unwrap_or(pattern);
-        let inner = inner.strip_suffix('%').unwrap_or(inner);
-        if !inner.contains('%') {
-            return None; // a prefix, suffix, substring or equality test: the kernel's own
+        if !pattern.contains('_') {
+            let inner = pattern.strip_prefix('%').unwrap_or(pattern);
+            let inner = inner.strip_suffix('%').unwrap_or(inner);
+            if !inner.contains('%') {
+                return None; // a prefix, suffix, substring or equality test: the kernel's own
+            }
         }
         let mut pieces: Vec<&str> = pattern.split('%').collect();
-        let suffix = pieces.pop()?.to_string();
-        let prefix = if pieces.is_empty() {
-            String::new()
-        } else {
-            pieces.remove(0).to_string()
-        };
-        let middle = pieces
-            .into_iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| Finder::new(p.as_bytes()).into_owned())
-            .collect();
-        Some(Self { prefix, middle, suffix })
+        let head = segments(pieces.remove(0));
+        let tail = pieces.pop().map(segments);
+        let mut middle = Vec::with_capacity(pieces.len());
+        for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
+            if piece.contains('_') {
+                return None;
+            }
+            middle.push(Finder::new(piece.as_bytes()).into_owned());
+        }
+        Some(Self { head, middle, tail })
     }
 
     fn matches(&self, text: &str) -> bool {
-        let Some(rest) = text.as_bytes().strip_prefix(self.prefix.as_bytes()) else {
+        let Some(rest) = strip_head(&self.head, text) else {
             return false;
         };
-        let Some(mut between) = rest.strip_suffix(self.suffix.as_bytes()) else {
+        let Some(tail) = &self.tail else {
+            return rest.is_empty();
+        };
+        let Some(between) = strip_tail(tail, rest) else {
             return false;
         };
+        let mut between = between.as_bytes();
         for piece in &self.middle {
             let Some(at) = piece.find(between) else {
                 return false;
@@ -113,6 +130,50 @@ impl LikePieces {
         }
         true
     }
+}
+
+/// A piece cut at its `_`s.
+fn segments(piece: &str) -> Vec<Segment> {
+    let mut out = Vec::new();
+    for (i, literal) in piece.split('_').enumerate() {
+        if i > 0 {
+            out.push(Segment::AnyChar);
+        }
+        if !literal.is_empty() {
+            out.push(Segment::Literal(literal.to_string()));
+        }
+    }
+    out
+}
+
+/// `text` after the segments, matched from its start.
+fn strip_head<'a>(segments: &[Segment], mut text: &'a str) -> Option<&'a str> {
+    for segment in segments {
+        text = match segment {
+            Segment::Literal(l) => text.strip_prefix(l.as_str())?,
+            Segment::AnyChar => {
+                let mut chars = text.chars();
+                chars.next()?;
+                chars.as_str()
+            }
+        };
+    }
+    Some(text)
+}
+
+/// `text` before the segments, matched from its end.
+fn strip_tail<'a>(segments: &[Segment], mut text: &'a str) -> Option<&'a str> {
+    for segment in segments.iter().rev() {
+        text = match segment {
+            Segment::Literal(l) => text.strip_suffix(l.as_str())?,
+            Segment::AnyChar => {
+                let mut chars = text.chars();
+                chars.next_back()?;
+                chars.as_str()
+            }
+        };
+    }
+    Some(text)
 }
 
 /// `text LIKE pattern` (or `NOT LIKE`) with the pattern cut into pieces once.
@@ -235,7 +296,11 @@ mod tests {
             ("%abc", false),
             ("%abc%", false),
             ("abc", false),
-            ("a_%b", false),
+            ("a_%b", true),
+            ("/_debug%", true),
+            ("a_c", true),
+            ("%_", true),
+            ("a%_%b", false),
             ("a\\%b%c", false),
         ] {
             let (_, _, was) = both(vec![Some("x".into())], pattern, false);
@@ -261,13 +326,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn one_character_wildcards_are_the_kernels() {
+        let paths: Vec<Option<String>> = [
+            "/_debug/vars",
+            "/xdebug",
+            "/édebug",
+            "/\ndebug",
+            "/debug",
+            "/",
+            "",
+            "//debug",
+        ]
+        .into_iter()
+        .map(|p| Some(p.to_string()))
+        .chain([None])
+        .collect();
+        for pattern in ["/_debug%", "%debu_", "_/debug", "/_%_"] {
+            for negated in [false, true] {
+                let (want, got, rewritten) = both(paths.clone(), pattern, negated);
+                assert!(rewritten, "{pattern}");
+                assert_eq!(want, got, "{pattern} negated {negated}");
+            }
+        }
+    }
+
     proptest! {
         /// On any text (newlines and multi-byte characters included) and any pattern of
-        /// literal pieces and `%`, the rewritten match is the kernel's.
+        /// literal pieces, `%` and `_`, the rewritten match is the kernel's.
         #[test]
         fn matches_are_the_kernels(
             values in proptest::collection::vec(proptest::option::of("[ab/%\\n é]{0,10}"), 1..12),
-            pattern in "[ab/é%]{0,8}",
+            pattern in "[ab/é%_]{0,8}",
             negated in any::<bool>(),
         ) {
             let (want, got, _) = both(values, &pattern, negated);

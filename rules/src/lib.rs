@@ -19,6 +19,7 @@ mod checkpoint;
 pub mod compile;
 mod compiled_like;
 mod compiled_regex;
+mod compiled_split_part;
 pub mod detection;
 pub mod duration;
 mod emit;
