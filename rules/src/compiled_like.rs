@@ -43,24 +43,99 @@ pub fn precompile(expr: Expr, schema: &DFSchema) -> DfResult<Expr> {
         let Expr::Literal(ScalarValue::Utf8(Some(pattern)), _) = pattern.as_ref() else {
             return Ok(Transformed::no(e));
         };
-        let Some(pieces) = LikePieces::new(pattern) else {
-            return Ok(Transformed::no(e));
+        let (matcher, text) = match lowered_text(expr) {
+            Some(inner) => match lower_prefix(pattern) {
+                Some(prefix) => (Matcher::LowerStartsWith(prefix), inner),
+                None => return Ok(Transformed::no(e)),
+            },
+            None => match LikePieces::new(pattern) {
+                Some(pieces) => (Matcher::Pieces(pieces), expr.as_ref()),
+                None => return Ok(Transformed::no(e)),
+            },
         };
-        if expr.get_type(schema as &dyn ExprSchema)? != DataType::Utf8 {
+        if text.get_type(schema as &dyn ExprSchema)? != DataType::Utf8 {
             return Ok(Transformed::no(e));
         }
         let udf = ScalarUDF::from(MatchesLike {
             pattern: pattern.clone(),
-            pieces,
+            matcher,
             negated: *negated,
             signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
         });
         Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
             Arc::new(udf),
-            vec![expr.as_ref().clone()],
+            vec![text.clone()],
         ))))
     })
     .map(|t| t.data)
+}
+
+/// `x` of `lower(x)`.
+fn lowered_text(e: &Expr) -> Option<&Expr> {
+    match e {
+        Expr::ScalarFunction(f) if f.func.name() == "lower" => match f.args.as_slice() {
+            [inner] => Some(inner),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The text of a pattern `'text%'` whose text is ASCII and holds no `%`, `_` or `\`.
+fn lower_prefix(pattern: &str) -> Option<String> {
+    let prefix = pattern.strip_suffix('%')?;
+    (prefix.is_ascii() && !prefix.contains(['%', '_', '\\'])).then(|| prefix.to_string())
+}
+
+/// Whether `lower(text)` starts with the ASCII `prefix`, lower-casing only as far as needed.
+/// Lower-casing one character at a time gives the same text as lower-casing the whole
+/// string, except for a final capital sigma ("ς" instead of "σ"), and neither is ASCII.
+fn lower_starts_with(text: &str, prefix: &[u8]) -> bool {
+    let bytes = text.as_bytes();
+    for (i, &want) in prefix.iter().enumerate() {
+        match bytes.get(i) {
+            None => return false,
+            Some(b) if b.is_ascii() => {
+                if b.to_ascii_lowercase() != want {
+                    return false;
+                }
+            }
+            Some(_) => {
+                // Every byte before `i` is ASCII, so `i` is a character boundary.
+                let (Some(rest), Some(wanted)) = (text.get(i..), prefix.get(i..)) else {
+                    return false;
+                };
+                let mut wanted = wanted.iter();
+                for c in rest.chars().flat_map(char::to_lowercase) {
+                    match wanted.next() {
+                        None => return true,
+                        Some(&w) if u32::from(w) == u32::from(c) => {}
+                        Some(_) => return false,
+                    }
+                }
+                return wanted.next().is_none();
+            }
+        }
+    }
+    true
+}
+
+/// How a row's text is matched.
+#[derive(Debug)]
+enum Matcher {
+    /// `text LIKE pattern`, the pattern cut at its `%`s.
+    Pieces(LikePieces),
+    /// `lower(text) LIKE 'prefix%'`.
+    LowerStartsWith(String),
+}
+
+impl Matcher {
+    fn matches(&self, text: &str) -> bool {
+        match self {
+            Self::Pieces(p) => p.matches(text),
+            Self::LowerStartsWith(prefix) => lower_starts_with(text, prefix.as_bytes()),
+        }
+    }
 }
 
 /// A pattern cut at its `%`s.
@@ -180,14 +255,14 @@ fn strip_tail<'a>(segments: &[Segment], mut text: &'a str) -> Option<&'a str> {
 #[derive(Debug)]
 struct MatchesLike {
     pattern: String,
-    pieces: LikePieces,
+    matcher: Matcher,
     negated: bool,
     signature: Signature,
 }
 
 impl PartialEq for MatchesLike {
     fn eq(&self, other: &Self) -> bool {
-        self.pattern == other.pattern && self.negated == other.negated
+        self.pattern == other.pattern && self.negated == other.negated && self.lowered() == other.lowered()
     }
 }
 
@@ -197,15 +272,23 @@ impl Hash for MatchesLike {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.pattern.hash(state);
         self.negated.hash(state);
+        self.lowered().hash(state);
+    }
+}
+
+impl MatchesLike {
+    fn lowered(&self) -> bool {
+        matches!(self.matcher, Matcher::LowerStartsWith(_))
     }
 }
 
 impl ScalarUDFImpl for MatchesLike {
     fn name(&self) -> &str {
-        if self.negated {
-            "not_matches_like"
-        } else {
-            "matches_like"
+        match (self.lowered(), self.negated) {
+            (false, false) => "matches_like",
+            (false, true) => "not_matches_like",
+            (true, false) => "lower_matches_like",
+            (true, true) => "lower_not_matches_like",
         }
     }
 
@@ -224,14 +307,14 @@ impl ScalarUDFImpl for MatchesLike {
                     return Err(DataFusionError::Internal(format!("{} expects text", self.name())));
                 };
                 let values =
-                    BooleanBuffer::collect_bool(text.len(), |i| self.pieces.matches(text.value(i)) != self.negated);
+                    BooleanBuffer::collect_bool(text.len(), |i| self.matcher.matches(text.value(i)) != self.negated);
                 Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
                     values,
                     text.nulls().cloned(),
                 ))))
             }
             Some(ColumnarValue::Scalar(ScalarValue::Utf8(v))) => Ok(ColumnarValue::Scalar(ScalarValue::Boolean(
-                v.as_deref().map(|s| self.pieces.matches(s) != self.negated),
+                v.as_deref().map(|s| self.matcher.matches(s) != self.negated),
             ))),
             _ => Err(DataFusionError::Internal(format!(
                 "{} expects one text argument",
@@ -245,6 +328,7 @@ impl ScalarUDFImpl for MatchesLike {
 mod tests {
     use arrow::array::{ArrayRef, RecordBatch, StringArray};
     use arrow::datatypes::{Field, Schema};
+    use datafusion::functions::string::expr_fn::lower;
     use datafusion::logical_expr::{col, lit};
     use datafusion::prelude::SessionContext;
     use proptest::prelude::*;
@@ -257,19 +341,24 @@ mod tests {
 
     /// Evaluates `p LIKE pattern` (or NOT LIKE) with the kernel and rewritten.
     fn both(values: Vec<Option<String>>, pattern: &str, negated: bool) -> (BooleanArray, BooleanArray, bool) {
+        both_on(col("p"), values, pattern, negated)
+    }
+
+    /// Evaluates `text LIKE pattern` (or NOT LIKE) with the kernel and rewritten, for a
+    /// `text` over the column `p`.
+    fn both_on(
+        text: Expr,
+        values: Vec<Option<String>>,
+        pattern: &str,
+        negated: bool,
+    ) -> (BooleanArray, BooleanArray, bool) {
         let df_schema = DFSchema::try_from(schema()).expect("schema");
         let batch = RecordBatch::try_new(
             Arc::new(schema()),
             vec![Arc::new(StringArray::from(values)) as ArrayRef],
         )
         .expect("batch");
-        let like = Expr::Like(Like::new(
-            negated,
-            Box::new(col("p")),
-            Box::new(lit(pattern)),
-            None,
-            false,
-        ));
+        let like = Expr::Like(Like::new(negated, Box::new(text), Box::new(lit(pattern)), None, false));
         let rewritten = precompile(like.clone(), &df_schema).expect("rewrite");
         let was_rewritten = matches!(rewritten, Expr::ScalarFunction(_));
         let ctx = SessionContext::new();
@@ -351,6 +440,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn lower_prefixes_are_the_kernels() {
+        let paths: Vec<Option<String>> = [
+            "/Admin/x",
+            "/ADMIN",
+            "/admin",
+            "/adm",
+            "/\u{130}dmin",
+            "/\u{212a}",
+            "/\u{3a3}",
+            "/\u{e9}admin",
+            "",
+            "/AdMiN\u{130}",
+        ]
+        .into_iter()
+        .map(|p| Some(p.to_string()))
+        .chain([None])
+        .collect();
+        for pattern in ["/admin%", "/k%", "/i%", "/%", "%", "/Admin%"] {
+            for negated in [false, true] {
+                let (want, got, rewritten) = both_on(lower(col("p")), paths.clone(), pattern, negated);
+                assert!(rewritten, "{pattern}");
+                assert_eq!(want, got, "{pattern} negated {negated}");
+            }
+        }
+        for pattern in ["/adm_n%", "%admin", "/a%n%", "/\u{e9}%", "/admin"] {
+            let (want, got, rewritten) = both_on(lower(col("p")), paths.clone(), pattern, false);
+            assert!(!rewritten, "{pattern}");
+            assert_eq!(want, got, "{pattern}");
+        }
+    }
+
     proptest! {
         /// On any text (newlines and multi-byte characters included) and any pattern of
         /// literal pieces, `%` and `_`, the rewritten match is the kernel's.
@@ -361,6 +482,19 @@ mod tests {
             negated in any::<bool>(),
         ) {
             let (want, got, _) = both(values, &pattern, negated);
+            prop_assert_eq!(want, got);
+        }
+
+        /// `lower(text) LIKE 'prefix%'` on text with capitals, characters whose lower case
+        /// is ASCII or longer (the Kelvin sign, dotted capital I) and sigma.
+        #[test]
+        fn lower_prefixes_match_as_lower_does(
+            values in proptest::collection::vec(proptest::option::of("[aAkK/\u{212a}\u{130}\u{3a3}i ]{0,8}"), 1..12),
+            prefix in "[aAkKi/ ]{0,4}",
+            negated in any::<bool>(),
+        ) {
+            let (want, got, rewritten) = both_on(lower(col("p")), values, &format!("{prefix}%"), negated);
+            prop_assert!(rewritten);
             prop_assert_eq!(want, got);
         }
     }
