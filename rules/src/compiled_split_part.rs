@@ -195,16 +195,43 @@ impl Field {
 
     /// The field of a non-NULL text.
     fn cut<'a>(&self, text: &'a str) -> &'a str {
-        let d = self.delimiter.as_str();
-        let field = match (d.as_bytes(), self.from_end) {
-            // A one-byte UTF-8 string is ASCII, and splitting at a char is a memchr search.
-            ([b], false) => text.split(char::from(*b)).nth(self.index),
-            ([b], true) => text.rsplit(char::from(*b)).nth(self.index),
-            (_, false) => text.split(d).nth(self.index),
-            (_, true) => text.rsplit(d).nth(self.index),
-        };
-        field.unwrap_or("")
+        let d = self.delimiter.as_bytes();
+        let bytes = text.as_bytes();
+        match (d, self.from_end) {
+            ([b], false) => field_from_start(text, memchr::memchr_iter(*b, bytes), 1, self.index),
+            ([b], true) => field_from_end(text, memchr::memrchr_iter(*b, bytes), 1, self.index),
+            (_, false) => field_from_start(text, memchr::memmem::find_iter(bytes, d), d.len(), self.index),
+            (_, true) => field_from_end(text, memchr::memmem::rfind_iter(bytes, d), d.len(), self.index),
+        }
     }
+}
+
+/// The `index`-th field of `text`, given where its delimiters start, from the first on (as
+/// `str::split` finds them: left to right, not overlapping); empty when there are fewer.
+fn field_from_start(text: &str, mut delimiters: impl Iterator<Item = usize>, len: usize, index: usize) -> &str {
+    let mut begin = 0;
+    for _ in 0..index {
+        match delimiters.next() {
+            Some(at) => begin = at.saturating_add(len),
+            None => return "",
+        }
+    }
+    let end = delimiters.next().unwrap_or(text.len());
+    // Delimiters are whole characters, so both ends are character boundaries.
+    text.get(begin..end).unwrap_or("")
+}
+
+/// As [`field_from_start`], counting fields and delimiters from the end (as `str::rsplit`).
+fn field_from_end(text: &str, mut delimiters: impl Iterator<Item = usize>, len: usize, index: usize) -> &str {
+    let mut end = text.len();
+    for _ in 0..index {
+        match delimiters.next() {
+            Some(at) => end = at,
+            None => return "",
+        }
+    }
+    let begin = delimiters.next().map_or(0, |at| at.saturating_add(len));
+    text.get(begin..end).unwrap_or("")
 }
 
 /// What the field is compared with.
