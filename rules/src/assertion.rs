@@ -94,11 +94,7 @@ impl AssertionState {
         let shown = keys
             .into_iter()
             .map(|(k, status)| {
-                let name = k
-                    .iter()
-                    .map(|v| v.as_deref().unwrap_or(""))
-                    .collect::<Vec<_>>()
-                    .join(",");
+                let name = k.values().map(|v| v.unwrap_or("")).collect::<Vec<_>>().join(",");
                 (name, status)
             })
             .collect();

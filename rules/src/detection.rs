@@ -393,7 +393,7 @@ fn agg_value(g: &Group, f: AggFunc, i: usize) -> f64 {
 fn evaluate_having(h: &HavingPlan, plan: &DetectionPlan, groups: &[(Key, Group)]) -> Result<Vec<bool>, EvalError> {
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (i, _) in plan.group_by.iter().enumerate() {
-        let values: StringArray = groups.iter().map(|(k, _)| k[i].as_deref()).collect();
+        let values: StringArray = groups.iter().map(|(k, _)| k.values().nth(i).flatten()).collect();
         columns.push(Arc::new(values));
     }
     for (i, a) in h.aggs.iter().enumerate() {

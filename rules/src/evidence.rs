@@ -196,8 +196,8 @@ impl<'b> Rows<'b> {
 pub fn group_map(columns: &[(String, usize)], key: &Key) -> BTreeMap<String, Option<String>> {
     columns
         .iter()
-        .zip(key.iter())
-        .map(|((n, _), v)| (n.clone(), v.clone()))
+        .zip(key.values())
+        .map(|((n, _), v)| (n.clone(), v.map(str::to_owned)))
         .collect()
 }
 

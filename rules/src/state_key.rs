@@ -7,6 +7,10 @@
 //! borrows the row's values from the batch, hashes exactly like the owned [`Key`] and compares
 //! equal to it, so the owned key is built only when a key is new.
 //!
+//! An owned [`Key`] keeps all its values in one allocation (each value's length, then its
+//! bytes), not a `String` per value in a `Vec`: a flood of new keys (a first_seen rule under
+//! a spray of new edges) was mostly allocating and freeing those.
+//!
 //! Hasher: foldhash with a seed drawn per process ([`KeyHasher`]). Key values come from traffic
 //! (principals, paths, hosts), so a fixed, well-known seed would let a sender aim collisions at
 //! one bucket; a seed it cannot learn, together with the bound on keys per rule
@@ -22,8 +26,136 @@ use hashbrown::hash_map::EntryRef;
 
 use crate::evidence::Rows;
 
-/// A group key: the values of the key columns, in rule order.
-pub type Key = Vec<Option<String>>;
+/// A group key: the values of the key columns, in rule order, packed in one allocation.
+/// Each value is a little-endian `u32` (0 for NULL, else its length plus one) followed by
+/// its bytes. It orders, hashes and serializes as the list of values it holds.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key(Box<[u8]>);
+
+/// The width of a value's length prefix in a packed [`Key`].
+const PREFIX: usize = 4;
+
+impl Key {
+    /// The key holding `values`, in order.
+    pub fn from_values<'v>(values: impl IntoIterator<Item = Option<&'v str>> + Clone) -> Self {
+        let size: usize = values
+            .clone()
+            .into_iter()
+            .map(|v| PREFIX.saturating_add(v.map_or(0, str::len)))
+            .fold(0, usize::saturating_add);
+        let mut packed = Vec::with_capacity(size);
+        for v in values {
+            // Arrow text values are shorter than 2 GiB, so a length plus one fits a u32; a
+            // longer one (never built from a batch) is cut rather than wrapped.
+            let (prefix, bytes) = match v {
+                None => (0u32, &[][..]),
+                Some(s) => {
+                    let len = u32::try_from(s.len()).unwrap_or(u32::MAX - 1).min(u32::MAX - 1);
+                    (len + 1, s.as_bytes().get(..len as usize).unwrap_or_default())
+                }
+            };
+            packed.extend_from_slice(&prefix.to_le_bytes());
+            packed.extend_from_slice(bytes);
+        }
+        Self(packed.into_boxed_slice())
+    }
+
+    /// The values' bytes, in order; None for NULL.
+    fn raw(&self) -> RawValues<'_> {
+        RawValues(&self.0)
+    }
+
+    /// The values, in order; None for NULL.
+    pub fn values(&self) -> impl Iterator<Item = Option<&str>> + '_ {
+        // Packed from `&str`s, so every value is UTF-8.
+        self.raw()
+            .map(|v| v.map(|b| std::str::from_utf8(b).unwrap_or_default()))
+    }
+
+    /// How many values the key holds.
+    pub fn len(&self) -> usize {
+        self.raw().count()
+    }
+}
+
+impl From<Vec<Option<String>>> for Key {
+    fn from(values: Vec<Option<String>>) -> Self {
+        Self::from_values(values.iter().map(Option::as_deref))
+    }
+}
+
+/// The values of a packed [`Key`] as bytes.
+#[derive(Clone)]
+struct RawValues<'k>(&'k [u8]);
+
+impl<'k> Iterator for RawValues<'k> {
+    type Item = Option<&'k [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (prefix, rest) = self.0.split_first_chunk::<PREFIX>()?;
+        let prefix = u32::from_le_bytes(*prefix);
+        if prefix == 0 {
+            self.0 = rest;
+            return Some(None);
+        }
+        let len = usize::try_from(prefix - 1).unwrap_or(usize::MAX).min(rest.len());
+        let (value, rest) = rest.split_at(len);
+        self.0 = rest;
+        Some(Some(value))
+    }
+}
+
+/// Hashes a key's values: the same calls for a [`Key`] and a [`RowKey`], so they agree.
+fn hash_values<'v, H: Hasher>(values: impl Iterator<Item = Option<&'v [u8]>>, state: &mut H) {
+    for v in values {
+        match v {
+            None => state.write_u8(0),
+            Some(b) => {
+                state.write_u8(1);
+                state.write(b);
+                state.write_u8(0xff);
+            }
+        }
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_values(self.raw(), state);
+    }
+}
+
+impl Ord for Key {
+    /// As the list of values: NULL first, text byte-wise (as `str` orders), a shorter key
+    /// before a longer one it starts.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.raw().cmp(other.raw())
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.values()).finish()
+    }
+}
+
+impl serde::Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.values())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<Option<String>>::deserialize(deserializer).map(Self::from)
+    }
+}
 
 /// The hasher of every map and set keyed by values from traffic.
 pub type KeyHasher = hashbrown::DefaultHashBuilder;
@@ -51,7 +183,7 @@ impl<'b> RowKey<'b> {
 
     /// The owned key, for state that is new.
     pub fn to_key(&self) -> Key {
-        self.parts.iter().map(|p| p.as_deref().map(str::to_owned)).collect()
+        Key::from_values(self.parts.iter().map(|p| p.as_deref()))
     }
 
     /// Whether every key column is null at this row.
@@ -100,16 +232,15 @@ pub fn evict_least_recent<V>(map: &mut KeyMap<V>, n: usize, seen: impl Fn(&V) ->
 }
 
 impl Hash for RowKey<'_> {
-    /// Hashes as the owned [`Key`] does: a slice of options of strings, where `Cow<str>` and
-    /// `String` both hash as their `str`.
+    /// Hashes as the owned [`Key`] with the same values does.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.parts.hash(state);
+        hash_values(self.parts.iter().map(|p| p.as_deref().map(str::as_bytes)), state);
     }
 }
 
 impl Equivalent<Key> for RowKey<'_> {
     fn equivalent(&self, key: &Key) -> bool {
-        self.parts.len() == key.len() && self.parts.iter().zip(key).all(|(a, b)| a.as_deref() == b.as_deref())
+        self.parts.iter().map(|p| p.as_deref().map(str::as_bytes)).eq(key.raw())
     }
 }
 
@@ -135,13 +266,33 @@ mod tests {
             b in proptest::collection::vec(proptest::option::of(".{0,6}"), 0..4),
         ) {
             let hasher = KeyHasher::default();
-            prop_assert_eq!(hasher.hash_one(borrowed(&a)), hasher.hash_one(&a));
-            prop_assert_eq!(borrowed(&a).to_key(), a.clone());
-            prop_assert_eq!(borrowed(&a).equivalent(&b), a == b);
+            let (key_a, key_b) = (Key::from(a.clone()), Key::from(b.clone()));
+            prop_assert_eq!(hasher.hash_one(borrowed(&a)), hasher.hash_one(&key_a));
+            prop_assert_eq!(&borrowed(&a).to_key(), &key_a);
+            prop_assert_eq!(borrowed(&a).equivalent(&key_b), a == b);
             let mut map = KeyMap::default();
-            map.insert(a.clone(), 1);
+            map.insert(key_a.clone(), 1);
             prop_assert_eq!(map.get(&borrowed(&a)), Some(&1));
             prop_assert_eq!(map.get(&borrowed(&b)).is_some(), a == b);
+        }
+
+        /// A packed key holds, orders and serializes as the list of its values, so state
+        /// sorted by key (the order alerts come out in) and checkpoints are what they were
+        /// when keys were lists.
+        #[test]
+        fn a_key_is_its_list_of_values(
+            a in proptest::collection::vec(proptest::option::of(".{0,6}"), 0..4),
+            b in proptest::collection::vec(proptest::option::of(".{0,6}"), 0..4),
+        ) {
+            let (key_a, key_b) = (Key::from(a.clone()), Key::from(b.clone()));
+            let values: Vec<Option<String>> = key_a.values().map(|v| v.map(str::to_owned)).collect();
+            prop_assert_eq!(&values, &a);
+            prop_assert_eq!(key_a.len(), a.len());
+            prop_assert_eq!(key_a.cmp(&key_b), a.cmp(&b));
+            prop_assert_eq!(key_a == key_b, a == b);
+            let json = serde_json::to_string(&key_a).expect("serialize");
+            prop_assert_eq!(&json, &serde_json::to_string(&a).expect("serialize"));
+            prop_assert_eq!(serde_json::from_str::<Key>(&json).expect("deserialize"), key_a);
         }
     }
 
@@ -149,7 +300,7 @@ mod tests {
     fn eviction_takes_exactly_the_least_recent() {
         let mut map = KeyMap::default();
         for (i, t) in [5, 1, 3, 3, 3, 9, 2].into_iter().enumerate() {
-            map.insert(vec![Some(i.to_string())], t);
+            map.insert(Key::from(vec![Some(i.to_string())]), t);
         }
         let gone = evict_least_recent(&mut map, 4, |t| *t);
         let mut times: Vec<i64> = gone.iter().map(|(_, t)| *t).collect();
@@ -164,10 +315,10 @@ mod tests {
 
     #[test]
     fn null_and_empty_are_different_keys() {
-        let null: Key = vec![None];
-        let empty: Key = vec![Some(String::new())];
+        let null = vec![None];
+        let empty = vec![Some(String::new())];
         let mut map = KeyMap::default();
-        map.insert(null.clone(), 1);
+        map.insert(Key::from(null.clone()), 1);
         assert_eq!(map.get(&borrowed(&empty)), None);
         assert_eq!(map.get(&borrowed(&null)), Some(&1));
         assert!(borrowed(&null).is_all_null());
