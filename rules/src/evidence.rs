@@ -25,6 +25,9 @@ pub struct Rows<'b> {
     sender_verified: Option<&'b arrow::array::BooleanArray>,
     raw: Option<&'b arrow::array::StringArray>,
     max_raw: usize,
+    /// Each column as text where it holds text: looked up once per batch rather than
+    /// downcast again for every row's key.
+    texts: Vec<Option<&'b arrow::array::StringArray>>,
 }
 
 impl<'b> Rows<'b> {
@@ -41,6 +44,7 @@ impl<'b> Rows<'b> {
             sender_verified,
             raw,
             max_raw: DEFAULT_EVIDENCE_BYTES,
+            texts: batch.columns().iter().map(|c| c.as_string_opt::<i32>()).collect(),
         })
     }
 
@@ -106,6 +110,9 @@ impl<'b> Rows<'b> {
 
     /// Like [`Rows::value`], borrowed from the batch when the column holds strings.
     pub fn text_value(&self, column: usize, row: usize) -> Option<Cow<'b, str>> {
+        if let Some(Some(text)) = self.texts.get(column) {
+            return (row < text.len() && text.is_valid(row)).then(|| Cow::Borrowed(text.value(row)));
+        }
         let a: &'b ArrayRef = self.batch.column(column);
         if row >= a.len() || a.is_null(row) {
             return None;
