@@ -12,7 +12,7 @@ use crate::eval_error::EvalError;
 use crate::evidence::{Rows, group_map};
 use crate::kind::RuleKind;
 use crate::mask::{eval_filter, visible};
-use crate::state_key::{Key, KeyMap, RowKey, evict_least_recent};
+use crate::state_key::{Key, KeyMap, RowKey, forget_least_recent};
 
 struct Seen {
     last: i64,
@@ -35,7 +35,7 @@ impl AbsenceState {
         if n <= keep {
             return 0;
         }
-        evict_least_recent(&mut self.keys, n - keep, |s| s.last).len() as u64
+        forget_least_recent(&mut self.keys, n - keep, |s| s.last) as u64
     }
 
     pub fn process(

@@ -14,7 +14,7 @@ use crate::eval_error::EvalError;
 use crate::evidence::{Rows, group_map};
 use crate::kind::RuleKind;
 use crate::mask::{eval_filter, visible};
-use crate::state_key::{Key, KeyMap, RowKey, evict_least_recent};
+use crate::state_key::{Key, KeyMap, RowKey, forget_least_recent};
 
 #[derive(Default)]
 pub struct FirstSeenState {
@@ -92,9 +92,9 @@ impl FirstSeenState {
         if n <= keep {
             return 0;
         }
-        let victims = evict_least_recent(&mut self.learned, n - keep, |t| *t);
+        let forgotten = forget_least_recent(&mut self.learned, n - keep, |t| *t);
         self.dirty = true;
-        victims.len() as u64
+        forgotten as u64
     }
 
     pub fn process(

@@ -211,24 +211,56 @@ pub fn evict_least_recent<V>(map: &mut KeyMap<V>, n: usize, seen: impl Fn(&V) ->
     if n >= map.len() {
         return map.drain().collect();
     }
-    let mut times: Vec<i64> = map.values().map(&seen).collect();
-    let (_, cutoff, _) = times.select_nth_unstable(n - 1);
-    let cutoff = *cutoff;
-    // Everything older than the cutoff goes, and as many at the cutoff as make up `n`.
-    let older = times.iter().filter(|t| **t < cutoff).count();
-    let mut at_cutoff = n.saturating_sub(older);
-    map.extract_if(|_, v| {
-        let t = seen(v);
-        if t < cutoff {
+    let mut cutoff = Cutoff::new(map, n, &seen);
+    map.extract_if(|_, v| cutoff.goes(seen(v))).collect()
+}
+
+/// As [`evict_least_recent`], for state that needs nothing done with what goes: the keys
+/// are dropped where they are, without collecting them. Returns how many went.
+pub fn forget_least_recent<V>(map: &mut KeyMap<V>, n: usize, seen: impl Fn(&V) -> i64) -> usize {
+    let before = map.len();
+    if n >= before {
+        map.clear();
+        return before;
+    }
+    if n > 0 {
+        let mut cutoff = Cutoff::new(map, n, &seen);
+        map.retain(|_, v| !cutoff.goes(seen(v)));
+    }
+    before - map.len()
+}
+
+/// Which keys go when the `n` least recently seen of a map go: everything older than the
+/// n-th least recent time, and as many at that time as make up `n`.
+struct Cutoff {
+    at: i64,
+    ties: usize,
+}
+
+impl Cutoff {
+    /// For 0 < `n` < the map's length.
+    fn new<V>(map: &KeyMap<V>, n: usize, seen: &impl Fn(&V) -> i64) -> Self {
+        let mut times: Vec<i64> = map.values().map(seen).collect();
+        let (_, at, _) = times.select_nth_unstable(n.saturating_sub(1));
+        let at = *at;
+        let older = times.iter().filter(|t| **t < at).count();
+        Self {
+            at,
+            ties: n.saturating_sub(older),
+        }
+    }
+
+    /// Whether a key last seen at `t` goes; asked once per key, in one pass over the map.
+    fn goes(&mut self, t: i64) -> bool {
+        if t < self.at {
             return true;
         }
-        if t == cutoff && at_cutoff > 0 {
-            at_cutoff -= 1;
+        if t == self.at && self.ties > 0 {
+            self.ties -= 1;
             return true;
         }
         false
-    })
-    .collect()
+    }
 }
 
 impl Hash for RowKey<'_> {
@@ -310,6 +342,21 @@ mod tests {
         assert!(map.values().all(|t| *t >= 3));
         assert!(evict_least_recent(&mut map, 0, |t| *t).is_empty());
         assert_eq!(evict_least_recent(&mut map, 10, |t| *t).len(), 3);
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn forgetting_drops_exactly_the_least_recent() {
+        let mut map = KeyMap::default();
+        for (i, t) in [5, 1, 3, 3, 3, 9, 2].into_iter().enumerate() {
+            map.insert(Key::from(vec![Some(i.to_string())]), t);
+        }
+        assert_eq!(forget_least_recent(&mut map, 4, |t| *t), 4);
+        let mut left: Vec<i64> = map.values().copied().collect();
+        left.sort();
+        assert_eq!(left, [3, 5, 9], "the oldest went, ties at the cutoff counted");
+        assert_eq!(forget_least_recent(&mut map, 0, |t| *t), 0);
+        assert_eq!(forget_least_recent(&mut map, 10, |t| *t), 3);
         assert!(map.is_empty());
     }
 
