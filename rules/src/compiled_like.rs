@@ -9,9 +9,9 @@
 //! the first `%` from the start, the text after the last from the end, and each piece between
 //! at its first occurrence after the one before. That is exactly what the kernel's expression
 //! (`%` as `.*`, `_` as `.`, dot matching newlines, anchored at both ends) matches, for
-//! patterns whose `_`s (any one character) lie before the first `%` or after the last.
-//! Patterns with a `_` between two `%`s, or with the escape character `\`, are left to the
-//! kernel. NULL stays NULL.
+//! patterns whose `_`s (any one character) lie before the first `%` or after the last; a `\`
+//! makes the character after it literal, as in the kernel (the `_` of `'/\_debug%'` is literal).
+//! Patterns with a `_` between two `%`s are left to the kernel. NULL stays NULL.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -157,28 +157,26 @@ enum Segment {
 }
 
 impl LikePieces {
-    /// The pieces of a pattern the kernel would run as a regular expression, when it holds
-    /// no `\` and `_` only before the first `%` or after the last; None for any other.
+    /// The pieces of a pattern the kernel would run as a regular expression, when its `_`s
+    /// (unescaped) lie only before the first `%` or after the last; None for any other.
     fn new(pattern: &str) -> Option<Self> {
-        if pattern.contains('\\') {
-            return None;
-        }
-        if !pattern.contains('_') {
+        if !pattern.contains(['_', '\\']) {
             let inner = pattern.strip_prefix('%').unwrap_or(pattern);
             let inner = inner.strip_suffix('%').unwrap_or(inner);
             if !inner.contains('%') {
                 return None; // a prefix, suffix, substring or equality test: the kernel's own
             }
         }
-        let mut pieces: Vec<&str> = pattern.split('%').collect();
-        let head = segments(pieces.remove(0));
-        let tail = pieces.pop().map(segments);
-        let mut middle = Vec::with_capacity(pieces.len());
-        for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
-            if piece.contains('_') {
-                return None;
+        let mut groups = cut_at_any_runs(pattern).into_iter();
+        let head = groups.next()?;
+        let tail = groups.next_back();
+        let mut middle = Vec::new();
+        for group in groups {
+            match group.as_slice() {
+                [] => {}
+                [Segment::Literal(piece)] => middle.push(Finder::new(piece.as_bytes()).into_owned()),
+                _ => return None,
             }
-            middle.push(Finder::new(piece.as_bytes()).into_owned());
         }
         Some(Self { head, middle, tail })
     }
@@ -207,18 +205,30 @@ impl LikePieces {
     }
 }
 
-/// A piece cut at its `_`s.
-fn segments(piece: &str) -> Vec<Segment> {
-    let mut out = Vec::new();
-    for (i, literal) in piece.split('_').enumerate() {
-        if i > 0 {
-            out.push(Segment::AnyChar);
-        }
-        if !literal.is_empty() {
-            out.push(Segment::Literal(literal.to_string()));
+/// A pattern cut at its unescaped `%`s into runs of segments, with `\` escapes resolved as
+/// the kernel resolves them: a `\` makes the character after it literal, and a `\` that ends
+/// the pattern is itself.
+fn cut_at_any_runs(pattern: &str) -> Vec<Vec<Segment>> {
+    let mut groups = vec![Vec::new()];
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        let literal = match c {
+            '%' => {
+                groups.push(Vec::new());
+                continue;
+            }
+            '_' => None,
+            '\\' => Some(chars.next().unwrap_or('\\')),
+            c => Some(c),
+        };
+        let Some(group) = groups.last_mut() else { continue };
+        match (literal, group.last_mut()) {
+            (None, _) => group.push(Segment::AnyChar),
+            (Some(c), Some(Segment::Literal(text))) => text.push(c),
+            (Some(c), _) => group.push(Segment::Literal(c.to_string())),
         }
     }
-    out
+    groups
 }
 
 /// `text` after the segments, matched from its start.
@@ -390,7 +400,11 @@ mod tests {
             ("a_c", true),
             ("%_", true),
             ("a%_%b", false),
-            ("a\\%b%c", false),
+            ("a\\%b%c", true),
+            ("/\\_debug%", true),
+            ("a%\\_%b", true),
+            ("a%\\%", true),
+            ("abc\\", true),
         ] {
             let (_, _, was) = both(vec![Some("x".into())], pattern, false);
             assert_eq!(was, rewritten, "{pattern}");
@@ -426,12 +440,22 @@ mod tests {
             "/",
             "",
             "//debug",
+            "/\\_debug",
+            "/%",
         ]
         .into_iter()
         .map(|p| Some(p.to_string()))
         .chain([None])
         .collect();
-        for pattern in ["/_debug%", "%debu_", "_/debug", "/_%_"] {
+        for pattern in [
+            "/_debug%",
+            "%debu_",
+            "_/debug",
+            "/_%_",
+            "/\\_debug%",
+            "%\\_debug%",
+            "/\\%%",
+        ] {
             for negated in [false, true] {
                 let (want, got, rewritten) = both(paths.clone(), pattern, negated);
                 assert!(rewritten, "{pattern}");
@@ -481,11 +505,11 @@ mod tests {
 
     proptest! {
         /// On any text (newlines and multi-byte characters included) and any pattern of
-        /// literal pieces, `%` and `_`, the rewritten match is the kernel's.
+        /// literal pieces, `%`, `_` and `\` escapes, the rewritten match is the kernel's.
         #[test]
         fn matches_are_the_kernels(
-            values in proptest::collection::vec(proptest::option::of("[ab/%\\n é]{0,10}"), 1..12),
-            pattern in "[ab/é%_]{0,8}",
+            values in proptest::collection::vec(proptest::option::of("[ab/%_\\\\\\n é]{0,10}"), 1..12),
+            pattern in "[ab/é%_\\\\]{0,8}",
             negated in any::<bool>(),
         ) {
             let (want, got, _) = both(values, &pattern, negated);
