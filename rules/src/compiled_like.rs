@@ -336,18 +336,12 @@ impl ScalarUDFImpl for MatchesLike {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{ArrayRef, RecordBatch, StringArray};
-    use arrow::datatypes::{Field, Schema};
     use datafusion::functions::string::expr_fn::lower;
     use datafusion::logical_expr::{col, lit};
-    use datafusion::prelude::SessionContext;
     use proptest::prelude::*;
 
     use super::*;
-
-    fn schema() -> Schema {
-        Schema::new(vec![Field::new("p", DataType::Utf8, true)])
-    }
+    use crate::rewrite_tests::{df_schema, evaluate, text_batch};
 
     /// Evaluates `p LIKE pattern` (or NOT LIKE) with the kernel and rewritten.
     fn both(values: Vec<Option<String>>, pattern: &str, negated: bool) -> (BooleanArray, BooleanArray, bool) {
@@ -362,25 +356,11 @@ mod tests {
         pattern: &str,
         negated: bool,
     ) -> (BooleanArray, BooleanArray, bool) {
-        let df_schema = DFSchema::try_from(schema()).expect("schema");
-        let batch = RecordBatch::try_new(
-            Arc::new(schema()),
-            vec![Arc::new(StringArray::from(values)) as ArrayRef],
-        )
-        .expect("batch");
+        let batch = text_batch(vec![("p", values)]);
         let like = Expr::Like(Like::new(negated, Box::new(text), Box::new(lit(pattern)), None, false));
-        let rewritten = precompile(like.clone(), &df_schema).expect("rewrite");
+        let rewritten = precompile(like.clone(), &df_schema(&batch)).expect("rewrite");
         let was_rewritten = matches!(rewritten, Expr::ScalarFunction(_));
-        let ctx = SessionContext::new();
-        let eval = |e: Expr| {
-            let p = ctx.create_physical_expr(e, &df_schema).expect("plan");
-            let v = p
-                .evaluate(&batch)
-                .and_then(|v| v.into_array(batch.num_rows()))
-                .expect("evaluate");
-            v.as_boolean().clone()
-        };
-        (eval(like), eval(rewritten), was_rewritten)
+        (evaluate(like, &batch), evaluate(rewritten, &batch), was_rewritten)
     }
 
     #[test]

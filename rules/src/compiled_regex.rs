@@ -268,13 +268,14 @@ impl ScalarUDFImpl for MatchesRegex {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{ArrayRef, RecordBatch, StringArray};
-    use arrow::datatypes::{Field, Schema};
-    use datafusion::common::DFSchema;
     use datafusion::logical_expr::{col, lit};
-    use datafusion::prelude::SessionContext;
 
     use super::*;
+    use crate::rewrite_tests::{df_schema, evaluate, text_batch};
+
+    fn texts(values: &[Option<&str>]) -> Vec<Option<String>> {
+        values.iter().map(|v| v.map(str::to_string)).collect()
+    }
 
     const OPERATORS: [Operator; 4] = [
         Operator::RegexMatch,
@@ -286,9 +287,7 @@ mod tests {
     /// The precompiled match gives what DataFusion's own operator gives, NULLs included.
     #[test]
     fn precompiled_matches_are_the_operators_matches() {
-        let schema = Schema::new(vec![Field::new("path", DataType::Utf8, true)]);
-        let df_schema = DFSchema::try_from(schema.clone()).expect("schema");
-        let paths: ArrayRef = Arc::new(StringArray::from(vec![
+        let paths = texts(&[
             Some("/a/../../etc/passwd"),
             Some("/A/..%2F"),
             None,
@@ -298,9 +297,9 @@ mod tests {
             Some("/?q=1%27%20OR%201=1"),
             Some("/${jndi:ldap://x}"),
             Some("/UNION/**/SELECT"),
-        ]));
-        let batch = RecordBatch::try_new(Arc::new(schema), vec![paths]).expect("batch");
-        let ctx = SessionContext::new();
+        ]);
+        let batch = text_batch(vec![("path", paths)]);
+        let df_schema = df_schema(&batch);
         for (pattern, op) in [
             r"(\.\./|\.\.%2f)",
             r"(union(\s|/\*\*/)+select|(%27)(\s|%20)*or)",
@@ -313,14 +312,11 @@ mod tests {
             let original = Expr::BinaryExpr(BinaryExpr::new(Box::new(col("path")), op, Box::new(lit(pattern))));
             let rewritten = precompile(original.clone(), &df_schema).expect("rewrite");
             assert!(matches!(rewritten, Expr::ScalarFunction(_)), "{op}: {rewritten}");
-            let eval = |e: Expr| {
-                let p = ctx.create_physical_expr(e, &df_schema).expect("plan");
-                p.evaluate(&batch)
-                    .and_then(|v| v.into_array(batch.num_rows()))
-                    .expect("evaluate")
-            };
-            let (want, got) = (eval(original), eval(rewritten));
-            assert_eq!(want.as_boolean(), got.as_boolean(), "{pattern} {op}");
+            assert_eq!(
+                evaluate(original, &batch),
+                evaluate(rewritten, &batch),
+                "{pattern} {op}"
+            );
         }
     }
 
@@ -329,23 +325,14 @@ mod tests {
     /// with a separator, adjacent columns.
     #[test]
     fn matches_on_joined_parts_are_the_operators_matches() {
-        let fields = ["path", "user_agent", "x_forwarded_for"].map(|n| Field::new(n, DataType::Utf8, true));
-        let schema = Schema::new(fields.to_vec());
-        let df_schema = DFSchema::try_from(schema.clone()).expect("schema");
-        let column = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as ArrayRef;
-        let batch = RecordBatch::try_new(
-            Arc::new(schema),
-            vec![
-                column(vec![
-                    Some("/a${"),
-                    Some("/ok"),
-                    None,
-                    Some("/b"),
-                    Some("a"),
-                    Some("/x"),
-                    None,
-                ]),
-                column(vec![
+        let batch = text_batch(vec![
+            (
+                "path",
+                texts(&[Some("/a${"), Some("/ok"), None, Some("/b"), Some("a"), Some("/x"), None]),
+            ),
+            (
+                "user_agent",
+                texts(&[
                     Some("jndi:x}"),
                     Some("curl ${jndi:ldap://e}"),
                     None,
@@ -354,7 +341,10 @@ mod tests {
                     Some("%24%7Bjndi"),
                     None,
                 ]),
-                column(vec![
+            ),
+            (
+                "x_forwarded_for",
+                texts(&[
                     None,
                     Some("1.2.3.4"),
                     Some("${env:X}"),
@@ -363,10 +353,9 @@ mod tests {
                     Some(""),
                     None,
                 ]),
-            ],
-        )
-        .expect("batch");
-        let ctx = SessionContext::new();
+            ),
+        ]);
+        let df_schema = df_schema(&batch);
         let joined = |parts: Vec<Expr>| datafusion::functions::string::expr_fn::concat(parts);
         let spaced = joined(vec![
             col("path"),
@@ -394,14 +383,11 @@ mod tests {
                 panic!("{op}: {rewritten}")
             };
             assert!(f.args.iter().all(|a| matches!(a, Expr::Column(_))), "{rewritten}");
-            let eval = |e: Expr| {
-                let p = ctx.create_physical_expr(e, &df_schema).expect("plan");
-                p.evaluate(&batch)
-                    .and_then(|v| v.into_array(batch.num_rows()))
-                    .expect("evaluate")
-            };
-            let (want, got) = (eval(original), eval(rewritten));
-            assert_eq!(want.as_boolean(), got.as_boolean(), "{pattern} {op}");
+            assert_eq!(
+                evaluate(original, &batch),
+                evaluate(rewritten, &batch),
+                "{pattern} {op}"
+            );
         }
     }
 
@@ -420,8 +406,7 @@ mod tests {
 
     #[test]
     fn a_pattern_that_does_not_compile_fails_at_rule_load() {
-        let schema = Schema::new(vec![Field::new("path", DataType::Utf8, true)]);
-        let df_schema = DFSchema::try_from(schema).expect("schema");
+        let df_schema = df_schema(&text_batch(vec![("path", vec![None])]));
         let bad = Expr::BinaryExpr(BinaryExpr::new(
             Box::new(col("path")),
             Operator::RegexMatch,

@@ -16,7 +16,6 @@
 //! (the n-th piece between delimiters, counted from the end for a negative `n`, empty when
 //! there are fewer), and NULL propagates as it does through the original expression.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, StringArray};
@@ -244,28 +243,12 @@ enum Against {
 }
 
 /// `field IN (…)` or `field = other`, negated for `NOT IN` and `<>`.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct FieldCompared {
     field: Field,
     against: Against,
     negated: bool,
     signature: Signature,
-}
-
-impl PartialEq for FieldCompared {
-    fn eq(&self, other: &Self) -> bool {
-        self.field == other.field && self.against == other.against && self.negated == other.negated
-    }
-}
-
-impl Eq for FieldCompared {}
-
-impl Hash for FieldCompared {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.field.hash(state);
-        self.against.hash(state);
-        self.negated.hash(state);
-    }
 }
 
 impl FieldCompared {
@@ -383,35 +366,19 @@ impl ScalarUDFImpl for FieldCompared {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{ArrayRef, RecordBatch};
-    use arrow::datatypes::{Field as ArrowField, Schema};
     use datafusion::logical_expr::ExprSchemable;
     use datafusion::optimizer::simplify_expressions::{ExprSimplifier, SimplifyContext};
     use datafusion::prelude::SessionContext;
     use proptest::prelude::*;
 
     use super::*;
-
-    fn schema() -> Schema {
-        Schema::new(vec![
-            ArrowField::new("p", DataType::Utf8, true),
-            ArrowField::new("ns", DataType::Utf8, true),
-        ])
-    }
+    use crate::rewrite_tests::{df_schema, evaluate, text_batch};
 
     /// Evaluates `sql` as DataFusion plans it and as rewritten; and whether it was.
     fn both(p: Vec<Option<String>>, ns: Vec<Option<String>>, sql: &str) -> (BooleanArray, BooleanArray, bool) {
-        let df_schema = DFSchema::try_from(schema()).expect("schema");
-        let batch = RecordBatch::try_new(
-            Arc::new(schema()),
-            vec![
-                Arc::new(StringArray::from(p)) as ArrayRef,
-                Arc::new(StringArray::from(ns)) as ArrayRef,
-            ],
-        )
-        .expect("batch");
-        let ctx = SessionContext::new();
-        let expr = ctx.parse_sql_expr(sql, &df_schema).expect("parse");
+        let batch = text_batch(vec![("p", p), ("ns", ns)]);
+        let df_schema = df_schema(&batch);
+        let expr = SessionContext::new().parse_sql_expr(sql, &df_schema).expect("parse");
         let simplifier = ExprSimplifier::new(
             SimplifyContext::builder()
                 .with_schema(Arc::new(df_schema.clone()))
@@ -422,15 +389,7 @@ mod tests {
         assert_eq!(expr.get_type(&df_schema).expect("type"), DataType::Boolean);
         let rewritten = precompile(expr.clone(), &df_schema).expect("rewrite");
         let was_rewritten = rewritten != expr;
-        let eval = |e: Expr| {
-            let p = ctx.create_physical_expr(e, &df_schema).expect("plan");
-            let v = p
-                .evaluate(&batch)
-                .and_then(|v| v.into_array(batch.num_rows()))
-                .expect("evaluate");
-            v.as_boolean().clone()
-        };
-        (eval(expr), eval(rewritten), was_rewritten)
+        (evaluate(expr, &batch), evaluate(rewritten, &batch), was_rewritten)
     }
 
     fn ids() -> Vec<Option<String>> {

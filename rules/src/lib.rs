@@ -45,5 +45,7 @@ pub use rule::{LoadError, RuleFile, RuleSource};
 
 #[cfg(test)]
 mod engine_tests;
+#[cfg(test)]
+mod rewrite_tests;
 #[cfg(all(test, unix))]
 mod rule_tests;
