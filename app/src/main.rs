@@ -46,10 +46,13 @@ struct ReplayArgs {
     /// `rules.max_keys`).
     #[arg(long, default_value_t = 100_000)]
     max_keys: usize,
-    /// Threads reading and normalizing lines (default: one per core); the rules run on one
-    /// more.
+    /// Threads reading and normalizing lines (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Threads evaluating the rules on each batch, each rule on one of them (default: one per
+    /// core, as `rules.threads`). The alerts do not depend on it.
+    #[arg(long)]
+    rule_threads: Option<usize>,
     /// Log files; `-` reads standard input.
     #[arg(required = true)]
     files: Vec<String>,
@@ -544,6 +547,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         lateness_secs,
         max_keys,
         workers,
+        rule_threads,
         files,
     } = args;
     let time = |s: Option<String>, what: &str| -> anyhow::Result<Option<i64>> {
@@ -561,6 +565,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         lateness_ns: i64::try_from(lateness_secs).unwrap_or(5).saturating_mul(1_000_000_000),
         max_keys: max_keys.max(1),
         workers: workers.unwrap_or(ReadSettings::default().workers).max(1),
+        rule_threads: rule_threads.unwrap_or(ReadSettings::default().workers).max(1),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -1,7 +1,7 @@
 //! `verity replay`: the rules over recorded log files, in event time, with alerts written as
 //! JSON lines. Lines are read and normalized on every core ([`crate::log_files`]); the rules
-//! run on the calling thread over batches of a fixed size in file order, so the alerts are
-//! the same whatever the number of threads.
+//! run over batches of a fixed size in file order (each rule of a batch on one of
+//! `rule_threads`), so the alerts are the same whatever the number of threads.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,8 +21,10 @@ pub struct ReplayOptions {
     pub revoked: Vec<String>,
     pub lateness_ns: i64,
     pub max_keys: usize,
-    /// Threads normalizing lines (the rules run on one more).
+    /// Threads normalizing lines.
     pub workers: usize,
+    /// Threads evaluating the rules on a batch.
+    pub rule_threads: usize,
 }
 
 /// Totals of a replay.
@@ -160,6 +162,7 @@ pub fn replay(
             lateness_ns: opts.lateness_ns,
             state_dir: None,
             max_keys: opts.max_keys,
+            threads: opts.rule_threads,
             ..EngineSettings::default()
         },
     );

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use verity_model::alert::Alert;
@@ -16,10 +17,13 @@ use crate::absence::AbsenceState;
 use crate::assertion::{AssertionState, KeyStatus};
 use crate::compile::{CompiledRule, Plan};
 use crate::detection::DetectionState;
-use crate::eval_error::EvalError;
 use crate::evidence::Rows;
 use crate::first_seen::FirstSeenState;
 use crate::kind::RuleKind;
+
+/// Batches smaller than this are evaluated on the calling thread alone: starting threads
+/// would cost more than it saves.
+const MIN_ROWS_TO_SPREAD: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -35,6 +39,10 @@ pub struct EngineSettings {
     pub max_keys: usize,
     /// How much of an event's line its evidence keeps.
     pub max_evidence_bytes: usize,
+    /// Threads evaluating the rules of one batch, each rule on one of them (see
+    /// [`crate::slot_threads`]); 1 runs every rule on the calling thread. The alerts are the
+    /// same whatever the number.
+    pub threads: usize,
 }
 
 impl Default for EngineSettings {
@@ -46,6 +54,7 @@ impl Default for EngineSettings {
             sender_max_lag_ns: 300_000_000_000,
             max_keys: 100_000,
             max_evidence_bytes: crate::evidence::DEFAULT_EVIDENCE_BYTES,
+            threads: 1,
         }
     }
 }
@@ -60,6 +69,9 @@ struct Slot {
     evictions: u64,
     /// The event time the last `verity-state-pressure` alert was raised at.
     pressure_at: Option<i64>,
+    /// Recent wall-clock time per batch (a moving average, ns): how rules are spread over
+    /// threads.
+    cost_ns: u64,
 }
 
 /// Counters the collector exports as metrics.
@@ -172,6 +184,7 @@ impl Engine {
                         alerts: 0,
                         evictions: 0,
                         pressure_at: None,
+                        cost_ns: 0,
                     }
                 }
             };
@@ -273,15 +286,22 @@ impl Engine {
                 }
             }
         }
-        for slot in &mut self.slots {
-            let before = out.len();
-            let hidden = forged.as_ref().filter(|_| !slot.rule.sees_forged);
-            if let Err(error) = process_slot(slot, &rows, hidden, watermark_before, &mut out) {
+        let threads = if n < MIN_ROWS_TO_SPREAD {
+            1
+        } else {
+            self.settings.threads
+        };
+        let outcomes = crate::slot_threads::run_spread(
+            &mut self.slots,
+            threads,
+            |slot| slot.cost_ns,
+            |slot| evaluate_slot(slot, &rows, forged.as_ref(), watermark_before),
+        );
+        for (alerts, failed) in outcomes {
+            if failed {
                 self.stats.evaluation_errors += 1;
-                tracing::error!(rule = %slot.rule.rule().id, %error, "rule evaluation failed on a batch");
             }
-            slot.evaluated += n as u64;
-            slot.alerts += (out.len() - before) as u64;
+            out.extend(alerts);
         }
         // A batch of forgeries alone says nothing about event time.
         self.clock.observe(&senders, arrival_ns);
@@ -391,13 +411,29 @@ fn forged_rows(batch: &RecordBatch) -> Option<BooleanArray> {
     (forged.true_count() > 0).then_some(forged)
 }
 
-fn process_slot(
+/// One rule over one batch: its alerts, and whether its evaluation failed (logged here).
+fn evaluate_slot(
     slot: &mut Slot,
     rows: &Rows<'_>,
-    hidden: Option<&BooleanArray>,
+    forged: Option<&BooleanArray>,
     watermark_before: Option<i64>,
-    out: &mut Vec<Alert>,
-) -> Result<(), EvalError> {
-    slot.matched += slot.state.process(&slot.rule, rows, hidden, watermark_before, out)?;
-    Ok(())
+) -> (Vec<Alert>, bool) {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let hidden = forged.filter(|_| !slot.rule.sees_forged);
+    let failed = match slot.state.process(&slot.rule, rows, hidden, watermark_before, &mut out) {
+        Ok(matched) => {
+            slot.matched += matched;
+            false
+        }
+        Err(error) => {
+            tracing::error!(rule = %slot.rule.rule().id, %error, "rule evaluation failed on a batch");
+            true
+        }
+    };
+    slot.evaluated += rows.batch.num_rows() as u64;
+    slot.alerts += out.len() as u64;
+    let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    slot.cost_ns = slot.cost_ns.saturating_mul(3).saturating_add(took) / 4;
+    (out, failed)
 }

@@ -422,3 +422,81 @@ mod split_property {
         }
     }
 }
+
+/// Traffic that gives every kind of pack rule something to do: denials in bursts, attack
+/// paths, plaintext, foreign trust domains, new edges, forgeries.
+fn mixed_traffic(round: i64, rows: i64) -> Vec<AccessEvent<'static>> {
+    (0..rows)
+        .map(|i| {
+            let secs = round * 40 + i * 40 / rows;
+            let who = format!(
+                "spiffe://{}/ns/ns{}/sa/sa{}",
+                if i % 97 == 0 { "evil" } else { "cluster.local" },
+                i % 7,
+                i % 13
+            );
+            let decision = if i % 5 == 0 {
+                Decision::DenyRbac
+            } else {
+                Decision::Allow
+            };
+            let path = match i % 11 {
+                0 => "/a/../../etc/passwd",
+                1 => "/admin/users",
+                2 => "/_debug/vars",
+                3 => "/?q=1%27%20OR%201=1",
+                _ => "/api/orders",
+            };
+            let base = AccessEvent {
+                path: Some(path.into()),
+                destination_service: Some(format!("svc{}.pay.svc.cluster.local", i % 17).into()),
+                mtls: Some(i % 23 != 0),
+                status: Some(if decision == Decision::Allow { 200 } else { 403 }),
+                ..ev(secs, &who, decision)
+            };
+            if i % 31 == 0 {
+                AccessEvent {
+                    sender: Some("spiffe://cluster.local/ns/shop/sa/cart".into()),
+                    sender_binding: verity_model::SenderBinding::NotParty,
+                    ..base
+                }
+            } else {
+                base
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_pack_raises_the_same_alerts_on_one_thread_or_several() {
+    let run = |threads: usize| {
+        let rules = Compiler::new(RevocationList::new(["cluster.local/ns/ns3/sa/sa3".to_string()]))
+            .compile_all(crate::pack::sources().expect("pack"))
+            .expect("compile");
+        let mut e = Engine::new(
+            rules,
+            EngineSettings {
+                threads,
+                ..EngineSettings::default()
+            },
+        );
+        let mut out = Vec::new();
+        for round in 0..6 {
+            out.extend(e.process(&batch(&mixed_traffic(round, 3000))));
+        }
+        out.extend(e.flush());
+        let counters: Vec<_> = e
+            .counters()
+            .into_iter()
+            .map(|c| (c.rule_id, c.evaluated, c.matched, c.alerts, c.state_keys))
+            .collect();
+        (serde_json::to_string(&out).expect("json"), counters, out.len())
+    };
+    let (one, one_counters, alerts) = run(1);
+    assert!(alerts > 10, "the traffic raises alerts ({alerts})");
+    for threads in [2, 3, 8] {
+        let (many, counters, _) = run(threads);
+        assert_eq!(one, many, "{threads} threads");
+        assert_eq!(one_counters, counters, "{threads} threads");
+    }
+}

@@ -35,6 +35,7 @@ pub mod pack;
 mod packed_evidence;
 pub mod revocation;
 pub mod rule;
+mod slot_threads;
 pub mod state_bound;
 mod state_key;
 

@@ -100,6 +100,8 @@ pub struct RulesConfig {
     /// How much of an event's line an alert's evidence keeps; a longer line is cut at a
     /// character boundary and its full length given as `raw_bytes`.
     pub max_evidence_bytes: usize,
+    /// Threads evaluating the rules on each batch, each rule on one of them; 0: one per core.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

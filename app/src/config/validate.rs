@@ -166,6 +166,12 @@ impl Config {
         if self.rules.sender_idle_secs > 86_400 {
             errors.push(ConfigError::new("rules.sender_idle_secs", "must be at most 86400"));
         }
+        if self.rules.threads > 256 {
+            errors.push(ConfigError::new(
+                "rules.threads",
+                "must be at most 256 (0: one per core)",
+            ));
+        }
         if !(100..=100_000_000).contains(&self.rules.max_keys) {
             errors.push(ConfigError::new("rules.max_keys", "must be between 100 and 100000000"));
         }
