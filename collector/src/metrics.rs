@@ -30,6 +30,9 @@ pub struct Metrics {
     pub batch_rows: Histogram,
     /// Rows processed by the pipeline stages, by `signal`.
     pub pipeline_rows: Family<Labels1, Counter>,
+    /// Seconds from a batch's oldest rows entering the pipeline to every stage having
+    /// processed the batch (its alerts in the outputs' spools), by `signal`.
+    pub pipeline_latency: Family<Labels1, Histogram>,
     /// Records written to the dead-letter file.
     pub dead_letter_records: Counter,
     /// Failures writing the dead-letter file (the record is then only in the logs).
@@ -64,6 +67,7 @@ impl Metrics {
             queue_depth: Family::default(),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             pipeline_rows: Family::default(),
+            pipeline_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             dead_letter_records: Counter::default(),
             dead_letter_errors: Counter::default(),
             dead_letter_bytes: Counter::default(),
@@ -115,6 +119,12 @@ impl Metrics {
             "verity_pipeline_rows",
             "Rows processed by the pipeline stages, by signal",
             m.pipeline_rows.clone(),
+        );
+        registry.register_with_unit(
+            "verity_pipeline_latency",
+            "Time from a batch's oldest rows entering the pipeline to every stage having processed it (alerts spooled), by signal",
+            prometheus_client::registry::Unit::Seconds,
+            m.pipeline_latency.clone(),
         );
         registry.register(
             "verity_dead_letter_records",
@@ -172,4 +182,9 @@ impl Metrics {
     pub fn unregistered() -> Self {
         Self::new(&mut Registry::default())
     }
+}
+
+/// Buckets for the pipeline's latency: 1 ms to about 8 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
 }

@@ -182,6 +182,8 @@ impl Handoff {
 struct Item {
     batch: Batch,
     done: Option<Done>,
+    /// When a source handed the rows over: where the pipeline's latency is measured from.
+    entered: Instant,
 }
 
 /// The sources' handle on the pipeline. Cloneable; the pipeline drains when all are dropped.
@@ -199,7 +201,11 @@ pub struct IntakePermit<'a> {
 impl IntakePermit<'_> {
     pub fn send(self, batch: Batch) -> Handoff {
         let (tx, rx) = oneshot::channel();
-        self.permit.send(Item { batch, done: Some(tx) });
+        self.permit.send(Item {
+            batch,
+            done: Some(tx),
+            entered: Instant::now(),
+        });
         Handoff(rx)
     }
 }
@@ -221,7 +227,11 @@ impl Intake {
     pub async fn send(&self, batch: Batch) -> Result<Handoff, Backpressure> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Item { batch, done: Some(tx) })
+            .send(Item {
+                batch,
+                done: Some(tx),
+                entered: Instant::now(),
+            })
             .await
             .map_err(|_| Backpressure::Closed)?;
         Ok(Handoff(rx))
@@ -303,12 +313,22 @@ struct Pending {
     batches: Vec<RecordBatch>,
     rows: usize,
     done: Vec<Done>,
+    /// When the oldest of these rows entered the pipeline.
+    entered: Option<Instant>,
 }
 
 impl Pending {
-    fn take(&mut self) -> Option<(RecordBatch, Vec<Done>)> {
+    fn push(&mut self, batch: RecordBatch, done: Option<Done>, entered: Instant) {
+        self.rows += batch.num_rows();
+        self.batches.push(batch);
+        self.done.extend(done);
+        self.entered = Some(self.entered.map_or(entered, |e| e.min(entered)));
+    }
+
+    fn take(&mut self) -> Option<(RecordBatch, Vec<Done>, Option<Instant>)> {
         let batches = std::mem::take(&mut self.batches);
         let done = std::mem::take(&mut self.done);
+        let entered = self.entered.take();
         self.rows = 0;
         let batch = match batches.len() {
             0 => None,
@@ -328,7 +348,7 @@ impl Pending {
                 }
             }
         };
-        batch.map(|b| (b, done))
+        batch.map(|b| (b, done, entered))
     }
 }
 
@@ -336,6 +356,8 @@ impl Pending {
 struct Queued {
     batch: Batch,
     done: Vec<Done>,
+    /// When its oldest rows entered the pipeline (None for an idle tick).
+    entered: Option<Instant>,
 }
 
 /// How long without data before the stages get an idle tick.
@@ -364,7 +386,7 @@ async fn run_batcher(
         tokio::select! {
             () = idle, if deadline.is_none() => {
                 // Best effort: a full queue means the worker is busy, not idle.
-                let _ = tx.try_send(Queued { batch: Batch::Idle, done: Vec::new() });
+                let _ = tx.try_send(Queued { batch: Batch::Idle, done: Vec::new(), entered: None });
                 last_forward = Instant::now();
             }
             item = rx.recv() => {
@@ -372,18 +394,17 @@ async fn run_batcher(
                 let Some(item) = item else { break };
                 last_forward = Instant::now();
                 let (pending, is_events) = match item.batch {
-                    Batch::Events(b) => { events.rows += b.num_rows(); events.batches.push(b); (&mut events, true) }
-                    Batch::Metrics(b) => { samples.rows += b.num_rows(); samples.batches.push(b); (&mut samples, false) }
+                    Batch::Events(b) => { events.push(b, item.done, item.entered); (&mut events, true) }
+                    Batch::Metrics(b) => { samples.push(b, item.done, item.entered); (&mut samples, false) }
                     Batch::Idle => {
                         if let Some(d) = item.done { let _ = d.send(Ok(())); }
                         continue;
                     }
                 };
-                pending.done.extend(item.done);
                 if pending.rows >= settings.batch_max_rows
-                    && let Some((b, done)) = pending.take() {
+                    && let Some((b, done, entered)) = pending.take() {
                         let batch = if is_events { Batch::Events(b) } else { Batch::Metrics(b) };
-                        if forward(&tx, Queued { batch, done }, &metrics).await.is_err() { break; }
+                        if forward(&tx, Queued { batch, done, entered }, &metrics).await.is_err() { break; }
                     }
                 // Sources are waiting for their hand-off: with nothing more queued behind
                 // them, waiting for the batch delay would only add latency.
@@ -415,23 +436,25 @@ async fn flush_all(
     samples: &mut Pending,
     metrics: &Metrics,
 ) -> Result<(), ()> {
-    if let Some((b, done)) = events.take() {
+    if let Some((b, done, entered)) = events.take() {
         forward(
             tx,
             Queued {
                 batch: Batch::Events(b),
                 done,
+                entered,
             },
             metrics,
         )
         .await?;
     }
-    if let Some((b, done)) = samples.take() {
+    if let Some((b, done, entered)) = samples.take() {
         forward(
             tx,
             Queued {
                 batch: Batch::Metrics(b),
                 done,
+                entered,
             },
             metrics,
         )
@@ -449,7 +472,7 @@ async fn forward(tx: &mpsc::Sender<Queued>, queued: Queued, metrics: &Metrics) -
 
 fn run_worker(mut rx: mpsc::Receiver<Queued>, mut stages: Vec<Box<dyn Stage>>, metrics: Metrics) {
     let queue_gauge = metrics.queue_depth.get_or_create(&[("queue", "pipeline")]).clone();
-    while let Some(Queued { batch, done }) = rx.blocking_recv() {
+    while let Some(Queued { batch, done, entered }) = rx.blocking_recv() {
         queue_gauge.set(rx.len() as i64);
         let mut failure: Option<HandoffError> = None;
         let mut evaluated = false;
@@ -465,6 +488,12 @@ fn run_worker(mut rx: mpsc::Receiver<Queued>, mut stages: Vec<Box<dyn Stage>>, m
         }
         if let Some(f) = failure.as_mut() {
             f.evaluated = evaluated;
+        }
+        if let Some(entered) = entered {
+            metrics
+                .pipeline_latency
+                .get_or_create(&[("signal", batch.signal())])
+                .observe(entered.elapsed().as_secs_f64());
         }
         for d in done {
             let _ = d.send(match &failure {
@@ -504,6 +533,57 @@ mod death_tests {
         fn flush(&mut self) -> Result<(), StageError> {
             Ok(())
         }
+    }
+
+    /// A stage that only counts what it sees.
+    struct Counting;
+
+    impl Stage for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn process(&mut self, _batch: &Batch) -> Result<(), StageError> {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), StageError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn every_batch_s_latency_is_measured_from_intake_to_the_last_stage() {
+        let settings = PipelineSettings {
+            batch_max_rows: 1,
+            batch_max_delay: Duration::from_millis(10),
+            intake_capacity: 4,
+            queue_capacity: 4,
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let (intake, handle) = start(settings, vec![Box::new(Counting)], metrics);
+        for _ in 0..3 {
+            let mut b = verity_model::EventBatchBuilder::default();
+            b.append(&verity_model::AccessEvent::default());
+            let handoff = intake
+                .send(Batch::Events(b.finish().expect("batch")))
+                .await
+                .expect("sent");
+            handoff.wait().await.expect("processed");
+        }
+        drop(intake);
+        handle.join().await;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("verity_pipeline_latency_seconds_count{signal=\"logs\"} 3"),
+            "{text}"
+        );
+        // Each batch spent at least the stage's 20 ms in the pipeline.
+        assert!(
+            text.contains("verity_pipeline_latency_seconds_bucket{le=\"0.016\",signal=\"logs\"} 0"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
