@@ -22,7 +22,7 @@ pub fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io
         if chunk.is_empty() {
             return Ok((total > 0).then_some(total));
         }
-        let (taken, done) = match chunk.iter().position(|b| *b == b'\n') {
+        let (taken, done) = match memchr::memchr(b'\n', chunk) {
             Some(i) => (i.saturating_add(1), true),
             None => (chunk.len(), false),
         };

@@ -59,19 +59,31 @@ impl<'a> Right<'a> {
             let inner = s
                 .strip_suffix('"')
                 .ok_or_else(|| malformed("expected a quoted field at the end"))?;
-            let start = inner
-                .rfind(" \"")
+            let start = memchr::memmem::rfind(inner.as_bytes(), b" \"")
                 .ok_or_else(|| malformed("unterminated quoted field"))?;
             let (rest, field) = split_around(inner, start, 2)?;
             self.s = rest;
             Ok(field)
         } else {
-            let start = s.rfind(' ').ok_or_else(|| malformed("missing field"))?;
+            let start = memchr::memrchr(b' ', s.as_bytes()).ok_or_else(|| malformed("missing field"))?;
             let (rest, field) = split_around(s, start, 1)?;
             self.s = rest;
             Ok(field)
         }
     }
+}
+
+/// How many space-separated fields `s` holds (runs of spaces count as one separator), as
+/// `s.split(' ').filter(|t| !t.is_empty()).count()` counts them, in one pass over the bytes.
+fn count_fields(s: &str) -> usize {
+    let mut fields = 0usize;
+    let mut in_field = false;
+    for &b in s.as_bytes() {
+        let starts = b != b' ' && !in_field;
+        fields = fields.saturating_add(usize::from(starts));
+        in_field = b != b' ';
+    }
+    fields
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -148,7 +160,7 @@ pub fn parse(line: &str) -> Result<(AccessEvent<'_>, Extras<'_>), Rejection> {
         Layout::IstioPre19 => (17, "pre-1.9 Istio"),
         Layout::EnvoyDefault => (11, "Envoy default"),
     };
-    let found = tail.split(' ').filter(|t| !t.is_empty()).count();
+    let found = count_fields(tail);
     if found < min_fields {
         return Err(malformed(&format!(
             "{name} layout needs {min_fields} fields after the request line, found {found} (truncated?)"
@@ -252,6 +264,15 @@ mod tests {
             "[2020-11-25T21:26:18.409Z] \"\u{e9}\u{1F600}\" 2",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Fields are counted as splitting at every space and dropping empty pieces counts
+        /// them, on any text (multi-byte characters and runs of spaces included).
+        #[test]
+        fn fields_are_counted_as_split_counts_them(s in "[ a\"é\t]{0,40}") {
+            proptest::prop_assert_eq!(count_fields(&s), s.split(' ').filter(|t| !t.is_empty()).count());
         }
     }
 }

@@ -205,7 +205,8 @@ impl<'a> Iterator for KvPairs<'a> {
         if s.is_empty() {
             return None;
         }
-        let Some((key, rest)) = s.split_once('=') else {
+        let Some((key, rest)) = memchr::memchr(b'=', s.as_bytes()).and_then(|at| super::split_around(s, at, 1).ok())
+        else {
             self.s = "";
             return Some((
                 s,
@@ -219,16 +220,17 @@ impl<'a> Iterator for KvPairs<'a> {
             let bytes = body.as_bytes();
             let mut i = 0usize;
             let mut escaped = false;
-            while let Some(b) = bytes.get(i) {
-                match b {
-                    b'\\' => {
-                        escaped = true;
-                        i = i.saturating_add(2);
-                        continue;
-                    }
-                    b'"' => break,
-                    _ => i = i.saturating_add(1),
+            // Jumps from one `\` or `"` to the next; a `\` also skips the byte it escapes.
+            while let Some(at) = bytes.get(i..).and_then(|rest| memchr::memchr2(b'\\', b'"', rest)) {
+                i = i.saturating_add(at);
+                if bytes.get(i) == Some(&b'"') {
+                    break;
                 }
+                escaped = true;
+                i = i.saturating_add(2);
+            }
+            if i < bytes.len() && bytes.get(i) != Some(&b'"') {
+                i = bytes.len();
             }
             // The closing quote is ASCII, so both sides of it are character boundaries.
             let (Some(raw), Some(after)) = (body.get(..i), body.get(i.saturating_add(1)..)) else {
@@ -243,7 +245,7 @@ impl<'a> Iterator for KvPairs<'a> {
             };
             Some((key, Ok(value)))
         } else {
-            let end = rest.find([' ', '\t']).unwrap_or(rest.len());
+            let end = memchr::memchr2(b' ', b'\t', rest.as_bytes()).unwrap_or(rest.len());
             let (value, after) = rest.split_at_checked(end).unwrap_or((rest, ""));
             self.s = after;
             Some((key, Ok(Cow::Borrowed(value))))
@@ -295,6 +297,69 @@ mod tests {
             parse_text("2024-05-04T09:59:05Z\tinfo\taccess\tconnection complete\tsrc.addr=\"unterminated").is_err()
         );
         assert!(parse_text("2024-05-04T09:59:05Z\tinfo\taccess\tconnection complete\tduration=\"forever\"").is_err());
+    }
+
+    /// The pairs as a plain character-by-character reading finds them: the reference the
+    /// byte searches of [`KvPairs`] must agree with.
+    fn reference_pairs(mut s: &str) -> Vec<(&str, Result<Cow<'_, str>, Rejection>)> {
+        let mut out = Vec::new();
+        loop {
+            let t = s.trim_start_matches([' ', '\t']);
+            if t.is_empty() {
+                return out;
+            }
+            let Some((key, rest)) = t.split_once('=') else {
+                let detail = format!("expected key=value, found {:?}", t.chars().take(40).collect::<String>());
+                out.push((t, Err(malformed(detail))));
+                return out;
+            };
+            if let Some(body) = rest.strip_prefix('"') {
+                let mut chars = body.char_indices();
+                let mut escaped = false;
+                let mut end = None;
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => {
+                            escaped = true;
+                            chars.next();
+                        }
+                        '"' => {
+                            end = Some(i);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let Some(end) = end else {
+                    out.push((key, Err(malformed(format!("unterminated quoted value for {key}")))));
+                    return out;
+                };
+                let raw = &body[..end];
+                s = &body[end + 1..];
+                out.push((
+                    key,
+                    Ok(if escaped {
+                        Cow::Owned(unescape(raw))
+                    } else {
+                        Cow::Borrowed(raw)
+                    }),
+                ));
+            } else {
+                let end = rest.find([' ', '\t']).unwrap_or(rest.len());
+                out.push((key, Ok(Cow::Borrowed(&rest[..end]))));
+                s = &rest[end..];
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// On any text of keys, `=`, quotes, escapes, spaces, tabs and multi-byte characters,
+        /// the pairs are the reference reading's, errors included.
+        #[test]
+        fn pairs_are_the_reference_readings(s in "[ab=\"\\\\ \té]{0,30}") {
+            let got: Vec<_> = KvPairs { s: &s }.collect();
+            proptest::prop_assert_eq!(got, reference_pairs(&s));
+        }
     }
 }
 
