@@ -97,12 +97,18 @@ struct RawChunk {
     seq: u64,
     file: usize,
     lines: u64,
-    text: String,
+    /// The chunk's lines as read, one after the other: checked as UTF-8 by the worker that
+    /// normalizes them, so the reader copies each line once and checks nothing.
+    bytes: Vec<u8>,
     items: Vec<RawLine>,
 }
 
 enum RawLine {
-    Text { line: u64, range: Range<usize> },
+    /// A line's bytes in the chunk.
+    Text {
+        line: u64,
+        range: Range<usize>,
+    },
     Rejected(LineReject),
 }
 
@@ -176,7 +182,6 @@ fn read_files(
     let max = settings.limits.max_record_bytes;
     let per_chunk = settings.lines_per_chunk.max(1);
     let mut seq = 0u64;
-    let mut buf = Vec::new();
     let send = |chunk: RawChunk| -> bool { tokens.recv().is_ok() && work.send(chunk).is_ok() };
     for (file, name) in files.iter().enumerate() {
         let reader: Box<dyn Read> = if name == "-" {
@@ -192,48 +197,42 @@ fn read_files(
             seq,
             file,
             lines: 0,
-            text: String::new(),
+            bytes: Vec::new(),
             items: Vec::with_capacity(per_chunk),
         };
         let mut chunk = fresh(seq);
         let mut line = 0u64;
-        while let Some(len) =
-            bounded_lines::read_line(&mut reader, &mut buf, max.saturating_add(1)).map_err(|source| {
-                ReadError::Read {
-                    name: name.clone(),
-                    source,
-                }
-            })?
-        {
+        loop {
+            let start = chunk.bytes.len();
+            let read =
+                bounded_lines::read_line(&mut reader, &mut chunk.bytes, max.saturating_add(1)).map_err(|source| {
+                    ReadError::Read {
+                        name: name.clone(),
+                        source,
+                    }
+                })?;
+            let Some(len) = read else { break };
             line = line.saturating_add(1);
             chunk.lines = chunk.lines.saturating_add(1);
-            let rejected = |reason, detail: String| {
-                RawLine::Rejected(LineReject {
-                    line,
-                    rejection: Rejection::new(reason, detail),
-                })
-            };
             if len > max as u64 {
-                let detail = format!("line is {len} bytes, more than {max}");
-                chunk.items.push(rejected(RejectReason::RecordTooLarge, detail));
+                chunk.bytes.truncate(start);
+                chunk.items.push(RawLine::Rejected(LineReject {
+                    line,
+                    rejection: Rejection::new(
+                        RejectReason::RecordTooLarge,
+                        format!("line is {len} bytes, more than {max}"),
+                    ),
+                }));
             } else {
-                match std::str::from_utf8(&buf) {
-                    Ok(text) if text.trim().is_empty() => {}
-                    Ok(text) => {
-                        let start = chunk.text.len();
-                        chunk.text.push_str(text);
-                        let range = start..chunk.text.len();
-                        chunk.items.push(RawLine::Text { line, range });
-                    }
-                    Err(e) => {
-                        let detail = format!("line is not UTF-8: {e}");
-                        chunk.items.push(rejected(RejectReason::InvalidUtf8, detail));
-                    }
-                }
+                let range = start..chunk.bytes.len();
+                chunk.items.push(RawLine::Text { line, range });
             }
             if chunk.items.len() >= per_chunk {
                 seq = seq.saturating_add(1);
-                if !send(std::mem::replace(&mut chunk, fresh(seq))) {
+                // The next chunk will hold about as many bytes: grown once, not doubled up.
+                let mut next = fresh(seq);
+                next.bytes.reserve(chunk.bytes.len());
+                if !send(std::mem::replace(&mut chunk, next)) {
                     return Ok(seq);
                 }
             }
@@ -283,7 +282,15 @@ fn normalize_chunk(
     for item in raw.items {
         match item {
             RawLine::Text { line, range } => {
-                let text = raw.text.get(range).unwrap_or_default();
+                let text = match std::str::from_utf8(raw.bytes.get(range).unwrap_or_default()) {
+                    Ok(text) if text.trim().is_empty() => continue,
+                    Ok(text) => text,
+                    Err(e) => {
+                        let rejection = Rejection::new(RejectReason::InvalidUtf8, format!("line is not UTF-8: {e}"));
+                        rejects.push(LineReject { line, rejection });
+                        continue;
+                    }
+                };
                 match normalize::normalize_line(text, settings.format, &ctx) {
                     Ok(event) if keep(&event) => builder.append(&event),
                     Ok(_) => {}

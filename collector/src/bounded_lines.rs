@@ -6,12 +6,12 @@
 
 use std::io::{self, BufRead};
 
-/// Reads the next line into `buf` (cleared first), keeping at most `max` bytes of it; the
-/// rest of an over-long line is read and dropped. Returns the line's full length (its
-/// newline included), or `None` at the end of input. A length over `max` means `buf` holds
-/// only the line's start.
+/// Reads the next line onto the end of `buf` (so that many lines can share one buffer),
+/// keeping at most `max` bytes of it; the rest of an over-long line is read and dropped.
+/// Returns the line's full length (its newline included), or `None` at the end of input. A
+/// length over `max` means `buf` gained only the line's start.
 pub fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<Option<u64>> {
-    buf.clear();
+    let start = buf.len();
     let mut total = 0u64;
     loop {
         let chunk = match reader.fill_buf() {
@@ -26,7 +26,7 @@ pub fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io
             Some(i) => (i.saturating_add(1), true),
             None => (chunk.len(), false),
         };
-        let room = max.saturating_sub(buf.len());
+        let room = max.saturating_sub(buf.len().saturating_sub(start));
         buf.extend_from_slice(chunk.get(..taken.min(room)).unwrap_or_default());
         total = total.saturating_add(taken as u64);
         reader.consume(taken);
@@ -49,9 +49,12 @@ mod tests {
         assert_eq!(read_line(&mut reader, &mut buf, 10).expect("read"), Some(6));
         assert_eq!(buf, b"short\n");
         assert_eq!(read_line(&mut reader, &mut buf, 10).expect("read"), Some(101));
-        assert_eq!(buf.len(), 10);
+        assert_eq!(buf.len(), 16, "the long line's first 10 bytes after the short line");
+        assert_eq!(&buf[6..], b"xxxxxxxxxx");
+        buf.clear();
         assert_eq!(read_line(&mut reader, &mut buf, 10).expect("read"), Some(4));
         assert_eq!(buf, b"last");
         assert_eq!(read_line(&mut reader, &mut buf, 10).expect("read"), None);
+        assert_eq!(buf, b"last", "nothing appended at the end of input");
     }
 }

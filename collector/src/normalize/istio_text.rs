@@ -74,16 +74,17 @@ impl<'a> Right<'a> {
 }
 
 /// How many space-separated fields `s` holds (runs of spaces count as one separator), as
-/// `s.split(' ').filter(|t| !t.is_empty()).count()` counts them, in one pass over the bytes.
+/// `s.split(' ').filter(|t| !t.is_empty()).count()` counts them: the bytes that start a
+/// field, counted in a loop the compiler turns into vector instructions.
 fn count_fields(s: &str) -> usize {
-    let mut fields = 0usize;
-    let mut in_field = false;
-    for &b in s.as_bytes() {
-        let starts = b != b' ' && !in_field;
-        fields = fields.saturating_add(usize::from(starts));
-        in_field = b != b' ';
-    }
-    fields
+    let b = s.as_bytes();
+    let first = usize::from(b.first().is_some_and(|c| *c != b' '));
+    let after_a_space = b
+        .iter()
+        .zip(b.get(1..).unwrap_or_default())
+        .filter(|(before, c)| **before == b' ' && **c != b' ')
+        .count();
+    first.saturating_add(after_a_space)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
