@@ -232,7 +232,8 @@ fn read_files(
                 // The next chunk will hold about as many bytes: one allocation with an eighth
                 // to spare, rather than doubling from empty (or past a slightly longer chunk).
                 let mut next = fresh(seq);
-                next.bytes.reserve(chunk.bytes.len().saturating_add(chunk.bytes.len() / 8));
+                next.bytes
+                    .reserve(chunk.bytes.len().saturating_add(chunk.bytes.len() / 8));
                 if !send(std::mem::replace(&mut chunk, next)) {
                     return Ok(seq);
                 }

@@ -49,8 +49,8 @@ struct ReplayArgs {
     /// Threads reading and normalizing lines (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
-    /// Threads evaluating the rules on each batch, each rule on one of them (default: one per
-    /// core, as `rules.threads`). The alerts do not depend on it.
+    /// Threads evaluating the rules on each batch, each rule on one of them (default 1, as
+    /// `rules.threads`; 0: one per core). The alerts do not depend on it.
     #[arg(long)]
     rule_threads: Option<usize>,
     /// Log files; `-` reads standard input.
@@ -565,7 +565,10 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         lateness_ns: i64::try_from(lateness_secs).unwrap_or(5).saturating_mul(1_000_000_000),
         max_keys: max_keys.max(1),
         workers: workers.unwrap_or(ReadSettings::default().workers).max(1),
-        rule_threads: rule_threads.unwrap_or(ReadSettings::default().workers).max(1),
+        rule_threads: match rule_threads.unwrap_or(1) {
+            0 => ReadSettings::default().workers,
+            n => n,
+        },
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
