@@ -188,8 +188,8 @@ def pipeline():
         panel(l, "timeseries", "Batch size (p90 rows)", [target(
             f"histogram_quantile(0.9, sum by (le) (rate(verity_pipeline_batch_rows_bucket{{{I}}}[$__rate_interval])))", "p90")]),
         panel(l, "timeseries", "Pipeline latency (intake to alerts spooled)", [
-            target(f"histogram_quantile(0.5, sum by (le) (rate(verity_pipeline_latency_seconds_bucket{{{I}}}[$__rate_interval])))", "p50"),
-            target(f"histogram_quantile(0.99, sum by (le) (rate(verity_pipeline_latency_seconds_bucket{{{I}}}[$__rate_interval])))", "p99", ref="B"),
+            target(f"histogram_quantile(0.5, sum by (le) (rate(verity_pipeline_latency_seconds_bucket{{{I}, signal=\"logs\"}}[$__rate_interval])))", "p50"),
+            target(f"histogram_quantile(0.99, sum by (le) (rate(verity_pipeline_latency_seconds_bucket{{{I}, signal=\"logs\"}}[$__rate_interval])))", "p99", ref="B"),
         ], unit="s", description="From a batch's oldest rows entering the pipeline (decoded and normalized) to every stage having processed it: its alerts are then in the outputs' spools."),
         panel(l, "timeseries", "Event-time lag (now − watermark)", [target(
             f"time() - max(verity_event_time_watermark_seconds{{{I}}})", "lag")], unit="s"),

@@ -567,7 +567,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         workers: workers.unwrap_or(ReadSettings::default().workers).max(1),
         rule_threads: match rule_threads.unwrap_or(1) {
             0 => ReadSettings::default().workers,
-            n => n,
+            n => n.min(256),
         },
     };
     let stdout = std::io::stdout();

@@ -184,7 +184,7 @@ impl Metrics {
     }
 }
 
-/// Buckets for the pipeline's latency: 1 ms to about 8 s, doubling.
+/// Buckets for the pipeline's latency: 1 ms to about 33 s, doubling.
 fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }

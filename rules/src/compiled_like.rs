@@ -1,8 +1,8 @@
-//! `LIKE` patterns with a `%` between literal text, or a `_`, matched without a regular
-//! expression.
+//! `LIKE` patterns with a `%` between literal text, a `_` or a `\` escape, matched without a
+//! regular expression.
 //!
 //! Arrow's `LIKE` kernel matches `'abc%'`, `'%abc'` and `'%abc%'` with a substring test, but
-//! any other pattern, such as the pack's `'spiffe://%/ns/%'` or `'/_debug%'`, becomes a
+//! any other pattern, such as the pack's `'spiffe://%/ns/%'` or `'/\_debug%'`, becomes a
 //! regular expression that it compiles again on every batch and runs on every row.
 //! [`precompile`] rewrites a case-sensitive `LIKE` (or `NOT LIKE`) of a text column against
 //! such a literal pattern into a function that matches its pieces in order: the text before
@@ -138,7 +138,7 @@ impl Matcher {
     }
 }
 
-/// A pattern cut at its `%`s.
+/// A pattern cut at its unescaped `%`s.
 #[derive(Debug)]
 struct LikePieces {
     /// Before the first `%` (the whole pattern when it holds none).

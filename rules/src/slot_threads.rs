@@ -4,8 +4,12 @@
 //! what one thread gives. Rules are spread so that each thread gets about the same measured
 //! cost.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
+
+/// Whether a thread that could not be started was reported already.
+static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Items one thread runs, each with its index.
 type Group<'a, T> = Vec<(usize, &'a mut T)>;
@@ -49,7 +53,10 @@ where
             match started {
                 Ok(handle) => handles.push(handle),
                 Err(error) => {
-                    tracing::warn!(%error, "could not start a rules thread; its rules run on the calling one");
+                    // Once per process: a limit that stops one thread stops it on every batch.
+                    if !WARNED.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(%error, "could not start a rules thread; its rules run on the calling one");
+                    }
                     unstarted.push(take(hand_off));
                 }
             }
