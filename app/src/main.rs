@@ -565,10 +565,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         lateness_ns: i64::try_from(lateness_secs).unwrap_or(5).saturating_mul(1_000_000_000),
         max_keys: max_keys.max(1),
         workers: workers.unwrap_or(ReadSettings::default().workers).max(1),
-        rule_threads: match rule_threads.unwrap_or(1) {
-            0 => ReadSettings::default().workers,
-            n => n.min(256),
-        },
+        rule_threads: rule_threads.unwrap_or(1).min(256),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

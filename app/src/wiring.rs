@@ -163,10 +163,7 @@ pub async fn run_with(
                 .saturating_mul(1_000_000_000),
             max_keys: settings.rules.max_keys,
             max_evidence_bytes: settings.rules.max_evidence_bytes,
-            threads: match settings.rules.threads {
-                0 => std::thread::available_parallelism().map_or(1, usize::from),
-                n => n,
-            },
+            threads: settings.rules.threads,
         },
         revocations,
         rule_metrics,

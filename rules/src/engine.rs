@@ -40,8 +40,8 @@ pub struct EngineSettings {
     /// How much of an event's line its evidence keeps.
     pub max_evidence_bytes: usize,
     /// Threads evaluating the rules of one batch, each rule on one of them (see
-    /// [`crate::slot_threads`]); 1 runs every rule on the calling thread. The alerts are the
-    /// same whatever the number.
+    /// [`crate::slot_threads`]); 1 runs every rule on the calling thread, 0 means one per
+    /// core. The alerts are the same whatever the number.
     pub threads: usize,
 }
 
@@ -124,7 +124,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(rules: Vec<CompiledRule>, settings: EngineSettings) -> Self {
+    pub fn new(rules: Vec<CompiledRule>, mut settings: EngineSettings) -> Self {
+        if settings.threads == 0 {
+            settings.threads = std::thread::available_parallelism().map_or(1, usize::from);
+        }
         let mut e = Self {
             slots: Vec::new(),
             clock: crate::event_clock::EventClock::new(
