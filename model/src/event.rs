@@ -310,6 +310,10 @@ event_columns! {
     cluster: Text => CLUSTER = "cluster",
     mesh_id: Text => MESH_ID = "mesh_id",
     source: Enum(IngestSource) => SOURCE = "source",
+    /// The Kafka topic and partition the record was read from, as `topic/partition`; null for
+    /// other sources. Event time is kept per partition (and sender), so a lagging partition
+    /// does not make the others' records late.
+    ingest_partition: Shared => INGEST_PARTITION = "ingest_partition",
     /// Who sent the record: the authenticated identity of the client (a SPIFFE ID from its
     /// certificate or the name of its token), or the configured sender of a Kafka topic.
     sender: Text => SENDER = "sender",

@@ -1,9 +1,11 @@
 //! Event time that one stream cannot move for the others.
 //!
-//! Each sender (the `sender` column: an OTLP sender identity, a Kafka partition's producer,
-//! or none for files) has its own clock: the newest event time it sent. The watermark is the
-//! minimum over the senders heard from recently (arrival within the idle timeout), minus the
-//! allowed lateness. A sender that dates its records ahead only moves its own clock; a sender
+//! Each stream has its own clock: the newest event time it sent. A stream is one sender (the
+//! `sender` column: an OTLP sender identity, a Kafka topic's producer, or none for files) in
+//! one Kafka partition (the `ingest_partition` column; none outside Kafka), so a lagging
+//! partition holds event time back instead of having its events made late by the others.
+//! The watermark is the minimum over the streams heard from recently (arrival within the
+//! idle timeout), minus the allowed lateness. A sender that dates its records ahead only moves its own clock; a sender
 //! that goes quiet stops holding the others back once its idle timeout passes, and holds them
 //! back again when it returns, so its events are not made late by the others (or by whoever
 //! happened to send first).
@@ -13,10 +15,15 @@
 use std::collections::HashMap;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::Int32Type;
 use verity_model::event::col;
 
-/// At most this many senders are tracked; beyond, the one heard from longest ago is dropped.
+/// At most this many streams are tracked; beyond, the one heard from longest ago is dropped.
 pub const MAX_SENDERS: usize = 10_000;
+
+/// A stream in a batch: its Kafka partition (`""` outside Kafka) and its sender (`""` for
+/// none), borrowed from the batch's columns.
+pub type Stream<'b> = (&'b str, &'b str);
 
 #[derive(Debug, Clone, Copy)]
 struct Clock {
@@ -37,7 +44,9 @@ fn oldest(clocks: impl Iterator<Item = i64> + Clone, now: Option<i64>, max_lag_n
 
 #[derive(Debug)]
 pub struct EventClock {
-    senders: HashMap<String, Clock>,
+    /// Clocks by partition, then sender: looked up with the batch's borrowed text.
+    streams: HashMap<String, HashMap<String, Clock>>,
+    count: usize,
     lateness_ns: i64,
     idle_ns: i64,
     /// A sender whose clock is further behind the wall clock than this does not hold the
@@ -53,7 +62,8 @@ pub struct EventClock {
 impl EventClock {
     pub fn new(lateness_ns: i64, idle_ns: i64, max_lag_ns: i64) -> Self {
         Self {
-            senders: HashMap::new(),
+            streams: HashMap::new(),
+            count: 0,
             lateness_ns,
             idle_ns,
             max_lag_ns,
@@ -67,24 +77,48 @@ impl EventClock {
         self.watermark
     }
 
-    /// How many senders' clocks are kept.
+    /// How many streams' clocks are kept.
     pub fn senders(&self) -> usize {
-        self.senders.len()
+        self.count
     }
 
-    /// The oldest and newest event time of each sender in a batch (rows in `skip` are left
+    fn get(&self, (partition, sender): Stream<'_>) -> Option<&Clock> {
+        self.streams.get(partition).and_then(|p| p.get(sender))
+    }
+
+    fn clocks(&self) -> impl Iterator<Item = (Stream<'_>, &Clock)> + Clone {
+        self.streams
+            .iter()
+            .flat_map(|(p, senders)| senders.iter().map(move |(s, c)| ((p.as_str(), s.as_str()), c)))
+    }
+
+    /// The oldest and newest event time of each stream in a batch (rows in `skip` are left
     /// out: forged records).
     pub fn batch_senders<'b>(
         batch: &'b RecordBatch,
         times: &arrow::array::TimestampNanosecondArray,
         skip: Option<&BooleanArray>,
-    ) -> HashMap<&'b str, (i64, i64)> {
+    ) -> HashMap<Stream<'b>, (i64, i64)> {
         let senders = batch.column_by_name(col::SENDER).and_then(|c| c.as_string_opt::<i32>());
-        let mut span: HashMap<&str, (i64, i64)> = HashMap::new();
-        // A batch holds runs of rows from one sender (a request's records): a run is measured
-        // with one comparison per row and enters the map once.
-        let mut run: Option<(&str, i64, i64)> = None;
-        let mut close = |run: (&'b str, i64, i64)| {
+        let partitions = batch
+            .column_by_name(col::INGEST_PARTITION)
+            .and_then(|c| c.as_dictionary_opt::<Int32Type>())
+            .and_then(|d| Some((d.keys(), d.values().as_string_opt::<i32>()?)));
+        let partition_of = |i: usize| -> &'b str {
+            let Some((keys, values)) = partitions else { return "" };
+            if !keys.is_valid(i) {
+                return "";
+            }
+            usize::try_from(keys.value(i))
+                .ok()
+                .filter(|k| *k < values.len())
+                .map_or("", |k| values.value(k))
+        };
+        let mut span: HashMap<Stream<'b>, (i64, i64)> = HashMap::new();
+        // A batch holds runs of rows from one stream (a request's records, a Kafka message):
+        // a run is measured with one comparison per row and enters the map once.
+        let mut run: Option<(Stream<'b>, i64, i64)> = None;
+        let mut close = |run: (Stream<'b>, i64, i64)| {
             let (sender, lo, hi) = run;
             span.entry(sender)
                 .and_modify(|(l, h)| {
@@ -97,7 +131,10 @@ impl EventClock {
             if skip.is_some_and(|f| f.is_valid(i) && f.value(i)) {
                 continue;
             }
-            let sender = senders.filter(|s| s.is_valid(i)).map_or("", |s| s.value(i));
+            let sender = (
+                partition_of(i),
+                senders.filter(|s| s.is_valid(i)).map_or("", |s| s.value(i)),
+            );
             let t = times.value(i);
             match &mut run {
                 Some((current, lo, hi)) if *current == sender => {
@@ -118,19 +155,18 @@ impl EventClock {
     }
 
     /// The watermark a batch's rows are judged late against: as before the batch, except that
-    /// a sender new (or back from idle) is not held to the others' time, only to its own
+    /// a stream new (or back from idle) is not held to the others' time, only to its own
     /// oldest event in the batch.
-    pub fn watermark_for(&self, batch: &HashMap<&str, (i64, i64)>, arrival_ns: Option<i64>) -> Option<i64> {
+    pub fn watermark_for(&self, batch: &HashMap<Stream<'_>, (i64, i64)>, arrival_ns: Option<i64>) -> Option<i64> {
         let active = |c: &Clock| match (arrival_ns, c.arrival) {
             (Some(now), Some(a)) => a >= now.saturating_sub(self.idle_ns),
             _ => true,
         };
         let others = self
-            .senders
-            .iter()
-            .filter(|(k, c)| !batch.contains_key(k.as_str()) && active(c))
+            .clocks()
+            .filter(|(k, c)| !batch.contains_key(k) && active(c))
             .map(|(_, c)| c.newest);
-        let own = batch.iter().map(|(k, (lo, _))| match self.senders.get(*k) {
+        let own = batch.iter().map(|(k, (lo, _))| match self.get(*k) {
             Some(c) if active(c) => c.newest,
             _ => *lo,
         });
@@ -138,29 +174,30 @@ impl EventClock {
         w.max(self.idle_floor)
     }
 
-    /// Takes in a batch's senders (from [`EventClock::batch_senders`]), arrived at
+    /// Takes in a batch's streams (from [`EventClock::batch_senders`]), arrived at
     /// `arrival_ns`. Returns whether any row counted.
-    pub fn observe(&mut self, batch: &HashMap<&str, (i64, i64)>, arrival_ns: Option<i64>) -> bool {
+    pub fn observe(&mut self, batch: &HashMap<Stream<'_>, (i64, i64)>, arrival_ns: Option<i64>) -> bool {
         if batch.is_empty() {
             return false;
         }
-        for (sender, (_, t)) in batch {
-            match self.senders.get_mut(*sender) {
+        for ((partition, sender), (_, t)) in batch {
+            match self.streams.get_mut(*partition).and_then(|p| p.get_mut(*sender)) {
                 Some(c) => {
                     c.newest = c.newest.max(*t);
                     c.arrival = arrival_ns;
                 }
                 None => {
-                    if self.senders.len() >= MAX_SENDERS {
+                    if self.count >= MAX_SENDERS {
                         self.evict_oldest();
                     }
-                    self.senders.insert(
+                    self.streams.entry((*partition).to_string()).or_default().insert(
                         (*sender).to_string(),
                         Clock {
                             newest: *t,
                             arrival: arrival_ns,
                         },
                     );
+                    self.count = self.count.saturating_add(1);
                 }
             }
         }
@@ -191,25 +228,36 @@ impl EventClock {
             (Some(now), Some(a)) => a >= now.saturating_sub(idle),
             _ => true,
         };
-        // Senders silent for long are forgotten: they no longer hold anyone back.
+        // Streams silent for long are forgotten: they no longer hold anyone back.
         if let Some(now) = now {
-            self.senders.retain(|_, c| {
-                c.arrival
-                    .is_none_or(|a| a >= now.saturating_sub(idle.saturating_mul(10)))
-            });
+            let horizon = now.saturating_sub(idle.saturating_mul(10));
+            for senders in self.streams.values_mut() {
+                senders.retain(|_, c| c.arrival.is_none_or(|a| a >= horizon));
+            }
+            self.streams.retain(|_, senders| !senders.is_empty());
+            self.count = self.streams.values().map(HashMap::len).sum();
         }
         let lag = self.max_lag_ns;
-        oldest(self.senders.values().filter(|c| active(c)).map(|c| c.newest), now, lag)
+        oldest(
+            self.clocks().filter(|(_, c)| active(c)).map(|(_, c)| c.newest),
+            now,
+            lag,
+        )
     }
 
     fn evict_oldest(&mut self) {
-        if let Some(oldest) = self
-            .senders
-            .iter()
+        let oldest = self
+            .clocks()
             .min_by_key(|(_, c)| c.arrival.unwrap_or(i64::MIN))
-            .map(|(k, _)| k.clone())
+            .map(|((p, s), _)| (p.to_string(), s.to_string()));
+        if let Some((partition, sender)) = oldest
+            && let Some(senders) = self.streams.get_mut(&partition)
         {
-            self.senders.remove(&oldest);
+            senders.remove(&sender);
+            if senders.is_empty() {
+                self.streams.remove(&partition);
+            }
+            self.count = self.count.saturating_sub(1);
         }
     }
 }
@@ -305,6 +353,70 @@ mod tests {
         let (b, t) = batch(&[("slow", 20 * S)]);
         observe(&mut c, &b, &t, Some(62 * S));
         assert_eq!(c.watermark(), Some(15 * S));
+    }
+
+    fn partitioned(rows: &[(&str, &str, i64)]) -> (RecordBatch, TimestampNanosecondArray) {
+        use arrow::array::DictionaryArray;
+        let times = TimestampNanosecondArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>());
+        let partitions: DictionaryArray<Int32Type> = rows.iter().map(|r| r.0).collect();
+        let schema = Schema::new(vec![
+            Field::new(col::SENDER, DataType::Utf8, true),
+            Field::new(col::EVENT_TIME, DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+            Field::new(col::INGEST_PARTITION, partitions.data_type().clone(), true),
+        ]);
+        let b = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                Arc::new(times.clone()),
+                Arc::new(partitions),
+            ],
+        )
+        .unwrap();
+        (b, times)
+    }
+
+    #[test]
+    fn a_lagging_partition_holds_time_back_instead_of_being_late() {
+        let mut c = EventClock::new(5 * S, 60 * S, 3600 * S);
+        // One producer (one sender) writes to two partitions; partition 1 is a backlog.
+        let (b, t) = partitioned(&[("logs/0", "collector", 100 * S), ("logs/1", "collector", 10 * S)]);
+        observe(&mut c, &b, &t, Some(0));
+        assert_eq!(c.watermark(), Some(5 * S), "the oldest partition's clock");
+        let (b, t) = partitioned(&[("logs/0", "collector", 200 * S)]);
+        observe(&mut c, &b, &t, Some(S));
+        assert_eq!(c.watermark(), Some(5 * S), "partition 0 alone cannot move time");
+        let (b, t) = partitioned(&[("logs/1", "collector", 20 * S)]);
+        let streams = EventClock::batch_senders(&b, &t, None);
+        assert!(
+            c.watermark_for(&streams, Some(2 * S)).is_some_and(|w| w <= 20 * S),
+            "the backlog's records are not late"
+        );
+        c.observe(&streams, Some(2 * S));
+        assert_eq!(c.watermark(), Some(15 * S));
+        assert_eq!(c.senders(), 2);
+        // Without the partition column, the same records are one stream: the backlog is late.
+        let mut one = EventClock::new(5 * S, 60 * S, 3600 * S);
+        let (b, t) = batch(&[("collector", 100 * S), ("collector", 10 * S)]);
+        observe(&mut one, &b, &t, Some(0));
+        let (b, t) = batch(&[("collector", 200 * S)]);
+        observe(&mut one, &b, &t, Some(S));
+        let (b, t) = batch(&[("collector", 20 * S)]);
+        let streams = EventClock::batch_senders(&b, &t, None);
+        assert_eq!(one.watermark_for(&streams, Some(2 * S)), Some(195 * S));
+    }
+
+    #[test]
+    fn a_quiet_partition_is_forgotten_and_the_count_follows() {
+        let mut c = EventClock::new(5 * S, 60 * S, 3600 * S);
+        let (b, t) = partitioned(&[("logs/0", "a", 100 * S), ("logs/1", "a", 10 * S)]);
+        observe(&mut c, &b, &t, Some(0));
+        assert_eq!(c.senders(), 2);
+        // Ten idle timeouts later, partition 1 is forgotten.
+        let (b, t) = partitioned(&[("logs/0", "a", 700 * S)]);
+        observe(&mut c, &b, &t, Some(601 * S));
+        assert_eq!(c.senders(), 1);
+        assert_eq!(c.watermark(), Some(695 * S));
     }
 
     #[test]

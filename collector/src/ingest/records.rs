@@ -74,6 +74,7 @@ impl Ingest {
                     }
                     match normalize::otel_log::normalize(record, resource, &ctx) {
                         Ok(mut ev) => {
+                            ev.ingest_partition = origin.map(|o| o.stream.clone());
                             rows_bytes = rows_bytes.saturating_add(row_cost(&ev));
                             if rows_bytes > limits.max_request_rows_bytes {
                                 reject(request_too_large(&limits), record);
@@ -245,6 +246,7 @@ impl Ingest {
             };
             match normalized {
                 Ok(mut ev) => {
+                    ev.ingest_partition = origin.map(|o| o.stream.clone());
                     rows_bytes = rows_bytes.saturating_add(row_cost(&ev));
                     let class = match classified {
                         Some((s, class)) if std::ptr::eq(s, sender) => class,

@@ -13,6 +13,20 @@ pub struct Origin {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// `topic/partition`, shared by the message's records (their `ingest_partition`).
+    #[serde(skip)]
+    pub stream: std::sync::Arc<str>,
+}
+
+impl Origin {
+    pub fn new(topic: &str, partition: i32, offset: i64) -> Self {
+        Self {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            stream: std::sync::Arc::from(format!("{topic}/{partition}")),
+        }
+    }
 }
 
 /// A rejection kept for the dead-letter file.

@@ -26,11 +26,7 @@ pub(super) async fn handle_message(
     accum: &mut Accum,
 ) {
     let topic = m.topic();
-    let origin = Origin {
-        topic: topic.to_string(),
-        partition: m.partition(),
-        offset: m.offset(),
-    };
+    let origin = Origin::new(topic, m.partition(), m.offset());
     let payload = m.payload().unwrap_or_default();
     accum.started.get_or_insert_with(Instant::now);
     accum.position(topic, m.partition(), m.offset(), payload.len());
