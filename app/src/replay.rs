@@ -153,6 +153,7 @@ pub fn replay(
     let spec = verity_collector::pipeline::rules::RuleSetSpec {
         builtin_pack: opts.builtin_pack,
         dirs: opts.rules.clone(),
+        part: verity_collector::pipeline::rules::RulePart::All,
     };
     let revocations = RevocationList::new(opts.revoked.iter().cloned());
     let rules = spec.load(&revocations).map_err(ReplayError::Rules)?;

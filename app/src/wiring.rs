@@ -22,7 +22,7 @@ use verity_collector::listener::{ListenerName, SecureListener, ServerTls};
 use verity_collector::metrics::Metrics;
 use verity_collector::pipeline::alerts::AlertBus;
 use verity_collector::pipeline::archive::ArchiveStage;
-use verity_collector::pipeline::rules::{RuleMetrics, RuleSetSpec, RulesStage, SharedEngine};
+use verity_collector::pipeline::rules::{RuleMetrics, RulePart, RuleSetSpec, RulesStage, SharedEngine};
 use verity_collector::pipeline::{self, Stage};
 use verity_collector::sources::{Source, otlp};
 use verity_rules::{EngineSettings, RevocationList};
@@ -64,6 +64,8 @@ pub enum AppError {
     Control(#[from] verity_control::store::StoreError),
     #[error("cannot start the outputs: {0}")]
     Sinks(#[from] verity_sinks::delivery::BuildError),
+    #[error("{0}")]
+    Kafka(#[from] verity_collector::sources::kafka::KafkaError),
 }
 
 /// Addresses actually bound (ports may have been 0 in the config).
@@ -145,30 +147,57 @@ pub async fn run_with(
     let rule_metrics = RuleMetrics::new(&mut registry);
     let revocations = RevocationList::new(settings.rules.revoked.iter().cloned());
     let revocation_handle = revocations.clone();
-    let engine = SharedEngine::new(
-        RuleSetSpec {
-            builtin_pack: settings.rules.builtin_pack,
-            dirs: settings.rules.dirs.clone(),
+    let kafka = &settings.kafka;
+    let repartitioning = kafka.enabled && kafka.repartition.enabled;
+    let spec = RuleSetSpec {
+        builtin_pack: settings.rules.builtin_pack,
+        dirs: settings.rules.dirs.clone(),
+        part: if repartitioning {
+            RulePart::Stateless
+        } else {
+            RulePart::All
         },
-        EngineSettings {
-            lateness_ns: i64::try_from(settings.rules.lateness_secs)
-                .unwrap_or(5)
-                .saturating_mul(1_000_000_000),
-            state_dir: settings.rules.state_dir.clone(),
-            sender_idle_ns: i64::try_from(settings.rules.sender_idle_secs.max(1))
-                .unwrap_or(60)
-                .saturating_mul(1_000_000_000),
-            sender_max_lag_ns: i64::try_from(settings.rules.sender_max_lag_secs.max(1))
-                .unwrap_or(300)
-                .saturating_mul(1_000_000_000),
-            max_keys: settings.rules.max_keys,
-            max_evidence_bytes: settings.rules.max_evidence_bytes,
-            threads: settings.rules.threads,
-        },
-        revocations,
-        rule_metrics,
-    )
-    .map_err(AppError::Rules)?;
+    };
+    let engine_settings = EngineSettings {
+        lateness_ns: i64::try_from(settings.rules.lateness_secs)
+            .unwrap_or(5)
+            .saturating_mul(1_000_000_000),
+        state_dir: settings.rules.state_dir.clone(),
+        sender_idle_ns: i64::try_from(settings.rules.sender_idle_secs.max(1))
+            .unwrap_or(60)
+            .saturating_mul(1_000_000_000),
+        sender_max_lag_ns: i64::try_from(settings.rules.sender_max_lag_secs.max(1))
+            .unwrap_or(300)
+            .saturating_mul(1_000_000_000),
+        max_keys: settings.rules.max_keys,
+        max_evidence_bytes: settings.rules.max_evidence_bytes,
+        threads: settings.rules.threads,
+        keyed_streams: None,
+    };
+    // With repartitioning, stateful rules run on the rows the repartition topics bring: one
+    // engine for them, fed by its own consumer and pipeline (see `sources::kafka::repartition`).
+    let keyed = if repartitioning {
+        let key_sets = spec.key_sets().map_err(AppError::Rules)?;
+        let routes = verity_collector::sources::kafka::repartition::prepare_routes(kafka, &key_sets).await?;
+        tracing::info!(topics = ?routes.iter().map(|r| &r.topic).collect::<Vec<_>>(), "repartitioning through Kafka");
+        let stateful = SharedEngine::new(
+            RuleSetSpec {
+                part: RulePart::Stateful { key_sets },
+                ..spec.clone()
+            },
+            EngineSettings {
+                keyed_streams: Some(kafka.repartition.application_id.clone()),
+                ..engine_settings.clone()
+            },
+            revocations.clone(),
+            rule_metrics.clone(),
+        )
+        .map_err(AppError::Rules)?;
+        Some((routes, stateful))
+    } else {
+        None
+    };
+    let engine = SharedEngine::new(spec, engine_settings, revocations, rule_metrics).map_err(AppError::Rules)?;
     let sink_metrics = verity_sinks::SinkMetrics::register(&mut registry);
     let sinks = Arc::new(verity_sinks::SinkSet::start(&settings.sinks, sink_metrics)?);
     let alerts = Arc::new(AlertBus::new(sinks.clone(), &mut registry));
@@ -254,10 +283,49 @@ pub async fn run_with(
         }
     })
     .await;
+    let checkpoint_every = std::time::Duration::from_secs(settings.rules.checkpoint_secs.max(1));
     let rules_stage = RulesStage::new(engine.clone(), alerts.clone())
         .with_control(control.clone())
-        .with_checkpoint_interval(std::time::Duration::from_secs(settings.rules.checkpoint_secs.max(1)));
+        .with_checkpoint_interval(checkpoint_every);
     let held_alerts = rules_stage.held_alerts();
+    // The input's rows go to the repartition topics before any rule counts them: a failed
+    // send is retried there, so the rows are never evaluated without being sent.
+    let mut keyed_pipeline = None;
+    let mut keyed_source = None;
+    let mut engines = vec![engine.clone()];
+    if let Some((routes, stateful)) = keyed {
+        let repartition_metrics =
+            verity_collector::sources::kafka::repartition::RepartitionMetrics::register(&mut registry);
+        stages.push(Box::new(
+            verity_collector::sources::kafka::repartition::RepartitionStage::new(
+                kafka,
+                routes.clone(),
+                repartition_metrics,
+            )?,
+        ));
+        let keyed_stage = RulesStage::new(stateful.clone(), alerts.clone())
+            .with_control(control.clone())
+            .with_checkpoint_interval(checkpoint_every);
+        let keyed_held = keyed_stage.held_alerts();
+        let (keyed_intake, handle) =
+            pipeline::start(settings.pipeline.clone(), vec![Box::new(keyed_stage)], metrics.clone());
+        keyed_pipeline = Some(handle);
+        let keyed_ingest = Arc::new(
+            Ingest::new(
+                keyed_intake,
+                dead_letter.clone(),
+                metrics.clone(),
+                settings.raw.intake.clone(),
+            )
+            .with_held_alerts(keyed_held)
+            .with_in_flight_bytes(settings.max_in_flight_bytes),
+        );
+        keyed_source = Some((
+            verity_collector::sources::kafka::repartition::consumer_config(kafka, &routes),
+            keyed_ingest,
+        ));
+        engines.push(stateful);
+    }
     stages.push(Box::new(rules_stage));
     stages.push(Box::new(verity_collector::pipeline::posture::PostureStage::new(
         verity_collector::pipeline::posture::PostureMetrics::register(&mut registry),
@@ -337,11 +405,19 @@ pub async fn run_with(
                 tracing::warn!("{warning}");
             }
         }
+        let kafka_metrics = verity_collector::sources::kafka::KafkaMetrics::register(&mut registry);
         sources.push(Box::new(verity_collector::sources::kafka::KafkaSource {
             config: settings.kafka.clone(),
             ingest: ingest.clone(),
-            metrics: verity_collector::sources::kafka::KafkaMetrics::register(&mut registry),
+            metrics: kafka_metrics.clone(),
         }));
+        if let Some((config, ingest)) = keyed_source.take() {
+            sources.push(Box::new(verity_collector::sources::kafka::KafkaSource {
+                config,
+                ingest,
+                metrics: kafka_metrics,
+            }));
+        }
     }
     for source in sources {
         let name = source.name();
@@ -355,7 +431,7 @@ pub async fn run_with(
     }
     intake_tasks.spawn(
         "rules reload",
-        watch_rules(engine, settings.rules.reload_poll_secs, intake_drain.signaled())
+        watch_rules(engines, settings.rules.reload_poll_secs, intake_drain.signaled())
             .instrument(tracing::info_span!("rules_reload")),
     );
     // The sources hold the only intake handles now: when they stop, the pipeline drains.
@@ -518,9 +594,16 @@ pub async fn run_with(
     metrics.ready.set(1);
 
     let died = pipeline.died();
+    let keyed_died = async {
+        match &keyed_pipeline {
+            Some(p) => p.died().await,
+            None => std::future::pending().await,
+        }
+    };
     let pipeline_died = tokio::select! {
         () = shutdown => false,
         () = died => true,
+        () = keyed_died => true,
     };
     tracing::info!(deadline = ?settings.drain_timeout, "draining: intake stopped, flushing");
     ready.store(false, Ordering::Release);
@@ -536,6 +619,12 @@ pub async fn run_with(
     if tokio::time::timeout_at(deadline, pipeline.join()).await.is_err() {
         tracing::warn!("pipeline still flushing at the drain deadline");
         drained.forced.push("pipeline".into());
+    }
+    if let Some(keyed) = keyed_pipeline
+        && tokio::time::timeout_at(deadline, keyed.join()).await.is_err()
+    {
+        tracing::warn!("the repartition topics' pipeline still flushing at the drain deadline");
+        drained.forced.push("repartition pipeline".into());
     }
     // 3. Control: the last revocations are applied and their audit events published.
     drained.merge(control_tasks.drain(deadline).await);
@@ -559,8 +648,10 @@ pub async fn run_with(
     }
 }
 
-/// Reloads the rule set on SIGHUP and when rule files change (polled), until `stop`.
-async fn watch_rules(engine: SharedEngine, poll_secs: u64, stop: impl Future<Output = ()>) {
+/// Reloads the rule sets (one, or the stateless and stateful parts with repartitioning) on
+/// SIGHUP and when rule files change (polled), until `stop`.
+async fn watch_rules(engines: Vec<SharedEngine>, poll_secs: u64, stop: impl Future<Output = ()>) {
+    let Some(engine) = engines.first().cloned() else { return };
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -596,9 +687,11 @@ async fn watch_rules(engine: SharedEngine, poll_secs: u64, stop: impl Future<Out
         };
         if changed {
             last = engine.spec().fingerprint();
-            let e = engine.clone();
-            // Compiling DataFusion expressions is CPU work; keep it off the I/O threads.
-            let _ = tokio::task::spawn_blocking(move || e.reload()).await;
+            for e in &engines {
+                let e = e.clone();
+                // Compiling DataFusion expressions is CPU work; keep it off the I/O threads.
+                let _ = tokio::task::spawn_blocking(move || e.reload()).await;
+            }
         }
     }
 }

@@ -43,6 +43,10 @@ pub struct EngineSettings {
     /// [`crate::slot_threads`]); 1 runs every rule on the calling thread, 0 means one per
     /// core. The alerts are the same whatever the number.
     pub threads: usize,
+    /// With Kafka repartitioning, the application id naming the keyed streams: each stateful
+    /// rule then sees only the rows that came through its key set's stream (see
+    /// [`crate::key_sets`]), and stateless rules see every row.
+    pub keyed_streams: Option<String>,
 }
 
 impl Default for EngineSettings {
@@ -55,6 +59,7 @@ impl Default for EngineSettings {
             max_keys: 100_000,
             max_evidence_bytes: crate::evidence::DEFAULT_EVIDENCE_BYTES,
             threads: 1,
+            keyed_streams: None,
         }
     }
 }
@@ -72,6 +77,8 @@ struct Slot {
     /// Recent wall-clock time per batch (a moving average, ns): how rules are spread over
     /// threads.
     cost_ns: u64,
+    /// The keyed stream whose rows alone the rule sees (repartitioning), if any.
+    stream: Option<String>,
 }
 
 /// Counters the collector exports as metrics.
@@ -188,10 +195,17 @@ impl Engine {
                         evictions: 0,
                         pressure_at: None,
                         cost_ns: 0,
+                        stream: None,
                     }
                 }
             };
-            slots.push(slot);
+            let stream = self.settings.keyed_streams.as_deref().and_then(|app| {
+                Some(crate::key_sets::keyed_stream_name(
+                    app,
+                    slot.rule.rule().body.state_keys()?,
+                ))
+            });
+            slots.push(Slot { stream, ..slot });
         }
         summary.removed = old.len();
         self.slots = slots;
@@ -294,11 +308,20 @@ impl Engine {
         } else {
             self.settings.threads
         };
+        let streams = self.stream_masks(batch, forged.as_ref());
         let outcomes = crate::slot_threads::run_spread(
             &mut self.slots,
             threads,
             |slot| slot.cost_ns,
-            |slot| evaluate_slot(slot, &rows, forged.as_ref(), watermark_before),
+            |slot| {
+                let hidden = match &slot.stream {
+                    Some(stream) => streams
+                        .get(stream.as_str())
+                        .map(|(plain, with_forged)| if slot.rule.sees_forged { plain } else { with_forged }),
+                    None => forged.as_ref().filter(|_| !slot.rule.sees_forged),
+                };
+                evaluate_slot(slot, &rows, hidden, watermark_before)
+            },
         );
         for (alerts, failed) in outcomes {
             if failed {
@@ -313,6 +336,32 @@ impl Engine {
         }
         self.bound_state(&mut out);
         out
+    }
+
+    /// For each keyed stream a rule reads: the rows it must not see (those of other streams),
+    /// and the same with forged rows added.
+    fn stream_masks(
+        &self,
+        batch: &RecordBatch,
+        forged: Option<&BooleanArray>,
+    ) -> HashMap<String, (BooleanArray, BooleanArray)> {
+        let mut masks = HashMap::new();
+        for stream in self.slots.iter().filter_map(|s| s.stream.as_deref()) {
+            if masks.contains_key(stream) {
+                continue;
+            }
+            let theirs = crate::key_sets::rows_of_stream(batch, stream);
+            // Neither kernel fails on arrays of one length without nulls; if one did, the
+            // rule would see nothing rather than rows of other streams.
+            let hide_all = || BooleanArray::from(vec![true; batch.num_rows()]);
+            let others = arrow::compute::not(&theirs).unwrap_or_else(|_| hide_all());
+            let with_forged = match forged {
+                Some(f) => arrow::compute::or(&others, f).unwrap_or_else(|_| hide_all()),
+                None => others.clone(),
+            };
+            masks.insert(stream.to_string(), (others, with_forged));
+        }
+        masks
     }
 
     /// Evicts, rule by rule, what is past `max_keys` (see [`crate::state_bound`]).
@@ -414,16 +463,15 @@ fn forged_rows(batch: &RecordBatch) -> Option<BooleanArray> {
     (forged.true_count() > 0).then_some(forged)
 }
 
-/// One rule over one batch: its alerts, and whether its evaluation failed (logged here).
+/// One rule over one batch, without the rows in `hidden`: its alerts, and whether its evaluation failed (logged here).
 fn evaluate_slot(
     slot: &mut Slot,
     rows: &Rows<'_>,
-    forged: Option<&BooleanArray>,
+    hidden: Option<&BooleanArray>,
     watermark_before: Option<i64>,
 ) -> (Vec<Alert>, bool) {
     let started = Instant::now();
     let mut out = Vec::new();
-    let hidden = forged.filter(|_| !slot.rule.sees_forged);
     let failed = match slot.state.process(&slot.rule, rows, hidden, watermark_before, &mut out) {
         Ok(matched) => {
             slot.matched += matched;

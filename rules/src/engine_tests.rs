@@ -500,3 +500,54 @@ fn the_pack_raises_the_same_alerts_on_one_thread_or_several() {
         assert_eq!(one_counters, counters, "{threads} threads");
     }
 }
+
+#[test]
+fn with_keyed_streams_a_stateful_rule_counts_only_its_own_streams_rows() {
+    use std::sync::Arc;
+    let settings = EngineSettings {
+        keyed_streams: Some("v".into()),
+        ..Default::default()
+    };
+    let two_rules = [
+        BURST.to_string(),
+        "id: any-deny\ntitle: Any\nseverity: low\nkind: detection\ndetection:\n  where: decision = 'deny_rbac'\n"
+            .to_string(),
+    ];
+    let rules = two_rules
+        .iter()
+        .map(|y| {
+            let src = RuleSource::parse(Path::new("t.yaml"), y.clone()).expect("parse");
+            Compiler::new(RevocationList::default()).compile(src).expect("compile")
+        })
+        .collect();
+    let mut e = Engine::new(rules, settings);
+    // The same two denials arrive through the rule's stream and through another set's
+    // stream (where another instance sent them for another rule): they count once.
+    let own: Arc<str> = Arc::from("v-repartition-source_principal/3");
+    let other: Arc<str> = Arc::from("v-repartition-destination_service/1");
+    let mut evs = Vec::new();
+    for (i, stream) in [(0, &own), (0, &other), (1, &own), (1, &other)] {
+        let mut ev = ev(i, "a", Decision::DenyRbac);
+        ev.ingest_partition = Some(stream.clone());
+        evs.push(ev);
+    }
+    let stateless = e.process(&batch(&evs));
+    assert_eq!(stateless.len(), 4, "a stateless rule sees every row: {stateless:?}");
+    let alerts: Vec<_> = e.flush().into_iter().filter(|a| a.rule_id == "burst").collect();
+    assert!(alerts.is_empty(), "two denials are not a burst of three: {alerts:?}");
+    let mut third = ev(2, "a", Decision::DenyRbac);
+    third.ingest_partition = Some(own);
+    let mut e2 = engine(
+        BURST,
+        EngineSettings {
+            keyed_streams: Some("v".into()),
+            ..Default::default()
+        },
+    );
+    let mut again = evs.clone();
+    again.push(third);
+    e2.process(&batch(&again));
+    let alerts = e2.flush();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].count, 3);
+}

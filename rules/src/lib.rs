@@ -8,6 +8,7 @@
 //!   it drives every rule through one trait (`kind.rs`), which each kind implements over its
 //!   own state: [`detection`], [`assertion`], [`first_seen`], [`absence`]; `emit.rs` builds
 //!   their alerts; what makes a rule fail on a batch is an [`eval_error::EvalError`].
+//! - [`key_sets`]: the key sets of stateful rules and their keyed streams (repartitioning).
 //! - [`revocation`]: the revocation list rules consult through `is_revoked(principal)`.
 //! - [`pack`]: the built-in zero-trust rule pack, embedded in the binary.
 
@@ -28,6 +29,7 @@ pub mod eval_error;
 pub mod event_clock;
 mod evidence;
 pub mod first_seen;
+pub mod key_sets;
 mod kind;
 mod literal_prefilter;
 mod mask;

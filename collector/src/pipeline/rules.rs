@@ -28,11 +28,73 @@ use crate::pipeline::{Batch, Stage, StageError};
 pub struct RuleSetSpec {
     pub builtin_pack: bool,
     pub dirs: Vec<PathBuf>,
+    /// Which of the loaded rules this set holds.
+    pub part: RulePart,
+}
+
+/// With Kafka repartitioning, the input's rules stage runs the stateless rules and the
+/// repartition topics' rules stage runs the stateful ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RulePart {
+    #[default]
+    All,
+    Stateless,
+    /// Stateful rules whose key set is one of these (the repartition topics that exist); a
+    /// reload bringing a rule with another key set is refused until a restart creates its
+    /// topic.
+    Stateful {
+        key_sets: Vec<Vec<String>>,
+    },
+}
+
+impl RulePart {
+    /// Keeps the rules of this part; errors for stateful rules no repartition topic serves.
+    fn select(&self, rules: Vec<CompiledRule>) -> Result<Vec<CompiledRule>, Vec<String>> {
+        let mut errors = Vec::new();
+        let kept = rules
+            .into_iter()
+            .filter(|r| {
+                let keys = r.rule().body.state_keys();
+                match (self, keys) {
+                    (RulePart::All, _) => true,
+                    (RulePart::Stateless, keys) => keys.is_none(),
+                    (RulePart::Stateful { .. }, None) => false,
+                    (RulePart::Stateful { key_sets }, Some(keys)) => {
+                        let set = verity_rules::key_sets::key_set(keys);
+                        if !key_sets.contains(&set) {
+                            errors.push(format!(
+                                "rule {} keeps state per [{}], which no repartition topic carries: restart Verity to create its topic",
+                                r.rule().id,
+                                set.join(", ")
+                            ));
+                        }
+                        true
+                    }
+                }
+            })
+            .collect();
+        if errors.is_empty() { Ok(kept) } else { Err(errors) }
+    }
 }
 
 impl RuleSetSpec {
+    /// The distinct key sets of the stateful rules of the whole set (read, not compiled).
+    pub fn key_sets(&self) -> Result<Vec<Vec<String>>, Vec<String>> {
+        let sources = self.sources()?;
+        Ok(verity_rules::key_sets::key_sets(sources.iter().map(|s| &s.rule)))
+    }
+
     /// Reads and compiles the whole set; every error, not the first.
     pub fn load(&self, revocations: &RevocationList) -> Result<Vec<CompiledRule>, Vec<String>> {
+        let sources = self.sources()?;
+        let rules = Compiler::new(revocations.clone())
+            .compile_all(sources)
+            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        self.part.select(rules)
+    }
+
+    /// Every rule file of the set, read and parsed, with unique ids.
+    fn sources(&self) -> Result<Vec<RuleSource>, Vec<String>> {
         let mut sources: Vec<RuleSource> = Vec::new();
         let mut errors: Vec<String> = Vec::new();
         if self.builtin_pack {
@@ -57,12 +119,7 @@ impl RuleSetSpec {
                 ));
             }
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Compiler::new(revocations.clone())
-            .compile_all(sources)
-            .map_err(|e| e.iter().map(ToString::to_string).collect())
+        if errors.is_empty() { Ok(sources) } else { Err(errors) }
     }
 
     /// Modification times of every rule file, to notice edits. The walk is the loader's:

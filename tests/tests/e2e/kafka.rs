@@ -435,6 +435,148 @@ fn a_lagging_partition_is_not_made_late_by_the_others() {
     assert!(keyed.contains(BEHIND) && keyed.contains(AHEAD), "{keyed:?}");
 }
 
+/// The sum of a metric's series whose labels contain `label` (e.g. `topic="x"`).
+fn metric_sum_where(v: &Verity, name: &str, label: &str) -> f64 {
+    v.metrics_text()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Rules with two key sets and a stateless one, for repartitioning. Each principal sends
+/// about 33 records per 10 s: the thresholds of 30 are met only where all of a key's records
+/// meet (a third of them, on one of three instances, raises nothing).
+fn keyed_rules(dir: &Path) -> String {
+    let rules = dir.join("keyed-rules");
+    std::fs::create_dir_all(&rules).expect("mkdir");
+    for (name, body) in [
+        (
+            "per-principal",
+            "id: e2e-per-principal\ntitle: Requests per principal\nseverity: low\nkind: detection\ndetection:\n  where: path LIKE '/fault/%'\n  group_by: [source_principal]\n  window: {type: tumbling, size: 10s}\n  having: count(*) >= 30\n",
+        ),
+        (
+            "per-edge",
+            "id: e2e-per-edge\ntitle: Busy edge\nseverity: low\nkind: detection\ndetection:\n  where: 'true'\n  group_by: [destination_service, source_principal]\n  window: {type: tumbling, size: 20s}\n  having: count(*) >= 30\n",
+        ),
+        (
+            "fault-10",
+            "id: e2e-fault-10\ntitle: A request to /fault/10…\nseverity: high\nkind: detection\ndetection:\n  where: path LIKE '/fault/10%'\n",
+        ),
+    ] {
+        std::fs::write(rules.join(format!("{name}.yaml")), body).expect("write rule");
+    }
+    format!("[{}]", rules.display())
+}
+
+/// Starts `instances` Verity instances in `group` with repartitioning (application id
+/// `<group>-app`), lets the group settle, runs `feed`, waits until every input record and
+/// every repartitioned message is consumed, stops them, and returns the union of their alert
+/// ids with each instance's share of the repartitioned messages.
+fn run_repartitioned(
+    broker: &Broker,
+    group: &str,
+    instances: usize,
+    n: usize,
+    feed: impl FnOnce(),
+) -> (BTreeSet<(String, String)>, Vec<f64>) {
+    let app = format!("{group}-app");
+    let mut vs: Vec<Verity> = (0..instances)
+        .map(|_| {
+            let dir = tempfile::tempdir().expect("tmp");
+            let rules = keyed_rules(dir.path());
+            start(
+                dir,
+                broker,
+                group,
+                "[{name: mesh-unkeyed, encoding: raw}]",
+                true,
+                &[
+                    ("VERITY__RULES__DIRS", &rules),
+                    ("VERITY__KAFKA__REPARTITION__ENABLED", "true"),
+                    ("VERITY__KAFKA__REPARTITION__APPLICATION_ID", &app),
+                ],
+            )
+        })
+        .collect();
+    // Both groups (input and repartition) settle with every member before data arrives.
+    std::thread::sleep(Duration::from_secs(if instances > 1 { 10 } else { 3 }));
+    feed();
+    let repartition = format!("topic=\"{app}-repartition-");
+    let input = "topic=\"mesh-unkeyed\"";
+    let caught_up = |vs: &[Verity]| {
+        let read: f64 = vs
+            .iter()
+            .map(|v| metric_sum_where(v, "verity_kafka_messages_total", input))
+            .sum();
+        let sent: f64 = vs
+            .iter()
+            .map(|v| metric_sum_where(v, "verity_kafka_repartition_messages_total", &repartition))
+            .sum();
+        let received: f64 = vs
+            .iter()
+            .map(|v| metric_sum_where(v, "verity_kafka_messages_total", &repartition))
+            .sum();
+        read >= n as f64 && sent > 0.0 && received >= sent
+    };
+    assert!(
+        eventually(Duration::from_secs(90), || caught_up(&vs)),
+        "not caught up: {}",
+        vs.iter().map(Verity::metrics_text).collect::<Vec<_>>().join("\n----\n")
+    );
+    // Consumed is not yet evaluated: give the pipelines a moment, then drain.
+    std::thread::sleep(Duration::from_secs(2));
+    let shares: Vec<f64> = vs
+        .iter()
+        .map(|v| metric_sum_where(v, "verity_kafka_messages_total", &repartition))
+        .collect();
+    let mut union = BTreeSet::new();
+    for v in vs.iter_mut() {
+        let (status, _) = v.terminate(Duration::from_secs(30));
+        assert!(status.success(), "{}", v.stderr());
+        union.extend(
+            alerts(v)
+                .iter()
+                .filter_map(|a| Some((a["rule_id"].as_str()?.to_string(), a["id"].as_str()?.to_string()))),
+        );
+    }
+    (union, shares)
+}
+
+/// Three instances on an unkeyed topic, with repartitioning, raise exactly the alerts one
+/// instance raises: every key's rows meet on one instance, whichever partitions the producer
+/// spread them over, for each key set of the loaded rules.
+#[test]
+fn three_instances_on_an_unkeyed_topic_raise_what_one_raises() {
+    let Some(broker) = require(Broker::start(), "Kafka broker") else {
+        return;
+    };
+    broker.create_topic("mesh-unkeyed", 6).expect("topic");
+    const N: usize = 1200;
+    let feed = || {
+        let p = producer(&broker);
+        for i in 0..N {
+            // 25 ms apart: 30 s of traffic; twelve principals; no message key, so the
+            // producer spreads every principal over all six partitions.
+            let principal = format!("spiffe://cluster.local/ns/shop/sa/svc-{}", i % 12);
+            produce(&p, "mesh-unkeyed", None, line(i * 25, &principal).as_bytes());
+        }
+        flush(&p);
+    };
+    let (trio, shares) = run_repartitioned(&broker, "e2e-trio", 3, N, feed);
+    let (alone, _) = run_repartitioned(&broker, "e2e-solo", 1, N, || {});
+    let count = |rule: &str| alone.iter().filter(|(r, _)| r == rule).count();
+    // Per principal: three 10 s windows; per edge: two 20 s windows, each of 30 or more.
+    assert_eq!(count("e2e-per-principal"), 12 * 3, "{alone:?}");
+    assert_eq!(count("e2e-per-edge"), 12 * 2, "{alone:?}");
+    assert!(count("e2e-fault-10") > 0, "{alone:?}");
+    assert_eq!(trio, alone, "repartitioned messages per instance: {shares:?}");
+    assert!(
+        shares.iter().filter(|s| **s > 0.0).count() >= 2,
+        "the repartition topics' partitions are shared: {shares:?}"
+    );
+}
+
 #[test]
 fn poison_messages_are_dead_lettered_and_the_rest_flows() {
     let Some(broker) = require(Broker::start(), "Kafka broker") else {

@@ -17,6 +17,9 @@ pub enum Encoding {
     OtlpJson,
     /// Log lines (Istio/Envoy text or JSON, ztunnel); several per message when newline-separated.
     Raw,
+    /// Normalized event rows as Arrow IPC: Verity's own repartition topics, never configured.
+    #[serde(skip)]
+    ArrowIpc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -68,6 +71,38 @@ pub struct KafkaConfig {
     pub max_pending_batches: usize,
     /// On rebalance, how long to wait for pending acknowledgements before giving partitions up.
     pub rebalance_timeout_secs: u64,
+    /// Repartitioning, so that instances of one group share stateful rules' keys whatever
+    /// the input topics' keying (docs/kafka.md, "Scaling out").
+    pub repartition: RepartitionConfig,
+}
+
+/// The `kafka.repartition` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepartitionConfig {
+    pub enabled: bool,
+    /// Names the repartition topics (`<application_id>-repartition-<columns>`) and the group
+    /// reading them (`<application_id>-repartition`); the same on every instance.
+    pub application_id: String,
+    /// Partitions of the repartition topics Verity creates; 0: as many as the input topic
+    /// with the most.
+    pub partitions: u32,
+    /// Replication factor of the topics Verity creates; -1: the broker's default.
+    pub replication_factor: i32,
+    /// Create missing repartition topics at start; otherwise they must exist.
+    pub create_topics: bool,
+}
+
+impl Default for RepartitionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            application_id: "verity".into(),
+            partitions: 0,
+            replication_factor: -1,
+            create_topics: true,
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -84,6 +119,7 @@ impl Default for KafkaConfig {
             max_batch_delay_ms: 100,
             max_pending_batches: 16,
             rebalance_timeout_secs: 20,
+            repartition: RepartitionConfig::default(),
         }
     }
 }
@@ -147,6 +183,33 @@ impl KafkaConfig {
                 "kafka.max_batch_delay_ms",
                 "must be between 1 and 60000",
             ));
+        }
+        let rp = &self.repartition;
+        if rp.enabled {
+            let id = &rp.application_id;
+            if id.is_empty()
+                || id.len() > 100
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                e.push(ConfigError::new(
+                    "kafka.repartition.application_id",
+                    "must be 1 to 100 of A-Z a-z 0-9 . _ - (it names topics)",
+                ));
+            }
+            if rp.partitions > 10_000 {
+                e.push(ConfigError::new(
+                    "kafka.repartition.partitions",
+                    "must be at most 10000",
+                ));
+            }
+            if rp.replication_factor != -1 && !(1..=32).contains(&rp.replication_factor) {
+                e.push(ConfigError::new(
+                    "kafka.repartition.replication_factor",
+                    "must be -1 (the broker's default) or 1 to 32",
+                ));
+            }
         }
         if !(1..=1024).contains(&self.max_pending_batches) {
             e.push(ConfigError::new(

@@ -47,6 +47,14 @@ pub(super) async fn handle_message(
         Signal::Metrics => "metrics",
     };
     let failure: Option<String> = match (tc.encoding, tc.signal) {
+        // Rows another instance normalized and sent here for their key (repartitioning).
+        (Encoding::ArrowIpc, _) => match super::repartition::decode_rows(payload, &origin.stream) {
+            Ok(rows) => {
+                accum.add(Some(crate::pipeline::Batch::Events(rows)));
+                None
+            }
+            Err(e) => Some(undecodable(ingest, &origin, signal, payload, poison(e.to_string()))),
+        },
         (Encoding::Raw, _) => match std::str::from_utf8(payload) {
             Ok(text) => {
                 accum.rows += text.lines().count();
@@ -221,7 +229,7 @@ pub enum DecodeError {
     Protobuf(#[from] prost::DecodeError),
     #[error("not OTLP/JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("raw is not an OTLP encoding")]
+    #[error("raw lines and event rows are not OTLP encodings")]
     NotOtlp,
 }
 
@@ -236,7 +244,7 @@ pub fn decode<T: prost::Message + Default + serde::de::DeserializeOwned>(
     let measured = match enc {
         Encoding::OtlpProto => crate::sources::otlp::decoded_size::protobuf(payload, root, limit),
         Encoding::OtlpJson => crate::sources::otlp::decoded_size::json(payload, limit),
-        Encoding::Raw => return Err(DecodeError::NotOtlp),
+        Encoding::Raw | Encoding::ArrowIpc => return Err(DecodeError::NotOtlp),
     };
     if measured.is_none() {
         return Err(DecodeError::TooLarge { limit });
@@ -244,6 +252,6 @@ pub fn decode<T: prost::Message + Default + serde::de::DeserializeOwned>(
     match enc {
         Encoding::OtlpProto => Ok(T::decode(payload)?),
         Encoding::OtlpJson => Ok(serde_json::from_slice(payload)?),
-        Encoding::Raw => Err(DecodeError::NotOtlp),
+        Encoding::Raw | Encoding::ArrowIpc => Err(DecodeError::NotOtlp),
     }
 }

@@ -22,6 +22,7 @@ mod config;
 mod message;
 mod metrics;
 mod rebalance;
+pub mod repartition;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,7 +41,7 @@ use crate::pipeline::{Backpressure, Batch, Handoff};
 
 use accumulate::{Accum, Pending};
 use acknowledge::acknowledge;
-pub use config::{Encoding, KafkaConfig, Signal, TopicConfig, partitioning_warnings};
+pub use config::{Encoding, KafkaConfig, RepartitionConfig, Signal, TopicConfig, partitioning_warnings};
 pub use message::{DecodeError, decode};
 use message::{handle_message, normalize_raw};
 pub use metrics::KafkaMetrics;
@@ -80,6 +81,8 @@ pub enum KafkaError {
     Subscribe { topics: Vec<String>, message: String },
     #[error("kafka.secret_properties.{key}: {message}")]
     Secret { key: String, message: String },
+    #[error("kafka.repartition: {0}")]
+    Repartition(String),
 }
 
 /// Runs the consumer until `stop` resolves, then stores and commits what was processed.
@@ -119,16 +122,12 @@ pub async fn run(
         cc.set(k, value);
     }
     let dlq: Option<(FutureProducer, String)> = match &cfg.dead_letter_topic {
-        Some(t) => {
-            let mut pc = ClientConfig::new();
-            pc.set("bootstrap.servers", &cfg.brokers);
-            for (k, v) in &cfg.properties {
-                if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
-                    pc.set(k, v);
-                }
-            }
-            Some((pc.create().map_err(|e| KafkaError::Create(e.to_string()))?, t.clone()))
-        }
+        Some(t) => Some((
+            repartition::client_config(&cfg)?
+                .create()
+                .map_err(|e| KafkaError::Create(e.to_string()))?,
+            t.clone(),
+        )),
         None => None,
     };
     let consumer: Arc<Consumer_> = Arc::new(
