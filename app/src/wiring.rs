@@ -399,7 +399,8 @@ pub async fn run_with(
         sources.push(Box::new(otlp::HttpSource { listener, state }));
     }
     if settings.kafka.enabled {
-        let rules = engine.rule_files();
+        // Repartitioning serves every key set whatever the topics' keying.
+        let rules = if repartitioning { Vec::new() } else { engine.rule_files() };
         for topic in &settings.kafka.topics {
             for warning in verity_collector::sources::kafka::partitioning_warnings(&rules, topic) {
                 tracing::warn!("{warning}");

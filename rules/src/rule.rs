@@ -81,11 +81,12 @@ impl RuleBody {
         }
     }
 
-    /// The columns a stateful rule keeps state per (a windowed detection's `group_by`, an
-    /// assertion's `per`, the keys of the others); `None` for a stateless detection.
+    /// The columns a stateful rule keeps state per (the `group_by` of a windowed or
+    /// suppressing detection, an assertion's `per`, the keys of the others); `None` for a
+    /// stateless detection.
     pub fn state_keys(&self) -> Option<&[String]> {
         match self {
-            RuleBody::Detection(d) => d.window.as_ref().map(|_| d.group_by.as_slice()),
+            RuleBody::Detection(d) => (d.window.is_some() || d.suppress.is_some()).then_some(d.group_by.as_slice()),
             RuleBody::Assertion(a) => Some(&a.per),
             RuleBody::FirstSeen(f) => Some(&f.keys),
             RuleBody::Absence(a) => Some(&a.keys),
