@@ -45,6 +45,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("spiffe_cert", spiffe_cert),
     ("policy_yaml", policy_yaml),
     ("inventory_yaml", inventory_yaml),
+    ("repartition_rows", repartition_rows),
 ];
 
 /// One log line from a file or a Kafka topic, through every parser: each `FormatHint` (so each
@@ -385,6 +386,22 @@ fn finish_events(mut batch: EventBatchBuilder) {
 fn rule_compiler() -> &'static verity_rules::Compiler {
     static COMPILER: OnceLock<verity_rules::Compiler> = OnceLock::new();
     COMPILER.get_or_init(|| verity_rules::Compiler::new(verity_rules::RevocationList::default()))
+}
+
+/// A message in a repartition topic, as another instance (or anything with write access to
+/// the topic) sent it: it must decode to event rows of exactly Verity's schema, or be refused.
+/// A panic inside the Arrow IPC reader, which the decoder turns into a refusal, fails here.
+pub fn repartition_rows(data: &[u8]) {
+    use verity_collector::sources::kafka::repartition::{RowsError, decode_rows};
+    let stream: std::sync::Arc<str> = std::sync::Arc::from("verity-repartition-source_principal/0");
+    match decode_rows(data, &stream) {
+        Ok(batch) => {
+            assert_eq!(batch.schema(), verity_model::event::schema());
+            let _ = verity_model::json::to_json_rows(&batch);
+        }
+        Err(RowsError::Panicked) => panic!("the Arrow IPC reader panicked"),
+        Err(_) => {}
+    }
 }
 
 /// Events for `rule_yaml` to evaluate rules on: lines from `collector/tests/cases` and

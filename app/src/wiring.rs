@@ -400,7 +400,11 @@ pub async fn run_with(
     }
     if settings.kafka.enabled {
         // Repartitioning serves every key set whatever the topics' keying.
-        let rules = if repartitioning { Vec::new() } else { engine.rule_files() };
+        let rules = if repartitioning {
+            Vec::new()
+        } else {
+            engine.rule_files()
+        };
         for topic in &settings.kafka.topics {
             for warning in verity_collector::sources::kafka::partitioning_warnings(&rules, topic) {
                 tracing::warn!("{warning}");

@@ -116,6 +116,11 @@ fn inventory_yaml() {
     replay("inventory_yaml");
 }
 
+#[test]
+fn repartition_rows() {
+    replay("repartition_rows");
+}
+
 /// A directory named after no target (a typo) would silently never run, and a target without
 /// a test above would never be replayed.
 #[test]
@@ -131,6 +136,7 @@ fn every_regression_directory_is_a_target_with_a_test() {
         "spiffe_cert",
         "policy_yaml",
         "inventory_yaml",
+        "repartition_rows",
     ];
     let names: Vec<&str> = targets::TARGETS.iter().map(|(name, _)| *name).collect();
     assert_eq!(names, tested, "fuzz/targets.rs TARGETS and the tests above differ");

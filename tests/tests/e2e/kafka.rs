@@ -478,8 +478,9 @@ fn run_repartitioned(
     group: &str,
     instances: usize,
     n: usize,
+    junk: usize,
     feed: impl FnOnce(),
-) -> (BTreeSet<(String, String)>, Vec<f64>) {
+) -> (BTreeSet<(String, String)>, Vec<f64>, f64) {
     let app = format!("{group}-app");
     let mut vs: Vec<Verity> = (0..instances)
         .map(|_| {
@@ -517,7 +518,7 @@ fn run_repartitioned(
             .iter()
             .map(|v| metric_sum_where(v, "verity_kafka_messages_total", &repartition))
             .sum();
-        read >= n as f64 && sent > 0.0 && received >= sent
+        read >= n as f64 && sent > 0.0 && received >= sent + junk as f64
     };
     assert!(
         eventually(Duration::from_secs(90), || caught_up(&vs)),
@@ -530,6 +531,10 @@ fn run_repartitioned(
         .iter()
         .map(|v| metric_sum_where(v, "verity_kafka_messages_total", &repartition))
         .collect();
+    let poison: f64 = vs
+        .iter()
+        .map(|v| metric_sum_where(v, "verity_kafka_poison_messages_total", &repartition))
+        .sum();
     let mut union = BTreeSet::new();
     for v in vs.iter_mut() {
         let (status, _) = v.terminate(Duration::from_secs(30));
@@ -540,7 +545,7 @@ fn run_repartitioned(
                 .filter_map(|a| Some((a["rule_id"].as_str()?.to_string(), a["id"].as_str()?.to_string()))),
         );
     }
-    (union, shares)
+    (union, shares, poison)
 }
 
 /// Three instances on an unkeyed topic, with repartitioning, raise exactly the alerts one
@@ -563,8 +568,18 @@ fn three_instances_on_an_unkeyed_topic_raise_what_one_raises() {
         }
         flush(&p);
     };
-    let (trio, shares) = run_repartitioned(&broker, "e2e-trio", 3, N, feed);
-    let (alone, _) = run_repartitioned(&broker, "e2e-solo", 1, N, || {});
+    let (trio, shares, _) = run_repartitioned(&broker, "e2e-trio", 3, N, 0, feed);
+    // Something other than Verity writes into a repartition topic: the message is refused
+    // as poison (dead-lettered), and the rest flows.
+    let junk = || {
+        let p = producer(&broker);
+        for payload in [&b"not arrow"[..], b"\xff\xff\xff\xff\x10\x00\x00\x00garbage"] {
+            produce(&p, "e2e-solo-app-repartition-source_principal", None, payload);
+        }
+        flush(&p);
+    };
+    let (alone, _, poison) = run_repartitioned(&broker, "e2e-solo", 1, N, 2, junk);
+    assert_eq!(poison, 2.0, "both foreign messages refused");
     let count = |rule: &str| alone.iter().filter(|(r, _)| r == rule).count();
     // Per principal: three 10 s windows; per edge: two 20 s windows, each of 30 or more.
     assert_eq!(count("e2e-per-principal"), 12 * 3, "{alone:?}");

@@ -366,7 +366,7 @@ pub fn partition_rows(
 }
 
 /// `rows` of `batch` as Arrow IPC streams of about [`TARGET_MESSAGE_BYTES`] each.
-fn encode(batch: &RecordBatch, rows: &[u32]) -> Result<Vec<Vec<u8>>, arrow::error::ArrowError> {
+pub fn encode(batch: &RecordBatch, rows: &[u32]) -> Result<Vec<Vec<u8>>, arrow::error::ArrowError> {
     let per_row = batch.get_array_memory_size() / batch.num_rows().max(1);
     let chunk = (TARGET_MESSAGE_BYTES / per_row.max(1)).max(1);
     let mut out = Vec::new();
