@@ -284,20 +284,20 @@ pub async fn run_with(
     })
     .await;
     let checkpoint_every = std::time::Duration::from_secs(settings.rules.checkpoint_secs.max(1));
-    let rules_stage = RulesStage::new(engine.clone(), alerts.clone())
+    let mut rules_stage = RulesStage::new(engine.clone(), alerts.clone())
         .with_control(control.clone())
         .with_checkpoint_interval(checkpoint_every);
     let held_alerts = rules_stage.held_alerts();
-    // The input's rows go to the repartition topics before any rule counts them: a failed
-    // send is retried there, so the rows are never evaluated without being sent.
+    // The input's rows go to the repartition topics when the input's rules stage evaluates
+    // them (see `pipeline::rules::Forward`): sent once per evaluation, never on a refusal.
     let mut keyed_pipeline = None;
     let mut keyed_source = None;
     let mut engines = vec![engine.clone()];
     if let Some((routes, stateful)) = keyed {
         let repartition_metrics =
             verity_collector::sources::kafka::repartition::RepartitionMetrics::register(&mut registry);
-        stages.push(Box::new(
-            verity_collector::sources::kafka::repartition::RepartitionStage::new(
+        rules_stage = rules_stage.with_forward(Box::new(
+            verity_collector::sources::kafka::repartition::Repartitioner::new(
                 kafka,
                 routes.clone(),
                 repartition_metrics,

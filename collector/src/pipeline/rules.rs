@@ -340,6 +340,14 @@ impl SharedEngine {
     }
 }
 
+/// Where a rules stage sends each event batch it is about to evaluate, and waits until it
+/// is taken (repartitioning: the rows go to other instances' stateful rules). Called only
+/// once the stage has committed to evaluating the batch, so the rows are sent exactly when
+/// they are counted here, never on a batch refused and handed over again.
+pub trait Forward: Send {
+    fn forward(&mut self, batch: &arrow::array::RecordBatch);
+}
+
 /// How often a drain retries held alerts before giving up on them.
 const DRAIN_RETRIES: u32 = 10;
 
@@ -363,6 +371,7 @@ pub struct RulesStage {
     /// How often rule state is checkpointed, and when it last was.
     checkpoint_every: std::time::Duration,
     last_checkpoint: std::time::Instant,
+    forward: Option<Box<dyn Forward>>,
 }
 
 impl RulesStage {
@@ -381,7 +390,14 @@ impl RulesStage {
             held_count: crate::pipeline::HeldAlerts::default(),
             checkpoint_every: std::time::Duration::from_secs(30),
             last_checkpoint: std::time::Instant::now(),
+            forward: None,
         }
+    }
+
+    /// Sends every event batch to `forward` before evaluating it (see [`Forward`]).
+    pub fn with_forward(mut self, forward: Box<dyn Forward>) -> Self {
+        self.forward = Some(forward);
+        self
     }
 
     /// Checkpoints rule state this often (learned sets, open windows).
@@ -558,6 +574,9 @@ impl Stage for RulesStage {
         // Nothing new is evaluated while earlier alerts are held: the sources are told to
         // retry, and no rule state moves.
         self.deliver_held()?;
+        if let (Some(f), Batch::Events(b)) = (self.forward.as_mut(), batch) {
+            f.forward(b);
+        }
         let shared = self.shared.clone();
         let mut engine = shared.lock();
         let alerts = match batch {

@@ -3,10 +3,13 @@
 //! the row's key columns picks. A second consumer (group `<application_id>-repartition`) reads
 //! those topics, so all rows of one key meet on one instance, whatever the input's keying.
 //!
-//! - Rows travel as Arrow IPC streams, a few hundred KiB per message.
-//! - The stage runs before the rules, and returns only once the broker has acknowledged every
-//!   message of the batch: the input's offsets are stored after that. While the broker does
-//!   not take them it retries, holding the pipeline (sources push back), and never drops.
+//! - Rows travel as Arrow IPC streams of at most [`MAX_MESSAGE_BYTES`] each (dictionaries
+//!   compacted to the rows sent; halved until they fit).
+//! - The input's rules stage forwards a batch here once it has committed to evaluating it
+//!   (`pipeline::rules::Forward`), and waits until the broker has acknowledged every message:
+//!   the input's offsets are stored after that. Messages the broker does not take are sent
+//!   again (only those), holding the pipeline meanwhile (sources push back). A row too large
+//!   for any message is logged and counted, the one thing the broker can never take.
 //! - Decoding checks a message holds event rows with exactly the event schema; anything else
 //!   is a poison message (dead-lettered like any other). Only Verity may write these topics:
 //!   protect them with ACLs, as their rows are taken as normalized.
@@ -33,10 +36,12 @@ use verity_rules::key_sets::{fnv1a, keyed_stream_name};
 use super::KafkaError;
 use super::config::{Encoding, KafkaConfig, TopicConfig};
 use super::metrics::TopicLabel;
-use crate::pipeline::{Batch, Stage, StageError};
+use crate::pipeline::rules::Forward;
 
-/// Aim for messages of about this size (Kafka's default limit is 1 MiB).
+/// Aim for messages of about this size …
 const TARGET_MESSAGE_BYTES: usize = 256 * 1024;
+/// … and never above this (Kafka's default limit is 1 MiB, headers included).
+pub const MAX_MESSAGE_BYTES: usize = 900 * 1024;
 
 /// One key set's topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +175,7 @@ pub struct RepartitionMetrics {
     rows: Family<TopicLabel, Counter>,
     messages: Family<TopicLabel, Counter>,
     retries: Counter,
+    too_large: Counter,
 }
 
 impl RepartitionMetrics {
@@ -178,6 +184,7 @@ impl RepartitionMetrics {
             rows: Family::default(),
             messages: Family::default(),
             retries: Counter::default(),
+            too_large: Counter::default(),
         };
         registry.register(
             "verity_kafka_repartitioned_rows",
@@ -191,27 +198,33 @@ impl RepartitionMetrics {
         );
         registry.register(
             "verity_kafka_repartition_retries",
-            "Batches whose repartitioned rows the broker did not take at once and that were sent again",
+            "Attempts at sending again the repartition messages the broker did not take",
             m.retries.clone(),
+        );
+        registry.register(
+            "verity_kafka_repartition_oversized_rows",
+            "Rows too large for any repartition message (each logged): the stateful rules of other instances do not see them",
+            m.too_large.clone(),
         );
         m
     }
 }
 
-/// The pipeline stage that sends event rows to the repartition topics.
-pub struct RepartitionStage {
+/// Sends event rows to the repartition topics: the input rules stage's [`Forward`].
+pub struct Repartitioner {
     producer: FutureProducer,
     routes: Vec<Route>,
     metrics: RepartitionMetrics,
 }
 
-impl RepartitionStage {
+impl Repartitioner {
     pub fn new(cfg: &KafkaConfig, routes: Vec<Route>, metrics: RepartitionMetrics) -> Result<Self, KafkaError> {
         let mut cc = client_config(cfg)?;
         // Acknowledged by every in-sync replica, and not reordered or duplicated by retries.
         cc.set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            .set("message.max.bytes", "1000000");
         let producer = cc.create().map_err(|e| KafkaError::Create(e.to_string()))?;
         Ok(Self {
             producer,
@@ -220,92 +233,102 @@ impl RepartitionStage {
         })
     }
 
-    /// Sends every message and waits for the broker to take them all; on any failure the
-    /// batch's messages are sent again (at least once: the other instance's stateful rules
-    /// may see a row twice after a failure, never zero times).
-    fn send_all(&self, messages: &[(usize, i32, Vec<u8>)]) {
+    /// Sends every message and waits for the broker to take them all. Those it did not take
+    /// are sent again, until it does (at least once: a message whose acknowledgement was lost
+    /// may arrive twice; none is skipped).
+    fn send_all(&self, mut messages: Vec<(usize, i32, Vec<u8>)>) {
         let mut attempt = 0u32;
-        loop {
+        while !messages.is_empty() {
             let mut waiting = Vec::with_capacity(messages.len());
-            let mut failed: Option<String> = None;
+            let mut failed = Vec::new();
+            let mut error: Option<String> = None;
             for (route, partition, payload) in messages {
-                let topic = &self.routes[*route].topic;
-                let mut record = FutureRecord::<(), [u8]>::to(topic)
-                    .payload(payload.as_slice())
-                    .partition(*partition);
-                loop {
+                let Some(topic) = self.routes.get(route).map(|r| r.topic.as_str()) else {
+                    continue;
+                };
+                let sent = loop {
+                    let record = FutureRecord::<(), [u8]>::to(topic)
+                        .payload(payload.as_slice())
+                        .partition(partition);
                     match self.producer.send_result(record) {
-                        Ok(delivery) => {
-                            waiting.push(delivery);
-                            break;
-                        }
-                        Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                            record = back;
+                        Ok(delivery) => break Some(delivery),
+                        Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                             std::thread::sleep(Duration::from_millis(5));
                         }
                         Err((e, _)) => {
-                            failed = Some(e.to_string());
-                            break;
+                            error.get_or_insert(e.to_string());
+                            break None;
                         }
                     }
-                }
-                if failed.is_some() {
-                    break;
+                };
+                match sent {
+                    Some(delivery) => waiting.push((route, partition, payload, delivery)),
+                    None => failed.push((route, partition, payload)),
                 }
             }
-            for delivery in waiting {
+            for (route, partition, payload, delivery) in waiting {
                 match futures::executor::block_on(delivery) {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => {
+                        if let Some(r) = self.routes.get(route) {
+                            self.metrics
+                                .messages
+                                .get_or_create(&TopicLabel { topic: r.topic.clone() })
+                                .inc();
+                        }
+                    }
                     Ok(Err((e, _))) => {
-                        failed.get_or_insert(e.to_string());
+                        error.get_or_insert(e.to_string());
+                        failed.push((route, partition, payload));
                     }
                     Err(_) => {
-                        failed.get_or_insert("the producer was dropped".into());
+                        error.get_or_insert("the producer was dropped".into());
+                        failed.push((route, partition, payload));
                     }
                 }
             }
-            let Some(error) = failed else {
-                for (route, _, _) in messages {
-                    let label = TopicLabel {
-                        topic: self.routes[*route].topic.clone(),
-                    };
-                    self.metrics.messages.get_or_create(&label).inc();
-                }
+            if failed.is_empty() {
                 return;
-            };
+            }
             attempt = attempt.saturating_add(1);
             self.metrics.retries.inc();
-            tracing::warn!(%error, attempt, "the broker did not take repartitioned rows; sending them again");
+            tracing::warn!(
+                error = error.as_deref().unwrap_or("unknown"),
+                messages = failed.len(),
+                attempt,
+                "the broker did not take repartitioned rows; sending them again"
+            );
             std::thread::sleep(Duration::from_millis(100u64.saturating_mul(u64::from(attempt.min(50)))));
+            messages = failed;
         }
     }
 }
 
-impl Stage for RepartitionStage {
-    fn name(&self) -> &'static str {
-        "repartition"
-    }
-
-    fn process(&mut self, batch: &Batch) -> Result<(), StageError> {
-        let Batch::Events(b) = batch else { return Ok(()) };
+impl Forward for Repartitioner {
+    fn forward(&mut self, b: &RecordBatch) {
         if b.num_rows() == 0 {
-            return Ok(());
+            return;
         }
         let mut messages = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {
-            let parts = partition_rows(b, &route.keys, route.partitions).map_err(|e| StageError::Other {
-                stage: "repartition",
-                message: e.to_string(),
-            })?;
+            let parts = match partition_rows(b, &route.keys, route.partitions) {
+                Ok(p) => p,
+                // The key columns are the event schema's (checked when the rules load).
+                Err(error) => {
+                    tracing::error!(%error, topic = %route.topic, "cannot partition a batch for repartitioning");
+                    continue;
+                }
+            };
             for (partition, rows) in parts.into_iter().enumerate() {
                 if rows.is_empty() {
                     continue;
                 }
                 let partition = i32::try_from(partition).unwrap_or(0);
-                for payload in encode(b, &rows).map_err(|e| StageError::Other {
-                    stage: "repartition",
-                    message: e.to_string(),
-                })? {
+                let (payloads, oversized) = encode(b, &rows);
+                for row in oversized {
+                    self.metrics.too_large.inc();
+                    tracing::error!(topic = %route.topic, row, "an event row is too large for a repartition message; other instances' stateful rules will not see it");
+                }
+                for payload in payloads {
                     messages.push((i, partition, payload));
                 }
             }
@@ -316,12 +339,7 @@ impl Stage for RepartitionStage {
                 })
                 .inc_by(b.num_rows() as u64);
         }
-        self.send_all(&messages);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), StageError> {
-        Ok(())
+        self.send_all(messages);
     }
 }
 
@@ -365,28 +383,63 @@ pub fn partition_rows(
     Ok(out)
 }
 
-/// `rows` of `batch` as Arrow IPC streams of about [`TARGET_MESSAGE_BYTES`] each.
-pub fn encode(batch: &RecordBatch, rows: &[u32]) -> Result<Vec<Vec<u8>>, arrow::error::ArrowError> {
+/// `rows` of `batch` as Arrow IPC streams of at most [`MAX_MESSAGE_BYTES`] each, with the
+/// rows (by index) that do not fit in a message even alone.
+pub fn encode(batch: &RecordBatch, rows: &[u32]) -> (Vec<Vec<u8>>, Vec<u32>) {
     let per_row = batch.get_array_memory_size() / batch.num_rows().max(1);
     let chunk = (TARGET_MESSAGE_BYTES / per_row.max(1)).max(1);
     let mut out = Vec::new();
+    let mut oversized = Vec::new();
     for part in rows.chunks(chunk) {
-        let indices = UInt32Array::from(part.to_vec());
-        let columns = batch
-            .columns()
-            .iter()
-            .map(|c| arrow::compute::take(c.as_ref(), &indices, None))
-            .collect::<Result<Vec<_>, _>>()?;
-        let taken = RecordBatch::try_new(batch.schema(), columns)?;
-        let mut buf = Vec::new();
-        {
-            let mut w = StreamWriter::try_new(&mut buf, &batch.schema())?;
-            w.write(&taken)?;
-            w.finish()?;
-        }
-        out.push(buf);
+        encode_fitting(batch, part, &mut out, &mut oversized);
     }
-    Ok(out)
+    (out, oversized)
+}
+
+/// Encodes `rows`, halving them until each message fits.
+fn encode_fitting(batch: &RecordBatch, rows: &[u32], out: &mut Vec<Vec<u8>>, oversized: &mut Vec<u32>) {
+    match encode_one(batch, rows) {
+        Ok(buf) if buf.len() <= MAX_MESSAGE_BYTES => out.push(buf),
+        result => {
+            if let [row] = rows {
+                if let Err(error) = result {
+                    tracing::error!(%error, "cannot encode an event row for repartitioning");
+                }
+                oversized.push(*row);
+                return;
+            }
+            let (a, b) = rows.split_at(rows.len() / 2);
+            encode_fitting(batch, a, out, oversized);
+            encode_fitting(batch, b, out, oversized);
+        }
+    }
+}
+
+fn encode_one(batch: &RecordBatch, rows: &[u32]) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let indices = UInt32Array::from(rows.to_vec());
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let taken = arrow::compute::take(c.as_ref(), &indices, None)?;
+            // `take` keeps a dictionary's every value; a message carries only its rows' own.
+            match c.data_type() {
+                DataType::Dictionary(_, value) => {
+                    let plain = arrow::compute::cast(&taken, value)?;
+                    arrow::compute::cast(&plain, c.data_type())
+                }
+                _ => Ok(taken),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let taken = RecordBatch::try_new(batch.schema(), columns)?;
+    let mut buf = Vec::new();
+    {
+        let mut w = StreamWriter::try_new(&mut buf, &batch.schema())?;
+        w.write(&taken)?;
+        w.finish()?;
+    }
+    Ok(buf)
 }
 
 /// Why a repartition message was refused.
@@ -398,11 +451,54 @@ pub enum RowsError {
     Schema(String),
     #[error("the Arrow IPC reader failed on the message")]
     Panicked,
+    #[error("not an Arrow IPC stream this message can hold: {0}")]
+    Framing(&'static str),
+}
+
+/// Walks the stream's framing before the reader does: every message's metadata must be a
+/// valid flatbuffer and its body must lie within the payload. The reader allocates a body's
+/// declared length up front, so a 100-byte message claiming terabytes would abort the
+/// process (an allocation failure is not a panic to catch).
+fn check_framing(payload: &[u8]) -> Result<(), RowsError> {
+    let word = |at: usize| -> Result<i32, RowsError> {
+        let end = at.checked_add(4).ok_or(RowsError::Framing("overflow"))?;
+        let bytes: [u8; 4] = payload
+            .get(at..end)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(RowsError::Framing("cut short"))?;
+        Ok(i32::from_le_bytes(bytes))
+    };
+    let mut at = 0usize;
+    while at < payload.len() {
+        let mut len = word(at)?;
+        at = at.saturating_add(4);
+        if len == -1 {
+            // The continuation marker, then the length.
+            len = word(at)?;
+            at = at.saturating_add(4);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let len = usize::try_from(len).map_err(|_| RowsError::Framing("negative length"))?;
+        let meta_end = at.checked_add(len).ok_or(RowsError::Framing("overflow"))?;
+        let meta = payload
+            .get(at..meta_end)
+            .ok_or(RowsError::Framing("metadata cut short"))?;
+        let message = arrow::ipc::root_as_message(meta).map_err(|_| RowsError::Framing("invalid metadata"))?;
+        let body = usize::try_from(message.bodyLength()).map_err(|_| RowsError::Framing("negative body length"))?;
+        at = meta_end
+            .checked_add(body)
+            .filter(|end| *end <= payload.len())
+            .ok_or(RowsError::Framing("body longer than the message"))?;
+    }
+    Ok(())
 }
 
 /// A repartition message's rows, with `ingest_partition` set to where they were read from
 /// (`topic/partition`): the stream whose clock and key set they belong to.
 pub fn decode_rows(payload: &[u8], stream: &Arc<str>) -> Result<RecordBatch, RowsError> {
+    check_framing(payload)?;
     // The IPC reader is not hardened against every malformed input: a panic in it is a
     // refused message, never a crashed consumer.
     let read = std::panic::catch_unwind(|| -> Result<Vec<RecordBatch>, RowsError> {
@@ -475,6 +571,36 @@ mod tests {
     }
 
     #[test]
+    fn messages_carry_only_their_rows_dictionary_values_and_fit() {
+        // Every row of a batch with its own large resource: a message of a few rows must not
+        // carry the others' resources.
+        let mut b = EventBatchBuilder::with_capacity(64);
+        for i in 0..64 {
+            let resource: Arc<str> = Arc::from(format!("{{\"r\":\"{}\"}}", "x".repeat(60_000 + i)));
+            b.append(&AccessEvent {
+                event_time_ns: 1,
+                source_principal: Some("p".into()),
+                resource_attributes: Some(resource),
+                raw: "l".into(),
+                ..Default::default()
+            });
+        }
+        let b = b.finish().unwrap();
+        let (one, _) = encode(&b, &[3]);
+        assert!(one[0].len() < 80_000, "{}", one[0].len());
+        let all: Vec<u32> = (0..64).collect();
+        let (messages, oversized) = encode(&b, &all);
+        assert!(oversized.is_empty());
+        assert!(messages.iter().all(|m| m.len() <= MAX_MESSAGE_BYTES));
+        let stream: Arc<str> = Arc::from("t/0");
+        let back: usize = messages
+            .iter()
+            .map(|m| decode_rows(m, &stream).unwrap().num_rows())
+            .sum();
+        assert_eq!(back, 64);
+    }
+
+    #[test]
     fn rows_of_one_key_go_to_one_partition() {
         let b = rows(&[Some("a"), Some("b"), Some("a"), None, Some("b"), None, Some("c")]);
         let keys = vec![col::SOURCE_PRINCIPAL.to_string()];
@@ -493,7 +619,8 @@ mod tests {
     #[test]
     fn rows_round_trip_and_take_the_partition_they_were_read_from() {
         let b = rows(&[Some("a"), None, Some("c")]);
-        let encoded = encode(&b, &[0, 2]).unwrap();
+        let (encoded, oversized) = encode(&b, &[0, 2]);
+        assert!(oversized.is_empty());
         assert_eq!(encoded.len(), 1);
         let stream: Arc<str> = Arc::from("v-repartition-source_principal/4");
         let back = decode_rows(&encoded[0], &stream).unwrap();
@@ -521,7 +648,27 @@ mod tests {
         }
         assert!(matches!(decode_rows(&buf, &stream), Err(RowsError::Schema(_))));
         // Every truncation of a good message is refused or decoded, never a panic.
-        let good = encode(&rows(&[Some("a"), Some("b")]), &[0, 1]).unwrap().remove(0);
+        let good = encode(&rows(&[Some("a"), Some("b")]), &[0, 1]).0.remove(0);
+        // A body length claiming far more than the message holds is refused before any
+        // allocation: here, the record batch message's body claims 2^60 bytes.
+        let mut claim = good.clone();
+        let meta_len = usize::try_from(i32::from_le_bytes(claim[4..8].try_into().unwrap())).unwrap();
+        let schema_end = 8 + meta_len;
+        let schema_body =
+            usize::try_from(arrow::ipc::root_as_message(&good[8..schema_end]).unwrap().bodyLength()).unwrap();
+        let batch_at = schema_end + schema_body;
+        let batch_len = usize::try_from(i32::from_le_bytes(
+            claim[batch_at + 4..batch_at + 8].try_into().unwrap(),
+        ))
+        .unwrap();
+        let meta = &good[batch_at + 8..batch_at + 8 + batch_len];
+        let body = arrow::ipc::root_as_message(meta).unwrap().bodyLength();
+        let at = meta
+            .windows(8)
+            .position(|w| w == body.to_le_bytes())
+            .expect("the body length in the metadata");
+        claim[batch_at + 8 + at..batch_at + 16 + at].copy_from_slice(&(1i64 << 60).to_le_bytes());
+        assert!(matches!(decode_rows(&claim, &stream), Err(RowsError::Framing(_))));
         for cut in 0..good.len() {
             let _ = decode_rows(&good[..cut], &stream);
         }
