@@ -186,7 +186,7 @@ pub async fn run_with(
                 ..spec.clone()
             },
             EngineSettings {
-                keyed_streams: Some(kafka.repartition.application_id.clone()),
+                keyed_streams: Some(kafka.application_id().to_string()),
                 ..engine_settings.clone()
             },
             revocations.clone(),
@@ -692,11 +692,9 @@ async fn watch_rules(engines: Vec<SharedEngine>, poll_secs: u64, stop: impl Futu
         };
         if changed {
             last = engine.spec().fingerprint();
-            for e in &engines {
-                let e = e.clone();
-                // Compiling DataFusion expressions is CPU work; keep it off the I/O threads.
-                let _ = tokio::task::spawn_blocking(move || e.reload()).await;
-            }
+            let parts = engines.clone();
+            // Compiling DataFusion expressions is CPU work; keep it off the I/O threads.
+            let _ = tokio::task::spawn_blocking(move || SharedEngine::reload_together(&parts)).await;
         }
     }
 }

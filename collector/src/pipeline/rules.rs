@@ -281,7 +281,8 @@ impl SharedEngine {
         metrics: RuleMetrics,
     ) -> Result<Self, Vec<String>> {
         let rules = spec.load(&revocations)?;
-        metrics.rules_loaded.set(rules.len() as i64);
+        // Added: with repartitioning two engines hold the two parts of one rule set.
+        metrics.rules_loaded.inc_by(rules.len() as i64);
         metrics.revocations.set(revocations.len() as i64);
         Ok(Self {
             engine: Arc::new(Mutex::new(Engine::new(rules, settings))),
@@ -314,23 +315,40 @@ impl SharedEngine {
 
     /// Compiles the rule files again and swaps them in if all compile.
     pub fn reload(&self) -> Result<ReloadSummary, Vec<String>> {
-        match self.spec.load(&self.revocations) {
-            Ok(rules) => {
-                let n = rules.len();
-                let summary = self.lock().replace_rules(rules);
-                self.metrics.rules_loaded.set(n as i64);
-                self.metrics.reloads.get_or_create(&[("outcome", "ok")]).inc();
-                tracing::info!(
-                    kept = summary.kept,
-                    changed = summary.changed,
-                    added = summary.added,
-                    removed = summary.removed,
-                    "rules reloaded"
-                );
-                Ok(summary)
+        Self::reload_together(std::slice::from_ref(self)).map(|mut s| s.remove(0))
+    }
+
+    /// Reloads several parts of one rule set (with repartitioning, the stateless and the
+    /// stateful rules): every part is compiled first, and only if all compile are they all
+    /// swapped in, so a rule never ends up in neither part.
+    pub fn reload_together(engines: &[SharedEngine]) -> Result<Vec<ReloadSummary>, Vec<String>> {
+        let Some(first) = engines.first() else {
+            return Ok(Vec::new());
+        };
+        let compiled: Result<Vec<Vec<CompiledRule>>, Vec<String>> =
+            engines.iter().map(|e| e.spec.load(&e.revocations)).collect();
+        match compiled {
+            Ok(sets) => {
+                let mut total = 0;
+                let mut summaries = Vec::with_capacity(sets.len());
+                for (e, rules) in engines.iter().zip(sets) {
+                    total += rules.len();
+                    let summary = e.lock().replace_rules(rules);
+                    tracing::info!(
+                        kept = summary.kept,
+                        changed = summary.changed,
+                        added = summary.added,
+                        removed = summary.removed,
+                        "rules reloaded"
+                    );
+                    summaries.push(summary);
+                }
+                first.metrics.rules_loaded.set(total as i64);
+                first.metrics.reloads.get_or_create(&[("outcome", "ok")]).inc();
+                Ok(summaries)
             }
             Err(errors) => {
-                self.metrics.reloads.get_or_create(&[("outcome", "error")]).inc();
+                first.metrics.reloads.get_or_create(&[("outcome", "error")]).inc();
                 for e in &errors {
                     tracing::error!(error = %e, "rule reload failed; the previous rule set stays active");
                 }

@@ -82,8 +82,9 @@ pub struct KafkaConfig {
 pub struct RepartitionConfig {
     pub enabled: bool,
     /// Names the repartition topics (`<application_id>-repartition-<columns>`) and the group
-    /// reading them (`<application_id>-repartition`); the same on every instance.
-    pub application_id: String,
+    /// reading them (`<application_id>-repartition`); the same on every instance. Unset:
+    /// `group_id`, so two deployments on one cluster do not share topics by accident.
+    pub application_id: Option<String>,
     /// Partitions of the repartition topics Verity creates; 0: as many as the input topic
     /// with the most.
     pub partitions: u32,
@@ -97,7 +98,7 @@ impl Default for RepartitionConfig {
     fn default() -> Self {
         Self {
             enabled: false,
-            application_id: "verity".into(),
+            application_id: None,
             partitions: 0,
             replication_factor: -1,
             create_topics: true,
@@ -125,6 +126,12 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// What names the repartition topics and their group: `repartition.application_id`, or
+    /// `group_id`.
+    pub fn application_id(&self) -> &str {
+        self.repartition.application_id.as_deref().unwrap_or(&self.group_id)
+    }
+
     /// Pure checks: every problem with its key.
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut e = Vec::new();
@@ -186,7 +193,7 @@ impl KafkaConfig {
         }
         let rp = &self.repartition;
         if rp.enabled {
-            let id = &rp.application_id;
+            let id = self.application_id();
             if id.is_empty()
                 || id.len() > 100
                 || !id

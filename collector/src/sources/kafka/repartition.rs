@@ -81,7 +81,7 @@ pub async fn prepare_routes(cfg: &KafkaConfig, key_sets: &[Vec<String>]) -> Resu
     };
     let names: Vec<(String, Vec<String>)> = key_sets
         .iter()
-        .map(|k| (keyed_stream_name(&rp.application_id, k), k.clone()))
+        .map(|k| (keyed_stream_name(cfg.application_id(), k), k.clone()))
         .collect();
     if rp.create_topics {
         let new: Vec<NewTopic<'_>> = names
@@ -154,7 +154,7 @@ pub(super) fn client_config(cfg: &KafkaConfig) -> Result<ClientConfig, KafkaErro
 /// the repartition topics.
 pub fn consumer_config(cfg: &KafkaConfig, routes: &[Route]) -> KafkaConfig {
     KafkaConfig {
-        group_id: format!("{}-repartition", cfg.repartition.application_id),
+        group_id: format!("{}-repartition", cfg.application_id()),
         topics: routes
             .iter()
             .map(|r| TopicConfig {
@@ -495,8 +495,39 @@ fn check_framing(payload: &[u8]) -> Result<(), RowsError> {
     Ok(())
 }
 
-/// A repartition message's rows, with `ingest_partition` set to where they were read from
-/// (`topic/partition`): the stream whose clock and key set they belong to.
+/// `ingest_partition` for rows read from `stream` (`topic/partition` of a repartition topic):
+/// that stream, then `<` and the input partition the row was first read from, if any
+/// (`verity-repartition-source_principal/3<mesh/0`). The key set's rules find their rows by
+/// the first part; event time is kept per whole value and sender, so a lagging input
+/// partition still holds the watermark back rather than having its rows made late.
+fn where_read(original: Option<&ArrayRef>, stream: &str, rows: usize) -> Result<DictionaryArray<Int32Type>, RowsError> {
+    let original = original.and_then(|c| c.as_dictionary_opt::<Int32Type>());
+    let mut values: Vec<String> = vec![stream.to_string()];
+    let mut keys: Vec<i32> = vec![0; rows];
+    if let Some(d) = original
+        && let Some(names) = d.values().as_string_opt::<i32>()
+    {
+        values.extend(names.iter().map(|v| format!("{stream}<{}", v.unwrap_or_default())));
+        for (i, key) in keys.iter_mut().enumerate() {
+            if d.keys().is_valid(i)
+                && let Some(k) = d
+                    .keys()
+                    .values()
+                    .get(i)
+                    .and_then(|k| usize::try_from(*k).ok())
+                    .filter(|k| *k < names.len())
+            {
+                *key = i32::try_from(k.saturating_add(1)).unwrap_or(0);
+            }
+        }
+    }
+    let keys = arrow::array::Int32Array::from(keys);
+    let values = arrow::array::StringArray::from(values);
+    DictionaryArray::try_new(keys, Arc::new(values)).map_err(RowsError::Ipc)
+}
+
+/// A repartition message's rows, with `ingest_partition` saying where they were read from
+/// (see [`where_read`]): the stream whose clock and key set they belong to.
 pub fn decode_rows(payload: &[u8], stream: &Arc<str>) -> Result<RecordBatch, RowsError> {
     check_framing(payload)?;
     // The IPC reader is not hardened against every malformed input: a panic in it is a
@@ -534,10 +565,7 @@ pub fn decode_rows(payload: &[u8], stream: &Arc<str>) -> Result<RecordBatch, Row
         let at = want
             .index_of(col::INGEST_PARTITION)
             .map_err(|e| RowsError::Schema(e.to_string()))?;
-        let keys = arrow::array::Int32Array::from(vec![0; b.num_rows()]);
-        let values = arrow::array::StringArray::from(vec![stream.as_ref()]);
-        let here: DictionaryArray<Int32Type> =
-            DictionaryArray::try_new(keys, Arc::new(values)).map_err(RowsError::Ipc)?;
+        let here = where_read(columns.get(at), stream, b.num_rows())?;
         if let Some(slot) = columns.get_mut(at) {
             *slot = Arc::new(here);
         }
@@ -629,7 +657,7 @@ mod tests {
         let json = verity_model::json::to_json_rows(&back).unwrap();
         assert_eq!(json[1]["source_principal"], "c");
         assert_eq!(json[1]["raw"], "line 2");
-        assert_eq!(json[0]["ingest_partition"], "v-repartition-source_principal/4");
+        assert_eq!(json[0]["ingest_partition"], "v-repartition-source_principal/4<mesh/0");
     }
 
     #[test]
