@@ -155,6 +155,14 @@ pub(super) fn client_config(cfg: &KafkaConfig) -> Result<ClientConfig, KafkaErro
 pub fn consumer_config(cfg: &KafkaConfig, routes: &[Route]) -> KafkaConfig {
     KafkaConfig {
         group_id: format!("{}-repartition", cfg.application_id()),
+        // Prefetch across every repartition partition stays small (librdkafka's default is
+        // 64 MiB), next to the in-flight budget.
+        properties: {
+            let mut p = cfg.properties.clone();
+            p.entry("queued.max.messages.kbytes".into())
+                .or_insert_with(|| "16384".into());
+            p
+        },
         topics: routes
             .iter()
             .map(|r| TopicConfig {
@@ -224,7 +232,9 @@ impl Repartitioner {
         cc.set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .set("message.max.bytes", "1000000");
+            .set("message.max.bytes", "1000000")
+            // One batch's messages are in flight at a time; bound librdkafka's queue to that.
+            .set("queue.buffering.max.kbytes", "65536");
         let producer = cc.create().map_err(|e| KafkaError::Create(e.to_string()))?;
         Ok(Self {
             producer,
@@ -569,6 +579,14 @@ pub fn decode_rows(payload: &[u8], stream: &Arc<str>) -> Result<RecordBatch, Row
         if let Some(slot) = columns.get_mut(at) {
             *slot = Arc::new(here);
         }
+        // The reader's arrays are views into one buffer per message: each would report the
+        // whole buffer as its size, and the in-flight budget would count it once per column.
+        // One copy into buffers of their own (a `take` of every row) makes the accounting true.
+        let every = UInt32Array::from_iter_values(0..u32::try_from(b.num_rows()).unwrap_or(u32::MAX));
+        let columns = columns
+            .iter()
+            .map(|c| arrow::compute::take(c.as_ref(), &every, None))
+            .collect::<Result<Vec<_>, _>>()?;
         // Built against the schema itself: nullability and values are checked again here.
         out.push(RecordBatch::try_new(want.clone(), columns)?);
     }
