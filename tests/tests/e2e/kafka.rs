@@ -47,10 +47,18 @@ fn producer(b: &Broker) -> BaseProducer {
 }
 
 fn produce(p: &BaseProducer, topic: &str, key: Option<&str>, payload: &[u8]) {
+    produce_to(p, topic, None, key, payload);
+}
+
+/// As [`produce`], into `partition` if given (else the producer's partitioner picks).
+fn produce_to(p: &BaseProducer, topic: &str, partition: Option<i32>, key: Option<&str>, payload: &[u8]) {
     loop {
         let mut r = BaseRecord::to(topic).payload(payload);
         if let Some(k) = key {
             r = r.key(k);
+        }
+        if let Some(n) = partition {
+            r = r.partition(n);
         }
         match p.send(r) {
             Ok(()) => return,
@@ -140,11 +148,7 @@ fn paths(v: &Verity) -> BTreeSet<usize> {
 }
 
 fn messages_consumed(v: &Verity) -> f64 {
-    v.metrics_text()
-        .lines()
-        .filter(|l| l.starts_with("verity_kafka_messages_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(v, "verity_kafka_messages_total")
 }
 
 #[test]
@@ -354,12 +358,9 @@ fn two_instances_share_a_group_and_see_what_one_would() {
     assert!(shares.iter().all(|s| *s > 0.0), "both instances consumed: {shares:?}");
 }
 
+/// The sum of every series of a metric.
 fn metric_sum(v: &Verity, name: &str) -> f64 {
-    v.metrics_text()
-        .lines()
-        .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()).is_some_and(|c| *c == b' ' || *c == b'{'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum_where(v, name, "")
 }
 
 /// One producer writes to two partitions; partition 1 is five minutes behind (a backlog).
@@ -380,25 +381,8 @@ fn a_lagging_partition_is_not_made_late_by_the_others() {
         &[("VERITY__RULES__LATENESS_SECS", "5")],
     );
     let p = producer(&broker);
-    let send = |partition: i32, i: usize, principal: &str| loop {
-        let payload = line(i, principal);
-        match p.send(
-            BaseRecord::<(), _>::to("mesh-lag")
-                .payload(&payload)
-                .partition(partition),
-        ) {
-            Ok(()) => break,
-            Err((e, _)) => {
-                assert!(
-                    matches!(
-                        e.rdkafka_error_code(),
-                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                    ),
-                    "{e}"
-                );
-                p.poll(Duration::from_millis(50));
-            }
-        }
+    let send = |partition: i32, i: usize, principal: &str| {
+        produce_to(&p, "mesh-lag", Some(partition), None, line(i, principal).as_bytes());
     };
     const AHEAD: &str = "spiffe://cluster.local/ns/shop/sa/ahead";
     const BEHIND: &str = "spiffe://cluster.local/ns/shop/sa/behind";
@@ -435,11 +419,12 @@ fn a_lagging_partition_is_not_made_late_by_the_others() {
     assert!(keyed.contains(BEHIND) && keyed.contains(AHEAD), "{keyed:?}");
 }
 
-/// The sum of a metric's series whose labels contain `label` (e.g. `topic="x"`).
+/// The sum of a metric's series whose line contains `label` (e.g. `topic="x"`).
 fn metric_sum_where(v: &Verity, name: &str, label: &str) -> f64 {
     v.metrics_text()
         .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()).is_some_and(|c| *c == b' ' || *c == b'{'))
+        .filter(|l| l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

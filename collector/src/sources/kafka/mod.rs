@@ -110,17 +110,7 @@ pub async fn run(
     for (k, v) in &cfg.properties {
         cc.set(k, v);
     }
-    for (k, s) in &cfg.secret_properties {
-        let secret = verity_secret::Secret::resolve(s).map_err(|e| KafkaError::Secret {
-            key: k.clone(),
-            message: e.to_string(),
-        })?;
-        let value = secret.value().map_err(|e| KafkaError::Secret {
-            key: k.clone(),
-            message: e.to_string(),
-        })?;
-        cc.set(k, value);
-    }
+    set_secret_properties(&mut cc, &cfg)?;
     let dlq: Option<(FutureProducer, String)> = match &cfg.dead_letter_topic {
         Some(t) => Some((
             repartition::client_config(&cfg)?
@@ -215,6 +205,23 @@ pub async fn run(
         Err(error) => tracing::debug!(%error, "final Kafka commit"),
     }
     consumer.unsubscribe();
+    Ok(())
+}
+
+/// Sets `kafka.secret_properties` on a client's config, each resolved from its source: every
+/// client of the cluster (consumers, producers, admin) needs them.
+pub(super) fn set_secret_properties(cc: &mut ClientConfig, cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    for (k, s) in &cfg.secret_properties {
+        let secret = verity_secret::Secret::resolve(s).map_err(|e| KafkaError::Secret {
+            key: k.clone(),
+            message: e.to_string(),
+        })?;
+        let value = secret.value().map_err(|e| KafkaError::Secret {
+            key: k.clone(),
+            message: e.to_string(),
+        })?;
+        cc.set(k, value);
+    }
     Ok(())
 }
 

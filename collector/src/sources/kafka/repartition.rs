@@ -136,17 +136,7 @@ pub(super) fn client_config(cfg: &KafkaConfig) -> Result<ClientConfig, KafkaErro
             cc.set(k, v);
         }
     }
-    for (k, s) in &cfg.secret_properties {
-        let secret = verity_secret::Secret::resolve(s).map_err(|e| KafkaError::Secret {
-            key: k.clone(),
-            message: e.to_string(),
-        })?;
-        let value = secret.value().map_err(|e| KafkaError::Secret {
-            key: k.clone(),
-            message: e.to_string(),
-        })?;
-        cc.set(k, value);
-    }
+    super::set_secret_properties(&mut cc, cfg)?;
     Ok(cc)
 }
 
