@@ -191,7 +191,7 @@ fn authorize<'a>(st: &'a AdminState, headers: &HeaderMap) -> Result<&'a ControlA
 
 async fn list_revocations(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     let res = match authorize(&st, &headers) {
-        Ok(api) => json(StatusCode::OK, &serde_json::json!(api.manager.store().list())),
+        Ok(api) => json(StatusCode::OK, &serde_json::json!(api.manager.list())),
         Err(r) => *r,
     };
     st.metrics.answered(Action::List, res)
@@ -273,7 +273,6 @@ async fn add(st: &AdminState, headers: &HeaderMap, body: &[u8]) -> Response {
             deliver(api, events).await;
             let current = api
                 .manager
-                .store()
                 .active_for(verity_control::normalize_principal(&req.principal));
             let status = if refused { StatusCode::CONFLICT } else { StatusCode::OK };
             json(status, &serde_json::json!({"events": summary, "revocation": current}))
@@ -298,7 +297,7 @@ async fn lift(st: &AdminState, headers: &HeaderMap, id: &str) -> Response {
     match api.manager.lift(id, verity_collector::normalize::now_ns()) {
         Ok(events) => {
             deliver(api, events).await;
-            json(StatusCode::OK, &serde_json::json!(api.manager.store().get(id)))
+            json(StatusCode::OK, &serde_json::json!(api.manager.get(id)))
         }
         Err(verity_control::store::StoreError::NotFound(_)) => json(
             StatusCode::NOT_FOUND,

@@ -15,6 +15,7 @@ pub mod policy_staging;
 pub mod redaction;
 pub mod replay;
 pub mod rules_cli;
+pub mod shared_revocations;
 pub mod telemetry;
 pub mod wiring;
 

@@ -245,31 +245,34 @@ pub async fn run_with(
         }
         None => None,
     };
-    let control = Arc::new(
-        verity_control::Revoker::open(
-            settings.control.clone(),
-            responders,
-            // Verification starts in event time: from the watermark when the grace period has
-            // passed (or that moment on the wall clock, if event time is ahead of it), so
-            // events from before (late or replayed data) never read as not enforced.
-            Box::new(move |principal, since| match since {
-                Some(since) => {
-                    let at = verify_engine.watermark().map_or(since, |w| w.min(since));
-                    verify_list.add_since_if_absent(principal, at);
-                }
-                None => verify_list.remove(principal),
-            }),
-        )?
-        .with_metrics(control_metrics)
-        .with_audit_sink({
-            let alerts = alerts.clone();
-            Box::new(move |events| {
-                if let Err(error) = alerts.publish(&events) {
-                    tracing::error!(%error, "could not deliver revocation audit events");
-                }
-            })
+    let shared_revocations = crate::shared_revocations::prepare(&settings.kafka, &mut registry).await?;
+    let revoker = verity_control::Revoker::open(
+        settings.control.clone(),
+        responders,
+        // Verification starts in event time: from the watermark when the grace period has
+        // passed (or that moment on the wall clock, if event time is ahead of it), so
+        // events from before (late or replayed data) never read as not enforced.
+        Box::new(move |principal, since| match since {
+            Some(since) => {
+                let at = verify_engine.watermark().map_or(since, |w| w.min(since));
+                verify_list.add_since_if_absent(principal, at);
+            }
+            None => verify_list.remove(principal),
         }),
-    );
+    )?
+    .with_metrics(control_metrics)
+    .with_audit_sink({
+        let alerts = alerts.clone();
+        Box::new(move |events| {
+            if let Err(error) = alerts.publish(&events) {
+                tracing::error!(%error, "could not deliver revocation audit events");
+            }
+        })
+    });
+    let control = Arc::new(match &shared_revocations {
+        Some(topic) => crate::shared_revocations::with_feed(revoker, topic),
+        None => revoker,
+    });
     if let Some(slot) = webhook_slot {
         let _ = slot.set(Arc::downgrade(&control));
     }
@@ -283,6 +286,9 @@ pub async fn run_with(
         }
     })
     .await;
+    if let Some(topic) = shared_revocations {
+        crate::shared_revocations::start(topic, &settings.kafka, &control, &mut control_tasks, &control_drain);
+    }
     let checkpoint_every = std::time::Duration::from_secs(settings.rules.checkpoint_secs.max(1));
     let mut rules_stage = RulesStage::new(engine.clone(), alerts.clone())
         .with_control(control.clone())

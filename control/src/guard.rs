@@ -206,6 +206,18 @@ impl Guardrails {
         }
     }
 
+    /// Refuses a protected identity, whoever asks for its revocation.
+    pub fn check_protected(&self, principal: &str) -> Result<(), Refusal> {
+        let p = crate::normalize_principal(principal);
+        match self.protected.iter().find(|g| glob(g, p)) {
+            Some(pattern) => Err(Refusal::Protected {
+                principal: p.to_string(),
+                pattern: pattern.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Checks a revocation of `principal` at `now_ns`; on success it counts toward the caps
     /// (global, and the namespace's: the principal's own, else `namespace`).
     pub fn admit(
@@ -231,13 +243,8 @@ impl Guardrails {
         reporters: &[String],
         now_ns: i64,
     ) -> Result<(), Refusal> {
+        self.check_protected(principal)?;
         let p = crate::normalize_principal(principal);
-        if let Some(pattern) = self.protected.iter().find(|g| glob(g, p)) {
-            return Err(Refusal::Protected {
-                principal: p.to_string(),
-                pattern: pattern.clone(),
-            });
-        }
         if severity < self.min_severity {
             return Err(Refusal::Severity {
                 severity: severity.as_str(),

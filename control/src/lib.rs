@@ -27,6 +27,7 @@ pub mod ext_authz;
 pub mod guard;
 pub mod istio;
 pub mod metrics;
+pub mod replica;
 pub mod responder;
 pub mod revoker;
 pub mod store;

@@ -7,6 +7,7 @@ use crate::Counters;
 pub struct ControlMetrics {
     events: Counters,
     refusals: Counters,
+    shared: Counters,
     pub(crate) apply_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
@@ -15,11 +16,15 @@ pub const ACTIONS: &[&str] = &[
     "recorded", "applied", "failed", "refused", "review", "expired", "lifted",
 ];
 
+/// What became of a revocation another instance shared.
+pub const SHARED_OUTCOMES: &[&str] = &["in_force", "ended", "unchanged", "refused"];
+
 impl ControlMetrics {
     pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
         let m = Self {
             events: Counters::default(),
             refusals: Counters::default(),
+            shared: Counters::default(),
             apply_seconds: prometheus_client::metrics::histogram::Histogram::new([
                 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0,
             ]),
@@ -40,6 +45,14 @@ impl ControlMetrics {
             "Revocation actions: recorded, applied, failed, refused, review (an intermediary: a person decides), expired, lifted",
             m.events.clone(),
         );
+        for o in SHARED_OUTCOMES {
+            let _ = m.shared.get_or_create(&vec![("outcome", *o)]);
+        }
+        registry.register(
+            "verity_revocation_shared",
+            "Revocations other instances shared, by outcome: in_force (enforced here), ended, unchanged, refused (not an identity, protected, or too many)",
+            m.shared.clone(),
+        );
         registry.register(
             "verity_revocation_apply_seconds",
             "Time from a revocation's decision until every responder has applied it",
@@ -56,5 +69,9 @@ impl ControlMetrics {
 
     pub(crate) fn refusal(&self, reason: &'static str) {
         self.refusals.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    pub(crate) fn shared(&self, outcome: &'static str) {
+        self.shared.get_or_create(&vec![("outcome", outcome)]).inc();
     }
 }

@@ -56,6 +56,11 @@ pub trait Responder: Send + Sync {
     fn supports_dry_run(&self) -> bool {
         false
     }
+    /// Whether its effect is this instance's alone (the ext_authz deny list): it then also
+    /// enforces the revocations other instances share (`kafka.repartition.share_revocations`).
+    fn per_instance(&self) -> bool {
+        false
+    }
     /// Called after revocation `id`'s new state is stored (and again on every reconcile while
     /// it is pending), so a deferred responder acts only on what the store holds.
     fn stored(&self, _id: &str) {}
@@ -79,6 +84,9 @@ impl Responder for DenyListResponder {
             },
         );
         Ok(Applied::Now("on the ext_authz deny list".into()))
+    }
+    fn per_instance(&self) -> bool {
+        true
     }
     fn remove(&self, r: &Revocation) -> Result<String, ResponderError> {
         self.0.remove(&r.principal);

@@ -15,8 +15,9 @@ use crate::config::ControlConfig;
 use crate::evidence::{alert_namespace, alert_reporters, parse_ttl_ns};
 use crate::guard::{Guardrails, Refusal};
 use crate::metrics::ControlMetrics;
+use crate::replica::Replica;
 use crate::responder::{Responder, ResponderError};
-use crate::store::{Store, StoreError};
+use crate::store::{Feed, Store, StoreError};
 use crate::{Mode, ResponderResult, Revocation, State, normalize_principal, revocation_id};
 
 /// What to revoke, from an alert or an operator.
@@ -71,6 +72,10 @@ pub struct Revoker {
     verify: VerifyHook,
     metrics: Option<ControlMetrics>,
     audit_sink: Option<AuditSink>,
+    /// Other instances' revocations in force (empty unless revocations are shared).
+    replica: Replica,
+    /// Where this instance's revocations are shared, if they are.
+    feed: Option<Feed>,
 }
 
 /// Where audit events that arise outside a caller's request go (a responder's late outcome).
@@ -96,6 +101,8 @@ impl Revoker {
             verify,
             metrics: None,
             audit_sink: None,
+            replica: Replica::default(),
+            feed: None,
         })
     }
 
@@ -184,7 +191,7 @@ impl Revoker {
     /// audit events and, if it was refused, why.
     pub fn revoke(&self, req: &RevokeRequest<'_>, now_ns: i64) -> Result<Outcome, StoreError> {
         let principal = normalize_principal(req.principal).to_string();
-        if self.store.active_for(&principal).is_some() {
+        if self.active_for(&principal).is_some() {
             return Ok(Outcome::default());
         }
         let mut r = Revocation {
@@ -470,6 +477,7 @@ impl Revoker {
         let grace = i64::try_from(self.cfg.grace_secs)
             .unwrap_or(15)
             .saturating_mul(1_000_000_000);
+        self.reconcile_replica(grace, now_ns);
         for r in self.store.active() {
             let effective = r.applied_ns.unwrap_or(r.created_ns).saturating_add(grace);
             match r.state {
@@ -516,7 +524,7 @@ impl Revoker {
     /// Removes `r` from every responder, unless a newer revocation of the same principal is
     /// still in force (lifting or expiring an old one must not undo it).
     fn remove_all(&self, r: &Revocation, why: &str) {
-        if let Some(newer) = self.store.active_for(&r.principal).filter(|n| n.id != r.id) {
+        if let Some(newer) = self.active_for(&r.principal).filter(|n| n.id != r.id) {
             tracing::info!(old = %r.id, newer = %newer.id, "{why} revocation superseded; the newer one stays in force");
             return;
         }
@@ -531,6 +539,17 @@ impl Revoker {
     /// Lifts an active revocation by hand. Lifting one that is no longer in force changes
     /// nothing (and never removes a newer revocation of the same principal).
     pub fn lift(&self, id: &str, now_ns: i64) -> Result<Vec<Alert>, StoreError> {
+        self.lift_as(id, now_ns, "lifted by an operator")
+    }
+
+    /// [`Revoker::lift`], audited with `detail`. Another instance's revocation is lifted
+    /// through the shared topic: its owner removes it from the control plane.
+    fn lift_as(&self, id: &str, now_ns: i64, detail: &str) -> Result<Vec<Alert>, StoreError> {
+        if self.store.get(id).is_none()
+            && let Some(events) = self.lift_replicated(id, now_ns)
+        {
+            return Ok(events);
+        }
         let was_active = self.store.get(id).is_some_and(|r| r.state.is_active());
         let r = self.store.update(id, |r| {
             if r.state.is_active() {
@@ -541,13 +560,7 @@ impl Revoker {
             return Ok(Vec::new());
         }
         self.remove_all(&r, "lifted");
-        Ok(vec![self.audit(
-            &r,
-            "lifted",
-            Severity::Medium,
-            "lifted by an operator",
-            now_ns,
-        )])
+        Ok(vec![self.audit(&r, "lifted", Severity::Medium, detail, now_ns)])
     }
 
     /// After a restart: hands every revocation in force (applied, pending or failed) to every
@@ -582,18 +595,42 @@ impl Revoker {
         out
     }
 
-    /// Active revocations that deferred responders should have applied (not log-only).
+    /// Active revocations that deferred responders should have applied (not log-only),
+    /// this instance's and those other instances share.
     pub fn enforced(&self) -> Vec<Revocation> {
         self.store
             .active()
             .into_iter()
+            .chain(self.replica.active())
             .filter(|r| r.mode != Mode::LogOnly)
             .collect()
+    }
+
+    /// Every revocation this instance holds, then those in force that other instances share.
+    pub fn list(&self) -> Vec<Revocation> {
+        let mut all = self.store.list();
+        all.extend(self.replica.active());
+        all
+    }
+
+    /// A revocation by id, this instance's or a shared one in force.
+    pub fn get(&self, id: &str) -> Option<Revocation> {
+        self.store.get(id).or_else(|| self.replica.get(id))
+    }
+
+    /// The revocation of `principal` in force, this instance's or a shared one.
+    pub fn active_for(&self, principal: &str) -> Option<Revocation> {
+        self.store
+            .active_for(principal)
+            .or_else(|| self.replica.active_for(principal))
     }
 }
 
 /// Shared handle, for the pipeline and the admin API.
 pub type SharedRevoker = Arc<Revoker>;
+
+#[path = "revoker_shared.rs"]
+mod shared;
 
 #[cfg(test)]
 #[path = "revoker_tests.rs"]

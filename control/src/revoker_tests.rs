@@ -249,3 +249,85 @@ fn evidence_from_a_bystander_or_about_a_gateway_revokes_no_one() {
     assert_eq!(e[0].entity.as_ref().unwrap().kind, "request_principal");
     assert!(deny.check("https://idp.example.com/user-7", S).is_some());
 }
+
+/// What one instance shared, standing in for the compacted topic.
+type SharedLog = Arc<Mutex<Vec<Revocation>>>;
+
+/// Two instances sharing revocations.
+fn shared_pair(a: &std::path::Path, b: &std::path::Path) -> [(Revoker, DenyList, Verified, SharedLog); 2] {
+    [a, b].map(|dir| {
+        let (m, deny, verified) = revoker(dir, Mode::Enforce);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let m = m.with_feed(Arc::new(move |r: &Revocation| l.lock().unwrap().push(r.clone())));
+        (m, deny, verified, log)
+    })
+}
+
+/// Hands everything `from` shared since the last call to `to`.
+fn deliver_shared(from: &Mutex<Vec<Revocation>>, to: &Revoker, now: i64) -> Vec<Alert> {
+    let shared: Vec<Revocation> = std::mem::take(&mut *from.lock().unwrap());
+    shared.into_iter().flat_map(|r| to.absorb(r, now)).collect()
+}
+
+#[test]
+fn a_revocation_shared_by_one_instance_is_enforced_and_lifted_at_the_other() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [(a, deny_a, _, log_a), (b, deny_b, verified_b, log_b)] = shared_pair(da.path(), db.path());
+    let cart = "cluster.local/ns/shop/sa/cart";
+    let t0 = 1_000 * S;
+    a.on_alerts(&[alert(cart)], t0);
+    assert!(deny_a.check(cart, t0).is_some());
+    assert!(deny_b.check(cart, t0).is_none(), "not shared yet");
+    assert!(
+        deliver_shared(&log_a, &b, t0).is_empty(),
+        "the owner audits, not the others"
+    );
+    assert!(deny_b.check(cart, t0).is_some(), "enforced at the other instance");
+    let id = a.store().list()[0].id.clone();
+    assert_eq!(b.get(&id).unwrap().state, State::Applied);
+    assert!(b.store().list().is_empty(), "b does not own it");
+    // b does not revoke the same principal again.
+    b.on_alerts(&[alert(cart)], t0 + S);
+    assert!(b.store().list().is_empty());
+    // Its own word coming back changes nothing at the owner.
+    let echoed = a.get(&id).unwrap();
+    assert!(a.absorb(echoed, t0).is_empty());
+    // Verification starts at b after the grace period, as at the owner.
+    b.reconcile(t0 + 11 * S);
+    assert!(verified_b.lock().unwrap().contains(&(cart.to_string(), true)));
+    // An operator lifts it at b: b stops at once, the owner lifts it on hearing.
+    let events = b.lift(&id, t0 + 20 * S).unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(deny_b.check(cart, t0 + 20 * S).is_none());
+    let events = deliver_shared(&log_b, &a, t0 + 20 * S);
+    assert_eq!(events.len(), 1, "the owner audits the lift");
+    assert_eq!(a.store().get(&id).unwrap().state, State::Lifted);
+    assert!(deny_a.check(cart, t0 + 20 * S).is_none());
+    assert!(deliver_shared(&log_a, &b, t0 + 20 * S).is_empty());
+    assert!(b.get(&id).is_none());
+}
+
+#[test]
+fn shared_revocations_end_at_their_ttl_and_never_name_a_wildcard_or_protected_identity() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [(a, _, _, log_a), (b, deny_b, _, _)] = shared_pair(da.path(), db.path());
+    let cart = "cluster.local/ns/shop/sa/cart";
+    let t0 = 1_000 * S;
+    a.on_alerts(&[alert(cart)], t0);
+    let mut forged = a.store().list()[0].clone();
+    deliver_shared(&log_a, &b, t0);
+    assert!(deny_b.check(cart, t0).is_some());
+    // The owner is gone: b forgets it at its TTL all the same.
+    b.reconcile(t0 + 3601 * S);
+    assert!(b.list().is_empty());
+    assert!(deny_b.is_empty());
+    // A writer of the topic that is not Verity cannot deny everyone or the control plane.
+    for principal in ["*", "cluster.local/ns/istio-system/sa/istiod"] {
+        forged.id = format!("rev-{principal}");
+        forged.principal = principal.into();
+        forged.expires_ns = t0 + 7200 * S;
+        b.absorb(forged.clone(), t0);
+        assert!(deny_b.is_empty(), "{principal}");
+    }
+}

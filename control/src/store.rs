@@ -23,9 +23,13 @@ pub enum StoreError {
     NotFound(String),
 }
 
+/// Told of every revocation the store has just written (to share it with other instances).
+pub type Feed = std::sync::Arc<dyn Fn(&Revocation) + Send + Sync>;
+
 pub struct Store {
     path: PathBuf,
     items: Mutex<BTreeMap<String, Revocation>>,
+    feed: Option<Feed>,
 }
 
 impl Store {
@@ -52,7 +56,19 @@ impl Store {
         Ok(Self {
             path: path.to_path_buf(),
             items: Mutex::new(items),
+            feed: None,
         })
+    }
+
+    /// From now on, every revocation written is also handed to `feed`, after it is durable.
+    pub fn set_feed(&mut self, feed: Feed) {
+        self.feed = Some(feed);
+    }
+
+    fn fed(&self, r: &Revocation) {
+        if let Some(feed) = &self.feed {
+            feed(r);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Revocation>> {
@@ -84,8 +100,10 @@ impl Store {
     /// Inserts or replaces a revocation, durably.
     pub fn put(&self, r: Revocation) -> Result<(), StoreError> {
         let mut items = self.lock();
-        items.insert(r.id.clone(), r);
-        self.persist(&items)
+        items.insert(r.id.clone(), r.clone());
+        self.persist(&items)?;
+        self.fed(&r);
+        Ok(())
     }
 
     /// Changes one revocation, durably; returns the new value.
@@ -95,6 +113,7 @@ impl Store {
         f(r);
         let out = r.clone();
         self.persist(&items)?;
+        self.fed(&out);
         Ok(out)
     }
 
@@ -131,6 +150,7 @@ impl Store {
         }
         if !expired.is_empty() {
             self.persist(&items)?;
+            expired.iter().for_each(|r| self.fed(r));
         }
         Ok(expired)
     }

@@ -13,6 +13,7 @@ mod e2e {
     pub mod intake_auth;
     pub mod istio;
     pub mod kafka;
+    pub mod kafka_revocations;
     pub mod otlp_grpc;
     pub mod otlp_http;
     pub mod policy;

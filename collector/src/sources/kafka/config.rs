@@ -90,8 +90,13 @@ pub struct RepartitionConfig {
     pub partitions: u32,
     /// Replication factor of the topics Verity creates; -1: the broker's default.
     pub replication_factor: i32,
-    /// Create missing repartition topics at start; otherwise they must exist.
+    /// Create missing repartition topics (and the revocations topic) at start; otherwise
+    /// they must exist.
     pub create_topics: bool,
+    /// Share revocations between the instances through the compacted topic
+    /// `<application_id>-revocations`: every instance's ext_authz denies what any of them
+    /// revoked, and a revocation is lifted from any of them.
+    pub share_revocations: bool,
 }
 
 impl Default for RepartitionConfig {
@@ -102,6 +107,7 @@ impl Default for RepartitionConfig {
             partitions: 0,
             replication_factor: -1,
             create_topics: true,
+            share_revocations: true,
         }
     }
 }
@@ -130,6 +136,12 @@ impl KafkaConfig {
     /// `group_id`.
     pub fn application_id(&self) -> &str {
         self.repartition.application_id.as_deref().unwrap_or(&self.group_id)
+    }
+
+    /// The compacted topic revocations are shared through, when they are.
+    pub fn revocations_topic(&self) -> Option<String> {
+        (self.enabled && self.repartition.enabled && self.repartition.share_revocations)
+            .then(|| format!("{}-revocations", self.application_id()))
     }
 
     /// Pure checks: every problem with its key.

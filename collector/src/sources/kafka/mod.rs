@@ -23,6 +23,7 @@ mod message;
 mod metrics;
 mod rebalance;
 pub mod repartition;
+pub mod shared_topic;
 
 use std::collections::HashMap;
 use std::future::Future;
