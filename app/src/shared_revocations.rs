@@ -19,7 +19,8 @@ pub async fn prepare(kafka: &KafkaConfig, registry: &mut Registry) -> Result<Opt
     let Some(name) = kafka.revocations_topic() else {
         return Ok(None);
     };
-    let topic = SharedTopic::new(name, SharedTopicMetrics::register(registry));
+    let signing = verity_collector::sources::kafka::signing_key(kafka)?;
+    let topic = SharedTopic::new(name, SharedTopicMetrics::register(registry), signing);
     topic.prepare(kafka).await?;
     tracing::info!(topic = topic.topic(), "revocations are shared through Kafka");
     Ok(Some(topic))

@@ -315,9 +315,15 @@ impl Engine {
             |slot| slot.cost_ns,
             |slot| {
                 let hidden = match &slot.stream {
-                    Some(stream) => streams
-                        .get(stream.as_str())
-                        .map(|(plain, with_forged)| if slot.rule.sees_forged { plain } else { with_forged }),
+                    Some(stream) => match streams.get(stream.as_str()) {
+                        // None of the batch's rows came through this rule's stream: there is
+                        // nothing for it to see (a repartitioned batch holds one stream).
+                        Some(None) => return (Vec::new(), false),
+                        Some(Some((plain, with_forged))) => {
+                            Some(if slot.rule.sees_forged { plain } else { with_forged })
+                        }
+                        None => None,
+                    },
                     None => forged.as_ref().filter(|_| !slot.rule.sees_forged),
                 };
                 evaluate_slot(slot, &rows, hidden, watermark_before)
@@ -339,18 +345,18 @@ impl Engine {
     }
 
     /// For each keyed stream a rule reads: the rows it must not see (those of other streams),
-    /// and the same with forged rows added.
-    fn stream_masks(
-        &self,
-        batch: &RecordBatch,
-        forged: Option<&BooleanArray>,
-    ) -> HashMap<String, (BooleanArray, BooleanArray)> {
+    /// and the same with forged rows added; `None` when the batch has no row of the stream.
+    fn stream_masks(&self, batch: &RecordBatch, forged: Option<&BooleanArray>) -> HashMap<String, StreamMasks> {
         let mut masks = HashMap::new();
         for stream in self.slots.iter().filter_map(|s| s.stream.as_deref()) {
             if masks.contains_key(stream) {
                 continue;
             }
             let theirs = crate::key_sets::rows_of_stream(batch, stream);
+            if theirs.true_count() == 0 {
+                masks.insert(stream.to_string(), None);
+                continue;
+            }
             // Neither kernel fails on arrays of one length without nulls; if one did, the
             // rule would see nothing rather than rows of other streams.
             let hide_all = || BooleanArray::from(vec![true; batch.num_rows()]);
@@ -359,7 +365,7 @@ impl Engine {
                 Some(f) => arrow::compute::or(&others, f).unwrap_or_else(|_| hide_all()),
                 None => others.clone(),
             };
-            masks.insert(stream.to_string(), (others, with_forged));
+            masks.insert(stream.to_string(), Some((others, with_forged)));
         }
         masks
     }
@@ -462,6 +468,10 @@ fn forged_rows(batch: &RecordBatch) -> Option<BooleanArray> {
     let forged: BooleanArray = values.iter().map(|v| Some(v == Some(not_party))).collect();
     (forged.true_count() > 0).then_some(forged)
 }
+
+/// The rows of a batch hidden from a keyed stream's rules, without and with forged rows;
+/// `None` when the batch has no row of that stream.
+type StreamMasks = Option<(BooleanArray, BooleanArray)>;
 
 /// One rule over one batch, without the rows in `hidden`: its alerts, and whether its evaluation failed (logged here).
 fn evaluate_slot(

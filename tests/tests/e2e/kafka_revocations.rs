@@ -27,6 +27,9 @@ fn instance(broker: &Broker) -> (Verity, std::net::SocketAddr, std::path::PathBu
     .expect("rule");
     let token = dir.path().join("admin-token");
     std::fs::write(&token, "s3cret-admin\n").expect("token");
+    let signing = dir.path().join("signing-key");
+    std::fs::write(&signing, "deployment-signing-key\n").expect("key");
+    let signing = format!("{{file: '{}'}}", signing.display());
     let ext_authz = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (rules, listen, file, token_ref, bootstrap) = (
         format!("[{}]", rules.display()),
@@ -56,6 +59,7 @@ fn instance(broker: &Broker) -> (Verity, std::net::SocketAddr, std::path::PathBu
                 "[{name: mesh-probe, encoding: raw, sender: otel-collector}]",
             ),
             ("VERITY__KAFKA__REPARTITION__ENABLED", "true"),
+            ("VERITY__KAFKA__REPARTITION__SIGNING_KEY", &signing),
             ("VERITY__KAFKA__PROPERTIES__FETCH.WAIT.MAX.MS", "50"),
             ("VERITY__KAFKA__PROPERTIES__SESSION.TIMEOUT.MS", "6000"),
             ("VERITY__KAFKA__PROPERTIES__HEARTBEAT.INTERVAL.MS", "500"),
@@ -158,6 +162,29 @@ fn every_instance_denies_what_another_revoked_and_a_lift_anywhere_lifts_everywhe
             .is_some_and(|l| l.iter().any(|r| r["id"] == id.as_str() && r["state"] == "lifted"))
     }));
     assert!(both_deny(PAY), "PAY stays revoked");
+
+    // A client that can write the revocations topic but lacks the signing key cannot make
+    // anyone deny a principal.
+    const FORGED: &str = "cluster.local/ns/shop/sa/victim";
+    let forged = serde_json::json!({
+        "id": "rev-forged", "kind": "principal", "principal": FORGED, "reason": "forged",
+        "mode": "enforce", "created_ns": 0, "expires_ns": i64::MAX, "state": "applied",
+    });
+    let forged = serde_json::to_vec(&forged).expect("json");
+    producer
+        .send(BaseRecord::to("e2e-rev-revocations").key("rev-forged").payload(&forged))
+        .expect("send");
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    let poison = |v: &Verity| {
+        v.metric_value("verity_kafka_shared_messages_total{topic=\"e2e-rev-revocations\",direction=\"poison\"}")
+            .unwrap_or(0.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || poison(&a) >= 1.0 && poison(&b) >= 1.0),
+        "the unsigned revocation is refused by both"
+    );
+    assert_eq!(check(authz_a, FORGED), 0);
+    assert_eq!(check(authz_b, FORGED), 0);
     assert!(
         a.metric_value("verity_revocation_shared_total{outcome=\"in_force\"}")
             .unwrap_or(0.0)

@@ -97,6 +97,10 @@ pub struct RepartitionConfig {
     /// `<application_id>-revocations`: every instance's ext_authz denies what any of them
     /// revoked, and a revocation is lifted from any of them.
     pub share_revocations: bool,
+    /// A secret shared by the deployment's instances: every repartition and revocations
+    /// message is signed with it (HMAC-SHA256), and one without a valid signature is refused
+    /// as poison. Unset: messages are unsigned and only the topics' ACLs protect them.
+    pub signing_key: Option<verity_secret::SecretRef>,
 }
 
 impl Default for RepartitionConfig {
@@ -108,6 +112,7 @@ impl Default for RepartitionConfig {
             replication_factor: -1,
             create_topics: true,
             share_revocations: true,
+            signing_key: None,
         }
     }
 }

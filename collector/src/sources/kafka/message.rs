@@ -20,6 +20,7 @@ use super::metrics::{KafkaMetrics, TopicLabel};
 pub(super) async fn handle_message(
     m: &BorrowedMessage<'_>,
     topics: &HashMap<String, TopicConfig>,
+    signing: Option<&super::signing::MessageKey>,
     ingest: &Ingest,
     metrics: &KafkaMetrics,
     dlq: Option<&(FutureProducer, String)>,
@@ -48,12 +49,16 @@ pub(super) async fn handle_message(
     };
     let failure: Option<String> = match (tc.encoding, tc.signal) {
         // Rows another instance normalized and sent here for their key (repartitioning).
-        (Encoding::ArrowIpc, _) => match super::repartition::decode_rows(payload, &origin.stream) {
+        (Encoding::ArrowIpc, _) => match signing
+            .map_or(Ok(()), |key| key.verify(topic, payload, m.headers()))
+            .map_err(|e| e.to_string())
+            .and_then(|()| super::repartition::decode_rows(payload, &origin.stream).map_err(|e| e.to_string()))
+        {
             Ok(rows) => {
                 accum.add(Some(crate::pipeline::Batch::Events(rows)));
                 None
             }
-            Err(e) => Some(undecodable(ingest, &origin, signal, payload, poison(e.to_string()))),
+            Err(why) => Some(undecodable(ingest, &origin, signal, payload, poison(why))),
         },
         (Encoding::Raw, _) => match std::str::from_utf8(payload) {
             Ok(text) => {

@@ -24,6 +24,7 @@ mod metrics;
 mod rebalance;
 pub mod repartition;
 pub mod shared_topic;
+pub mod signing;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -134,6 +135,7 @@ pub async fn run(
     tracing::info!(brokers = %cfg.brokers, group = %cfg.group_id, topics = ?names, "Kafka consumer subscribed");
 
     let topics: HashMap<String, TopicConfig> = cfg.topics.iter().map(|t| (t.name.clone(), t.clone())).collect();
+    let signing = signing_key(&cfg)?;
     let (ack_tx, ack_rx) = mpsc::channel::<Pending>(cfg.max_pending_batches.max(1));
     let acker = tokio::spawn(
         acknowledge(
@@ -163,7 +165,7 @@ pub async fn run(
                     if accum.started.is_none() {
                         age.as_mut().reset(tokio::time::Instant::now() + max_delay);
                     }
-                    handle_message(&m, &topics, &ingest, &metrics, dlq.as_ref(), &mut accum).await;
+                    handle_message(&m, &topics, signing.as_deref(), &ingest, &metrics, dlq.as_ref(), &mut accum).await;
                     accum.rows >= cfg.max_batch_records || accum.bytes >= ingest.limits().max_request_rows_bytes
                 }
                 Err(error) => {
@@ -224,6 +226,21 @@ pub(super) fn set_secret_properties(cc: &mut ClientConfig, cfg: &KafkaConfig) ->
         cc.set(k, value);
     }
     Ok(())
+}
+
+/// The key signing the messages instances send each other, if one is configured.
+pub fn signing_key(cfg: &KafkaConfig) -> Result<Option<Arc<signing::MessageKey>>, KafkaError> {
+    let Some(source) = &cfg.repartition.signing_key else {
+        return Ok(None);
+    };
+    let secret = |e: verity_secret::SecretError| KafkaError::Secret {
+        key: "repartition.signing_key".into(),
+        message: e.to_string(),
+    };
+    let value = verity_secret::Secret::resolve(source)
+        .and_then(|s| s.value())
+        .map_err(secret)?;
+    Ok(Some(Arc::new(signing::MessageKey::new(value.as_bytes()))))
 }
 
 /// Sends what was accumulated into the pipeline, pausing the partitions while it is full.

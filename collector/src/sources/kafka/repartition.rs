@@ -213,6 +213,7 @@ pub struct Repartitioner {
     producer: FutureProducer,
     routes: Vec<Route>,
     metrics: RepartitionMetrics,
+    signing: Option<Arc<super::signing::MessageKey>>,
 }
 
 impl Repartitioner {
@@ -230,6 +231,7 @@ impl Repartitioner {
             producer,
             routes,
             metrics,
+            signing: super::signing_key(cfg)?,
         })
     }
 
@@ -247,9 +249,12 @@ impl Repartitioner {
                     continue;
                 };
                 let sent = loop {
-                    let record = FutureRecord::<(), [u8]>::to(topic)
+                    let mut record = FutureRecord::<(), [u8]>::to(topic)
                         .payload(payload.as_slice())
                         .partition(partition);
+                    if let Some(key) = &self.signing {
+                        record = record.headers(key.sign(topic, payload.as_slice()));
+                    }
                     match self.producer.send_result(record) {
                         Ok(delivery) => break Some(delivery),
                         Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {

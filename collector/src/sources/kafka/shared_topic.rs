@@ -32,6 +32,7 @@ use verity_drain::Watcher;
 use super::KafkaError;
 use super::config::KafkaConfig;
 use super::repartition::client_config;
+use super::signing::MessageKey;
 
 /// One shared value at most this large (a revocation is about a kilobyte).
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -89,10 +90,12 @@ pub struct SharedTopic {
     pending: Mutex<BTreeMap<String, Vec<u8>>>,
     wake: Notify,
     metrics: SharedTopicMetrics,
+    signing: Option<Arc<MessageKey>>,
 }
 
 impl SharedTopic {
-    pub fn new(topic: String, metrics: SharedTopicMetrics) -> Arc<Self> {
+    /// `signing`: the deployment's message key, if it has one (see [`super::signing`]).
+    pub fn new(topic: String, metrics: SharedTopicMetrics, signing: Option<Arc<MessageKey>>) -> Arc<Self> {
         for d in [
             Direction::sent,
             Direction::retried,
@@ -109,6 +112,7 @@ impl SharedTopic {
             pending: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             metrics,
+            signing,
         })
     }
 
@@ -209,7 +213,10 @@ impl SharedTopic {
         let batch = std::mem::take(&mut *self.pending());
         let mut all = true;
         for (key, value) in batch {
-            let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
+            let mut record = FutureRecord::to(&self.topic).key(&key).payload(&value);
+            if let Some(signing) = &self.signing {
+                record = record.headers(signing.sign(&self.topic, &value));
+            }
             match producer.send(record, Duration::from_secs(10)).await {
                 Ok(_) => self.metrics.count(&self.topic, Direction::sent),
                 Err((error, _)) => {
@@ -251,6 +258,15 @@ impl SharedTopic {
             if payload.len() > MAX_VALUE_BYTES {
                 self.metrics.count(&self.topic, Direction::poison);
                 tracing::warn!(topic = %self.topic, offset = m.offset(), bytes = payload.len(), "shared value too large; ignored");
+                continue;
+            }
+            if let Some(Err(error)) = self
+                .signing
+                .as_ref()
+                .map(|k| k.verify(&self.topic, payload, m.headers()))
+            {
+                self.metrics.count(&self.topic, Direction::poison);
+                tracing::warn!(topic = %self.topic, offset = m.offset(), %error, "shared value refused");
                 continue;
             }
             let (h, value) = (handler.clone(), payload.to_vec());
