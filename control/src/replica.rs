@@ -31,12 +31,22 @@ pub enum Learnt {
 }
 
 #[derive(Default)]
+struct Known {
+    /// In force.
+    active: BTreeMap<String, Revocation>,
+    /// Ended before their TTL (lifted), with that TTL: a revocation never comes back, so a
+    /// replayed copy of an older message about one of these is refused. Past the TTL a
+    /// replay is refused anyway.
+    ended: BTreeMap<String, i64>,
+}
+
+#[derive(Default)]
 pub struct Replica {
-    items: Mutex<BTreeMap<String, Revocation>>,
+    items: Mutex<Known>,
 }
 
 impl Replica {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Revocation>> {
+    fn lock(&self) -> MutexGuard<'_, Known> {
         match self.items.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -45,45 +55,55 @@ impl Replica {
 
     /// Takes another instance's latest word on a revocation.
     pub fn learn(&self, r: Revocation, now_ns: i64) -> Learnt {
-        let mut items = self.lock();
+        let mut known = self.lock();
         if !r.state.is_active() || r.expires_ns <= now_ns {
-            return Learnt::Ended(items.remove(&r.id).map(Box::new));
+            if r.expires_ns > now_ns && known.ended.len() < MAX_REPLICATED {
+                known.ended.insert(r.id.clone(), r.expires_ns);
+            }
+            return Learnt::Ended(known.active.remove(&r.id).map(Box::new));
         }
-        match items.get(&r.id) {
-            Some(known) if *known == r => Learnt::Unchanged,
-            None if items.len() >= MAX_REPLICATED => Learnt::Full,
+        if known.ended.contains_key(&r.id) {
+            return Learnt::Unchanged;
+        }
+        match known.active.get(&r.id) {
+            Some(k) if *k == r => Learnt::Unchanged,
+            None if known.active.len() >= MAX_REPLICATED => Learnt::Full,
             _ => {
-                items.insert(r.id.clone(), r);
+                known.active.insert(r.id.clone(), r);
                 Learnt::InForce
             }
         }
     }
 
     pub fn get(&self, id: &str) -> Option<Revocation> {
-        self.lock().get(id).cloned()
+        self.lock().active.get(id).cloned()
     }
 
     pub fn active(&self) -> Vec<Revocation> {
-        self.lock().values().cloned().collect()
+        self.lock().active.values().cloned().collect()
     }
 
     pub fn active_for(&self, principal: &str) -> Option<Revocation> {
-        self.lock().values().find(|r| r.principal == principal).cloned()
+        self.lock().active.values().find(|r| r.principal == principal).cloned()
     }
 
-    /// Forgets every revocation whose TTL has passed (its owner may be gone); returns them.
+    /// Forgets every revocation whose TTL has passed (its owner may be gone); returns those
+    /// that were in force.
     pub fn expire(&self, now_ns: i64) -> Vec<Revocation> {
-        let mut items = self.lock();
-        let due: Vec<String> = items
+        let mut known = self.lock();
+        known.ended.retain(|_, expires_ns| *expires_ns > now_ns);
+        let due: Vec<String> = known
+            .active
             .values()
             .filter(|r| r.expires_ns <= now_ns)
             .map(|r| r.id.clone())
             .collect();
-        due.iter().filter_map(|id| items.remove(id)).collect()
+        due.iter().filter_map(|id| known.active.remove(id)).collect()
     }
 
+    /// Revocations in force.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().active.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,6 +147,9 @@ mod tests {
         // An end never seen in force, or a revocation already past its TTL, is not kept.
         assert_eq!(r.learn(rev("b", State::Expired, 100), 10), Learnt::Ended(None));
         assert_eq!(r.learn(rev("c", State::Applied, 10), 10), Learnt::Ended(None));
+        assert!(r.is_empty());
+        // A replayed copy of an older message does not bring a lifted revocation back.
+        assert_eq!(r.learn(rev("a", State::Applied, 100), 20), Learnt::Unchanged);
         assert!(r.is_empty());
     }
 

@@ -48,7 +48,14 @@ impl Revoker {
                     }
                 };
             }
-            // Our own word coming back, or an older one: the store has the latest.
+            // Our own word coming back, or an older one: the store has the latest. An older
+            // one (replayed into the topic) is answered with the latest, so that compaction
+            // keeps that.
+            if own != r
+                && let Some(feed) = &self.feed
+            {
+                feed(&own);
+            }
             self.count_shared("unchanged");
             return Vec::new();
         }

@@ -331,3 +331,25 @@ fn shared_revocations_end_at_their_ttl_and_never_name_a_wildcard_or_protected_id
         assert!(deny_b.is_empty(), "{principal}");
     }
 }
+
+#[test]
+fn a_replayed_message_about_an_owned_revocation_is_answered_with_the_latest() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [(a, _, _, log_a), (b, deny_b, _, _)] = shared_pair(da.path(), db.path());
+    let cart = "cluster.local/ns/shop/sa/cart";
+    let t0 = 1_000 * S;
+    a.on_alerts(&[alert(cart)], t0);
+    let applied = a.store().list()[0].clone();
+    deliver_shared(&log_a, &b, t0);
+    a.lift(&applied.id, t0 + S).unwrap();
+    deliver_shared(&log_a, &b, t0 + S);
+    assert!(deny_b.is_empty());
+    // Someone replays the old "applied" message: b does not enforce it again, and a writes
+    // the latest state once more.
+    assert!(a.absorb(applied.clone(), t0 + 2 * S).is_empty());
+    assert!(b.absorb(applied, t0 + 2 * S).is_empty());
+    assert!(deny_b.is_empty());
+    let republished = std::mem::take(&mut *log_a.lock().unwrap());
+    assert_eq!(republished.len(), 1);
+    assert_eq!(republished[0].state, State::Lifted);
+}
