@@ -20,6 +20,12 @@ pub async fn prepare(kafka: &KafkaConfig, registry: &mut Registry) -> Result<Opt
         return Ok(None);
     };
     let signing = verity_collector::sources::kafka::signing_key(kafka)?;
+    if signing.is_none() {
+        tracing::warn!(
+            "revocations are shared without kafka.repartition.signing_key: any client allowed to write \
+             the revocations topic can make instances deny or lift a principal; set a signing key or restrict writes with ACLs"
+        );
+    }
     let topic = SharedTopic::new(name, SharedTopicMetrics::register(registry), signing);
     topic.prepare(kafka).await?;
     tracing::info!(topic = topic.topic(), "revocations are shared through Kafka");

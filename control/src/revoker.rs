@@ -526,6 +526,7 @@ impl Revoker {
     fn remove_all(&self, r: &Revocation, why: &str) {
         if let Some(newer) = self.active_for(&r.principal).filter(|n| n.id != r.id) {
             tracing::info!(old = %r.id, newer = %newer.id, "{why} revocation superseded; the newer one stays in force");
+            self.reapply_here(&newer);
             return;
         }
         for resp in &self.responders {
@@ -598,10 +599,17 @@ impl Revoker {
     /// Active revocations that deferred responders should have applied (not log-only),
     /// this instance's and those other instances share.
     pub fn enforced(&self) -> Vec<Revocation> {
-        self.store
+        let own = self.store.active();
+        // This instance's revocation of a principal wins over another's: Istio names a policy
+        // by principal, and confirms it to the revocation listed.
+        let others: Vec<Revocation> = self
+            .replica
             .active()
             .into_iter()
-            .chain(self.replica.active())
+            .filter(|r| !own.iter().any(|o| o.principal == r.principal))
+            .collect();
+        own.into_iter()
+            .chain(others)
             .filter(|r| r.mode != Mode::LogOnly)
             .collect()
     }

@@ -120,6 +120,7 @@ impl Revoker {
     fn end_replicated(&self, ended: &Revocation) {
         if let Some(newer) = self.active_for(&ended.principal).filter(|n| n.id != ended.id) {
             tracing::info!(old = %ended.id, newer = %newer.id, "shared revocation ended; a newer one stays in force");
+            self.reapply_here(&newer);
             return;
         }
         for resp in self.responders.iter().filter(|p| p.per_instance()) {
@@ -129,6 +130,20 @@ impl Revoker {
         }
         (self.verify)(&ended.principal, None);
         self.wake_deferred(&ended.id);
+    }
+
+    /// Applies `survivor` again at the per-instance responders: the deny list holds one entry
+    /// per principal, which may have been the ended revocation's (with its expiry).
+    pub(super) fn reapply_here(&self, survivor: &Revocation) {
+        if survivor.mode != Mode::Enforce {
+            return;
+        }
+        for resp in self.responders.iter().filter(|p| p.per_instance()) {
+            if let Err(e) = resp.apply(survivor) {
+                tracing::warn!(responder = resp.name(), error = %e, id = %survivor.id,
+                    "could not enforce the revocation still in force");
+            }
+        }
     }
 
     /// Deferred responders (Istio) compare the revocations in force with what exists.

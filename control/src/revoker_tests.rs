@@ -353,3 +353,46 @@ fn a_replayed_message_about_an_owned_revocation_is_answered_with_the_latest() {
     assert_eq!(republished.len(), 1);
     assert_eq!(republished[0].state, State::Lifted);
 }
+
+#[test]
+fn when_one_of_two_revocations_of_a_principal_ends_the_other_stays_enforced() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let [(a, _, _, log_a), (b, deny_b, _, _)] = shared_pair(da.path(), db.path());
+    let cart = "cluster.local/ns/shop/sa/cart";
+    let t0 = 1_000 * S;
+    // Both revoke CART before hearing of each other (a race); a's has the shorter TTL and
+    // reaches b last, so b's deny entry is a's.
+    let short = RevokeRequest {
+        principal: cart,
+        kind: "principal",
+        reason: "short",
+        severity: Severity::Critical,
+        ttl_ns: 60 * S,
+        alert: None,
+        namespace: None,
+        refusal: None,
+        reporters: &[],
+    };
+    b.revoke(
+        &RevokeRequest {
+            ttl_ns: 3600 * S,
+            ..short.clone()
+        },
+        t0,
+    )
+    .unwrap();
+    a.revoke(&short, t0 + 1).unwrap();
+    deliver_shared(&log_a, &b, t0);
+    assert_eq!(a.store().list().len(), 1, "a made its own");
+    assert_eq!(b.list().len(), 2, "b holds its own and a's");
+    assert_eq!(
+        deny_b.check(cart, t0).unwrap().expires_ns,
+        t0 + 1 + 60 * S,
+        "a's, applied last"
+    );
+    // a's expires: b's own is enforced again with its own expiry.
+    a.reconcile(t0 + 62 * S);
+    deliver_shared(&log_a, &b, t0 + 62 * S);
+    let denial = deny_b.check(cart, t0 + 62 * S).expect("still denied");
+    assert_eq!(denial.expires_ns, t0 + 3600 * S);
+}

@@ -4,7 +4,7 @@
 //!
 //! - Writing never blocks the caller: [`SharedTopic::publish`] keeps the latest value per key
 //!   until the broker acknowledges it (`acks=all`); what the broker does not take is sent
-//!   again with backoff, the newest value first. Pending values are bounded by the keys the
+//!   again with backoff (a value published meanwhile replaces it). Pending values are bounded by the keys the
 //!   caller has, not by time or outages.
 //! - Reading starts at the beginning of every partition, without a consumer group (every
 //!   instance reads everything), and hands each value to a handler on the blocking pool.
