@@ -34,7 +34,7 @@ fn line(i: usize, principal: &str) -> String {
 
 const CART: &str = "spiffe://cluster.local/ns/shop/sa/cart";
 
-fn producer(b: &Broker) -> BaseProducer {
+pub(crate) fn producer(b: &Broker) -> BaseProducer {
     // One record per record batch: the test broker answers a fetch only from the start of a
     // batch, so a committed offset inside a batch would stall the partition there (real Kafka
     // serves the batch that contains the offset).

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use verity_e2e::kafka::Broker;
 use verity_e2e::{Verity, eventually, free_port, require};
 
@@ -89,12 +89,7 @@ fn every_instance_denies_what_another_revoked_and_a_lift_anywhere_lifts_everywhe
 
     // Probing from PAY, unkeyed: its denials meet at whichever instance owns its key; that
     // one revokes, and both deny.
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .create()
-        .expect("producer");
+    let producer = super::kafka::producer(&broker);
     let both_deny = |p: &str| check(authz_a, p) == DENY && check(authz_b, p) == DENY;
     let denied = eventually(Duration::from_secs(60), || {
         for i in 0..4 {
