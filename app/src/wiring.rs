@@ -187,6 +187,13 @@ pub async fn run_with(
             },
             EngineSettings {
                 keyed_streams: Some(kafka.application_id().to_string()),
+                // With a state topic, partitions' state lives there and moves with them; a
+                // local checkpoint would bring back keys of partitions now owned elsewhere.
+                state_dir: if kafka.state_topic().is_some() {
+                    None
+                } else {
+                    engine_settings.state_dir.clone()
+                },
                 ..engine_settings.clone()
             },
             revocations.clone(),
@@ -326,9 +333,24 @@ pub async fn run_with(
             .with_held_alerts(keyed_held)
             .with_in_flight_bytes(settings.max_in_flight_bytes),
         );
+        let state = match kafka.state_topic() {
+            Some(topic) => {
+                verity_collector::sources::kafka::shared_topic::create_compacted(kafka, &topic).await?;
+                tracing::info!(%topic, "repartition partitions' rule state is kept in Kafka");
+                Some(verity_collector::sources::kafka::state_topic::StateTopic::new(
+                    kafka,
+                    topic,
+                    stateful.clone(),
+                    &routes,
+                    verity_collector::sources::kafka::state_topic::StateTopicMetrics::register(&mut registry),
+                )?)
+            }
+            None => None,
+        };
         keyed_source = Some((
             verity_collector::sources::kafka::repartition::consumer_config(kafka, &routes),
             keyed_ingest,
+            state,
         ));
         engines.push(stateful);
     }
@@ -421,12 +443,14 @@ pub async fn run_with(
             config: settings.kafka.clone(),
             ingest: ingest.clone(),
             metrics: kafka_metrics.clone(),
+            state: None,
         }));
-        if let Some((config, ingest)) = keyed_source.take() {
+        if let Some((config, ingest, state)) = keyed_source.take() {
             sources.push(Box::new(verity_collector::sources::kafka::KafkaSource {
                 config,
                 ingest,
                 metrics: kafka_metrics,
+                state,
             }));
         }
     }

@@ -14,6 +14,7 @@ use crate::kind::RuleKind;
 use crate::mask::{eval_filter, visible};
 use crate::state_key::{Key, KeyMap, RowKey, forget_least_recent};
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Seen {
     last: i64,
     silent: bool,
@@ -133,6 +134,25 @@ impl RuleKind for AbsenceState {
 
     fn evict(&mut self, _rule: &CompiledRule, keep: usize, _max_keys: usize, _out: &mut Vec<Alert>) -> u64 {
         AbsenceState::evict(self, keep)
+    }
+
+    fn export_keys(&self, pick: crate::kind::KeyPick<'_>) -> Result<serde_json::Value, serde_json::Error> {
+        crate::partition_state::export_map(&self.keys, pick)
+    }
+
+    fn forget_keys(&mut self, pick: crate::kind::KeyPick<'_>) -> usize {
+        crate::partition_state::forget_map(&mut self.keys, pick)
+    }
+
+    fn import_keys(
+        &mut self,
+        rule: &CompiledRule,
+        state: serde_json::Value,
+    ) -> Result<usize, crate::kind::ImportError> {
+        let Plan::Absence(p) = &rule.plan else {
+            return Err(crate::kind::ImportError::Inconsistent);
+        };
+        crate::partition_state::import_map(&mut self.keys, state, p.keys.len())
     }
 
     fn state_keys(&self) -> usize {

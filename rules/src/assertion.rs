@@ -21,7 +21,7 @@ use crate::mask::{eval_bool, visible};
 use crate::packed_evidence::{PackedEvidence, unpack_all};
 use crate::state_key::{Key, KeyMap, RowKey, evict_least_recent, state_of};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyStatus {
     Holding,
     Violated,
@@ -38,6 +38,7 @@ impl KeyStatus {
     }
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct KeyState {
     status: KeyStatus,
     last_scoped: i64,
@@ -360,6 +361,25 @@ impl RuleKind for AssertionState {
             Plan::Assertion(p) => AssertionState::evict(self, p, rule, keep, max_keys, out),
             _ => 0,
         }
+    }
+
+    fn export_keys(&self, pick: crate::kind::KeyPick<'_>) -> Result<serde_json::Value, serde_json::Error> {
+        crate::partition_state::export_map(&self.keys, pick)
+    }
+
+    fn forget_keys(&mut self, pick: crate::kind::KeyPick<'_>) -> usize {
+        crate::partition_state::forget_map(&mut self.keys, pick)
+    }
+
+    fn import_keys(
+        &mut self,
+        rule: &CompiledRule,
+        state: serde_json::Value,
+    ) -> Result<usize, crate::kind::ImportError> {
+        let Plan::Assertion(p) = &rule.plan else {
+            return Err(crate::kind::ImportError::Inconsistent);
+        };
+        crate::partition_state::import_map(&mut self.keys, state, p.per.len())
     }
 
     fn state_keys(&self) -> usize {

@@ -52,6 +52,13 @@ struct Snapshot {
     suppressed: Vec<(Key, i64)>,
 }
 
+/// The keys of one partition, as handed to the instance taking it over.
+#[derive(Default, Serialize, Deserialize)]
+struct Moved {
+    windows: Vec<(i64, Vec<(Key, Group)>)>,
+    suppressed: Vec<(Key, i64)>,
+}
+
 fn checkpoint_path(dir: &std::path::Path, rule_id: &str) -> std::path::PathBuf {
     dir.join(format!("{rule_id}.windows.json"))
 }
@@ -94,13 +101,7 @@ impl DetectionState {
                 return Self::default();
             }
         };
-        let aggs = plan.having.as_ref().map_or(0, |h| h.aggs.len());
-        let keys = plan.group_by.len();
-        let consistent = snapshot.windows.iter().all(|(_, groups)| {
-            groups.iter().all(|(k, g)| {
-                k.len() == keys && g.counts.len() == aggs && g.distinct.len() == aggs && g.numbers.len() == aggs
-            })
-        }) && snapshot.suppressed.iter().all(|(k, _)| k.len() == keys);
+        let consistent = Self::fits(plan, &snapshot.windows, &snapshot.suppressed);
         if snapshot.fingerprint != fingerprint || !consistent {
             tracing::info!(
                 rule = rule_id,
@@ -115,6 +116,41 @@ impl DetectionState {
                 .map(|(start, groups)| (start, groups.into_iter().collect()))
                 .collect(),
             suppressed_until: snapshot.suppressed.into_iter().collect(),
+        }
+    }
+
+    /// Whether every key and group fits `plan` (as many key values and aggregate slots).
+    fn fits(plan: &DetectionPlan, windows: &[(i64, Vec<(Key, Group)>)], suppressed: &[(Key, i64)]) -> bool {
+        let aggs = plan.having.as_ref().map_or(0, |h| h.aggs.len());
+        let keys = plan.group_by.len();
+        windows.iter().all(|(_, groups)| {
+            groups.iter().all(|(k, g)| {
+                k.len() == keys && g.counts.len() == aggs && g.distinct.len() == aggs && g.numbers.len() == aggs
+            })
+        }) && suppressed.iter().all(|(k, _)| k.len() == keys)
+    }
+
+    fn export_moved(&self, pick: crate::kind::KeyPick<'_>) -> Moved {
+        Moved {
+            windows: self
+                .windows
+                .iter()
+                .map(|(start, groups)| {
+                    let picked = groups
+                        .iter()
+                        .filter(|(k, _)| pick(k))
+                        .map(|(k, g)| (k.clone(), g.clone()))
+                        .collect();
+                    (*start, picked)
+                })
+                .filter(|(_, groups): &(i64, Vec<(Key, Group)>)| !groups.is_empty())
+                .collect(),
+            suppressed: self
+                .suppressed_until
+                .iter()
+                .filter(|(k, _)| pick(k))
+                .map(|(k, t)| (k.clone(), *t))
+                .collect(),
         }
     }
 
@@ -453,6 +489,41 @@ impl RuleKind for DetectionState {
             Plan::Detection(p) => DetectionState::evict(self, p, rule, keep, max_keys, out),
             _ => 0,
         }
+    }
+
+    fn export_keys(&self, pick: crate::kind::KeyPick<'_>) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self.export_moved(pick))
+    }
+
+    fn forget_keys(&mut self, pick: crate::kind::KeyPick<'_>) -> usize {
+        let before = self.keys();
+        for groups in self.windows.values_mut() {
+            groups.retain(|k, _| !pick(k));
+        }
+        self.windows.retain(|_, groups| !groups.is_empty());
+        self.suppressed_until.retain(|k, _| !pick(k));
+        before.saturating_sub(self.keys())
+    }
+
+    fn import_keys(
+        &mut self,
+        rule: &CompiledRule,
+        state: serde_json::Value,
+    ) -> Result<usize, crate::kind::ImportError> {
+        let Plan::Detection(p) = &rule.plan else {
+            return Err(crate::kind::ImportError::Inconsistent);
+        };
+        let moved: Moved = serde_json::from_value(state)?;
+        if !Self::fits(p, &moved.windows, &moved.suppressed) {
+            return Err(crate::kind::ImportError::Inconsistent);
+        }
+        let mut n = moved.suppressed.len();
+        for (start, groups) in moved.windows {
+            n += groups.len();
+            self.windows.entry(start).or_default().extend(groups);
+        }
+        self.suppressed_until.extend(moved.suppressed);
+        Ok(n)
     }
 
     /// Open windows and suppression, for the detections that have them.

@@ -64,9 +64,9 @@ impl Default for EngineSettings {
     }
 }
 
-struct Slot {
-    rule: CompiledRule,
-    state: Box<dyn RuleKind>,
+pub(crate) struct Slot {
+    pub(crate) rule: CompiledRule,
+    pub(crate) state: Box<dyn RuleKind>,
     evaluated: u64,
     matched: u64,
     alerts: u64,
@@ -78,7 +78,7 @@ struct Slot {
     /// threads.
     cost_ns: u64,
     /// The keyed stream whose rows alone the rule sees (repartitioning), if any.
-    stream: Option<String>,
+    pub(crate) stream: Option<String>,
 }
 
 /// Counters the collector exports as metrics.
@@ -124,7 +124,7 @@ pub struct ReloadSummary {
 }
 
 pub struct Engine {
-    slots: Vec<Slot>,
+    pub(crate) slots: Vec<Slot>,
     settings: EngineSettings,
     clock: crate::event_clock::EventClock,
     stats: EngineStats,

@@ -551,3 +551,77 @@ fn with_keyed_streams_a_stateful_rule_counts_only_its_own_streams_rows() {
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].count, 3);
 }
+
+/// A partition's state moves to another engine: open windows and learned sets continue
+/// there, and the engine it left holds none of its keys.
+#[test]
+fn a_partitions_state_moves_to_another_engine_and_continues_there() {
+    use crate::partition_state::{Partition, PartitionState};
+    use std::sync::Arc;
+    const LEARN: &str = "id: new-caller\ntitle: New caller\nseverity: low\nkind: first_seen\nfirst_seen:\n  keys: [source_principal]\n  learning: 1m\n";
+    let keyed = || EngineSettings {
+        keyed_streams: Some("v".into()),
+        ..Default::default()
+    };
+    let rules = || {
+        [BURST, LEARN]
+            .iter()
+            .map(|y| {
+                let src = RuleSource::parse(Path::new("t.yaml"), (*y).to_string()).expect("parse");
+                Compiler::new(RevocationList::default()).compile(src).expect("compile")
+            })
+            .collect::<Vec<_>>()
+    };
+    let (mut a, mut b) = (Engine::new(rules(), keyed()), Engine::new(rules(), keyed()));
+    const N: usize = 3;
+    let partition_of = |p: &str| crate::key_sets::key_partition([Some(p.as_bytes())], N, &mut Vec::new());
+    let stream = "v-repartition-source_principal";
+    let principals: Vec<String> = (0..6).map(|i| format!("spiffe://c/ns/x/sa/p{i}")).collect();
+    let rows = |secs: i64| -> Vec<AccessEvent<'static>> {
+        principals
+            .iter()
+            .map(|p| {
+                let mut e = ev(secs, p, Decision::DenyRbac);
+                e.ingest_partition = Some(Arc::from(format!("{stream}/{}<0", partition_of(p)).as_str()));
+                e
+            })
+            .collect()
+    };
+    a.process(&batch(&[rows(0), rows(1)].concat()));
+    for partition in 0..N {
+        let at = Partition {
+            stream,
+            partition,
+            partitions: N,
+        };
+        let state = a.export_partition(at).expect("export");
+        // Through bytes, as it travels.
+        let bytes = serde_json::to_vec(&state).expect("encode");
+        let state: PartitionState = serde_json::from_slice(&bytes).expect("decode");
+        let summary = b.import_partition(state);
+        assert_eq!(summary.refused, 0, "{summary:?}");
+        a.forget_partition(at);
+    }
+    assert!(a.counters().iter().all(|c| c.state_keys == 0), "{:?}", a.counters());
+    // The third denial of each principal, at the new owner, completes its burst; the
+    // learned callers are not new there.
+    let alerts = b.process(&batch(&rows(2)));
+    assert!(alerts.is_empty(), "nobody is new: {alerts:?}");
+    let bursts: Vec<_> = b.flush().into_iter().filter(|x| x.rule_id == "burst").collect();
+    assert_eq!(bursts.len(), principals.len(), "{bursts:?}");
+    assert!(bursts.iter().all(|x| x.count == 3));
+    assert!(a.flush().iter().all(|x| x.rule_id != "burst"));
+
+    // State made by another text of the rule is not taken.
+    let mut c = engine(&BURST.replace(">= 3", ">= 4"), keyed());
+    let mut d = engine(BURST, keyed());
+    d.process(&batch(&rows(0)));
+    let state = d
+        .export_partition(Partition {
+            stream,
+            partition: partition_of(&principals[0]),
+            partitions: N,
+        })
+        .expect("export");
+    assert_eq!(c.import_partition(state).refused, 1);
+}

@@ -34,6 +34,13 @@ struct Snapshot {
     last_seen: Vec<i64>,
 }
 
+/// The learned tuples of one partition, as handed to the instance taking it over.
+#[derive(Serialize, Deserialize)]
+struct Moved {
+    learn_start: Option<i64>,
+    learned: serde_json::Value,
+}
+
 fn path(dir: &Path, rule_id: &str) -> PathBuf {
     dir.join(format!("{rule_id}.first_seen.json"))
 }
@@ -167,6 +174,37 @@ impl RuleKind for FirstSeenState {
     /// The learned set.
     fn save(&mut self, rule: &CompiledRule, dir: &Path) -> std::io::Result<()> {
         FirstSeenState::save(self, Some(dir), &rule.rule().id)
+    }
+
+    fn export_keys(&self, pick: crate::kind::KeyPick<'_>) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(Moved {
+            learn_start: self.learn_start,
+            learned: crate::partition_state::export_map(&self.learned, pick)?,
+        })
+    }
+
+    fn forget_keys(&mut self, pick: crate::kind::KeyPick<'_>) -> usize {
+        crate::partition_state::forget_map(&mut self.learned, pick)
+    }
+
+    /// The learning period is the earlier of the two: the tuples came from an instance that
+    /// had been learning since then.
+    fn import_keys(
+        &mut self,
+        rule: &CompiledRule,
+        state: serde_json::Value,
+    ) -> Result<usize, crate::kind::ImportError> {
+        let Plan::FirstSeen(p) = &rule.plan else {
+            return Err(crate::kind::ImportError::Inconsistent);
+        };
+        let moved: Moved = serde_json::from_value(state)?;
+        let n = crate::partition_state::import_map(&mut self.learned, moved.learned, p.keys.len())?;
+        self.learn_start = match (self.learn_start, moved.learn_start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.dirty = true;
+        Ok(n)
     }
 
     fn state_keys(&self) -> usize {

@@ -64,6 +64,30 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+/// The partition (of `partitions`) a key's values, in key-set order, go to: FNV-1a over each
+/// value tagged (0 for null; 1, its length as u64 little-endian and its bytes otherwise), so
+/// (null) is apart from any text and ("a", "bc") from ("ab", "c"). Stable across instances
+/// and versions: the rows a repartitioner sends and the state an instance hands over must
+/// agree on it. `scratch` is reused between calls.
+pub fn key_partition<'v>(
+    values: impl IntoIterator<Item = Option<&'v [u8]>>,
+    partitions: usize,
+    scratch: &mut Vec<u8>,
+) -> usize {
+    scratch.clear();
+    for v in values {
+        match v {
+            None => scratch.push(0),
+            Some(v) => {
+                scratch.push(1);
+                scratch.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                scratch.extend_from_slice(v);
+            }
+        }
+    }
+    usize::try_from(fnv1a(scratch) % partitions.max(1) as u64).unwrap_or(0)
+}
+
 /// Per row of `batch`: whether it came through the keyed stream `stream` (its
 /// `ingest_partition` is `<stream>/<partition>`). Rows of other streams, and of none, are
 /// `false`.

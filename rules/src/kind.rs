@@ -14,6 +14,19 @@ use verity_model::alert::Alert;
 use crate::compile::CompiledRule;
 use crate::eval_error::EvalError;
 use crate::evidence::Rows;
+use crate::state_key::Key;
+
+/// Picks the keys of one keyed-stream partition (see [`crate::partition_state`]).
+pub(crate) type KeyPick<'p> = &'p dyn Fn(&Key) -> bool;
+
+/// Why exported state was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("state does not parse: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("state does not fit the rule (another key or aggregate count)")]
+    Inconsistent,
+}
 
 /// What the engine does with every rule, whatever its kind.
 pub(crate) trait RuleKind: Send {
@@ -42,6 +55,25 @@ pub(crate) trait RuleKind: Send {
     /// Writes what must survive a restart to `dir` (nothing, for kinds that keep nothing).
     fn save(&mut self, _rule: &CompiledRule, _dir: &Path) -> std::io::Result<()> {
         Ok(())
+    }
+
+    /// What the state holds for the keys `pick` selects, for another instance to take over
+    /// when their partition moves (nothing, for kinds that keep nothing per key).
+    fn export_keys(&self, _pick: KeyPick<'_>) -> Result<serde_json::Value, serde_json::Error> {
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Drops the keys `pick` selects: their partition moved to another instance. Returns how
+    /// many went.
+    fn forget_keys(&mut self, _pick: KeyPick<'_>) -> usize {
+        0
+    }
+
+    /// Takes over keys [`RuleKind::export_keys`] gave for the same rule text, replacing what
+    /// this state holds for them. Returns how many keys came; refuses state that does not fit
+    /// the rule's plan.
+    fn import_keys(&mut self, _rule: &CompiledRule, _state: serde_json::Value) -> Result<usize, ImportError> {
+        Ok(0)
     }
 
     /// Keys the state holds, for its bound and its metric.

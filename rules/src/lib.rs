@@ -9,6 +9,7 @@
 //!   own state: [`detection`], [`assertion`], [`first_seen`], [`absence`]; `emit.rs` builds
 //!   their alerts; what makes a rule fail on a batch is an [`eval_error::EvalError`].
 //! - [`key_sets`]: the key sets of stateful rules and their keyed streams (repartitioning).
+//! - [`partition_state`]: rule state by keyed-stream partition, handed between instances.
 //! - [`revocation`]: the revocation list rules consult through `is_revoked(principal)`.
 //! - [`pack`]: the built-in zero-trust rule pack, embedded in the binary.
 
@@ -35,6 +36,7 @@ mod literal_prefilter;
 mod mask;
 pub mod pack;
 mod packed_evidence;
+pub mod partition_state;
 pub mod revocation;
 pub mod rule;
 mod slot_threads;
@@ -43,6 +45,7 @@ mod state_key;
 
 pub use compile::{CompileError, CompiledRule, Compiler};
 pub use engine::{Engine, EngineSettings, EngineStats};
+pub use kind::ImportError;
 pub use revocation::RevocationList;
 pub use rule::{LoadError, RuleFile, RuleSource};
 

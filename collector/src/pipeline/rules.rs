@@ -305,6 +305,12 @@ impl SharedEngine {
     }
 
     /// The rules currently loaded, as written.
+    /// Runs `f` on the engine, between batches: how a Kafka source moves a partition's rule
+    /// state in and out (see `sources::kafka::state_topic`).
+    pub fn with_engine<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
+        f(&mut self.lock())
+    }
+
     pub fn rule_files(&self) -> Vec<verity_rules::rule::RuleFile> {
         self.lock().rules().map(|r| r.rule().clone()).collect()
     }

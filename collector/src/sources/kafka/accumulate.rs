@@ -30,6 +30,9 @@ pub(super) struct RawMsg {
 /// What the messages read so far turned into.
 pub(super) struct Accum {
     pub(super) events: Vec<arrow::array::RecordBatch>,
+    /// The partition each of `events` came from, where it came from one alone (repartition
+    /// messages): what is dropped when that partition is revoked before hand-over.
+    events_from: Vec<Option<(String, i32)>>,
     pub(super) metrics: Vec<arrow::array::RecordBatch>,
     pub(super) raw: Vec<RawMsg>,
     pub(super) rows: usize,
@@ -54,6 +57,7 @@ impl Accum {
     pub(super) fn new() -> Self {
         Self {
             events: Vec::new(),
+            events_from: Vec::new(),
             metrics: Vec::new(),
             raw: Vec::new(),
             rows: 0,
@@ -87,12 +91,52 @@ impl Accum {
         p.bytes += bytes as u64;
     }
 
+    /// A message already counted in its partition's restored state: its offset moves on, and
+    /// nothing of it is evaluated.
+    pub(super) fn skip(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.started.get_or_insert_with(Instant::now);
+        self.position(topic, partition, offset, 0);
+    }
+
+    /// Event rows from one partition's message.
+    pub(super) fn add_from(&mut self, batch: arrow::array::RecordBatch, topic: &str, partition: i32) {
+        self.add(Some(Batch::Events(batch)));
+        if let Some(last) = self.events_from.last_mut() {
+            *last = Some((topic.to_string(), partition));
+        }
+    }
+
+    /// Drops what was read from `partitions` and not handed over yet: they were revoked, and
+    /// their next owner reads it again.
+    pub(super) fn drop_partitions(&mut self, partitions: &[(String, i32)]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let gone = |from: &Option<(String, i32)>| from.as_ref().is_some_and(|tp| partitions.contains(tp));
+        let mut kept = Vec::with_capacity(self.events.len());
+        let mut kept_from = Vec::with_capacity(self.events.len());
+        for (b, from) in self.events.drain(..).zip(self.events_from.drain(..)) {
+            if gone(&from) {
+                self.rows = self.rows.saturating_sub(b.num_rows());
+                self.bytes = self.bytes.saturating_sub(b.get_array_memory_size());
+            } else {
+                kept.push(b);
+                kept_from.push(from);
+            }
+        }
+        self.events = kept;
+        self.events_from = kept_from;
+        self.positions
+            .retain(|p| !partitions.iter().any(|(t, n)| *n == p.partition && *t == p.topic));
+    }
+
     pub(super) fn add(&mut self, batch: Option<Batch>) {
         match batch {
             Some(Batch::Events(b)) => {
                 self.rows += b.num_rows();
                 self.bytes = self.bytes.saturating_add(b.get_array_memory_size());
                 self.events.push(b);
+                self.events_from.push(None);
             }
             Some(Batch::Metrics(b)) => {
                 self.rows += b.num_rows();
@@ -116,6 +160,7 @@ impl Accum {
                 }
             }
         };
+        self.events_from.clear();
         if let Some(b) = concat(std::mem::take(&mut self.events)) {
             out.push((Batch::Events(b), HashMap::new()));
         }

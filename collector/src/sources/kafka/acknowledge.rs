@@ -23,6 +23,7 @@ pub(super) async fn acknowledge(
     pending: Arc<PendingAcks>,
     metrics: KafkaMetrics,
     held: crate::pipeline::HeldAlerts,
+    states: Option<Arc<super::state_topic::StateTopic>>,
 ) {
     while let Some(mut p) = rx.recv().await {
         let mut attempt = 0u32;
@@ -52,6 +53,13 @@ pub(super) async fn acknowledge(
                     }
                 }
             }
+        }
+        if let Some(states) = &states {
+            // Stored once a snapshot covers them (see `state_topic`).
+            states.processed(&p.offsets);
+            pending.0.fetch_sub(1, Ordering::AcqRel);
+            metrics.pending.dec();
+            continue;
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in &p.offsets {

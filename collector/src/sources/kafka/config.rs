@@ -101,6 +101,12 @@ pub struct RepartitionConfig {
     /// message is signed with it (HMAC-SHA256), and one without a valid signature is refused
     /// as poison. Unset: messages are unsigned and only the topics' ACLs protect them.
     pub signing_key: Option<verity_secret::SecretRef>,
+    /// How often the stateful rules' state of each repartition partition is written to the
+    /// compacted topic `<application_id>-state` (with the offset it covers), so the partition's
+    /// next owner (after a rebalance or an instance's loss) continues its open windows,
+    /// assertions and learned sets. 0: no state topic; state stays on each instance
+    /// (`rules.state_dir`) and is lost to the others.
+    pub state_snapshot_secs: u64,
 }
 
 impl Default for RepartitionConfig {
@@ -113,6 +119,7 @@ impl Default for RepartitionConfig {
             create_topics: true,
             share_revocations: true,
             signing_key: None,
+            state_snapshot_secs: 10,
         }
     }
 }
@@ -147,6 +154,12 @@ impl KafkaConfig {
     pub fn revocations_topic(&self) -> Option<String> {
         (self.enabled && self.repartition.enabled && self.repartition.share_revocations)
             .then(|| format!("{}-revocations", self.application_id()))
+    }
+
+    /// The compacted topic repartition partitions' rule state is kept in, when it is.
+    pub fn state_topic(&self) -> Option<String> {
+        (self.enabled && self.repartition.enabled && self.repartition.state_snapshot_secs > 0)
+            .then(|| format!("{}-state", self.application_id()))
     }
 
     /// Pure checks: every problem with its key.
@@ -232,6 +245,12 @@ impl KafkaConfig {
                 e.push(ConfigError::new(
                     "kafka.repartition.replication_factor",
                     "must be -1 (the broker's default) or 1 to 32",
+                ));
+            }
+            if rp.state_snapshot_secs > 3600 {
+                e.push(ConfigError::new(
+                    "kafka.repartition.state_snapshot_secs",
+                    "must be at most 3600 (0 turns the state topic off)",
                 ));
             }
         }

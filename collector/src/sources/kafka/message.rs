@@ -55,7 +55,7 @@ pub(super) async fn handle_message(
             .and_then(|()| super::repartition::decode_rows(payload, &origin.stream).map_err(|e| e.to_string()))
         {
             Ok(rows) => {
-                accum.add(Some(crate::pipeline::Batch::Events(rows)));
+                accum.add_from(rows, topic, m.partition());
                 None
             }
             Err(why) => Some(undecodable(ingest, &origin, signal, payload, poison(why))),

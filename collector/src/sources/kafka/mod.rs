@@ -25,6 +25,7 @@ mod rebalance;
 pub mod repartition;
 pub mod shared_topic;
 pub mod signing;
+pub mod state_topic;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,9 +33,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientConfig, Message};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -55,6 +56,8 @@ pub struct KafkaSource {
     pub config: KafkaConfig,
     pub ingest: Arc<Ingest>,
     pub metrics: KafkaMetrics,
+    /// For the repartition consumer: rule state moved with its partitions.
+    pub state: Option<Arc<state_topic::StateTopic>>,
 }
 
 impl crate::sources::Source for KafkaSource {
@@ -66,7 +69,7 @@ impl crate::sources::Source for KafkaSource {
         let this = *self;
         Box::pin(
             async move {
-                run(this.config, this.ingest, this.metrics, drain.signaled())
+                run(this.config, this.ingest, this.metrics, this.state, drain.signaled())
                     .await
                     .map_err(Into::into)
             }
@@ -92,6 +95,7 @@ pub async fn run(
     cfg: KafkaConfig,
     ingest: Arc<Ingest>,
     metrics: KafkaMetrics,
+    states: Option<Arc<state_topic::StateTopic>>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), KafkaError> {
     let pending_acks = Arc::new(PendingAcks::default());
@@ -99,6 +103,7 @@ pub async fn run(
         metrics: metrics.clone(),
         pending: pending_acks.clone(),
         rebalance_timeout: Duration::from_secs(cfg.rebalance_timeout_secs),
+        states: states.clone(),
     };
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &cfg.brokers)
@@ -145,6 +150,7 @@ pub async fn run(
             pending_acks.clone(),
             metrics.clone(),
             ingest.held_alerts().clone(),
+            states.clone(),
         )
         .instrument(tracing::info_span!("kafka_ack")),
     );
@@ -155,15 +161,34 @@ pub async fn run(
     // One timer for the batch age, re-armed when a batch starts (not one per message).
     let age = tokio::time::sleep(max_delay);
     tokio::pin!(age);
+    let snapshot_every = Duration::from_secs(cfg.repartition.state_snapshot_secs.max(1));
+    let snapshot = tokio::time::sleep(snapshot_every);
+    tokio::pin!(snapshot);
     loop {
         let flush = tokio::select! {
             biased;
             () = &mut stop => break,
             () = &mut age, if accum.started.is_some() => true,
+            () = &mut snapshot, if states.is_some() => {
+                if let Some(states) = &states {
+                    write_snapshots(states, &consumer, &pending_acks).await;
+                }
+                snapshot.as_mut().reset(tokio::time::Instant::now() + snapshot_every);
+                false
+            }
             msg = consumer.recv() => match msg {
                 Ok(m) => {
                     if accum.started.is_none() {
                         age.as_mut().reset(tokio::time::Instant::now() + max_delay);
+                    }
+                    if let Some(states) = &states {
+                        // A rebalance ran inside `recv`: what was read ahead from partitions
+                        // now gone is their next owner's.
+                        accum.drop_partitions(&states.take_revoked());
+                        if states.skip(m.topic(), m.partition(), m.offset()) {
+                            accum.skip(m.topic(), m.partition(), m.offset());
+                            continue;
+                        }
                     }
                     handle_message(&m, &topics, signing.as_deref(), &ingest, &metrics, dlq.as_ref(), &mut accum).await;
                     accum.rows >= cfg.max_batch_records || accum.bytes >= ingest.limits().max_request_rows_bytes
@@ -203,12 +228,47 @@ pub async fn run(
     .await;
     drop(ack_tx);
     let _ = acker.await;
+    if let Some(states) = &states {
+        // Everything handed over is evaluated: the last snapshot covers all of it. The
+        // drain then closes the open windows here; the next owner continues them from
+        // this snapshot (and may raise their alerts again, with the same ids).
+        let states = states.clone();
+        let covered = tokio::task::spawn_blocking(move || states.write_due()).await;
+        if let Ok(covered) = covered
+            && covered.count() > 0
+            && let Err(error) = consumer.store_offsets(&covered)
+        {
+            tracing::debug!(%error, "could not store offsets covered by the last snapshot");
+        }
+    }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!("Kafka offsets committed"),
         Err(error) => tracing::debug!(%error, "final Kafka commit"),
     }
     consumer.unsubscribe();
     Ok(())
+}
+
+/// Once every batch handed over is evaluated (waiting at most 30 s; reading waits too),
+/// snapshots the owned partitions' rule state and stores the offsets the snapshots cover.
+async fn write_snapshots(states: &Arc<state_topic::StateTopic>, consumer: &Consumer_, pending: &PendingAcks) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pending.0.load(Ordering::Acquire) > 0 {
+        if std::time::Instant::now() > deadline {
+            tracing::warn!("the pipeline did not catch up for a rule state snapshot; trying at the next interval");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = states.clone();
+    let Ok(covered) = tokio::task::spawn_blocking(move || s.write_due()).await else {
+        return;
+    };
+    if covered.count() > 0
+        && let Err(error) = consumer.store_offsets(&covered)
+    {
+        tracing::debug!(%error, "could not store offsets covered by a snapshot");
+    }
 }
 
 /// Sets `kafka.secret_properties` on a client's config, each resolved from its source: every

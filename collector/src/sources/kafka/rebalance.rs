@@ -19,6 +19,9 @@ pub(super) struct Context {
     pub(super) metrics: KafkaMetrics,
     pub(super) pending: Arc<PendingAcks>,
     pub(super) rebalance_timeout: Duration,
+    /// The repartition consumer's rule state, moved with its partitions (see
+    /// [`super::state_topic`]).
+    pub(super) states: Option<Arc<super::state_topic::StateTopic>>,
 }
 
 impl ClientContext for Context {
@@ -60,6 +63,15 @@ impl ConsumerContext for Context {
                     "rebalance: acknowledgements still pending at the deadline; their records will be read again by the next owner"
                 );
             }
+            if let Some(states) = &self.states {
+                // Snapshots first: the offsets stored below are those a snapshot covers.
+                let covered = states.on_revoke(tpl, left == 0);
+                if covered.count() > 0
+                    && let Err(error) = consumer.store_offsets(&covered)
+                {
+                    tracing::debug!(%error, "could not store offsets covered by a snapshot");
+                }
+            }
             if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(%error, "commit before revoke");
             }
@@ -70,6 +82,10 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+            // Before any of their messages is handed to this instance's engine.
+            if let Some(states) = &self.states {
+                states.on_assign(tpl);
+            }
         }
     }
 }

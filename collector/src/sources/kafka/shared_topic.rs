@@ -84,6 +84,34 @@ impl SharedTopicMetrics {
     }
 }
 
+/// Creates `topic` (one partition, compacted) when missing, if `kafka.repartition.create_topics`
+/// allows it.
+pub async fn create_compacted(cfg: &KafkaConfig, topic: &str) -> Result<(), KafkaError> {
+    if !cfg.repartition.create_topics {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg)?
+        .create()
+        .map_err(|e| KafkaError::Create(e.to_string()))?;
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(cfg.repartition.replication_factor))
+        .set("cleanup.policy", "compact");
+    let results = admin
+        .create_topics(
+            &[new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .map_err(|e| KafkaError::Repartition(format!("creating {topic}: {e}")))?;
+    for r in results {
+        match r {
+            Ok(topic) => tracing::info!(%topic, "compacted topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaError::Repartition(format!("creating {topic}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
 /// One shared topic: what is waiting to be written, and its metrics.
 pub struct SharedTopic {
     topic: String,
@@ -140,33 +168,7 @@ impl SharedTopic {
 
     /// Creates the topic (one partition, compacted) when missing and allowed to.
     pub async fn prepare(&self, cfg: &KafkaConfig) -> Result<(), KafkaError> {
-        if !cfg.repartition.create_topics {
-            return Ok(());
-        }
-        let admin: AdminClient<DefaultClientContext> = client_config(cfg)?
-            .create()
-            .map_err(|e| KafkaError::Create(e.to_string()))?;
-        let new = NewTopic::new(
-            &self.topic,
-            1,
-            TopicReplication::Fixed(cfg.repartition.replication_factor),
-        )
-        .set("cleanup.policy", "compact");
-        let results = admin
-            .create_topics(
-                &[new],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-            )
-            .await
-            .map_err(|e| KafkaError::Repartition(format!("creating {}: {e}", self.topic)))?;
-        for r in results {
-            match r {
-                Ok(topic) => tracing::info!(%topic, "shared topic created"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(KafkaError::Repartition(format!("creating {topic}: {code}"))),
-            }
-        }
-        Ok(())
+        create_compacted(cfg, &self.topic).await
     }
 
     /// Writes what is published until the drain starts, then what is still pending, for at

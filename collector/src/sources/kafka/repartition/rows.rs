@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Int32Type};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use verity_model::event::{col, schema};
-use verity_rules::key_sets::fnv1a;
+use verity_rules::key_sets::key_partition;
 
 /// Aim for messages of about this size …
 const TARGET_MESSAGE_BYTES: usize = 256 * 1024;
@@ -35,22 +35,10 @@ pub fn partition_rows(
     }
     let texts: Vec<_> = columns.iter().map(|c| c.as_string::<i32>()).collect();
     let mut out = vec![Vec::new(); n];
-    let mut bytes = Vec::new();
+    let mut scratch = Vec::new();
     for row in 0..batch.num_rows() {
-        bytes.clear();
-        for t in &texts {
-            // A tag before each value keeps (null) apart from any text and ("a", "bc") apart
-            // from ("ab", "c").
-            if t.is_null(row) {
-                bytes.push(0);
-            } else {
-                let v = t.value(row).as_bytes();
-                bytes.push(1);
-                bytes.extend_from_slice(&(v.len() as u64).to_le_bytes());
-                bytes.extend_from_slice(v);
-            }
-        }
-        let p = usize::try_from(fnv1a(&bytes) % n as u64).unwrap_or(0);
+        let values = texts.iter().map(|t| (!t.is_null(row)).then(|| t.value(row).as_bytes()));
+        let p = key_partition(values, n, &mut scratch);
         if let (Some(list), Ok(row)) = (out.get_mut(p), u32::try_from(row)) {
             list.push(row);
         }
