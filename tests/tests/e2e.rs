@@ -14,6 +14,7 @@ mod e2e {
     pub mod istio;
     pub mod kafka;
     pub mod kafka_revocations;
+    pub mod kafka_state;
     pub mod otlp_grpc;
     pub mod otlp_http;
     pub mod policy;

@@ -24,7 +24,7 @@ fn rule_dir(dir: &Path, windowed: bool) -> PathBuf {
 }
 
 /// An Istio JSON access log line; `i` sets the path and the event time (ms after 10:00).
-fn line(i: usize, principal: &str) -> String {
+pub(crate) fn line(i: usize, principal: &str) -> String {
     let (s, ms) = (i / 1000, i % 1000);
     let (m, s) = (s / 60, s % 60);
     format!(
@@ -46,7 +46,7 @@ pub(crate) fn producer(b: &Broker) -> BaseProducer {
         .expect("producer")
 }
 
-fn produce(p: &BaseProducer, topic: &str, key: Option<&str>, payload: &[u8]) {
+pub(crate) fn produce(p: &BaseProducer, topic: &str, key: Option<&str>, payload: &[u8]) {
     produce_to(p, topic, None, key, payload);
 }
 
@@ -76,7 +76,7 @@ fn produce_to(p: &BaseProducer, topic: &str, partition: Option<i32>, key: Option
     }
 }
 
-fn flush(p: &BaseProducer) {
+pub(crate) fn flush(p: &BaseProducer) {
     p.flush(Duration::from_secs(30)).expect("flush");
 }
 
@@ -93,7 +93,7 @@ fn logs_json(lines: &[String]) -> Vec<u8> {
 }
 
 /// Starts Verity consuming `topics` (a YAML flow list) in `group`.
-fn start(
+pub(crate) fn start(
     dir: tempfile::TempDir,
     broker: &Broker,
     group: &str,
@@ -123,7 +123,7 @@ fn start(
     Verity::start_in(dir, &env)
 }
 
-fn alerts(v: &Verity) -> Vec<serde_json::Value> {
+pub(crate) fn alerts(v: &Verity) -> Vec<serde_json::Value> {
     read_jsonl_lenient(&v.dir.path().join("alerts.jsonl"))
 }
 
@@ -420,7 +420,7 @@ fn a_lagging_partition_is_not_made_late_by_the_others() {
 }
 
 /// The sum of a metric's series whose line contains `label` (e.g. `topic="x"`).
-fn metric_sum_where(v: &Verity, name: &str, label: &str) -> f64 {
+pub(crate) fn metric_sum_where(v: &Verity, name: &str, label: &str) -> f64 {
     v.metrics_text()
         .lines()
         .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()).is_some_and(|c| *c == b' ' || *c == b'{'))

@@ -182,8 +182,7 @@ pub async fn run(
                         age.as_mut().reset(tokio::time::Instant::now() + max_delay);
                     }
                     if let Some(states) = &states {
-                        // A rebalance ran inside `recv`: what was read ahead from partitions
-                        // now gone is their next owner's.
+                        // A rebalance may have run inside `recv`.
                         accum.drop_partitions(&states.take_revoked());
                         if states.skip(m.topic(), m.partition(), m.offset()) {
                             accum.skip(m.topic(), m.partition(), m.offset());
@@ -200,6 +199,11 @@ pub async fn run(
                 }
             },
         };
+        if let Some(states) = &states {
+            // What was read ahead from partitions revoked since (inside `recv`) is their next
+            // owner's, or read again here from the snapshot's offset: never evaluated now.
+            accum.drop_partitions(&states.take_revoked());
+        }
         if flush
             && !hand_over(
                 &mut accum,
@@ -216,6 +220,9 @@ pub async fn run(
         }
     }
     // Hand over what was read, then let the acknowledger finish and commit.
+    if let Some(states) = &states {
+        accum.drop_partitions(&states.take_revoked());
+    }
     let _ = hand_over(
         &mut accum,
         &consumer,

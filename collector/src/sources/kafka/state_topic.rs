@@ -473,6 +473,7 @@ impl StateTopic {
             .fetch_watermarks(&self.topic, 0, Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
         let mut assembly: HashMap<String, Assembly> = HashMap::new();
+        let mut read = 0u64;
         if high > low {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
@@ -490,6 +491,7 @@ impl StateTopic {
                 };
                 let m = m.map_err(|e| e.to_string())?;
                 let offset = m.offset();
+                read += 1;
                 if let Some(payload) = m.payload() {
                     let signed = self
                         .signing
@@ -511,6 +513,7 @@ impl StateTopic {
                 }
             }
         }
+        tracing::info!(low, high, read, partitions = assembly.len(), "state topic read");
         Ok(assembly.into_iter().map(|(k, a)| (k, a.complete())).collect())
     }
 }
