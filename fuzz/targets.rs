@@ -46,6 +46,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("policy_yaml", policy_yaml),
     ("inventory_yaml", inventory_yaml),
     ("repartition_rows", repartition_rows),
+    ("state_value", state_value),
 ];
 
 /// One log line from a file or a Kafka topic, through every parser: each `FormatHint` (so each
@@ -425,4 +426,61 @@ fn rule_sample_batch() -> Option<&'static arrow::array::RecordBatch> {
             b.finish().ok()
         })
         .as_ref()
+}
+
+/// A value from the state topic, as anything with write access to it could send: framing
+/// refused or read, and its data taken as a partition's rule state into an engine holding
+/// every stateful kind (each rule's fingerprint set to the loaded rule's, so the state reaches
+/// the kinds' import), which then evaluates a batch, exports the partition and flushes.
+pub fn state_value(data: &[u8]) {
+    use verity_collector::sources::kafka::state_topic::decode;
+    use verity_rules::partition_state::{Partition, PartitionState};
+    let body = match decode(data) {
+        Ok(v) => v.data,
+        Err(e) => {
+            let _ = e.to_string();
+            data
+        }
+    };
+    let Ok(mut state) = serde_json::from_slice::<PartitionState>(body) else {
+        return;
+    };
+    const RULES: &[&str] = &[
+        "id: s-burst\ntitle: t\nseverity: low\nkind: detection\ndetection:\n  where: \"true\"\n  group_by: [source_principal]\n  window: {type: sliding, size: 1m, slide: 10s}\n  having: count(*) >= 3 AND count(distinct destination_service) >= 1 AND max(status) > 1\n  suppress: 5m\n",
+        "id: s-mtls\ntitle: t\nseverity: low\nkind: assertion\nassertion:\n  scope: destination_namespace IS NOT NULL\n  require: mtls\n  per: [destination_namespace]\n  stale_after: 15m\n  resolve_after: 5m\n",
+        "id: s-edge\ntitle: t\nseverity: low\nkind: first_seen\nfirst_seen:\n  keys: [source_principal, destination_service]\n  learning: 1m\n",
+        "id: s-quiet\ntitle: t\nseverity: low\nkind: absence\nabsence:\n  keys: [destination_service]\n  after: 10m\n",
+    ];
+    let path = std::path::Path::new("/nonexistent/verity-fuzz/rule.yaml");
+    let rules: Vec<_> = RULES
+        .iter()
+        .filter_map(|y| verity_rules::RuleSource::parse(path, (*y).to_string()).ok())
+        .filter_map(|s| rule_compiler().compile(s).ok())
+        .collect();
+    assert_eq!(rules.len(), RULES.len(), "the state_value target's rules compile");
+    for r in &mut state.rules {
+        if let Some(loaded) = rules.iter().find(|c| c.rule().id == r.rule_id) {
+            r.fingerprint = loaded.fingerprint;
+        }
+    }
+    let mut engine = verity_rules::Engine::new(
+        rules,
+        verity_rules::EngineSettings {
+            keyed_streams: Some("verity".into()),
+            max_keys: 1000,
+            ..Default::default()
+        },
+    );
+    let _ = engine.import_partition(state);
+    if let Some(batch) = rule_sample_batch() {
+        let _ = engine.process(batch);
+    }
+    for stream in ["verity-repartition-source_principal", "verity-repartition-destination_namespace"] {
+        let _ = engine.export_partition(Partition {
+            stream,
+            partition: 0,
+            partitions: 1,
+        });
+    }
+    let _ = engine.flush();
 }

@@ -121,6 +121,11 @@ fn repartition_rows() {
     replay("repartition_rows");
 }
 
+#[test]
+fn state_value() {
+    replay("state_value");
+}
+
 /// A directory named after no target (a typo) would silently never run, and a target without
 /// a test above would never be replayed.
 #[test]
@@ -137,6 +142,7 @@ fn every_regression_directory_is_a_target_with_a_test() {
         "policy_yaml",
         "inventory_yaml",
         "repartition_rows",
+        "state_value",
     ];
     let names: Vec<&str> = targets::TARGETS.iter().map(|(name, _)| *name).collect();
     assert_eq!(names, tested, "fuzz/targets.rs TARGETS and the tests above differ");

@@ -178,7 +178,7 @@ impl AssertionState {
                 self.violating += 1;
                 s.last_violation = s.last_violation.max(t);
                 s.compliant_since_violation = false;
-                s.violations += 1;
+                s.violations = s.violations.saturating_add(1);
                 push_evidence(&mut s.evidence, || rows.packed_evidence(row));
                 if s.entity.is_none() {
                     s.entity = entity_col.and_then(|c| rows.value(c, row));

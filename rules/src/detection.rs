@@ -291,7 +291,7 @@ impl DetectionState {
             let Some(groups) = self.windows.remove(&start) else {
                 break;
             };
-            self.close(plan, rule, start, start + size, groups, out);
+            self.close(plan, rule, start, start.saturating_add(size), groups, out);
         }
         self.suppressed_until
             .retain(|_, until| *until > watermark.min(i64::MAX - size));
@@ -380,7 +380,8 @@ fn new_group(having: Option<&HavingPlan>, t: i64) -> Group {
 }
 
 fn update(g: &mut Group, having: Option<&HavingPlan>, rows: &Rows<'_>, row: usize, t: i64, entity_col: Option<usize>) {
-    g.count += 1;
+    // Saturating: a group restored from a checkpoint or another instance may hold anything.
+    g.count = g.count.saturating_add(1);
     g.unverified |= !rows.sender_verified(row);
     g.first = g.first.min(t);
     g.last = g.last.max(t);
@@ -393,8 +394,10 @@ fn update(g: &mut Group, having: Option<&HavingPlan>, rows: &Rows<'_>, row: usiz
     for (i, a) in h.aggs.iter().enumerate() {
         match a.func {
             AggFunc::Count => {
-                if a.column.is_none_or(|c| rows.is_valid(c, row)) {
-                    g.counts[i] += 1;
+                if a.column.is_none_or(|c| rows.is_valid(c, row))
+                    && let Some(n) = g.counts.get_mut(i)
+                {
+                    *n = n.saturating_add(1);
                 }
             }
             AggFunc::CountDistinct => {

@@ -43,8 +43,9 @@ use crate::pipeline::rules::SharedEngine;
 
 /// State bytes per message (Kafka's default limit is 1 MiB).
 pub const CHUNK_BYTES: usize = 512 * 1024;
-/// One partition's state at most this large is restored.
-pub const MAX_STATE_BYTES: usize = 256 * 1024 * 1024;
+/// One partition's state at most this large is restored (its JSON is parsed into a tree
+/// several times its size).
+pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
 const MAGIC: &[u8; 4] = b"VST1";
 /// How long a restore may read the state topic.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -497,7 +498,10 @@ impl StateTopic {
                         .signing
                         .as_ref()
                         .map_or(Ok(()), |k| k.verify(&self.topic, payload, m.headers()));
-                    match signed.map_err(|e| e.to_string()).and_then(|()| decode(payload)) {
+                    match signed
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| decode(payload).map_err(|e| e.to_string()))
+                    {
                         Ok(v) if names.contains(v.name) => {
                             assembly.entry(v.name.to_string()).or_default().add(&v);
                         }
@@ -514,7 +518,26 @@ impl StateTopic {
             }
         }
         tracing::info!(low, high, read, partitions = assembly.len(), "state topic read");
-        Ok(assembly.into_iter().map(|(k, a)| (k, a.complete())).collect())
+        let mut found = HashMap::new();
+        for (name, a) in assembly {
+            let complete = a.complete().and_then(|(next, data)| {
+                // A snapshot claiming offsets the partition has not reached would make this
+                // instance skip records it never counted: refused.
+                let (topic, partition) = wanted
+                    .iter()
+                    .find(|(t, p)| format!("{t}/{p}") == name)
+                    .ok_or("not wanted")?;
+                let (_, end) = consumer
+                    .fetch_watermarks(topic, *partition, Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+                if next < 0 || next > end {
+                    return Err(format!("covers offset {next}, past the partition's end {end}"));
+                }
+                Ok((next, data))
+            });
+            found.insert(name, complete);
+        }
+        Ok(found)
     }
 }
 
@@ -526,14 +549,30 @@ fn wait(d: rdkafka::producer::DeliveryFuture) -> Result<(), String> {
     }
 }
 
-/// One state-topic value.
-struct Value<'a> {
-    name: &'a str,
-    next: i64,
-    generation: u64,
-    chunk: u32,
-    chunks: u32,
-    data: &'a [u8],
+/// One state-topic value: a chunk of one partition's state.
+#[derive(Debug)]
+pub struct Value<'a> {
+    /// `<repartition topic>/<partition>`.
+    pub name: &'a str,
+    /// The offset the state covers: the partition's next message not in it.
+    pub next: i64,
+    pub generation: u64,
+    pub chunk: u32,
+    pub chunks: u32,
+    pub data: &'a [u8],
+}
+
+/// Why a state-topic value was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("not a state value")]
+    NotState,
+    #[error("truncated")]
+    Truncated,
+    #[error("partition name is not UTF-8")]
+    Name,
+    #[error("chunk {chunk} of {chunks}")]
+    Chunk { chunk: u32, chunks: u32 },
 }
 
 fn encode(name: &str, next: i64, generation: u64, chunk: u32, chunks: u32, data: &[u8]) -> Vec<u8> {
@@ -549,27 +588,27 @@ fn encode(name: &str, next: i64, generation: u64, chunk: u32, chunks: u32, data:
     v
 }
 
-fn decode(v: &[u8]) -> Result<Value<'_>, String> {
-    fn take<'a>(v: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
-        if v.len() < n {
-            return Err("truncated".into());
-        }
-        let (head, rest) = v.split_at(n);
-        *v = rest;
-        Ok(head)
+/// Reads a state-topic value; refuses anything else without panicking.
+pub fn decode(v: &[u8]) -> Result<Value<'_>, ValueError> {
+    fn take<const N: usize>(v: &mut &[u8]) -> Result<[u8; N], ValueError> {
+        let head = v.get(..N).ok_or(ValueError::Truncated)?;
+        *v = v.get(N..).unwrap_or_default();
+        head.try_into().map_err(|_| ValueError::Truncated)
     }
     let mut rest = v;
-    if take(&mut rest, 4)? != MAGIC {
-        return Err("not a state value".into());
+    if take::<4>(&mut rest)? != *MAGIC {
+        return Err(ValueError::NotState);
     }
-    let len = u16::from_le_bytes(take(&mut rest, 2)?.try_into().map_err(|_| "truncated")?);
-    let name = std::str::from_utf8(take(&mut rest, usize::from(len))?).map_err(|e| e.to_string())?;
-    let next = i64::from_le_bytes(take(&mut rest, 8)?.try_into().map_err(|_| "truncated")?);
-    let generation = u64::from_le_bytes(take(&mut rest, 8)?.try_into().map_err(|_| "truncated")?);
-    let chunk = u32::from_le_bytes(take(&mut rest, 4)?.try_into().map_err(|_| "truncated")?);
-    let chunks = u32::from_le_bytes(take(&mut rest, 4)?.try_into().map_err(|_| "truncated")?);
+    let len = usize::from(u16::from_le_bytes(take::<2>(&mut rest)?));
+    let name = rest.get(..len).ok_or(ValueError::Truncated)?;
+    rest = rest.get(len..).unwrap_or_default();
+    let name = std::str::from_utf8(name).map_err(|_| ValueError::Name)?;
+    let next = i64::from_le_bytes(take::<8>(&mut rest)?);
+    let generation = u64::from_le_bytes(take::<8>(&mut rest)?);
+    let chunk = u32::from_le_bytes(take::<4>(&mut rest)?);
+    let chunks = u32::from_le_bytes(take::<4>(&mut rest)?);
     if chunk >= chunks {
-        return Err(format!("chunk {chunk} of {chunks}"));
+        return Err(ValueError::Chunk { chunk, chunks });
     }
     Ok(Value {
         name,
