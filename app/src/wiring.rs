@@ -337,6 +337,13 @@ pub async fn run_with(
             Some(topic) => {
                 verity_collector::sources::kafka::shared_topic::create_compacted(kafka, &topic).await?;
                 tracing::info!(%topic, "repartition partitions' rule state is kept in Kafka");
+                if kafka.repartition.signing_key.is_none() {
+                    tracing::warn!(
+                        %topic,
+                        "rule state is shared without kafka.repartition.signing_key: any client allowed to write \
+                         the state topic can give a partition any state; set a signing key or restrict writes with ACLs"
+                    );
+                }
                 Some(verity_collector::sources::kafka::state_topic::StateTopic::new(
                     kafka,
                     topic,

@@ -148,11 +148,12 @@ impl RuleKind for AbsenceState {
         &mut self,
         rule: &CompiledRule,
         state: serde_json::Value,
+        room: usize,
     ) -> Result<usize, crate::kind::ImportError> {
         let Plan::Absence(p) = &rule.plan else {
             return Err(crate::kind::ImportError::Inconsistent);
         };
-        crate::partition_state::import_map(&mut self.keys, state, p.keys.len())
+        crate::partition_state::import_map(&mut self.keys, state, p.keys.len(), room)
     }
 
     fn state_keys(&self) -> usize {

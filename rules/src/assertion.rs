@@ -375,11 +375,12 @@ impl RuleKind for AssertionState {
         &mut self,
         rule: &CompiledRule,
         state: serde_json::Value,
+        room: usize,
     ) -> Result<usize, crate::kind::ImportError> {
         let Plan::Assertion(p) = &rule.plan else {
             return Err(crate::kind::ImportError::Inconsistent);
         };
-        crate::partition_state::import_map(&mut self.keys, state, p.per.len())
+        crate::partition_state::import_map(&mut self.keys, state, p.per.len(), room)
     }
 
     fn state_keys(&self) -> usize {

@@ -512,6 +512,7 @@ impl RuleKind for DetectionState {
         &mut self,
         rule: &CompiledRule,
         state: serde_json::Value,
+        room: usize,
     ) -> Result<usize, crate::kind::ImportError> {
         let Plan::Detection(p) = &rule.plan else {
             return Err(crate::kind::ImportError::Inconsistent);
@@ -519,6 +520,14 @@ impl RuleKind for DetectionState {
         let moved: Moved = serde_json::from_value(state)?;
         if !Self::fits(p, &moved.windows, &moved.suppressed) {
             return Err(crate::kind::ImportError::Inconsistent);
+        }
+        let keys = moved
+            .windows
+            .iter()
+            .map(|(_, g)| g.len())
+            .fold(moved.suppressed.len(), usize::saturating_add);
+        if keys > room {
+            return Err(crate::kind::ImportError::TooManyKeys { keys, room });
         }
         let mut n = moved.suppressed.len();
         for (start, groups) in moved.windows {

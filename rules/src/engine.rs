@@ -125,7 +125,7 @@ pub struct ReloadSummary {
 
 pub struct Engine {
     pub(crate) slots: Vec<Slot>,
-    settings: EngineSettings,
+    pub(crate) settings: EngineSettings,
     clock: crate::event_clock::EventClock,
     stats: EngineStats,
 }

@@ -624,4 +624,16 @@ fn a_partitions_state_moves_to_another_engine_and_continues_there() {
         })
         .expect("export");
     assert_eq!(c.import_partition(state).refused, 1);
+
+    // Taken state counts against the rule's bound: six keys do not fit in three.
+    let mut small = engine(BURST, EngineSettings { max_keys: 3, ..keyed() });
+    let all = d
+        .export_partition(Partition {
+            stream,
+            partition: 0,
+            partitions: 1,
+        })
+        .expect("export");
+    let summary = small.import_partition(all);
+    assert_eq!((summary.refused, summary.keys), (1, 0), "{summary:?}");
 }

@@ -187,22 +187,20 @@ impl RuleKind for FirstSeenState {
         crate::partition_state::forget_map(&mut self.learned, pick)
     }
 
-    /// The learning period is the earlier of the two: the tuples came from an instance that
-    /// had been learning since then.
+    /// The learning period stays this instance's when it has one: an old or forged start must
+    /// not end learning for every partition here.
     fn import_keys(
         &mut self,
         rule: &CompiledRule,
         state: serde_json::Value,
+        room: usize,
     ) -> Result<usize, crate::kind::ImportError> {
         let Plan::FirstSeen(p) = &rule.plan else {
             return Err(crate::kind::ImportError::Inconsistent);
         };
         let moved: Moved = serde_json::from_value(state)?;
-        let n = crate::partition_state::import_map(&mut self.learned, moved.learned, p.keys.len())?;
-        self.learn_start = match (self.learn_start, moved.learn_start) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let n = crate::partition_state::import_map(&mut self.learned, moved.learned, p.keys.len(), room)?;
+        self.learn_start = self.learn_start.or(moved.learn_start);
         self.dirty = true;
         Ok(n)
     }

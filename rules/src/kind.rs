@@ -26,6 +26,8 @@ pub enum ImportError {
     Parse(#[from] serde_json::Error),
     #[error("state does not fit the rule (another key or aggregate count)")]
     Inconsistent,
+    #[error("{keys} keys would take the rule past its bound ({room} more fit)")]
+    TooManyKeys { keys: usize, room: usize },
 }
 
 /// What the engine does with every rule, whatever its kind.
@@ -71,8 +73,13 @@ pub(crate) trait RuleKind: Send {
 
     /// Takes over keys [`RuleKind::export_keys`] gave for the same rule text, replacing what
     /// this state holds for them. Returns how many keys came; refuses state that does not fit
-    /// the rule's plan.
-    fn import_keys(&mut self, _rule: &CompiledRule, _state: serde_json::Value) -> Result<usize, ImportError> {
+    /// the rule's plan, or that brings more than `room` keys (the rule's bound).
+    fn import_keys(
+        &mut self,
+        _rule: &CompiledRule,
+        _state: serde_json::Value,
+        _room: usize,
+    ) -> Result<usize, ImportError> {
         Ok(0)
     }
 

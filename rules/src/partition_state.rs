@@ -124,7 +124,11 @@ impl Engine {
                 summary.refused += 1;
                 continue;
             }
-            match slot.state.import_keys(&slot.rule, r.state) {
+            // Taken state counts against the rule's bound like any other: what would take it
+            // past is refused rather than evicting what this instance already holds.
+            let max_keys = slot.rule.rule().max_keys.unwrap_or(self.settings.max_keys);
+            let room = max_keys.saturating_sub(slot.state.state_keys());
+            match slot.state.import_keys(&slot.rule, r.state, room) {
                 Ok(keys) => {
                     summary.keys += keys;
                     summary.rules += 1;
@@ -160,10 +164,17 @@ pub(crate) fn import_map<V: DeserializeOwned>(
     map: &mut KeyMap<V>,
     state: serde_json::Value,
     key_len: usize,
+    room: usize,
 ) -> Result<usize, ImportError> {
     let entries: Vec<(Key, V)> = serde_json::from_value(state)?;
     if entries.iter().any(|(k, _)| k.len() != key_len) {
         return Err(ImportError::Inconsistent);
+    }
+    if entries.len() > room {
+        return Err(ImportError::TooManyKeys {
+            keys: entries.len(),
+            room,
+        });
     }
     let n = entries.len();
     map.extend(entries);

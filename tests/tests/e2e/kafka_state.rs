@@ -151,10 +151,24 @@ fn a_sigkilled_instances_open_windows_continue_on_another() {
             }
         }
     };
-    for v in vs.iter_mut() {
+    for (i, v) in vs.iter_mut().enumerate() {
+        if i > 0 {
+            // The group re-forms after each departure before the next (see
+            // `kafka::run_repartitioned`).
+            std::thread::sleep(Duration::from_secs(4));
+        }
         let (status, _) = v.terminate(Duration::from_secs(30));
         assert!(status.success(), "{}", v.stderr());
         record(v);
+        // Shown when the test fails: how the repartition partitions moved.
+        for l in v
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("state_topic") || l.contains("rebalance"))
+        {
+            eprintln!("{l}");
+        }
+        eprintln!("----");
     }
     record(&dead);
     // Every principal's burst once (by id), counted over both halves: the dead instance's

@@ -256,12 +256,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Once every batch handed over is evaluated (waiting at most 30 s; reading waits too),
+/// Once every batch handed over is evaluated (waiting at most 5 s; reading waits too),
 /// snapshots the owned partitions' rule state and stores the offsets the snapshots cover.
 async fn write_snapshots(states: &Arc<state_topic::StateTopic>, consumer: &Consumer_, pending: &PendingAcks) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while pending.0.load(Ordering::Acquire) > 0 {
         if std::time::Instant::now() > deadline {
+            states.skipped();
             tracing::warn!("the pipeline did not catch up for a rule state snapshot; trying at the next interval");
             return;
         }

@@ -46,6 +46,16 @@ pub const CHUNK_BYTES: usize = 512 * 1024;
 /// One partition's state at most this large is restored (its JSON is parsed into a tree
 /// several times its size).
 pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
+/// All the partitions taken on in one rebalance hold at most this much while the topic is read.
+const MAX_READ_BYTES: usize = 4 * MAX_STATE_BYTES;
+/// How far past the end of its partition, as the broker reports it, a snapshot may claim to
+/// be: a snapshot claiming more would make its new owner skip records it never counted, and
+/// is refused. Some brokers report a partition's end late (by the records of its last
+/// batches), which must not cost a partition its state; a forged claim within this lead
+/// hides at most this many new records.
+const MAX_LEAD: i64 = 100_000;
+/// Chunks a snapshot may have.
+const MAX_CHUNKS: u32 = (MAX_STATE_BYTES / CHUNK_BYTES) as u32 + 1;
 const MAGIC: &[u8; 4] = b"VST1";
 /// How long a restore may read the state topic.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +65,9 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum SnapshotOutcome {
     written,
     failed,
+    /// Not taken: the pipeline did not catch up in time (the next interval tries again), or
+    /// partitions were revoked before it did (their next owner continues from the last one).
+    skipped,
 }
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -119,7 +132,11 @@ impl StateTopicMetrics {
             "State-topic messages refused: bad signature or framing",
             m.poison.clone(),
         );
-        for outcome in [SnapshotOutcome::written, SnapshotOutcome::failed] {
+        for outcome in [
+            SnapshotOutcome::written,
+            SnapshotOutcome::failed,
+            SnapshotOutcome::skipped,
+        ] {
             let _ = m.snapshots.get_or_create(&SnapshotLabel { outcome });
         }
         m
@@ -137,6 +154,12 @@ struct Owned {
     snapshot: Option<i64>,
     /// Messages below this offset are in the restored state already.
     skip_below: i64,
+    /// The generation and chunk count of this partition's snapshot in the topic: its chunks
+    /// past the first are deleted (tombstones) once a newer snapshot is in.
+    written: Option<(u64, u32)>,
+    /// The topic could not be read when the partition was taken on: no snapshot is written
+    /// (nor offset committed) for it here, so the one in the topic stays for the next owner.
+    frozen: bool,
 }
 
 #[derive(Default)]
@@ -144,7 +167,7 @@ struct Ownership {
     owned: HashMap<TopicPartition, Owned>,
     /// Revoked partitions whose state is still in the engine and matches their last snapshot,
     /// until the next assignment says whether they stay here.
-    parked: HashMap<TopicPartition, Option<i64>>,
+    parked: HashMap<TopicPartition, Owned>,
     /// Revoked since the reading loop last looked: what it read ahead from them is dropped.
     revoked: Vec<TopicPartition>,
 }
@@ -173,7 +196,10 @@ impl StateTopic {
         let mut cc = client_config(cfg)?;
         cc.set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("message.max.bytes", "1000000");
+            .set("message.max.bytes", "1000000")
+            // Snapshots are written inside rebalances: a broker that does not answer must not
+            // hold one for librdkafka's default five minutes.
+            .set("message.timeout.ms", "30000");
         let producer = cc.create().map_err(|e| KafkaError::Create(e.to_string()))?;
         let mut reader = client_config(cfg)?;
         reader
@@ -237,6 +263,16 @@ impl StateTopic {
         skip
     }
 
+    /// A periodic snapshot not taken: the pipeline did not catch up in time.
+    pub(super) fn skipped(&self) {
+        self.metrics
+            .snapshots
+            .get_or_create(&SnapshotLabel {
+                outcome: SnapshotOutcome::skipped,
+            })
+            .inc();
+    }
+
     /// Partitions revoked since the last call: the reading loop drops what it read ahead.
     pub(super) fn take_revoked(&self) -> Vec<TopicPartition> {
         std::mem::take(&mut self.ownership().revoked)
@@ -250,7 +286,7 @@ impl StateTopic {
             .owned
             .iter()
             .filter_map(|(tp, o)| {
-                let next = o.processed?;
+                let next = o.processed.filter(|_| !o.frozen)?;
                 (o.snapshot != Some(next)).then(|| (tp.clone(), next))
             })
             .collect();
@@ -261,8 +297,9 @@ impl StateTopic {
     fn write(&self, due: &[(TopicPartition, i64)]) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for (tp, next) in due {
-            match self.write_one(tp, *next) {
-                Ok(()) => {
+            let previous = self.ownership().owned.get(tp).and_then(|o| o.written);
+            match self.write_one(tp, *next, previous) {
+                Ok(written) => {
                     self.metrics
                         .snapshots
                         .get_or_create(&SnapshotLabel {
@@ -271,6 +308,7 @@ impl StateTopic {
                         .inc();
                     if let Some(o) = self.ownership().owned.get_mut(tp) {
                         o.snapshot = Some(*next);
+                        o.written = Some(written);
                     }
                     let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(*next));
                 }
@@ -288,7 +326,11 @@ impl StateTopic {
         tpl
     }
 
-    fn write_one(&self, tp: &TopicPartition, next: i64) -> Result<(), String> {
+    /// Writes one partition's snapshot (chunk 0 last, so a reader never takes a generation
+    /// whose other chunks are not in), then deletes `previous`'s other chunks. Chunk 0 is keyed
+    /// by the partition alone, the others by generation too: compaction never drops a complete
+    /// snapshot's chunk for one of a write cut short. Returns the generation and chunk count.
+    fn write_one(&self, tp: &TopicPartition, next: i64, previous: Option<(u64, u32)>) -> Result<(u64, u32), String> {
         let at = self.at(tp).ok_or("not a repartition topic")?;
         let state = self
             .engine
@@ -310,7 +352,7 @@ impl StateTopic {
         for i in order {
             let chunk = chunks.get(i).copied().unwrap_or_default();
             let value = encode(&name, next, generation, u32::try_from(i).unwrap_or(0), count, chunk);
-            let key = format!("{name}/{i}");
+            let key = chunk_key(&name, generation, i);
             let mut record = FutureRecord::to(&self.topic).key(key.as_bytes()).payload(&value);
             if let Some(k) = &self.signing {
                 record = record.headers(k.sign(&self.topic, &value));
@@ -327,7 +369,21 @@ impl StateTopic {
         for d in waiting {
             wait(d)?;
         }
-        Ok(())
+        if let Some((old, old_count)) = previous.filter(|(g, _)| *g != generation) {
+            let mut gone = Vec::new();
+            for i in 1..old_count {
+                let key = chunk_key(&name, old, i as usize);
+                let record = FutureRecord::<[u8], [u8]>::to(&self.topic).key(key.as_bytes());
+                gone.push(self.producer.send_result(record).map_err(|(e, _)| e.to_string())?);
+            }
+            for d in gone {
+                // A chunk left behind costs space until the next snapshot, nothing else.
+                if let Err(error) = wait(d) {
+                    tracing::debug!(%error, "could not delete an old snapshot chunk");
+                }
+            }
+        }
+        Ok((generation, count))
     }
 
     /// Partitions being revoked. With the pipeline drained (`clean`), they are snapshotted and
@@ -345,12 +401,24 @@ impl StateTopic {
             revoked
                 .iter()
                 .filter_map(|tp| {
-                    let owned = o.owned.get(tp)?;
+                    let owned = o.owned.get(tp).filter(|o| !o.frozen)?;
                     let next = owned.processed?;
                     (owned.snapshot != Some(next)).then(|| (tp.clone(), next))
                 })
                 .collect()
         } else {
+            if !revoked.is_empty() {
+                self.metrics
+                    .snapshots
+                    .get_or_create(&SnapshotLabel {
+                        outcome: SnapshotOutcome::skipped,
+                    })
+                    .inc();
+                tracing::warn!(
+                    partitions = revoked.len(),
+                    "partitions revoked before the pipeline caught up: their rule state here is dropped, and their next owner continues from their last snapshot"
+                );
+            }
             Vec::new()
         };
         let written = self.write(&due);
@@ -358,8 +426,8 @@ impl StateTopic {
         for tp in &revoked {
             let Some(owned) = o.owned.remove(tp) else { continue };
             let current = owned.processed.is_none_or(|p| owned.snapshot == Some(p));
-            if clean && current {
-                o.parked.insert(tp.clone(), owned.snapshot);
+            if clean && current && !owned.frozen {
+                o.parked.insert(tp.clone(), owned);
             } else {
                 drop(o);
                 self.forget(tp);
@@ -393,7 +461,7 @@ impl StateTopic {
         let mut wanted = Vec::new();
         for tp in &assigned {
             match parked.get(tp) {
-                Some(snapshot) => {
+                Some(parked) => {
                     self.metrics
                         .restores
                         .get_or_create(&RestoreLabel {
@@ -404,8 +472,8 @@ impl StateTopic {
                         tp.clone(),
                         Owned {
                             processed: None,
-                            snapshot: *snapshot,
-                            skip_below: snapshot.unwrap_or(0),
+                            skip_below: parked.snapshot.unwrap_or(0),
+                            ..*parked
                         },
                     );
                 }
@@ -416,14 +484,28 @@ impl StateTopic {
             return;
         }
         let started = Instant::now();
-        let found = self.read(&wanted);
+        // A broker hiccup should not cost the partitions their state: a few tries.
+        let mut found = self.read(&wanted);
+        for attempt in 1..3u64 {
+            if found.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500 * attempt));
+            found = self.read(&wanted);
+        }
         for tp in &wanted {
             // Whatever this instance held for the partition is older than the topic's.
             self.forget(tp);
             let (outcome, owned) = match &found {
                 Err(error) => {
-                    tracing::error!(topic = %tp.0, partition = tp.1, %error, "could not read the state topic; the partition starts with empty rule state");
-                    (RestoreOutcome::failed, Owned::default())
+                    tracing::error!(topic = %tp.0, partition = tp.1, %error, "could not read the state topic; the partition runs with empty rule state here, and its snapshot in the topic is left for its next owner");
+                    (
+                        RestoreOutcome::failed,
+                        Owned {
+                            frozen: true,
+                            ..Owned::default()
+                        },
+                    )
                 }
                 Ok(found) => match found.get(&format!("{}/{}", tp.0, tp.1)) {
                     None => (RestoreOutcome::empty, Owned::default()),
@@ -431,13 +513,15 @@ impl StateTopic {
                         tracing::error!(topic = %tp.0, partition = tp.1, why = %why, "a partition's saved rule state is not usable; it starts empty");
                         (RestoreOutcome::refused, Owned::default())
                     }
-                    Some(Ok((next, data))) => match self.import(tp, data) {
+                    Some(Ok(snapshot)) => match self.import(tp, &snapshot.data) {
                         Ok(()) => (
                             RestoreOutcome::restored,
                             Owned {
                                 processed: None,
-                                snapshot: Some(*next),
-                                skip_below: *next,
+                                snapshot: Some(snapshot.next),
+                                skip_below: snapshot.next,
+                                written: Some((snapshot.generation, snapshot.chunks)),
+                                frozen: false,
                             },
                         ),
                         Err(why) => {
@@ -467,7 +551,7 @@ impl StateTopic {
     /// The newest complete snapshot of each of `wanted` in the topic: its offset and data, or
     /// why it is not usable.
     #[allow(clippy::type_complexity)]
-    fn read(&self, wanted: &[TopicPartition]) -> Result<HashMap<String, Result<(i64, Vec<u8>), String>>, String> {
+    fn read(&self, wanted: &[TopicPartition]) -> Result<HashMap<String, Result<Snapshot, String>>, String> {
         let names: HashSet<String> = wanted.iter().map(|(t, p)| format!("{t}/{p}")).collect();
         let consumer: BaseConsumer = self.reader.create().map_err(|e| e.to_string())?;
         let (low, high) = consumer
@@ -475,6 +559,8 @@ impl StateTopic {
             .map_err(|e| e.to_string())?;
         let mut assembly: HashMap<String, Assembly> = HashMap::new();
         let mut read = 0u64;
+        // Bytes held over every wanted partition.
+        let mut held = 0usize;
         if high > low {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
@@ -503,7 +589,10 @@ impl StateTopic {
                         .and_then(|()| decode(payload).map_err(|e| e.to_string()))
                     {
                         Ok(v) if names.contains(v.name) => {
-                            assembly.entry(v.name.to_string()).or_default().add(&v);
+                            let a = assembly.entry(v.name.to_string()).or_default();
+                            held = held.saturating_sub(a.held);
+                            a.add(&v, MAX_READ_BYTES.saturating_sub(held));
+                            held = held.saturating_add(a.held);
                         }
                         Ok(_) => {}
                         Err(why) => {
@@ -520,7 +609,7 @@ impl StateTopic {
         tracing::info!(low, high, read, partitions = assembly.len(), "state topic read");
         let mut found = HashMap::new();
         for (name, a) in assembly {
-            let complete = a.complete().and_then(|(next, data)| {
+            let complete = a.complete().and_then(|snapshot| {
                 // A snapshot claiming offsets the partition has not reached would make this
                 // instance skip records it never counted: refused.
                 let (topic, partition) = wanted
@@ -530,10 +619,13 @@ impl StateTopic {
                 let (_, end) = consumer
                     .fetch_watermarks(topic, *partition, Duration::from_secs(10))
                     .map_err(|e| e.to_string())?;
-                if next < 0 || next > end {
-                    return Err(format!("covers offset {next}, past the partition's end {end}"));
+                if snapshot.next < 0 || snapshot.next > end.saturating_add(MAX_LEAD) {
+                    return Err(format!(
+                        "covers offset {}, past the partition's end {end}",
+                        snapshot.next
+                    ));
                 }
-                Ok((next, data))
+                Ok(snapshot)
             });
             found.insert(name, complete);
         }
@@ -620,48 +712,79 @@ pub fn decode(v: &[u8]) -> Result<Value<'_>, ValueError> {
     })
 }
 
-/// One partition's chunks as read: the generation the newest chunk 0 names, and the chunks
-/// of it and of newer generations still being written. Older generations are dropped as the
-/// topic is read, so a long uncompacted history costs no more than two snapshots.
+/// One partition's snapshot as restored.
+struct Snapshot {
+    next: i64,
+    generation: u64,
+    chunks: u32,
+    data: Vec<u8>,
+}
+
+/// The key of a snapshot's chunk: chunk 0 (written last, naming the generation to take) by
+/// the partition alone, the others by generation too.
+fn chunk_key(name: &str, generation: u64, chunk: usize) -> String {
+    if chunk == 0 {
+        format!("{name}/0")
+    } else {
+        format!("{name}/{generation}/{chunk}")
+    }
+}
+
+/// One partition's chunks as read. The snapshot taken is the one whose chunk 0 comes last in
+/// the log (what compaction keeps), whatever the writers' clocks; when a chunk 0 arrives, the
+/// chunks of every other generation go, so a long uncompacted history costs no more than one
+/// snapshot and one being written.
 #[derive(Default)]
 struct Assembly {
-    /// The generation of the newest chunk 0: (offset covered, chunk count).
+    /// The newest chunk 0 read: generation, offset covered, chunk count.
     head: Option<(u64, i64, u32)>,
     chunks: BTreeMap<u64, BTreeMap<u32, Vec<u8>>>,
+    /// Bytes held in `chunks`.
+    held: usize,
     too_large: bool,
 }
 
 impl Assembly {
-    fn add(&mut self, v: &Value<'_>) {
-        if self.head.is_some_and(|(g, _, _)| v.generation < g) {
+    /// Takes a chunk, holding at most `room` more bytes (and [`MAX_STATE_BYTES`] twice over).
+    fn add(&mut self, v: &Value<'_>, room: usize) {
+        if v.chunks > MAX_CHUNKS {
+            self.too_large = true;
             return;
         }
         if v.chunk == 0 {
             self.head = Some((v.generation, v.next, v.chunks));
             let g = v.generation;
-            self.chunks.retain(|gen_, _| *gen_ >= g);
+            self.chunks.retain(|generation, _| *generation == g);
+            self.held = self.chunks.values().flat_map(|c| c.values()).map(Vec::len).sum();
+            self.too_large = false;
         }
-        let held: usize = self.chunks.values().flat_map(|c| c.values()).map(Vec::len).sum();
-        if held.saturating_add(v.data.len()) > MAX_STATE_BYTES.saturating_mul(2) {
+        // An empty chunk still costs an entry: count it as a byte.
+        let size = v.data.len().max(1);
+        if size > room || self.held.saturating_add(size) > MAX_STATE_BYTES.saturating_mul(2) {
             self.too_large = true;
             return;
         }
-        self.chunks
+        let previous = self
+            .chunks
             .entry(v.generation)
             .or_default()
             .insert(v.chunk, v.data.to_vec());
+        self.held = self
+            .held
+            .saturating_add(size)
+            .saturating_sub(previous.map_or(0, |p| p.len().max(1)));
     }
 
-    fn complete(self) -> Result<(i64, Vec<u8>), String> {
+    fn complete(self) -> Result<Snapshot, String> {
         let Some((generation, next, count)) = self.head else {
             return Err("no complete snapshot (a write cut short)".into());
-        };
-        let Some(chunks) = self.chunks.get(&generation) else {
-            return Err("snapshot chunks missing".into());
         };
         if self.too_large {
             return Err(format!("over {MAX_STATE_BYTES} bytes"));
         }
+        let Some(chunks) = self.chunks.get(&generation) else {
+            return Err("snapshot chunks missing".into());
+        };
         let mut data = Vec::new();
         for i in 0..count {
             let Some(c) = chunks.get(&i) else {
@@ -672,7 +795,12 @@ impl Assembly {
         if data.len() > MAX_STATE_BYTES {
             return Err(format!("over {MAX_STATE_BYTES} bytes"));
         }
-        Ok((next, data))
+        Ok(Snapshot {
+            next,
+            generation,
+            chunks: count,
+            data,
+        })
     }
 }
 
@@ -701,28 +829,65 @@ mod tests {
     }
 
     fn add(a: &mut Assembly, v: &[u8]) {
-        a.add(&decode(v).expect("decode"));
+        a.add(&decode(v).expect("decode"), usize::MAX);
+    }
+
+    fn taken(a: Assembly) -> (i64, Vec<u8>) {
+        let s = a.complete().expect("complete");
+        (s.next, s.data)
     }
 
     #[test]
-    fn the_newest_complete_generation_is_taken() {
+    fn the_last_complete_snapshot_in_the_log_is_taken() {
         let mut a = Assembly::default();
         add(&mut a, &value("t/0", 10, 1, 1, 2, b"def"));
         add(&mut a, &value("t/0", 10, 1, 0, 2, b"abc"));
         // Generation 2 cut short: chunk 1 written, chunk 0 never.
         add(&mut a, &value("t/0", 20, 2, 1, 2, b"XYZ"));
-        assert_eq!(a.complete().expect("complete"), (10, b"abcdef".to_vec()));
+        assert_eq!(taken(a), (10, b"abcdef".to_vec()));
 
         let mut b = Assembly::default();
         add(&mut b, &value("t/0", 10, 1, 1, 2, b"def"));
         add(&mut b, &value("t/0", 10, 1, 0, 2, b"abc"));
         add(&mut b, &value("t/0", 30, 3, 0, 1, b"new"));
-        assert_eq!(b.complete().expect("complete"), (30, b"new".to_vec()));
+        assert_eq!(taken(b), (30, b"new".to_vec()));
 
-        // Chunk 0 of a generation whose chunk 1 was compacted away by a newer one's.
+        // Log order wins over the writers' clocks: a later write from a clock behind.
         let mut c = Assembly::default();
-        add(&mut c, &value("t/0", 10, 1, 0, 2, b"abc"));
-        assert!(c.complete().is_err());
+        add(&mut c, &value("t/0", 10, 9, 0, 1, b"old"));
+        add(&mut c, &value("t/0", 30, 5, 0, 1, b"later"));
+        assert_eq!(taken(c), (30, b"later".to_vec()));
+
+        let mut d = Assembly::default();
+        add(&mut d, &value("t/0", 10, 1, 0, 2, b"abc"));
+        assert!(d.complete().is_err(), "a chunk missing");
         assert!(Assembly::default().complete().is_err());
+    }
+
+    #[test]
+    fn what_a_read_holds_is_bounded() {
+        // Empty chunks of ever new generations cost an entry each, and count.
+        let mut a = Assembly::default();
+        for g in 0..10_000u64 {
+            a.a_chunk(g);
+        }
+        assert!(a.held >= 10_000);
+        let mut b = Assembly::default();
+        b.add(&decode(&value("t/0", 1, 1, 1, 2, &[0u8; 64])).expect("decode"), 10);
+        assert!(b.too_large, "no room for it");
+        let mut c = Assembly::default();
+        add(&mut c, &value("t/0", 1, 1, 0, MAX_CHUNKS + 1, b""));
+        assert!(c.complete().is_err(), "more chunks than any snapshot has");
+        assert_eq!(chunk_key("t/0", 7, 0), "t/0/0");
+        assert_eq!(chunk_key("t/0", 7, 2), "t/0/7/2");
+    }
+
+    impl Assembly {
+        fn a_chunk(&mut self, generation: u64) {
+            self.add(
+                &decode(&value("t/0", 1, generation, 1, 2, b"")).expect("decode"),
+                usize::MAX,
+            );
+        }
     }
 }
