@@ -429,9 +429,10 @@ pub(crate) fn metric_sum_where(v: &Verity, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-/// Rules with two key sets and a stateless one, for repartitioning. Each principal sends
-/// about 33 records per 10 s: the thresholds of 30 are met only where all of a key's records
-/// meet (a third of them, on one of three instances, raises nothing).
+/// Rules with two key sets (two windowed detections and an assertion) and a stateless one,
+/// for repartitioning. Each principal sends about 33 records per 10 s: the thresholds of 30
+/// are met only where all of a key's records meet (a third of them, on one of three
+/// instances, raises nothing).
 fn keyed_rules(dir: &Path) -> String {
     let rules = dir.join("keyed-rules");
     std::fs::create_dir_all(&rules).expect("mkdir");
@@ -443,6 +444,12 @@ fn keyed_rules(dir: &Path) -> String {
         (
             "per-edge",
             "id: e2e-per-edge\ntitle: Busy edge\nseverity: low\nkind: detection\ndetection:\n  where: 'true'\n  group_by: [destination_service, source_principal]\n  window: {type: tumbling, size: 20s}\n  having: count(*) >= 30\n",
+        ),
+        (
+            // Three records break it, each another principal's: its violations are raised
+            // once per key, by whichever instance owns the key.
+            "no-bad-path",
+            "id: e2e-no-bad-path\ntitle: Bad paths\nseverity: low\nkind: assertion\nassertion:\n  scope: path IS NOT NULL\n  require: path <> '/fault/75' AND path <> '/fault/1000' AND path <> '/fault/2025'\n  per: [source_principal]\n  stale_after: 1h\n  resolve_after: 1h\n",
         ),
         (
             "fault-10",
@@ -585,6 +592,7 @@ fn three_instances_on_an_unkeyed_topic_raise_what_one_raises() {
     // Per principal: three 10 s windows; per edge: two 20 s windows, each of 30 or more.
     assert_eq!(count("e2e-per-principal"), 12 * 3, "{alone:?}");
     assert_eq!(count("e2e-per-edge"), 12 * 2, "{alone:?}");
+    assert_eq!(count("e2e-no-bad-path"), 3, "{alone:?}");
     assert!(count("e2e-fault-10") > 0, "{alone:?}");
     assert_eq!(trio, alone, "repartitioned messages per instance: {shares:?}");
     assert!(
