@@ -150,10 +150,7 @@ impl RuleKind for AbsenceState {
         state: serde_json::Value,
         room: usize,
     ) -> Result<usize, crate::kind::ImportError> {
-        let Plan::Absence(p) = &rule.plan else {
-            return Err(crate::kind::ImportError::Inconsistent);
-        };
-        crate::partition_state::import_map(&mut self.keys, state, p.keys.len(), room)
+        crate::partition_state::import_map(&mut self.keys, state, rule, room)
     }
 
     fn state_keys(&self) -> usize {

@@ -377,10 +377,7 @@ impl RuleKind for AssertionState {
         state: serde_json::Value,
         room: usize,
     ) -> Result<usize, crate::kind::ImportError> {
-        let Plan::Assertion(p) = &rule.plan else {
-            return Err(crate::kind::ImportError::Inconsistent);
-        };
-        crate::partition_state::import_map(&mut self.keys, state, p.per.len(), room)
+        crate::partition_state::import_map(&mut self.keys, state, rule, room)
     }
 
     fn state_keys(&self) -> usize {

@@ -195,11 +195,8 @@ impl RuleKind for FirstSeenState {
         state: serde_json::Value,
         room: usize,
     ) -> Result<usize, crate::kind::ImportError> {
-        let Plan::FirstSeen(p) = &rule.plan else {
-            return Err(crate::kind::ImportError::Inconsistent);
-        };
         let moved: Moved = serde_json::from_value(state)?;
-        let n = crate::partition_state::import_map(&mut self.learned, moved.learned, p.keys.len(), room)?;
+        let n = crate::partition_state::import_map(&mut self.learned, moved.learned, rule, room)?;
         self.learn_start = self.learn_start.or(moved.learn_start);
         self.dirty = true;
         Ok(n)

@@ -12,7 +12,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, Slot};
+use crate::engine::Engine;
 use crate::kind::{ImportError, KeyPick};
 use crate::state_key::{Key, KeyMap};
 
@@ -50,13 +50,9 @@ pub struct Partition<'s> {
     pub partitions: usize,
 }
 
-/// Whether a key of `slot`'s rule belongs to `at`: its values, taken in key-set order (the
+/// Whether a key of `rule` (on `stream`) belongs to `at`: its values, taken in key-set order (the
 /// order rows were partitioned by), hash to the partition.
-fn picker<'a>(slot: &'a Slot, at: Partition<'a>) -> Option<impl Fn(&Key) -> bool + 'a> {
-    picker_of(&slot.rule, slot.stream.as_deref(), at)
-}
-
-fn picker_of<'a>(
+fn picker<'a>(
     rule: &'a crate::compile::CompiledRule,
     stream: Option<&str>,
     at: Partition<'a>,
@@ -82,7 +78,9 @@ impl Engine {
     pub fn export_partition(&self, at: Partition<'_>) -> Result<PartitionState, serde_json::Error> {
         let mut out = PartitionState::default();
         for slot in &self.slots {
-            let Some(pick) = picker(slot, at) else { continue };
+            let Some(pick) = picker(&slot.rule, slot.stream.as_deref(), at) else {
+                continue;
+            };
             let state = slot.state.export_keys(&pick)?;
             if state.is_null() {
                 continue;
@@ -101,7 +99,7 @@ impl Engine {
     pub fn forget_partition(&mut self, at: Partition<'_>) -> usize {
         let mut n = 0;
         for slot in &mut self.slots {
-            let Some(pick) = picker_of(&slot.rule, slot.stream.as_deref(), at) else {
+            let Some(pick) = picker(&slot.rule, slot.stream.as_deref(), at) else {
                 continue;
             };
             n += slot.state.forget_keys(&pick);
@@ -159,13 +157,15 @@ pub(crate) fn forget_map<V>(map: &mut KeyMap<V>, pick: KeyPick<'_>) -> usize {
     before - map.len()
 }
 
-/// Inserts the entries [`export_map`] wrote, each key with `key_len` values.
+/// Inserts the entries [`export_map`] wrote, each key with as many values as `rule` keeps
+/// state per, and at most `room` of them.
 pub(crate) fn import_map<V: DeserializeOwned>(
     map: &mut KeyMap<V>,
     state: serde_json::Value,
-    key_len: usize,
+    rule: &crate::compile::CompiledRule,
     room: usize,
 ) -> Result<usize, ImportError> {
+    let key_len = rule.rule().body.state_keys().map_or(0, <[String]>::len);
     let entries: Vec<(Key, V)> = serde_json::from_value(state)?;
     if entries.iter().any(|(k, _)| k.len() != key_len) {
         return Err(ImportError::Inconsistent);

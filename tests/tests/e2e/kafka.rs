@@ -527,18 +527,30 @@ fn run_repartitioned(
         .iter()
         .map(|v| metric_sum_where(v, "verity_kafka_poison_messages_total", &repartition))
         .sum();
+    stop_in_turn(&mut vs);
     let mut union = BTreeSet::new();
+    for v in &vs {
+        union.extend(
+            alerts(v)
+                .iter()
+                .filter_map(|a| Some((a["rule_id"].as_str()?.to_string(), a["id"].as_str()?.to_string()))),
+        );
+    }
+    (union, shares, poison)
+}
+
+/// Stops `vs` one after the other (SIGTERM; each must exit cleanly), letting the group
+/// re-form after each departure before the next: the partitions (and their rule state) of
+/// the one that left go to the others. The test broker may otherwise hand a partition to an
+/// instance that leaves before taking it, and never to the last one. How the repartition
+/// partitions moved is printed, shown when a test fails.
+pub(crate) fn stop_in_turn(vs: &mut [Verity]) {
     for (i, v) in vs.iter_mut().enumerate() {
         if i > 0 {
-            // The group re-forms after each departure before the next: the partitions (and
-            // their rule state) of the one that left go to the others. The test broker may
-            // otherwise hand a partition to an instance that leaves before taking it, and
-            // never to the last one.
             std::thread::sleep(Duration::from_secs(4));
         }
         let (status, _) = v.terminate(Duration::from_secs(30));
         assert!(status.success(), "{}", v.stderr());
-        // Shown when the test fails: how the repartition partitions moved.
         for l in v
             .stderr()
             .lines()
@@ -547,13 +559,7 @@ fn run_repartitioned(
             eprintln!("{l}");
         }
         eprintln!("----");
-        union.extend(
-            alerts(v)
-                .iter()
-                .filter_map(|a| Some((a["rule_id"].as_str()?.to_string(), a["id"].as_str()?.to_string()))),
-        );
     }
-    (union, shares, poison)
 }
 
 /// Three instances on an unkeyed topic, with repartitioning, raise exactly the alerts one

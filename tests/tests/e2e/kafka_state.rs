@@ -9,7 +9,7 @@ use std::time::Duration;
 use verity_e2e::kafka::Broker;
 use verity_e2e::{Verity, eventually, require};
 
-use super::kafka::{alerts, flush, line, metric_sum_where, produce, producer, start};
+use super::kafka::{alerts, flush, line, metric_sum_where, produce, producer, start, stop_in_turn};
 
 const INSTANCES: usize = 3;
 const PRINCIPALS: usize = 12;
@@ -151,24 +151,9 @@ fn a_sigkilled_instances_open_windows_continue_on_another() {
             }
         }
     };
-    for (i, v) in vs.iter_mut().enumerate() {
-        if i > 0 {
-            // The group re-forms after each departure before the next (see
-            // `kafka::run_repartitioned`).
-            std::thread::sleep(Duration::from_secs(4));
-        }
-        let (status, _) = v.terminate(Duration::from_secs(30));
-        assert!(status.success(), "{}", v.stderr());
+    stop_in_turn(&mut vs);
+    for v in &vs {
         record(v);
-        // Shown when the test fails: how the repartition partitions moved.
-        for l in v
-            .stderr()
-            .lines()
-            .filter(|l| l.contains("state_topic") || l.contains("rebalance"))
-        {
-            eprintln!("{l}");
-        }
-        eprintln!("----");
     }
     record(&dead);
     // Every principal's burst once (by id), counted over both halves: the dead instance's

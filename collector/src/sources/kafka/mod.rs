@@ -239,14 +239,7 @@ pub async fn run(
         // Everything handed over is evaluated: the last snapshot covers all of it. The
         // drain then closes the open windows here; the next owner continues them from
         // this snapshot (and may raise their alerts again, with the same ids).
-        let states = states.clone();
-        let covered = tokio::task::spawn_blocking(move || states.write_due()).await;
-        if let Ok(covered) = covered
-            && covered.count() > 0
-            && let Err(error) = consumer.store_offsets(&covered)
-        {
-            tracing::debug!(%error, "could not store offsets covered by the last snapshot");
-        }
+        write_snapshots(states, &consumer, &pending_acks).await;
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!("Kafka offsets committed"),
