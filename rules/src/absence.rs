@@ -23,6 +23,11 @@ struct Seen {
 #[derive(Default)]
 pub struct AbsenceState {
     keys: KeyMap<Seen>,
+    /// No watched key falls silent before this event time; `None` until the next pass works
+    /// it out. A lower bound: hearing from a key only moves its deadline later, so only new
+    /// keys, resumed keys and imports lower it. With it, a batch whose watermark is before
+    /// it costs nothing, instead of a pass over every key.
+    next_due: Option<i64>,
 }
 
 impl AbsenceState {
@@ -53,11 +58,13 @@ impl AbsenceState {
             let key = row_key.read(rows, &plan.keys, row);
             let Some(s) = self.keys.get_mut(key) else {
                 self.keys.insert(key.to_key(), Seen { last: t, silent: false });
+                lower_due(&mut self.next_due, t.saturating_add(plan.after));
                 continue;
             };
             s.last = s.last.max(t);
             if s.silent {
                 s.silent = false;
+                lower_due(&mut self.next_due, s.last.saturating_add(plan.after));
                 let group = group_map(&plan.keys, &key.to_key());
                 let summary = format!("{}: telemetry resumed for {}", rule.rule().title, describe(&group));
                 out.push(make_alert(
@@ -69,15 +76,26 @@ impl AbsenceState {
     }
 
     pub fn advance(&mut self, plan: &AbsencePlan, rule: &CompiledRule, watermark: i64, out: &mut Vec<Alert>) {
-        let mut keys: Vec<&Key> = self.keys.iter().filter(|(_, s)| !s.silent).map(|(k, _)| k).collect();
-        keys.sort();
-        let keys: Vec<Key> = keys.into_iter().cloned().collect();
-        for key in keys {
-            let Some(s) = self.keys.get_mut(&key) else { continue };
+        if self.next_due.is_some_and(|due| watermark < due) {
+            return;
+        }
+        let mut next_due = i64::MAX;
+        let mut due: Vec<&Key> = Vec::new();
+        for (key, s) in self.keys.iter().filter(|(_, s)| !s.silent) {
             let at = s.last.saturating_add(plan.after);
             if watermark < at {
-                continue;
+                next_due = next_due.min(at);
+            } else {
+                due.push(key);
             }
+        }
+        self.next_due = Some(next_due);
+        // In key order, so the alerts of one pass come out the same on every run.
+        due.sort();
+        let due: Vec<Key> = due.into_iter().cloned().collect();
+        for key in due {
+            let Some(s) = self.keys.get_mut(&key) else { continue };
+            let at = s.last.saturating_add(plan.after);
             s.silent = true;
             let group = group_map(&plan.keys, &key);
             let summary = format!(
@@ -106,6 +124,13 @@ impl AbsenceState {
                 },
             ));
         }
+    }
+}
+
+/// Takes `at` into the lower bound on the next deadline, if there is one yet.
+fn lower_due(next_due: &mut Option<i64>, at: i64) {
+    if let Some(due) = next_due {
+        *due = (*due).min(at);
     }
 }
 
@@ -150,6 +175,8 @@ impl RuleKind for AbsenceState {
         state: serde_json::Value,
         room: usize,
     ) -> Result<usize, crate::kind::ImportError> {
+        // Imported keys carry deadlines of their own: the next pass works the bound out again.
+        self.next_due = None;
         crate::partition_state::import_map(&mut self.keys, state, rule, room)
     }
 

@@ -175,6 +175,37 @@ fn absence_fires_and_resolves() {
     assert_eq!(a[0].status, AlertStatus::Resolved);
 }
 
+/// Each key falls silent at its own deadline, also a key first heard (or heard again) with a
+/// deadline earlier than every other watched key's: the engine skips batches before the
+/// earliest deadline, and those keys must move it.
+#[test]
+fn absence_fires_each_key_at_its_own_deadline() {
+    let yaml =
+        "id: quiet\ntitle: Quiet\nseverity: low\nkind: absence\nabsence:\n  keys: [source_principal]\n  after: 5m\n";
+    let mut e = engine(yaml, EngineSettings::default());
+    let mut step = |evs: &[(i64, &str)]| -> Vec<(AlertStatus, String)> {
+        let evs: Vec<_> = evs.iter().map(|(t, p)| ev(*t, p, Decision::Allow)).collect();
+        e.process(&batch(&evs))
+            .into_iter()
+            .map(|a| {
+                let who = a.group.get("source_principal").cloned().flatten().unwrap_or_default();
+                (a.status, who)
+            })
+            .collect()
+    };
+    let firing = |p: &str| vec![(AlertStatus::Firing, p.to_string())];
+    assert!(step(&[(1000, "a"), (1000, "b")]).is_empty());
+    // `c` arrives 4 s behind the others (within the lateness): due at 1296, before `a`.
+    assert!(step(&[(996, "c"), (1000, "b")]).is_empty());
+    assert_eq!(step(&[(1302, "b")]), firing("c"), "watermark 1297");
+    assert_eq!(step(&[(1306, "b")]), firing("a"), "watermark 1301");
+    // `a` is heard again, due at 1602, before `b` (1606).
+    assert_eq!(step(&[(1302, "a")]), vec![(AlertStatus::Resolved, "a".to_string())]);
+    assert!(step(&[(1606, "b")]).is_empty(), "watermark 1601");
+    assert_eq!(step(&[(1607, "b")]), firing("a"), "watermark 1602");
+    assert!(step(&[(1900, "b")]).is_empty(), "silent keys fire once");
+}
+
 #[test]
 fn reload_keeps_state_of_unchanged_rules() {
     let compile = |yaml: &str| {

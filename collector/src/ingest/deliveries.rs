@@ -4,19 +4,23 @@
 //! including when Verity had already evaluated it (the answer was lost, or the alerts it
 //! produced were held because a spool's disk failed). Counting those records again would
 //! fire a burst from four real denials delivered three times. Every request is identified by
-//! a digest of its sender and its encoded content; what became of it is kept here, bounded:
+//! a digest of its sender and its bytes as received (decompressed, not decoded: a resend
+//! carries the same bytes, and hashing them costs one pass where encoding the decoded request
+//! again cost two); what became of it is kept here, bounded:
 //! - in flight: a resend is answered "retry later" (it will be settled soon);
 //! - evaluated, alerts held: a resend is acknowledged once nothing is held any more;
 //! - done: a resend is acknowledged at once, without evaluating it again.
 //!
 //! Two different requests with the same digest would need a collision of a 128-bit keyed
-//! hash (random keys per process), which a sender cannot steer.
+//! hash (SipHash-1-3 with a random key per process), which a sender cannot steer.
 
 #![deny(clippy::indexing_slicing, clippy::string_slice, clippy::arithmetic_side_effects)]
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
+
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::pipeline::{HandoffError, HeldAlerts};
 
@@ -45,10 +49,7 @@ pub enum Verdict {
 }
 
 pub struct Deliveries {
-    keys: (
-        std::collections::hash_map::RandomState,
-        std::collections::hash_map::RandomState,
-    ),
+    keys: (u64, u64),
     inner: Mutex<Remembered>,
     held: HeldAlerts,
 }
@@ -61,23 +62,25 @@ struct Remembered {
 
 impl Deliveries {
     pub fn new(held: HeldAlerts) -> Self {
+        // Two words from the standard library's per-process random hash keys: unpredictable
+        // outside this process, and no new source of randomness to depend on.
+        let word = |i: u64| std::collections::hash_map::RandomState::new().hash_one(i);
         Self {
-            keys: Default::default(),
+            keys: (word(0), word(1)),
             inner: Mutex::new(Remembered::default()),
             held,
         }
     }
 
-    /// The digest of a sender and a request's encoded bytes.
+    /// The digest of a sender and a request's bytes, in one pass.
     pub fn digest(&self, sender: &str, body: &[u8]) -> Digest {
-        let one = |k: &std::collections::hash_map::RandomState| {
-            let mut h = k.build_hasher();
-            h.write(sender.as_bytes());
-            h.write_u8(0xff);
-            h.write(body);
-            h.finish()
-        };
-        (one(&self.keys.0), one(&self.keys.1))
+        let mut h = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        // Length-prefixed, so no sender and body can be re-split into another pair.
+        h.write_usize(sender.len());
+        h.write(sender.as_bytes());
+        h.write(body);
+        let d = h.finish128();
+        (d.h1, d.h2)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {

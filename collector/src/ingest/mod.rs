@@ -88,12 +88,11 @@ impl Ingest {
         &self.held
     }
 
-    /// Looks a request up among those already evaluated. `Ok(Some(digest))`: new, evaluate it
-    /// (the digest settles it); `Ok(None)`: a resend to acknowledge as it is.
-    fn recall(&self, sender: &Sender, req: &impl prost::Message) -> Result<Option<deliveries::Digest>, Backpressure> {
-        let d = self
-            .deliveries
-            .digest(sender.id.as_deref().unwrap_or(""), &req.encode_to_vec());
+    /// Looks a request up among those already evaluated, by its bytes as received.
+    /// `Ok(Some(digest))`: new, evaluate it (the digest settles it); `Ok(None)`: a resend to
+    /// acknowledge as it is.
+    fn recall(&self, sender: &Sender, received: &[u8]) -> Result<Option<deliveries::Digest>, Backpressure> {
+        let d = self.deliveries.digest(sender.id.as_deref().unwrap_or(""), received);
         match self.deliveries.begin(d) {
             deliveries::Verdict::New => Ok(Some(d)),
             deliveries::Verdict::Duplicate => {
@@ -185,14 +184,17 @@ impl Ingest {
         &self.trust.limits
     }
 
+    /// Evaluates a logs request: `req`, decoded from `received` (the request's bytes as they
+    /// arrived, decompressed), which identify it when it is sent again.
     pub fn export_logs(
         &self,
         req: &ExportLogsServiceRequest,
+        received: &[u8],
         source: IngestSource,
         sender: &Sender,
     ) -> Result<(ExportLogsServiceResponse, Option<Handoff>), Backpressure> {
         let permit = self.intake.try_reserve()?;
-        let Some(digest) = self.recall(sender, req)? else {
+        let Some(digest) = self.recall(sender, received)? else {
             return Ok((ExportLogsServiceResponse::default(), None));
         };
         let (batch, response) = self.logs_batch(req, source, None, sender);

@@ -144,7 +144,7 @@ async fn export<Req, Resp>(
     reservation: Option<Reservation>,
     signal: Signal,
     what: &str,
-    run: impl FnOnce(&Ingest, &Req) -> Result<(Resp, Option<Handoff>), Backpressure>,
+    run: impl FnOnce(&Ingest, &Req, &[u8]) -> Result<(Resp, Option<Handoff>), Backpressure>,
     partial: impl FnOnce(&Resp) -> bool,
 ) -> Result<Response<Resp>, Status>
 where
@@ -166,10 +166,11 @@ where
             .map(|r| r.grow_by(decoded_cost(decoded)))
         {
             Some(Err(spent)) => Err(Status::unavailable(spent.to_string())),
-            _ => Req::decode(bytes).map_err(|e| Status::invalid_argument(format!("could not decode {what}: {e}"))),
+            // `Bytes` clones share the buffer: the message bytes stay for the request digest.
+            _ => Req::decode(bytes.clone()).map_err(|e| Status::invalid_argument(format!("could not decode {what}: {e}"))),
         },
     }
-    .and_then(|req| run(&shared.ingest, &req).map_err(backpressure_status));
+    .and_then(|req| run(&shared.ingest, &req, &bytes).map_err(backpressure_status));
     let result = match started {
         Ok((resp, Some(handoff))) => match handoff.wait().await {
             Ok(()) => Ok(resp),
@@ -211,7 +212,9 @@ impl UnaryService<Bytes> for LogsExport {
                 reservation,
                 Signal::Logs,
                 "ExportLogsServiceRequest",
-                |ingest, req: &ExportLogsServiceRequest| ingest.export_logs(req, IngestSource::OtlpGrpc, &sender),
+                |ingest, req: &ExportLogsServiceRequest, received| {
+                    ingest.export_logs(req, received, IngestSource::OtlpGrpc, &sender)
+                },
                 |resp| resp.partial_success.is_some(),
             )
             .instrument(tracing::info_span!("otlp_export", transport = "grpc"))
@@ -239,7 +242,7 @@ impl UnaryService<Bytes> for MetricsExport {
                 reservation,
                 Signal::Metrics,
                 "ExportMetricsServiceRequest",
-                |ingest, req: &ExportMetricsServiceRequest| ingest.export_metrics(req, IngestSource::OtlpGrpc),
+                |ingest, req: &ExportMetricsServiceRequest, _| ingest.export_metrics(req, IngestSource::OtlpGrpc),
                 |resp| resp.partial_success.is_some(),
             )
             .instrument(tracing::info_span!("otlp_export", transport = "grpc"))

@@ -150,7 +150,7 @@ async fn logs(
             )?;
             let (resp, handoff) = st
                 .ingest
-                .export_logs(&req, IngestSource::OtlpHttp, sender)
+                .export_logs(&req, bytes, IngestSource::OtlpHttp, sender)
                 .map_err(|b| unavailable(st, b, enc))?;
             Ok((resp.partial_success.is_some(), encode(&resp, enc), handoff))
         },
