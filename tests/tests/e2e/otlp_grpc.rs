@@ -55,7 +55,7 @@ async fn grpc_answers() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 
     // Still serving, gzip accepted.
-    let resp = raw_unary(v.grpc, LOGS_EXPORT, Bytes::from(good), true)
+    let resp = raw_unary(v.grpc, LOGS_EXPORT, Bytes::from(good.clone()), true)
         .await
         .expect("gzip export");
     let resp = ExportLogsServiceResponse::decode(resp).expect("answer");
@@ -64,7 +64,25 @@ async fn grpc_answers() {
         .archive_rows("events.jsonl")
         .len()
         == 2));
+    // The same message again, uncompressed this time: the bytes as received are the same, so
+    // it is a resend, acknowledged without being evaluated again.
+    let again = raw_unary(v.grpc, LOGS_EXPORT, Bytes::from(good), false)
+        .await
+        .expect("resend");
+    assert!(
+        ExportLogsServiceResponse::decode(again)
+            .expect("answer")
+            .partial_success
+            .is_none()
+    );
+    assert_eq!(
+        v.metric_value(r#"verity_intake_duplicate_requests_total{outcome="acknowledged"}"#),
+        Some(1.0),
+        "{}",
+        v.metrics_text()
+    );
     let rows = v.archive_rows("events.jsonl");
+    assert_eq!(rows.len(), 2, "the resend adds no row");
     assert!(rows.iter().all(|r| r["source"] == "otlp_grpc"));
     let metrics = v.metrics_text();
     assert!(
