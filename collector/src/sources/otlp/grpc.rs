@@ -171,6 +171,8 @@ where
         },
     }
     .and_then(|req| run(&shared.ingest, &req, &bytes).map_err(backpressure_status));
+    // Digested and decoded: the message bytes are not needed while the batch is processed.
+    drop(bytes);
     let result = match started {
         Ok((resp, Some(handoff))) => match handoff.wait().await {
             Ok(()) => Ok(resp),
