@@ -554,7 +554,7 @@ pub(crate) fn stop_in_turn(vs: &mut [Verity]) {
         for l in v
             .stderr()
             .lines()
-            .filter(|l| l.contains("state_topic") || l.contains("rebalance"))
+            .filter(|l| l.contains("state_topic") || l.contains("rebalance") || l.contains("read-ahead"))
         {
             eprintln!("{l}");
         }

@@ -30,10 +30,11 @@ pub(super) struct RawMsg {
 /// What the messages read so far turned into.
 pub(super) struct Accum {
     pub(super) events: Vec<arrow::array::RecordBatch>,
-    /// The partition each of `events` came from, where it came from one alone (repartition
-    /// messages): what is dropped when that partition is revoked before hand-over.
+    /// The partition each of `events` came from, where it came from one alone (one
+    /// message's rows): what is dropped when that partition is revoked before hand-over.
     events_from: Vec<Option<(String, i32)>>,
     pub(super) metrics: Vec<arrow::array::RecordBatch>,
+    metrics_from: Vec<Option<(String, i32)>>,
     pub(super) raw: Vec<RawMsg>,
     pub(super) rows: usize,
     /// What the accumulated batches and raw messages hold: a batch is handed over at
@@ -59,6 +60,7 @@ impl Accum {
             events: Vec::new(),
             events_from: Vec::new(),
             metrics: Vec::new(),
+            metrics_from: Vec::new(),
             raw: Vec::new(),
             rows: 0,
             bytes: 0,
@@ -98,50 +100,91 @@ impl Accum {
         self.position(topic, partition, offset, 0);
     }
 
-    /// Event rows from one partition's message.
-    pub(super) fn add_from(&mut self, batch: arrow::array::RecordBatch, topic: &str, partition: i32) {
-        self.add(Some(Batch::Events(batch)));
-        if let Some(last) = self.events_from.last_mut() {
-            *last = Some((topic.to_string(), partition));
+    /// Rows from one partition's message (OTLP or repartitioned rows): dropped if that
+    /// partition is revoked before hand-over.
+    pub(super) fn add_from(&mut self, batch: Option<Batch>, topic: &str, partition: i32) {
+        let from = Some((topic.to_string(), partition));
+        match batch {
+            Some(Batch::Events(b)) => {
+                self.count(&b);
+                self.events.push(b);
+                self.events_from.push(from);
+            }
+            Some(Batch::Metrics(b)) => {
+                self.count(&b);
+                self.metrics.push(b);
+                self.metrics_from.push(from);
+            }
+            _ => {}
         }
+    }
+
+    fn count(&mut self, b: &arrow::array::RecordBatch) {
+        self.rows += b.num_rows();
+        self.bytes = self.bytes.saturating_add(b.get_array_memory_size());
     }
 
     /// Drops what was read from `partitions` and not handed over yet: they were revoked, and
-    /// their next owner reads it again.
-    pub(super) fn drop_partitions(&mut self, partitions: &[(String, i32)]) {
+    /// their next owner reads it again from the committed offset. Returns the messages dropped.
+    pub(super) fn drop_partitions(&mut self, partitions: &[(String, i32)]) -> u64 {
         if partitions.is_empty() {
-            return;
+            return 0;
         }
-        let gone = |from: &Option<(String, i32)>| from.as_ref().is_some_and(|tp| partitions.contains(tp));
-        let mut kept = Vec::with_capacity(self.events.len());
-        let mut kept_from = Vec::with_capacity(self.events.len());
-        for (b, from) in self.events.drain(..).zip(self.events_from.drain(..)) {
-            if gone(&from) {
-                self.rows = self.rows.saturating_sub(b.num_rows());
-                self.bytes = self.bytes.saturating_sub(b.get_array_memory_size());
-            } else {
-                kept.push(b);
-                kept_from.push(from);
+        let revoked = |topic: &str, partition: i32| partitions.iter().any(|(t, p)| *p == partition && t == topic);
+        let gone = |from: &Option<(String, i32)>| from.as_ref().is_some_and(|(t, p)| revoked(t, *p));
+        let (rows, bytes) = (&mut self.rows, &mut self.bytes);
+        for (batches, from) in [
+            (&mut self.events, &mut self.events_from),
+            (&mut self.metrics, &mut self.metrics_from),
+        ] {
+            let mut kept = Vec::with_capacity(batches.len());
+            let mut kept_from = Vec::with_capacity(batches.len());
+            for (b, f) in batches.drain(..).zip(from.drain(..)) {
+                if gone(&f) {
+                    *rows = rows.saturating_sub(b.num_rows());
+                    *bytes = bytes.saturating_sub(b.get_array_memory_size());
+                } else {
+                    kept.push(b);
+                    kept_from.push(f);
+                }
             }
+            *batches = kept;
+            *from = kept_from;
         }
-        self.events = kept;
-        self.events_from = kept_from;
-        self.positions
-            .retain(|p| !partitions.iter().any(|(t, n)| *n == p.partition && *t == p.topic));
+        self.raw.retain(|m| {
+            let keep = !revoked(&m.origin.topic, m.origin.partition);
+            if !keep {
+                *rows = rows.saturating_sub(m.text.lines().count());
+                *bytes = bytes.saturating_sub(m.text.len());
+            }
+            keep
+        });
+        let mut dropped = 0;
+        self.positions.retain(|p| {
+            let keep = !revoked(&p.topic, p.partition);
+            if !keep {
+                dropped += p.messages;
+            }
+            keep
+        });
+        if self.positions.is_empty() {
+            self.started = None;
+        }
+        dropped
     }
 
+    /// Rows of several partitions' messages (raw lines normalized together at hand-over).
     pub(super) fn add(&mut self, batch: Option<Batch>) {
         match batch {
             Some(Batch::Events(b)) => {
-                self.rows += b.num_rows();
-                self.bytes = self.bytes.saturating_add(b.get_array_memory_size());
+                self.count(&b);
                 self.events.push(b);
                 self.events_from.push(None);
             }
             Some(Batch::Metrics(b)) => {
-                self.rows += b.num_rows();
-                self.bytes = self.bytes.saturating_add(b.get_array_memory_size());
+                self.count(&b);
                 self.metrics.push(b);
+                self.metrics_from.push(None);
             }
             _ => {}
         }
@@ -161,6 +204,7 @@ impl Accum {
             }
         };
         self.events_from.clear();
+        self.metrics_from.clear();
         if let Some(b) = concat(std::mem::take(&mut self.events)) {
             out.push((Batch::Events(b), HashMap::new()));
         }
@@ -183,5 +227,85 @@ impl Accum {
         self.bytes = 0;
         self.started = None;
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int32Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn rows(n: i32) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int32, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from_iter_values(0..n))]).expect("batch")
+    }
+
+    fn raw(accum: &mut Accum, topic: &str, partition: i32, offset: i64, text: &str) {
+        accum.position(topic, partition, offset, text.len());
+        accum.rows += text.lines().count();
+        accum.bytes += text.len();
+        accum.raw.push(RawMsg {
+            text: text.to_string(),
+            origin: Origin::new(topic, partition, offset),
+            key: None,
+            sender: crate::ingest::Sender::configured(None),
+        });
+    }
+
+    fn from(accum: &mut Accum, batch: Batch, topic: &str, partition: i32, offset: i64) {
+        accum.position(topic, partition, offset, 10);
+        accum.add_from(Some(batch), topic, partition);
+    }
+
+    /// Whatever a message held (raw lines, OTLP logs or metrics, repartitioned rows), a revoked
+    /// partition's read-ahead leaves the batch, its rows and its offsets: the next owner reads
+    /// it again, and handing it over here too would count it twice.
+    #[test]
+    fn a_revoked_partitions_read_ahead_is_dropped_whatever_it_holds() {
+        let mut accum = Accum::new();
+        raw(&mut accum, "in", 0, 7, "a\nb\n");
+        raw(&mut accum, "in", 1, 3, "c\n");
+        from(&mut accum, Batch::Events(rows(5)), "in", 1, 4);
+        from(&mut accum, Batch::Metrics(rows(2)), "in", 1, 5);
+        from(&mut accum, Batch::Events(rows(4)), "in", 2, 9);
+        from(&mut accum, Batch::Metrics(rows(3)), "in", 2, 10);
+        assert_eq!(accum.rows, 2 + 1 + 5 + 2 + 4 + 3);
+
+        assert_eq!(accum.drop_partitions(&[("in".into(), 1), ("other".into(), 0)]), 3);
+        assert_eq!(accum.rows, 2 + 4 + 3);
+        assert_eq!(accum.raw.len(), 1);
+        assert_eq!(accum.raw[0].origin.partition, 0);
+        assert_eq!(accum.drop_partitions(&[]), 0);
+
+        let taken = accum.take();
+        let events: usize = taken
+            .iter()
+            .map(|(b, _)| match b {
+                Batch::Events(b) | Batch::Metrics(b) => b.num_rows(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(events, 4 + 3, "partition 1's events and metrics are gone");
+        let offsets: Offsets = taken.into_iter().flat_map(|(_, o)| o).collect();
+        assert_eq!(
+            offsets,
+            Offsets::from([(("in".into(), 0), 8), (("in".into(), 2), 11)]),
+            "no offset of the revoked partition is stored"
+        );
+    }
+
+    #[test]
+    fn dropping_everything_read_leaves_no_batch_to_age() {
+        let mut accum = Accum::new();
+        raw(&mut accum, "in", 0, 1, "a\n");
+        accum.started = Some(Instant::now());
+        assert_eq!(accum.drop_partitions(&[("in".into(), 0)]), 1);
+        assert!(accum.started.is_none());
+        assert_eq!((accum.rows, accum.bytes), (0, 0));
+        assert!(accum.take().is_empty());
     }
 }

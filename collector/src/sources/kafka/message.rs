@@ -55,7 +55,7 @@ pub(super) async fn handle_message(
             .and_then(|()| super::repartition::decode_rows(payload, &origin.stream).map_err(|e| e.to_string()))
         {
             Ok(rows) => {
-                accum.add_from(rows, topic, m.partition());
+                accum.add_from(Some(crate::pipeline::Batch::Events(rows)), topic, m.partition());
                 None
             }
             Err(why) => Some(undecodable(ingest, &origin, signal, payload, poison(why))),
@@ -91,7 +91,7 @@ pub(super) async fn handle_message(
             ingest.limits().max_decoded_bytes,
         ) {
             Ok(req) => {
-                accum.add(
+                accum.add_from(
                     ingest
                         .logs_batch(
                             &req,
@@ -100,6 +100,8 @@ pub(super) async fn handle_message(
                             &crate::ingest::Sender::configured(tc.sender.as_deref()),
                         )
                         .0,
+                    topic,
+                    m.partition(),
                 );
                 None
             }
@@ -112,7 +114,11 @@ pub(super) async fn handle_message(
             ingest.limits().max_decoded_bytes,
         ) {
             Ok(req) => {
-                accum.add(ingest.metrics_batch(&req, IngestSource::Kafka, Some(&origin)).0);
+                accum.add_from(
+                    ingest.metrics_batch(&req, IngestSource::Kafka, Some(&origin)).0,
+                    topic,
+                    m.partition(),
+                );
                 None
             }
             Err(e) => Some(undecodable(ingest, &origin, signal, payload, poison(e.to_string()))),

@@ -26,6 +26,7 @@ pub struct KafkaMetrics {
     pub(super) committed: Family<PartitionLabels, Gauge>,
     pub(super) poison: Family<TopicLabel, Counter>,
     pub(super) rebalances: Counter,
+    pub(super) revoked_unread: Family<TopicLabel, Counter>,
     pub(super) paused: Gauge,
     pub(super) pending: Gauge,
 }
@@ -39,6 +40,7 @@ impl KafkaMetrics {
             committed: Family::default(),
             poison: Family::default(),
             rebalances: Counter::default(),
+            revoked_unread: Family::default(),
             paused: Gauge::default(),
             pending: Gauge::default(),
         };
@@ -67,6 +69,11 @@ impl KafkaMetrics {
             "verity_kafka_rebalances",
             "Consumer group rebalances seen",
             m.rebalances.clone(),
+        );
+        registry.register(
+            "verity_kafka_revoked_unprocessed_messages",
+            "Messages read but not yet handed to the pipeline when their partition was revoked: left to the partition's next owner, which reads them from the committed offset",
+            m.revoked_unread.clone(),
         );
         registry.register(
             "verity_kafka_paused_partitions",

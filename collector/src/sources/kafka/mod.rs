@@ -15,6 +15,7 @@
 //!   partition.
 //! - On rebalance, partitions are handed over only after pending acknowledgements are done (or
 //!   a deadline passes); the new owner then starts after the last record fully processed.
+//!   What was read from them and not handed over yet is dropped: the new owner reads it again.
 
 mod accumulate;
 mod acknowledge;
@@ -48,8 +49,8 @@ pub use config::{Encoding, KafkaConfig, RepartitionConfig, Signal, TopicConfig, 
 pub use message::{DecodeError, decode};
 use message::{handle_message, normalize_raw};
 pub use metrics::KafkaMetrics;
-use metrics::PartitionLabels;
-use rebalance::{Consumer_, Context, PendingAcks};
+use metrics::{PartitionLabels, TopicLabel};
+use rebalance::{Consumer_, Context, PendingAcks, Revoked};
 
 /// The Kafka source: a consumer-group member over `cfg.topics`.
 pub struct KafkaSource {
@@ -99,10 +100,12 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> Result<(), KafkaError> {
     let pending_acks = Arc::new(PendingAcks::default());
+    let revoked = Arc::new(Revoked::default());
     let ctx = Context {
         metrics: metrics.clone(),
         pending: pending_acks.clone(),
         rebalance_timeout: Duration::from_secs(cfg.rebalance_timeout_secs),
+        revoked: revoked.clone(),
         states: states.clone(),
     };
     let mut cc = ClientConfig::new();
@@ -181,13 +184,13 @@ pub async fn run(
                     if accum.started.is_none() {
                         age.as_mut().reset(tokio::time::Instant::now() + max_delay);
                     }
-                    if let Some(states) = &states {
-                        // A rebalance may have run inside `recv`.
-                        accum.drop_partitions(&states.take_revoked());
-                        if states.skip(m.topic(), m.partition(), m.offset()) {
-                            accum.skip(m.topic(), m.partition(), m.offset());
-                            continue;
-                        }
+                    // A rebalance may have run inside `recv`.
+                    drop_revoked(&mut accum, &revoked, &metrics);
+                    if let Some(states) = &states
+                        && states.skip(m.topic(), m.partition(), m.offset())
+                    {
+                        accum.skip(m.topic(), m.partition(), m.offset());
+                        continue;
                     }
                     handle_message(&m, &topics, signing.as_deref(), &ingest, &metrics, dlq.as_ref(), &mut accum).await;
                     accum.rows >= cfg.max_batch_records || accum.bytes >= ingest.limits().max_request_rows_bytes
@@ -199,11 +202,9 @@ pub async fn run(
                 }
             },
         };
-        if let Some(states) = &states {
-            // What was read ahead from partitions revoked since (inside `recv`) is their next
-            // owner's, or read again here from the snapshot's offset: never evaluated now.
-            accum.drop_partitions(&states.take_revoked());
-        }
+        // What was read ahead from partitions revoked since (inside `recv`) is their next
+        // owner's, or read again here from the committed offset: never evaluated now.
+        drop_revoked(&mut accum, &revoked, &metrics);
         if flush
             && !hand_over(
                 &mut accum,
@@ -220,9 +221,7 @@ pub async fn run(
         }
     }
     // Hand over what was read, then let the acknowledger finish and commit.
-    if let Some(states) = &states {
-        accum.drop_partitions(&states.take_revoked());
-    }
+    drop_revoked(&mut accum, &revoked, &metrics);
     let _ = hand_over(
         &mut accum,
         &consumer,
@@ -247,6 +246,35 @@ pub async fn run(
     }
     consumer.unsubscribe();
     Ok(())
+}
+
+/// Drops what was read from partitions revoked since the last call and not handed over yet.
+fn drop_revoked(accum: &mut Accum, revoked: &Revoked, metrics: &KafkaMetrics) {
+    let partitions = revoked.take();
+    if partitions.is_empty() {
+        return;
+    }
+    // Per topic, for the metric: the positions know which messages were read.
+    let mut topics: Vec<&str> = partitions.iter().map(|(t, _)| t.as_str()).collect();
+    topics.sort_unstable();
+    topics.dedup();
+    for topic in topics {
+        let of_topic: Vec<(String, i32)> = partitions.iter().filter(|(t, _)| t == topic).cloned().collect();
+        let dropped = accum.drop_partitions(&of_topic);
+        if dropped > 0 {
+            metrics
+                .revoked_unread
+                .get_or_create(&TopicLabel {
+                    topic: topic.to_string(),
+                })
+                .inc_by(dropped);
+            tracing::debug!(
+                topic,
+                messages = dropped,
+                "read-ahead of revoked partitions left to their next owner"
+            );
+        }
+    }
 }
 
 /// Once every batch handed over is evaluated (waiting at most 5 s; reading waits too),

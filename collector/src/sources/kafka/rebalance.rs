@@ -1,11 +1,12 @@
 //! The consumer context: librdkafka statistics into metrics, and rebalances that wait for
 //! pending acknowledgements before partitions are handed over.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::statistics::Statistics;
 
@@ -15,10 +16,29 @@ use super::metrics::{KafkaMetrics, PartitionLabels};
 #[derive(Default)]
 pub(super) struct PendingAcks(pub(super) AtomicUsize);
 
+/// Partitions revoked since the reading loop last looked. What the loop read from them and has
+/// not handed over yet is dropped: their next owner reads it again from the committed offset,
+/// so handing it over here too would evaluate (and repartition) those records twice.
+#[derive(Default)]
+pub(super) struct Revoked(Mutex<Vec<(String, i32)>>);
+
+impl Revoked {
+    fn add(&self, tpl: &TopicPartitionList) {
+        let mut r = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.extend(tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
+    }
+
+    /// The partitions revoked since the last call.
+    pub(super) fn take(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
 pub(super) struct Context {
     pub(super) metrics: KafkaMetrics,
     pub(super) pending: Arc<PendingAcks>,
     pub(super) rebalance_timeout: Duration,
+    pub(super) revoked: Arc<Revoked>,
     /// The repartition consumer's rule state, moved with its partitions (see
     /// [`super::state_topic`]).
     pub(super) states: Option<Arc<super::state_topic::StateTopic>>,
@@ -75,6 +95,7 @@ impl ConsumerContext for Context {
             if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(%error, "commit before revoke");
             }
+            self.revoked.add(tpl);
             tracing::info!(partitions = tpl.count(), "partitions revoked");
         }
     }

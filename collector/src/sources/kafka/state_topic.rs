@@ -173,8 +173,6 @@ struct Ownership {
     /// Revoked partitions whose state is still in the engine and matches their last snapshot,
     /// until the next assignment says whether they stay here.
     parked: HashMap<TopicPartition, Owned>,
-    /// Revoked since the reading loop last looked: what it read ahead from them is dropped.
-    revoked: Vec<TopicPartition>,
 }
 
 /// The state topic of one deployment, for the repartition consumer.
@@ -276,11 +274,6 @@ impl StateTopic {
                 outcome: SnapshotOutcome::skipped,
             })
             .inc();
-    }
-
-    /// Partitions revoked since the last call: the reading loop drops what it read ahead.
-    pub(super) fn take_revoked(&self) -> Vec<TopicPartition> {
-        std::mem::take(&mut self.ownership().revoked)
     }
 
     /// Writes a snapshot of every owned partition evaluated further since its last one; returns
@@ -432,7 +425,6 @@ impl StateTopic {
                 o = self.ownership();
             }
         }
-        o.revoked.extend(revoked);
         written
     }
 
