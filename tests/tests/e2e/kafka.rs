@@ -372,8 +372,9 @@ fn records_read_ahead_from_a_revoked_partition_are_evaluated_once() {
     broker.create_topic("mesh-handover", 4).expect("topic");
     let topics = "[{name: mesh-handover, encoding: raw}]";
     let group = "verity-e2e-handover";
-    // Batches are handed over 15 s after their first record, long enough for the join.
-    let slow = [("VERITY__KAFKA__MAX_BATCH_DELAY_MS", "15000")];
+    // Batches are handed over 25 s after their first record: the second member starts and
+    // the group re-forms well within that (about 5 s here).
+    let slow = [("VERITY__KAFKA__MAX_BATCH_DELAY_MS", "25000")];
     let a = start(tempfile::tempdir().expect("tmp"), &broker, group, topics, false, &slow);
     assert!(
         eventually(Duration::from_secs(30), || a.stderr().contains("partitions assigned")),
