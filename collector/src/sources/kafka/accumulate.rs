@@ -103,32 +103,32 @@ impl Accum {
     /// Rows from one partition's message (OTLP or repartitioned rows): dropped if that
     /// partition is revoked before hand-over.
     pub(super) fn add_from(&mut self, batch: Option<Batch>, topic: &str, partition: i32) {
-        let from = Some((topic.to_string(), partition));
-        match batch {
-            Some(Batch::Events(b)) => {
-                self.count(&b);
-                self.events.push(b);
-                self.events_from.push(from);
-            }
-            Some(Batch::Metrics(b)) => {
-                self.count(&b);
-                self.metrics.push(b);
-                self.metrics_from.push(from);
-            }
-            _ => {}
-        }
+        self.push(batch, Some((topic.to_string(), partition)));
     }
 
-    fn count(&mut self, b: &arrow::array::RecordBatch) {
+    /// Rows of several partitions' messages (raw lines normalized together at hand-over).
+    pub(super) fn add(&mut self, batch: Option<Batch>) {
+        self.push(batch, None);
+    }
+
+    fn push(&mut self, batch: Option<Batch>, from: Option<(String, i32)>) {
+        let (batches, froms, b) = match batch {
+            Some(Batch::Events(b)) => (&mut self.events, &mut self.events_from, b),
+            Some(Batch::Metrics(b)) => (&mut self.metrics, &mut self.metrics_from, b),
+            _ => return,
+        };
         self.rows += b.num_rows();
         self.bytes = self.bytes.saturating_add(b.get_array_memory_size());
+        batches.push(b);
+        froms.push(from);
     }
 
     /// Drops what was read from `partitions` and not handed over yet: they were revoked, and
-    /// their next owner reads it again from the committed offset. Returns the messages dropped.
-    pub(super) fn drop_partitions(&mut self, partitions: &[(String, i32)]) -> u64 {
+    /// their next owner reads it again from the committed offset. Returns the positions dropped
+    /// (with the messages read from each).
+    pub(super) fn drop_partitions(&mut self, partitions: &[(String, i32)]) -> Vec<Position> {
         if partitions.is_empty() {
-            return 0;
+            return Vec::new();
         }
         let revoked = |topic: &str, partition: i32| partitions.iter().any(|(t, p)| *p == partition && t == topic);
         let gone = |from: &Option<(String, i32)>| from.as_ref().is_some_and(|(t, p)| revoked(t, *p));
@@ -159,35 +159,14 @@ impl Accum {
             }
             keep
         });
-        let mut dropped = 0;
-        self.positions.retain(|p| {
-            let keep = !revoked(&p.topic, p.partition);
-            if !keep {
-                dropped += p.messages;
-            }
-            keep
-        });
+        let (dropped, kept) = std::mem::take(&mut self.positions)
+            .into_iter()
+            .partition(|p| revoked(&p.topic, p.partition));
+        self.positions = kept;
         if self.positions.is_empty() {
             self.started = None;
         }
         dropped
-    }
-
-    /// Rows of several partitions' messages (raw lines normalized together at hand-over).
-    pub(super) fn add(&mut self, batch: Option<Batch>) {
-        match batch {
-            Some(Batch::Events(b)) => {
-                self.count(&b);
-                self.events.push(b);
-                self.events_from.push(None);
-            }
-            Some(Batch::Metrics(b)) => {
-                self.count(&b);
-                self.metrics.push(b);
-                self.metrics_from.push(None);
-            }
-            _ => {}
-        }
     }
 
     /// The batches to hand over, each carrying the offsets (all offsets go with the last).
@@ -275,11 +254,16 @@ mod tests {
         from(&mut accum, Batch::Metrics(rows(3)), "in", 2, 10);
         assert_eq!(accum.rows, 2 + 1 + 5 + 2 + 4 + 3);
 
-        assert_eq!(accum.drop_partitions(&[("in".into(), 1), ("other".into(), 0)]), 3);
+        let dropped = accum.drop_partitions(&[("in".into(), 1), ("other".into(), 0)]);
+        let dropped: Vec<(&str, i32, u64)> = dropped
+            .iter()
+            .map(|p| (p.topic.as_str(), p.partition, p.messages))
+            .collect();
+        assert_eq!(dropped, vec![("in", 1, 3)]);
         assert_eq!(accum.rows, 2 + 4 + 3);
         assert_eq!(accum.raw.len(), 1);
         assert_eq!(accum.raw[0].origin.partition, 0);
-        assert_eq!(accum.drop_partitions(&[]), 0);
+        assert!(accum.drop_partitions(&[]).is_empty());
 
         let taken = accum.take();
         let events: usize = taken
@@ -303,7 +287,7 @@ mod tests {
         let mut accum = Accum::new();
         raw(&mut accum, "in", 0, 1, "a\n");
         accum.started = Some(Instant::now());
-        assert_eq!(accum.drop_partitions(&[("in".into(), 0)]), 1);
+        assert_eq!(accum.drop_partitions(&[("in".into(), 0)]).len(), 1);
         assert!(accum.started.is_none());
         assert_eq!((accum.rows, accum.bytes), (0, 0));
         assert!(accum.take().is_empty());

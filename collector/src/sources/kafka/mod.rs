@@ -250,30 +250,17 @@ pub async fn run(
 
 /// Drops what was read from partitions revoked since the last call and not handed over yet.
 fn drop_revoked(accum: &mut Accum, revoked: &Revoked, metrics: &KafkaMetrics) {
-    let partitions = revoked.take();
-    if partitions.is_empty() {
-        return;
-    }
-    // Per topic, for the metric: the positions know which messages were read.
-    let mut topics: Vec<&str> = partitions.iter().map(|(t, _)| t.as_str()).collect();
-    topics.sort_unstable();
-    topics.dedup();
-    for topic in topics {
-        let of_topic: Vec<(String, i32)> = partitions.iter().filter(|(t, _)| t == topic).cloned().collect();
-        let dropped = accum.drop_partitions(&of_topic);
-        if dropped > 0 {
-            metrics
-                .revoked_unread
-                .get_or_create(&TopicLabel {
-                    topic: topic.to_string(),
-                })
-                .inc_by(dropped);
-            tracing::debug!(
-                topic,
-                messages = dropped,
-                "read-ahead of revoked partitions left to their next owner"
-            );
-        }
+    for p in accum.drop_partitions(&revoked.take()) {
+        metrics
+            .revoked_unread
+            .get_or_create(&TopicLabel { topic: p.topic.clone() })
+            .inc_by(p.messages);
+        tracing::debug!(
+            topic = %p.topic,
+            partition = p.partition,
+            messages = p.messages,
+            "read-ahead of a revoked partition left to its next owner"
+        );
     }
 }
 
