@@ -622,22 +622,25 @@ fn live_drift_reads_the_policies_in_force_from_the_cluster() {
             r#"verity_policy_rule_matches_total{{policy="{policy}",rule="0",action="{action}"}}"#
         ))
     };
-    // The set comes from the cluster; the stage takes it before its next batch.
-    let good: Vec<String> = (0..3)
-        .map(|i| {
-            sidecar(
-                &format!("2026-11-27T11:00:0{i}Z"),
-                "frontend",
-                "cart",
-                "GET",
-                "/cart",
-                200,
-            )
-        })
-        .collect();
+    // The set comes from the cluster; the stage takes it before its next batch. Each try
+    // sends a request of its own: Verity acknowledges a request sent again without
+    // evaluating it, so a repeated one would never carry a batch to the stage.
+    let sent = std::cell::Cell::new(0u32);
+    let post_another = || {
+        sent.set(sent.get() + 1);
+        let line = sidecar(
+            &format!("2026-11-27T11:00:00.{:06}Z", sent.get()),
+            "frontend",
+            "cart",
+            "GET",
+            "/cart",
+            200,
+        );
+        assert_eq!(verity_e2e::post_log_lines(v.http, &[line]), 200);
+    };
     assert!(
         eventually(Duration::from_secs(15), || {
-            assert_eq!(verity_e2e::post_log_lines(v.http, &good[..1]), 200);
+            post_another();
             matches("shop/allow-cart", "ALLOW").is_some_and(|n| n >= 1.0)
         }),
         "{}\n{}",
@@ -655,7 +658,7 @@ fn live_drift_reads_the_policies_in_force_from_the_cluster() {
         .expect("seeded");
     assert!(
         eventually(Duration::from_secs(15), || {
-            assert_eq!(verity_e2e::post_log_lines(v.http, &good[1..2]), 200);
+            post_another();
             matches("shop/deny-legacy", "DENY") == Some(0.0)
         }),
         "{}",
