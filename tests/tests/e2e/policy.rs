@@ -533,9 +533,11 @@ fn staged_candidates_are_promoted_after_holding_and_demoted_on_violation() {
         "{}",
         v.stderr()
     );
-    assert_eq!(
-        v.metric_value(r#"verity_policy_staging_total{action="promoted",outcome="ok"}"#),
-        Some(2.0),
+    // The server has the policy before Verity, having heard back, counts the promotion.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            v.metric_value(r#"verity_policy_staging_total{action="promoted",outcome="ok"}"#) == Some(2.0)
+        }),
         "{}",
         v.metrics_text()
     );
