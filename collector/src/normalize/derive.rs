@@ -15,7 +15,7 @@ use verity_model::event::Text;
 use verity_model::{AccessEvent, Decision, Direction, InputFormat, Reporter};
 
 use super::Extras;
-use super::fields::split_addr_cow;
+use super::fields::{split_addr_cow, sub_cow};
 
 pub fn derive<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>) {
     let is_ztunnel = matches!(
@@ -104,17 +104,14 @@ pub fn derive<'a>(ev: &mut AccessEvent<'a>, ex: &Extras<'a>) {
 
     // Destination service and port from the cluster name or, inbound, from the SNI.
     if ev.destination_service.is_none() {
-        ev.destination_service = service_from_cluster(ev.upstream_cluster.as_deref())
-            .or_else(|| service_from_sni(ev.requested_server_name.as_deref()))
-            .map(|s| Cow::Owned(s.to_string()));
+        ev.destination_service = sub_cow(&ev.upstream_cluster, service_from_cluster)
+            .or_else(|| sub_cow(&ev.requested_server_name, service_from_sni));
     }
     if ev.destination_port.is_none() {
-        ev.destination_port = port_from_cluster(ev.upstream_cluster.as_deref());
+        ev.destination_port = ev.upstream_cluster.as_deref().and_then(port_from_cluster);
     }
-    if ev.destination_namespace.is_none()
-        && let Some(ns) = ev.destination_service.as_deref().and_then(namespace_from_host)
-    {
-        ev.destination_namespace = Some(Cow::Owned(ns.to_string()));
+    if ev.destination_namespace.is_none() {
+        ev.destination_namespace = sub_cow(&ev.destination_service, namespace_from_host);
     }
 
     if ev.mtls.is_none() {
@@ -142,8 +139,7 @@ pub fn direction_from_cluster(cluster: Option<&str>) -> Direction {
 }
 
 /// `outbound|8000||httpbin.foo.svc.cluster.local` → `httpbin.foo.svc.cluster.local`.
-fn service_from_cluster(cluster: Option<&str>) -> Option<&str> {
-    let c = cluster?;
+fn service_from_cluster(c: &str) -> Option<&str> {
     let mut parts = c.splitn(4, '|');
     if parts.next()? != "outbound" {
         return None;
@@ -152,8 +148,7 @@ fn service_from_cluster(cluster: Option<&str>) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-fn port_from_cluster(cluster: Option<&str>) -> Option<i32> {
-    let c = cluster?;
+fn port_from_cluster(c: &str) -> Option<i32> {
     let mut parts = c.split('|');
     let dir = parts.next()?;
     if dir != "outbound" && dir != "inbound" {
@@ -163,8 +158,8 @@ fn port_from_cluster(cluster: Option<&str>) -> Option<i32> {
 }
 
 /// Istio's mTLS SNI `outbound_.8000_._.httpbin.foo.svc.cluster.local` → the host.
-fn service_from_sni(sni: Option<&str>) -> Option<&str> {
-    let rest = sni?.strip_prefix("outbound_.")?;
+fn service_from_sni(sni: &str) -> Option<&str> {
+    let rest = sni.strip_prefix("outbound_.")?;
     let mut parts = rest.splitn(3, "_.");
     let _port = parts.next()?;
     let _subset = parts.next()?;
@@ -361,12 +356,12 @@ mod tests {
     #[test]
     fn services() {
         assert_eq!(
-            service_from_cluster(Some("outbound|8000||httpbin.foo.svc.cluster.local")),
+            service_from_cluster("outbound|8000||httpbin.foo.svc.cluster.local"),
             Some("httpbin.foo.svc.cluster.local")
         );
-        assert_eq!(service_from_cluster(Some("inbound|8000||")), None);
+        assert_eq!(service_from_cluster("inbound|8000||"), None);
         assert_eq!(
-            service_from_sni(Some("outbound_.8000_._.httpbin.foo.svc.cluster.local")),
+            service_from_sni("outbound_.8000_._.httpbin.foo.svc.cluster.local"),
             Some("httpbin.foo.svc.cluster.local")
         );
         assert_eq!(namespace_from_host("httpbin.foo.svc.cluster.local"), Some("foo"));

@@ -148,6 +148,15 @@ pub fn split_addr(addr: &str) -> (Option<&str>, Option<i32>) {
     }
 }
 
+/// The part `part` picks out of `text`: borrowed from the input when `text` is, so that
+/// deriving a column from another (a service from a cluster name) allocates nothing per row.
+pub fn sub_cow<'a>(text: &Text<'a>, part: impl for<'s> Fn(&'s str) -> Option<&'s str>) -> Text<'a> {
+    match text.as_ref()? {
+        Cow::Borrowed(s) => part(s).map(Cow::Borrowed),
+        Cow::Owned(s) => part(s).map(|p| Cow::Owned(p.to_string())),
+    }
+}
+
 /// [`split_addr`] for a value that may be borrowed from the input or owned.
 pub fn split_addr_cow<'a>(addr: &Cow<'a, str>) -> (Text<'a>, Option<i32>) {
     match addr {
