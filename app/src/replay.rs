@@ -40,16 +40,6 @@ pub struct ReplaySummary {
 /// boundaries (and with them lateness and eviction) are those of reading line by line.
 const BATCH_ROWS: usize = 8192;
 
-/// Cuts the chunks' batches into batches of [`BATCH_ROWS`]. A batch of exactly that size
-/// arriving when nothing is buffered is one the coalescer would copy into a batch of the
-/// same rows: it is passed on as it is instead. Batches are never larger than
-/// `BATCH_ROWS` (chunks hold at most that many lines), so boundaries stay those of reading
-/// line by line.
-fn batch_coalescer() -> BatchCoalescer {
-    BatchCoalescer::new(verity_model::event::schema(), BATCH_ROWS)
-        .with_biggest_coalesce_batch_size(Some(BATCH_ROWS.saturating_sub(1)))
-}
-
 /// Rejected lines reported one by one before replay only counts them (a large file of
 /// another format must not flood the terminal).
 const MAX_REPORTED_REJECTS: u64 = 100;
@@ -179,7 +169,7 @@ pub fn replay(
     );
     let mut replay = Replay {
         engine,
-        batches: batch_coalescer(),
+        batches: BatchCoalescer::new(verity_model::event::schema(), BATCH_ROWS),
         summary: ReplaySummary::default(),
         files,
         out,
@@ -189,8 +179,6 @@ pub fn replay(
     };
     let settings = ReadSettings {
         workers: opts.workers,
-        // A chunk of lines that all normalize fills one batch, which passes through whole.
-        lines_per_chunk: BATCH_ROWS,
         // A fixed observed time: replaying the same files twice gives the same output.
         observed_time_ns: Some(0),
         ..ReadSettings::default()
@@ -201,66 +189,4 @@ pub fn replay(
     };
     log_files::for_each_chunk(files, &settings, &keep, |chunk| replay.take(chunk))?;
     replay.finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use arrow::array::{Array, AsArray};
-    use verity_model::{AccessEvent, EventBatchBuilder};
-
-    use super::*;
-
-    fn rows(from: usize, n: usize) -> arrow::array::RecordBatch {
-        let mut b = EventBatchBuilder::with_capacity(n);
-        for i in from..from + n {
-            b.append(&AccessEvent {
-                event_time_ns: i as i64,
-                raw: format!("line {i}").into(),
-                ..Default::default()
-            });
-        }
-        b.finish().expect("batch")
-    }
-
-    /// Full batches pass through, partial ones are merged: either way the rules see the rows
-    /// cut at the same boundaries, in the same order, as a coalescer that copies everything.
-    #[test]
-    fn batches_are_cut_where_copying_everything_cuts_them() {
-        let sizes = [
-            BATCH_ROWS,
-            BATCH_ROWS,
-            100,
-            BATCH_ROWS,
-            BATCH_ROWS - 100,
-            BATCH_ROWS,
-            7,
-            1,
-        ];
-        let mut passing = batch_coalescer();
-        let mut copying = BatchCoalescer::new(verity_model::event::schema(), BATCH_ROWS);
-        let mut from = 0;
-        for n in sizes {
-            passing.push_batch(rows(from, n)).expect("push");
-            copying.push_batch(rows(from, n)).expect("push");
-            from += n;
-        }
-        passing.finish_buffered_batch().expect("finish");
-        copying.finish_buffered_batch().expect("finish");
-        let mut seen = 0;
-        while let Some(expected) = copying.next_completed_batch() {
-            let got = passing.next_completed_batch().expect("as many batches");
-            assert_eq!(got.num_rows(), expected.num_rows());
-            let times = |b: &arrow::array::RecordBatch| {
-                b.column(0)
-                    .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
-                    .values()
-                    .to_vec()
-            };
-            assert_eq!(times(&got), times(&expected));
-            assert_eq!(got.column_by_name("raw").map(|c| c.len()), Some(expected.num_rows()));
-            seen += got.num_rows();
-        }
-        assert!(passing.next_completed_batch().is_none());
-        assert_eq!(seen, from);
-    }
 }
