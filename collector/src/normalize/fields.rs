@@ -377,6 +377,22 @@ pub fn value_to_json(v: &Value<'_>) -> serde_json::Value {
 mod tests {
     use super::*;
 
+    /// A part of text borrowed from the line stays borrowed (no allocation per row); a part
+    /// of text the normalizer had to build is copied out of it.
+    #[test]
+    fn parts_borrow_from_borrowed_text() {
+        fn host(s: &str) -> Option<&str> {
+            s.rsplit('|').next().filter(|h| !h.is_empty())
+        }
+        let line = String::from("outbound|80||pay.svc");
+        let borrowed: Text<'_> = Some(Cow::Borrowed(&line));
+        assert!(matches!(sub_cow(&borrowed, host), Some(Cow::Borrowed("pay.svc"))));
+        let owned: Text<'_> = Some(Cow::Owned(line.clone()));
+        assert_eq!(sub_cow(&owned, host), Some(Cow::Owned("pay.svc".to_string())));
+        assert_eq!(sub_cow(&None, host), None);
+        assert_eq!(sub_cow(&Some(Cow::Borrowed("inbound|80||")), host), None);
+    }
+
     #[test]
     fn splits_addresses() {
         assert_eq!(split_addr("10.0.0.1:80"), (Some("10.0.0.1"), Some(80)));
