@@ -138,9 +138,15 @@ pub fn split_addr(addr: &str) -> (Option<&str>, Option<i32>) {
         let port = tail.strip_prefix(':').and_then(|p| p.parse::<u16>().ok());
         return (Some(ip), port.map(i32::from));
     }
-    match addr.rsplit_once(':') {
+    // The last colon, then whether there is another before it, found with `memchr` (every
+    // sidecar and ztunnel line has two or three addresses). A colon is ASCII, so both sides
+    // of it are character boundaries.
+    let b = addr.as_bytes();
+    let last = memchr::memrchr(b':', b);
+    let parts = last.and_then(|at| Some((addr.get(..at)?, addr.get(at.checked_add(1)?..)?)));
+    match parts {
         // A bare IPv6 address has several colons and no port.
-        Some((ip, port)) if !ip.contains(':') => match port.parse::<u16>() {
+        Some((ip, port)) if memchr::memchr(b':', ip.as_bytes()).is_none() => match port.parse::<u16>() {
             Ok(p) => (Some(ip), Some(i32::from(p))),
             Err(_) => (Some(addr), None),
         },
@@ -401,6 +407,32 @@ mod tests {
         assert_eq!(split_addr("tcp://10.0.2.1:80"), (Some("10.0.2.1"), Some(80)));
         assert_eq!(split_addr("-"), (None, None));
         assert_eq!(split_addr("10.0.0.1:99999"), (Some("10.0.0.1:99999"), None));
+        assert_eq!(split_addr(":80"), (Some(""), Some(80)));
+        assert_eq!(split_addr("é:1"), (Some("é"), Some(1)));
+    }
+
+    proptest::proptest! {
+        /// An address splits where `rsplit_once(':')` splits it, a port only when no other
+        /// colon comes before it: on any text, brackets and multi-byte characters included.
+        #[test]
+        fn addresses_split_as_rsplit_once_splits_them(s in "[0-9a:\\[\\]é -]{0,24}") {
+            let t = s.trim();
+            let expected = if t.is_empty() || t == "-" {
+                (None, None)
+            } else if t.starts_with('[') && t.contains(']') {
+                // Bracketed: a path of its own, unchanged.
+                split_addr(&s)
+            } else {
+                match t.rsplit_once(':') {
+                    Some((ip, port)) if !ip.contains(':') => match port.parse::<u16>() {
+                        Ok(p) => (Some(ip), Some(i32::from(p))),
+                        Err(_) => (Some(t), None),
+                    },
+                    _ => (Some(t), None),
+                }
+            };
+            proptest::prop_assert_eq!(split_addr(&s), expected);
+        }
     }
 
     #[test]
