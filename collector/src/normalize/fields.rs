@@ -139,11 +139,8 @@ pub fn split_addr(addr: &str) -> (Option<&str>, Option<i32>) {
         return (Some(ip), port.map(i32::from));
     }
     // The last colon, then whether there is another before it, found with `memchr` (every
-    // sidecar and ztunnel line has two or three addresses). A colon is ASCII, so both sides
-    // of it are character boundaries.
-    let b = addr.as_bytes();
-    let last = memchr::memrchr(b':', b);
-    let parts = last.and_then(|at| Some((addr.get(..at)?, addr.get(at.checked_add(1)?..)?)));
+    // sidecar and ztunnel line has two or three addresses).
+    let parts = memchr::memrchr(b':', addr.as_bytes()).and_then(|at| super::split_around(addr, at, 1).ok());
     match parts {
         // A bare IPv6 address has several colons and no port.
         Some((ip, port)) if memchr::memchr(b':', ip.as_bytes()).is_none() => match port.parse::<u16>() {
@@ -411,27 +408,39 @@ mod tests {
         assert_eq!(split_addr("é:1"), (Some("é"), Some(1)));
     }
 
+    /// `split_addr` as it was written with `rsplit_once` and `contains`: the oracle for the
+    /// `memchr` version.
+    fn split_addr_by_rsplit(addr: &str) -> (Option<&str>, Option<i32>) {
+        let addr = addr.trim();
+        let addr = addr
+            .strip_prefix("tcp://")
+            .or_else(|| addr.strip_prefix("udp://"))
+            .unwrap_or(addr);
+        if addr.is_empty() || addr == "-" {
+            return (None, None);
+        }
+        if let Some(rest) = addr.strip_prefix('[')
+            && let Some((ip, tail)) = rest.split_once(']')
+        {
+            let port = tail.strip_prefix(':').and_then(|p| p.parse::<u16>().ok());
+            return (Some(ip), port.map(i32::from));
+        }
+        match addr.rsplit_once(':') {
+            Some((ip, port)) if !ip.contains(':') => match port.parse::<u16>() {
+                Ok(p) => (Some(ip), Some(i32::from(p))),
+                Err(_) => (Some(addr), None),
+            },
+            _ => (Some(addr), None),
+        }
+    }
+
     proptest::proptest! {
         /// An address splits where `rsplit_once(':')` splits it, a port only when no other
-        /// colon comes before it: on any text, brackets and multi-byte characters included.
+        /// colon comes before it: on any text, schemes, brackets and multi-byte characters
+        /// included.
         #[test]
-        fn addresses_split_as_rsplit_once_splits_them(s in "[0-9a:\\[\\]é -]{0,24}") {
-            let t = s.trim();
-            let expected = if t.is_empty() || t == "-" {
-                (None, None)
-            } else if t.starts_with('[') && t.contains(']') {
-                // Bracketed: a path of its own, unchanged.
-                split_addr(&s)
-            } else {
-                match t.rsplit_once(':') {
-                    Some((ip, port)) if !ip.contains(':') => match port.parse::<u16>() {
-                        Ok(p) => (Some(ip), Some(i32::from(p))),
-                        Err(_) => (Some(t), None),
-                    },
-                    _ => (Some(t), None),
-                }
-            };
-            proptest::prop_assert_eq!(split_addr(&s), expected);
+        fn addresses_split_as_rsplit_once_splits_them(s in "(tcp://)?[0-9a:\\[\\]é -]{0,24}") {
+            proptest::prop_assert_eq!(split_addr(&s), split_addr_by_rsplit(&s));
         }
     }
 
