@@ -10,7 +10,7 @@
 //! marks nothing, and the search resumes at the next row's start, so such an occurrence never
 //! hides one that lies inside a row.
 
-use aho_corasick::{AhoCorasick, Input};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, Input};
 use arrow::array::{Array, StringArray};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 
@@ -40,7 +40,7 @@ impl LiteralPrefilter {
         for &b in literals.iter().flat_map(|l| l.as_bytes()) {
             bytes[usize::from(b)] = true;
         }
-        let literals = AhoCorasick::new(literals.iter().map(|l| l.as_bytes())).ok()?;
+        let literals = searcher(literals.iter().map(|l| l.as_bytes()), MAX_DFA_BYTES)?;
         Some(Self { literals, bytes })
     }
 
@@ -102,6 +102,26 @@ impl LiteralPrefilter {
     }
 }
 
+/// The largest DFA a prefilter keeps; a larger one is rebuilt as the crate's default. The
+/// pack's largest (the SQL injection pattern's 182 case variants) takes about 96 KiB.
+const MAX_DFA_BYTES: usize = 1 << 20;
+
+/// A DFA over `literals` (one table lookup per byte), unless it would take more than
+/// `max_dfa_bytes`; then the crate's own choice. Left to choose, the crate takes a contiguous
+/// NFA for sets of more than a few literals (case-insensitive patterns give dozens), and
+/// following its failure links was most of the stateless rules' prefilter time.
+fn searcher<'l>(literals: impl Iterator<Item = &'l [u8]> + Clone, max_dfa_bytes: usize) -> Option<AhoCorasick> {
+    let dfa = AhoCorasick::builder()
+        .kind(Some(AhoCorasickKind::DFA))
+        .build(literals.clone())
+        .ok()
+        .filter(|d| d.memory_usage() <= max_dfa_bytes);
+    match dfa {
+        Some(d) => Some(d),
+        None => AhoCorasick::new(literals).ok(),
+    }
+}
+
 /// Rows searched before the prefilter may judge itself useless on a column.
 const GIVE_UP_AFTER: usize = 256;
 
@@ -118,6 +138,27 @@ mod tests {
         assert!(LiteralPrefilter::new("a*").is_none());
         assert!(LiteralPrefilter::new(r"\w+x").is_none());
         assert!(LiteralPrefilter::new("(?i)(jndi|ldap)").is_some());
+    }
+
+    #[test]
+    fn the_pack_patterns_search_with_a_dfa_and_a_larger_one_falls_back() {
+        for pattern in pack_patterns() {
+            if let Some(p) = LiteralPrefilter::new(pattern) {
+                assert_eq!(p.literals.kind(), AhoCorasickKind::DFA, "{pattern}");
+            }
+        }
+        // As many literals as a case-insensitive pattern gives: left to choose, the crate
+        // takes an NFA for these.
+        let words: Vec<String> = (0..200).map(|i| format!("w{i}/")).collect();
+        let literals = || words.iter().map(|w| w.as_bytes());
+        let fallback = searcher(literals(), 0).expect("searcher");
+        assert_ne!(fallback.kind(), AhoCorasickKind::DFA);
+        let dfa = searcher(literals(), MAX_DFA_BYTES).expect("searcher");
+        assert_eq!(dfa.kind(), AhoCorasickKind::DFA);
+        let text = b"/a/w17/b/w199/c/w3x/w3/";
+        let found = |s: &AhoCorasick| s.find_iter(text).map(|m| (m.start(), m.end())).collect::<Vec<_>>();
+        assert_eq!(found(&fallback), found(&dfa));
+        assert_eq!(found(&dfa), vec![(3, 7), (9, 14), (20, 23)]);
     }
 
     #[test]
