@@ -196,9 +196,13 @@ impl Field {
     fn cut<'a>(&self, text: &'a str) -> &'a str {
         let d = self.delimiter.as_bytes();
         let bytes = text.as_bytes();
+        // A one-byte delimiter is looked for byte by byte: the texts are short (a SPIFFE ID
+        // is about forty bytes) and the delimiters close together, so a vectorized search
+        // would be set up again for every few bytes.
+        let at = |b: u8| move |(i, &c): (usize, &u8)| (c == b).then_some(i);
         match (d, self.from_end) {
-            ([b], false) => field_from_start(text, memchr::memchr_iter(*b, bytes), 1, self.index),
-            ([b], true) => field_from_end(text, memchr::memrchr_iter(*b, bytes), 1, self.index),
+            ([b], false) => field_from_start(text, bytes.iter().enumerate().filter_map(at(*b)), 1, self.index),
+            ([b], true) => field_from_end(text, bytes.iter().enumerate().rev().filter_map(at(*b)), 1, self.index),
             (_, false) => field_from_start(text, memchr::memmem::find_iter(bytes, d), d.len(), self.index),
             (_, true) => field_from_end(text, memchr::memmem::rfind_iter(bytes, d), d.len(), self.index),
         }
