@@ -107,9 +107,10 @@ impl LiteralPrefilter {
 const MAX_DFA_BYTES: usize = 1 << 20;
 
 /// A DFA over `literals` (one table lookup per byte), unless it would take more than
-/// `max_dfa_bytes`; then the crate's own choice. Left to choose, the crate takes a contiguous
-/// NFA for sets of more than a few literals (case-insensitive patterns give dozens), and
-/// following its failure links was most of the stateless rules' prefilter time.
+/// `max_dfa_bytes`; then the crate's own choice. Left to choose, the crate builds a DFA for
+/// small sets but a contiguous NFA for large ones (a case-insensitive pattern gives many
+/// case variants: 182 for the SQL injection rule), and that NFA scanned about a fifth
+/// slower.
 fn searcher<'l>(literals: impl Iterator<Item = &'l [u8]> + Clone, max_dfa_bytes: usize) -> Option<AhoCorasick> {
     let dfa = AhoCorasick::builder()
         .kind(Some(AhoCorasickKind::DFA))
