@@ -82,10 +82,7 @@ fn pack() -> Vec<CompiledRule> {
 
 fn bench(c: &mut Criterion) {
     let batches: Vec<RecordBatch> = (0..32).map(|i| batch(i * ROWS, 5000)).collect();
-    let stateless: Vec<CompiledRule> = pack()
-        .into_iter()
-        .filter(|r| matches!(&r.plan, Plan::Detection(d) if d.window.is_none()))
-        .collect();
+    let stateless = stateless_rules();
     let n_stateless = stateless.len();
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements((ROWS * batches.len()) as u64));
@@ -98,8 +95,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     // Each stateless rule alone, to see which of them the time above goes to.
-    for rule in stateless_rules() {
-        let id = rule.rule().id.clone();
+    for id in stateless.iter().map(|r| r.rule().id.clone()) {
         g.bench_function(format!("stateless_rule/{id}"), |b| {
             let mut e = Engine::new(
                 stateless_rules().into_iter().filter(|r| r.rule().id == id).collect(),
