@@ -9,7 +9,11 @@
 //! - `stateless_hostile`: the same on traffic whose every path and user agent holds literals
 //!   that two attack patterns start with (`${`, `%24%7b`, `'`) without matching, so every row
 //!   reaches the regex engine: the worst case of the literal prefilters;
-//! - `whole_pack`: every rule, windows and assertions included;
+//! - `whole_pack`: every rule, windows and assertions included, on a mesh's call graph
+//!   ([`Traffic::CallGraph`]); `whole_pack_2_threads` the same on two engine threads;
+//! - `whole_pack_key_flood`: the same rules on traffic whose every (identity, service) edge is
+//!   new ([`Traffic::KeyFlood`]): the keyed rules' worst case, each row a new key to insert and,
+//!   past `max_keys`, keys to evict;
 //! - memory per active group key is printed once (RSS growth over 200 000 open groups).
 
 use std::hint::black_box;
@@ -24,19 +28,43 @@ const ROWS: usize = 8192;
 const S: i64 = 1_000_000_000;
 const T0: i64 = 1_714_557_600 * S;
 
-fn batch(offset: usize, distinct_principals: usize) -> RecordBatch {
-    batch_of(offset, distinct_principals, false)
+/// Who calls whom in a bench's batches.
+#[derive(Clone, Copy, PartialEq)]
+enum Traffic {
+    /// As in a mesh: each identity lives in one namespace and calls the same
+    /// [`CALLS_PER_IDENTITY`] services, so the keyed rules mostly find keys they already hold.
+    CallGraph,
+    /// Row `n`'s identity is `ns<n % 37>/sa<n % distinct>` and its service `n % 23` in
+    /// namespace `n % 11`: about 185 000 identities for 5 000 distinct, and an (identity,
+    /// service) edge repeats only every 46 million rows. (This is what every engine bench ran
+    /// on before the call graph.)
+    KeyFlood,
+    /// The call graph, with every path and user agent holding literals that attack patterns
+    /// start with (see `stateless_hostile`).
+    Hostile,
 }
 
-fn batch_of(offset: usize, distinct_principals: usize, hostile: bool) -> RecordBatch {
+/// How many services each identity of [`Traffic::CallGraph`] calls.
+const CALLS_PER_IDENTITY: usize = 5;
+
+fn batch(offset: usize, distinct_principals: usize) -> RecordBatch {
+    batch_of(offset, distinct_principals, Traffic::CallGraph)
+}
+
+fn batch_of(offset: usize, distinct_principals: usize, traffic: Traffic) -> RecordBatch {
+    let hostile = traffic == Traffic::Hostile;
     let mut b = EventBatchBuilder::with_capacity(ROWS);
     for i in 0..ROWS {
         let n = offset + i;
-        let principal = format!(
-            "spiffe://cluster.local/ns/ns{}/sa/sa{}",
-            n % 37,
-            n % distinct_principals
-        );
+        let identity = n % distinct_principals;
+        let (namespace, service, service_namespace) = match traffic {
+            Traffic::KeyFlood => (n % 37, n % 23, n % 11),
+            Traffic::CallGraph | Traffic::Hostile => {
+                let service = (identity * 7 + n % CALLS_PER_IDENTITY) % 23;
+                (identity % 37, service, service % 11)
+            }
+        };
+        let principal = format!("spiffe://cluster.local/ns/ns{namespace}/sa/sa{identity}");
         let decision = match n % 50 {
             0 => Decision::DenyRbac,
             1 => Decision::DenyJwt,
@@ -46,9 +74,9 @@ fn batch_of(offset: usize, distinct_principals: usize, hostile: bool) -> RecordB
             // 10 000 events per second of event time.
             event_time_ns: T0 + (n as i64) * (S / 10_000),
             source_principal: Some(principal.into()),
-            source_namespace: Some(format!("ns{}", n % 37).into()),
+            source_namespace: Some(format!("ns{namespace}").into()),
             destination_namespace: Some(format!("ns{}", n % 11).into()),
-            destination_service: Some(format!("svc{}.ns{}.svc.cluster.local", n % 23, n % 11).into()),
+            destination_service: Some(format!("svc{service}.ns{service_namespace}.svc.cluster.local").into()),
             source_ip: Some(format!("10.0.{}.{}", n % 200, n % 250).into()),
             direction: Direction::Inbound,
             mtls: Some(!n.is_multiple_of(1000)),
@@ -108,7 +136,7 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
-    let hostile: Vec<RecordBatch> = (0..32).map(|i| batch_of(i * ROWS, 5000, true)).collect();
+    let hostile: Vec<RecordBatch> = (0..32).map(|i| batch_of(i * ROWS, 5000, Traffic::Hostile)).collect();
     g.bench_function("stateless_hostile", |b| {
         let mut e = Engine::new(stateless_rules(), EngineSettings::default());
         b.iter(|| {
@@ -117,12 +145,12 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    for threads in [1, 2] {
-        // "whole_pack" on one thread keeps the name earlier figures were reported under.
-        let name = match threads {
-            1 => "whole_pack".to_string(),
-            n => format!("whole_pack_{n}_threads"),
-        };
+    let flood: Vec<RecordBatch> = (0..32).map(|i| batch_of(i * ROWS, 5000, Traffic::KeyFlood)).collect();
+    for (name, threads, batches) in [
+        ("whole_pack", 1, &batches),
+        ("whole_pack_2_threads", 2, &batches),
+        ("whole_pack_key_flood", 1, &flood),
+    ] {
         g.bench_function(name, |b| {
             let mut e = Engine::new(
                 pack(),
