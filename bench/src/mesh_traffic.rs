@@ -33,6 +33,13 @@ pub struct Profile {
     pub principals: u64,
     /// Distinct destination services.
     pub services: u64,
+    /// How many services each identity calls: its call graph. Identity `p` calls services
+    /// `(p × 7919 + k) mod services` for `k < calls_per_identity`, so the (identity, service)
+    /// edges number `principals × calls_per_identity`, as in a mesh where each workload talks
+    /// to a few others. At 0 each line's service is any of them (about `principals × services`
+    /// edges, almost every one new in a million lines), and the lines are the ones written
+    /// before this existed.
+    pub calls_per_identity: u64,
     /// Namespaces the identities and services are spread over.
     pub namespaces: u64,
     /// Share of requests and connections denied by an AuthorizationPolicy, in percent.
@@ -55,6 +62,7 @@ impl Default for Profile {
         Self {
             principals: 10_000,
             services: 500,
+            calls_per_identity: 0,
             namespaces: 40,
             deny_percent: 1.0,
             attack_percent: 0.0,
@@ -225,6 +233,10 @@ fn per_million(percent: f64) -> u64 {
     (percent.clamp(0.0, 100.0) * 10_000.0) as u64
 }
 
+/// Spreads the services one identity calls ([`Profile::calls_per_identity`]) over all of them:
+/// a prime, so neighbouring identities do not call the same services.
+const CALLEE_STRIDE: u64 = 7919;
+
 /// Writes the lines of a [`Profile`], one at a time and in order.
 pub struct MeshTraffic {
     profile: Profile,
@@ -275,7 +287,13 @@ impl MeshTraffic {
         let rng = &mut self.rng;
         let principal = rng.below(self.profile.principals);
         let src_ns = principal % namespaces;
-        let service = rng.below(self.profile.services);
+        let service = match self.profile.calls_per_identity {
+            0 => rng.below(self.profile.services),
+            calls => {
+                let callee = principal.wrapping_mul(CALLEE_STRIDE).wrapping_add(rng.below(calls));
+                callee % self.profile.services.max(1)
+            }
+        };
         let dst_ns = service % namespaces;
         let (a, b, port) = (rng.octet(), rng.octet(), rng.below(60_000) + 1024);
         let port = u16::try_from(port).unwrap_or(u16::MAX);
@@ -405,6 +423,41 @@ mod tests {
             .filter(|(l, _)| l.contains(" 403 ") || l.contains("\terror\t"))
             .count();
         assert!((100..300).contains(&denied), "{denied} of 2000 denied at 10 %");
+    }
+
+    /// With a call graph each identity calls only its own few services, and the lines differ
+    /// from the default ones only in the service they name.
+    #[test]
+    fn a_call_graph_bounds_the_services_each_identity_calls() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let profile = Profile {
+            calls_per_identity: 3,
+            principals: 50,
+            ..Profile::default()
+        };
+        let mut callees: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (line, kind) in lines(&profile, 4000) {
+            if kind != LineKind::Ztunnel {
+                continue;
+            }
+            let field = |name: &str| {
+                let start = line.find(name).map(|i| i + name.len()).expect("field");
+                let value = line.get(start..).expect("value");
+                value.get(..value.find('"').expect("end")).expect("value").to_owned()
+            };
+            callees
+                .entry(field("src.identity=\""))
+                .or_default()
+                .insert(field("dst.service=\""));
+        }
+        assert_eq!(callees.len(), 50, "every identity sends");
+        assert!(callees.values().all(|s| s.len() <= 3), "{callees:?}");
+        let services: BTreeSet<_> = callees.values().flatten().collect();
+        assert!(
+            services.len() > 100,
+            "identities call different services: {}",
+            services.len()
+        );
     }
 
     #[test]

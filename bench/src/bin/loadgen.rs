@@ -98,6 +98,10 @@ struct Args {
     /// Distinct destination services in the mesh traffic.
     #[arg(long, default_value_t = 500)]
     services: u64,
+    /// How many services each identity of the mesh traffic calls (its call graph); 0 lets
+    /// every line name any service.
+    #[arg(long, default_value_t = 0)]
+    calls_per_identity: u64,
     /// Share of mesh requests and connections denied by an AuthorizationPolicy, in percent.
     #[arg(long, default_value_t = 1.0)]
     deny_percent: f64,
@@ -230,6 +234,7 @@ fn mesh_pool(args: &Args, with_canaries: bool) -> anyhow::Result<(Vec<RequestTem
     let mut traffic = MeshTraffic::new(Profile {
         principals: args.principals,
         services: args.services,
+        calls_per_identity: args.calls_per_identity,
         deny_percent: args.deny_percent,
         attack_percent: args.attack_percent,
         ..Profile::default()

@@ -6,6 +6,7 @@
 //! sends over OTLP too.
 //!
 //!     verity-meshlog --lines 1000000 > mesh-1m.log
+//!     verity-meshlog --lines 1000000 --calls-per-identity 5 > mesh-1m-graph.log
 //!     /usr/bin/time -v verity replay mesh-1m.log > alerts.jsonl
 
 use std::io::{BufWriter, Write};
@@ -24,6 +25,10 @@ struct Args {
     /// Distinct destination services.
     #[arg(long, default_value_t = 500)]
     services: u64,
+    /// How many services each identity calls (its call graph); 0 lets every line name any
+    /// service, so almost every (identity, service) edge is new.
+    #[arg(long, default_value_t = 0)]
+    calls_per_identity: u64,
     /// Namespaces the identities and services are spread over.
     #[arg(long, default_value_t = 40)]
     namespaces: u64,
@@ -50,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     let mut traffic = MeshTraffic::new(Profile {
         principals: args.principals,
         services: args.services,
+        calls_per_identity: args.calls_per_identity,
         namespaces: args.namespaces,
         deny_percent: args.deny_percent,
         attack_percent: args.attack_percent,
