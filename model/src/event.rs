@@ -15,6 +15,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
+use crate::null_runs::NullRuns;
+
 /// An optional text field, borrowed from the input where possible.
 pub type Text<'a> = Option<Cow<'a, str>>;
 
@@ -163,34 +165,35 @@ macro_rules! column_kind {
 
     (builder Time) => { TimestampNanosecondBuilder };
     (builder Enum) => { StringBuilder };
-    (builder Text) => { StringBuilder };
-    (builder I32) => { Int32Builder };
-    (builder I64) => { Int64Builder };
-    (builder F64) => { Float64Builder };
-    (builder OptBool) => { BooleanBuilder };
+    (builder Text) => { NullRuns<StringBuilder> };
+    (builder I32) => { NullRuns<Int32Builder> };
+    (builder I64) => { NullRuns<Int64Builder> };
+    (builder F64) => { NullRuns<Float64Builder> };
+    (builder OptBool) => { NullRuns<BooleanBuilder> };
     (builder Bool) => { BooleanBuilder };
-    (builder Json) => { StringBuilder };
+    (builder Json) => { NullRuns<StringBuilder> };
     (builder Shared) => { SharedText };
     (builder Raw) => { StringBuilder };
 
     (new Time, $rows:expr) => { TimestampNanosecondBuilder::with_capacity($rows).with_timezone("+00:00") };
     (new Raw, $rows:expr) => { StringBuilder::with_capacity($rows, $rows.saturating_mul(256)) };
     (new Shared, $rows:expr) => { SharedText::with_capacity($rows) };
-    (new I32, $rows:expr) => { Int32Builder::with_capacity($rows) };
-    (new I64, $rows:expr) => { Int64Builder::with_capacity($rows) };
-    (new F64, $rows:expr) => { Float64Builder::with_capacity($rows) };
-    (new OptBool, $rows:expr) => { BooleanBuilder::with_capacity($rows) };
+    (new I32, $rows:expr) => { NullRuns::new(Int32Builder::with_capacity($rows)) };
+    (new I64, $rows:expr) => { NullRuns::new(Int64Builder::with_capacity($rows)) };
+    (new F64, $rows:expr) => { NullRuns::new(Float64Builder::with_capacity($rows)) };
+    (new OptBool, $rows:expr) => { NullRuns::new(BooleanBuilder::with_capacity($rows)) };
     (new Bool, $rows:expr) => { BooleanBuilder::with_capacity($rows) };
-    (new $text:ident, $rows:expr) => { StringBuilder::with_capacity($rows, $rows.saturating_mul(16)) };
+    (new Enum, $rows:expr) => { StringBuilder::with_capacity($rows, $rows.saturating_mul(16)) };
+    (new $text:ident, $rows:expr) => { NullRuns::new(StringBuilder::with_capacity($rows, $rows.saturating_mul(16))) };
 
     (append Time, $b:expr, $v:expr) => { $b.append_value($v) };
     (append Enum, $b:expr, $v:expr) => { $b.append_value($v.as_str()) };
-    (append Text, $b:expr, $v:expr) => { $b.append_option($v.as_deref()) };
-    (append Json, $b:expr, $v:expr) => { $b.append_option($v.as_deref()) };
+    (append Text, $b:expr, $v:expr) => { $b.append($v.as_deref(), |b, v| b.append_value(v)) };
+    (append Json, $b:expr, $v:expr) => { $b.append($v.as_deref(), |b, v| b.append_value(v)) };
     (append Shared, $b:expr, $v:expr) => { $b.append($v.as_ref()) };
     (append Raw, $b:expr, $v:expr) => { $b.append_value(&$v) };
     (append Bool, $b:expr, $v:expr) => { $b.append_value($v) };
-    (append $option:ident, $b:expr, $v:expr) => { $b.append_option($v) };
+    (append $option:ident, $b:expr, $v:expr) => { $b.append($v, |b, v| b.append_value(v)) };
 
     (finish Shared, $b:expr) => { $b.finish()? };
     (finish $other:ident, $b:expr) => { $b.finish() };

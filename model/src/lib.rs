@@ -20,6 +20,7 @@ pub mod event;
 pub mod glob;
 pub mod json;
 pub mod metric;
+mod null_runs;
 pub mod scalar_map;
 pub mod text;
 pub mod time;
