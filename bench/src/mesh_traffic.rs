@@ -425,8 +425,8 @@ mod tests {
         assert!((100..300).contains(&denied), "{denied} of 2000 denied at 10 %");
     }
 
-    /// With a call graph each identity calls only its own few services, and the lines differ
-    /// from the default ones only in the service they name.
+    /// With a call graph each identity calls only its own few services, and different
+    /// identities call different ones.
     #[test]
     fn a_call_graph_bounds_the_services_each_identity_calls() {
         use std::collections::{BTreeMap, BTreeSet};
