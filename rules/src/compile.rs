@@ -26,6 +26,15 @@ use verity_model::alert::fnv1a;
 use crate::revocation::{IsRevoked, RevocationList};
 use crate::rule::{Kind, RuleBody, RuleFile, RuleSource, WindowType};
 
+/// How the engine reads a boolean expression's NULL.
+#[derive(Debug, Clone, Copy)]
+enum Reading {
+    /// As false: a filter keeps only the rows where it is true ([`crate::null_as_false`]).
+    Filter,
+    /// As a value of its own (an assertion's `require`: unknown).
+    Value,
+}
+
 /// A rule that failed to compile, with where and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: rule {rule_id}: {error}")]
@@ -263,7 +272,7 @@ impl Compiler {
         };
         let plan = match &rule.body {
             RuleBody::Detection(d) => {
-                let filter = self.predicate(&d.filter, "where").map_err(err)?;
+                let filter = self.filter(&d.filter, "where").map_err(err)?;
                 let group_by = self.columns(&d.group_by, "group_by").map_err(err)?;
                 let window = match &d.window {
                     None => None,
@@ -298,7 +307,7 @@ impl Compiler {
                 })
             }
             RuleBody::Assertion(a) => Plan::Assertion(AssertionPlan {
-                scope: self.predicate(&a.scope, "scope").map_err(err)?,
+                scope: self.filter(&a.scope, "scope").map_err(err)?,
                 require: self.predicate(&a.require, "require").map_err(err)?,
                 per: self.columns(&a.per, "per").map_err(err)?,
                 stale_after: a.stale_after.0,
@@ -312,7 +321,7 @@ impl Compiler {
                     filter: f
                         .filter
                         .as_deref()
-                        .map(|w| self.predicate(w, "where"))
+                        .map(|w| self.filter(w, "where"))
                         .transpose()
                         .map_err(err)?,
                     keys: self.columns(&f.keys, "keys").map_err(err)?,
@@ -327,7 +336,7 @@ impl Compiler {
                     filter: a
                         .filter
                         .as_deref()
-                        .map(|w| self.predicate(w, "where"))
+                        .map(|w| self.filter(w, "where"))
                         .transpose()
                         .map_err(err)?,
                     keys: self.columns(&a.keys, "keys").map_err(err)?,
@@ -405,7 +414,13 @@ impl Compiler {
     /// Coerces types, simplifies (some functions, such as `coalesce`, only run once
     /// rewritten) and plans; then evaluates the plan once on a probe row so that a rule that
     /// cannot run fails at load, not on the first batch.
-    fn plan(&self, expr: Expr, what: &'static str, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
+    fn plan(
+        &self,
+        expr: Expr,
+        what: &'static str,
+        schema: &DFSchema,
+        reading: Reading,
+    ) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
         let simplifier = ExprSimplifier::new(SimplifyContext::builder().with_schema(Arc::new(schema.clone())).build());
         let expr = simplifier
             .coerce(expr, schema)
@@ -418,6 +433,12 @@ impl Compiler {
             .ctx
             .create_physical_expr(expr, schema)
             .map_err(|e| Self::explain(e, what, schema))?;
+        let physical = match reading {
+            Reading::Filter => {
+                crate::null_as_false::rewrite(physical, schema.inner()).map_err(|e| Self::explain(e, what, schema))?
+            }
+            Reading::Value => physical,
+        };
         let probe = probe_batch(schema.inner()).map_err(|source| PlanError::Probe { what, source })?;
         physical
             .evaluate(&probe)
@@ -429,8 +450,19 @@ impl Compiler {
         Ok(physical)
     }
 
-    /// A boolean expression over the event schema.
+    /// A boolean expression over the event schema whose NULL means something of its own (an
+    /// assertion's `require`: unknown).
     pub fn predicate(&self, sql: &str, what: &'static str) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
+        self.boolean(sql, what, Reading::Value)
+    }
+
+    /// A filter over the event schema (`where`, `scope`): rows where it is NULL are left out,
+    /// as rows where it is false.
+    pub fn filter(&self, sql: &str, what: &'static str) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
+        self.boolean(sql, what, Reading::Filter)
+    }
+
+    fn boolean(&self, sql: &str, what: &'static str, reading: Reading) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
         let expr = self.parse(sql, what, &self.schema)?;
         if contains_aggregate(&expr) {
             return Err(PlanError::AggregateOutsideHaving { what });
@@ -446,7 +478,7 @@ impl Compiler {
                 found: t,
             });
         }
-        self.plan(expr, what, &self.schema)
+        self.plan(expr, what, &self.schema, reading)
     }
 
     fn having(&self, sql: &str, group_by: &[(String, usize)]) -> Result<HavingPlan, PlanError> {
@@ -543,7 +575,7 @@ impl Compiler {
                 found: t,
             });
         }
-        let expr = self.plan(rewritten, WHAT, &df)?;
+        let expr = self.plan(rewritten, WHAT, &df, Reading::Value)?;
         Ok(HavingPlan { aggs, schema, expr })
     }
 }

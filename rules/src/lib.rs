@@ -34,6 +34,7 @@ pub mod key_sets;
 mod kind;
 mod literal_prefilter;
 mod mask;
+mod null_as_false;
 pub mod pack;
 mod packed_evidence;
 pub mod partition_state;

@@ -12,9 +12,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray};
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
-use datafusion::common::{Result as DfResult, ScalarValue};
+use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
@@ -25,8 +26,85 @@ pub struct RevocationList {
     inner: Arc<RwLock<Revoked>>,
 }
 
-/// Looked up for every event's principals; keyed by a per-process seed (see `state_key.rs`).
-type Revoked = std::collections::HashMap<String, i64, crate::state_key::KeyHasher>;
+/// The principals on the list, looked up for every event's principal.
+#[derive(Debug, Default)]
+struct Revoked {
+    /// Principal → event time from which it counts as revoked. Keyed by a per-process seed
+    /// (see `state_key.rs`).
+    since: std::collections::HashMap<String, i64, crate::state_key::KeyHasher>,
+    /// The lengths of the principals on the list: bit `n` for `n` bytes (the last bit for
+    /// every length from [`LONGEST_LENGTH_BIT`] up). Most events' principals have a length no
+    /// revoked principal has, and are answered without hashing them.
+    lengths: [u64; LENGTH_WORDS],
+}
+
+const LENGTH_WORDS: usize = 8;
+const LONGEST_LENGTH_BIT: usize = LENGTH_WORDS * 64 - 1;
+
+impl Revoked {
+    fn new(since: std::collections::HashMap<String, i64, crate::state_key::KeyHasher>) -> Self {
+        let mut r = Self {
+            since,
+            lengths: [0; LENGTH_WORDS],
+        };
+        r.index_lengths();
+        r
+    }
+
+    /// The word and bit of a length in `lengths`.
+    fn length_bit(len: usize) -> (usize, u64) {
+        let n = len.min(LONGEST_LENGTH_BIT);
+        (n / 64, 1u64 << (n % 64))
+    }
+
+    fn index_lengths(&mut self) {
+        self.lengths = [0; LENGTH_WORDS];
+        for p in self.since.keys() {
+            let (word, bit) = Self::length_bit(p.len());
+            if let Some(w) = self.lengths.get_mut(word) {
+                *w |= bit;
+            }
+        }
+    }
+
+    fn insert(&mut self, principal: String, since_ns: i64, keep_first: bool) {
+        let (word, bit) = Self::length_bit(principal.len());
+        if let Some(w) = self.lengths.get_mut(word) {
+            *w |= bit;
+        }
+        if keep_first {
+            self.since.entry(principal).or_insert(since_ns);
+        } else {
+            self.since.insert(principal, since_ns);
+        }
+    }
+
+    fn remove(&mut self, principal: &str) {
+        if self.since.remove(principal).is_some() {
+            self.index_lengths();
+        }
+    }
+
+    fn get(&self, principal: &str) -> Option<i64> {
+        let (word, bit) = Self::length_bit(principal.len());
+        if self.lengths.get(word).is_some_and(|w| w & bit != 0) {
+            self.since.get(principal).copied()
+        } else {
+            None
+        }
+    }
+
+    /// Whether an event of `principal` at `at_ns` counts as revoked: `None` for no principal;
+    /// without a time, whether it is on the list at all.
+    fn revoked_at(&self, principal: Option<&str>, at_ns: Option<i64>) -> Option<bool> {
+        let since = self.get(principal?);
+        Some(match (since, at_ns) {
+            (Some(since), Some(t)) => t >= since,
+            (since, None) => since.is_some(),
+            (None, Some(_)) => false,
+        })
+    }
+}
 
 impl RevocationList {
     pub fn new(principals: impl IntoIterator<Item = String>) -> Self {
@@ -36,7 +114,7 @@ impl RevocationList {
     }
 
     pub fn replace(&self, principals: impl IntoIterator<Item = String>) {
-        let map: Revoked = principals.into_iter().map(|p| (normalize(&p), i64::MIN)).collect();
+        let map = Revoked::new(principals.into_iter().map(|p| (normalize(&p), i64::MIN)).collect());
         match self.inner.write() {
             Ok(mut g) => *g = map,
             Err(poisoned) => *poisoned.into_inner() = map,
@@ -53,16 +131,16 @@ impl RevocationList {
     pub fn add_since_if_absent(&self, principal: &str, since_ns: i64) {
         let key = normalize(principal);
         match self.inner.write() {
-            Ok(mut g) => g.entry(key).or_insert(since_ns),
-            Err(poisoned) => poisoned.into_inner().entry(key).or_insert(since_ns),
+            Ok(mut g) => g.insert(key, since_ns, true),
+            Err(poisoned) => poisoned.into_inner().insert(key, since_ns, true),
         };
     }
 
     /// Revoked for events at or after `since_ns`.
     pub fn add_since(&self, principal: &str, since_ns: i64) {
         match self.inner.write() {
-            Ok(mut g) => g.insert(normalize(principal), since_ns),
-            Err(poisoned) => poisoned.into_inner().insert(normalize(principal), since_ns),
+            Ok(mut g) => g.insert(normalize(principal), since_ns, false),
+            Err(poisoned) => poisoned.into_inner().insert(normalize(principal), since_ns, false),
         };
     }
 
@@ -83,7 +161,7 @@ impl RevocationList {
     }
 
     fn since(&self, principal: &str) -> Option<i64> {
-        self.read().get(principal).copied()
+        self.read().get(principal)
     }
 
     /// The list as it is now, held for a whole batch: one lock per batch, not per row.
@@ -92,7 +170,7 @@ impl RevocationList {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.read().map(|g| g.len()).unwrap_or(0)
+        self.inner.read().map(|g| g.since.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -165,19 +243,20 @@ impl IsRevoked {
             .downcast_ref::<Int64Array>()
             .cloned()
             .unwrap_or_else(|| Int64Array::from(Vec::<Option<i64>>::new()));
+        if times.len() != strings.len() {
+            return Err(DataFusionError::Internal(format!(
+                "is_revoked: {} principals and {} event times",
+                strings.len(),
+                times.len()
+            )));
+        }
         let revoked = self.list.read();
-        let out: BooleanArray = strings
-            .iter()
-            .zip(times.iter())
-            .map(|(p, t)| {
-                let since = revoked.get(p?).copied();
-                Some(match (since, t) {
-                    (Some(since), Some(t)) => t >= since,
-                    (since, None) => since.is_some(),
-                    (None, Some(_)) => false,
-                })
-            })
-            .collect();
+        let values = BooleanBuffer::collect_bool(strings.len(), |i| {
+            let principal = strings.is_valid(i).then(|| strings.value(i));
+            let at = times.is_valid(i).then(|| times.value(i));
+            revoked.revoked_at(principal, at) == Some(true)
+        });
+        let out = BooleanArray::new(values, strings.nulls().cloned());
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
@@ -214,14 +293,11 @@ impl ScalarUDFImpl for IsRevoked {
             }
             ColumnarValue::Array(a) => {
                 let strings = as_strings(&a)?;
-                if self.list.is_empty() {
-                    let out: BooleanArray = (0..strings.len())
-                        .map(|i| (!strings.is_null(i)).then_some(false))
-                        .collect();
-                    return Ok(ColumnarValue::Array(Arc::new(out)));
-                }
                 let revoked = self.list.read();
-                let out: BooleanArray = strings.iter().map(|v| v.map(|v| revoked.contains_key(v))).collect();
+                let values = BooleanBuffer::collect_bool(strings.len(), |i| {
+                    strings.is_valid(i) && revoked.get(strings.value(i)).is_some()
+                });
+                let out = BooleanArray::new(values, strings.nulls().cloned());
                 Ok(ColumnarValue::Array(Arc::new(out)))
             }
         }
@@ -243,5 +319,53 @@ mod tests {
         assert!(list.contains_at("spiffe://cluster.local/ns/a/sa/always", i64::MIN));
         list.add_since("https://idp.example.com/user-7", 5);
         assert!(list.contains_at("https://idp.example.com/user-7", 6));
+    }
+
+    #[test]
+    fn principals_of_every_length_are_found_and_removed() {
+        let list = RevocationList::default();
+        let long = format!("spiffe://cluster.local/ns/a/sa/{}", "x".repeat(600));
+        let longer = format!("{long}y");
+        for p in ["", "a", &long] {
+            list.add(p);
+        }
+        assert!(list.contains("") && list.contains("a") && list.contains(&long));
+        assert!(!list.contains("b"), "same length as a revoked one, not revoked");
+        assert!(
+            !list.contains(&longer),
+            "past the last length bit, looked up and not found"
+        );
+        list.add(&longer);
+        list.remove(&long);
+        assert!(list.contains(&longer) && !list.contains(&long));
+        list.remove("a");
+        assert!(!list.contains("a") && list.contains(""));
+        list.replace(["cluster.local/ns/b/sa/c".to_string()]);
+        assert!(!list.contains(&longer) && list.contains("spiffe://cluster.local/ns/b/sa/c"));
+    }
+
+    proptest::proptest! {
+        /// After any sequence of additions and removals, a lookup answers as the plain map
+        /// of what is on the list.
+        #[test]
+        fn lookups_agree_with_the_plain_list(
+            ops in proptest::collection::vec((proptest::bool::ANY, "[ab]{0,3}", 0i64..3), 0..30),
+            probes in proptest::collection::vec(("[ab]{0,4}", 0i64..3), 0..20),
+        ) {
+            let list = RevocationList::default();
+            let mut plain = std::collections::HashMap::new();
+            for (add, p, since) in ops {
+                if add {
+                    list.add_since(&p, since);
+                    plain.insert(p, since);
+                } else {
+                    list.remove(&p);
+                    plain.remove(&p);
+                }
+            }
+            for (p, at) in probes {
+                proptest::prop_assert_eq!(list.contains_at(&p, at), plain.get(&p).is_some_and(|s| at >= *s));
+            }
+        }
     }
 }
