@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::buffer::BooleanBuffer;
 use verity_model::alert::Alert;
 
 use crate::absence::AbsenceState;
@@ -465,7 +466,10 @@ fn forged_rows(batch: &RecordBatch) -> Option<BooleanArray> {
     let column = batch.column_by_name(verity_model::event::col::SENDER_BINDING)?;
     let values = column.as_string_opt::<i32>()?;
     let not_party = verity_model::event::SenderBinding::NotParty.as_str();
-    let forged: BooleanArray = values.iter().map(|v| Some(v == Some(not_party))).collect();
+    let forged = BooleanArray::new(
+        BooleanBuffer::collect_bool(values.len(), |i| values.is_valid(i) && values.value(i) == not_party),
+        None,
+    );
     (forged.true_count() > 0).then_some(forged)
 }
 

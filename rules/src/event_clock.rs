@@ -115,6 +115,21 @@ impl EventClock {
                 .map_or("", |k| values.value(k))
         };
         let mut span: HashMap<Stream<'b>, (i64, i64)> = HashMap::new();
+        let rows = batch.num_rows().min(times.len());
+        if partitions.is_none() && senders.is_none_or(|s| s.null_count() == s.len()) {
+            // One stream (files, an unauthenticated listener): its span without looking at
+            // the stream of each row.
+            let kept = |i: &usize| !skip.is_some_and(|f| f.is_valid(*i) && f.value(*i));
+            let values = times.values();
+            let (lo, hi) = (0..rows)
+                .filter(kept)
+                .filter_map(|i| values.get(i).copied())
+                .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+            if lo <= hi {
+                span.insert(("", ""), (lo, hi));
+            }
+            return span;
+        }
         // A batch holds runs of rows from one stream (a request's records, a Kafka message):
         // a run is measured with one comparison per row and enters the map once.
         let mut run: Option<(Stream<'b>, i64, i64)> = None;
@@ -127,7 +142,7 @@ impl EventClock {
                 })
                 .or_insert((lo, hi));
         };
-        for i in 0..batch.num_rows().min(times.len()) {
+        for i in 0..rows {
             if skip.is_some_and(|f| f.is_valid(i) && f.value(i)) {
                 continue;
             }
@@ -291,6 +306,43 @@ mod tests {
         )
         .unwrap();
         (b, times)
+    }
+
+    proptest::proptest! {
+        /// Each stream's span is the oldest and newest time of its rows not skipped, whether
+        /// the batch holds senders or none (one stream, measured without reading them).
+        #[test]
+        fn spans_are_the_oldest_and_newest_of_each_stream(
+            rows in proptest::collection::vec(
+                (proptest::option::of("[ab]"), -5i64..5, proptest::option::of(proptest::bool::ANY)),
+                0..40,
+            ),
+            no_senders in proptest::bool::ANY,
+        ) {
+            let rows: Vec<(Option<String>, i64, Option<bool>)> = rows
+                .into_iter()
+                .map(|(s, t, k)| (s.filter(|_| !no_senders), t, k))
+                .collect();
+            let times = TimestampNanosecondArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>());
+            let schema = Schema::new(vec![Field::new(col::SENDER, DataType::Utf8, true)]);
+            let senders = StringArray::from(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>());
+            let b = RecordBatch::try_new_with_options(
+                Arc::new(schema),
+                vec![Arc::new(senders)],
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
+            )
+            .unwrap();
+            let skip: BooleanArray = rows.iter().map(|r| r.2).collect();
+            let mut expected: HashMap<Stream<'_>, (i64, i64)> = HashMap::new();
+            for (sender, t, skipped) in &rows {
+                if *skipped == Some(true) {
+                    continue;
+                }
+                let e = expected.entry(("", sender.as_deref().unwrap_or(""))).or_insert((*t, *t));
+                *e = (e.0.min(*t), e.1.max(*t));
+            }
+            proptest::prop_assert_eq!(EventClock::batch_senders(&b, &times, Some(&skip)), expected);
+        }
     }
 
     #[test]
