@@ -27,67 +27,66 @@ pub struct RevocationList {
 }
 
 /// The principals on the list, looked up for every event's principal.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Revoked {
     /// Principal → event time from which it counts as revoked. Keyed by a per-process seed
     /// (see `state_key.rs`).
     since: std::collections::HashMap<String, i64, crate::state_key::KeyHasher>,
-    /// The lengths of the principals on the list: bit `n` for `n` bytes (the last bit for
-    /// every length from [`LONGEST_LENGTH_BIT`] up). Most events' principals have a length no
-    /// revoked principal has, and are answered without hashing them.
-    lengths: [u64; LENGTH_WORDS],
+    /// How many principals on the list are `n` bytes long, at index `n` (the last index counts
+    /// every length from there up). Most events' principals have a length no revoked principal
+    /// has, and are answered without hashing them. Counts, not flags, so that removing one
+    /// (a revocation's TTL ending) costs the same however long the list.
+    lengths: Vec<u32>,
 }
 
-const LENGTH_WORDS: usize = 8;
-const LONGEST_LENGTH_BIT: usize = LENGTH_WORDS * 64 - 1;
+/// Lengths counted one by one; longer principals share the last count.
+const COUNTED_LENGTHS: usize = 512;
+
+impl Default for Revoked {
+    fn default() -> Self {
+        Self::new(std::collections::HashMap::default())
+    }
+}
 
 impl Revoked {
     fn new(since: std::collections::HashMap<String, i64, crate::state_key::KeyHasher>) -> Self {
-        let mut r = Self {
-            since,
-            lengths: [0; LENGTH_WORDS],
-        };
-        r.index_lengths();
-        r
-    }
-
-    /// The word and bit of a length in `lengths`.
-    fn length_bit(len: usize) -> (usize, u64) {
-        let n = len.min(LONGEST_LENGTH_BIT);
-        (n / 64, 1u64 << (n % 64))
-    }
-
-    fn index_lengths(&mut self) {
-        self.lengths = [0; LENGTH_WORDS];
-        for p in self.since.keys() {
-            let (word, bit) = Self::length_bit(p.len());
-            if let Some(w) = self.lengths.get_mut(word) {
-                *w |= bit;
+        let mut lengths = vec![0u32; COUNTED_LENGTHS];
+        for p in since.keys() {
+            if let Some(c) = lengths.get_mut(Self::length_index(p)) {
+                *c = c.saturating_add(1);
             }
         }
+        Self { since, lengths }
+    }
+
+    fn length_index(principal: &str) -> usize {
+        principal.len().min(COUNTED_LENGTHS.saturating_sub(1))
     }
 
     fn insert(&mut self, principal: String, since_ns: i64, keep_first: bool) {
-        let (word, bit) = Self::length_bit(principal.len());
-        if let Some(w) = self.lengths.get_mut(word) {
-            *w |= bit;
-        }
-        if keep_first {
+        let index = Self::length_index(&principal);
+        let added = if keep_first {
+            let before = self.since.len();
             self.since.entry(principal).or_insert(since_ns);
+            self.since.len() > before
         } else {
-            self.since.insert(principal, since_ns);
+            self.since.insert(principal, since_ns).is_none()
+        };
+        if added && let Some(c) = self.lengths.get_mut(index) {
+            *c = c.saturating_add(1);
         }
     }
 
     fn remove(&mut self, principal: &str) {
-        if self.since.remove(principal).is_some() {
-            self.index_lengths();
+        if self.since.remove(principal).is_some()
+            && let Some(c) = self.lengths.get_mut(Self::length_index(principal))
+        {
+            *c = c.saturating_sub(1);
         }
     }
 
     fn get(&self, principal: &str) -> Option<i64> {
-        let (word, bit) = Self::length_bit(principal.len());
-        if self.lengths.get(word).is_some_and(|w| w & bit != 0) {
+        if self.lengths.get(Self::length_index(principal)).is_some_and(|c| *c > 0) {
             self.since.get(principal).copied()
         } else {
             None
