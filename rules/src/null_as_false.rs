@@ -57,7 +57,7 @@ fn null_free(e: Arc<dyn PhysicalExpr>, schema: &Schema) -> DfResult<Arc<dyn Phys
 /// `inner IS TRUE`: a boolean with NULL read as false, computed from the validity and value
 /// bitmaps at once (DataFusion's own `IS TRUE` compares row by row).
 #[derive(Debug, Eq)]
-pub(crate) struct NullAsFalse {
+struct NullAsFalse {
     inner: Arc<dyn PhysicalExpr>,
 }
 

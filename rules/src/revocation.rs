@@ -8,6 +8,7 @@
 //! backlog) never reads as "still succeeds after revocation". Entries from the config hold
 //! for all time.
 
+use std::collections::hash_map::Entry;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
@@ -65,15 +66,17 @@ impl Revoked {
 
     fn insert(&mut self, principal: String, since_ns: i64, keep_first: bool) {
         let index = Self::length_index(&principal);
-        let added = if keep_first {
-            let before = self.since.len();
-            self.since.entry(principal).or_insert(since_ns);
-            self.since.len() > before
-        } else {
-            self.since.insert(principal, since_ns).is_none()
-        };
-        if added && let Some(c) = self.lengths.get_mut(index) {
-            *c = c.saturating_add(1);
+        match self.since.entry(principal) {
+            Entry::Occupied(mut e) if !keep_first => {
+                e.insert(since_ns);
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(e) => {
+                e.insert(since_ns);
+                if let Some(c) = self.lengths.get_mut(index) {
+                    *c = c.saturating_add(1);
+                }
+            }
         }
     }
 
@@ -93,15 +96,14 @@ impl Revoked {
         }
     }
 
-    /// Whether an event of `principal` at `at_ns` counts as revoked: `None` for no principal;
-    /// without a time, whether it is on the list at all.
-    fn revoked_at(&self, principal: Option<&str>, at_ns: Option<i64>) -> Option<bool> {
-        let since = self.get(principal?);
-        Some(match (since, at_ns) {
+    /// Whether an event of `principal` at `at_ns` counts as revoked; without a time, whether
+    /// the principal is on the list at all.
+    fn revoked_at(&self, principal: &str, at_ns: Option<i64>) -> bool {
+        match (self.get(principal), at_ns) {
             (Some(since), Some(t)) => t >= since,
             (since, None) => since.is_some(),
             (None, Some(_)) => false,
-        })
+        }
     }
 }
 
@@ -251,9 +253,8 @@ impl IsRevoked {
         }
         let revoked = self.list.read();
         let values = BooleanBuffer::collect_bool(strings.len(), |i| {
-            let principal = strings.is_valid(i).then(|| strings.value(i));
             let at = times.is_valid(i).then(|| times.value(i));
-            revoked.revoked_at(principal, at) == Some(true)
+            strings.is_valid(i) && revoked.revoked_at(strings.value(i), at)
         });
         let out = BooleanArray::new(values, strings.nulls().cloned());
         Ok(ColumnarValue::Array(Arc::new(out)))
