@@ -27,6 +27,14 @@ pub(crate) fn line(offset_ms: i64, principal: &str, status: u16, details: &str) 
     line_at(&at(offset_ms), principal, status, details)
 }
 
+/// Six RBAC denials of `principal` at one instant 3 s ago. One instant, so that no boundary
+/// of a rule's 1 s window can fall between them: spread over 50 ms, one run in a hundred cut
+/// them three and three, and a burst of three fired twice.
+pub(crate) fn denials(principal: &str) -> Vec<String> {
+    let t = at(-3000);
+    (0..6).map(|_| line_at(&t, principal, 403, DENIED)).collect()
+}
+
 /// [`line`] at an RFC 3339 time.
 pub(crate) fn line_at(time: &str, principal: &str, status: u16, details: &str) -> String {
     format!(
@@ -148,11 +156,11 @@ fn probing_revocation_enforcement_verification_and_expiry() {
     assert_eq!(check(ext_authz, CART), 0, "allowed before anything happened");
     // Probing by cart and by istiod (protected), then a later event closes the window.
     // Six within 50 ms: if a one-second window boundary splits them, one side still has 3.
-    let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
+    let mut lines: Vec<String> = denials(CART);
     // The late success below is timed from now, not from when it is sent: on a loaded machine
     // the revocation can take long enough to apply that "2.5 s before sending" is after it.
     let before_revocation = at(-2500);
-    lines.extend((0..6).map(|i| line(-3000 + i * 10, ISTIOD, 403, DENIED)));
+    lines.extend(denials(ISTIOD));
     lines.push(line(-500, "spiffe://cluster.local/ns/shop/sa/web", 200, "via_upstream"));
     assert_eq!(post_log_lines_as(v.http, 0, &lines), 200);
     assert!(
@@ -365,7 +373,7 @@ fn manual_revocations_through_the_authenticated_admin_api() {
 #[test]
 fn a_wildcard_is_never_revoked() {
     let (v, ext_authz) = probing_verity(tempfile::tempdir().expect("tmp"), "1h", &[]);
-    let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, "*", 403, DENIED)).collect();
+    let mut lines: Vec<String> = denials("*");
     lines.push(line(-500, "spiffe://cluster.local/ns/shop/sa/web", 200, "via_upstream"));
     assert_eq!(post_log_lines_as(v.http, 0, &lines), 200);
     assert!(
@@ -415,8 +423,8 @@ fn an_attacker_cannot_use_up_the_operator_budget() {
     );
     const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
     const PAY: &str = "spiffe://cluster.local/ns/pay/sa/pay";
-    let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
-    lines.extend((0..6).map(|i| line(-3000 + i * 10, WEB, 403, DENIED)));
+    let mut lines: Vec<String> = denials(CART);
+    lines.extend(denials(WEB));
     lines.push(line(
         -500,
         "spiffe://cluster.local/ns/shop/sa/other",

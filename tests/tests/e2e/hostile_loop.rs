@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use verity_e2e::{Verity, eventually, otlp_json_logs, post_log_lines, post_log_lines_as, post_logs_body_as};
 
-use super::control::{CART, DENIED, alerts, at, check, check_with_headers, has, line, line_at, probing_verity};
+use super::control::{
+    CART, DENIED, alerts, at, check, check_with_headers, denials, has, line, line_at, probing_verity,
+};
 
 const GATEWAY: &str = "spiffe://cluster.local/ns/edge/sa/istio-ingressgateway-service-account";
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -41,7 +43,7 @@ fn unverified_evidence_revokes_no_one() {
         "1h",
         &[("VERITY__OTLP__ACCEPT_UNAUTHENTICATED", "true")],
     );
-    let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
+    let mut lines: Vec<String> = denials(CART);
     lines.push(line(-500, WEB, 200, "via_upstream"));
     assert_eq!(post_log_lines(v.http, &lines), 200, "anonymous, kept as unverified");
     assert!(
@@ -77,7 +79,7 @@ fn unverified_evidence_revokes_no_one() {
 #[test]
 fn an_intermediary_is_never_revoked() {
     let (v, ext_authz) = probing_verity(tempfile::tempdir().expect("tmp"), "1h", &[]);
-    let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, GATEWAY, 403, DENIED)).collect();
+    let mut lines: Vec<String> = denials(GATEWAY);
     lines.push(line(-1500, WEB, 200, "via_upstream"));
     assert_eq!(post_log_lines_as(v.http, 0, &lines), 200);
     assert!(
@@ -144,7 +146,7 @@ fn a_future_dated_record_does_not_blind_detection() {
         post_log_lines_as(v.http, 1, &[line(240_000, WEB, 200, "via_upstream")]),
         200
     );
-    let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
+    let mut lines: Vec<String> = denials(CART);
     lines.push(line(-500, WEB, 200, "via_upstream"));
     assert_eq!(post_log_lines_as(v.http, 0, &lines), 200);
     assert!(
@@ -277,7 +279,7 @@ fn alerts_survive_a_full_spool_disk() {
         ],
     );
     let filler = tmpfs.fill();
-    let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
+    let mut lines: Vec<String> = denials(CART);
     lines.push(line(-500, WEB, 200, "via_upstream"));
     let body = otlp_json_logs(&lines);
     assert_eq!(

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::control::{CART, DENIED, alerts, check, has, line};
+use super::control::{CART, alerts, check, denials, has, line};
 use serde_json::Value;
 use verity_control::config::{IstioConfig, Scope};
 use verity_control::istio::{IstioController, IstioResponder};
@@ -273,7 +273,7 @@ fn binary_revokes_through_istio_and_reconciles_across_a_sigkill() {
     );
     // The attack: probing, denied by the mesh.
     // Six within 50 ms: if a one-second window boundary splits them, one side still has 3.
-    let mut lines: Vec<String> = (0..6).map(|i| line(-3000 + i * 10, CART, 403, DENIED)).collect();
+    let mut lines: Vec<String> = denials(CART);
     lines.push(line(-500, "spiffe://cluster.local/ns/shop/sa/web", 200, "via_upstream"));
     assert_eq!(verity_e2e::post_log_lines_as(v.http, 0, &lines), 200);
     assert!(
